@@ -1,0 +1,5 @@
+import sys
+
+from neuronplace.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,13 @@
+"""The NeuronInference operator (``kopf run -m neuronplace.operator``).
+
+What belongs here, one concept per module:
+
+- ``topology``: instance types → chips and cores per chip (pure data).
+- ``inventory``: Node objects → eligible nodes with their topology (pure).
+- ``ledger``: who holds which cores, rebuilt from pods (pure).
+- ``placement``: the allocator: request + nodes + ledger → placements or reasons (pure).
+- ``crd`` / ``pods``: ``build_*`` functions that return manifests (pure).
+- ``handlers``: thin kopf handlers that read the API, call the pure parts and write back.
+
+Importing this package registers the kopf handlers; the pure modules never import kopf.
+"""

@@ -1,0 +1,1 @@
+"""Shared pytest configuration: the cluster fixtures come from neuronplace.local's plugin."""
