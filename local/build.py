@@ -1,0 +1,273 @@
+"""Build the local control plane's binaries from the pinned Go modules in ``controlplane/``.
+
+Each folder under ``controlplane/`` is one Go module whose ``go.mod`` + ``go.sum`` pin one upstream
+(kubernetes, etcd, kwok, helm); ``go build`` runs inside it with ``-mod=readonly``, so every
+download is checked against the committed ``go.sum`` and nothing is resolved afresh. The versions
+shown and stamped into the binaries are read from those ``go.mod`` files, so they are the single
+source of truth.
+
+Binaries land in ``<cache root>/<pins>/bin`` (default root ``~/.cache/neuronplace``, override with
+``NEURONPLACE_CACHE``); the folder name carries the versions and a hash of the module files and
+build recipe, so changing a pin builds into a new folder and an unchanged one is reused. Each
+binary is written under a temporary name and renamed into place, so an interrupted build never
+leaves a half-written binary that a later run would trust. A file lock serialises concurrent builds
+of the same pins (two test sessions, ``.ci/run`` and ``neuronplace local up``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONTROLPLANE_DIR = REPO_ROOT / "controlplane"
+CACHE_ENV = "NEURONPLACE_CACHE"
+
+# The build flags Kubernetes' own release uses for these binaries (hack/lib/golang.sh): static,
+# no test-only code, no gRPC tracing; -s -w drops debug info (about a third of the size).
+_KUBE_TAGS = ("selinux", "notest", "grpcnotrace")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One binary: which pinned module builds it and how it is stamped with its version."""
+
+    binary: str
+    module: str  # folder under controlplane/
+    package: str  # Go import path of the main package
+    upstream: str  # module path whose pinned version this binary reports
+    tags: tuple[str, ...] = ()
+    # ldflags -X assignments as (symbol, template); ``{version}``, ``{major}``, ``{minor}``,
+    # ``{bare}`` (version without the leading v) and ``{date}`` (the module's release time) expand.
+    stamps: tuple[tuple[str, str], ...] = ()
+    # How to ask the built binary its version, and what its answer must contain (templated too).
+    version_args: tuple[str, ...] = ("--version",)
+    version_expect: str = "{bare}"
+
+
+def _kube_stamps() -> tuple[tuple[str, str], ...]:
+    stamps = []
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        stamps += [
+            (f"{package}.gitVersion", "{version}"),
+            (f"{package}.gitMajor", "{major}"),
+            (f"{package}.gitMinor", "{minor}"),
+            (f"{package}.buildDate", "{date}"),
+        ]
+    return tuple(stamps)
+
+
+def _kube(binary: str) -> Component:
+    return Component(
+        binary=binary,
+        module="kubernetes",
+        package=f"k8s.io/kubernetes/cmd/{binary}",
+        upstream="k8s.io/kubernetes",
+        tags=_KUBE_TAGS,
+        stamps=_kube_stamps(),
+        version_args=("version", "--client") if binary == "kubectl" else ("--version",),
+        version_expect="{version}",
+    )
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("etcd", "etcd", "neuronplace.local/controlplane/etcd", "go.etcd.io/etcd/server/v3"),
+    _kube("kube-apiserver"),
+    _kube("kube-controller-manager"),
+    _kube("kube-scheduler"),
+    _kube("kubectl"),
+    # kwokctl's default Kubernetes version decides which flags it passes; point it at ours.
+    Component(
+        "kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok", "sigs.k8s.io/kwok",
+        stamps=(("sigs.k8s.io/kwok/pkg/consts.Version", "{version}"),),
+        version_expect="{version}",
+    ),
+    Component(
+        "kwokctl", "kwok", "sigs.k8s.io/kwok/cmd/kwokctl", "sigs.k8s.io/kwok",
+        stamps=(("sigs.k8s.io/kwok/pkg/consts.Version", "{version}"),
+                ("sigs.k8s.io/kwok/pkg/consts.KubeVersion", "{kube_bare}")),
+        version_expect="{version}",
+    ),
+    Component(
+        "helm", "helm", "helm.sh/helm/v3/cmd/helm", "helm.sh/helm/v3",
+        stamps=(("helm.sh/helm/v3/internal/version.version", "{version}"),
+                ("helm.sh/helm/v3/internal/version.gitTreeState", "clean")),
+        version_args=("version", "--short"),
+        version_expect="{version}",
+    ),
+)
+
+
+class BuildError(RuntimeError):
+    """A binary could not be built; the message carries the command and the tail of its output."""
+
+
+@dataclass
+class BuildReport:
+    """What :func:`ensure_binaries` did: the bin folder and seconds spent per built component."""
+
+    bin_dir: Path
+    built: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+
+def pinned_version(module: str, upstream: str) -> str:
+    """The version ``controlplane/<module>/go.mod`` requires of ``upstream`` (e.g. ``v1.36.3``)."""
+    gomod = CONTROLPLANE_DIR / module / "go.mod"
+    text = gomod.read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(upstream)}\s+(v\S+)", text, re.MULTILINE)
+    if not match:
+        raise BuildError(f"{gomod} does not require {upstream}")
+    return match.group(1)
+
+
+def pins() -> dict[str, str]:
+    """Upstream module → pinned version, for every component (e.g. ``{"k8s.io/kubernetes": "v1.36.3", ...}``)."""
+    return {c.upstream: pinned_version(c.module, c.upstream) for c in COMPONENTS}
+
+
+def pins_key() -> str:
+    """The cache folder name: readable versions plus a hash of every input of the build."""
+    digest = hashlib.sha256()
+    for module in sorted({c.module for c in COMPONENTS}):
+        for path in sorted((CONTROLPLANE_DIR / module).iterdir()):
+            if path.is_file() and path.suffix in (".mod", ".sum", ".go"):
+                digest.update(f"{module}/{path.name}\0".encode())
+                digest.update(path.read_bytes())
+    digest.update(repr(COMPONENTS).encode())
+    versions = pins()
+    label = "-".join(
+        f"{short}{versions[upstream].lstrip('v')}"
+        for short, upstream in (("k8s", "k8s.io/kubernetes"), ("etcd", "go.etcd.io/etcd/server/v3"),
+                                ("kwok", "sigs.k8s.io/kwok"), ("helm", "helm.sh/helm/v3"))
+    )
+    return f"{label}-{digest.hexdigest()[:10]}"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "neuronplace").expanduser()
+
+
+def bin_dir() -> Path:
+    """Where the binaries for the current pins live (whether or not they are built yet)."""
+    return cache_root() / pins_key() / "bin"
+
+
+def missing_binaries(directory: Path | None = None) -> list[str]:
+    directory = directory or bin_dir()
+    return [c.binary for c in COMPONENTS if not os.access(directory / c.binary, os.X_OK)]
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["CGO_ENABLED"] = "0"
+    # -mod=readonly: go.mod/go.sum are the pins; a build must never rewrite or re-resolve them.
+    # -buildvcs=false: the module folders sit inside this repository's git tree.
+    env["GOFLAGS"] = "-mod=readonly -buildvcs=false"
+    return env
+
+
+def _module_time(module: str, upstream: str) -> str:
+    """The upstream release's timestamp from the module proxy metadata (reproducible build date)."""
+    out = subprocess.run(
+        ["go", "list", "-m", "-json", upstream], cwd=CONTROLPLANE_DIR / module,
+        env=_go_env(), capture_output=True, text=True,
+    )
+    if out.returncode != 0:
+        raise BuildError(f"go list -m {upstream} in controlplane/{module} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout).get("Time", "1970-01-01T00:00:00Z")
+
+
+def _stamp_values(component: Component, versions: dict[str, str]) -> dict[str, str]:
+    version = versions[component.upstream]
+    major, minor = version.lstrip("v").split(".")[:2]
+    return {
+        "version": version, "bare": version.lstrip("v"), "major": major, "minor": minor,
+        "kube_bare": versions["k8s.io/kubernetes"].lstrip("v"),
+        "date": _module_time(component.module, component.upstream) if "{date}" in repr(component.stamps) else "",
+    }
+
+
+def build_command(component: Component, output: Path, values: dict[str, str]) -> list[str]:
+    """The ``go build`` command line for one component (run inside its module folder)."""
+    ldflags = ["-s", "-w"] + [f"-X {symbol}={template.format(**values)}" for symbol, template in component.stamps]
+    command = ["go", "build", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(output)]
+    if component.tags:
+        command += ["-tags", ",".join(component.tags)]
+    return command + [component.package]
+
+
+def _build_one(component: Component, target: Path, versions: dict[str, str]) -> None:
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    command = build_command(component, partial, _stamp_values(component, versions))
+    try:
+        result = subprocess.run(
+            command, cwd=CONTROLPLANE_DIR / component.module, env=_go_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        if result.returncode != 0:
+            raise BuildError(
+                f"building {component.binary} failed (exit {result.returncode}) in controlplane/{component.module}:\n"
+                f"  {' '.join(command)}\n{result.stdout[-4000:]}"
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def ensure_binaries(progress: Callable[[str], None] | None = None) -> BuildReport:
+    """Build whatever binary the cache lacks for the current pins; return where they are.
+
+    With everything cached this only hashes a few small files and checks the folder. ``progress``
+    receives one line per component (default: stderr).
+    """
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    if not CONTROLPLANE_DIR.is_dir():
+        raise BuildError(f"{CONTROLPLANE_DIR} not found: the control plane builds from a source checkout of neuronplace")
+    target_dir = bin_dir()
+    report = BuildReport(target_dir)
+    if not missing_binaries(target_dir):
+        report.cached = [c.binary for c in COMPONENTS]
+        return report
+    if shutil.which("go") is None:
+        raise BuildError("the Go toolchain (`go`) is not on PATH; it is needed once to build the control plane")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    versions = pins()
+    with open(target_dir.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same pins
+        total = len(COMPONENTS)
+        for index, component in enumerate(COMPONENTS, start=1):
+            target = target_dir / component.binary
+            label = f"[{index}/{total}] {component.binary} {versions[component.upstream]}"
+            if os.access(target, os.X_OK):
+                report.cached.append(component.binary)
+                say(f"{label}: cached")
+                continue
+            say(f"{label}: building ...")
+            started = time.monotonic()
+            _build_one(component, target, versions)
+            report.built[component.binary] = time.monotonic() - started
+            say(f"{label}: built in {report.built[component.binary]:.0f} s")
+    return report
+
+
+def binary_version(component: Component, directory: Path | None = None) -> str:
+    """What the built binary says its version is (its first output line)."""
+    path = (directory or bin_dir()) / component.binary
+    out = subprocess.run([str(path), *component.version_args], capture_output=True, text=True, timeout=60)
+    return (out.stdout or out.stderr).strip()
+
+
+def expected_version(component: Component) -> str:
+    version = pinned_version(component.module, component.upstream)
+    return component.version_expect.format(version=version, bare=version.lstrip("v"))
