@@ -1,0 +1,146 @@
+"""Node objects (API dicts) → what placement needs to know about each node. Pure.
+
+A node is described by its name, labels, taints, topology and usable core count, plus ``problem``:
+``None`` when the node may take pods at all, otherwise the reason it never can (cordoned,
+NotReady, being deleted, unknown instance type, no NeuronCores allocatable). Taints, node
+selectors and node affinity depend on the request, so placement checks them per request.
+
+Usable cores are ``min(topology cores, allocatable aws.amazon.com/neuroncore)``: when the device
+plugin advertises fewer cores than the hardware has, the highest ids are the ones we leave alone.
+Without a ``neuroncore`` figure the ``aws.amazon.com/neuron`` device count times the cores per chip
+is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from neuronplace.operator.topology import (
+    LNC_KEY,
+    TOPOLOGY_OVERRIDE_KEY,
+    Topology,
+    parse_topology_override,
+    topology_for,
+)
+
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+LEGACY_INSTANCE_TYPE_LABEL = "beta.kubernetes.io/instance-type"
+NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
+NEURON_DEVICE_RESOURCES = ("aws.amazon.com/neuron", "aws.amazon.com/neurondevice")
+
+# Problem kinds, used to count excluded nodes in a placement failure reason.
+CORDONED = "cordoned"
+NOT_READY = "NotReady"
+BEING_DELETED = "being deleted"
+UNKNOWN_TOPOLOGY = "unknown topology"
+NO_CORES = "no NeuronCores"
+
+
+@dataclass(frozen=True)
+class NodeInventory:
+    """One node as placement sees it. ``problem`` is ``None`` when eligible in principle."""
+
+    name: str
+    instance_type: str | None
+    topology: Topology | None
+    cores: int
+    labels: Mapping[str, str]
+    taints: tuple[Mapping, ...]
+    problem: str | None
+    problem_kind: str | None = None
+    """One of the kinds above when ``problem`` is set (for counting excluded nodes)."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def _int_quantity(value) -> int | None:
+    """Extended resources are whole numbers; anything else is treated as missing."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _is_ready(status: Mapping) -> bool:
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
+
+
+def _topology(labels: Mapping[str, str], annotations: Mapping[str, str], instance_type: str | None):
+    """(topology, problem): the override wins over the instance-type table."""
+    override = labels.get(TOPOLOGY_OVERRIDE_KEY) or annotations.get(TOPOLOGY_OVERRIDE_KEY)
+    if override:
+        try:
+            return parse_topology_override(override), None
+        except ValueError as error:
+            return None, str(error)
+    if not instance_type:
+        return None, f"no {INSTANCE_TYPE_LABEL} label (set label {TOPOLOGY_OVERRIDE_KEY}, e.g. '12x2')"
+    lnc_text = labels.get(LNC_KEY) or annotations.get(LNC_KEY)
+    lnc = None
+    if lnc_text is not None:
+        if lnc_text.strip() not in ("1", "2"):
+            return None, f"{LNC_KEY} {lnc_text!r} must be '1' or '2'"
+        lnc = int(lnc_text)
+    topology = topology_for(instance_type, lnc)
+    if topology is None:
+        return None, f"unknown instance type {instance_type!r} (set label {TOPOLOGY_OVERRIDE_KEY}, e.g. '12x2')"
+    return topology, None
+
+
+def inventory_from_node(node: dict) -> NodeInventory:
+    """Build the inventory of one Node (the API's JSON dict, camelCase keys). Never raises on node data."""
+    metadata = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    status = node.get("status") or {}
+    name = metadata.get("name") or ""
+    labels = dict(metadata.get("labels") or {})
+    annotations = dict(metadata.get("annotations") or {})
+    taints = tuple(MappingProxyType(dict(taint)) for taint in spec.get("taints") or ())
+    instance_type = labels.get(INSTANCE_TYPE_LABEL) or labels.get(LEGACY_INSTANCE_TYPE_LABEL)
+
+    topology, topology_problem = _topology(labels, annotations, instance_type)
+    cores = 0
+    cores_problem = None
+    if topology is not None:
+        allocatable = status.get("allocatable") or {}
+        advertised = _int_quantity(allocatable.get(NEURONCORE_RESOURCE))
+        if advertised is None:
+            devices = next(
+                (d for d in (_int_quantity(allocatable.get(key)) for key in NEURON_DEVICE_RESOURCES) if d is not None),
+                None,
+            )
+            advertised = None if devices is None else devices * topology.cores_per_chip
+        if advertised is None:
+            cores_problem = f"no {NEURONCORE_RESOURCE} allocatable (is the Neuron device plugin running?)"
+        else:
+            cores = max(0, min(topology.cores, advertised))
+            if cores == 0:
+                cores_problem = f"{NEURONCORE_RESOURCE} allocatable is 0"
+
+    # The first problem in this order is the one reported: it is the most fundamental.
+    checks = (
+        (metadata.get("deletionTimestamp") is not None, BEING_DELETED, "being deleted"),
+        (bool(spec.get("unschedulable")), CORDONED, "cordoned"),
+        (not _is_ready(status), NOT_READY, "NotReady"),
+        (topology_problem is not None, UNKNOWN_TOPOLOGY, topology_problem),
+        (cores_problem is not None, NO_CORES, cores_problem),
+    )
+    problem_kind, problem = next(((kind, text) for failed, kind, text in checks if failed), (None, None))
+    return NodeInventory(
+        name=name,
+        instance_type=instance_type,
+        topology=topology,
+        cores=cores,
+        labels=MappingProxyType(labels),
+        taints=taints,
+        problem=problem,
+        problem_kind=problem_kind,
+        annotations=MappingProxyType(annotations),
+    )

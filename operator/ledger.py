@@ -1,0 +1,450 @@
+"""Who holds which NeuronCores, rebuilt from live pods. Pure; never raises on pod data.
+
+The truth is the set of live pods (DESIGN §1): every pod we manage carries the label
+``neuronplace.io/inference`` and its node-global range in the annotation ``neuronplace.io/cores``
+("4-7"), so a restarted operator rebuilds the same ledger with :meth:`Ledger.from_pods`. Pods in a
+terminal phase (Succeeded, Failed) and pods not bound to a node hold nothing. A pod that is being
+deleted still holds its cores until it is gone: its process may still be running.
+
+Pods we did not create but which request neuron resources on a node ("foreign" pods, e.g. ones
+placed by the AWS device plugin) are accounted for conservatively and reported by
+:meth:`Ledger.foreign`:
+
+- with the AWS annotation ``AWS_NEURON_IDS`` ("2,3"), exactly those ids are held (core ids when the
+  pod requests ``aws.amazon.com/neuroncore``, device ids when it requests whole devices);
+- otherwise their requested count (``neuroncore``, or devices × cores per chip) is held, and we
+  assume it sits on the **highest** cores that nothing else holds. That keeps the low end of each
+  node free for contiguous ranges, and it is deterministic (foreign pods take their cores in
+  owner-name order). The assumption is visible in ``Holding.core_ids`` with ``exact=False``.
+
+A managed-labelled pod whose annotation is missing or malformed cannot be trusted: it is accounted
+for like a foreign pod (by its requested count) and reported by :meth:`foreign` too.
+
+Alongside the holdings the ledger keeps, per node whose capacity it has learned
+(:meth:`learn_nodes`), a bitmask of held cores and an index of nodes by free core count, so the
+allocator can find candidates without scanning the whole fleet.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from neuronplace.runtime.coreset import CoreRange
+
+ANNOTATION_CORES = "neuronplace.io/cores"
+MANAGED_LABEL = "neuronplace.io/inference"
+AWS_NEURON_IDS = "AWS_NEURON_IDS"
+
+NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
+NEURON_DEVICE_RESOURCES = ("aws.amazon.com/neuron", "aws.amazon.com/neurondevice")
+
+# When a node's cores per chip is unknown, a device request is assumed to hold the most cores any
+# instance type has per chip (trn2 at LNC=1): over-counting is the safe direction.
+_UNKNOWN_CORES_PER_CHIP = 8
+
+_TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One pod's claim on one node's cores.
+
+    ``cores`` is the range when the held ids are known and contiguous, else ``None`` (then
+    ``count`` says how many). ``core_ids`` lists the ids treated as unavailable: the exact ones, or
+    for a foreign pod with unknown ids the ones we assume (``exact=False``). ``group`` is the
+    NeuronInference ("namespace/name") a managed pod belongs to.
+    """
+
+    node: str
+    cores: CoreRange | None
+    count: int
+    owner: str
+    managed: bool
+    group: str | None = None
+    core_ids: tuple[int, ...] = ()
+    exact: bool = True
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """What a pod says it holds, before it is resolved against the node's topology."""
+
+    node: str
+    owner: str
+    managed: bool
+    group: str | None
+    ids: tuple[int, ...] | None  # exact ids, in `ids_unit`
+    ids_unit: str  # "core" or "device"
+    core_count: int  # requested cores (0 if the pod requests devices)
+    device_count: int  # requested devices
+
+
+class _NodeState:
+    __slots__ = ("claims", "capacity", "cores_per_chip", "mask", "assumed", "slow")
+
+    def __init__(self) -> None:
+        self.claims: dict[str, _Claim] = {}
+        self.capacity: int | None = None
+        self.cores_per_chip: int | None = None
+        self.mask = 0  # held cores (exact and assumed)
+        self.assumed: dict[str, tuple[int, ...]] = {}  # owner → assumed ids (unknown-id foreign pods)
+        # Set when some claim's ids are not known exactly or two claims overlap: then the mask
+        # cannot be updated incrementally and every change recomputes it.
+        self.slow = False
+
+
+def _owner_of(pod: Mapping) -> str:
+    metadata = pod.get("metadata") or {}
+    return f"{metadata.get('namespace') or 'default'}/{metadata.get('name') or ''}"
+
+
+def _whole(value) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return 0
+
+
+def _container_amount(container: Mapping, resource: str) -> int:
+    resources = container.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    # Extended resources must have requests == limits; either may be written alone.
+    return _whole(requests.get(resource, limits.get(resource, 0)))
+
+
+def requested_amount(pod: Mapping, resource: str) -> int:
+    """The pod's effective request: max(sum over containers, max over init containers)."""
+    spec = pod.get("spec") or {}
+    total = sum(_container_amount(c, resource) for c in spec.get("containers") or ())
+    init = max((_container_amount(c, resource) for c in spec.get("initContainers") or ()), default=0)
+    return max(total, init)
+
+
+def _parse_ids(text) -> tuple[int, ...] | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        ids = sorted({int(item) for item in text.split(",") if item.strip()})
+    except ValueError:
+        return None
+    if not ids or ids[0] < 0:
+        return None
+    return tuple(ids)
+
+
+def _claim_from_pod(pod: Mapping) -> _Claim | None:
+    """The claim a live pod makes, or None when it holds no cores."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    node = spec.get("nodeName")
+    if not node or status.get("phase") in _TERMINAL_PHASES:
+        return None
+    owner = _owner_of(pod)
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    core_count = requested_amount(pod, NEURONCORE_RESOURCE)
+    device_count = max(requested_amount(pod, resource) for resource in NEURON_DEVICE_RESOURCES)
+
+    if MANAGED_LABEL in labels:
+        group = f"{metadata.get('namespace') or 'default'}/{labels[MANAGED_LABEL]}"
+        try:
+            cores = CoreRange.parse(annotations[ANNOTATION_CORES])
+        except (KeyError, ValueError):
+            cores = None
+        if cores is not None:
+            return _Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0)
+        # Untrustworthy managed pod: fall through to the conservative foreign accounting.
+    if core_count == 0 and device_count == 0:
+        return None
+    ids = _parse_ids(annotations.get(AWS_NEURON_IDS))
+    unit = "core" if core_count else "device"
+    return _Claim(node, owner, False, None, ids, unit, core_count, device_count)
+
+
+def _bits(ids: Iterable[int]) -> int:
+    mask = 0
+    for core in ids:
+        mask |= 1 << core
+    return mask
+
+
+def _ids_of(mask: int) -> list[int]:
+    ids = []
+    while mask:
+        low = mask & -mask
+        ids.append(low.bit_length() - 1)
+        mask ^= low
+    return ids
+
+
+class Ledger:
+    """Who holds which cores on which node. See the module docstring for the accounting rules."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, _NodeState] = {}
+        self._node_of_owner: dict[str, str] = {}
+        self._group_cores: dict[str, dict[str, int]] = {}  # group → node → cores held
+        self._free: dict[str, int] = {}  # learned node → free cores
+        self._by_free: dict[int, list[str]] = {}  # free count → sorted node names
+        self._max_free = 0
+        self._learned_token: object | None = None
+
+    # ---- building ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pods(cls, pods: Iterable[dict]) -> Ledger:
+        ledger = cls()
+        for pod in pods:
+            ledger.observe(pod)
+        return ledger
+
+    def observe(self, pod: dict) -> None:
+        """Add or update the claim of one pod (idempotent); a pod that holds nothing is forgotten."""
+        claim = _claim_from_pod(pod)
+        owner = _owner_of(pod)
+        if claim is None:
+            self.forget(owner)
+            return
+        self._put(claim)
+
+    def forget(self, owner: str) -> None:
+        """The pod ``owner`` ("namespace/name") is gone or terminated: its cores are free."""
+        node = self._node_of_owner.pop(owner, None)
+        if node is None:
+            return
+        state = self._nodes[node]
+        claim = state.claims.pop(owner)
+        self._count_group(claim, node, -1)
+        if claim.ids is not None and claim.ids_unit == "core" and not state.slow:
+            state.mask &= ~_bits(claim.ids)
+            self._reindex(node)
+        else:
+            self._resolve(node)
+
+    def reserve(self, node: str, cores: CoreRange, owner: str, group: str | None = None) -> None:
+        """Hold ``cores`` on ``node`` for ``owner`` before its pod exists.
+
+        Raises ``ValueError`` when any of the cores is held by someone else (never two owners for
+        one core) or lies beyond the node's usable cores. Re-reserving the same range for the same
+        owner changes nothing; a different range for the same owner replaces the old one.
+        """
+        state = self._nodes.get(node)
+        wanted = _bits(cores.ids)
+        if state is not None:
+            if state.capacity is not None and cores.end >= state.capacity:
+                raise ValueError(f"cannot reserve {cores} on {node}: it has cores 0-{state.capacity - 1}")
+            own = self._own_mask(owner) if self._node_of_owner.get(owner) == node else 0
+            clash = state.mask & wanted & ~own
+            if clash:
+                holders = sorted(h.owner for h in self.holdings(node) if _bits(h.core_ids) & clash)
+                raise ValueError(
+                    f"cannot reserve {cores} on {node} for {owner}: core(s) "
+                    f"{','.join(map(str, _ids_of(clash)))} held by {', '.join(holders)}"
+                )
+        if group is None:
+            group = owner
+        self._put(_Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0))
+
+    def learn_nodes(self, nodes: Iterable, token: object | None = None) -> None:
+        """Learn each node's usable cores and cores per chip (from ``NodeInventory`` objects).
+
+        Only learned nodes are indexed by free cores and can have foreign pods' unknown ids
+        assumed. ``token`` (any object) lets a caller skip relearning the same fleet.
+        """
+        if token is not None and token is self._learned_token:
+            return
+        seen = set()
+        for inventory in nodes:
+            if inventory.topology is None:
+                continue
+            seen.add(inventory.name)
+            state = self._nodes.setdefault(inventory.name, _NodeState())
+            if state.capacity != inventory.cores or state.cores_per_chip != inventory.topology.cores_per_chip:
+                state.capacity = inventory.cores
+                state.cores_per_chip = inventory.topology.cores_per_chip
+                self._resolve(inventory.name)
+        for name, state in list(self._nodes.items()):
+            if name not in seen and state.capacity is not None:
+                state.capacity = None
+                state.cores_per_chip = None
+                self._resolve(name)
+        self._learned_token = token
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def holdings(self, node: str) -> list[Holding]:
+        state = self._nodes.get(node)
+        if state is None:
+            return []
+        result = [self._holding(state, claim) for claim in state.claims.values()]
+        result.sort(key=lambda h: (h.core_ids[0] if h.core_ids else -1, h.owner))
+        return result
+
+    def holding_of(self, owner: str) -> Holding | None:
+        node = self._node_of_owner.get(owner)
+        if node is None:
+            return None
+        state = self._nodes[node]
+        return self._holding(state, state.claims[owner])
+
+    def used_cores(self, node: str) -> set[int]:
+        state = self._nodes.get(node)
+        return set(_ids_of(state.mask)) if state is not None else set()
+
+    def foreign(self) -> list[Holding]:
+        """Pods not ours (or ours but untrustworthy) that hold neuron resources, by node and owner."""
+        result = []
+        for name in sorted(self._nodes):
+            result.extend(h for h in self.holdings(name) if not h.managed)
+        result.sort(key=lambda h: (h.node, h.owner))
+        return result
+
+    def nodes(self) -> list[str]:
+        """Nodes on which anything is held."""
+        return sorted(name for name, state in self._nodes.items() if state.claims)
+
+    # ---- the allocator's index ---------------------------------------------------------------
+
+    def used_mask(self, node: str) -> int:
+        """Held cores on ``node`` as a bitmask (bit ``c`` = core ``c``)."""
+        state = self._nodes.get(node)
+        return state.mask if state is not None else 0
+
+    def free_count(self, node: str) -> int:
+        """Free cores on a learned node (0 for nodes not learned)."""
+        return self._free.get(node, 0)
+
+    @property
+    def max_free(self) -> int:
+        return self._max_free
+
+    def nodes_with_free(self, free: int) -> list[str]:
+        """Learned nodes with exactly ``free`` free cores, sorted by name (do not modify)."""
+        return self._by_free.get(free, [])
+
+    def group_cores(self, group: str) -> Mapping[str, int]:
+        """Cores held by the pods of ``group`` (a NeuronInference "namespace/name"), by node."""
+        return self._group_cores.get(group, {})
+
+    def iter_learned(self) -> Iterator[str]:
+        return iter(self._free)
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _own_mask(self, owner: str) -> int:
+        node = self._node_of_owner[owner]
+        state = self._nodes[node]
+        claim = state.claims[owner]
+        if claim.ids is not None and claim.ids_unit == "core":
+            return _bits(claim.ids)
+        return _bits(state.assumed.get(owner, ()))
+
+    def _put(self, claim: _Claim) -> None:
+        if self._node_of_owner.get(claim.owner) is not None:
+            self.forget(claim.owner)
+        state = self._nodes.setdefault(claim.node, _NodeState())
+        state.claims[claim.owner] = claim
+        self._node_of_owner[claim.owner] = claim.node
+        self._count_group(claim, claim.node, +1)
+        bits = _bits(claim.ids) if claim.ids is not None and claim.ids_unit == "core" else None
+        if bits is not None and not state.slow and not state.mask & bits:
+            state.mask |= bits
+            self._reindex(claim.node)
+        else:
+            self._resolve(claim.node)
+
+    def _count_group(self, claim: _Claim, node: str, sign: int) -> None:
+        if claim.group is None:
+            return
+        per_node = self._group_cores.setdefault(claim.group, {})
+        per_node[node] = per_node.get(node, 0) + sign * claim.core_count
+        if per_node[node] <= 0:
+            del per_node[node]
+            if not per_node:
+                del self._group_cores[claim.group]
+
+    def _exact_core_ids(self, state: _NodeState, claim: _Claim) -> tuple[int, ...] | None:
+        if claim.ids is None:
+            return None
+        if claim.ids_unit == "core":
+            return claim.ids
+        if state.cores_per_chip is None:
+            return None
+        per_chip = state.cores_per_chip
+        return tuple(device * per_chip + i for device in claim.ids for i in range(per_chip))
+
+    def _claimed_count(self, state: _NodeState, claim: _Claim) -> int:
+        if claim.core_count:
+            return claim.core_count
+        return claim.device_count * (state.cores_per_chip or _UNKNOWN_CORES_PER_CHIP)
+
+    def _resolve(self, node: str) -> None:
+        """Recompute the node's mask: exact ids first, then assume cores for the rest."""
+        state = self._nodes[node]
+        mask = 0
+        overlapping = False
+        unresolved = []
+        for claim in state.claims.values():
+            ids = self._exact_core_ids(state, claim)
+            if ids is None:
+                unresolved.append(claim)
+            else:
+                bits = _bits(ids)
+                overlapping = overlapping or bool(mask & bits)
+                mask |= bits
+        state.assumed = {}
+        state.slow = overlapping or bool(unresolved)
+        for claim in sorted(unresolved, key=lambda c: c.owner):
+            wanted = self._claimed_count(state, claim)
+            taken = []
+            if state.capacity is not None:
+                core = state.capacity - 1
+                while core >= 0 and len(taken) < wanted:
+                    if not mask >> core & 1:
+                        taken.append(core)
+                        mask |= 1 << core
+                    core -= 1
+            state.assumed[claim.owner] = tuple(sorted(taken))
+        state.mask = mask
+        self._reindex(node)
+
+    def _reindex(self, node: str) -> None:
+        state = self._nodes[node]
+        old = self._free.get(node)
+        if state.capacity is None:
+            new = None
+        else:
+            new = state.capacity - (state.mask & ((1 << state.capacity) - 1)).bit_count()
+        if old == new:
+            return
+        if old is not None:
+            bucket = self._by_free[old]
+            bucket.remove(node)
+            if not bucket:
+                del self._by_free[old]
+            del self._free[node]
+        if new is not None:
+            self._free[node] = new
+            insort(self._by_free.setdefault(new, []), node)
+        self._max_free = max(self._by_free, default=0)
+        if not state.claims and state.capacity is None:
+            del self._nodes[node]
+
+    def _holding(self, state: _NodeState, claim: _Claim) -> Holding:
+        ids = self._exact_core_ids(state, claim)
+        exact = ids is not None
+        if ids is None:
+            ids = state.assumed.get(claim.owner, ())
+            count = self._claimed_count(state, claim)
+        else:
+            count = len(ids)
+        contiguous = exact and bool(ids) and ids[-1] - ids[0] + 1 == len(ids)
+        cores = CoreRange(ids[0], len(ids)) if contiguous else None
+        return Holding(claim.node, cores, count, claim.owner, claim.managed, claim.group, tuple(ids), exact)

@@ -1,0 +1,556 @@
+"""The allocator: a request + nodes + the ledger → a node and a core range per replica, or a reason.
+
+Pure and deterministic. The rules (DESIGN §3–§4):
+
+- **Contiguous.** A replica always gets one contiguous run of node-global cores.
+- **Chips.** A replica that fits in one chip (cores ≤ cores per chip) never straddles a chip
+  boundary; a larger one starts on a chip boundary. On a ring (inf1, inf2) any run of devices is
+  fine. On the trn1 torus the ``Strict`` shape policy also requires 1, 4, 8 or 16 devices (one core,
+  part of one device, or all cores are always fine); ``Permissive`` drops that shape rule.
+- **Aligned** requests (collectives) start at a multiple of their core count.
+- **Eligible nodes** have no problem (cordoned, NotReady, being deleted, unknown topology, no
+  cores), and every NoSchedule/NoExecute taint is tolerated, the nodeSelector matches and the
+  required node affinity matches (Kubernetes semantics).
+- **BinPack** (default): the node with the fewest free cores that fits (ties by name); inside it
+  the smallest free run that fits, at its lowest valid start. **Spread**: nodes where the
+  request's NeuronInference holds the fewest cores first, then the most free cores, then the name;
+  inside the node the same best fit.
+- **Never two owners.** Each placement is reserved in the ledger at once.
+- **Reasons, not exceptions.** A replica that cannot be placed gets an :class:`Unplaceable` with one
+  sentence carrying the numbers; only a malformed request raises ``ValueError``.
+
+Speed: node free-core bitmasks and a free-count index live in the ledger; eligibility per set of
+constraints is cached on a :class:`Fleet`. Pass the same ``Fleet`` to repeated calls to reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from neuronplace.operator.inventory import (
+    BEING_DELETED,
+    CORDONED,
+    NO_CORES,
+    NOT_READY,
+    UNKNOWN_TOPOLOGY,
+    NodeInventory,
+)
+from neuronplace.operator.ledger import Ledger
+from neuronplace.operator.topology import Topology
+from neuronplace.runtime.coreset import CoreRange
+
+STRATEGIES = ("BinPack", "Spread")
+SHAPE_POLICIES = ("Strict", "Permissive")
+NUMBERINGS = ("device-local", "global")
+
+_TAINT_EFFECTS_ENFORCED = ("NoSchedule", "NoExecute")
+_TOLERATION_OPERATORS = ("", "Equal", "Exists")
+_TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+
+# Exclusion kinds beyond the node problems of `inventory`.
+TAINTS = "taints"
+NODE_SELECTOR = "nodeSelector"
+AFFINITY = "affinity"
+TOO_SMALL = "too small"
+SHAPE = "shape"
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """What one NeuronInference asks of every replica. Raises ``ValueError`` when malformed."""
+
+    owner: str
+    cores_per_replica: int
+    processes_per_replica: int = 1
+    strategy: str = "BinPack"
+    shape_policy: str = "Strict"
+    aligned: bool = False
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping, ...] = ()
+    affinity: Mapping | None = None
+    numbering: str = "device-local"
+    _constraints: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        for name in ("cores_per_replica", "processes_per_replica"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.cores_per_replica % self.processes_per_replica:
+            raise ValueError(
+                f"cores_per_replica {self.cores_per_replica} is not divisible by processes_per_replica "
+                f"{self.processes_per_replica}: every process needs the same number of cores"
+            )
+        for name, allowed in (("strategy", STRATEGIES), ("shape_policy", SHAPE_POLICIES), ("numbering", NUMBERINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not isinstance(self.node_selector, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()
+        ):
+            raise ValueError(f"node_selector must map label names to string values, got {self.node_selector!r}")
+        tolerations = tuple(self.tolerations or ())
+        for toleration in tolerations:
+            _validate_toleration(toleration)
+        object.__setattr__(self, "tolerations", tolerations)
+        _required_terms(self.affinity)  # validates
+        constraints = json.dumps(
+            [sorted(self.node_selector.items()), list(tolerations), self.affinity], sort_keys=True, default=str
+        )
+        object.__setattr__(self, "_constraints", constraints)
+
+
+@dataclass(frozen=True)
+class ReplicaPlacement:
+    replica: int
+    node: str
+    cores: CoreRange
+    process_cores: tuple[CoreRange, ...]
+    visible_cores: tuple[str, ...]
+    devices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Unplaceable:
+    replica: int
+    reason: str
+
+
+# ---- request validation and node matching (Kubernetes semantics) ------------------------------
+
+
+def _validate_toleration(toleration) -> None:
+    if not isinstance(toleration, Mapping):
+        raise ValueError(f"a toleration must be a mapping, got {toleration!r}")
+    operator = toleration.get("operator") or ""
+    effect = toleration.get("effect") or ""
+    key = toleration.get("key") or ""
+    if operator not in _TOLERATION_OPERATORS:
+        raise ValueError(f"toleration {dict(toleration)!r}: operator must be Equal or Exists")
+    if effect not in _TOLERATION_EFFECTS:
+        raise ValueError(f"toleration {dict(toleration)!r}: effect must be NoSchedule, PreferNoSchedule or NoExecute")
+    if operator == "Exists" and toleration.get("value"):
+        raise ValueError(f"toleration {dict(toleration)!r}: value must be empty when operator is Exists")
+    if not key and operator != "Exists":
+        raise ValueError(f"toleration {dict(toleration)!r}: operator must be Exists when key is empty")
+
+
+def tolerates(toleration: Mapping, taint: Mapping) -> bool:
+    """Kubernetes' ``Toleration.ToleratesTaint``."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != taint.get("effect"):
+        return False
+    key = toleration.get("key") or ""
+    if key and key != taint.get("key"):
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Exists":
+        return True
+    return (toleration.get("value") or "") == (taint.get("value") or "")
+
+
+def taints_tolerated(taints: Sequence[Mapping], tolerations: Sequence[Mapping]) -> bool:
+    return all(
+        taint.get("effect") not in _TAINT_EFFECTS_ENFORCED or any(tolerates(t, taint) for t in tolerations)
+        for taint in taints
+    )
+
+
+def _required_terms(affinity) -> list | None:
+    """The required node selector terms, validated; ``None`` when there is no requirement."""
+    if affinity is None:
+        return None
+    if not isinstance(affinity, Mapping):
+        raise ValueError(f"affinity must be a mapping, got {affinity!r}")
+    required = (affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    if required is None:
+        return None
+    terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
+    if not isinstance(terms, list):
+        raise ValueError(f"required node affinity needs a list nodeSelectorTerms, got {required!r}")
+    for term in terms:
+        if not isinstance(term, Mapping):
+            raise ValueError(f"node selector term must be a mapping, got {term!r}")
+        for kind in ("matchExpressions", "matchFields"):
+            for expression in term.get(kind) or ():
+                _validate_expression(expression, kind)
+    return terms
+
+
+def _validate_expression(expression, kind: str) -> None:
+    if not isinstance(expression, Mapping) or not expression.get("key"):
+        raise ValueError(f"{kind} entry needs a key, got {expression!r}")
+    operator = expression.get("operator")
+    values = expression.get("values") or []
+    if operator not in _SELECTOR_OPERATORS:
+        raise ValueError(f"{kind} {dict(expression)!r}: operator must be one of {', '.join(_SELECTOR_OPERATORS)}")
+    if kind == "matchFields" and (expression["key"] != "metadata.name" or operator not in ("In", "NotIn")):
+        raise ValueError(f"matchFields {dict(expression)!r}: only metadata.name with In or NotIn is supported")
+    if operator in ("In", "NotIn") and not values:
+        raise ValueError(f"{kind} {dict(expression)!r}: {operator} needs at least one value")
+    if operator in ("Exists", "DoesNotExist") and values:
+        raise ValueError(f"{kind} {dict(expression)!r}: {operator} takes no values")
+    if operator in ("Gt", "Lt"):
+        if len(values) != 1:
+            raise ValueError(f"{kind} {dict(expression)!r}: {operator} needs exactly one value")
+        try:
+            int(values[0])
+        except (TypeError, ValueError):
+            raise ValueError(f"{kind} {dict(expression)!r}: {operator} needs an integer value") from None
+
+
+def _expression_matches(expression: Mapping, labels: Mapping[str, str]) -> bool:
+    key = expression["key"]
+    operator = expression["operator"]
+    values = expression.get("values") or []
+    present = key in labels
+    if operator == "In":
+        return present and labels[key] in values
+    if operator == "NotIn":
+        return not present or labels[key] not in values
+    if operator == "Exists":
+        return present
+    if operator == "DoesNotExist":
+        return not present
+    if not present:
+        return False
+    try:
+        actual = int(labels[key])
+    except ValueError:
+        return False
+    return actual > int(values[0]) if operator == "Gt" else actual < int(values[0])
+
+
+def affinity_matches(terms: list | None, node: NodeInventory) -> bool:
+    """Terms are ORed, expressions inside a term ANDed; an empty term matches nothing."""
+    if terms is None:
+        return True
+    fields = {"metadata.name": node.name}
+    for term in terms:
+        expressions = term.get("matchExpressions") or ()
+        field_expressions = term.get("matchFields") or ()
+        if not expressions and not field_expressions:
+            continue
+        if all(_expression_matches(e, node.labels) for e in expressions) and all(
+            _expression_matches(e, fields) for e in field_expressions
+        ):
+            return True
+    return False
+
+
+# ---- the fleet: nodes plus cached eligibility -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Eligibility:
+    names: frozenset[str]
+    excluded: Counter
+
+
+class Fleet:
+    """A fixed set of nodes with per-constraint eligibility cached (build once, place many)."""
+
+    def __init__(self, nodes: Sequence[NodeInventory]) -> None:
+        self.nodes: tuple[NodeInventory, ...] = tuple(nodes)
+        self.by_name: dict[str, NodeInventory] = {node.name: node for node in self.nodes}
+        self._eligibility: dict[str, _Eligibility] = {}
+
+    def eligibility(self, request: PlacementRequest) -> _Eligibility:
+        cached = self._eligibility.get(request._constraints)
+        if cached is None:
+            cached = self._eligibility[request._constraints] = self._compute(request)
+        return cached
+
+    def _compute(self, request: PlacementRequest) -> _Eligibility:
+        terms = _required_terms(request.affinity)
+        names = set()
+        excluded: Counter = Counter()
+        for node in self.by_name.values():
+            if node.problem is not None:
+                excluded[node.problem_kind or UNKNOWN_TOPOLOGY] += 1
+            elif not taints_tolerated(node.taints, request.tolerations):
+                excluded[TAINTS] += 1
+            elif any(node.labels.get(k) != v for k, v in request.node_selector.items()):
+                excluded[NODE_SELECTOR] += 1
+            elif not affinity_matches(terms, node):
+                excluded[AFFINITY] += 1
+            else:
+                names.add(node.name)
+        return _Eligibility(frozenset(names), excluded)
+
+
+# ---- fitting one replica into one node --------------------------------------------------------
+
+_allowed_cache: dict[tuple, int] = {}
+
+
+def allowed_starts(cores: int, topology: Topology, count: int, aligned: bool, strict: bool) -> int:
+    """Bitmask of the starts at which ``count`` cores may begin on a node (chip, shape, alignment)."""
+    key = (cores, topology, count, aligned, strict)
+    mask = _allowed_cache.get(key)
+    if mask is None:
+        mask = 0
+        per_chip = topology.cores_per_chip
+        if not strict or topology.shape_allows(count):
+            for start in range(0, cores - count + 1):
+                if aligned and start % count:
+                    continue
+                if count <= per_chip:
+                    if start // per_chip != (start + count - 1) // per_chip:
+                        continue
+                elif start % per_chip:
+                    continue
+                mask |= 1 << start
+        if len(_allowed_cache) > 4096:
+            _allowed_cache.clear()
+        _allowed_cache[key] = mask
+    return mask
+
+
+def run_starts(free: int, count: int) -> int:
+    """Bitmask of the starts ``s`` with ``s .. s+count-1`` all free."""
+    starts = free
+    covered = 1
+    while covered < count:
+        step = min(covered, count - covered)
+        starts &= starts >> step
+        covered += step
+    return starts
+
+
+def best_start(free: int, count: int, allowed: int) -> int | None:
+    """The start of the smallest maximal free run holding a valid start, at its lowest valid start."""
+    candidates = run_starts(free, count) & allowed
+    if not candidates:
+        return None
+    if not candidates & (candidates - 1):
+        return candidates.bit_length() - 1
+    best_length = best = None
+    remaining = free
+    while remaining:
+        low = remaining & -remaining
+        above = (remaining + low) & ~remaining
+        run = above - low
+        inside = candidates & run
+        if inside:
+            length = above.bit_length() - low.bit_length()
+            if best_length is None or length < best_length:
+                best_length, best = length, (inside & -inside).bit_length() - 1
+                if length == count:
+                    break
+        remaining &= ~run
+    return best
+
+
+def longest_run(free: int) -> tuple[int, int]:
+    """(length, start) of the longest run of set bits, lowest start on ties; (0, 0) when none."""
+    best = (0, 0)
+    remaining = free
+    while remaining:
+        low = remaining & -remaining
+        above = (remaining + low) & ~remaining
+        length = above.bit_length() - low.bit_length()
+        if length > best[0]:
+            best = (length, low.bit_length() - 1)
+        remaining &= ~(above - low)
+    return best
+
+
+# ---- placing -----------------------------------------------------------------------------------
+
+
+def _fleet(nodes: Sequence[NodeInventory] | Fleet) -> Fleet:
+    return nodes if isinstance(nodes, Fleet) else Fleet(nodes)
+
+
+def _free_mask(node: NodeInventory, ledger: Ledger) -> int:
+    return ((1 << node.cores) - 1) & ~ledger.used_mask(node.name)
+
+
+def _fit(node: NodeInventory, request: PlacementRequest, ledger: Ledger, own: int = 0) -> int | None:
+    count = request.cores_per_replica
+    if node.cores < count:
+        return None
+    allowed = allowed_starts(node.cores, node.topology, count, request.aligned, request.shape_policy == "Strict")
+    if not allowed:
+        return None
+    return best_start(_free_mask(node, ledger) | own, count, allowed)
+
+
+def _search(request: PlacementRequest, fleet: Fleet, eligible: frozenset[str], ledger: Ledger):
+    count = request.cores_per_replica
+    by_name = fleet.by_name
+    if request.strategy == "Spread":
+        held = ledger.group_cores(request.owner)
+        for free in range(ledger.max_free, count - 1, -1):
+            for name in ledger.nodes_with_free(free):
+                if name in eligible and name not in held:
+                    start = _fit(by_name[name], request, ledger)
+                    if start is not None:
+                        return name, start
+        for name in sorted(held, key=lambda n: (held[n], -ledger.free_count(n), n)):
+            if name in eligible and ledger.free_count(name) >= count:
+                start = _fit(by_name[name], request, ledger)
+                if start is not None:
+                    return name, start
+        return None
+    if len(eligible) * 4 < len(fleet.by_name):
+        # Few eligible nodes: ordering them directly beats walking the whole index.
+        order = sorted((ledger.free_count(n), n) for n in eligible)
+        for free, name in order:
+            if free >= count:
+                start = _fit(by_name[name], request, ledger)
+                if start is not None:
+                    return name, start
+        return None
+    for free in range(count, ledger.max_free + 1):
+        for name in ledger.nodes_with_free(free):
+            if name in eligible:
+                start = _fit(by_name[name], request, ledger)
+                if start is not None:
+                    return name, start
+    return None
+
+
+def _preferred(request, fleet, eligible, ledger, owner, prefer) -> tuple[str, int] | None:
+    name, cores = prefer
+    node = fleet.by_name.get(name)
+    if node is None or name not in eligible or cores.count != request.cores_per_replica or cores.end >= node.cores:
+        return None
+    allowed = allowed_starts(node.cores, node.topology, cores.count, request.aligned, request.shape_policy == "Strict")
+    if not allowed >> cores.start & 1:
+        return None
+    holding = ledger.holding_of(owner)
+    own = 0
+    if holding is not None and holding.node == name:
+        for core in holding.core_ids:
+            own |= 1 << core
+    wanted = ((1 << cores.count) - 1) << cores.start
+    if (_free_mask(node, ledger) | own) & wanted != wanted:
+        return None
+    return name, cores.start
+
+
+def _placement(request: PlacementRequest, replica: int, node: NodeInventory, cores: CoreRange) -> ReplicaPlacement:
+    devices = node.topology.devices_of(cores)
+    processes = tuple(cores.split(request.processes_per_replica))
+    offset = 0 if request.numbering == "global" else devices[0] * node.topology.cores_per_chip
+    visible = tuple(str(part.shifted(offset)) for part in processes)
+    return ReplicaPlacement(replica, node.name, cores, processes, visible, devices)
+
+
+def place_one(
+    request: PlacementRequest,
+    replica: int,
+    nodes: Sequence[NodeInventory] | Fleet,
+    ledger: Ledger,
+    owner: str,
+    prefer: tuple[str, CoreRange] | None = None,
+) -> ReplicaPlacement | Unplaceable:
+    """Place one replica for the pod ``owner`` and reserve its cores.
+
+    ``prefer`` keeps a recreated pod on the same cores when they are still free and valid. An
+    owner that already holds a matching range keeps it (retries are idempotent).
+    """
+    fleet = _fleet(nodes)
+    ledger.learn_nodes(fleet.nodes, token=fleet)
+    eligible = fleet.eligibility(request).names
+    if prefer is None:
+        holding = ledger.holding_of(owner)
+        if holding is not None and holding.managed and holding.cores is not None:
+            prefer = (holding.node, holding.cores)
+    choice = _preferred(request, fleet, eligible, ledger, owner, prefer) if prefer is not None else None
+    if choice is None:
+        choice = _search(request, fleet, eligible, ledger)
+    if choice is None:
+        return Unplaceable(replica, unplaceable_reason(request, fleet, ledger))
+    name, start = choice
+    cores = CoreRange(start, request.cores_per_replica)
+    ledger.reserve(name, cores, owner, group=request.owner)
+    return _placement(request, replica, fleet.by_name[name], cores)
+
+
+def place(
+    request: PlacementRequest,
+    replicas: Sequence[int],
+    nodes: Sequence[NodeInventory] | Fleet,
+    ledger: Ledger,
+    owner_of: Callable[[int], str],
+) -> list[ReplicaPlacement | Unplaceable]:
+    """Place each replica ordinal in order, reserving as it goes. Never raises for lack of room."""
+    for replica in replicas:
+        if not isinstance(replica, int) or isinstance(replica, bool) or replica < 0:
+            raise ValueError(f"replica ordinals must be whole numbers >= 0, got {replica!r}")
+    fleet = _fleet(nodes)
+    return [place_one(request, replica, fleet, ledger, owner_of(replica)) for replica in replicas]
+
+
+# ---- reasons -----------------------------------------------------------------------------------
+
+_EXCLUSION_PHRASES = (
+    (TAINTS, "{n} node{s} excluded by taints"),
+    (NODE_SELECTOR, "{n} not matching the nodeSelector"),
+    (AFFINITY, "{n} not matching the required node affinity"),
+    (CORDONED, "{n} cordoned"),
+    (NOT_READY, "{n} NotReady"),
+    (BEING_DELETED, "{n} being deleted"),
+    (UNKNOWN_TOPOLOGY, "{n} of unknown topology"),
+    (NO_CORES, "{n} without NeuronCores"),
+    (TOO_SMALL, "{n} with fewer than {count} cores"),
+    (SHAPE, "{n} trn1 torus node{s} where {count} cores is not a 1, 4, 8 or 16-device shape (shapePolicy Strict)"),
+)
+
+
+def _exclusions(excluded: Counter, count: int) -> str:
+    parts = []
+    for kind, phrase in _EXCLUSION_PHRASES:
+        n = excluded.get(kind, 0)
+        if n:
+            parts.append(phrase.format(n=n, s="" if n == 1 else "s", count=count))
+    return ", ".join(parts)
+
+
+def unplaceable_reason(request: PlacementRequest, nodes: Sequence[NodeInventory] | Fleet, ledger: Ledger) -> str:
+    """One sentence saying why no node can take a replica of ``request`` now, with numbers."""
+    fleet = _fleet(nodes)
+    count = request.cores_per_replica
+    need = f"needs {count} contiguous core{'' if count == 1 else 's'}"
+    if request.aligned:
+        need += f" starting at a multiple of {count}"
+    if not fleet.by_name:
+        return f"{need}; there are no nodes"
+    eligibility = fleet.eligibility(request)
+    excluded = Counter(eligibility.excluded)
+    strict = request.shape_policy == "Strict"
+    candidates = []
+    for name in sorted(eligibility.names):
+        node = fleet.by_name[name]
+        if node.cores < count:
+            excluded[TOO_SMALL] += 1
+        elif strict and not node.topology.shape_allows(count):
+            excluded[SHAPE] += 1
+        else:
+            candidates.append(node)
+    excluded_text = _exclusions(excluded, count)
+    if not candidates:
+        return f"{need}; no node can take it: {excluded_text}"
+    longest, longest_on, free_total = 0, "", 0
+    for node in candidates:
+        free = _free_mask(node, ledger)
+        free_total += free.bit_count()
+        length, _ = longest_run(free)
+        if length > longest:
+            longest, longest_on = length, node.name
+    if longest == 0:
+        text = f"{need}; no free cores on the {len(candidates)} node{"" if len(candidates) == 1 else "s"} that could take it"
+    elif longest < count:
+        text = f"{need}; largest free run is {longest} on {longest_on} ({free_total} cores free in total)"
+    else:
+        text = (
+            f"{need}; largest free run is {longest} on {longest_on}, but no free run fits the chip rules "
+            "(a replica stays inside one chip, or starts on a chip boundary when it needs more than one)"
+        )
+    return f"{text}; {excluded_text}" if excluded_text else text
