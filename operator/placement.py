@@ -545,7 +545,7 @@ def unplaceable_reason(request: PlacementRequest, nodes: Sequence[NodeInventory]
         if length > longest:
             longest, longest_on = length, node.name
     if longest == 0:
-        text = f"{need}; no free cores on the {len(candidates)} node{"" if len(candidates) == 1 else "s"} that could take it"
+        text = f"{need}; no free cores on the {len(candidates)} node{'' if len(candidates) == 1 else 's'} that could take it"
     elif longest < count:
         text = f"{need}; largest free run is {longest} on {longest_on} ({free_total} cores free in total)"
     else:
