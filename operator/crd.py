@@ -1,0 +1,358 @@
+"""The NeuronInference resource model → its CustomResourceDefinition manifest (pure; never imports kopf).
+
+The committed ``crds/neuronplace.io_neuroninferences.yaml`` is generated from ``build_crd()``
+(``python -m neuronplace.operator.crd > crds/neuronplace.io_neuroninferences.yaml``) and a unit test
+checks that they are equal, so the schema has one source of truth.
+
+Every rule that needs no cluster is enforced by the API server (OpenAPI bounds and CEL
+``x-kubernetes-validations``), so an invalid spec is rejected at ``kubectl apply`` with a message
+rather than discovered later by the operator.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+GROUP = "neuronplace.io"
+VERSION = "v1alpha1"
+KIND = "NeuronInference"
+PLURAL = "neuroninferences"
+SINGULAR = "neuroninference"
+SHORT_NAMES = ("ninf",)
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
+STRATEGIES = ("BinPack", "Spread")
+SHAPE_POLICIES = ("Strict", "Permissive")
+
+# Bounds: no instance has more than 128 cores (trn2.48xlarge at LNC=1), so neither a replica nor
+# one of its processes can use more; the replica bound keeps a typo (replicas: 10000) from
+# flooding a cluster with pending pods.
+MAX_CORES_PER_REPLICA = 128
+MAX_REPLICAS = 1000
+# Kubernetes label values are at most 63 characters and the name is the value of
+# neuronplace.io/inference on every pod.
+MAX_NAME_LENGTH = 63
+# Bounds on lists and maps inside the template. CEL needs them to estimate a rule's cost; the
+# API server refuses a CRD whose rules could be unbounded.
+MAX_CONTAINERS = 32
+MAX_ENV = 512
+MAX_RESOURCES = 64
+MAX_KEY_LENGTH = 253
+
+# Env variables the operator owns in the neuron containers; a template may not set them.
+RESERVED_ENV = ("NEURON_RT_VISIBLE_CORES", "NEURON_RT_NUM_CORES")
+
+
+def _rule(rule: str, message: str, **extra) -> dict:
+    return {"rule": rule, "message": message, **extra}
+
+
+def _string_map(description: str) -> dict:
+    return {
+        "type": "object",
+        "description": description,
+        "maxProperties": MAX_RESOURCES,
+        "additionalProperties": {"type": "string"},
+    }
+
+
+def _toleration_schema() -> dict:
+    return {
+        "type": "object",
+        "description": "A pod toleration (core/v1 Toleration), copied onto every pod and honoured by placement.",
+        "properties": {
+            "key": {"type": "string", "maxLength": MAX_KEY_LENGTH},
+            "operator": {"type": "string", "enum": ["Exists", "Equal"]},
+            "value": {"type": "string", "maxLength": 63},
+            "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
+            "tolerationSeconds": {"type": "integer", "format": "int64"},
+        },
+        "x-kubernetes-validations": [
+            _rule("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                  "a toleration with operator Exists must not have a value"),
+        ],
+    }
+
+
+def _resource_list(description: str) -> dict:
+    return {
+        "type": "object",
+        "description": description,
+        "maxProperties": MAX_RESOURCES,
+        "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+    }
+
+
+def _container_schema(kind: str) -> dict:
+    """Only the fields the rules look at are declared; the rest of a container is kept as written."""
+    return {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "maxLength": 63},
+            "env": {
+                "type": "array",
+                "maxItems": MAX_ENV,
+                "items": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string", "maxLength": MAX_KEY_LENGTH}},
+                },
+            },
+            "resources": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                "properties": {
+                    "requests": _resource_list("Requests; Neuron resources are set by the operator, never here."),
+                    "limits": _resource_list("Limits; Neuron resources are set by the operator, never here."),
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            _rule(
+                "!has(self.resources) || ("
+                "(!has(self.resources.requests) || !self.resources.requests.exists(k, k.startsWith('aws.amazon.com/neuron')))"
+                " && (!has(self.resources.limits) || !self.resources.limits.exists(k, k.startsWith('aws.amazon.com/neuron'))))",
+                f"{kind} must not request Neuron resources (aws.amazon.com/neuron*): the operator sets "
+                "aws.amazon.com/neuroncore from coresPerReplica",
+            ),
+            _rule(
+                "!has(self.env) || self.env.all(e, !(e.name in " + repr(list(RESERVED_ENV)).replace('"', "'") + "))",
+                f"{kind} must not set NEURON_RT_VISIBLE_CORES or NEURON_RT_NUM_CORES: the operator computes "
+                "them from the placement",
+            ),
+        ],
+    }
+
+
+def _template_schema() -> dict:
+    return {
+        "type": "object",
+        "description": "The pod template (metadata + spec), exactly like a Deployment's. The first container "
+                       "runs the model; with several processes it is repeated once per process.",
+        "required": ["spec"],
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "labels": _string_map("Labels copied onto every pod."),
+                    "annotations": _string_map("Annotations copied onto every pod."),
+                },
+            },
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                "required": ["containers"],
+                "properties": {
+                    "nodeName": {"type": "string"},
+                    "schedulerName": {"type": "string"},
+                    "containers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_CONTAINERS,
+                        "items": _container_schema("a container"),
+                    },
+                    "initContainers": {
+                        "type": "array",
+                        "maxItems": MAX_CONTAINERS,
+                        "items": _container_schema("an init container"),
+                    },
+                },
+                "x-kubernetes-validations": [
+                    _rule("!has(self.nodeName)",
+                          "template.spec.nodeName must not be set: the operator binds every pod to the node it places it on"),
+                    _rule("!has(self.schedulerName)",
+                          "template.spec.schedulerName must not be set: the operator binds pods itself, no scheduler is involved"),
+                ],
+            },
+        },
+    }
+
+
+def spec_schema() -> dict:
+    return {
+        "type": "object",
+        "required": ["coresPerReplica", "template"],
+        "properties": {
+            "replicas": {
+                "type": "integer", "format": "int32", "default": 1, "minimum": 0, "maximum": MAX_REPLICAS,
+                "description": "How many replicas (pods); 0 frees every core.",
+            },
+            "coresPerReplica": {
+                "type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_CORES_PER_REPLICA,
+                "description": "NeuronCores per replica: one contiguous, node-global range on one node.",
+            },
+            "processesPerReplica": {
+                "type": "integer", "format": "int32", "default": 1, "minimum": 1, "maximum": MAX_CORES_PER_REPLICA,
+                "description": "Processes per replica; each gets coresPerReplica / processesPerReplica cores "
+                               "(one container per process).",
+            },
+            "placement": {
+                "type": "object",
+                "default": {},
+                "description": "Where replicas may go and how they are packed.",
+                "properties": {
+                    "strategy": {"type": "string", "enum": list(STRATEGIES), "default": "BinPack",
+                                 "description": "BinPack fills the fullest node that fits; Spread puts replicas on different nodes."},
+                    "nodeSelector": _string_map("Only nodes with all these labels are considered."),
+                    "tolerations": {"type": "array", "maxItems": 64, "items": _toleration_schema(),
+                                    "description": "Taints these tolerate are no obstacle; copied onto every pod."},
+                    "shapePolicy": {"type": "string", "enum": list(SHAPE_POLICIES), "default": "Strict",
+                                    "description": "Strict: only shapes the Neuron topology supports (trn1.32xlarge: 1, 4, 8 "
+                                                   "or 16 devices); Permissive: any contiguous range."},
+                    "alignedStart": {"type": "boolean", "default": False,
+                                     "description": "Start each range at a multiple of its size (collectives on trn1)."},
+                },
+            },
+            "dataParallel": {
+                "type": "object",
+                "description": "Hints for neuronplace.runtime.DataParallel, passed as NEURONPLACE_DP_* env.",
+                "properties": {
+                    "dim": {"type": "integer", "minimum": 0, "maximum": 31,
+                            "description": "Dimension to scatter along (NEURONPLACE_DP_DIM)."},
+                    "dynamicBatching": {"type": "boolean",
+                                        "description": "Dynamic batching on or off (NEURONPLACE_DP_DYNAMIC_BATCHING)."},
+                    "numWorkers": {"type": "integer", "minimum": 1, "maximum": 1024,
+                                   "description": "Worker threads (NEURONPLACE_DP_NUM_WORKERS)."},
+                },
+            },
+            "template": _template_schema(),
+        },
+        "x-kubernetes-validations": [
+            _rule("!has(self.processesPerReplica) || self.coresPerReplica % self.processesPerReplica == 0",
+                  "coresPerReplica must be divisible by processesPerReplica (every process gets the same number of cores)"),
+        ],
+    }
+
+
+def _condition_schema() -> dict:
+    return {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer", "format": "int64"},
+        },
+    }
+
+
+def status_schema() -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "replicas": {"type": "integer", "format": "int32", "description": "Pods that exist."},
+            "readyReplicas": {"type": "integer", "format": "int32", "description": "Pods that are Ready."},
+            "selector": {"type": "string", "description": "Label selector of the pods (for the scale subresource / HPA)."},
+            "placements": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "replica": {"type": "integer"},
+                        "pod": {"type": "string"},
+                        "node": {"type": "string"},
+                        "cores": {"type": "string", "description": "Node-global range, e.g. 4-7."},
+                        "processCores": {"type": "array", "items": {"type": "string"},
+                                         "description": "Node-global range of each process."},
+                    },
+                },
+            },
+            "conditions": {
+                "type": "array",
+                "items": _condition_schema(),
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+        },
+    }
+
+
+PRINTER_COLUMNS = [
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Pods that are Ready"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas", "description": "Desired replicas"},
+    {"name": "Cores", "type": "integer", "jsonPath": ".spec.coresPerReplica", "description": "NeuronCores per replica"},
+    {"name": "Strategy", "type": "string", "jsonPath": ".spec.placement.strategy", "description": "BinPack or Spread"},
+    {"name": "Placed", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Placed")].status', "priority": 1},
+    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Placed")].reason', "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def build_crd() -> dict:
+    """The CustomResourceDefinition manifest for NeuronInference."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "listKind": f"{KIND}List",
+                "categories": ["neuronplace"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "NeuronInference: replicas of a model, each on a contiguous NeuronCore range "
+                                           "of one node, placed and bound by the neuronplace operator.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                            "x-kubernetes-validations": [
+                                _rule(f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+                                      f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it is the value of the "
+                                      "pods' neuronplace.io/inference label"),
+                            ],
+                        }
+                    },
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
+        },
+    }
+
+
+def render_crd_yaml() -> str:
+    """The committed YAML text, byte for byte."""
+    header = (
+        "# Generated by `python -m neuronplace.operator.crd` from operator/crd.py; do not edit by hand.\n"
+    )
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, default_flow_style=False, width=1000)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_crd_yaml())

@@ -1,0 +1,159 @@
+"""Operator settings: one documented dataclass, read from the environment and overridable by flags.
+
+Every field has an environment variable (``NEURONPLACE_<FIELD>``) so that the operator started by
+``kopf run -m neuronplace.operator`` (no flags of ours) is configured the same way as the one started
+by ``neuronplace run`` (whose flags write these variables before kopf imports the handlers).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+NUMBERINGS = ("device-local", "global")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """How the operator runs.
+
+    namespaces: namespaces whose NeuronInference resources (and pods) are watched; empty means
+        cluster-wide. Nodes are cluster-scoped and always watched. In namespace-scoped mode pods
+        of other namespaces that hold Neuron resources are not seen, so they are not accounted.
+    node_selector: label selector (``k=v,k2,!k3``) of the nodes this operator manages; empty means
+        every node that has Neuron cores. The operator is the only allocator on managed nodes.
+    numbering: the container-visible numbering of ``NEURON_RT_VISIBLE_CORES``. ``device-local``: the
+        AWS device plugin (Neuron >= 2.16) mounts only the allocated devices and numbers cores from 0
+        on the first one; ``global``: all host devices are visible, ids equal node-global ids.
+    log_format: ``text`` or ``json`` (kopf's JSON log lines).
+    node_grace_seconds: how long a node may be NotReady before its replicas are placed elsewhere.
+    resync_seconds: every resource is reconciled at least this often, even without events.
+    workers: reconciles running at once (API calls are concurrent; placement is serialised).
+    watch_server_timeout / watch_client_timeout / watch_connect_timeout: kopf watch timeouts in
+        seconds, so that a silently frozen watch is re-established (kopf issues #585, #957).
+    error_backoff_seconds: first retry delay after a temporary error; doubles up to max_backoff_seconds.
+    allow_privileged: lift the pod-template safety policy (``podsecurity``); the namespace rule stays.
+    """
+
+    namespaces: tuple[str, ...] = ()
+    node_selector: str = ""
+    numbering: str = "device-local"
+    log_format: str = "text"
+    node_grace_seconds: float = 60.0
+    resync_seconds: float = 30.0
+    workers: int = 4
+    watch_server_timeout: float = 120.0
+    watch_client_timeout: float = 150.0
+    watch_connect_timeout: float = 10.0
+    error_backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 30.0
+    allow_privileged: bool = False
+
+    def __post_init__(self) -> None:
+        if self.numbering not in NUMBERINGS:
+            raise ValueError(f"numbering {self.numbering!r} is not one of {', '.join(NUMBERINGS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        for name in ("node_grace_seconds", "resync_seconds", "watch_server_timeout", "watch_client_timeout",
+                     "watch_connect_timeout", "error_backoff_seconds", "max_backoff_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        parse_node_selector(self.node_selector)  # fail early on a malformed selector
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "OperatorSettings":
+        """Read ``NEURONPLACE_<FIELD>`` variables; unset ones keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for field in fields(cls):
+            raw = environ.get(env_name(field.name))
+            if raw is None or raw == "":
+                continue
+            if field.name == "namespaces":
+                values["namespaces"] = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+            elif field.type == "bool":
+                values[field.name] = _boolean(field.name, raw)
+            elif field.type in ("int",):
+                values[field.name] = _number(field.name, raw, int)
+            elif field.type in ("float",):
+                values[field.name] = _number(field.name, raw, float)
+            else:
+                values[field.name] = raw
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings (for a child process)."""
+        out = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, tuple):
+                out[env_name(field.name)] = ",".join(value)
+            elif isinstance(value, bool):
+                out[env_name(field.name)] = "true" if value else "false"
+            else:
+                out[env_name(field.name)] = str(value)
+        return out
+
+
+def env_name(field_name: str) -> str:
+    return "NEURONPLACE_" + field_name.upper()
+
+
+def _boolean(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{env_name(name)}={raw!r} is not a boolean (true/false)")
+
+
+def _number(name: str, raw: str, kind):
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def parse_node_selector(selector: str) -> list[tuple[str, str, str | None]]:
+    """Parse an equality-based label selector into ``(op, key, value)`` terms.
+
+    ``op`` is ``=`` (key=value), ``!=`` (key!=value), ``exists`` (key) or ``!exists`` (!key).
+    """
+    terms: list[tuple[str, str, str | None]] = []
+    for raw in selector.split(","):
+        term = raw.strip()
+        if not term:
+            continue
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            terms.append(("!=", key.strip(), value.strip()))
+        elif "=" in term:
+            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
+            terms.append(("=", key.strip(), value.strip()))
+        elif term.startswith("!"):
+            terms.append(("!exists", term[1:].strip(), None))
+        else:
+            terms.append(("exists", term, None))
+    for op, key, _ in terms:
+        if not key or " " in key:
+            raise ValueError(f"node selector {selector!r}: bad term with key {key!r}; expected k=v, k!=v, k or !k")
+    return terms
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy the selector (an empty selector matches everything)."""
+    for op, key, value in parse_node_selector(selector):
+        if op == "=" and labels.get(key) != value:
+            return False
+        if op == "!=" and labels.get(key) == value:
+            return False
+        if op == "exists" and key not in labels:
+            return False
+        if op == "!exists" and key in labels:
+            return False
+    return True
