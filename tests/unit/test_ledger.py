@@ -1,0 +1,221 @@
+"""The ledger rebuilt from pods: managed ranges, foreign pods, reservations, never two owners."""
+
+import pytest
+
+from neuronplace.operator.inventory import inventory_from_node
+from neuronplace.operator.ledger import ANNOTATION_CORES, MANAGED_LABEL, Ledger
+from neuronplace.runtime.coreset import CoreRange
+
+
+def make_node(name, instance_type="inf2.48xlarge", cores="24"):
+    return inventory_from_node(
+        {
+            "metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
+            "status": {
+                "allocatable": {"aws.amazon.com/neuroncore": cores},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+    )
+
+
+def managed_pod(name, node, cores, inference="web", namespace="default", phase="Running"):
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {MANAGED_LABEL: inference},
+            "annotations": {ANNOTATION_CORES: cores},
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "main"}]},
+        "status": {"phase": phase},
+    }
+
+
+def foreign_pod(name, node, cores=0, devices=0, ids=None, init_cores=0, phase="Running"):
+    resources = {}
+    if cores:
+        resources["aws.amazon.com/neuroncore"] = str(cores)
+    if devices:
+        resources["aws.amazon.com/neuron"] = str(devices)
+    pod = {
+        "metadata": {"name": name, "namespace": "other", "annotations": {}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"limits": resources}}]},
+        "status": {"phase": phase},
+    }
+    if init_cores:
+        pod["spec"]["initContainers"] = [
+            {"name": "i", "resources": {"requests": {"aws.amazon.com/neuroncore": str(init_cores)}}}
+        ]
+    if ids is not None:
+        pod["metadata"]["annotations"]["AWS_NEURON_IDS"] = ids
+    return pod
+
+
+def test_from_pods_reads_managed_ranges():
+    ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3"), managed_pod("web-1", "n1", "8-11")])
+    assert ledger.used_cores("n1") == set(range(4)) | set(range(8, 12))
+    holdings = ledger.holdings("n1")
+    assert [(h.owner, h.cores, h.managed, h.group) for h in holdings] == [
+        ("default/web-0", CoreRange(0, 4), True, "default/web"),
+        ("default/web-1", CoreRange(8, 4), True, "default/web"),
+    ]
+    assert ledger.foreign() == []
+    assert ledger.used_cores("elsewhere") == set()
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_terminated_pods_hold_nothing(phase):
+    ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3", phase=phase), foreign_pod("f", "n1", cores=2, phase=phase)])
+    assert ledger.used_cores("n1") == set()
+
+
+def test_unbound_pods_hold_nothing():
+    pod = managed_pod("web-0", "n1", "0-3")
+    del pod["spec"]["nodeName"]
+    assert Ledger.from_pods([pod]).nodes() == []
+
+
+def test_pods_without_neuron_resources_are_ignored():
+    assert Ledger.from_pods([foreign_pod("plain", "n1")]).nodes() == []
+
+
+def test_observe_is_idempotent_and_forget_frees():
+    ledger = Ledger()
+    pod = managed_pod("web-0", "n1", "2-3")
+    ledger.observe(pod)
+    ledger.observe(pod)
+    assert len(ledger.holdings("n1")) == 1 and ledger.used_cores("n1") == {2, 3}
+    pod["metadata"]["annotations"][ANNOTATION_CORES] = "4-5"
+    ledger.observe(pod)
+    assert ledger.used_cores("n1") == {4, 5}
+    pod["status"]["phase"] = "Succeeded"
+    ledger.observe(pod)
+    assert ledger.used_cores("n1") == set()
+    ledger.observe(managed_pod("web-0", "n1", "2-3"))
+    ledger.forget("default/web-0")
+    ledger.forget("default/never-existed")
+    assert ledger.used_cores("n1") == set()
+
+
+def test_reserve_refuses_a_second_owner():
+    ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3")])
+    with pytest.raises(ValueError, match=r"core\(s\) 2,3 held by default/web-0"):
+        ledger.reserve("n1", CoreRange(2, 4), "default/web-1")
+    # Nothing changed.
+    assert ledger.used_cores("n1") == set(range(4))
+    assert ledger.holding_of("default/web-1") is None
+    ledger.reserve("n1", CoreRange(4, 4), "default/web-1", group="default/web")
+    assert ledger.used_cores("n1") == set(range(8))
+    assert ledger.group_cores("default/web") == {"n1": 8}
+
+
+def test_reserve_again_is_a_no_op_and_a_new_range_replaces():
+    ledger = Ledger()
+    ledger.reserve("n1", CoreRange(0, 2), "ns/p")
+    ledger.reserve("n1", CoreRange(0, 2), "ns/p")
+    assert [h.cores for h in ledger.holdings("n1")] == [CoreRange(0, 2)]
+    ledger.reserve("n1", CoreRange(1, 2), "ns/p")  # overlaps only its own old range
+    assert ledger.used_cores("n1") == {1, 2}
+    ledger.reserve("n2", CoreRange(0, 1), "ns/p")
+    assert ledger.used_cores("n1") == set() and ledger.used_cores("n2") == {0}
+
+
+def test_reserve_beyond_capacity_is_refused():
+    ledger = Ledger()
+    ledger.learn_nodes([make_node("n1")])
+    with pytest.raises(ValueError, match="0-23"):
+        ledger.reserve("n1", CoreRange(20, 8), "ns/p")
+
+
+def test_observed_pod_replaces_its_reservation():
+    ledger = Ledger()
+    ledger.reserve("n1", CoreRange(0, 4), "default/web-0", group="default/web")
+    ledger.observe(managed_pod("web-0", "n1", "0-3"))
+    assert len(ledger.holdings("n1")) == 1
+    assert ledger.group_cores("default/web") == {"n1": 4}
+
+
+def test_foreign_pod_with_exact_core_ids():
+    ledger = Ledger.from_pods([foreign_pod("aws", "n1", cores=2, ids="2,3")])
+    assert ledger.used_cores("n1") == {2, 3}
+    [holding] = ledger.foreign()
+    assert (holding.owner, holding.cores, holding.count, holding.managed, holding.exact) == (
+        "other/aws", CoreRange(2, 2), 2, False, True
+    )
+
+
+def test_foreign_non_contiguous_ids_are_held_exactly():
+    ledger = Ledger.from_pods([foreign_pod("aws", "n1", cores=2, ids="1,5")])
+    assert ledger.used_cores("n1") == {1, 5}
+    [holding] = ledger.foreign()
+    assert holding.cores is None and holding.core_ids == (1, 5) and holding.count == 2
+
+
+def test_foreign_device_ids_become_core_ids_once_the_node_is_known():
+    ledger = Ledger.from_pods([foreign_pod("aws", "n1", devices=2, ids="3,4")])
+    ledger.learn_nodes([make_node("n1")])
+    assert ledger.used_cores("n1") == {6, 7, 8, 9}
+
+
+def test_foreign_pod_without_ids_takes_the_highest_free_cores():
+    pods = [
+        managed_pod("web-0", "n1", "20-23"),
+        foreign_pod("b", "n1", cores=2),
+        foreign_pod("a", "n1", cores=3),
+    ]
+    ledger = Ledger.from_pods(pods)
+    ledger.learn_nodes([make_node("n1")])
+    # Owner order: other/a takes 17-19 first, then other/b 15-16 (managed cores are never assumed).
+    assert ledger.used_cores("n1") == set(range(15, 24))
+    foreign = {h.owner: h for h in ledger.foreign()}
+    assert foreign["other/a"].core_ids == (17, 18, 19) and not foreign["other/a"].exact
+    assert foreign["other/b"].core_ids == (15, 16) and foreign["other/b"].count == 2
+    assert foreign["other/a"].cores is None
+    assert ledger.free_count("n1") == 15
+    # The same pods in another order give the same ledger.
+    again = Ledger.from_pods(reversed(pods))
+    again.learn_nodes([make_node("n1")])
+    assert again.foreign() == ledger.foreign()
+
+
+def test_foreign_device_count_uses_cores_per_chip():
+    ledger = Ledger.from_pods([foreign_pod("d", "n1", devices=2)])
+    ledger.learn_nodes([make_node("n1")])
+    assert ledger.used_cores("n1") == {20, 21, 22, 23}
+
+
+def test_init_containers_count_by_the_maximum_rule():
+    ledger = Ledger.from_pods([foreign_pod("f", "n1", cores=1, init_cores=3, ids=None)])
+    assert ledger.foreign()[0].count == 3
+
+
+def test_managed_pod_with_a_bad_annotation_is_accounted_for_and_reported():
+    pod = managed_pod("web-0", "n1", "3,5")
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"aws.amazon.com/neuroncore": "2"}}
+    ledger = Ledger.from_pods([pod])
+    ledger.learn_nodes([make_node("n1")])
+    [holding] = ledger.foreign()
+    assert holding.owner == "default/web-0" and holding.count == 2 and not holding.exact
+    assert ledger.used_cores("n1") == {22, 23}
+
+
+def test_overlapping_pods_stay_held_until_both_are_gone():
+    ledger = Ledger.from_pods([managed_pod("a", "n1", "0-3"), managed_pod("b", "n1", "2-5")])
+    ledger.forget("default/a")
+    assert ledger.used_cores("n1") == {2, 3, 4, 5}
+    ledger.forget("default/b")
+    assert ledger.used_cores("n1") == set()
+
+
+def test_free_index_follows_changes():
+    ledger = Ledger()
+    ledger.learn_nodes([make_node("n1"), make_node("n2", "trn1.32xlarge", "32")])
+    assert ledger.free_count("n1") == 24 and ledger.free_count("n2") == 32
+    assert ledger.nodes_with_free(24) == ["n1"] and ledger.max_free == 32
+    ledger.reserve("n2", CoreRange(0, 8), "ns/p")
+    assert ledger.nodes_with_free(24) == ["n1", "n2"] and ledger.max_free == 24
+    ledger.forget("ns/p")
+    assert ledger.free_count("n2") == 32
+    ledger.learn_nodes([make_node("n1")])  # n2 left the fleet
+    assert ledger.free_count("n2") == 0 and ledger.max_free == 24
