@@ -1,0 +1,197 @@
+"""Pod manifests for NeuronInference replicas (pure ``build_pod``; never imports kopf).
+
+Layout of a replica with P processes (decided): the template's FIRST container runs the model and
+is repeated once per process, named ``<container>-<i>`` when P > 1 (unchanged when P = 1). Each copy
+requests and limits ``aws.amazon.com/neuroncore`` = C/P and gets its own ``NEURON_RT_VISIBLE_CORES``
+for its own slice of the replica's range, so no two processes can ever be handed the same cores
+(pain point 7) and kubelet accounts every core. Other containers are sidecars: no Neuron resources,
+no Neuron env. Processes share the pod's network namespace, so each one is told its index
+(``NEURONPLACE_PROCESS_INDEX``) to pick, for example, its own port.
+
+The pod is created already bound (``spec.nodeName``): no scheduler, never a ``schedulerName``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING, Any, Mapping
+
+from neuronplace.operator.crd import API_VERSION, KIND, NEURONCORE_RESOURCE, RESERVED_ENV
+
+if TYPE_CHECKING:  # the placement engine's result type; only its attributes are used here
+    from neuronplace.operator.placement import ReplicaPlacement
+
+INFERENCE_LABEL = "neuronplace.io/inference"
+REPLICA_LABEL = "neuronplace.io/replica"
+CORES_ANNOTATION = "neuronplace.io/cores"
+TEMPLATE_HASH_ANNOTATION = "neuronplace.io/template-hash"
+NUMBERING_ANNOTATION = "neuronplace.io/numbering"
+
+# The AWS Neuron scheduler extension's pod annotations, so that the stock device plugin would mount
+# exactly these cores. NEURON_ALLOCATED is "false" when the scheduler side writes it; the plugin
+# flips it to "true" once it has allocated the devices. NEURON_ALLOC_TIME is Unix nanoseconds.
+AWS_NEURON_IDS = "AWS_NEURON_IDS"
+NEURON_RESOURCE_TYPE = "NEURON_RESOURCE_TYPE"
+NEURON_ALLOCATED = "NEURON_ALLOCATED"
+NEURON_ALLOC_TIME = "NEURON_ALLOC_TIME"
+
+# Env given to every process container. The NEURONPLACE_DP_* names are read by neuronplace.runtime.
+ENV_VISIBLE_CORES = "NEURON_RT_VISIBLE_CORES"
+ENV_NODE_CORES = "NEURONPLACE_NODE_CORES"          # this process's node-global range (for logs / debugging)
+ENV_REPLICA = "NEURONPLACE_REPLICA"
+ENV_PROCESS_INDEX = "NEURONPLACE_PROCESS_INDEX"
+ENV_PROCESSES = "NEURONPLACE_PROCESSES"
+ENV_DP_DIM = "NEURONPLACE_DP_DIM"
+ENV_DP_DYNAMIC_BATCHING = "NEURONPLACE_DP_DYNAMIC_BATCHING"  # "true" / "false"
+ENV_DP_NUM_WORKERS = "NEURONPLACE_DP_NUM_WORKERS"
+
+
+def pod_name(inference_name: str, replica: int) -> str:
+    return f"{inference_name}-{replica}"
+
+
+def selector_for(inference_name: str) -> str:
+    """The label selector of an inference's pods (status.selector, for the scale subresource)."""
+    return f"{INFERENCE_LABEL}={inference_name}"
+
+
+def template_hash(spec: Mapping[str, Any]) -> str:
+    """Hash of everything in the spec that shapes a pod, except the replica count.
+
+    A pod whose hash differs from the spec's is outdated and is rolled out (one at a time).
+    """
+    relevant = {key: value for key, value in spec.items() if key != "replicas"}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return digest[:16]
+
+
+def data_parallel_env(spec: Mapping[str, Any]) -> list[dict]:
+    """``spec.dataParallel`` hints as env entries (only the hints that are set)."""
+    hints = spec.get("dataParallel") or {}
+    if not isinstance(hints, Mapping):
+        return []
+    env = []
+    if isinstance(hints.get("dim"), int):
+        env.append({"name": ENV_DP_DIM, "value": str(hints["dim"])})
+    if isinstance(hints.get("dynamicBatching"), bool):
+        env.append({"name": ENV_DP_DYNAMIC_BATCHING, "value": "true" if hints["dynamicBatching"] else "false"})
+    if isinstance(hints.get("numWorkers"), int):
+        env.append({"name": ENV_DP_NUM_WORKERS, "value": str(hints["numWorkers"])})
+    return env
+
+
+def merge_tolerations(*groups) -> list[dict]:
+    """Concatenate toleration lists, dropping exact duplicates, keeping order."""
+    seen: list[dict] = []
+    for group in groups:
+        for toleration in group or ():
+            if isinstance(toleration, Mapping) and dict(toleration) not in seen:
+                seen.append(dict(toleration))
+    return seen
+
+
+def _process_container(base: dict, index: int, processes: int, replica: int, visible: str, node_cores: str,
+                       cores_each: int, dp_env: list[dict]) -> dict:
+    container = copy.deepcopy(base)
+    if processes > 1:
+        container["name"] = f"{base['name']}-{index}"
+    ours = {
+        ENV_VISIBLE_CORES: visible,
+        ENV_NODE_CORES: node_cores,
+        ENV_REPLICA: str(replica),
+        ENV_PROCESS_INDEX: str(index),
+        ENV_PROCESSES: str(processes),
+    }
+    ours.update({entry["name"]: entry["value"] for entry in dp_env})
+    # Our values replace any the template set (the CRD rejects the reserved ones; a template that
+    # got past it must still not contradict the placement).
+    kept = [e for e in container.get("env") or [] if isinstance(e, Mapping) and e.get("name") not in ours
+            and e.get("name") not in RESERVED_ENV]
+    container["env"] = kept + [{"name": name, "value": value} for name, value in ours.items()]
+    resources = container.setdefault("resources", {})
+    for kind in ("requests", "limits"):
+        amounts = {k: v for k, v in (resources.get(kind) or {}).items() if not k.startswith("aws.amazon.com/neuron")}
+        amounts[NEURONCORE_RESOURCE] = str(cores_each)
+        resources[kind] = amounts
+    return container
+
+
+def _strip_neuron(container: Mapping) -> dict:
+    """A sidecar: keeps everything except Neuron resources and Neuron env."""
+    out = copy.deepcopy(dict(container))
+    resources = out.get("resources") or {}
+    for kind in ("requests", "limits"):
+        if isinstance(resources.get(kind), Mapping):
+            resources[kind] = {k: v for k, v in resources[kind].items() if not k.startswith("aws.amazon.com/neuron")}
+    if out.get("env"):
+        out["env"] = [e for e in out["env"] if not (isinstance(e, Mapping) and e.get("name") in RESERVED_ENV)]
+    return out
+
+
+def build_pod(inference: Mapping[str, Any], placement: "ReplicaPlacement", *, numbering: str = "device-local",
+              now_ns: int | None = None) -> dict:
+    """The pod for one placed replica of ``inference`` (the API's JSON dict of the resource)."""
+    meta = inference["metadata"]
+    spec = inference["spec"]
+    name = meta["name"]
+    template = copy.deepcopy(spec.get("template") or {})
+    template_meta = template.get("metadata") or {}
+    pod_spec = template.get("spec") or {}
+    containers = pod_spec.get("containers") or []
+    if not containers:
+        raise ValueError(f"NeuronInference {meta.get('namespace')}/{name}: template.spec.containers is empty")
+    processes = len(placement.process_cores)
+    cores = placement.cores
+    cores_each = cores.count // processes
+    dp_env = data_parallel_env(spec)
+
+    process_containers = [
+        _process_container(containers[0], index, processes, placement.replica, placement.visible_cores[index],
+                           str(placement.process_cores[index]), cores_each, dp_env)
+        for index in range(processes)
+    ]
+    pod_spec["containers"] = process_containers + [_strip_neuron(c) for c in containers[1:]]
+    if pod_spec.get("initContainers"):
+        pod_spec["initContainers"] = [_strip_neuron(c) for c in pod_spec["initContainers"]]
+    pod_spec.pop("schedulerName", None)
+    pod_spec["nodeName"] = placement.node
+    placement_spec = spec.get("placement") or {}
+    tolerations = merge_tolerations(pod_spec.get("tolerations"), placement_spec.get("tolerations"))
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+
+    labels = dict(template_meta.get("labels") or {})
+    labels[INFERENCE_LABEL] = name
+    labels[REPLICA_LABEL] = str(placement.replica)
+    annotations = dict(template_meta.get("annotations") or {})
+    annotations.update({
+        CORES_ANNOTATION: str(cores),
+        TEMPLATE_HASH_ANNOTATION: template_hash(spec),
+        NUMBERING_ANNOTATION: numbering,
+        AWS_NEURON_IDS: ",".join(str(i) for i in cores.ids),
+        NEURON_RESOURCE_TYPE: NEURONCORE_RESOURCE,
+        NEURON_ALLOCATED: "false",
+        NEURON_ALLOC_TIME: str(time.time_ns() if now_ns is None else now_ns),
+    })
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, placement.replica),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": name,
+                "uid": meta["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": pod_spec,
+    }

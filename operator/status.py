@@ -1,0 +1,151 @@
+"""Status and conditions of a NeuronInference (pure builders; never imports kopf).
+
+Conventions (Kubernetes API conventions): ``observedGeneration`` at the top and in each condition;
+conditions with ``type``, ``status`` True/False/Unknown, a CamelCase ``reason``, a human ``message``
+and a ``lastTransitionTime`` that only moves when the status flips. No ``phase``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from neuronplace.operator.pods import CORES_ANNOTATION, REPLICA_LABEL, pod_name, selector_for
+from neuronplace.runtime.coreset import CoreRange
+
+PLACED = "Placed"
+READY = "Ready"
+
+# Reasons (CamelCase, stable: tests and users match on them).
+REASON_PLACED = "Placed"
+REASON_UNSCHEDULABLE = "Unschedulable"
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_POD_REJECTED = "PodRejected"
+REASON_PENDING = "Pending"
+REASON_READY = "AllReplicasReady"
+REASON_NOT_READY = "ReplicasNotReady"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why replicas lack pods: ``reason`` is a condition reason, ``message`` the explanation."""
+
+    reason: str
+    message: str
+
+
+def now_rfc3339(clock: dt.datetime | None = None) -> str:
+    moment = clock or dt.datetime.now(dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_is_ready(pod: Mapping[str, Any]) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
+
+
+def set_condition(conditions: Sequence[Mapping], type_: str, status: str, reason: str, message: str,
+                  generation: int | None, now: str) -> list[dict]:
+    """Return ``conditions`` with ``type_`` set; ``lastTransitionTime`` kept unless the status changes."""
+    out: list[dict] = []
+    previous = None
+    for condition in conditions or ():
+        if isinstance(condition, Mapping) and condition.get("type") == type_:
+            previous = condition
+        elif isinstance(condition, Mapping):
+            out.append(dict(condition))
+    transition = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
+    new = {"type": type_, "status": status, "reason": reason, "message": message,
+           "lastTransitionTime": transition or now}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    out.append(new)
+    return sorted(out, key=lambda c: str(c.get("type")))
+
+
+def placement_entry(pod: Mapping[str, Any], processes: int) -> dict | None:
+    """``status.placements`` entry for a pod, read back from what the pod itself says."""
+    meta = pod.get("metadata") or {}
+    try:
+        replica = int((meta.get("labels") or {})[REPLICA_LABEL])
+        cores = CoreRange.parse((meta.get("annotations") or {})[CORES_ANNOTATION])
+    except (KeyError, ValueError, TypeError):
+        return None
+    try:
+        process_cores = [str(r) for r in cores.split(processes)]
+    except ValueError:
+        process_cores = [str(cores)]
+    return {"replica": replica, "pod": meta.get("name", ""), "node": (pod.get("spec") or {}).get("nodeName", ""),
+            "cores": str(cores), "processCores": process_cores}
+
+
+def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:
+    """One message for the replicas that could not be placed, grouping identical reasons."""
+    by_reason: dict[str, list[int]] = {}
+    for replica, reason in unplaceable:
+        by_reason.setdefault(reason, []).append(replica)
+    parts = []
+    for reason, replicas in by_reason.items():
+        label = f"replica {replicas[0]}" if len(replicas) == 1 else f"replicas {', '.join(map(str, sorted(replicas)))}"
+        parts.append(f"{label}: {reason}")
+    return "; ".join(parts)
+
+
+def build_status(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *,
+                 problem: Problem | None = None, now: str | None = None) -> dict:
+    """The full ``status`` for ``inference`` given its live pods and what keeps the rest from existing.
+
+    ``pods`` are the resource's own pods (terminating ones included: they still hold cores).
+    """
+    now = now or now_rfc3339()
+    meta = inference.get("metadata") or {}
+    spec = inference.get("spec") if isinstance(inference.get("spec"), Mapping) else {}
+    previous = inference.get("status") if isinstance(inference.get("status"), Mapping) else {}
+    generation = meta.get("generation")
+    name = meta.get("name", "")
+    desired = spec.get("replicas", 1) if isinstance(spec.get("replicas", 1), int) else 0
+    processes = spec.get("processesPerReplica", 1) if isinstance(spec.get("processesPerReplica", 1), int) else 1
+
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    placements = sorted(
+        (entry for entry in (placement_entry(p, max(processes, 1)) for p in live) if entry is not None),
+        key=lambda e: e["replica"],
+    )
+    ready = sum(1 for p in live if pod_is_ready(p))
+    wanted_names = {pod_name(name, i) for i in range(max(desired, 0))}
+    placed = sum(1 for p in live if (p.get("metadata") or {}).get("name") in wanted_names)
+
+    conditions = previous.get("conditions") or []
+    if problem is not None:
+        conditions = set_condition(conditions, PLACED, "False", problem.reason, problem.message, generation, now)
+    elif placed >= desired:
+        conditions = set_condition(conditions, PLACED, "True", REASON_PLACED,
+                                   f"{placed}/{desired} replicas placed", generation, now)
+    else:
+        conditions = set_condition(conditions, PLACED, "False", REASON_PENDING,
+                                   f"{placed}/{desired} replicas placed; waiting for old pods to go", generation, now)
+    if ready >= desired and placed >= desired:
+        conditions = set_condition(conditions, READY, "True", REASON_READY,
+                                   f"{ready}/{desired} replicas ready", generation, now)
+    else:
+        conditions = set_condition(conditions, READY, "False", REASON_NOT_READY,
+                                   f"{ready}/{desired} replicas ready", generation, now)
+    return {
+        "observedGeneration": generation,
+        "replicas": len(live),
+        "readyReplicas": ready,
+        "selector": selector_for(name),
+        "placements": placements,
+        "conditions": conditions,
+    }
+
+
+def status_differs(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
+    """Whether writing ``wanted`` would change anything (avoids status writes that only echo)."""
+    current = current or {}
+    return any(current.get(key) != value for key, value in wanted.items())

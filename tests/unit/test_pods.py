@@ -1,0 +1,178 @@
+"""build_pod: the pod manifest for one placed replica (names, ownership, annotations, env, resources)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neuronplace.operator import pods
+from neuronplace.operator.inventory import inventory_from_node
+from neuronplace.operator.ledger import Ledger
+from neuronplace.operator.placement import PlacementRequest, ReplicaPlacement, place_one
+from neuronplace.runtime.coreset import CoreRange, parse_core_set
+
+KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def inference(cores=8, processes=2, **spec_extra):
+    spec = {
+        "replicas": 2,
+        "coresPerReplica": cores,
+        "processesPerReplica": processes,
+        "placement": {"strategy": "BinPack", "tolerations": [KWOK_TOLERATION]},
+        "dataParallel": {"dim": 0, "dynamicBatching": False, "numWorkers": 4},
+        "template": {
+            "metadata": {"labels": {"app": "bert"}, "annotations": {"team": "search"}},
+            "spec": {
+                "containers": [
+                    {"name": "model", "image": "bert:1", "env": [{"name": "MODEL", "value": "bert"}],
+                     "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}}},
+                    {"name": "sidecar", "image": "envoy:1"},
+                ],
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            },
+        },
+    }
+    spec.update(spec_extra)
+    return {"apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
+            "metadata": {"name": "bert", "namespace": "ml", "uid": "uid-1", "generation": 1}, "spec": spec}
+
+
+def placement_on(cores: CoreRange, processes: int, numbering="device-local", replica=1, exact=True):
+    """A real ReplicaPlacement from the placement engine for an inf2.48xlarge node (2 cores per chip),
+    asking for ``cores``; with ``exact=False`` the engine may choose another start."""
+    node = {"metadata": {"name": "inf2-a", "labels": {"node.kubernetes.io/instance-type": "inf2.48xlarge"}},
+            "status": {"allocatable": {"aws.amazon.com/neuroncore": "24"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+    request = PlacementRequest(owner="ml/bert", cores_per_replica=cores.count, processes_per_replica=processes,
+                               shape_policy="Permissive", numbering=numbering)
+    result = place_one(request, replica, [inventory_from_node(node)], Ledger(), owner=f"ml/bert-{replica}",
+                       prefer=("inf2-a", cores))
+    assert isinstance(result, ReplicaPlacement), result
+    assert result.cores == cores or not exact, result
+    return result
+
+
+def env_of(container) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_name_labels_owner_and_binding():
+    pod = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2), now_ns=123)
+    meta = pod["metadata"]
+    assert meta["name"] == "bert-1" and meta["namespace"] == "ml"
+    assert meta["labels"] == {"app": "bert", "neuronplace.io/inference": "bert", "neuronplace.io/replica": "1"}
+    (owner,) = meta["ownerReferences"]
+    assert owner == {"apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference", "name": "bert",
+                     "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+    assert pod["spec"]["nodeName"] == "inf2-a"
+    assert "schedulerName" not in pod["spec"]
+
+
+def test_annotations_keep_the_templates_and_add_the_device_plugins():
+    pod = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2), now_ns=1789352350678418384)
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["team"] == "search"
+    assert annotations["neuronplace.io/cores"] == "4-11"
+    assert annotations["AWS_NEURON_IDS"] == "4,5,6,7,8,9,10,11"
+    assert annotations["NEURON_RESOURCE_TYPE"] == "aws.amazon.com/neuroncore"
+    assert annotations["NEURON_ALLOCATED"] == "false"
+    assert annotations["NEURON_ALLOC_TIME"] == "1789352350678418384"
+    assert annotations["neuronplace.io/template-hash"] == pods.template_hash(inference()["spec"])
+
+
+def test_one_container_per_process_with_its_own_cores_in_device_local_numbering():
+    pod = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2))
+    containers = pod["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["model-0", "model-1", "sidecar"]
+    first, second = env_of(containers[0]), env_of(containers[1])
+    # Devices 2..5 are mounted (cores 4-11 on 2-core chips), numbered from 0 inside the container.
+    assert first["NEURON_RT_VISIBLE_CORES"] == "0-3" and second["NEURON_RT_VISIBLE_CORES"] == "4-7"
+    assert first["NEURONPLACE_NODE_CORES"] == "4-7" and second["NEURONPLACE_NODE_CORES"] == "8-11"
+    assert (first["NEURONPLACE_PROCESS_INDEX"], second["NEURONPLACE_PROCESS_INDEX"]) == ("0", "1")
+    assert first["NEURONPLACE_PROCESSES"] == "2" and first["NEURONPLACE_REPLICA"] == "1"
+    assert first["MODEL"] == "bert"
+    assert first["NEURONPLACE_DP_DIM"] == "0"
+    assert first["NEURONPLACE_DP_DYNAMIC_BATCHING"] == "false"
+    assert first["NEURONPLACE_DP_NUM_WORKERS"] == "4"
+    for container in containers[:2]:
+        assert container["resources"]["requests"] == {"cpu": "1", "aws.amazon.com/neuroncore": "4"}
+        assert container["resources"]["limits"] == {"memory": "1Gi", "aws.amazon.com/neuroncore": "4"}
+    assert "NEURON_RT_VISIBLE_CORES" not in env_of(containers[2])
+    assert "aws.amazon.com/neuroncore" not in str(containers[2])
+
+
+def test_global_numbering_uses_node_ids():
+    pod = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2, numbering="global"), numbering="global")
+    visible = [env_of(c)["NEURON_RT_VISIBLE_CORES"] for c in pod["spec"]["containers"][:2]]
+    assert visible == ["4-7", "8-11"]
+    assert pod["metadata"]["annotations"]["neuronplace.io/numbering"] == "global"
+
+
+def test_single_process_keeps_the_container_name():
+    pod = pods.build_pod(inference(cores=2, processes=1), placement_on(CoreRange(6, 2), 1))
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["model", "sidecar"]
+    assert env_of(pod["spec"]["containers"][0])["NEURON_RT_VISIBLE_CORES"] == "0-1"
+
+
+def test_tolerations_are_merged_without_duplicates():
+    spec_tolerations = inference()["spec"]["template"]["spec"]["tolerations"]
+    resource = inference()
+    resource["spec"]["placement"]["tolerations"] = [KWOK_TOLERATION, spec_tolerations[0]]
+    pod = pods.build_pod(resource, placement_on(CoreRange(0, 8), 2))
+    assert pod["spec"]["tolerations"] == [spec_tolerations[0], KWOK_TOLERATION]
+
+
+def test_hand_set_neuron_env_and_resources_are_replaced():
+    """A template that got past the CRD's rules must still not contradict the placement."""
+    resource = inference(cores=2, processes=1)
+    model = resource["spec"]["template"]["spec"]["containers"][0]
+    model["env"].append({"name": "NEURON_RT_VISIBLE_CORES", "value": "0-31"})
+    model["resources"]["limits"]["aws.amazon.com/neuron"] = "16"
+    pod = pods.build_pod(resource, placement_on(CoreRange(0, 2), 1))
+    container = pod["spec"]["containers"][0]
+    assert [e["value"] for e in container["env"] if e["name"] == "NEURON_RT_VISIBLE_CORES"] == ["0-1"]
+    assert "aws.amazon.com/neuron" not in container["resources"]["limits"]
+
+
+def test_build_pod_does_not_modify_the_resource():
+    resource = inference()
+    before = repr(resource)
+    pods.build_pod(resource, placement_on(CoreRange(0, 8), 2))
+    assert repr(resource) == before
+
+
+def test_template_hash_ignores_replicas_only():
+    spec = inference()["spec"]
+    assert pods.template_hash(spec) == pods.template_hash({**spec, "replicas": 7})
+    assert pods.template_hash(spec) != pods.template_hash({**spec, "coresPerReplica": 4})
+    changed = inference()["spec"]
+    changed["template"]["spec"]["containers"][0]["image"] = "bert:2"
+    assert pods.template_hash(spec) != pods.template_hash(changed)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_process_ranges_partition_the_replica_range(data):
+    processes = data.draw(st.sampled_from([1, 2, 3, 4, 6, 8, 12]))
+    per_process = data.draw(st.integers(1, 24 // processes))
+    count = processes * per_process
+    start = data.draw(st.integers(0, 24 - count))
+    numbering = data.draw(st.sampled_from(["device-local", "global"]))
+    placement = placement_on(CoreRange(start, count), processes, numbering=numbering, exact=False)
+    start = placement.cores.start
+    pod = pods.build_pod(inference(cores=count, processes=processes), placement, numbering=numbering)
+    annotations = pod["metadata"]["annotations"]
+    node_ids = parse_core_set(annotations["neuronplace.io/cores"])
+    assert node_ids == list(range(start, start + count))
+    assert annotations["AWS_NEURON_IDS"] == ",".join(map(str, node_ids))
+    seen: list[int] = []
+    offset = placement.devices[0] * 2 if numbering == "device-local" else 0
+    for container in pod["spec"]["containers"][:processes]:
+        env = env_of(container)
+        global_ids = parse_core_set(env["NEURONPLACE_NODE_CORES"])
+        visible_ids = parse_core_set(env["NEURON_RT_VISIBLE_CORES"])
+        assert [v + offset for v in visible_ids] == global_ids
+        assert container["resources"]["limits"]["aws.amazon.com/neuroncore"] == str(per_process)
+        seen += global_ids
+    assert seen == node_ids  # the processes split the replica's range exactly, in order, no overlap

@@ -1,0 +1,89 @@
+"""Status and conditions built from live pods (Kubernetes API conventions)."""
+
+from __future__ import annotations
+
+from neuronplace.operator import status
+
+
+def resource(replicas=2, processes=2, previous=None):
+    return {"metadata": {"name": "bert", "namespace": "ml", "generation": 3},
+            "spec": {"replicas": replicas, "coresPerReplica": 4, "processesPerReplica": processes},
+            "status": previous or {}}
+
+
+def pod(ordinal, cores, node="inf2-a", ready=True, deleting=False):
+    meta = {"name": f"bert-{ordinal}", "labels": {"neuronplace.io/replica": str(ordinal)},
+            "annotations": {"neuronplace.io/cores": cores}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-28T10:00:00Z"
+    return {"metadata": meta, "spec": {"nodeName": node},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def condition(built, type_):
+    (found,) = [c for c in built["conditions"] if c["type"] == type_]
+    return found
+
+
+def test_all_placed_and_ready():
+    built = status.build_status(resource(), [pod(1, "4-7"), pod(0, "0-3")], now="2026-11-28T10:00:00Z")
+    assert built["observedGeneration"] == 3
+    assert built["replicas"] == 2 and built["readyReplicas"] == 2
+    assert built["selector"] == "neuronplace.io/inference=bert"
+    assert built["placements"] == [
+        {"replica": 0, "pod": "bert-0", "node": "inf2-a", "cores": "0-3", "processCores": ["0-1", "2-3"]},
+        {"replica": 1, "pod": "bert-1", "node": "inf2-a", "cores": "4-7", "processCores": ["4-5", "6-7"]},
+    ]
+    placed, ready = condition(built, "Placed"), condition(built, "Ready")
+    assert (placed["status"], placed["reason"], placed["observedGeneration"]) == ("True", "Placed", 3)
+    assert (ready["status"], ready["reason"], ready["message"]) == ("True", "AllReplicasReady", "2/2 replicas ready")
+
+
+def test_unschedulable_carries_the_engines_message():
+    problem = status.Problem(status.REASON_UNSCHEDULABLE,
+                             status.summarize_unplaceable([(1, "needs 8 contiguous cores; largest free run is 6 on inf2-a")]))
+    built = status.build_status(resource(), [pod(0, "0-3")], problem=problem)
+    placed = condition(built, "Placed")
+    assert placed["status"] == "False" and placed["reason"] == "Unschedulable"
+    assert placed["message"] == "replica 1: needs 8 contiguous cores; largest free run is 6 on inf2-a"
+    assert condition(built, "Ready")["status"] == "False"
+
+
+def test_grouped_unplaceable_message():
+    message = status.summarize_unplaceable([(3, "no room"), (2, "no room"), (4, "tainted")])
+    assert message == "replicas 2, 3: no room; replica 4: tainted"
+
+
+def test_terminating_pods_are_neither_replicas_nor_placements():
+    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", deleting=True)])
+    assert built["replicas"] == 1 and built["readyReplicas"] == 1
+    assert [p["replica"] for p in built["placements"]] == [0]
+    assert condition(built, "Placed")["reason"] == "Pending"
+
+
+def test_transition_time_moves_only_when_status_flips():
+    first = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", ready=False)], now="2026-11-28T10:00:00Z")
+    second = status.build_status(resource(previous=first), [pod(0, "0-3"), pod(1, "4-7", ready=False)],
+                                 now="2026-11-28T10:05:00Z")
+    assert condition(second, "Ready")["lastTransitionTime"] == "2026-11-28T10:00:00Z"
+    third = status.build_status(resource(previous=second), [pod(0, "0-3"), pod(1, "4-7")], now="2026-11-28T10:09:00Z")
+    assert condition(third, "Ready")["lastTransitionTime"] == "2026-11-28T10:09:00Z"
+    assert condition(third, "Placed")["lastTransitionTime"] == "2026-11-28T10:00:00Z"
+
+
+def test_zero_replicas_is_placed_and_ready():
+    built = status.build_status(resource(replicas=0), [])
+    assert condition(built, "Placed")["status"] == "True" and condition(built, "Ready")["status"] == "True"
+    assert built["replicas"] == 0 and built["placements"] == []
+
+
+def test_pods_with_broken_annotations_do_not_break_status():
+    broken = pod(0, "7-3")
+    built = status.build_status(resource(replicas=1), [broken])
+    assert built["placements"] == [] and built["replicas"] == 1
+
+
+def test_status_differs_only_on_real_changes():
+    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7")], now="2026-11-28T10:00:00Z")
+    assert not status.status_differs(built, dict(built))
+    assert status.status_differs(built, {**built, "readyReplicas": 1})
