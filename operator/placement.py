@@ -549,8 +549,9 @@ def unplaceable_reason(request: PlacementRequest, nodes: Sequence[NodeInventory]
     elif longest < count:
         text = f"{need}; largest free run is {longest} on {longest_on} ({free_total} cores free in total)"
     else:
+        aligned = f" and a start at a multiple of {count}" if request.aligned else ""
         text = (
-            f"{need}; largest free run is {longest} on {longest_on}, but no free run fits the chip rules "
+            f"{need}; largest free run is {longest} on {longest_on}, but no free run fits the chip rules{aligned} "
             "(a replica stays inside one chip, or starts on a chip boundary when it needs more than one)"
         )
     return f"{text}; {excluded_text}" if excluded_text else text
