@@ -1,0 +1,185 @@
+"""The simulated Neuron fleet: fleet specs and pure Node manifests that kwok manages.
+
+A fleet spec is ``"inf2.48xlarge=2,trn1.32xlarge=1"`` (instance type = count). :func:`build_node`
+returns the Node object for one simulated instance: the instance-type and zone labels a real EKS node
+carries, capacity and allocatable for ``aws.amazon.com/neuroncore`` (cores) and
+``aws.amazon.com/neuron`` (whole devices = chips) from :mod:`neuronplace.operator.topology`
+(DESIGN §4), plus cpu, memory and pods. The annotation ``kwok.x-k8s.io/node: fake`` hands the node
+to kwok (it then keeps the node Ready and runs the pods bound to it), and kwok's
+``NoSchedule`` taint keeps pods that do not tolerate it away.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from neuronplace.operator.topology import INSTANCE_TOPOLOGIES, LNC_KEY, Topology, topology_for
+
+NEURONCORE = "aws.amazon.com/neuroncore"
+NEURON_DEVICE = "aws.amazon.com/neuron"
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+# The toleration a pod needs to land on a simulated node.
+KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
+
+REGION = "us-east-1"
+ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
+# kubelet's default --max-pods; EKS derives a per-type limit from ENIs, which a simulation lacks.
+DEFAULT_MAX_PODS = 110
+
+
+@dataclass(frozen=True)
+class HostShape:
+    """The non-Neuron resources of an instance type (AWS instance type specifications)."""
+
+    vcpus: int
+    memory_gib: int
+
+
+HOST_SHAPES: dict[str, HostShape] = {
+    "inf1.xlarge": HostShape(4, 8),
+    "inf1.2xlarge": HostShape(8, 16),
+    "inf1.6xlarge": HostShape(24, 48),
+    "inf1.24xlarge": HostShape(96, 192),
+    "inf2.xlarge": HostShape(4, 16),
+    "inf2.8xlarge": HostShape(32, 128),
+    "inf2.24xlarge": HostShape(96, 384),
+    "inf2.48xlarge": HostShape(192, 768),
+    "trn1.2xlarge": HostShape(8, 32),
+    "trn1.32xlarge": HostShape(128, 512),
+    "trn1n.32xlarge": HostShape(128, 512),
+    "trn2.3xlarge": HostShape(12, 128),
+    "trn2.48xlarge": HostShape(192, 2048),
+    "trn2u.48xlarge": HostShape(192, 2048),
+}
+
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_SPEC_ITEM = re.compile(r"^([a-z0-9]+(?:\.[a-z0-9]+)*)=(\d+)$")
+
+
+def parse_fleet(spec: str) -> dict[str, int]:
+    """Parse ``"inf2.48xlarge=2,trn1.32xlarge=1"`` into ``{"inf2.48xlarge": 2, "trn1.32xlarge": 1}``.
+
+    Every type must be a known instance type (DESIGN §4), every count an integer >= 1, and no type
+    may repeat; otherwise ``ValueError`` names the offending item and the expected form.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"fleet spec {spec!r} is empty; expected TYPE=COUNT[,TYPE=COUNT...], e.g. inf2.48xlarge=2")
+    fleet: dict[str, int] = {}
+    for raw in spec.split(","):
+        item = raw.strip()
+        match = _SPEC_ITEM.match(item)
+        if not match:
+            raise ValueError(
+                f"fleet spec item {item!r} is not TYPE=COUNT (e.g. inf2.48xlarge=2) in {spec!r}"
+            )
+        instance_type, count = match.group(1), int(match.group(2))
+        check_instance_type(instance_type)
+        if count < 1:
+            raise ValueError(f"fleet spec item {item!r}: count must be >= 1")
+        if instance_type in fleet:
+            raise ValueError(f"fleet spec {spec!r} names {instance_type} twice")
+        fleet[instance_type] = count
+    return fleet
+
+
+def normalize_fleet(fleet: Mapping[str, int] | str) -> dict[str, int]:
+    """Accept a spec string or a ``{type: count}`` mapping; validate it the same way."""
+    if isinstance(fleet, str):
+        return parse_fleet(fleet)
+    result: dict[str, int] = {}
+    for instance_type, count in fleet.items():
+        check_instance_type(instance_type)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"fleet count for {instance_type} must be an integer >= 1, got {count!r}")
+        result[instance_type] = count
+    return result
+
+
+def check_instance_type(instance_type: str) -> None:
+    if instance_type not in INSTANCE_TOPOLOGIES or instance_type not in HOST_SHAPES:
+        known = ", ".join(sorted(set(INSTANCE_TOPOLOGIES) & set(HOST_SHAPES)))
+        raise ValueError(f"unknown instance type {instance_type!r}; known: {known}")
+
+
+def node_name(prefix: str, instance_type: str, index: int) -> str:
+    """``np-`` + ``inf2.48xlarge`` + 0 → ``np-inf2-48xlarge-0`` (a valid DNS label)."""
+    return f"{prefix}{instance_type.replace('.', '-')}-{index}"
+
+
+def build_node(
+    name: str,
+    instance_type: str,
+    zone: str = ZONES[0],
+    labels: Mapping[str, str] | None = None,
+    lnc: int | None = None,
+) -> dict:
+    """The Node manifest of one simulated instance (pure; the API's JSON form).
+
+    ``lnc`` (trn2 only) sets the logical-core grouping and is recorded as the label
+    ``neuronplace.io/lnc``; other families ignore it. Extra ``labels`` are added last (they may not
+    override the instance-type label, which would make the node lie about its hardware).
+    """
+    check_instance_type(instance_type)
+    if not _NODE_NAME.match(name) or len(name) > 253:
+        raise ValueError(f"node name {name!r} is not a DNS subdomain (lowercase letters, digits, '-', '.')")
+    topology: Topology = topology_for(instance_type, lnc)
+    host = HOST_SHAPES[instance_type]
+    extra = dict(labels or {})
+    if extra.get(INSTANCE_TYPE_LABEL, instance_type) != instance_type:
+        raise ValueError(f"label {INSTANCE_TYPE_LABEL}={extra[INSTANCE_TYPE_LABEL]!r} contradicts instance type {instance_type}")
+    node_labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        INSTANCE_TYPE_LABEL: instance_type,
+        ZONE_LABEL: zone,
+        REGION_LABEL: REGION,
+        "type": "kwok",
+    }
+    if lnc is not None and instance_type.startswith("trn2"):
+        node_labels[LNC_KEY] = str(lnc)
+    node_labels.update(extra)
+    resources = {
+        "cpu": str(host.vcpus),
+        "memory": f"{host.memory_gib}Gi",
+        "pods": str(DEFAULT_MAX_PODS),
+        NEURONCORE: str(topology.cores),
+        NEURON_DEVICE: str(topology.chips),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": node_labels,
+            "annotations": {KWOK_ANNOTATION: "fake"},
+        },
+        "spec": {"taints": [dict(KWOK_TAINT)]},
+        "status": {
+            "capacity": dict(resources),
+            "allocatable": dict(resources),
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"},
+            "phase": "Running",
+        },
+    }
+
+
+def build_fleet(
+    fleet: Mapping[str, int] | str,
+    prefix: str = "np-",
+    labels: Mapping[str, str] | None = None,
+    zones: tuple[str, ...] = ZONES,
+) -> list[dict]:
+    """Node manifests for a whole fleet; instances of each type are spread over ``zones`` in turn."""
+    nodes = []
+    for instance_type, count in normalize_fleet(fleet).items():
+        for index in range(count):
+            nodes.append(build_node(node_name(prefix, instance_type, index), instance_type,
+                                    zones[index % len(zones)], labels))
+    return nodes
