@@ -5,5 +5,15 @@ torch (the operator uses them too); ``DataParallel`` is loaded on first use.
 """
 
 from neuronplace.runtime.coreset import CoreRange, format_core_set, parse_core_set
+from neuronplace.runtime.cores import visible_cores
 
-__all__ = ["CoreRange", "format_core_set", "parse_core_set"]
+__all__ = ["CoreRange", "DataParallel", "format_core_set", "parse_core_set", "visible_cores"]
+
+
+def __getattr__(name: str):
+    # Deferred so that importing the package (or its grammar) does not import torch.
+    if name == "DataParallel":
+        from neuronplace.runtime.data_parallel import DataParallel
+
+        return DataParallel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

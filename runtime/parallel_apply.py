@@ -1,0 +1,267 @@
+"""Run chunks on their cores: inline in the caller when that is cheaper, else on every core at once.
+
+Handing a chunk to another Python thread costs tens of microseconds here (DESIGN §9: 48 µs for a
+queue round trip), more than a whole tiny model call. So the executor measures, and decides per
+call which way is cheaper:
+
+* the cost of a chunk, in seconds per row, timed around every chunk that runs inline (the median
+  of the last few, so one preempted chunk on a busy machine does not flip the decision);
+* the overhead of parallel dispatch, from real parallel calls: their wall time minus the compute
+  the busiest core needed (the no-op round trip timed when the workers start is the floor).
+
+Inline costs every chunk in sequence; parallel costs the busiest core's chunks plus the
+overhead. Parallel chunks go to each core's persistent workers and all cores compute at once
+(ATen and TorchScript release the GIL). The first call always goes parallel, so a model that
+blocks or is slow is never serialised while its cost is unknown. Chunk times measured in the
+workers count only when they are long (at least ``_TRUSTED_HANDOFFS`` round trips): short ones
+are inflated by GIL contention, so they trigger an inline probe instead (at once when nothing is
+known yet, else every ``_PROBE_EVERY`` calls). Wall time is measured, not CPU time, because a
+real NeuronCore's chunk is device time during which the calling thread sleeps.
+
+Every core has its own queue and at least one worker, and chunk ``k`` runs on core
+``k % cores``: with C cores, C chunks are in flight (torch_neuronx effectively ran 2).
+A failing chunk's exception is re-raised in the caller with its type, its original traceback
+text and the real global core id (torch_neuronx reported the chunk index: aws-neuron-sdk#486).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from queue import SimpleQueue
+
+import torch
+
+from neuronplace.runtime.backends import Replica
+
+# Estimates are medians of the last few samples.
+_SAMPLES = 5
+_HANDOFF_SAMPLES = 7
+# A chunk measured in a worker is trusted only when it took at least this many round trips.
+_TRUSTED_HANDOFFS = 8
+_PROBE_EVERY = 32
+
+
+def _median(samples) -> float | None:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
+class CoreExecutor:
+    """Persistent workers for a list of replicas (one per core) and the inline/parallel choice."""
+
+    def __init__(self, replicas: list[Replica], workers_per_core: int, call_chunk) -> None:
+        self.replicas = replicas
+        self._call_chunk = call_chunk  # (replica, args, kwargs, rows) -> output
+        self._workers_per_core = workers_per_core
+        self._queues: list[SimpleQueue] | None = None
+        self._lock = threading.Lock()
+        self.handoff_seconds: float | None = None
+        self._row_costs: deque[float] = deque(maxlen=_SAMPLES)
+        # (wall seconds, rows on the busiest core) of recent parallel calls.
+        self._parallel_calls: deque[tuple[float, int]] = deque(maxlen=_SAMPLES)
+        self._needs_probe = False
+        self._calls = 0
+        self.parallel_runs = 0
+        self.inline_runs = 0
+
+    # ---- configuration -------------------------------------------------------------------------
+    def set_workers_per_core(self, count: int) -> None:
+        with self._lock:
+            if count != self._workers_per_core:
+                self._stop_workers()
+                self._workers_per_core = count
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop_workers()
+
+    # ---- estimates -----------------------------------------------------------------------------
+    @property
+    def seconds_per_row(self) -> float | None:
+        """Measured cost of one row of a chunk; ``None`` before any trusted measurement."""
+        return _median(self._row_costs)
+
+    def parallel_overhead(self, seconds_per_row: float) -> float:
+        """Seconds a parallel call spends beyond its busiest core's compute."""
+        floor = self.handoff_seconds or 0.0
+        overheads = [wall - rows * seconds_per_row for wall, rows in self._parallel_calls]
+        return max(floor, _median(overheads) or 0.0)
+
+    # ---- running -------------------------------------------------------------------------------
+    def run_inline(self, chunks: list[tuple]) -> list:
+        """Run ``(chunk_index, args, kwargs, rows)`` chunks in the caller, each on its own core."""
+        self.inline_runs += 1
+        threads = self.replicas[0].intra_op_threads
+        previous = torch.get_num_threads() if threads else None
+        if threads and previous != threads:
+            torch.set_num_threads(threads)
+        try:
+            results = [self._run_one(index, args, kwargs, rows, True) for index, args, kwargs, rows in chunks]
+        finally:
+            if threads and previous != threads:
+                torch.set_num_threads(previous)
+        return _outputs_or_raise(results)
+
+    def run(self, chunks: list[tuple]) -> list:
+        """Run the chunks on their cores (chunk ``k`` on core ``k % cores``) and return their outputs."""
+        cores = len(self.replicas)
+        used = min(cores, len(chunks))
+        per_core: list[list] = [[] for _ in range(used)]
+        for position, chunk in enumerate(chunks):
+            per_core[position % cores].append(chunk)
+        busiest = max(sum(chunk[3] for chunk in core_chunks) for core_chunks in per_core)
+        if used == 1 or self._inline_is_cheaper(chunks, busiest):
+            return self.run_inline(chunks)
+        self.parallel_runs += 1
+        queues = self._ensure_workers()
+        started = time.perf_counter()
+        replies: SimpleQueue = SimpleQueue()
+        for core_position, core_chunks in enumerate(per_core):
+            queues[core_position].put((self, core_chunks, replies))
+        results: list = [None] * len(chunks)
+        for _ in range(used):
+            for index, outcome in replies.get():
+                results[index] = outcome
+        self._parallel_calls.append((time.perf_counter() - started, busiest))
+        return _outputs_or_raise(results)
+
+    def _inline_is_cheaper(self, chunks, busiest: int) -> bool:
+        if self.handoff_seconds is None:
+            return False  # the workers have never run: the first call goes parallel
+        self._calls += 1
+        per_row = self.seconds_per_row
+        if self._needs_probe and (per_row is None or self._calls % _PROBE_EVERY == 0):
+            self._needs_probe = False
+            return True
+        if per_row is None:
+            return False
+        total_rows = sum(chunk[3] for chunk in chunks)
+        return total_rows * per_row < busiest * per_row + self.parallel_overhead(per_row)
+
+    def _run_one(self, index: int, args, kwargs, rows: int, inline: bool):
+        replica = self.replicas[index % len(self.replicas)]
+        started = time.perf_counter()
+        try:
+            output = self._call_chunk(replica, args, kwargs, rows)
+        except BaseException as error:  # re-raised in the caller; a worker must never die
+            return _ChunkFailure(error, traceback.format_exc(), replica, index)
+        self._record(time.perf_counter() - started, rows, inline)
+        return output
+
+    def _record(self, elapsed: float, rows: int, inline: bool) -> None:
+        handoff = self.handoff_seconds
+        if not inline and handoff is not None and elapsed < _TRUSTED_HANDOFFS * handoff:
+            self._needs_probe = True
+            return
+        self._row_costs.append(elapsed / max(rows, 1))
+
+    # ---- workers -------------------------------------------------------------------------------
+    def _ensure_workers(self) -> list[SimpleQueue]:
+        queues = self._queues
+        if queues is not None:
+            return queues
+        with self._lock:
+            if self._queues is None:
+                self._queues = self._start_workers()
+            return self._queues
+
+    def _start_workers(self) -> list[SimpleQueue]:
+        queues = []
+        for replica in self.replicas:
+            queue: SimpleQueue = SimpleQueue()
+            for number in range(self._workers_per_core):
+                threading.Thread(
+                    target=_worker_loop,
+                    args=(queue, replica.intra_op_threads),
+                    name=f"neuronplace-core{replica.global_core}-{number}",
+                    daemon=True,
+                ).start()
+            queues.append(queue)
+        self.handoff_seconds = _measure_handoff(queues[0])
+        # Workers hold only their queue, so a dropped DataParallel stops them.
+        weakref.finalize(self, _stop_queues, queues, self._workers_per_core)
+        return queues
+
+    def _stop_workers(self) -> None:
+        if self._queues is not None:
+            _stop_queues(self._queues, self._workers_per_core)
+            self._queues = None
+
+
+class _ChunkFailure:
+    def __init__(self, error: BaseException, text: str, replica: Replica, chunk: int) -> None:
+        self.error = error
+        self.text = text
+        self.replica = replica
+        self.chunk = chunk
+
+    def reraise(self):
+        message = (
+            f"Caught {type(self.error).__name__} on NeuronCore {self.replica.global_core} "
+            f"(device_ids index {self.replica.core}, chunk {self.chunk}).\n"
+            f"Original {self.text.rstrip()}"
+        )
+        if isinstance(self.error, KeyError):
+            # KeyError's str() is the repr of its argument; keep the text readable.
+            message = _PlainMessage(message)
+        try:
+            rebuilt = type(self.error)(message)
+        except Exception:
+            rebuilt = None
+        if not isinstance(rebuilt, BaseException) or str(rebuilt) != str(message):
+            # Types whose constructor takes something else keep their own object and get a note.
+            self.error.add_note(message)
+            raise self.error
+        rebuilt.global_core = self.replica.global_core
+        raise rebuilt from self.error
+
+
+class _PlainMessage(str):
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _outputs_or_raise(results: list) -> list:
+    for result in results:
+        if isinstance(result, _ChunkFailure):
+            result.reraise()
+    return results
+
+
+def _worker_loop(queue: SimpleQueue, threads: int | None) -> None:
+    if threads:
+        # OpenMP's thread count is per calling thread, so this only limits this core's worker.
+        torch.set_num_threads(threads)
+    while True:
+        task = queue.get()
+        if task is None:
+            return
+        executor, chunks, replies = task
+        replies.put([(chunk[0], executor._run_one(*chunk, False)) for chunk in chunks])
+        del task, executor, chunks, replies
+
+
+def _measure_handoff(queue: SimpleQueue) -> float:
+    """Median seconds for a round trip to a worker and back with no work in it."""
+    samples = []
+    for _ in range(_HANDOFF_SAMPLES):
+        replies: SimpleQueue = SimpleQueue()
+        started = time.perf_counter()
+        queue.put((_NoWork, [], replies))
+        replies.get()
+        samples.append(time.perf_counter() - started)
+    return sorted(samples)[len(samples) // 2]
+
+
+class _NoWork:
+    pass
+
+
+def _stop_queues(queues: list[SimpleQueue], workers_per_core: int) -> None:
+    for queue in queues:
+        for _ in range(workers_per_core):
+            queue.put(None)
