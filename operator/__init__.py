@@ -11,3 +11,10 @@ What belongs here, one concept per module:
 
 Importing this package registers the kopf handlers; the pure modules never import kopf.
 """
+
+import importlib.util as _importlib_util
+
+# `kopf run -m neuronplace.operator` imports this package: register the handlers. Without kopf
+# (a planning tool, a runtime image) the pure modules stay importable on their own.
+if _importlib_util.find_spec("kopf") is not None:
+    from neuronplace.operator import handlers  # noqa: F401  (registers the kopf handlers)

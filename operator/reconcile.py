@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from neuronplace.operator.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS, SHAPE_POLICIES, STRATEGIES
+from neuronplace.operator.placement import PlacementRequest
 from neuronplace.operator.podsecurity import check_template
 from neuronplace.operator.pods import CORES_ANNOTATION, TEMPLATE_HASH_ANNOTATION, template_hash
 from neuronplace.operator.status import pod_is_ready
@@ -257,3 +258,30 @@ def _next_rollout(current: Mapping[int, Mapping], desired: int, wanted_hash: str
         return None
     pod_name = current[chosen]["metadata"]["name"]
     return Deletion(pod_name, OUTDATED, f"pod {pod_name} runs an older spec; replacing it (one replica at a time)")
+
+
+def placement_request(inference: Mapping[str, Any], numbering: str) -> PlacementRequest:
+    """The placement engine's request for a (validated) resource.
+
+    The template's own nodeSelector, tolerations and required node affinity are honoured together
+    with ``spec.placement``'s: the pod carries both, so the node must satisfy both.
+    """
+    meta = inference["metadata"]
+    spec = inference["spec"]
+    placement = spec.get("placement") or {}
+    pod_spec = (spec.get("template") or {}).get("spec") or {}
+    selector = dict(pod_spec.get("nodeSelector") or {})
+    selector.update(placement.get("nodeSelector") or {})
+    tolerations = tuple(pod_spec.get("tolerations") or ()) + tuple(placement.get("tolerations") or ())
+    return PlacementRequest(
+        owner=f"{meta['namespace']}/{meta['name']}",
+        cores_per_replica=spec["coresPerReplica"],
+        processes_per_replica=spec.get("processesPerReplica", 1),
+        strategy=placement.get("strategy", "BinPack"),
+        shape_policy=placement.get("shapePolicy", "Strict"),
+        aligned=bool(placement.get("alignedStart", False)),
+        node_selector=selector,
+        tolerations=tolerations,
+        affinity=pod_spec.get("affinity"),
+        numbering=numbering,
+    )

@@ -1,0 +1,77 @@
+"""``neuronplace run``: run the operator against the current kubeconfig (or in-cluster config).
+
+The same as ``kopf run -m neuronplace.operator --standalone`` plus our settings as flags. Every
+flag has an environment variable (``NEURONPLACE_<FIELD>``, see ``neuronplace.operator.settings``);
+a flag wins over the variable. Runs until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from neuronplace.operator.settings import LOG_FORMATS, NUMBERINGS, OperatorSettings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    defaults = OperatorSettings.from_env()
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
+    parser.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
+                        help="watch only this namespace (repeatable); default: all namespaces")
+    parser.add_argument("--node-selector", default=defaults.node_selector, metavar="SELECTOR",
+                        help="label selector of the nodes this operator manages, e.g. 'neuron=true' (default: all)")
+    parser.add_argument("--numbering", choices=NUMBERINGS, default=defaults.numbering,
+                        help="NEURON_RT_VISIBLE_CORES numbering inside containers: device-local (AWS device "
+                             "plugin >= Neuron 2.16) or global")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format)
+    parser.add_argument("--node-grace-seconds", type=float, default=defaults.node_grace_seconds,
+                        help="how long a node may be NotReady before its replicas are placed elsewhere")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="reconciles running at once")
+    parser.add_argument("--resync-seconds", type=float, default=defaults.resync_seconds,
+                        help="reconcile every resource at least this often")
+    parser.add_argument("--allow-privileged", action="store_true", default=defaults.allow_privileged,
+                        help="let pod templates ask for privileged settings (hostNetwork, privileged, ...)")
+    parser.add_argument("--liveness", metavar="URL", default=os.environ.get("NEURONPLACE_LIVENESS"),
+                        help="serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log kopf's own progress too")
+
+
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    base = OperatorSettings.from_env()
+    return OperatorSettings(
+        **{**base.__dict__,
+           "namespaces": tuple(args.namespaces) if args.namespaces else base.namespaces,
+           "node_selector": args.node_selector,
+           "numbering": args.numbering,
+           "log_format": args.log_format,
+           "node_grace_seconds": args.node_grace_seconds,
+           "workers": args.workers,
+           "resync_seconds": args.resync_seconds,
+           "allow_privileged": args.allow_privileged},
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        print(f"neuronplace run: {error}")
+        return 2
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    # The startup handler reads the settings from the environment (as under a bare `kopf run`).
+    os.environ.update(settings.to_env())
+
+    import kopf
+
+    import neuronplace.operator  # noqa: F401  (registers the handlers)
+
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(verbose=args.verbose, log_format=log_format)
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=args.liveness,
+    )
+    return 0

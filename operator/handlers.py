@@ -1,0 +1,567 @@
+"""The kopf side: watch-fed caches and ledger, a work queue, and thin reconciles that act on decide().
+
+How it runs:
+- kopf watches NeuronInferences, Pods and Nodes (``@kopf.on.event``: no finalizers, no progress
+  annotations, nothing written to the watched objects). Each event updates in-memory caches and
+  the core ledger, then queues the affected NeuronInference (deduplicated: a key queued while it
+  is being reconciled is reconciled once more afterwards).
+- On startup, before any reconcile runs, the ledger is rebuilt from a full list of pods and nodes
+  (DESIGN §1: the pods are the truth), so a restarted operator hands out nothing twice.
+- ``settings.workers`` reconciles run at once, each in a thread (the Kubernetes client is
+  synchronous): API calls are concurrent. Placement (read ledger → choose → reserve) holds one
+  lock, so two resources reconciled at once can never get the same cores.
+- Errors: 409 → re-read from the caches and retry soon; 429 → retry after ``Retry-After``;
+  5xx / connection errors → retry with a short exponential backoff (not kopf's 60 s); a pod the
+  API server refuses (400/422) is a permanent problem for that generation of the resource: it is
+  reported in the ``Placed`` condition and an Event, and not retried until the spec changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from neuronplace.operator import events as ev
+from neuronplace.operator import reconcile as rc
+from neuronplace.operator import status as st
+from neuronplace.operator.crd import GROUP, PLURAL, VERSION
+from neuronplace.operator.inventory import inventory_from_node
+from neuronplace.operator.ledger import Ledger
+from neuronplace.operator.placement import Fleet, ReplicaPlacement, place_one
+from neuronplace.operator.pods import CORES_ANNOTATION, INFERENCE_LABEL, build_pod, pod_name
+from neuronplace.operator.settings import OperatorSettings, selector_matches
+from neuronplace.runtime.coreset import CoreRange
+
+log = logging.getLogger("neuronplace.operator")
+
+Key = tuple[str, str]  # (namespace, name) of a NeuronInference
+
+# Per-call API timeouts (connect, read): a hung call must not hold a worker forever.
+API_TIMEOUT = (5, 30)
+
+
+class Retry(Exception):
+    """Reconcile again after ``delay`` seconds (a temporary condition, already reported)."""
+
+    def __init__(self, delay: float, why: str) -> None:
+        super().__init__(why)
+        self.delay = delay
+
+
+def retry_after(exc: ApiException, default: float) -> float:
+    """Seconds from a 429's ``Retry-After`` header (or ``default``)."""
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        return max(float(headers.get("Retry-After") or headers.get("retry-after")), 0.1)
+    except (TypeError, ValueError):
+        return default
+
+
+def _slim_pod(pod: Mapping[str, Any]) -> dict:
+    """What the operator needs of a managed pod (keeps 10,000 pods' worth of cache small)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "annotations",
+                                              "ownerReferences", "deletionTimestamp", "resourceVersion")},
+        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+        "status": {"phase": status.get("phase"),
+                   "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]},
+    }
+
+
+@dataclass
+class _Reported:
+    """What was last said about a resource, to post an Event only when it changes."""
+
+    problem: str | None = None
+
+
+class Controller:
+    """Caches, ledger and work queue of one operator process."""
+
+    def __init__(self, settings: OperatorSettings, api: k8s.ApiClient) -> None:
+        self.settings = settings
+        self.core = k8s.CoreV1Api(api)
+        self.custom = k8s.CustomObjectsApi(api)
+        self.lock = threading.Lock()          # guards everything below; placement runs under it
+        self.ledger = Ledger()
+        self.inferences: dict[Key, dict] = {}
+        self.pods: dict[tuple[str, str], dict] = {}            # managed pods by (namespace, name)
+        self.pods_of: dict[Key, set[str]] = {}                 # inference → its pods' names
+        self.nodes: dict[str, dict] = {}                       # every node, slimmed
+        self.inventories: dict[str, Any] = {}                  # managed nodes → NodeInventory
+        self._fleet: Fleet | None = None
+        self.last_known: dict[Key, dict[int, tuple[str, CoreRange]]] = {}
+        self.permanent: dict[Key, tuple[int | None, st.Problem]] = {}
+        self.waiting_for_room: set[Key] = set()
+        self.reported: dict[Key, _Reported] = {}
+        self.failures: dict[Key, int] = {}
+        # queue state (event loop only)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queue: asyncio.Queue[Key] | None = None
+        self.pending: set[Key] = set()
+        self.running: set[Key] = set()
+        self.dirty: set[Key] = set()
+        self.tasks: list[asyncio.Task] = []
+
+    # ---- scope -------------------------------------------------------------------------------
+
+    def watches(self, namespace: str | None) -> bool:
+        return not self.settings.namespaces or namespace in self.settings.namespaces
+
+    def manages(self, node: Mapping[str, Any]) -> bool:
+        return selector_matches(self.settings.node_selector, (node.get("metadata") or {}).get("labels") or {})
+
+    # ---- caches (called with self.lock held) -------------------------------------------------
+
+    def _observe_pod(self, pod: Mapping[str, Any], deleted: bool = False) -> Key | None:
+        meta = pod.get("metadata") or {}
+        namespace, name = meta.get("namespace"), meta.get("name")
+        owner = f"{namespace}/{name}"
+        if deleted:
+            self.ledger.forget(owner)
+        else:
+            self.ledger.observe(dict(pod))
+        inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)
+        if not inference or not self.watches(namespace):
+            return None
+        key = (namespace, inference)
+        if deleted:
+            self.pods.pop((namespace, name), None)
+            self.pods_of.get(key, set()).discard(name)
+        else:
+            self.pods[(namespace, name)] = _slim_pod(pod)
+            self.pods_of.setdefault(key, set()).add(name)
+            node = (pod.get("spec") or {}).get("nodeName")
+            ordinal = rc.ordinal_of(pod, inference)
+            try:
+                cores = CoreRange.parse((meta.get("annotations") or {}).get(CORES_ANNOTATION, ""))
+            except ValueError:
+                cores = None
+            if node and cores is not None and ordinal is not None:
+                self.last_known.setdefault(key, {})[ordinal] = (node, cores)
+        return key
+
+    def _observe_node(self, node: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Update the node caches; True when what placement sees has changed."""
+        name = (node.get("metadata") or {}).get("name")
+        before = self.inventories.get(name)
+        if deleted:
+            self.nodes.pop(name, None)
+            self.inventories.pop(name, None)
+        else:
+            meta = node.get("metadata") or {}
+            self.nodes[name] = {"metadata": {"name": name, "labels": meta.get("labels")},
+                                "status": {"conditions": (node.get("status") or {}).get("conditions")}}
+            if self.manages(node):
+                self.inventories[name] = inventory_from_node(dict(node))
+            else:
+                self.inventories.pop(name, None)
+        changed = self.inventories.get(name) != before
+        if changed:
+            self._fleet = None
+        return changed
+
+    def _fleet_now(self) -> Fleet:
+        if self._fleet is None:
+            self._fleet = Fleet(sorted(self.inventories.values(), key=lambda n: n.name))
+        return self._fleet
+
+    def initial_sync(self) -> None:
+        """Rebuild the ledger and caches from full lists, before any reconcile."""
+        api = self.core.api_client
+        raw_nodes = api.sanitize_for_serialization(self.core.list_node(_request_timeout=API_TIMEOUT)).get("items", [])
+        if self.settings.namespaces:
+            raw_pods = []
+            raw_inferences = []
+            for namespace in self.settings.namespaces:
+                raw_pods += api.sanitize_for_serialization(
+                    self.core.list_namespaced_pod(namespace, _request_timeout=API_TIMEOUT)).get("items", [])
+                raw_inferences += self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _request_timeout=API_TIMEOUT).get("items", [])
+        else:
+            raw_pods = api.sanitize_for_serialization(
+                self.core.list_pod_for_all_namespaces(_request_timeout=API_TIMEOUT)).get("items", [])
+            raw_inferences = self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, _request_timeout=API_TIMEOUT).get("items", [])
+        with self.lock:
+            for node in raw_nodes:
+                self._observe_node(node)
+            for pod in raw_pods:
+                self._observe_pod(pod)
+            for inference in raw_inferences:
+                meta = inference.get("metadata") or {}
+                self.inferences[(meta.get("namespace"), meta.get("name"))] = inference
+            foreign = self.ledger.foreign()
+        for holding in foreign:
+            log.warning("pod %s holds %d Neuron core(s) on %s without our annotation; they are treated as taken",
+                        holding.owner, holding.count, holding.node)
+        log.info("ledger rebuilt from %d pods on %d nodes (%d managed); %d NeuronInference(s)",
+                 len(raw_pods), len(raw_nodes), len(self.inventories), len(raw_inferences))
+
+    # ---- events (event loop) -----------------------------------------------------------------
+
+    def on_inference(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if not self.watches(key[0]):
+            return
+        with self.lock:
+            if kind == "DELETED":
+                self.inferences.pop(key, None)
+                self.last_known.pop(key, None)
+                self.permanent.pop(key, None)
+                self.waiting_for_room.discard(key)
+                self.reported.pop(key, None)
+            else:
+                self.inferences[key] = copy.deepcopy(dict(body))
+        self.enqueue(key)
+
+    def on_pod(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        deleted = kind == "DELETED"
+        with self.lock:
+            key = self._observe_pod(body, deleted=deleted)
+            freed = deleted or (body.get("status") or {}).get("phase") in ("Failed", "Succeeded")
+            waiting = list(self.waiting_for_room) if freed else []
+        if key is not None:
+            self.enqueue(key)
+        for other in waiting:
+            self.enqueue(other)
+
+    def on_node(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        name = (body.get("metadata") or {}).get("name")
+        with self.lock:
+            was_ready = rc.node_not_ready_since(self.nodes.get(name, {})) is None if name in self.nodes else None
+            changed = self._observe_node(body, deleted=kind == "DELETED")
+            is_ready = rc.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+            affected: set[Key] = set()
+            if kind == "DELETED" or was_ready != is_ready:
+                affected = {key for key, names in self.pods_of.items() for pod in names
+                            if (self.pods.get((key[0], pod)) or {}).get("spec", {}).get("nodeName") == name}
+            if changed:
+                affected |= self.waiting_for_room
+        for key in affected:
+            self.enqueue(key)
+
+    # ---- queue -------------------------------------------------------------------------------
+
+    def enqueue(self, key: Key) -> None:
+        if self.loop is None or self.queue is None:
+            return
+        if key in self.running:
+            self.dirty.add(key)
+        elif key not in self.pending:
+            self.pending.add(key)
+            self.queue.put_nowait(key)
+
+    def enqueue_later(self, key: Key, delay: float) -> None:
+        if self.loop is not None:
+            self.loop.call_later(delay, self.enqueue, key)
+
+    async def worker(self) -> None:
+        assert self.queue is not None
+        while True:
+            key = await self.queue.get()
+            self.pending.discard(key)
+            self.running.add(key)
+            delay: float | None = None
+            try:
+                delay = await asyncio.to_thread(self.reconcile, key)
+                self.failures.pop(key, None)
+            except Retry as retry:
+                delay = retry.delay
+                log.info("%s/%s: retrying in %.1fs: %s", *key, delay, retry)
+            except Exception as exc:  # a bug or an unexpected API answer: never kill the worker
+                count = self.failures[key] = self.failures.get(key, 0) + 1
+                delay = min(self.settings.error_backoff_seconds * 2 ** (count - 1), self.settings.max_backoff_seconds)
+                log.exception("%s/%s: reconcile failed (attempt %d), retrying in %.1fs: %s", *key, count, delay, exc)
+            finally:
+                self.running.discard(key)
+            if key in self.dirty:
+                self.dirty.discard(key)
+                self.enqueue(key)
+            elif delay is not None:
+                self.enqueue_later(key, delay)
+
+    async def resync(self) -> None:
+        """Level-driven safety net: every resource is looked at regularly, events or not."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            with self.lock:
+                keys = list(self.inferences)
+            for key in keys:
+                self.enqueue(key)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue = asyncio.Queue()
+        self.tasks = [loop.create_task(self.worker(), name=f"neuronplace-worker-{i}")
+                      for i in range(self.settings.workers)]
+        self.tasks.append(loop.create_task(self.resync(), name="neuronplace-resync"))
+        with self.lock:
+            keys = list(self.inferences)
+        for key in keys:
+            self.enqueue(key)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # ---- one reconcile (worker thread) -------------------------------------------------------
+
+    def reconcile(self, key: Key) -> float | None:
+        """Bring one resource's pods and status in line with its spec; returns a requeue delay."""
+        namespace, name = key
+        with self.lock:
+            inference = self.inferences.get(key)
+            if inference is None:
+                return None
+            pods = [self.pods[(namespace, p)] for p in self.pods_of.get(key, ()) if (namespace, p) in self.pods]
+            nodes = dict(self.nodes)
+            last_known = dict(self.last_known.get(key, {}))
+        decision = rc.decide(inference, pods, nodes, now=dt.datetime.now(dt.timezone.utc),
+                             node_grace_seconds=self.settings.node_grace_seconds, last_known=last_known,
+                             allow_privileged=self.settings.allow_privileged)
+        if decision.invalid is not None:
+            self._write_status(inference, st.Problem(st.REASON_INVALID_SPEC, decision.invalid))
+            return None
+
+        for deletion in decision.deletions:
+            self._delete_pod(inference, deletion)
+
+        generation = (inference.get("metadata") or {}).get("generation")
+        known = self.permanent.get(key)
+        problem = known[1] if known and known[0] == generation else None
+        retry: float | None = decision.requeue_after
+        if decision.create and problem is None:
+            problem, retry_create = self._place_and_create(inference, decision)
+            if retry_create is not None:
+                retry = retry_create if retry is None else min(retry, retry_create)
+        self._write_status(inference, problem)
+        return retry
+
+    def _place_and_create(self, inference: dict, decision: rc.Decision) -> tuple[st.Problem | None, float | None]:
+        meta = inference["metadata"]
+        key = (meta["namespace"], meta["name"])
+        request = rc.placement_request(inference, self.settings.numbering)
+        placed: list[ReplicaPlacement] = []
+        unplaceable: list[tuple[int, str]] = []
+        with self.lock:
+            fleet = self._fleet_now()
+            for ordinal in decision.create:
+                owner = f"{meta['namespace']}/{pod_name(meta['name'], ordinal)}"
+                result = place_one(request, ordinal, fleet, self.ledger, owner, prefer=decision.prefer.get(ordinal))
+                if isinstance(result, ReplicaPlacement):
+                    placed.append(result)
+                else:
+                    unplaceable.append((result.replica, result.reason))
+            if unplaceable:
+                self.waiting_for_room.add(key)
+            else:
+                self.waiting_for_room.discard(key)
+
+        retry: float | None = None
+        problem: st.Problem | None = None
+        for index, placement in enumerate(placed):
+            try:
+                self._create_pod(inference, placement)
+                continue
+            except ApiException as exc:
+                if exc.status == 409:
+                    # The name is still taken (our cache is behind). Keep the reservation: the watch
+                    # event for that pod replaces it with what the pod really holds.
+                    retry = 0.2
+                    continue
+                failure: Exception = exc
+            except Exception as exc:
+                failure = exc
+            self._release(inference, placed[index:])
+            status = failure.status if isinstance(failure, ApiException) else None
+            if status in (400, 422):
+                problem = st.Problem(st.REASON_POD_REJECTED,
+                                     f"the API server refused pod {pod_name(meta['name'], placement.replica)}: "
+                                     f"{_api_message(failure)}")
+                self.permanent[key] = (meta.get("generation"), problem)
+                self._event(inference, "PodRejected", problem.message, ev.WARNING)
+                break
+            if status == 429:
+                raise Retry(retry_after(failure, 1.0), "throttled (429)") from None
+            if status == 403:  # quota, a terminating namespace, or RBAC: report it and retry slowly
+                problem = st.Problem(st.REASON_POD_REJECTED, f"pod creation forbidden: {_api_message(failure)}")
+                self._event_once(inference, "PodForbidden", problem.message)
+                retry = self.settings.max_backoff_seconds
+                break
+            raise failure
+        if problem is None and unplaceable:
+            problem = st.Problem(st.REASON_UNSCHEDULABLE, st.summarize_unplaceable(unplaceable))
+            self._event_once(inference, "Unschedulable", problem.message)
+        elif problem is None:
+            self.reported.pop(key, None)
+        return problem, retry
+
+    def _release(self, inference: dict, placements) -> None:
+        """Give back reservations whose pods were not created."""
+        meta = inference["metadata"]
+        with self.lock:
+            for placement in placements:
+                if (meta["namespace"], pod_name(meta["name"], placement.replica)) not in self.pods:
+                    self.ledger.forget(f"{meta['namespace']}/{pod_name(meta['name'], placement.replica)}")
+
+    def _create_pod(self, inference: dict, placement: ReplicaPlacement) -> None:
+        meta = inference["metadata"]
+        pod = build_pod(inference, placement, numbering=self.settings.numbering)
+        created = self.core.create_namespaced_pod(meta["namespace"], pod, _request_timeout=API_TIMEOUT)
+        created_dict = self.core.api_client.sanitize_for_serialization(created)
+        with self.lock:
+            if (meta["namespace"], pod["metadata"]["name"]) not in self.pods:
+                self._observe_pod(created_dict)
+        processes = ", ".join(str(r) for r in placement.process_cores)
+        self._event(inference, "Placed", f"replica {placement.replica} → pod {pod['metadata']['name']} on "
+                                         f"{placement.node}, cores {placement.cores}"
+                                         + (f" (processes {processes})" if len(placement.process_cores) > 1 else ""))
+
+    def _delete_pod(self, inference: dict, deletion: rc.Deletion) -> None:
+        namespace = inference["metadata"]["namespace"]
+        options = k8s.V1DeleteOptions(grace_period_seconds=0 if deletion.force else None)
+        try:
+            self.core.delete_namespaced_pod(deletion.pod, namespace, body=options, _request_timeout=API_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status == 429:
+                raise Retry(retry_after(exc, 1.0), "throttled (429)") from None
+            raise
+        kind = ev.NORMAL if deletion.reason in (rc.SURPLUS, rc.OUTDATED) else ev.WARNING
+        self._event(inference, deletion.reason, deletion.message, kind)
+
+    def _write_status(self, inference: dict, problem: st.Problem | None) -> None:
+        meta = inference["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self.lock:
+            pods = [self.pods[(key[0], p)] for p in self.pods_of.get(key, ()) if (key[0], p) in self.pods]
+            current = self.inferences.get(key, inference)
+        wanted = st.build_status(current, pods, problem=problem)
+        if not st.status_differs(current.get("status"), wanted):
+            return
+        if problem is not None and problem.reason == st.REASON_INVALID_SPEC:
+            self._event_once(current, "InvalidSpec", problem.message)
+        try:
+            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+                                                              {"status": wanted}, _request_timeout=API_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status == 429:
+                raise Retry(retry_after(exc, 1.0), "throttled (429)") from None
+            if exc.status == 409:
+                raise Retry(0.2, "conflict writing status") from None
+            raise
+
+    def _event_once(self, inference: dict, reason: str, message: str) -> None:
+        """A Warning event, unless the same message was the last one posted for this resource."""
+        meta = inference["metadata"]
+        key = (meta["namespace"], meta["name"])
+        reported = self.reported.setdefault(key, _Reported())
+        if reported.problem != message:
+            reported.problem = message
+            self._event(inference, reason, message, ev.WARNING)
+
+    def _event(self, inference: dict, reason: str, message: str, type_: str = ev.NORMAL) -> None:
+        try:
+            self.core.create_namespaced_event(inference["metadata"]["namespace"],
+                                              ev.build_event(inference, reason, message, type_),
+                                              _request_timeout=API_TIMEOUT)
+        except Exception as exc:  # events are best-effort: never fail a reconcile for one
+            log.debug("could not post event %s for %s: %s", reason, inference["metadata"].get("name"), exc)
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body).get("message") or str(exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+# ---- kopf wiring ---------------------------------------------------------------------------------
+
+_controller: Controller | None = None
+
+
+def _api_client(settings: OperatorSettings) -> k8s.ApiClient:
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    configuration = k8s.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = max(8, settings.workers * 4)
+    return k8s.ApiClient(configuration)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, logger, **_):
+    global _controller
+    ours = OperatorSettings.from_env()
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.connect_timeout = ours.watch_connect_timeout
+    settings.watching.reconnect_backoff = 1.0
+    settings.networking.connect_timeout = ours.watch_connect_timeout
+    settings.networking.request_timeout = ours.watch_client_timeout
+    settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
+    settings.batching.error_delays = [0.5, 1, 2, 5, 10, 30]
+    settings.batching.batch_window = 0.05
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = max(4, ours.workers)
+    controller = Controller(ours, _api_client(ours))
+    try:
+        await asyncio.to_thread(controller.initial_sync)
+    except Exception as exc:
+        raise kopf.TemporaryError(f"cannot list nodes and pods yet: {exc}", delay=2) from exc
+    controller.start(asyncio.get_running_loop())
+    _controller = controller
+    logger.info("neuronplace operator started: %s", ours)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_):
+    if _controller is not None:
+        await _controller.stop()
+
+
+@kopf.on.probe(id="ledger")
+def ledger_probe(**_):
+    if _controller is None:
+        return {"ready": False}
+    return {"ready": True, "pods": len(_controller.pods), "nodes": len(_controller.inventories),
+            "queued": len(_controller.pending), "running": len(_controller.running)}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def inference_event(event, **_):
+    if _controller is not None:
+        _controller.on_inference(event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", "pods")
+async def pod_event(event, **_):
+    if _controller is not None:
+        _controller.on_pod(event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(event, **_):
+    if _controller is not None:
+        _controller.on_node(event.get("type"), event["object"])
