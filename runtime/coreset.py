@@ -16,7 +16,8 @@ from dataclasses import dataclass
 # catches overflow such as "99999999999999999999" before it turns into a huge range.
 MAX_CORE_ID = 4095
 
-_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
+# ASCII digits only: "\d" would also accept "٣", which the Neuron runtime does not.
+_ITEM = re.compile(r"^([0-9]+)(?:-([0-9]+))?$")
 
 
 @dataclass(frozen=True, order=True)
@@ -74,7 +75,7 @@ def parse_core_set(text: str) -> list[int]:
         raise ValueError(f"core set {text!r} is empty; expected an id, a range 'A-B' or a comma list like '3-5,6'")
     ids: list[int] = []
     for item in stripped.split(","):
-        match = _ITEM.match(item)
+        match = _ITEM.fullmatch(item)
         if not match:
             raise ValueError(
                 f"core set {text!r}: item {item!r} is not a non-negative id or an inclusive range 'A-B'"

@@ -139,7 +139,7 @@ class DataParallel(torch.nn.Module):
             warnings.warn(
                 f"DataParallel: {len(bounds)} chunk(s) on {cores} cores leaves cores idle; make input.shape[{self.dim}] "
                 f"({rows}) a multiple of the core count for full use",
-                stacklevel=2,
+                stacklevel=4,  # past nn.Module's call wrappers, to the caller's line
             )
         if len(bounds) == 1:
             return self._executor.run_inline([(0, inputs, kwargs, rows)])[0]
