@@ -1,0 +1,173 @@
+"""Prometheus metrics of the operator, and the pure computation behind its ledger gauges.
+
+kopf has no metrics of its own (DESIGN §7), so the operator exposes these, all on one registry
+served over HTTP (``/metrics``) when ``OperatorSettings.metrics_port`` is set:
+
+- ``neuronplace_placements_total``: replicas placed (a pod created, bound, with its core range).
+- ``neuronplace_placement_failures_total{reason}``: replicas the operator tried to place and could
+  not, by reason: ``Unschedulable`` (no room, the engine's explanation is in the resource's
+  ``Placed`` condition), ``PodRejected`` (the API server refused the pod), ``PodForbidden`` (quota,
+  RBAC, terminating namespace), ``Throttled`` (429), ``Conflict`` (409), ``ApiError`` (anything
+  else). A replica waiting for room is counted again on every attempt, so the rate shows how often
+  placement fails, not how many replicas wait (that is in the resources' status).
+- ``neuronplace_reconcile_duration_seconds``: histogram of one reconcile's wall time (read caches,
+  decide, place, create/delete pods, write status), failed reconciles included.
+- ``neuronplace_node_free_cores{node}``: NeuronCores nobody holds, per managed node.
+- ``neuronplace_ledger_pods{kind}``: pods holding cores in the ledger, ``managed`` (ours) or
+  ``foreign`` (someone else's pods, accounted for conservatively).
+- the client library's process metrics (``process_resident_memory_bytes``,
+  ``process_cpu_seconds_total``, ...) and Python GC metrics.
+
+The two ledger gauges are computed when scraped, from the live ledger and node inventory
+(:func:`snapshot_ledger`), so they can never drift from what placement sees and a deleted node's
+series simply disappears.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from neuronplace.operator.inventory import NodeInventory
+from neuronplace.operator.ledger import Ledger
+
+# Failure reasons besides the status condition reasons (Unschedulable, PodRejected, InvalidSpec).
+FAILURE_FORBIDDEN = "PodForbidden"
+FAILURE_THROTTLED = "Throttled"
+FAILURE_CONFLICT = "Conflict"
+FAILURE_API_ERROR = "ApiError"
+
+# A reconcile is a few API calls: milliseconds normally, seconds when the API server is slow.
+RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """What the ledger gauges report at one instant."""
+
+    free_cores: Mapping[str, int]  # managed node → cores nobody holds
+    managed_pods: int
+    foreign_pods: int
+
+
+def free_cores_by_node(ledger: Ledger, inventories: Mapping[str, NodeInventory]) -> dict[str, int]:
+    """Free NeuronCores of every managed node: its usable cores minus the ones anyone holds.
+
+    A node that cannot take pods right now (NotReady, cordoned) still reports its free cores: they
+    are free, and a dashboard shows the node's problem from its own metrics. Cores held beyond the
+    usable count (a foreign pod on a node whose plugin advertises fewer cores) do not make the
+    figure negative.
+    """
+    result = {}
+    for name, inventory in inventories.items():
+        usable = inventory.cores
+        held = (ledger.used_mask(name) & ((1 << usable) - 1)).bit_count()
+        result[name] = usable - held
+    return result
+
+
+def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) -> LedgerSnapshot:
+    """The values of the ledger gauges (pure; the caller holds whatever lock guards the ledger)."""
+    managed = foreign = 0
+    for node in ledger.nodes():
+        for holding in ledger.holdings(node):
+            if holding.managed:
+                managed += 1
+            else:
+                foreign += 1
+    return LedgerSnapshot(free_cores_by_node(ledger, inventories), managed, foreign)
+
+
+class _LedgerCollector(Collector):
+    """Reads a fresh :class:`LedgerSnapshot` on every scrape."""
+
+    def __init__(self, read: Callable[[], LedgerSnapshot], lock: AbstractContextManager | None) -> None:
+        self._read = read
+        self._lock = lock if lock is not None else nullcontext()
+
+    def collect(self):
+        with self._lock:
+            snapshot = self._read()
+        free = GaugeMetricFamily("neuronplace_node_free_cores", "NeuronCores nobody holds, per managed node",
+                                 labels=["node"])
+        for node in sorted(snapshot.free_cores):
+            free.add_metric([node], snapshot.free_cores[node])
+        pods = GaugeMetricFamily("neuronplace_ledger_pods", "Pods holding NeuronCores in the operator's ledger",
+                                 labels=["kind"])
+        pods.add_metric(["managed"], snapshot.managed_pods)
+        pods.add_metric(["foreign"], snapshot.foreign_pods)
+        yield free
+        yield pods
+
+
+class OperatorMetrics:
+    """The operator's metrics on their own registry (so tests can make as many as they like)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.placements = Counter("neuronplace_placements", "Replicas placed: pods created with a core range",
+                                  registry=self.registry)
+        self.failures = Counter("neuronplace_placement_failures",
+                                "Attempts to place a replica that failed, by reason", ["reason"],
+                                registry=self.registry)
+        self.reconcile_seconds = Histogram("neuronplace_reconcile_duration_seconds",
+                                           "Wall time of one reconcile of a NeuronInference",
+                                           buckets=RECONCILE_BUCKETS, registry=self.registry)
+        self._ledger_collector: _LedgerCollector | None = None
+        self._server = None
+        self._guard = threading.Lock()
+
+    # ---- hooks the handlers call ---------------------------------------------------------------
+
+    def placed(self, count: int = 1) -> None:
+        if count:
+            self.placements.inc(count)
+
+    def failed(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.failures.labels(reason=reason).inc(count)
+
+    def time_reconcile(self):
+        """Context manager timing one reconcile (also when it raises)."""
+        return self.reconcile_seconds.time()
+
+    def watch_ledger(self, read: Callable[[], LedgerSnapshot], lock: AbstractContextManager | None = None) -> None:
+        """Report the ledger gauges from ``read()``, called under ``lock`` at every scrape."""
+        with self._guard:
+            if self._ledger_collector is not None:
+                self.registry.unregister(self._ledger_collector)
+            self._ledger_collector = _LedgerCollector(read, lock)
+            self.registry.register(self._ledger_collector)
+
+    # ---- serving -------------------------------------------------------------------------------
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` on ``address:port`` from a daemon thread; returns the bound port."""
+        with self._guard:
+            if self._server is not None:
+                raise RuntimeError(f"metrics are already served on port {self._server.server_port}")
+            self._server, _thread = start_http_server(port, address, registry=self.registry)
+            return self._server.server_port
+
+    def stop(self) -> None:
+        with self._guard:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+                self._server = None
+
+
+# The operator process's metrics (the handlers count into this one).
+METRICS = OperatorMetrics()

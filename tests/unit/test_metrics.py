@@ -1,0 +1,165 @@
+"""Operator metrics: the ledger gauges' pure computation, the exposition, and the HTTP endpoint."""
+
+import urllib.request
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import generate_latest
+
+from neuronplace.operator.inventory import inventory_from_node
+from neuronplace.operator.ledger import ANNOTATION_CORES, MANAGED_LABEL, Ledger
+from neuronplace.operator.metrics import (
+    LedgerSnapshot,
+    OperatorMetrics,
+    free_cores_by_node,
+    snapshot_ledger,
+)
+from neuronplace.runtime.coreset import CoreRange
+
+
+def node(name, instance_type="inf2.48xlarge", cores="24"):
+    return inventory_from_node({
+        "metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
+        "status": {"allocatable": {"aws.amazon.com/neuroncore": cores},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+
+
+def managed_pod(name, node_name, cores, namespace="default"):
+    return {"metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_LABEL: "web"},
+                         "annotations": {ANNOTATION_CORES: cores}},
+            "spec": {"nodeName": node_name, "containers": [{"name": "main"}]},
+            "status": {"phase": "Running"}}
+
+
+def foreign_pod(name, node_name, cores):
+    return {"metadata": {"name": name, "namespace": "other"},
+            "spec": {"nodeName": node_name,
+                     "containers": [{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": str(cores)}}}]},
+            "status": {"phase": "Running"}}
+
+
+def samples(registry):
+    """{(sample name, frozenset(labels)): value} of one scrape."""
+    text = generate_latest(registry).decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_free_cores_subtract_managed_and_foreign_holdings():
+    inventories = {"a": node("a"), "b": node("b", "trn1.32xlarge", "32"), "c": node("c")}
+    ledger = Ledger.from_pods([managed_pod("web-0", "a", "0-3"), managed_pod("web-1", "a", "8-11"),
+                               foreign_pod("x", "b", 2)])
+    ledger.learn_nodes(inventories.values())
+    assert free_cores_by_node(ledger, inventories) == {"a": 16, "b": 30, "c": 24}
+
+
+def test_free_cores_ignore_holdings_beyond_the_usable_cores():
+    # The device plugin advertises 20 of the 24 cores: a range on 20-23 takes nothing usable.
+    inventories = {"a": node("a", cores="20")}
+    ledger = Ledger.from_pods([managed_pod("web-0", "a", "20-23"), managed_pod("web-1", "a", "0-1")])
+    assert free_cores_by_node(ledger, inventories) == {"a": 18}
+
+
+def test_unknown_nodes_report_zero_and_unmanaged_nodes_are_absent():
+    unknown = inventory_from_node({"metadata": {"name": "u", "labels": {}},
+                                   "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    ledger = Ledger.from_pods([managed_pod("web-0", "elsewhere", "0-1")])
+    assert free_cores_by_node(ledger, {"u": unknown}) == {"u": 0}
+
+
+def test_snapshot_counts_managed_and_foreign_pods():
+    inventories = {"a": node("a")}
+    ledger = Ledger.from_pods([managed_pod("web-0", "a", "0-3"), foreign_pod("x", "a", 2), foreign_pod("y", "a", 1)])
+    ledger.learn_nodes(inventories.values())
+    snapshot = snapshot_ledger(ledger, inventories)
+    assert snapshot == LedgerSnapshot({"a": 24 - 4 - 3}, managed_pods=1, foreign_pods=2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 31), st.integers(1, 8)), max_size=40))
+def test_free_plus_held_is_the_usable_cores(requests):
+    """Whatever gets reserved, each node's free cores + the cores its holdings use = its usable cores."""
+    inventories = {f"n{i}": node(f"n{i}", *(("trn1.32xlarge", "32") if i % 2 else ("inf2.48xlarge", "24")))
+                   for i in range(4)}
+    ledger = Ledger()
+    ledger.learn_nodes(inventories.values())
+    for index, (n, start, count) in enumerate(requests):
+        name = f"n{n}"
+        cores = CoreRange(start, count)
+        if cores.end < inventories[name].cores and not ledger.used_mask(name) & sum(1 << c for c in cores.ids):
+            ledger.reserve(name, cores, f"default/p{index}")
+    free = free_cores_by_node(ledger, inventories)
+    for name, inventory in inventories.items():
+        held = sum(h.count for h in ledger.holdings(name))
+        assert free[name] + held == inventory.cores
+        assert free[name] == ledger.free_count(name)  # agrees with the allocator's own index
+
+
+def test_counters_histogram_and_ledger_gauges_in_the_exposition():
+    metrics = OperatorMetrics()
+    metrics.placed(3)
+    metrics.placed(0)
+    metrics.failed("Unschedulable", 2)
+    metrics.failed("PodRejected")
+    with metrics.time_reconcile():
+        pass
+    with pytest.raises(RuntimeError), metrics.time_reconcile():
+        raise RuntimeError("a failed reconcile is timed too")
+
+    inventories = {"a": node("a")}
+    ledger = Ledger.from_pods([managed_pod("web-0", "a", "0-3")])
+    metrics.watch_ledger(lambda: snapshot_ledger(ledger, inventories))
+    first = samples(metrics.registry)
+    assert first[("neuronplace_placements_total", frozenset())] == 3
+    assert first[("neuronplace_placement_failures_total", frozenset({("reason", "Unschedulable")}))] == 2
+    assert first[("neuronplace_placement_failures_total", frozenset({("reason", "PodRejected")}))] == 1
+    assert first[("neuronplace_reconcile_duration_seconds_count", frozenset())] == 2
+    assert first[("neuronplace_node_free_cores", frozenset({("node", "a")}))] == 20
+    assert first[("neuronplace_ledger_pods", frozenset({("kind", "managed")}))] == 1
+    assert first[("neuronplace_ledger_pods", frozenset({("kind", "foreign")}))] == 0
+    assert ("process_resident_memory_bytes", frozenset()) in first
+
+    # Gauges are read at scrape time: the next scrape sees the ledger as it is then.
+    ledger.forget("default/web-0")
+    inventories["b"] = node("b", "trn1.32xlarge", "32")
+    second = samples(metrics.registry)
+    assert second[("neuronplace_node_free_cores", frozenset({("node", "a")}))] == 24
+    assert second[("neuronplace_node_free_cores", frozenset({("node", "b")}))] == 32
+    assert second[("neuronplace_ledger_pods", frozenset({("kind", "managed")}))] == 0
+
+
+def test_watch_ledger_replaces_the_previous_source_and_holds_the_lock():
+    import threading
+
+    lock = threading.Lock()
+    seen_locked = []
+    metrics = OperatorMetrics()
+    metrics.watch_ledger(lambda: LedgerSnapshot({"old": 1}, 0, 0))
+
+    def read():
+        seen_locked.append(lock.locked())
+        return LedgerSnapshot({"new": 2}, 0, 0)
+
+    metrics.watch_ledger(read, lock=lock)
+    values = samples(metrics.registry)
+    assert values[("neuronplace_node_free_cores", frozenset({("node", "new")}))] == 2
+    assert ("neuronplace_node_free_cores", frozenset({("node", "old")})) not in values
+    assert seen_locked == [True]
+
+
+def test_serve_exposes_metrics_over_http_and_stops():
+    metrics = OperatorMetrics()
+    metrics.placed(5)
+    port = metrics.serve(0, "127.0.0.1")
+    try:
+        with pytest.raises(RuntimeError, match="already served"):
+            metrics.serve(0, "127.0.0.1")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "neuronplace_placements_total 5.0" in body
+    finally:
+        metrics.stop()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
