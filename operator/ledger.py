@@ -168,7 +168,12 @@ def _claim_from_pod(pod: Mapping) -> _Claim | None:
     return _Claim(node, owner, False, None, ids, unit, core_count, device_count)
 
 
-def _bits(ids: Iterable[int]) -> int:
+def _bits(ids) -> int:
+    """Bitmask of a sorted id sequence (a contiguous one is the common, fast case)."""
+    if not ids:
+        return 0
+    if ids[-1] - ids[0] + 1 == len(ids):
+        return ((1 << len(ids)) - 1) << ids[0]
     mask = 0
     for core in ids:
         mask |= 1 << core
@@ -433,7 +438,9 @@ class Ledger:
         if new is not None:
             self._free[node] = new
             insort(self._by_free.setdefault(new, []), node)
-        self._max_free = max(self._by_free, default=0)
+            self._max_free = max(self._max_free, new)
+        if self._max_free not in self._by_free:
+            self._max_free = max(self._by_free, default=0)
         if not state.claims and state.capacity is None:
             del self._nodes[node]
 

@@ -245,41 +245,83 @@ def affinity_matches(terms: list | None, node: NodeInventory) -> bool:
 
 
 @dataclass(frozen=True)
-class _Eligibility:
-    names: frozenset[str]
+class Candidates:
+    """For one set of constraints and one replica shape: which nodes could ever take it.
+
+    ``allowed`` maps each such node to the bitmask of starts its rules allow (chips, shape,
+    alignment); ``excluded`` counts the other nodes by reason.
+    """
+
+    allowed: dict[str, int]
     excluded: Counter
 
 
 class Fleet:
-    """A fixed set of nodes with per-constraint eligibility cached (build once, place many)."""
+    """A fixed set of nodes with per-request eligibility cached: build once, place many times.
+
+    Rebuild it when the nodes change (a plain node list passed to :func:`place` builds a fresh one).
+    """
+
+    _CACHE_LIMIT = 1024
 
     def __init__(self, nodes: Sequence[NodeInventory]) -> None:
         self.nodes: tuple[NodeInventory, ...] = tuple(nodes)
         self.by_name: dict[str, NodeInventory] = {node.name: node for node in self.nodes}
-        self._eligibility: dict[str, _Eligibility] = {}
+        self._eligibility: dict[str, tuple[tuple[str, ...], Counter]] = {}
+        self._candidates: dict[tuple, Candidates] = {}
 
-    def eligibility(self, request: PlacementRequest) -> _Eligibility:
+    def eligible(self, request: PlacementRequest) -> tuple[tuple[str, ...], Counter]:
+        """(names of nodes the request's constraints allow, excluded nodes counted by reason)."""
         cached = self._eligibility.get(request._constraints)
         if cached is None:
+            if len(self._eligibility) >= self._CACHE_LIMIT:
+                self._eligibility.clear()
             cached = self._eligibility[request._constraints] = self._compute(request)
         return cached
 
-    def _compute(self, request: PlacementRequest) -> _Eligibility:
+    def candidates(self, request: PlacementRequest) -> Candidates:
+        strict = request.shape_policy == "Strict"
+        key = (request._constraints, request.cores_per_replica, request.aligned, strict)
+        cached = self._candidates.get(key)
+        if cached is None:
+            names, excluded = self.eligible(request)
+            excluded = Counter(excluded)
+            count = request.cores_per_replica
+            allowed = {}
+            for name in names:
+                node = self.by_name[name]
+                if node.cores < count:
+                    excluded[TOO_SMALL] += 1
+                elif strict and not node.topology.shape_allows(count):
+                    excluded[SHAPE] += 1
+                else:
+                    mask = allowed_starts(node.cores, node.topology, count, request.aligned, strict)
+                    if mask:
+                        allowed[name] = mask
+                    else:  # alignment leaves no start inside the node
+                        excluded[TOO_SMALL] += 1
+            if len(self._candidates) >= self._CACHE_LIMIT:
+                self._candidates.clear()
+            cached = self._candidates[key] = Candidates(allowed, excluded)
+        return cached
+
+    def _compute(self, request: PlacementRequest) -> tuple[tuple[str, ...], Counter]:
         terms = _required_terms(request.affinity)
-        names = set()
+        selector = request.node_selector
+        names = []
         excluded: Counter = Counter()
         for node in self.by_name.values():
             if node.problem is not None:
                 excluded[node.problem_kind or UNKNOWN_TOPOLOGY] += 1
-            elif not taints_tolerated(node.taints, request.tolerations):
+            elif node.taints and not taints_tolerated(node.taints, request.tolerations):
                 excluded[TAINTS] += 1
-            elif any(node.labels.get(k) != v for k, v in request.node_selector.items()):
+            elif selector and any(node.labels.get(k) != v for k, v in selector.items()):
                 excluded[NODE_SELECTOR] += 1
-            elif not affinity_matches(terms, node):
+            elif terms is not None and not affinity_matches(terms, node):
                 excluded[AFFINITY] += 1
             else:
-                names.add(node.name)
-        return _Eligibility(frozenset(names), excluded)
+                names.append(node.name)
+        return tuple(sorted(names)), excluded
 
 
 # ---- fitting one replica into one node --------------------------------------------------------
@@ -345,16 +387,14 @@ def best_start(free: int, count: int, allowed: int) -> int | None:
     return best
 
 
-def longest_run(free: int) -> tuple[int, int]:
-    """(length, start) of the longest run of set bits, lowest start on ties; (0, 0) when none."""
-    best = (0, 0)
+def longest_run(free: int) -> int:
+    """Length of the longest run of set bits (0 when none)."""
+    best = 0
     remaining = free
     while remaining:
         low = remaining & -remaining
         above = (remaining + low) & ~remaining
-        length = above.bit_length() - low.bit_length()
-        if length > best[0]:
-            best = (length, low.bit_length() - 1)
+        best = max(best, above.bit_length() - low.bit_length())
         remaining &= ~(above - low)
     return best
 
@@ -370,58 +410,51 @@ def _free_mask(node: NodeInventory, ledger: Ledger) -> int:
     return ((1 << node.cores) - 1) & ~ledger.used_mask(node.name)
 
 
-def _fit(node: NodeInventory, request: PlacementRequest, ledger: Ledger, own: int = 0) -> int | None:
-    count = request.cores_per_replica
-    if node.cores < count:
-        return None
-    allowed = allowed_starts(node.cores, node.topology, count, request.aligned, request.shape_policy == "Strict")
-    if not allowed:
-        return None
-    return best_start(_free_mask(node, ledger) | own, count, allowed)
-
-
-def _search(request: PlacementRequest, fleet: Fleet, eligible: frozenset[str], ledger: Ledger):
+def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], ledger: Ledger):
+    """The first node in the strategy's order with a valid start: (name, start) or None."""
     count = request.cores_per_replica
     by_name = fleet.by_name
+
+    def fit(name: str) -> int | None:
+        return best_start(_free_mask(by_name[name], ledger), count, allowed[name])
+
     if request.strategy == "Spread":
         held = ledger.group_cores(request.owner)
         for free in range(ledger.max_free, count - 1, -1):
             for name in ledger.nodes_with_free(free):
-                if name in eligible and name not in held:
-                    start = _fit(by_name[name], request, ledger)
+                if name in allowed and name not in held:
+                    start = fit(name)
                     if start is not None:
                         return name, start
         for name in sorted(held, key=lambda n: (held[n], -ledger.free_count(n), n)):
-            if name in eligible and ledger.free_count(name) >= count:
-                start = _fit(by_name[name], request, ledger)
+            if name in allowed and ledger.free_count(name) >= count:
+                start = fit(name)
                 if start is not None:
                     return name, start
         return None
-    if len(eligible) * 4 < len(fleet.by_name):
-        # Few eligible nodes: ordering them directly beats walking the whole index.
-        order = sorted((ledger.free_count(n), n) for n in eligible)
-        for free, name in order:
+    if len(allowed) * 4 < len(fleet.by_name):
+        # Few candidate nodes: ordering them directly beats walking the whole index.
+        for free, name in sorted((ledger.free_count(n), n) for n in allowed):
             if free >= count:
-                start = _fit(by_name[name], request, ledger)
+                start = fit(name)
                 if start is not None:
                     return name, start
         return None
     for free in range(count, ledger.max_free + 1):
         for name in ledger.nodes_with_free(free):
-            if name in eligible:
-                start = _fit(by_name[name], request, ledger)
+            if name in allowed:
+                start = fit(name)
                 if start is not None:
                     return name, start
     return None
 
 
-def _preferred(request, fleet, eligible, ledger, owner, prefer) -> tuple[str, int] | None:
+def _preferred(request, fleet, allowed, ledger, owner, prefer) -> tuple[str, int] | None:
     name, cores = prefer
     node = fleet.by_name.get(name)
-    if node is None or name not in eligible or cores.count != request.cores_per_replica or cores.end >= node.cores:
+    if node is None or name not in allowed or cores.count != request.cores_per_replica or cores.end >= node.cores:
         return None
-    allowed = allowed_starts(node.cores, node.topology, cores.count, request.aligned, request.shape_policy == "Strict")
-    if not allowed >> cores.start & 1:
+    if not allowed[name] >> cores.start & 1:
         return None
     holding = ledger.holding_of(owner)
     own = 0
@@ -457,14 +490,14 @@ def place_one(
     """
     fleet = _fleet(nodes)
     ledger.learn_nodes(fleet.nodes, token=fleet)
-    eligible = fleet.eligibility(request).names
+    candidates = fleet.candidates(request)
     if prefer is None:
         holding = ledger.holding_of(owner)
         if holding is not None and holding.managed and holding.cores is not None:
             prefer = (holding.node, holding.cores)
-    choice = _preferred(request, fleet, eligible, ledger, owner, prefer) if prefer is not None else None
+    choice = _preferred(request, fleet, candidates.allowed, ledger, owner, prefer) if prefer is not None else None
     if choice is None:
-        choice = _search(request, fleet, eligible, ledger)
+        choice = _search(request, fleet, candidates.allowed, ledger)
     if choice is None:
         return Unplaceable(replica, unplaceable_reason(request, fleet, ledger))
     name, start = choice
@@ -516,36 +549,34 @@ def _exclusions(excluded: Counter, count: int) -> str:
 def unplaceable_reason(request: PlacementRequest, nodes: Sequence[NodeInventory] | Fleet, ledger: Ledger) -> str:
     """One sentence saying why no node can take a replica of ``request`` now, with numbers."""
     fleet = _fleet(nodes)
+    ledger.learn_nodes(fleet.nodes, token=fleet)
     count = request.cores_per_replica
     need = f"needs {count} contiguous core{'' if count == 1 else 's'}"
     if request.aligned:
         need += f" starting at a multiple of {count}"
     if not fleet.by_name:
         return f"{need}; there are no nodes"
-    eligibility = fleet.eligibility(request)
-    excluded = Counter(eligibility.excluded)
-    strict = request.shape_policy == "Strict"
-    candidates = []
-    for name in sorted(eligibility.names):
-        node = fleet.by_name[name]
-        if node.cores < count:
-            excluded[TOO_SMALL] += 1
-        elif strict and not node.topology.shape_allows(count):
-            excluded[SHAPE] += 1
-        else:
-            candidates.append(node)
-    excluded_text = _exclusions(excluded, count)
-    if not candidates:
+    candidates = fleet.candidates(request)
+    allowed = candidates.allowed
+    excluded_text = _exclusions(candidates.excluded, count)
+    if not allowed:
         return f"{need}; no node can take it: {excluded_text}"
-    longest, longest_on, free_total = 0, "", 0
-    for node in candidates:
-        free = _free_mask(node, ledger)
-        free_total += free.bit_count()
-        length, _ = longest_run(free)
-        if length > longest:
-            longest, longest_on = length, node.name
+    # The longest free run: walk nodes from most free down and stop once no node can beat it
+    # (a run is never longer than the node's free count).
+    longest, longest_on = 0, ""
+    for free in range(ledger.max_free, 0, -1):
+        if free <= longest:
+            break
+        for name in ledger.nodes_with_free(free):
+            if name in allowed:
+                length = longest_run(_free_mask(fleet.by_name[name], ledger))
+                if length > longest:
+                    longest, longest_on = length, name
+    keys = allowed.keys()
+    free_total = sum(free * len(keys & ledger.nodes_with_free(free)) for free in range(1, ledger.max_free + 1))
+    plural = "" if len(allowed) == 1 else "s"
     if longest == 0:
-        text = f"{need}; no free cores on the {len(candidates)} node{'' if len(candidates) == 1 else 's'} that could take it"
+        text = f"{need}; no free cores on the {len(allowed)} node{plural} that could take it"
     elif longest < count:
         text = f"{need}; largest free run is {longest} on {longest_on} ({free_total} cores free in total)"
     else:
