@@ -1,0 +1,498 @@
+"""The promises of DESIGN §5 as one reusable checker: a cluster snapshot in, a list of violations out.
+
+:func:`check` is pure: it reads a :class:`Snapshot` (pods, nodes and NeuronInferences as the API's
+JSON dicts) and returns every :class:`Violation` it finds. The invariants, one function each:
+
+- ``exclusive-cores``: on every node, no two live pods hold the same core (managed pods by their
+  ``neuronplace.io/cores`` annotation, foreign pods by ``AWS_NEURON_IDS`` when they carry it), and
+  all the cores held there, foreign pods' bare counts included, fit in what the node has
+  (pain points 3, 6, 7).
+- ``pod-consistency``: every live managed pod's annotation, its process containers'
+  ``NEURON_RT_VISIBLE_CORES`` (in the numbering the pod says), their ``aws.amazon.com/neuroncore``
+  requests and the device plugin's ``AWS_NEURON_IDS`` all name the same cores, processes split the
+  range without overlap, sidecars get none, and the pod is bound without a scheduler
+  (pain points 1, 2, 7, 10).
+- ``no-orphans``: every pod labelled or owned as a replica has a live NeuronInference owner with
+  the same uid.
+- ``status-matches-pods``: each resource's ``status`` (observedGeneration, replicas, readyReplicas,
+  placements, conditions) says what its pods say.
+- ``fits-are-placed``: a resource with fewer pods than replicas says why in ``Placed``; when the
+  reason is ``Unschedulable`` the placement engine, run on a ledger rebuilt from the live pods,
+  must agree that no missing replica fits anywhere right now (room that exists gets used).
+- ``operator-healthy``: see :func:`operator_health` (the process is alive and its liveness
+  endpoint answers 200 with a ready ledger).
+
+:func:`take_snapshot` reads a snapshot from the API; :func:`wait_converged` polls until the checker
+finds nothing (returning how long that took) or fails with the violations it last saw.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from neuronplace.operator.crd import GROUP, PLURAL, VERSION
+from neuronplace.operator.inventory import inventory_from_node
+from neuronplace.operator.ledger import Ledger
+from neuronplace.operator.placement import Fleet, ReplicaPlacement, place_one
+from neuronplace.operator.reconcile import placement_request
+from neuronplace.operator.settings import selector_matches
+from neuronplace.runtime.coreset import CoreRange, parse_core_set
+
+INFERENCE_LABEL = "neuronplace.io/inference"
+REPLICA_LABEL = "neuronplace.io/replica"
+CORES_ANNOTATION = "neuronplace.io/cores"
+NUMBERING_ANNOTATION = "neuronplace.io/numbering"
+AWS_NEURON_IDS = "AWS_NEURON_IDS"
+NEURON_RESOURCE_TYPE = "NEURON_RESOURCE_TYPE"
+NEURONCORE = "aws.amazon.com/neuroncore"
+NEURON_DEVICE = "aws.amazon.com/neuron"
+VISIBLE_CORES_ENV = "NEURON_RT_VISIBLE_CORES"
+NODE_CORES_ENV = "NEURONPLACE_NODE_CORES"
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+# Reasons a resource may give for missing replicas in a converged cluster (operator status.py).
+UNSCHEDULABLE = "Unschedulable"
+INVALID_SPEC = "InvalidSpec"
+POD_REJECTED = "PodRejected"
+EXPLAINED_REASONS = (UNSCHEDULABLE, INVALID_SPEC, POD_REJECTED)
+
+INVARIANTS = ("exclusive-cores", "pod-consistency", "no-orphans", "status-matches-pods", "fits-are-placed",
+              "operator-healthy")
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    subject: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.invariant}] {self.subject}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the API said at one moment. ``namespaces`` limits the resource-level invariants (pods
+    and nodes of every namespace still count for core exclusivity and for room)."""
+
+    pods: Sequence[Mapping[str, Any]]
+    nodes: Sequence[Mapping[str, Any]]
+    inferences: Sequence[Mapping[str, Any]]
+    namespaces: tuple[str, ...] | None = None
+    taken_at: float = field(default_factory=time.monotonic)
+
+
+# ---- small readers ---------------------------------------------------------------------------------
+
+
+def _meta(obj: Mapping) -> Mapping:
+    return obj.get("metadata") or {}
+
+
+def _ref(obj: Mapping) -> str:
+    meta = _meta(obj)
+    return f"{meta.get('namespace')}/{meta.get('name')}" if meta.get("namespace") else str(meta.get("name"))
+
+
+def is_live(pod: Mapping) -> bool:
+    """Bound and not finished: such a pod may be running a process that holds its cores."""
+    return bool((pod.get("spec") or {}).get("nodeName")) and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+
+
+def is_terminating(obj: Mapping) -> bool:
+    return bool(_meta(obj).get("deletionTimestamp"))
+
+
+def is_managed(pod: Mapping) -> bool:
+    return INFERENCE_LABEL in (_meta(pod).get("labels") or {})
+
+
+def is_ready(pod: Mapping) -> bool:
+    if is_terminating(pod):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _whole(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def container_amount(container: Mapping, resource: str) -> tuple[int | None, int | None]:
+    resources = container.get("resources") or {}
+    return (_whole((resources.get("requests") or {}).get(resource)),
+            _whole((resources.get("limits") or {}).get(resource)))
+
+
+def pod_amount(pod: Mapping, resource: str) -> int:
+    """What a pod asks of ``resource`` (its containers' requests, or limits when requests are unset)."""
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        request, limit = container_amount(container, resource)
+        total += request if request is not None else (limit or 0)
+    return total
+
+
+def _env(container: Mapping) -> dict[str, str]:
+    return {e.get("name"): e.get("value") for e in container.get("env") or [] if isinstance(e, Mapping)}
+
+
+def node_capacity(node: Mapping) -> tuple[int, int | None]:
+    """(usable cores, cores per chip): the smaller of the topology and what is allocatable."""
+    inventory = inventory_from_node(dict(node))
+    topology = inventory.topology
+    allocatable = _whole(((node.get("status") or {}).get("allocatable") or {}).get(NEURONCORE))
+    if topology is None:
+        return (allocatable or 0), None
+    cores = topology.cores if allocatable is None else min(topology.cores, allocatable)
+    return cores, topology.cores_per_chip
+
+
+def owner_of(obj: Mapping) -> Mapping | None:
+    for ref in _meta(obj).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref
+    return None
+
+
+def _in_scope(obj: Mapping, namespaces: tuple[str, ...] | None) -> bool:
+    return namespaces is None or _meta(obj).get("namespace") in namespaces
+
+
+# ---- the invariants ------------------------------------------------------------------------------
+
+
+def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
+    violations: list[Violation] = []
+    nodes = {_meta(n).get("name"): n for n in snapshot.nodes}
+    by_node: dict[str, list[Mapping]] = {}
+    for pod in snapshot.pods:
+        if is_live(pod):
+            by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
+    for node_name, pods in sorted(by_node.items()):
+        node = nodes.get(node_name)
+        if node is None:
+            continue  # the node is gone: its pods hold nothing anywhere (pod GC removes them)
+        capacity, per_chip = node_capacity(node)
+        holder_of: dict[int, str] = {}
+        counted = 0
+        for pod in pods:
+            meta = _meta(pod)
+            annotations = meta.get("annotations") or {}
+            ids: list[int] | None = None
+            if is_managed(pod):
+                try:
+                    ids = list(CoreRange.parse(annotations.get(CORES_ANNOTATION, "")).ids)
+                except (ValueError, TypeError):
+                    ids = None  # reported by pod-consistency; counted by request below
+            elif annotations.get(AWS_NEURON_IDS):
+                try:
+                    raw = [int(x) for x in str(annotations[AWS_NEURON_IDS]).split(",")]
+                except ValueError:
+                    raw = None
+                if raw is not None and pod_amount(pod, NEURONCORE):
+                    ids = raw
+                elif raw is not None and per_chip and pod_amount(pod, NEURON_DEVICE):
+                    ids = [d * per_chip + c for d in raw for c in range(per_chip)]
+            if ids is None:
+                count = pod_amount(pod, NEURONCORE) + pod_amount(pod, NEURON_DEVICE) * (per_chip or 1)
+                counted += count
+                continue
+            counted += len(ids)
+            for core in ids:
+                if core >= capacity:
+                    violations.append(Violation("exclusive-cores", _ref(pod),
+                                                f"holds core {core} but node {node_name} has only {capacity} usable cores"))
+                if core in holder_of:
+                    violations.append(Violation("exclusive-cores", f"node {node_name} core {core}",
+                                                f"held by both {holder_of[core]} and {_ref(pod)}"))
+                else:
+                    holder_of[core] = _ref(pod)
+        if counted > capacity:
+            violations.append(Violation("exclusive-cores", f"node {node_name}",
+                                        f"live pods hold {counted} cores but the node has {capacity}"))
+    return violations
+
+
+def check_pod(pod: Mapping, nodes: Mapping[str, Mapping]) -> list[Violation]:
+    """``pod-consistency`` for one live managed pod."""
+    out: list[Violation] = []
+    ref = _ref(pod)
+
+    def bad(detail: str) -> None:
+        out.append(Violation("pod-consistency", ref, detail))
+
+    meta = _meta(pod)
+    annotations = meta.get("annotations") or {}
+    spec = pod.get("spec") or {}
+    try:
+        cores = CoreRange.parse(annotations.get(CORES_ANNOTATION, ""))
+    except (ValueError, TypeError) as error:
+        bad(f"annotation {CORES_ANNOTATION}={annotations.get(CORES_ANNOTATION)!r} is not a core range: {error}")
+        return out
+    ids = ",".join(str(i) for i in cores.ids)
+    if annotations.get(AWS_NEURON_IDS) != ids:
+        bad(f"{AWS_NEURON_IDS}={annotations.get(AWS_NEURON_IDS)!r} but {CORES_ANNOTATION}={cores} (expected {ids!r})")
+    if annotations.get(NEURON_RESOURCE_TYPE) != NEURONCORE:
+        bad(f"{NEURON_RESOURCE_TYPE}={annotations.get(NEURON_RESOURCE_TYPE)!r}, expected {NEURONCORE!r}")
+    if spec.get("schedulerName") not in (None, "default-scheduler"):
+        bad(f"schedulerName {spec.get('schedulerName')!r}: the operator binds pods itself")
+    numbering = annotations.get(NUMBERING_ANNOTATION, "device-local")
+    node = nodes.get(spec.get("nodeName"))
+    per_chip = node_capacity(node)[1] if node is not None else None
+    if numbering == "global":
+        offset = 0
+    elif per_chip:
+        offset = (cores.start // per_chip) * per_chip
+    else:
+        offset = None  # node gone or of unknown topology: the device-local shift cannot be checked
+
+    process_ranges: list[CoreRange] = []
+    for container in spec.get("containers") or []:
+        env = _env(container)
+        request, limit = container_amount(container, NEURONCORE)
+        if VISIBLE_CORES_ENV not in env:
+            if request or limit:
+                bad(f"container {container.get('name')} requests {NEURONCORE} without {VISIBLE_CORES_ENV}")
+            continue
+        try:
+            visible = parse_core_set(env[VISIBLE_CORES_ENV])
+            node_range = CoreRange.parse(env.get(NODE_CORES_ENV, ""))
+        except ValueError as error:
+            bad(f"container {container.get('name')}: {error}")
+            continue
+        process_ranges.append(node_range)
+        if request != node_range.count or limit != node_range.count:
+            bad(f"container {container.get('name')} requests/limits {request}/{limit} {NEURONCORE} "
+                f"for {node_range.count} cores ({node_range})")
+        if offset is not None and visible != [i - offset for i in node_range.ids]:
+            bad(f"container {container.get('name')}: {VISIBLE_CORES_ENV}={env[VISIBLE_CORES_ENV]!r} is not node cores "
+                f"{node_range} in {numbering} numbering (offset {offset})")
+    for container in spec.get("initContainers") or []:
+        if VISIBLE_CORES_ENV in _env(container) or any(container_amount(container, NEURONCORE)):
+            bad(f"init container {container.get('name')} was given Neuron cores")
+    if not process_ranges:
+        bad("no container has NEURON_RT_VISIBLE_CORES")
+        return out
+    ordered = sorted(process_ranges)
+    tiled = [i for r in ordered for i in r.ids]
+    if tiled != list(cores.ids):
+        bad(f"process ranges {', '.join(map(str, process_ranges))} do not split {cores} exactly once")
+    if len({r.count for r in ordered}) != 1:
+        bad(f"process ranges {', '.join(map(str, process_ranges))} are not the same size")
+    return out
+
+
+def check_pod_consistency(snapshot: Snapshot) -> list[Violation]:
+    nodes = {_meta(n).get("name"): n for n in snapshot.nodes}
+    out: list[Violation] = []
+    for pod in snapshot.pods:
+        if is_managed(pod) and is_live(pod) and _in_scope(pod, snapshot.namespaces):
+            out += check_pod(pod, nodes)
+    return out
+
+
+def check_no_orphans(snapshot: Snapshot) -> list[Violation]:
+    inferences = {(_meta(i).get("namespace"), _meta(i).get("name")): i for i in snapshot.inferences}
+    out: list[Violation] = []
+    for pod in snapshot.pods:
+        if not _in_scope(pod, snapshot.namespaces):
+            continue
+        owner = owner_of(pod)
+        labelled = is_managed(pod)
+        if not labelled and not (owner and owner.get("kind") == "NeuronInference"):
+            continue
+        if owner is None or owner.get("kind") != "NeuronInference":
+            out.append(Violation("no-orphans", _ref(pod), "labelled as a replica but has no NeuronInference controller"))
+            continue
+        inference = inferences.get((_meta(pod).get("namespace"), owner.get("name")))
+        if inference is None or _meta(inference).get("uid") != owner.get("uid"):
+            out.append(Violation("no-orphans", _ref(pod),
+                                 f"its owner NeuronInference {owner.get('name')} (uid {owner.get('uid')}) is gone"))
+    return out
+
+
+def _own_pods(inference: Mapping, pods: Iterable[Mapping]) -> list[Mapping]:
+    meta = _meta(inference)
+    return [p for p in pods if _meta(p).get("namespace") == meta.get("namespace")
+            and (owner_of(p) or {}).get("uid") == meta.get("uid")]
+
+
+def _condition(inference: Mapping, type_: str) -> Mapping:
+    for condition in (inference.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_:
+            return condition
+    return {}
+
+
+def _desired(inference: Mapping) -> int:
+    replicas = (inference.get("spec") or {}).get("replicas", 1)
+    return replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else 0
+
+
+def check_status(snapshot: Snapshot) -> list[Violation]:
+    out: list[Violation] = []
+    for inference in snapshot.inferences:
+        if not _in_scope(inference, snapshot.namespaces) or is_terminating(inference):
+            continue
+        ref = _ref(inference)
+
+        def bad(detail: str) -> None:
+            out.append(Violation("status-matches-pods", ref, detail))
+
+        meta = _meta(inference)
+        status = inference.get("status") or {}
+        pods = [p for p in _own_pods(inference, snapshot.pods) if not is_terminating(p)]
+        if status.get("observedGeneration") != meta.get("generation"):
+            bad(f"observedGeneration {status.get('observedGeneration')} != generation {meta.get('generation')}")
+        if status.get("replicas", 0) != len(pods):
+            bad(f"status.replicas={status.get('replicas')} but {len(pods)} pods exist")
+        ready = sum(1 for p in pods if is_ready(p))
+        if status.get("readyReplicas", 0) != ready:
+            bad(f"status.readyReplicas={status.get('readyReplicas')} but {ready} pods are Ready")
+        said = sorted((p.get("replica"), p.get("pod"), p.get("node"), p.get("cores"))
+                      for p in status.get("placements") or [])
+        actual = sorted((_whole((_meta(p).get("labels") or {}).get(REPLICA_LABEL)), _meta(p).get("name"),
+                         (p.get("spec") or {}).get("nodeName"), (_meta(p).get("annotations") or {}).get(CORES_ANNOTATION))
+                        for p in pods)
+        if said != actual:
+            bad(f"status.placements {said} != pods {actual}")
+        placed = _condition(inference, "Placed")
+        desired = _desired(inference)
+        wanted = {f"{meta.get('name')}-{i}" for i in range(desired)}
+        all_placed = wanted <= {_meta(p).get("name") for p in pods}
+        if placed.get("status") != ("True" if all_placed else "False"):
+            bad(f"Placed={placed.get('status')} ({placed.get('reason')}) but {len(pods)}/{desired} replicas have pods")
+        all_ready = all_placed and ready >= desired
+        if _condition(inference, "Ready").get("status") != ("True" if all_ready else "False"):
+            bad(f"Ready={_condition(inference, 'Ready').get('status')} but {ready}/{desired} replicas are Ready")
+    return out
+
+
+def _placeable_now(inference: Mapping, missing: Sequence[int], snapshot: Snapshot,
+                   node_selector: str) -> ReplicaPlacement | None:
+    """The first missing replica the placement engine could place right now, if any."""
+    managed = [inventory_from_node(dict(n)) for n in snapshot.nodes
+               if selector_matches(node_selector, _meta(n).get("labels") or {})]
+    ledger = Ledger.from_pods(dict(p) for p in snapshot.pods)
+    request = placement_request(inference, "global")
+    fleet = Fleet(sorted(managed, key=lambda n: n.name))
+    meta = _meta(inference)
+    for ordinal in missing:
+        result = place_one(request, ordinal, fleet, ledger, f"{meta.get('namespace')}/{meta.get('name')}-{ordinal}")
+        if isinstance(result, ReplicaPlacement):
+            return result
+    return None
+
+
+def check_fits_are_placed(snapshot: Snapshot, node_selector: str = "") -> list[Violation]:
+    out: list[Violation] = []
+    for inference in snapshot.inferences:
+        if not _in_scope(inference, snapshot.namespaces) or is_terminating(inference):
+            continue
+        ref = _ref(inference)
+        name = _meta(inference).get("name")
+        pods = _own_pods(inference, snapshot.pods)
+        held = {_meta(p).get("name") for p in pods}
+        missing = [i for i in range(_desired(inference)) if f"{name}-{i}" not in held]
+        placed = _condition(inference, "Placed")
+        if placed.get("reason") == INVALID_SPEC and pods:
+            out.append(Violation("fits-are-placed", ref, f"spec is invalid ({placed.get('message')}) yet {len(pods)} pods exist"))
+        if not missing:
+            continue
+        if placed.get("status") != "False" or placed.get("reason") not in EXPLAINED_REASONS:
+            out.append(Violation("fits-are-placed", ref,
+                                 f"replicas {missing} have no pod and Placed is {placed.get('status')}/{placed.get('reason')} "
+                                 f"({placed.get('message')!r}), not one of {', '.join(EXPLAINED_REASONS)}"))
+            continue
+        if not placed.get("message"):
+            out.append(Violation("fits-are-placed", ref, f"Placed={placed.get('reason')} without a message"))
+        if placed.get("reason") == UNSCHEDULABLE:
+            try:
+                fits = _placeable_now(inference, missing, snapshot, node_selector)
+            except ValueError as error:  # a request the engine refuses: the operator should have said InvalidSpec
+                out.append(Violation("fits-are-placed", ref, f"Unschedulable, but the request is malformed: {error}"))
+                continue
+            if fits is not None:
+                out.append(Violation("fits-are-placed", ref,
+                                     f"says Unschedulable ({placed.get('message')!r}) but replica {fits.replica} fits "
+                                     f"on {fits.node} cores {fits.cores} now"))
+    return out
+
+
+def check(snapshot: Snapshot, node_selector: str = "") -> list[Violation]:
+    """Every snapshot invariant (all but operator-healthy, which needs the process)."""
+    return (check_exclusive_cores(snapshot) + check_pod_consistency(snapshot) + check_no_orphans(snapshot)
+            + check_status(snapshot) + check_fits_are_placed(snapshot, node_selector))
+
+
+def operator_health(liveness_url: str, alive: bool, timeout: float = 5) -> list[Violation]:
+    """``operator-healthy``: the process runs and its liveness endpoint answers 200 with a ready ledger."""
+    if not alive:
+        return [Violation("operator-healthy", "operator", "the operator process is not running")]
+    try:
+        with urllib.request.urlopen(liveness_url, timeout=timeout) as response:
+            body = json.loads(response.read() or b"{}")
+            if response.status != 200:
+                return [Violation("operator-healthy", "operator", f"liveness answered {response.status}")]
+    except (OSError, ValueError) as error:
+        return [Violation("operator-healthy", "operator", f"liveness endpoint {liveness_url} failed: {error}")]
+    if not (body.get("ledger") or {}).get("ready"):
+        return [Violation("operator-healthy", "operator", f"ledger probe not ready: {body}")]
+    return []
+
+
+# ---- reading the cluster -------------------------------------------------------------------------
+
+
+def take_snapshot(api_client, namespaces: Sequence[str] | None = None) -> Snapshot:
+    """List pods, nodes and NeuronInferences (all namespaces; ``namespaces`` scopes the checks)."""
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(api_client)
+    custom = k8s.CustomObjectsApi(api_client)
+    timeout = (3, 10)
+    pods = api_client.sanitize_for_serialization(core.list_pod_for_all_namespaces(_request_timeout=timeout))["items"]
+    nodes = api_client.sanitize_for_serialization(core.list_node(_request_timeout=timeout))["items"]
+    inferences = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=timeout)["items"]
+    return Snapshot(pods, nodes, inferences, tuple(namespaces) if namespaces is not None else None)
+
+
+class NotConverged(AssertionError):
+    """The cluster did not reach a state without violations in time."""
+
+
+def wait_converged(snapshot_fn: Callable[[], Snapshot], timeout: float, *, node_selector: str = "",
+                   extra: Callable[[Snapshot], list[Violation]] | None = None,
+                   interval: float = 0.25) -> tuple[float, Snapshot]:
+    """Poll until :func:`check` (plus ``extra``, e.g. scenario expectations) finds nothing.
+
+    Returns (seconds it took, the clean snapshot). Raises :class:`NotConverged` listing the last
+    violations (or the last API error) after ``timeout`` seconds.
+    """
+    start = time.monotonic()
+    last: list[Violation] | None = None
+    last_error: Exception | None = None
+    while True:
+        try:
+            snapshot = snapshot_fn()
+            last = check(snapshot, node_selector) + (extra(snapshot) if extra else [])
+            last_error = None
+            if not last:
+                return time.monotonic() - start, snapshot
+        except Exception as error:  # the API may be down during a fault; keep polling
+            last_error = error
+        if time.monotonic() - start > timeout:
+            lines = [str(v) for v in last or []][:40]
+            raise NotConverged(f"not converged after {timeout:.0f}s"
+                               + (f"; last API error: {last_error}" if last_error else "")
+                               + ("".join(f"\n  {line}" for line in lines)))
+        time.sleep(interval)

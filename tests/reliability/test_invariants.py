@@ -1,0 +1,171 @@
+"""The invariant checker catches each kind of broken state (pure; no cluster).
+
+A healthy snapshot is built with the operator's own pure parts (placement engine + build_pod +
+build_status); each test then breaks one thing and asserts the checker names it. Without these, a
+checker that never reports anything would make every fault test pass.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from neuronplace.local.fleet import build_node
+from neuronplace.operator.inventory import inventory_from_node
+from neuronplace.operator.ledger import Ledger
+from neuronplace.operator.placement import ReplicaPlacement, place_one
+from neuronplace.operator.pods import build_pod
+from neuronplace.operator.reconcile import placement_request
+from neuronplace.operator.status import Problem, build_status
+
+from reliability.invariants import Snapshot, Violation, check, operator_health
+
+TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def inference(name="bert", replicas=2, cores=4, processes=2, uid=None):
+    return {
+        "apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
+        "metadata": {"name": name, "namespace": "ml", "uid": uid or f"uid-{name}", "generation": 1},
+        "spec": {"replicas": replicas, "coresPerReplica": cores, "processesPerReplica": processes,
+                 "placement": {"tolerations": [TOLERATION]},
+                 "template": {"spec": {"containers": [{"name": "model", "image": "m:1"},
+                                                      {"name": "sidecar", "image": "s:1"}]}}},
+    }
+
+
+def ready(pod):
+    pod = copy.deepcopy(pod)
+    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return pod
+
+
+def healthy(numbering="device-local", nodes=("n-0",), instance="inf2.48xlarge", inferences=None):
+    node_objs = [build_node(n, instance) for n in nodes]
+    for node in node_objs:
+        node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    fleet = [inventory_from_node(n) for n in node_objs]
+    ledger = Ledger()
+    infs = inferences or [inference()]
+    pods = []
+    for inf in infs:
+        request = placement_request(inf, numbering)
+        for ordinal in range(inf["spec"]["replicas"]):
+            result = place_one(request, ordinal, fleet, ledger, f"ml/{inf['metadata']['name']}-{ordinal}")
+            if isinstance(result, ReplicaPlacement):
+                pods.append(ready(build_pod(inf, result, numbering=numbering)))
+    for inf in infs:
+        own = [p for p in pods if p["metadata"]["ownerReferences"][0]["uid"] == inf["metadata"]["uid"]]
+        missing = len(own) < inf["spec"]["replicas"]
+        problem = Problem("Unschedulable", "needs more cores") if missing else None
+        inf["status"] = build_status(inf, own, problem=problem)
+    return Snapshot(pods, node_objs, infs, ("ml",))
+
+
+def kinds(violations: list[Violation]) -> set[str]:
+    return {v.invariant for v in violations}
+
+
+def test_a_healthy_snapshot_has_no_violations_in_either_numbering():
+    assert check(healthy("device-local")) == []
+    assert check(healthy("global")) == []
+
+
+def test_two_pods_on_the_same_core_are_caught():
+    snap = healthy()
+    stolen = snap.pods[0]["metadata"]["annotations"]["neuronplace.io/cores"]
+    second = snap.pods[1]
+    second["metadata"]["annotations"]["neuronplace.io/cores"] = stolen
+    found = check(snap)
+    assert any(v.invariant == "exclusive-cores" and "held by both" in v.detail for v in found), found
+
+
+def test_a_foreign_pod_overlapping_or_overfilling_a_node_is_caught():
+    snap = healthy(instance="inf2.xlarge", inferences=[inference(replicas=1, cores=2, processes=1)])
+    foreign = {"metadata": {"name": "other", "namespace": "x", "annotations": {"AWS_NEURON_IDS": "1"}},
+               "spec": {"nodeName": "n-0", "containers": [{"name": "c", "resources": {
+                   "requests": {"aws.amazon.com/neuroncore": "1"}}}]},
+               "status": {"phase": "Running"}}
+    found = check(Snapshot([*snap.pods, foreign], snap.nodes, snap.inferences, ("ml",)))
+    assert any("core 1" in v.subject and "x/other" in v.detail for v in found), found
+    del foreign["metadata"]["annotations"]
+    found = check(Snapshot([*snap.pods, foreign], snap.nodes, snap.inferences, ("ml",)))
+    assert any(v.invariant == "exclusive-cores" and "hold 3 cores but the node has 2" in v.detail for v in found), found
+
+
+def test_env_annotation_and_device_plugin_ids_must_agree():
+    snap = healthy()
+    pod = snap.pods[0]
+    pod["metadata"]["annotations"]["AWS_NEURON_IDS"] = "9,10,11,12"
+    assert any("AWS_NEURON_IDS" in v.detail for v in check(snap))
+
+    snap = healthy()
+    container = snap.pods[1]["spec"]["containers"][1]
+    for entry in container["env"]:
+        if entry["name"] == "NEURON_RT_VISIBLE_CORES":
+            entry["value"] = "0-1" if entry["value"] != "0-1" else "2-3"
+    assert any(v.invariant == "pod-consistency" and "NEURON_RT_VISIBLE_CORES" in v.detail for v in check(snap))
+
+    snap = healthy()
+    first = snap.pods[0]["spec"]["containers"][0]
+    first["env"] = [e if e["name"] != "NEURONPLACE_NODE_CORES" else {"name": e["name"], "value": "20-21"}
+                    for e in first["env"]]
+    assert "pod-consistency" in kinds(check(snap))
+
+    snap = healthy()
+    snap.pods[0]["spec"]["containers"][0]["resources"]["limits"]["aws.amazon.com/neuroncore"] = "3"
+    assert any("requests/limits" in v.detail for v in check(snap))
+
+
+def test_sidecar_with_neuron_cores_is_caught():
+    snap = healthy()
+    sidecar = snap.pods[0]["spec"]["containers"][-1]
+    sidecar["resources"] = {"requests": {"aws.amazon.com/neuroncore": "1"}}
+    assert any("without NEURON_RT_VISIBLE_CORES" in v.detail for v in check(snap))
+
+
+def test_orphaned_pods_are_caught():
+    snap = healthy()
+    found = check(Snapshot(snap.pods, snap.nodes, [], ("ml",)))
+    assert "no-orphans" in kinds(found)
+    recreated = copy.deepcopy(snap.inferences[0])
+    recreated["metadata"]["uid"] = "a-new-uid"
+    found = check(Snapshot(snap.pods, snap.nodes, [recreated], ("ml",)))
+    assert any(v.invariant == "no-orphans" and "is gone" in v.detail for v in found), found
+
+
+def test_status_that_disagrees_with_pods_is_caught():
+    snap = healthy()
+    snap.inferences[0]["status"]["readyReplicas"] = 1
+    assert any("readyReplicas" in v.detail for v in check(snap))
+    snap = healthy()
+    snap.inferences[0]["status"]["placements"][0]["cores"] = "20-23"
+    assert any("placements" in v.detail for v in check(snap))
+    snap = healthy()
+    snap.inferences[0]["metadata"]["generation"] = 2
+    assert any("observedGeneration" in v.detail for v in check(snap))
+
+
+def test_unschedulable_with_room_is_caught_and_without_room_is_accepted():
+    # 3 replicas of 16 cores on one 24-core node: one fits, two cannot -> Unschedulable is honest.
+    snap = healthy(inferences=[inference(replicas=3, cores=16, processes=1)])
+    assert len(snap.pods) == 1
+    assert check(snap) == []
+    # Remove the placed pod: now a replica fits, yet the status still says Unschedulable.
+    status_kept = snap.inferences[0]
+    stale = Snapshot([], snap.nodes, [status_kept], ("ml",))
+    found = [v for v in check(stale) if v.invariant == "fits-are-placed"]
+    assert found and "fits on n-0" in found[0].detail, found
+
+
+def test_missing_replicas_without_a_reason_are_caught():
+    snap = healthy()
+    pods = snap.pods[:1]
+    inf = snap.inferences[0]
+    inf["status"] = build_status(inf, pods)  # Pending: no reason that explains it
+    found = check(Snapshot(pods, snap.nodes, [inf], ("ml",)))
+    assert any(v.invariant == "fits-are-placed" and "Pending" in v.detail for v in found), found
+
+
+def test_a_dead_operator_is_unhealthy():
+    assert kinds(operator_health("http://127.0.0.1:9/healthz", alive=False)) == {"operator-healthy"}
+    assert kinds(operator_health("http://127.0.0.1:9/healthz", alive=True, timeout=1)) == {"operator-healthy"}
