@@ -28,7 +28,7 @@ allocator can find candidates without scanning the whole fleet.
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from neuronplace.runtime.coreset import CoreRange
@@ -337,9 +337,6 @@ class Ledger:
     def group_cores(self, group: str) -> Mapping[str, int]:
         """Cores held by the pods of ``group`` (a NeuronInference "namespace/name"), by node."""
         return self._group_cores.get(group, {})
-
-    def iter_learned(self) -> Iterator[str]:
-        return iter(self._free)
 
     # ---- internals ---------------------------------------------------------------------------
 

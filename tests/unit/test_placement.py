@@ -12,12 +12,11 @@ from neuronplace.operator.placement import (
     place,
     place_one,
 )
+from neuronplace.operator.topology import topology_for
 from neuronplace.runtime.coreset import CoreRange
 
 
 def node(name, instance_type="inf2.48xlarge", cores=None, labels=None, taints=None, ready=True, **spec):
-    from neuronplace.operator.topology import topology_for
-
     total = cores if cores is not None else topology_for(instance_type).cores
     return inventory_from_node(
         {
@@ -164,7 +163,7 @@ def test_binpack_prefers_the_fullest_node_that_fits_then_the_name():
     ledger = ledger_with(("b", "0-15"), ("c", "0-15"), ("a", "0-3"))
     assert one(req(4), nodes, ledger).node == "b"
     assert one(req(1), [node("b"), node("a")], Ledger()).node == "a"
-    # c has fewest free cores (8 after b filled?) — fullest that still fits 8 contiguous wins.
+    # b has 6 free cores (too few), c has exactly 8 contiguous: the fullest node that fits wins over a.
     ledger = ledger_with(("b", "0-17"), ("c", "0-15"))
     assert one(req(8), nodes, ledger).node == "c"
 
