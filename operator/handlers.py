@@ -514,7 +514,7 @@ def _api_client(settings: OperatorSettings) -> k8s.ApiClient:
 async def startup(settings: kopf.OperatorSettings, logger, **_):
     global _controller
     ours = OperatorSettings.from_env()
-    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.server_timeout = int(ours.watch_server_timeout)  # the API server wants whole seconds
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = ours.watch_connect_timeout
     settings.watching.reconnect_backoff = 1.0
@@ -525,6 +525,9 @@ async def startup(settings: kopf.OperatorSettings, logger, **_):
     settings.batching.batch_window = 0.05
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = max(4, ours.workers)
+    # kopf logs every handled event at INFO ("Handler 'pod_event' succeeded"): with thousands of
+    # pods that drowns what matters. Our own decisions are logged by "neuronplace.operator".
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     controller = Controller(ours, _api_client(ours))
     try:
         await asyncio.to_thread(controller.initial_sync)

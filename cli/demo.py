@@ -1,0 +1,167 @@
+"""``neuronplace demo``: the README's first command.
+
+Starts the local control plane with a small mixed fleet (building the binaries the first time,
+with progress), installs the CRD, runs the operator, applies ``examples/``, waits until every
+example is placed and prints the per-node core map. The cluster and the operator keep running
+afterwards, with the kubectl lines to explore them; ``--down`` tears everything down at the end
+instead, and ``--stop`` tears down a demo left running earlier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEFAULT_NAME = "neuronplace-demo"
+DEFAULT_FLEET = "inf2.48xlarge=3,inf1.6xlarge=1,trn1.32xlarge=1"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+LIVENESS_PORT = 18480
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
+    parser.add_argument("--fleet", default=DEFAULT_FLEET, help=f"simulated instances (default {DEFAULT_FLEET})")
+    parser.add_argument("--examples", default=str(EXAMPLES), help="folder of NeuronInference YAML files to apply")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for the examples to be placed")
+    parser.add_argument("--down", action="store_true", help="tear the cluster and operator down after the demo")
+    parser.add_argument("--stop", action="store_true", help="only tear down a demo left running earlier")
+
+
+def _say(line: str) -> None:
+    print(f"==> {line}", file=sys.stderr, flush=True)
+
+
+def _pid_file(cluster) -> Path:
+    return Path(cluster.cluster_dir) / "neuronplace-operator.pid"
+
+
+def _operator_pid(cluster) -> int | None:
+    try:
+        pid = int(_pid_file(cluster).read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _stop_operator(cluster) -> None:
+    pid = _operator_pid(cluster)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _pid_file(cluster).unlink(missing_ok=True)
+
+
+def _start_operator(cluster) -> None:
+    if _operator_pid(cluster) is not None:
+        _say("the operator is already running")
+        return
+    log_path = Path(cluster.logs_dir) / "neuronplace-operator.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{LIVENESS_PORT}/healthz"
+    with open(log_path, "a") as log:
+        # A session of its own: the operator outlives this command, like the cluster.
+        process = subprocess.Popen([sys.executable, "-m", "neuronplace.cli", "run", "--verbose", "--liveness", url],
+                                   env=cluster.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _pid_file(cluster).write_text(str(process.pid))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the operator exited ({process.returncode}); see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if json.loads(response.read()).get("ledger", {}).get("ready"):
+                    _say(f"operator running (pid {process.pid}, log {log_path})")
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the operator did not become healthy; see {log_path}")
+
+
+def _wait_placed(cluster, timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        items = json.loads(cluster.kubectl("get", "ninf", "-A", "-o", "json").stdout)["items"]
+        pending = []
+        for item in items:
+            conditions = {c["type"]: c for c in (item.get("status") or {}).get("conditions") or []}
+            if conditions.get("Ready", {}).get("status") != "True":
+                placed = conditions.get("Placed", {})
+                pending.append(f"{item['metadata']['name']} ({placed.get('reason', 'waiting')}: {placed.get('message', '')})")
+        if not pending:
+            return items
+        if time.monotonic() > deadline:
+            raise TimeoutError("not placed in time: " + "; ".join(pending))
+        time.sleep(0.5)
+
+
+def run(args: argparse.Namespace) -> int:
+    from neuronplace.cli.cores import collect
+    from neuronplace.local.cluster import LocalCluster
+    from neuronplace.operator.coremap import render
+    from neuronplace.operator.crd import render_crd_yaml
+
+    cluster = LocalCluster(args.name)
+    if args.stop:
+        _stop_operator(cluster)
+        cluster.down()
+        _say(f"demo {args.name} stopped and removed")
+        return 0
+    try:
+        if cluster.exists():
+            _say(f"reusing the running cluster {args.name}")
+        else:
+            _say(f"starting the local control plane {args.name} with {args.fleet} "
+                 "(the first run builds the binaries: about 8 minutes)")
+            cluster.up(fleet=args.fleet, progress=_say)
+        _say("installing the NeuronInference CRD")
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=render_crd_yaml())
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/neuroninferences.neuronplace.io")
+        _say("starting the operator")
+        _start_operator(cluster)
+        _say(f"applying {args.examples}")
+        cluster.kubectl("apply", "-n", "default", "-f", args.examples)
+        _say("waiting until every example is placed and ready")
+        _wait_placed(cluster, args.timeout)
+        print(cluster.kubectl("get", "ninf", "-A").stdout)
+        maps, _ = collect(cluster.kubeconfig)
+        print("NeuronCore map (one character per core, chips separated by spaces, '.' = free):\n")
+        print(render(maps))
+    except BaseException:
+        if args.down:
+            _stop_operator(cluster)
+            cluster.down()
+        raise
+    if args.down:
+        _stop_operator(cluster)
+        cluster.down()
+        _say("demo torn down")
+        return 0
+    print(f"""The cluster and the operator keep running. Explore:
+
+  export KUBECONFIG={cluster.kubeconfig}
+  export PATH={cluster.bin_dir}:$PATH
+  kubectl get ninf                                  # READY, REPLICAS, CORES, STRATEGY
+  kubectl get pods -o wide -L neuronplace.io/replica
+  kubectl describe ninf bert-inf2                   # status.placements, conditions, events
+  kubectl get pod bert-inf2-0 -o jsonpath='{{.metadata.annotations}}'
+  kubectl scale ninf bert-inf2 --replicas=4 && neuronplace cores
+  neuronplace demo --stop                           # stop the operator and remove the cluster
+""")
+    return 0

@@ -1,0 +1,142 @@
+"""The per-node NeuronCore map as text (pure; shared by ``neuronplace demo`` and ``neuronplace cores``).
+
+One line per node, one character per core grouped by chip: a letter for the pod that holds the
+core (explained in a legend under the node), ``.`` for a free core, ``#`` for cores held by a pod
+we did not place (foreign) or whose ids are assumed. Example::
+
+    np-inf2-0  inf2.48xlarge  24 cores, 8 free
+      AA AA BB BB CC .. .. .. DD DD .. ..
+      A ml/bert-inf2-0 0-3   B ml/bert-inf2-1 4-7   C ml/whisper-spread-0 8-9   D default/x-0 16-19
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from neuronplace.operator.inventory import NodeInventory
+from neuronplace.operator.ledger import Ledger
+
+FREE = "."
+FOREIGN = "#"
+_SYMBOLS = string.ascii_uppercase + string.ascii_lowercase + string.digits
+
+
+@dataclass(frozen=True)
+class NodeMap:
+    """One node's cores: ``owners[c]`` is the pod holding core ``c`` (None when free)."""
+
+    name: str
+    instance_type: str | None
+    cores_per_chip: int
+    owners: tuple[str | None, ...]
+    exact: tuple[bool, ...]
+    problem: str | None
+
+    @property
+    def free(self) -> int:
+        return sum(owner is None for owner in self.owners)
+
+
+def node_maps(inventories: Iterable[NodeInventory], ledger: Ledger) -> list[NodeMap]:
+    """Every node with Neuron cores, in name order, with who holds each core."""
+    maps = []
+    for node in sorted(inventories, key=lambda n: n.name):
+        total = node.cores or (node.topology.cores if node.topology else 0)
+        if not total:
+            continue
+        owners: list[str | None] = [None] * total
+        exact = [True] * total
+        for holding in ledger.holdings(node.name):
+            label = holding.owner if holding.managed else f"{holding.owner} (not placed by neuronplace)"
+            for core in holding.core_ids:
+                if 0 <= core < total:
+                    owners[core] = label
+                    exact[core] = holding.exact and holding.managed
+        per_chip = node.topology.cores_per_chip if node.topology else total
+        maps.append(NodeMap(node.name, node.instance_type, per_chip, tuple(owners), tuple(exact), node.problem))
+    return maps
+
+
+def _ranges(cores: Sequence[int]) -> str:
+    parts, start = [], None
+    for index, core in enumerate(cores):
+        if start is None:
+            start = core
+        if index + 1 == len(cores) or cores[index + 1] != core + 1:
+            parts.append(str(start) if start == core else f"{start}-{core}")
+            start = None
+    return ",".join(parts)
+
+
+def render(maps: Sequence[NodeMap]) -> str:
+    """The text map of ``maps`` (see the module docstring)."""
+    if not maps:
+        return "no nodes with NeuronCores\n"
+    lines = []
+    width = max(len(m.name) for m in maps)
+    for node in maps:
+        symbols: dict[str, str] = {}
+        cells = []
+        for owner, exact in zip(node.owners, node.exact):
+            if owner is None:
+                cells.append(FREE)
+            elif not exact:
+                cells.append(FOREIGN)
+            else:
+                if owner not in symbols:
+                    symbols[owner] = _SYMBOLS[len(symbols) % len(_SYMBOLS)]
+                cells.append(symbols[owner])
+        chips = ["".join(cells[i:i + node.cores_per_chip]) for i in range(0, len(cells), node.cores_per_chip)]
+        note = f"  ({node.problem})" if node.problem else ""
+        lines.append(f"{node.name:<{width}}  {node.instance_type or '?'}  {len(node.owners)} cores, "
+                     f"{node.free} free{note}")
+        lines.append("  " + " ".join(chips))
+        legend = []
+        for owner, symbol in symbols.items():
+            cores = [c for c, o in enumerate(node.owners) if o == owner]
+            legend.append(f"{symbol} {owner} {_ranges(cores)}")
+        foreign = sorted({o for o, e in zip(node.owners, node.exact) if o is not None and not e})
+        for owner in foreign:
+            cores = [c for c, o in enumerate(node.owners) if o == owner]
+            legend.append(f"{FOREIGN} {owner} {_ranges(cores)}")
+        if legend:
+            lines.append("  " + "   ".join(legend))
+    return "\n".join(lines) + "\n"
+
+
+def render_png(maps: Sequence[NodeMap], path: str) -> None:
+    """The same map as a PNG (one row per node, one cell per core, a colour per pod)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    widest = max((len(m.owners) for m in maps), default=1)
+    fig, ax = plt.subplots(figsize=(max(6, widest * 0.35 + 3), max(2, len(maps) * 0.6 + 1)))
+    palette = plt.get_cmap("tab20")
+    colours: dict[str, object] = {}
+    for row, node in enumerate(maps):
+        y = len(maps) - 1 - row
+        for core, (owner, exact) in enumerate(zip(node.owners, node.exact)):
+            if owner is None:
+                face = "white"
+            elif not exact:
+                face = "lightgrey"
+            else:
+                face = colours.setdefault(owner, palette(len(colours) % 20))
+            gap = 0.15 if core and core % node.cores_per_chip == 0 else 0
+            ax.add_patch(Rectangle((core + gap * (core // node.cores_per_chip), y), 0.9, 0.8, facecolor=face,
+                                   edgecolor="black", linewidth=0.5))
+        ax.text(-0.5, y + 0.4, node.name, ha="right", va="center", fontsize=8)
+    ax.set_xlim(-0.5, widest * 1.2)
+    ax.set_ylim(-0.2, len(maps))
+    ax.axis("off")
+    handles = [Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black") for c in colours.values()]
+    if handles:
+        ax.legend(handles, list(colours), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

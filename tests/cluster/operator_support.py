@@ -1,0 +1,133 @@
+"""Helpers for the operator's cluster tests: resources, pods, and the invariants every test checks."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from neuronplace.local.fleet import KWOK_TOLERATION
+from neuronplace.runtime.coreset import CoreRange, parse_core_set
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def inference(name: str, cores: int = 2, replicas: int = 1, processes: int = 1, pool: str | None = None,
+              strategy: str = "BinPack", image: str = "model:1", **placement) -> dict:
+    spec_placement = {"strategy": strategy, "tolerations": [KWOK_TOLERATION], **placement}
+    if pool:
+        spec_placement.setdefault("nodeSelector", {})["neuronplace.io/pool"] = pool
+    return {
+        "apiVersion": "neuronplace.io/v1alpha1",
+        "kind": "NeuronInference",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "coresPerReplica": cores,
+            "processesPerReplica": processes,
+            "placement": spec_placement,
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [{"name": "model", "image": image}]}},
+        },
+    }
+
+
+def example(file_name: str, pool: str) -> dict:
+    """An example from examples/, confined to the test's node pool."""
+    resource = yaml.safe_load((EXAMPLES / file_name).read_text())
+    resource = copy.deepcopy(resource)
+    resource["spec"]["placement"].setdefault("nodeSelector", {})["neuronplace.io/pool"] = pool
+    return resource
+
+
+def apply(cluster, namespace: str, *resources: dict, check: bool = True):
+    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(resources)})
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=body, check=check)
+
+
+def get_inference(cluster, namespace: str, name: str) -> dict:
+    return json.loads(cluster.kubectl("get", "ninf", name, "-n", namespace, "-o", "json").stdout)
+
+
+def condition(resource: dict, type_: str) -> dict:
+    for cond in (resource.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return cond
+    return {}
+
+
+def pods_of(cluster, namespace: str, name: str | None = None) -> list[dict]:
+    selector = f"neuronplace.io/inference={name}" if name else "neuronplace.io/inference"
+    items = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)["items"]
+    return sorted(items, key=lambda p: p["metadata"]["name"])
+
+
+def live(pods: list[dict]) -> list[dict]:
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def running_ready(pod: dict) -> bool:
+    if pod["status"].get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
+        return False
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+
+
+def placed_and_ready(cluster, namespace: str, name: str, replicas: int):
+    """The resource when all ``replicas`` pods are Running+Ready and its status says so; else None."""
+    resource = get_inference(cluster, namespace, name)
+    pods = live(pods_of(cluster, namespace, name))
+    status = resource.get("status") or {}
+    if (len(pods) == replicas and all(running_ready(p) for p in pods)
+            and status.get("readyReplicas") == replicas and status.get("replicas") == replicas
+            and condition(resource, "Ready").get("status") == "True"
+            and status.get("observedGeneration") == resource["metadata"]["generation"]):
+        return resource
+    return None
+
+
+def all_managed_pods(cluster) -> list[dict]:
+    return json.loads(cluster.kubectl("get", "pods", "-A", "-l", "neuronplace.io/inference", "-o", "json").stdout)["items"]
+
+
+def assert_no_shared_cores(cluster) -> dict[str, dict[int, str]]:
+    """No two live pods hold the same core on any node; returns node → core → pod."""
+    owner: dict[str, dict[int, str]] = defaultdict(dict)
+    for pod in all_managed_pods(cluster):
+        if pod["status"].get("phase") in ("Succeeded", "Failed"):
+            continue
+        node = pod["spec"].get("nodeName")
+        assert node, f"managed pod {pod['metadata']['name']} is not bound"
+        name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        for core in parse_core_set(pod["metadata"]["annotations"]["neuronplace.io/cores"]):
+            assert core not in owner[node], f"core {core} on {node} held by both {owner[node][core]} and {name}"
+            owner[node][core] = name
+    return owner
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env") or []}
+
+
+def assert_pod_consistent(pod: dict, cores_per_chip: int, processes: int, numbering: str = "device-local") -> None:
+    """Annotation, device-plugin annotations, per-process env and resources all say the same thing."""
+    annotations = pod["metadata"]["annotations"]
+    cores = CoreRange.parse(annotations["neuronplace.io/cores"])
+    assert annotations["AWS_NEURON_IDS"] == ",".join(map(str, cores.ids))
+    assert annotations["NEURON_RESOURCE_TYPE"] == "aws.amazon.com/neuroncore"
+    assert annotations["NEURON_ALLOCATED"] in ("true", "false") and annotations["NEURON_ALLOC_TIME"].isdigit()
+    assert "schedulerName" not in pod["spec"] or pod["spec"]["schedulerName"] == "default-scheduler"
+    offset = (cores.start // cores_per_chip) * cores_per_chip if numbering == "device-local" else 0
+    neuron_containers = [c for c in pod["spec"]["containers"] if "NEURON_RT_VISIBLE_CORES" in env_of(c)]
+    assert len(neuron_containers) == processes
+    expected = cores.split(processes)
+    for index, container in enumerate(neuron_containers):
+        env = env_of(container)
+        visible = parse_core_set(env["NEURON_RT_VISIBLE_CORES"])
+        assert [v + offset for v in visible] == list(expected[index].ids), (pod["metadata"]["name"], env)
+        assert env["NEURONPLACE_NODE_CORES"] == str(expected[index])
+        for kind in ("requests", "limits"):
+            assert container["resources"][kind]["aws.amazon.com/neuroncore"] == str(cores.count // processes)
