@@ -38,6 +38,8 @@ from neuronplace.runtime.scatter_gather import (
 
 # torch_neuronx's sentinel for "the documented default split".
 DEFAULT_SPLIT = -1
+# Chunk layouts remembered per batch size (serving sees few distinct sizes).
+_LAYOUT_CACHE = 64
 
 
 class DataParallel(torch.nn.Module):
@@ -97,6 +99,7 @@ class DataParallel(torch.nn.Module):
 
         replicas = chosen.replicate(model, self.device_ids, self.core_ids, len(visible))
         self._num_workers = 2 * len(self.device_ids)
+        self._layouts: dict[tuple, tuple[list[tuple[int, int]], list[int]]] = {}
         self._executor = CoreExecutor(replicas, self._workers_per_core(self._num_workers), self._call_chunk)
 
     # ---- attributes ----------------------------------------------------------------------------
@@ -128,12 +131,14 @@ class DataParallel(torch.nn.Module):
     def forward(self, *inputs, **kwargs):
         # The common call, positional plain tensors, skips the recursive walk (DESIGN §9: the
         # whole per-call budget is 25 µs).
-        flat = not kwargs and all(type(item) is torch.Tensor for item in inputs)
+        flat = not kwargs and (
+            type(inputs[0]) is torch.Tensor if len(inputs) == 1 else all(type(item) is torch.Tensor for item in inputs)
+        )
         rows = flat_batch_size(inputs, self.dim) if flat else batch_size((inputs, kwargs), self.dim)
         if not rows:
             # No tensor to split, or an empty batch: nothing to parallelise.
-            return self._executor.run_inline([(0, inputs, kwargs, 0)])[0]
-        bounds = self._chunk_bounds(rows)
+            return self._executor.run_inline([(inputs, kwargs, 0)], 0)[0]
+        bounds, lengths = self._chunk_layout(rows)
         cores = len(self.device_ids)
         if len(bounds) % cores:
             warnings.warn(
@@ -142,19 +147,25 @@ class DataParallel(torch.nn.Module):
                 stacklevel=4,  # past nn.Module's call wrappers, to the caller's line
             )
         if len(bounds) == 1:
-            return self._executor.run_inline([(0, inputs, kwargs, rows)])[0]
+            return self._executor.run_inline([(inputs, kwargs, rows)], rows)[0]
         if flat:
-            chunks = [
-                (index, args, kwargs, length)
-                for index, (args, (_, length)) in enumerate(zip(scatter_flat(inputs, bounds, self.dim), bounds))
-            ]
+            pieces = scatter_flat(inputs, lengths, self.dim)
+            chunks = [(args, kwargs, length) for args, length in zip(pieces, lengths)]
         else:
             pieces = scatter((inputs, kwargs), bounds, self.dim)
-            chunks = [
-                (index, args, chunk_kwargs, length)
-                for index, ((args, chunk_kwargs), (_, length)) in enumerate(zip(pieces, bounds))
-            ]
-        return gather(self._executor.run(chunks), self.dim)
+            chunks = [(args, chunk_kwargs, length) for (args, chunk_kwargs), length in zip(pieces, lengths)]
+        return gather(self._executor.run(chunks, rows), self.dim)
+
+    def _chunk_layout(self, rows: int) -> tuple[list[tuple[int, int]], list[int]]:
+        """``(bounds, lengths)`` of the chunks for ``rows`` rows, validated; cached per setting."""
+        key = (rows, self.split_size, self.dynamic_batching, self.traced_batch_size)
+        layout = self._layouts.get(key)
+        if layout is None:
+            bounds = self._chunk_bounds(rows)
+            if len(self._layouts) >= _LAYOUT_CACHE:
+                self._layouts.clear()
+            layout = self._layouts[key] = (bounds, [length for _, length in bounds])
+        return layout
 
     def _chunk_bounds(self, rows: int) -> list[tuple[int, int]]:
         split = None if self.split_size in (DEFAULT_SPLIT, None) else self.split_size

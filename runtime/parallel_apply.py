@@ -43,6 +43,8 @@ _HANDOFF_SAMPLES = 7
 # A chunk measured in a worker is trusted only when it took at least this many round trips.
 _TRUSTED_HANDOFFS = 8
 _PROBE_EVERY = 32
+# The cached (cost per row, parallel overhead) pair is recomputed at least this often.
+_REESTIMATE_EVERY = 16
 
 
 def _median(samples) -> float | None:
@@ -65,6 +67,7 @@ class CoreExecutor:
         self._parallel_calls: deque[tuple[float, int]] = deque(maxlen=_SAMPLES)
         self._needs_probe = False
         self._calls = 0
+        self._estimate: tuple[float, float] | None = None
         self.parallel_runs = 0
         self.inline_runs = 0
 
@@ -92,72 +95,95 @@ class CoreExecutor:
         return max(floor, _median(overheads) or 0.0)
 
     # ---- running -------------------------------------------------------------------------------
-    def run_inline(self, chunks: list[tuple]) -> list:
-        """Run ``(chunk_index, args, kwargs, rows)`` chunks in the caller, each on its own core."""
+    def run_inline(self, chunks: list[tuple], total_rows: int) -> list:
+        """Run ``(args, kwargs, rows)`` chunks one after another in the caller, chunk ``k`` on core ``k % cores``."""
         self.inline_runs += 1
-        threads = self.replicas[0].intra_op_threads
-        previous = torch.get_num_threads() if threads else None
-        if threads and previous != threads:
+        replicas = self.replicas
+        cores = len(replicas)
+        call = self._call_chunk
+        threads = replicas[0].intra_op_threads
+        previous = torch.get_num_threads()
+        switch = threads is not None and threads != previous
+        if switch:
             torch.set_num_threads(threads)
+        outputs: list = []
+        started = time.perf_counter()
         try:
-            results = [self._run_one(index, args, kwargs, rows, True) for index, args, kwargs, rows in chunks]
+            for args, kwargs, rows in chunks:
+                outputs.append(call(replicas[len(outputs) % cores], args, kwargs, rows))
+        except BaseException as error:
+            index = len(outputs)
+            _ChunkFailure(error, traceback.format_exc(), replicas[index % cores], index).reraise()
         finally:
-            if threads and previous != threads:
+            if switch:
                 torch.set_num_threads(previous)
-        return _outputs_or_raise(results)
+        self._add_row_cost((time.perf_counter() - started) / max(total_rows, 1))
+        return outputs
 
-    def run(self, chunks: list[tuple]) -> list:
-        """Run the chunks on their cores (chunk ``k`` on core ``k % cores``) and return their outputs."""
+    def run(self, chunks: list[tuple], total_rows: int) -> list:
+        """Run ``(args, kwargs, rows)`` chunks (chunk ``k`` on core ``k % cores``); their outputs in order."""
         cores = len(self.replicas)
         used = min(cores, len(chunks))
-        per_core: list[list] = [[] for _ in range(used)]
-        for position, chunk in enumerate(chunks):
-            per_core[position % cores].append(chunk)
-        busiest = max(sum(chunk[3] for chunk in core_chunks) for core_chunks in per_core)
-        if used == 1 or self._inline_is_cheaper(chunks, busiest):
-            return self.run_inline(chunks)
+        # The first chunk is the largest, so this bounds the rows of the busiest core.
+        busiest = chunks[0][2] * -(-len(chunks) // cores)
+        if used == 1 or self._inline_is_cheaper(total_rows, busiest):
+            return self.run_inline(chunks, total_rows)
         self.parallel_runs += 1
         queues = self._ensure_workers()
         started = time.perf_counter()
         replies: SimpleQueue = SimpleQueue()
-        for core_position, core_chunks in enumerate(per_core):
+        for core_position in range(used):
+            core_chunks = [(index, *chunks[index]) for index in range(core_position, len(chunks), cores)]
             queues[core_position].put((self, core_chunks, replies))
         results: list = [None] * len(chunks)
         for _ in range(used):
             for index, outcome in replies.get():
                 results[index] = outcome
         self._parallel_calls.append((time.perf_counter() - started, busiest))
-        return _outputs_or_raise(results)
+        self._estimate = None
+        for result in results:
+            if isinstance(result, _ChunkFailure):
+                result.reraise()
+        return results
 
-    def _inline_is_cheaper(self, chunks, busiest: int) -> bool:
+    def _inline_is_cheaper(self, total_rows: int, busiest: int) -> bool:
         if self.handoff_seconds is None:
             return False  # the workers have never run: the first call goes parallel
         self._calls += 1
-        per_row = self.seconds_per_row
-        if self._needs_probe and (per_row is None or self._calls % _PROBE_EVERY == 0):
+        if self._needs_probe and (not self._row_costs or self._calls % _PROBE_EVERY == 0):
             self._needs_probe = False
             return True
-        if per_row is None:
-            return False
-        total_rows = sum(chunk[3] for chunk in chunks)
-        return total_rows * per_row < busiest * per_row + self.parallel_overhead(per_row)
+        estimate = self._estimate
+        if estimate is None or self._calls % _REESTIMATE_EVERY == 0:
+            per_row = self.seconds_per_row
+            if per_row is None:
+                return False
+            estimate = self._estimate = (per_row, self.parallel_overhead(per_row))
+        per_row, overhead = estimate
+        # Inline runs every row in sequence; parallel runs the busiest core's rows plus the overhead.
+        return (total_rows - busiest) * per_row < overhead
 
-    def _run_one(self, index: int, args, kwargs, rows: int, inline: bool):
+    def _run_one(self, index: int, args, kwargs, rows: int):
+        """A worker's chunk: its output, or the failure to re-raise in the caller."""
         replica = self.replicas[index % len(self.replicas)]
         started = time.perf_counter()
         try:
             output = self._call_chunk(replica, args, kwargs, rows)
         except BaseException as error:  # re-raised in the caller; a worker must never die
             return _ChunkFailure(error, traceback.format_exc(), replica, index)
-        self._record(time.perf_counter() - started, rows, inline)
+        elapsed = time.perf_counter() - started
+        if self.handoff_seconds is not None and elapsed < _TRUSTED_HANDOFFS * self.handoff_seconds:
+            self._needs_probe = True
+        else:
+            self._add_row_cost(elapsed / max(rows, 1))
         return output
 
-    def _record(self, elapsed: float, rows: int, inline: bool) -> None:
-        handoff = self.handoff_seconds
-        if not inline and handoff is not None and elapsed < _TRUSTED_HANDOFFS * handoff:
-            self._needs_probe = True
-            return
-        self._row_costs.append(elapsed / max(rows, 1))
+    def _add_row_cost(self, seconds: float) -> None:
+        self._row_costs.append(seconds)
+        estimate = self._estimate
+        # A cost far from the cached estimate (the model or the batch changed) re-decides at once.
+        if estimate is not None and not 0.5 * estimate[0] < seconds < 2 * estimate[0]:
+            self._estimate = None
 
     # ---- workers -------------------------------------------------------------------------------
     def _ensure_workers(self) -> list[SimpleQueue]:
@@ -225,13 +251,6 @@ class _PlainMessage(str):
         return str(self)
 
 
-def _outputs_or_raise(results: list) -> list:
-    for result in results:
-        if isinstance(result, _ChunkFailure):
-            result.reraise()
-    return results
-
-
 def _worker_loop(queue: SimpleQueue, threads: int | None) -> None:
     if threads:
         # OpenMP's thread count is per calling thread, so this only limits this core's worker.
@@ -241,7 +260,7 @@ def _worker_loop(queue: SimpleQueue, threads: int | None) -> None:
         if task is None:
             return
         executor, chunks, replies = task
-        replies.put([(chunk[0], executor._run_one(*chunk, False)) for chunk in chunks])
+        replies.put([(chunk[0], executor._run_one(*chunk)) for chunk in chunks])
         del task, executor, chunks, replies
 
 

@@ -104,12 +104,11 @@ def flat_batch_size(tensors: tuple, dim: int) -> int | None:
     return size
 
 
-def scatter_flat(tensors: tuple, bounds: list[tuple[int, int]], dim: int) -> list[tuple]:
-    """``scatter`` for a flat tuple of tensors: one ``split`` per tensor."""
-    lengths = [length for _, length in bounds]
+def scatter_flat(tensors: tuple, lengths: list[int], dim: int) -> list[tuple]:
+    """``scatter`` for a flat tuple of tensors, given the chunk lengths: one ``split`` per tensor."""
     # split_with_sizes is the direct binding; Tensor.split goes through a Python wrapper first.
-    columns = [tensor.split_with_sizes(lengths, dim) if tensor.dim() else (tensor,) * len(bounds) for tensor in tensors]
-    return list(zip(*columns)) if columns else [() for _ in bounds]
+    columns = [tensor.split_with_sizes(lengths, dim) if tensor.dim() else (tensor,) * len(lengths) for tensor in tensors]
+    return list(zip(*columns)) if columns else [() for _ in lengths]
 
 
 def scatter(obj, bounds: list[tuple[int, int]], dim: int) -> list:
@@ -141,6 +140,11 @@ def gather(outputs: list, dim: int):
     """Combine per-chunk ``outputs`` (in chunk order) into one output of the same structure."""
     first = outputs[0]
     if isinstance(first, torch.Tensor):
+        if first.dim() and len(outputs) > 1:
+            try:
+                return torch.cat(outputs, dim)  # the common case, without the checks below
+            except (TypeError, RuntimeError):
+                pass  # let the checks name the problem
         return _gather_tensors(outputs, dim)
     if first is None:
         if any(output is not None for output in outputs):

@@ -1,0 +1,172 @@
+"""Runtime benchmark: DataParallel's per-call overhead, throughput scaling, and cores in flight.
+
+Run: ``python benchmarks/runtime.py`` (``--quick`` for a shorter run). Prints three tables; every
+figure in a table is measured in the same run, interleaved round by round, so a busy machine
+slows all columns alike.
+
+1. **Per-call overhead** for a trivial model (``Linear(8, 8)``, batch 2, 2 cores) over a direct
+   call: neuronplace's ``DataParallel`` against a naive thread-pool scatter/gather (a persistent
+   ``ThreadPoolExecutor`` with one worker per core, ``chunk`` + ``submit`` + ``cat``), the design
+   DESIGN §9 puts at about 100 µs here. Target: at most 25 µs with 2 cores.
+2. **Throughput scaling** of a compute-bound model (an MLP of 1024-wide layers, 32 rows per core)
+   at 1..N cores, N = the usable CPUs (each simulated core gets an equal share of the CPU).
+   Target: at least 0.9·N for N up to the physical core count.
+3. **Cores in flight**: the peak number of chunks running at once and the speed-up over one core,
+   for a model whose chunk is 20 ms of device time (the calling thread sleeps, as it does while a
+   NeuronCore computes), at 2..16 simulated cores. torch_neuronx keeps 2 chunks in flight whatever
+   the core count (DESIGN §6); every core should be busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from neuronplace.runtime import DataParallel
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def with_cores(count: int):
+    """Simulate ``count`` visible cores on the cpu backend for the DataParallel built next."""
+    os.environ["NEURONPLACE_BACKEND"] = "cpu"
+    os.environ["NEURON_RT_VISIBLE_CORES"] = f"0-{count - 1}" if count > 1 else "0"
+
+
+class NaiveThreadPool:
+    """The baseline: scatter with ``chunk``, one pool task per chunk, wait, ``cat``."""
+
+    def __init__(self, model, cores: int) -> None:
+        self.model = model
+        self.cores = cores
+        self.pool = ThreadPoolExecutor(cores)
+
+    def __call__(self, x):
+        futures = [self.pool.submit(self.model, chunk) for chunk in x.chunk(self.cores)]
+        return torch.cat([future.result() for future in futures])
+
+
+def per_call_seconds(function, argument, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        function(argument)
+    return (time.perf_counter() - started) / calls
+
+
+def overhead_table(rounds: int, calls: int) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8).eval()
+    batch = torch.rand(2, 8)
+    with_cores(2)
+    contenders = {
+        "direct call": model,
+        "naive thread pool": NaiveThreadPool(model, 2),
+        "neuronplace DataParallel": DataParallel(model),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    with torch.no_grad():
+        for function in contenders.values():  # warm up; DataParallel learns the model's cost
+            per_call_seconds(function, batch, 500)
+        for _ in range(rounds):
+            for name, function in contenders.items():
+                samples[name].append(per_call_seconds(function, batch, calls))
+    direct = statistics.median(samples["direct call"])
+    print(f"\n1. Per-call overhead: Linear(8, 8), batch 2, 2 cores ({rounds} rounds x {calls} calls, medians)")
+    print(f"   {'':28}{'µs/call':>10}{'overhead µs':>14}{'vs naive':>10}")
+    naive_overhead = statistics.median(samples["naive thread pool"]) - direct
+    for name, values in samples.items():
+        seconds = statistics.median(values)
+        overhead = seconds - direct
+        ratio = f"{overhead / naive_overhead:.2f}x" if name != "direct call" else ""
+        print(f"   {name:28}{seconds * 1e6:10.1f}{overhead * 1e6:14.1f}{ratio:>10}")
+    executor = contenders["neuronplace DataParallel"]._executor
+    print(f"   DataParallel ran {executor.inline_runs} calls inline and {executor.parallel_runs} in parallel "
+          "(target: overhead <= 25 µs)")
+
+
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(4):
+        layers += [torch.nn.Linear(1024, 1024), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers).eval()
+
+
+def scaling_table(rounds: int, seconds_per_sample: float) -> None:
+    cpus = usable_cpus()
+    counts = list(range(1, cpus + 1))
+    model = mlp()
+    # All DataParallels see the same cores, so each core is the same share of the CPU.
+    with_cores(cpus)
+    parallels = {count: DataParallel(model, device_ids=list(range(count))) for count in counts}
+    throughput: dict[int, list[float]] = {count: [] for count in counts}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for count, parallel in parallels.items():
+                batch = torch.rand(32 * count, 1024)
+                parallel(batch)  # warm
+                calls, started = 0, time.perf_counter()
+                while time.perf_counter() - started < seconds_per_sample:
+                    parallel(batch)
+                    calls += 1
+                throughput[count].append(calls * batch.shape[0] / (time.perf_counter() - started))
+    base = statistics.median(throughput[1])
+    print(f"\n2. Throughput scaling: 4 x Linear(1024, 1024), 32 rows per core, {cpus} usable CPUs ({rounds} rounds, medians)")
+    print(f"   {'cores':>6}{'rows/s':>12}{'scaling':>10}{'target':>9}")
+    for count in counts:
+        rate = statistics.median(throughput[count])
+        print(f"   {count:>6}{rate:12.0f}{rate / base:9.2f}x{0.9 * count:8.1f}x")
+
+
+def cores_in_flight_table(core_counts: list[int]) -> None:
+    print("\n3. Cores in flight: a chunk is 20 ms of device time (the calling thread sleeps)")
+    print(f"   {'cores':>6}{'peak chunks in flight':>24}{'speed-up vs 1 core':>21}{'torch_neuronx (DESIGN §6)':>28}")
+    for cores in core_counts:
+        lock = threading.Lock()
+        state = {"now": 0, "peak": 0}
+
+        class DeviceTime(torch.nn.Module):
+            def forward(self, x):
+                with lock:
+                    state["now"] += 1
+                    state["peak"] = max(state["peak"], state["now"])
+                time.sleep(0.02)
+                with lock:
+                    state["now"] -= 1
+                return x
+
+        with_cores(cores)
+        parallel = DataParallel(DeviceTime())
+        batch = torch.zeros(cores, 4)
+        parallel(batch)
+        calls = 5
+        started = time.perf_counter()
+        for _ in range(calls):
+            parallel(batch)
+        elapsed = (time.perf_counter() - started) / calls
+        speedup = cores * 0.02 / elapsed
+        print(f"   {cores:>6}{state['peak']:>24}{speedup:20.1f}x{'2':>28}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    print(f"torch {torch.__version__}, {usable_cpus()} usable CPUs")
+    overhead_table(rounds=5 if args.quick else 15, calls=2000)
+    scaling_table(rounds=2 if args.quick else 5, seconds_per_sample=0.5 if args.quick else 1.0)
+    cores_in_flight_table([2, 4, 8, 16])
+
+
+if __name__ == "__main__":
+    main()
