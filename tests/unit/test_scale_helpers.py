@@ -1,0 +1,103 @@
+"""The pure measuring helpers of benchmarks/scale.py (the benchmark itself never runs in the suite)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCALE = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
+
+
+@pytest.fixture(scope="module")
+def scale():
+    spec = importlib.util.spec_from_file_location("scale_benchmark", SCALE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def test_fleet_halves_with_the_odd_node_on_inf2(scale):
+    assert scale.fleet_for(1000) == {"inf2.48xlarge": 500, "trn1.32xlarge": 500}
+    assert scale.fleet_for(7) == {"inf2.48xlarge": 4, "trn1.32xlarge": 3}
+    with pytest.raises(ValueError, match="at least 2"):
+        scale.fleet_for(1)
+
+
+def test_workload_totals_the_pods_and_cycles_the_mix(scale):
+    groups = scale.workload(95, group_size=10)
+    assert sum(g.replicas for g in groups) == 95
+    assert [g.replicas for g in groups] == [10] * 9 + [5]
+    assert [(g.instance_type, g.cores) for g in groups[:7]] == [*scale.MIX, scale.MIX[0]]
+    assert len({g.name for g in groups}) == len(groups)
+    with pytest.raises(ValueError):
+        scale.workload(0)
+
+
+def test_check_fits_refuses_a_workload_beyond_the_fleet(scale):
+    scale.check_fits(scale.workload(200), scale.fleet_for(200))
+    with pytest.raises(ValueError, match="cores but the fleet has"):
+        scale.check_fits(scale.workload(200), scale.fleet_for(20))
+
+
+def test_percentile_is_nearest_rank(scale):
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert scale.percentile(values, 50) == 3.0
+    assert scale.percentile(values, 99) == 5.0
+    assert scale.percentile(values, 0) == 1.0
+    assert scale.percentile(list(range(1, 101)), 99) == 99
+    with pytest.raises(ValueError):
+        scale.percentile([], 50)
+
+
+def test_group_latency_is_until_the_last_pod_is_bound(scale):
+    created = {"a": 10.0, "b": 11.0}
+    bound = {"a-0": 10.5, "a-1": 12.0, "b-0": 11.25}
+    members = {"a": {"a-0", "a-1"}, "b": {"b-0"}}
+    assert scale.group_latencies(created, bound, members) == {"a": 2.0, "b": 0.25}
+    with pytest.raises(ValueError, match="never bound"):
+        scale.group_latencies(created, {"a-0": 10.5, "b-0": 11.25}, members)
+
+
+def test_bound_curve_counts_up_in_time_order(scale):
+    assert scale.bound_curve([3.0, 1.0, 2.0], 1.0) == ([0.0, 1.0, 2.0], [1, 2, 3])
+
+
+def test_metric_sum_filters_by_name_and_labels(scale):
+    text = "\n".join([
+        "# HELP apiserver_request_total Counter of apiserver requests",
+        "# TYPE apiserver_request_total counter",
+        'apiserver_request_total{code="201",resource="pods",verb="POST"} 10',
+        'apiserver_request_total{code="200",resource="pods",verb="GET"} 2.5e+01',
+        'apiserver_request_total_other{code="201"} 1000',
+        'apiserver_flowcontrol_dispatched_requests_total{flow_schema="ours",priority_level="exempt"} 7',
+        'apiserver_flowcontrol_dispatched_requests_total{flow_schema="exempt",priority_level="exempt"} 9',
+        'weird{label="with \\"quote\\", comma",resource="pods"} 3',
+    ])
+    assert scale.metric_sum(text, "apiserver_request_total") == 35
+    assert scale.metric_sum(text, "apiserver_request_total", verb="POST") == 10
+    assert scale.metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema="ours") == 7
+    assert scale.metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema="none") == 0
+    assert scale.metric_sum(text, "weird", resource="pods") == 3
+
+
+def test_manifests_ask_for_the_same_cores_on_the_same_family(scale):
+    group = scale.Group("g0001-4c", "inf2.48xlarge", 4, 3)
+    inference = scale.inference_manifest(group)
+    pod = scale.plain_pod(group, 2)
+    assert inference["spec"]["replicas"] == 3 and inference["spec"]["coresPerReplica"] == 4
+    assert inference["spec"]["placement"]["nodeSelector"] == pod["spec"]["nodeSelector"]
+    assert pod["spec"]["containers"][0]["resources"]["requests"] == {"aws.amazon.com/neuroncore": "4"}
+    assert pod["metadata"]["name"] == "g0001-4c-2"
+    assert "schedulerName" not in pod["spec"] and "nodeName" not in pod["spec"]
+
+
+def test_table_aligns_columns(scale):
+    table = scale.format_table(["", "pods/s"], [["ours", "12.5"], ["kube-scheduler", "3.0"]])
+    lines = table.splitlines()
+    assert len({len(line) for line in lines}) == 1
+    assert lines[2].startswith("ours") and lines[2].endswith("12.5")
