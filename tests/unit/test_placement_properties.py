@@ -178,7 +178,10 @@ def run_sequence(node_dicts, pods, ops, check):
     by_name = {n.name: n for n in nodes}
     ledger = Ledger.from_pods(pods)
     ledger.learn_nodes(nodes)  # so that foreign pods without ids have their assumed cores before the oracle looks
-    live: list[tuple[str, ReplicaPlacement, PlacementRequest]] = []
+    # Pods that were there before may be deleted too (then foreign pods' assumed cores move).
+    live: list[tuple[str, ReplicaPlacement | None, PlacementRequest | None]] = [
+        (f"{p['metadata']['namespace']}/{p['metadata']['name']}", None, None) for p in pods
+    ]
     group_held: dict[tuple[str, str], int] = {}
     outcomes = []
     for step, op in enumerate(ops):
@@ -186,8 +189,8 @@ def run_sequence(node_dicts, pods, ops, check):
             if live:
                 owner, placement, request = live.pop(op[1] % len(live))
                 ledger.forget(owner)
-                key = (request.owner, placement.node)
-                group_held[key] -= placement.cores.count
+                if placement is not None:
+                    group_held[(request.owner, placement.node)] -= placement.cores.count
             outcomes.append(("deleted", op[1]))
             continue
         request = op[1]
@@ -236,6 +239,9 @@ def check_ledger(ledger, nodes):
                 seen[core] = holding.owner
             if holding.managed:
                 assert holding.cores is not None and holding.cores.end < node.cores
+        # The incrementally kept mask agrees with the holdings it summarises.
+        assert ledger.used_cores(node.name) == set(seen)
+        assert ledger.free_count(node.name) == node.cores - len([c for c in seen if c < node.cores])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -259,11 +265,14 @@ def test_same_inputs_same_placements(fleet, ops):
 def test_ledger_rebuilt_from_pods_equals_the_live_one(fleet, ops):
     node_dicts, pods = fleet
     _, ledger, live = run_sequence(node_dicts, pods, ops, check=False)
+    remaining = {owner for owner, _, _ in live}
+    kept = [p for p in pods if f"{p['metadata']['namespace']}/{p['metadata']['name']}" in remaining]
     created = [
         managed_pod(owner.split("/")[1], placement.node, str(placement.cores), request.owner.split("/")[1])
         for owner, placement, request in live
+        if placement is not None
     ]
-    rebuilt = Ledger.from_pods(pods + created)
+    rebuilt = Ledger.from_pods(kept + created)
     nodes = [inventory_from_node(n) for n in node_dicts]
     rebuilt.learn_nodes(nodes)
     for node in nodes:
