@@ -578,11 +578,15 @@ def unplaceable_reason(request: PlacementRequest, nodes: Sequence[NodeInventory]
     if longest == 0:
         text = f"{need}; no free cores on the {len(allowed)} node{plural} that could take it"
     elif longest < count:
-        text = f"{need}; largest free run is {longest} on {longest_on} ({free_total} cores free in total)"
+        text = f"{need}; largest free run is {longest} on {longest_on}"
     else:
         aligned = f" and a start at a multiple of {count}" if request.aligned else ""
         text = (
             f"{need}; largest free run is {longest} on {longest_on}, but no free run fits the chip rules{aligned} "
             "(a replica stays inside one chip, or starts on a chip boundary when it needs more than one)"
         )
-    return f"{text}; {excluded_text}" if excluded_text else text
+    if excluded_text:
+        text += f"; {excluded_text}"
+    if 0 < longest < count:
+        text += f"; {free_total} cores free in total on the {len(allowed)} node{plural} that could take it"
+    return text

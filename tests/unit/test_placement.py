@@ -277,8 +277,9 @@ def test_ineligible_nodes_are_counted_in_the_reason():
     result = one(req(8), nodes, ledger)
     assert isinstance(result, Unplaceable)
     assert result.reason == (
-        "needs 8 contiguous cores; largest free run is 6 on a (12 cores free in total); "
-        "3 nodes excluded by taints, 1 cordoned, 1 NotReady, 1 of unknown topology"
+        "needs 8 contiguous cores; largest free run is 6 on a; "
+        "3 nodes excluded by taints, 1 cordoned, 1 NotReady, 1 of unknown topology; "
+        "12 cores free in total on the 1 node that could take it"
     )
 
 
