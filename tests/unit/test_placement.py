@@ -391,3 +391,46 @@ def test_bad_replica_ordinal_raises_and_places_nothing():
     with pytest.raises(ValueError, match="ordinals"):
         place(req(1), [0, -1], [node("a")], ledger, lambda i: f"default/web-{i}")
     assert ledger.used_cores("a") == set()
+
+
+# ---- DESIGN §5: what the AWS stack gets wrong, impossible here ----------------------------------
+
+
+def test_restart_rebuilds_the_same_ledger_from_pods():
+    """§5.3: usage maps go stale after restarts. Ours is the pods themselves."""
+    nodes = [node("a"), node("b")]
+    ledger = Ledger()
+    placed = place(req(4), range(5), nodes, ledger, lambda i: f"default/web-{i}")
+    pods = [
+        {
+            "metadata": {"name": f"web-{p.replica}", "namespace": "default", "labels": {MANAGED_LABEL: "web"},
+                         "annotations": {ANNOTATION_CORES: str(p.cores)}},
+            "spec": {"nodeName": p.node},
+            "status": {"phase": "Running"},
+        }
+        for p in placed
+    ]
+    restarted = Ledger.from_pods(pods)
+    for name in ("a", "b"):
+        assert restarted.used_cores(name) == ledger.used_cores(name)
+    # and the restarted operator continues exactly where the old one would have
+    assert one(req(4), nodes, restarted, owner="default/web-5") == one(req(4), nodes, ledger, owner="default/web-5")
+
+
+def test_scale_to_zero_releases_every_core():
+    """§5.6: cores not released after teardown. Deleted or finished pods hold nothing."""
+    ledger = Ledger()
+    place(req(8), range(3), [node("a")], ledger, lambda i: f"default/web-{i}")
+    assert ledger.free_count("a") == 0
+    for i in range(3):
+        ledger.forget(f"default/web-{i}")
+    assert ledger.used_cores("a") == set() and ledger.free_count("a") == 24
+    assert one(req(24), [node("a")], ledger, owner="default/big").cores == CoreRange(0, 24)
+
+
+def test_processes_of_one_replica_never_share_cores():
+    """§5.7: multi-process pods got the same cores. Each process gets its own slice of the range."""
+    result = one(req(8, processes_per_replica=4), [node("a")], ledger_with(("a", "0-1")))
+    assert result.process_cores == (CoreRange(2, 2), CoreRange(4, 2), CoreRange(6, 2), CoreRange(8, 2))
+    assert result.visible_cores == ("0-1", "2-3", "4-5", "6-7")
+    assert len({c for part in result.process_cores for c in part.ids}) == 8
