@@ -132,9 +132,11 @@ class CoreExecutor:
         queues = self._ensure_workers()
         started = time.perf_counter()
         replies: SimpleQueue = SimpleQueue()
+        # Grad and inference mode are thread-local: the workers must run in the caller's.
+        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         for core_position in range(used):
             core_chunks = [(index, *chunks[index]) for index in range(core_position, len(chunks), cores)]
-            queues[core_position].put((self, core_chunks, replies))
+            queues[core_position].put((self, core_chunks, replies, modes))
         results: list = [None] * len(chunks)
         for _ in range(used):
             for index, outcome in replies.get():
@@ -259,9 +261,11 @@ def _worker_loop(queue: SimpleQueue, threads: int | None) -> None:
         task = queue.get()
         if task is None:
             return
-        executor, chunks, replies = task
-        replies.put([(chunk[0], executor._run_one(*chunk)) for chunk in chunks])
-        del task, executor, chunks, replies
+        executor, chunks, replies, (grad, inference) = task
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            outcomes = [(chunk[0], executor._run_one(*chunk)) for chunk in chunks]
+        replies.put(outcomes)
+        del task, executor, chunks, replies, outcomes
 
 
 def _measure_handoff(queue: SimpleQueue) -> float:
@@ -270,7 +274,7 @@ def _measure_handoff(queue: SimpleQueue) -> float:
     for _ in range(_HANDOFF_SAMPLES):
         replies: SimpleQueue = SimpleQueue()
         started = time.perf_counter()
-        queue.put((_NoWork, [], replies))
+        queue.put((_NoWork, [], replies, (False, False)))
         replies.get()
         samples.append(time.perf_counter() - started)
     return sorted(samples)[len(samples) // 2]

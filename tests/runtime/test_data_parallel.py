@@ -416,3 +416,14 @@ def test_cuda_backend_matches_the_whole_batch(monkeypatch):
         output = parallel(batch)
     assert output.device.type == "cpu"
     assert close(output, reference(batch))
+
+
+def test_workers_run_in_the_callers_grad_and_inference_mode():
+    model = torch.nn.Linear(4, 4)
+    parallel = DataParallel(model)
+    batch = torch.rand(8, 4)
+    with torch.no_grad():
+        assert not parallel(batch).requires_grad
+    with torch.inference_mode():
+        assert parallel(batch).is_inference()
+    assert parallel(batch).requires_grad  # grad enabled, as in the caller
