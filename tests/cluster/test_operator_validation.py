@@ -1,0 +1,97 @@
+"""Bad input: invalid specs are refused by the API server with the rule's message and create
+nothing; objects that pass the schema but cannot work get a condition saying why, and the
+operator keeps serving everything else."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from operator_support import apply, condition, get_inference, inference, placed_and_ready, pods_of
+
+pytestmark = pytest.mark.cluster
+
+
+def with_spec(**changes) -> dict:
+    resource = inference("bad", cores=4, replicas=1)
+    resource["spec"].update(changes)
+    return resource
+
+
+def with_container(**changes) -> dict:
+    resource = inference("bad", cores=4, replicas=1)
+    resource["spec"]["template"]["spec"]["containers"][0].update(changes)
+    return resource
+
+
+def with_pod_spec(**changes) -> dict:
+    resource = inference("bad", cores=4, replicas=1)
+    resource["spec"]["template"]["spec"].update(changes)
+    return resource
+
+
+INVALID = [
+    (with_spec(coresPerReplica=0), "spec.coresPerReplica"),
+    (with_spec(coresPerReplica=-4), "spec.coresPerReplica"),
+    (with_spec(coresPerReplica=129), "spec.coresPerReplica"),
+    (with_spec(replicas=-1), "spec.replicas"),
+    (with_spec(replicas=100000), "spec.replicas"),
+    (with_spec(coresPerReplica="four"), "spec.coresPerReplica"),
+    (with_spec(coresPerReplica=6, processesPerReplica=4), "coresPerReplica must be divisible by processesPerReplica"),
+    (with_spec(processesPerReplica=0), "spec.processesPerReplica"),
+    (with_spec(placement={"strategy": "Random"}), "spec.placement.strategy"),
+    (with_spec(placement={"shapePolicy": "Loose"}), "spec.placement.shapePolicy"),
+    (with_spec(placement={"nodeSelector": {"a": 1}}), "spec.placement.nodeSelector"),
+    (with_spec(placement={"tolerations": [{"key": "a", "operator": "Sometimes"}]}), "operator"),
+    (with_pod_spec(nodeName="inf2-a"), "template.spec.nodeName must not be set"),
+    (with_pod_spec(schedulerName="my-scheduler"), "template.spec.schedulerName must not be set"),
+    (with_pod_spec(containers=[]), "containers"),
+    (with_container(resources={"limits": {"aws.amazon.com/neuroncore": 2}}), "must not request Neuron resources"),
+    (with_container(resources={"requests": {"aws.amazon.com/neuron": 1}}), "must not request Neuron resources"),
+    (with_container(env=[{"name": "NEURON_RT_VISIBLE_CORES", "value": "0-3"}]), "must not set NEURON_RT_VISIBLE_CORES"),
+    ({**inference("x" * 64, cores=2)}, "metadata.name must be at most 63 characters"),
+    ({k: v for k, v in inference("bad").items() if k != "spec"}, "spec"),
+]
+
+
+@pytest.mark.parametrize("resource,message", INVALID, ids=[m for _, m in INVALID])
+def test_invalid_specs_are_rejected_by_the_api_server(local_cluster, crd, namespace, resource, message):
+    result = apply(local_cluster, namespace, resource, check=False)
+    assert result.returncode != 0, f"accepted: {resource}"
+    assert message in result.stderr, result.stderr
+    assert not local_cluster.kubectl("get", "ninf,pods", "-n", namespace, "-o", "name").stdout.strip()
+
+
+def test_objects_that_pass_the_schema_but_cannot_work_get_a_reason(local_cluster, operator, namespace, fleet,
+                                                                    wait_for):
+    nodes = fleet({"inf2.48xlarge": 1})
+    privileged = inference("privileged", cores=2, pool=nodes.pool)
+    privileged["spec"]["template"]["spec"]["hostNetwork"] = True
+    no_image = inference("no-image", cores=2, pool=nodes.pool)
+    del no_image["spec"]["template"]["spec"]["containers"][0]["image"]
+    nowhere = inference("nowhere", cores=2, pool=nodes.pool)
+    nowhere["spec"]["placement"]["nodeSelector"]["node.kubernetes.io/instance-type"] = "trn2.48xlarge"
+    too_big = inference("too-big", cores=32, pool=nodes.pool)
+    good = inference("good", cores=2, replicas=2, pool=nodes.pool)
+    apply(local_cluster, namespace, privileged, no_image, nowhere, too_big, good)
+
+    expected = {
+        "privileged": ("InvalidSpec", "hostNetwork"),
+        "no-image": ("PodRejected", "image"),
+        "nowhere": ("Unschedulable", "nodeSelector"),
+        "too-big": ("Unschedulable", "32"),
+    }
+    for name, (reason, words) in expected.items():
+        placed = wait_for(lambda: condition(get_inference(local_cluster, namespace, name), "Placed").get("reason") == reason
+                          and condition(get_inference(local_cluster, namespace, name), "Placed"), 60,
+                          f"{name}: Placed reason {reason}")
+        assert placed["status"] == "False" and words in placed["message"], placed
+        assert not pods_of(local_cluster, namespace, name), f"{name} got pods"
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "good", 2), 60, "the valid resource placed")
+    assert operator.alive()
+
+    # Fixing the spec is enough: the new generation is reconciled and placed.
+    fixed = copy.deepcopy(privileged)
+    del fixed["spec"]["template"]["spec"]["hostNetwork"]
+    apply(local_cluster, namespace, fixed)
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "privileged", 1), 60, "the fixed resource placed")
