@@ -15,7 +15,7 @@ JSON dicts) and returns every :class:`Violation` it finds. The invariants, one f
 - ``no-orphans``: every pod labelled or owned as a replica has a live NeuronInference owner with
   the same uid.
 - ``status-matches-pods``: each resource's ``status`` (observedGeneration, replicas, readyReplicas,
-  placements, conditions) says what its pods say.
+  placements, conditions) says what its pods say, and no pod exists beyond ``<name>-<replicas-1>``.
 - ``fits-are-placed``: a resource with fewer pods than replicas says why in ``Placed``; when the
   reason is ``Unschedulable`` the placement engine, run on a ledger rebuilt from the live pods,
   must agree that no missing replica fits anywhere right now (room that exists gets used).
@@ -368,6 +368,9 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
         placed = _condition(inference, "Placed")
         desired = _desired(inference)
         wanted = {f"{meta.get('name')}-{i}" for i in range(desired)}
+        surplus = sorted(_meta(p).get("name") for p in pods if _meta(p).get("name") not in wanted)
+        if surplus:
+            bad(f"pods {surplus} exceed replicas={desired}")
         all_placed = wanted <= {_meta(p).get("name") for p in pods}
         if placed.get("status") != ("True" if all_placed else "False"):
             bad(f"Placed={placed.get('status')} ({placed.get('reason')}) but {len(pods)}/{desired} replicas have pods")

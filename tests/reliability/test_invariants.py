@@ -145,6 +145,12 @@ def test_status_that_disagrees_with_pods_is_caught():
     assert any("observedGeneration" in v.detail for v in check(snap))
 
 
+def test_surplus_pods_are_caught():
+    snap = healthy()
+    snap.inferences[0]["spec"]["replicas"] = 1
+    assert any("exceed replicas=1" in v.detail for v in check(snap))
+
+
 def test_unschedulable_with_room_is_caught_and_without_room_is_accepted():
     # 3 replicas of 16 cores on one 24-core node: one fits, two cannot -> Unschedulable is honest.
     snap = healthy(inferences=[inference(replicas=3, cores=16, processes=1)])

@@ -1,0 +1,224 @@
+"""What a reliability scenario runs against, shared by pytest (``conftest.py``) and ``benchmarks/chaos.py``.
+
+A :class:`Harness` is one scenario's world on a running :class:`~neuronplace.local.cluster.LocalCluster`:
+its own namespace, its own node pool (label ``neuronplace.io/pool``), and its own operator process
+watching only that namespace, with short timings (node grace 5 s, resync 5 s) so faults resolve
+quickly. It counts what happens in a :class:`ChaosRecord`: faults injected, invariant checks,
+violations, and the seconds from each fault to the first clean check.
+
+The operator process class is the operator tests' own (``tests/cluster/conftest.py``
+``OperatorProcess``), loaded from that file so both suites start the operator the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import random
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from neuronplace.local.fleet import KWOK_TOLERATION
+
+from reliability import invariants as inv
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "neuronplace.io_neuroninferences.yaml"
+POOL_LABEL = "neuronplace.io/pool"
+
+# Operator timings for fault tests: replicas on a NotReady node move after 5 s (set by the
+# OperatorProcess), and a missed event is made up for within RESYNC_SECONDS.
+RESYNC_SECONDS = 5
+CONVERGE_TIMEOUT = 60
+
+
+def _operator_process_class():
+    spec = importlib.util.spec_from_file_location("neuronplace_operator_test_fixtures",
+                                                  ROOT / "tests" / "cluster" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.OperatorProcess
+
+
+OperatorProcess = _operator_process_class()
+
+
+def install_crd(cluster) -> None:
+    """Apply the NeuronInference CRD (idempotent) and wait until it is served."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/neuroninferences.neuronplace.io")
+
+
+@dataclass
+class ChaosRecord:
+    """Counts for the chaos table; one record may span many scenarios."""
+
+    scenarios: list[str] = field(default_factory=list)
+    faults: int = 0
+    checks: int = 0
+    violations: list[str] = field(default_factory=list)
+    converge_seconds: list[tuple[str, str, float]] = field(default_factory=list)  # (scenario, fault, seconds)
+
+    def summary(self) -> dict[str, Any]:
+        times = [seconds for _, _, seconds in self.converge_seconds]
+        return {
+            "scenarios": len(self.scenarios),
+            "faults": self.faults,
+            "checks": self.checks,
+            "violations": len(self.violations),
+            "converge_median_s": statistics.median(times) if times else None,
+            "converge_max_s": max(times) if times else None,
+        }
+
+
+def inference_manifest(name: str, *, replicas: int = 1, cores: int = 2, processes: int = 1,
+                       pool: str | None = None, strategy: str = "BinPack", **placement) -> dict:
+    spec_placement = {"strategy": strategy, "tolerations": [dict(KWOK_TOLERATION)], **placement}
+    if pool:
+        spec_placement["nodeSelector"] = {**spec_placement.get("nodeSelector", {}), POOL_LABEL: pool}
+    return {
+        "apiVersion": "neuronplace.io/v1alpha1",
+        "kind": "NeuronInference",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "coresPerReplica": cores, "processesPerReplica": processes,
+                 "placement": spec_placement,
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "model", "image": "model:1"},
+                                                      {"name": "metrics", "image": "sidecar:1"}]}}},
+    }
+
+
+class Harness:
+    """One scenario's namespace, node pool, operator and record on a running cluster."""
+
+    def __init__(self, cluster, scenario: str, rng: random.Random, record: ChaosRecord) -> None:
+        from kubernetes import config as k8s_config
+
+        self.cluster = cluster
+        self.scenario = scenario
+        self.rng = rng
+        self.record = record
+        suffix = uuid.uuid4().hex[:6]
+        self.namespace = f"rel-{scenario.replace('_', '-')[:40]}-{suffix}"
+        self.pool = f"rel-{suffix}"
+        self.api = k8s_config.new_client_from_config(config_file=cluster.kubeconfig)
+        self.operator = OperatorProcess(cluster, Path(cluster.logs_dir) / f"operator-{self.namespace}.log",
+                                        extra_args=("--namespace", self.namespace,
+                                                    "--resync-seconds", str(RESYNC_SECONDS)))
+        self._node_batches = 0
+
+    # ---- setup and teardown -------------------------------------------------------------------
+    def open(self) -> "Harness":
+        self.cluster.kubectl("create", "namespace", self.namespace)
+        self.operator.start()
+        return self
+
+    def close(self) -> None:
+        try:
+            self.operator.stop()
+        finally:
+            self.cluster.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+            self.cluster.kubectl("delete", "nodes", "-l", f"{POOL_LABEL}={self.pool}", "--wait=false", check=False)
+
+    # ---- the world ----------------------------------------------------------------------------
+    def fleet(self, spec: Mapping[str, int] | str, labels: Mapping[str, str] | None = None) -> list[str]:
+        """Create kwok nodes in this scenario's pool and wait until they are Ready."""
+        prefix = f"{self.pool}-{self._node_batches}-"
+        self._node_batches += 1
+        return self.cluster.create_nodes(spec, labels={**(labels or {}), POOL_LABEL: self.pool}, prefix=prefix)
+
+    def inference(self, name: str, **kwargs) -> dict:
+        return inference_manifest(name, pool=self.pool, **kwargs)
+
+    def apply(self, *resources: Mapping) -> None:
+        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(resources)})
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=body)
+
+    def kubectl(self, *args: str, **kwargs):
+        return self.cluster.kubectl(*args, "-n", self.namespace, **kwargs)
+
+    def scale(self, name: str, replicas: int) -> None:
+        self.kubectl("scale", "ninf", name, f"--replicas={replicas}")
+
+    def snapshot(self) -> inv.Snapshot:
+        return inv.take_snapshot(self.api, [self.namespace])
+
+    def managed_pods(self, snapshot: inv.Snapshot | None = None) -> list[dict]:
+        snapshot = snapshot or self.snapshot()
+        return [p for p in snapshot.pods if p["metadata"]["namespace"] == self.namespace and inv.is_managed(p)]
+
+    # ---- faults and checks --------------------------------------------------------------------
+    def fault(self, what: str) -> float:
+        """Count one injected fault; returns the moment it ended (for :meth:`converge`)."""
+        self.record.faults += 1
+        return time.monotonic()
+
+    def converge(self, fault: str | None = None, since: float | None = None, timeout: float = CONVERGE_TIMEOUT,
+                 extra: Callable[[inv.Snapshot], list[inv.Violation]] | None = None) -> inv.Snapshot:
+        """Wait until every invariant holds (plus ``extra``) and the operator is healthy.
+
+        Counts one invariant check. With ``fault`` the seconds from ``since`` (default: now) to the
+        first clean snapshot are recorded as that fault's convergence time. On timeout the
+        violations are recorded and :class:`~reliability.invariants.NotConverged` is raised.
+        """
+        start = since if since is not None else time.monotonic()
+        self.record.checks += 1
+        try:
+            _, snapshot = inv.wait_converged(self.snapshot, timeout, extra=extra)
+        except inv.NotConverged as error:
+            self.record.violations.append(f"{self.scenario}: {error}")
+            raise
+        health = inv.operator_health(self.operator.liveness_url, self.operator.alive())
+        if health:
+            self.record.violations += [f"{self.scenario}: {v}" for v in health]
+            raise inv.NotConverged("; ".join(map(str, health)) + "\n" + self.operator.log_tail(60))
+        if fault is not None:
+            self.record.converge_seconds.append((self.scenario, fault, time.monotonic() - start))
+        return snapshot
+
+
+@contextlib.contextmanager
+def harness(cluster, scenario: str, seed: int, record: ChaosRecord) -> Iterator[Harness]:
+    """A ready :class:`Harness` for one scenario; torn down afterwards in every case."""
+    # Each scenario gets its own deterministic stream, whatever ran before it.
+    rng = random.Random(f"{seed}:{scenario}")
+    world = Harness(cluster, scenario, rng, record)
+    try:
+        yield world.open()
+        record.scenarios.append(scenario)
+    finally:
+        world.close()
+
+
+def format_table(record: ChaosRecord, seed: int) -> str:
+    s = record.summary()
+
+    def seconds(value):
+        return "-" if value is None else f"{value:.2f} s"
+
+    rows = [
+        ("seed", str(seed)),
+        ("scenarios run", str(s["scenarios"])),
+        ("faults injected", str(s["faults"])),
+        ("invariant checks", str(s["checks"])),
+        ("violations", str(s["violations"])),
+        ("time to converge, median", seconds(s["converge_median_s"])),
+        ("time to converge, max", seconds(s["converge_max_s"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    by_fault: dict[str, list[float]] = {}
+    for _, fault, secs in record.converge_seconds:
+        by_fault.setdefault(fault, []).append(secs)
+    if by_fault:
+        lines.append("")
+        fw = max(len(f) for f in by_fault)
+        lines.append(f"{'fault':<{fw}}  {'n':>3}  {'median':>8}  {'max':>8}")
+        for fault, values in by_fault.items():
+            lines.append(f"{fault:<{fw}}  {len(values):>3}  {statistics.median(values):>7.2f}s  {max(values):>7.2f}s")
+    return "\n".join(lines)
