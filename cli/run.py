@@ -31,6 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="reconcile every resource at least this often")
     parser.add_argument("--allow-privileged", action="store_true", default=defaults.allow_privileged,
                         help="let pod templates ask for privileged settings (hostNetwork, privileged, ...)")
+    parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port, metavar="PORT",
+                        help="serve Prometheus metrics on this port at /metrics (default 0: off)")
     parser.add_argument("--liveness", metavar="URL", default=os.environ.get("NEURONPLACE_LIVENESS"),
                         help="serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", "-v", action="store_true", help="log kopf's own progress too")
@@ -47,7 +49,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
            "node_grace_seconds": args.node_grace_seconds,
            "workers": args.workers,
            "resync_seconds": args.resync_seconds,
-           "allow_privileged": args.allow_privileged},
+           "allow_privileged": args.allow_privileged,
+           "metrics_port": args.metrics_port},
     )
 
 

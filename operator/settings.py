@@ -35,6 +35,8 @@ class OperatorSettings:
         seconds, so that a silently frozen watch is re-established (kopf issues #585, #957).
     error_backoff_seconds: first retry delay after a temporary error; doubles up to max_backoff_seconds.
     allow_privileged: lift the pod-template safety policy (``podsecurity``); the namespace rule stays.
+    metrics_port: serve Prometheus metrics (``neuronplace.operator.metrics``) on this port at
+        ``/metrics``; 0 (the default) serves none.
     """
 
     namespaces: tuple[str, ...] = ()
@@ -50,12 +52,15 @@ class OperatorSettings:
     error_backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
     allow_privileged: bool = False
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if self.numbering not in NUMBERINGS:
             raise ValueError(f"numbering {self.numbering!r} is not one of {', '.join(NUMBERINGS)}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics port must be 0 (off) or 1-65535, got {self.metrics_port}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         for name in ("node_grace_seconds", "resync_seconds", "watch_server_timeout", "watch_client_timeout",
