@@ -60,6 +60,7 @@ class CoreExecutor:
         self._call_chunk = call_chunk  # (replica, args, kwargs, rows) -> output
         self._workers_per_core = workers_per_core
         self._queues: list[SimpleQueue] | None = None
+        self._running = [0]  # workers per core now; a list so the finalizer sees changes
         self._lock = threading.Lock()
         self.handoff_seconds: float | None = None
         self._row_costs: deque[float] = deque(maxlen=_SAMPLES)
@@ -73,14 +74,16 @@ class CoreExecutor:
 
     # ---- configuration -------------------------------------------------------------------------
     def set_workers_per_core(self, count: int) -> None:
+        """Grow or shrink every core's workers; queues stay, so no chunk in flight is stranded."""
         with self._lock:
-            if count != self._workers_per_core:
-                self._stop_workers()
-                self._workers_per_core = count
-
-    def close(self) -> None:
-        with self._lock:
-            self._stop_workers()
+            if self._queues is not None:
+                running = self._running[0]
+                if count > running:
+                    self._add_workers(self._queues, count - running)
+                else:
+                    _stop_queues(self._queues, running - count)
+                self._running[0] = count
+            self._workers_per_core = count
 
     # ---- estimates -----------------------------------------------------------------------------
     @property
@@ -198,26 +201,23 @@ class CoreExecutor:
             return self._queues
 
     def _start_workers(self) -> list[SimpleQueue]:
-        queues = []
-        for replica in self.replicas:
-            queue: SimpleQueue = SimpleQueue()
-            for number in range(self._workers_per_core):
+        queues: list[SimpleQueue] = [SimpleQueue() for _ in self.replicas]
+        self._add_workers(queues, self._workers_per_core)
+        self._running[0] = self._workers_per_core
+        self.handoff_seconds = _measure_handoff(queues[0])
+        # Workers hold only their queue, so a dropped DataParallel stops them.
+        weakref.finalize(self, _stop_all, queues, self._running)
+        return queues
+
+    def _add_workers(self, queues: list[SimpleQueue], count: int) -> None:
+        for replica, queue in zip(self.replicas, queues):
+            for _ in range(count):
                 threading.Thread(
                     target=_worker_loop,
                     args=(queue, replica.intra_op_threads),
-                    name=f"neuronplace-core{replica.global_core}-{number}",
+                    name=f"neuronplace-core{replica.global_core}",
                     daemon=True,
                 ).start()
-            queues.append(queue)
-        self.handoff_seconds = _measure_handoff(queues[0])
-        # Workers hold only their queue, so a dropped DataParallel stops them.
-        weakref.finalize(self, _stop_queues, queues, self._workers_per_core)
-        return queues
-
-    def _stop_workers(self) -> None:
-        if self._queues is not None:
-            _stop_queues(self._queues, self._workers_per_core)
-            self._queues = None
 
 
 class _ChunkFailure:
@@ -243,6 +243,7 @@ class _ChunkFailure:
         if not isinstance(rebuilt, BaseException) or str(rebuilt) != str(message):
             # Types whose constructor takes something else keep their own object and get a note.
             self.error.add_note(message)
+            self.error.global_core = self.replica.global_core
             raise self.error
         rebuilt.global_core = self.replica.global_core
         raise rebuilt from self.error
@@ -285,6 +286,11 @@ class _NoWork:
 
 
 def _stop_queues(queues: list[SimpleQueue], workers_per_core: int) -> None:
+    """Stop that many workers of every core (each takes one ``None`` after the work before it)."""
     for queue in queues:
         for _ in range(workers_per_core):
             queue.put(None)
+
+
+def _stop_all(queues: list[SimpleQueue], running: list[int]) -> None:
+    _stop_queues(queues, running[0])

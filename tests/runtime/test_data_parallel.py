@@ -238,7 +238,7 @@ def test_split_size_chunks_go_round_robin_over_the_cores(monkeypatch):
     for first_row, (thread, rows) in seen.items():
         chunk = first_row // 2
         assert rows == 2
-        assert thread.startswith(f"neuronplace-core{6 + chunk % 2}-")
+        assert thread == f"neuronplace-core{6 + chunk % 2}"
 
 
 def test_empty_batch_and_single_core_short_circuit():
@@ -261,6 +261,36 @@ def test_num_workers_defaults_to_twice_the_cores_and_validates():
     for bad in (0, -2, 1.5, True, "4"):
         with pytest.raises(ValueError, match="num_workers"):
             parallel.num_workers = bad
+
+
+def test_changing_num_workers_resizes_every_core_and_keeps_serving(monkeypatch):
+    monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "40-41")  # thread names no other test uses
+
+    def workers():
+        names = [t.name for t in threading.enumerate() if t.is_alive()]
+        return names.count("neuronplace-core40"), names.count("neuronplace-core41")
+
+    def settle(expected):
+        deadline = time.monotonic() + 10
+        while workers() != expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return workers()
+
+    before = workers()
+    parallel = DataParallel(torch.nn.Linear(3, 3))
+    batch = torch.rand(4, 3)
+    parallel(batch)  # the first call starts the workers: 2 x 2 cores by default
+    assert settle((before[0] + 2, before[1] + 2)) == (before[0] + 2, before[1] + 2)
+    parallel.num_workers = 8
+    assert settle((before[0] + 4, before[1] + 4)) == (before[0] + 4, before[1] + 4)
+    parallel.num_workers = 2
+    assert settle((before[0] + 1, before[1] + 1)) == (before[0] + 1, before[1] + 1)
+    parallel._executor._needs_probe = False
+    parallel._executor._estimate = None
+    parallel._executor._row_costs.clear()  # nothing known: the next call goes to the workers
+    runs = parallel._executor.parallel_runs
+    assert parallel(batch).shape == (4, 3)
+    assert parallel._executor.parallel_runs == runs + 1
 
 
 @pytest.mark.parametrize("bad", [-1, 1.0, "0", True])
@@ -327,6 +357,7 @@ def test_worker_exception_keeps_type_traceback_and_global_core(monkeypatch):
     assert "NeuronCore 6" in message and "chunk 2" in message
     assert 'raise KeyError("negative row")' in message  # the original traceback text
     assert isinstance(caught.value.__cause__, KeyError)
+    assert caught.value.global_core == 6
     assert torch.equal(parallel(torch.ones(4, 1)), torch.full((4, 1), 2.0))  # the workers survived
 
 
