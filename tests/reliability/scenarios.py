@@ -321,8 +321,8 @@ def foreign_pods(h: Harness) -> None:
 
 
 def odd_nodes(h: Harness) -> None:
-    """Nodes with odd data: unknown instance type without an override, no Neuron allocatable, a
-    fractional allocatable, an allocatable smaller than the topology. The operator places nothing
+    """Nodes with odd data: unknown instance type without an override, no Neuron allocatable, zero
+    allocatable, an allocatable smaller than the topology. The operator places nothing
     where it cannot, uses only what is allocatable, says why, and stays healthy."""
     def odd(kind: str, instance: str, allocatable: Mapping[str, str | None], label_type: str | None = None) -> dict:
         node = build_node(f"{h.pool}-odd-{kind}", instance, labels={POOL_LABEL: h.pool, "odd": kind})
@@ -338,13 +338,20 @@ def odd_nodes(h: Harness) -> None:
     nodes = [
         odd("unknown", "inf2.xlarge", {}, label_type="inf9.mega"),
         odd("noalloc", "inf2.8xlarge", {"aws.amazon.com/neuroncore": None, "aws.amazon.com/neuron": None}),
-        odd("fraction", "inf2.8xlarge", {"aws.amazon.com/neuroncore": "1500m", "aws.amazon.com/neuron": None}),
+        odd("zero", "inf2.8xlarge", {"aws.amazon.com/neuroncore": "0", "aws.amazon.com/neuron": "0"}),
         odd("small", "inf2.48xlarge", {"aws.amazon.com/neuroncore": "4"}),
     ]
+    # A non-numeric or fractional allocatable never reaches the operator: the API server refuses
+    # the node (extended resources must be whole numbers), and nothing is created.
+    for value in ("lots", "1500m"):
+        refused = odd(f"bad-{len(value)}", "inf2.8xlarge", {"aws.amazon.com/neuroncore": value})
+        result = h.cluster.kubectl("create", "-f", "-", input=json.dumps(refused), check=False)
+        assert result.returncode != 0, f"the API server accepted allocatable neuroncore={value!r}"
+        assert "quantities must match" in result.stderr or "must be an integer" in result.stderr, result.stderr
     h.cluster.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
     h.cluster.wait_nodes([n["metadata"]["name"] for n in nodes], ready=True)
     since = h.fault("nodes with odd data")
-    says = {"on-unknown": "unknown topology", "on-noalloc": "without NeuronCores", "on-fraction": "without NeuronCores"}
+    says = {"on-unknown": "unknown topology", "on-noalloc": "without NeuronCores", "on-zero": "without NeuronCores"}
     resources = [h.inference(name, replicas=1, cores=1, nodeSelector={"odd": name[3:]}) for name in says]
     resources.append(h.inference("on-small", replicas=3, cores=2, nodeSelector={"odd": "small"}))
     h.apply(*resources)
