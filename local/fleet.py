@@ -164,7 +164,6 @@ def build_node(
         "status": {
             "capacity": dict(resources),
             "allocatable": dict(resources),
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"},
             "phase": "Running",
         },
     }

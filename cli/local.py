@@ -1,0 +1,111 @@
+"""``neuronplace local``: build, start, stop and list local control planes with simulated Neuron nodes.
+
+    neuronplace local build                      # build the pinned binaries (cached)
+    neuronplace local up [--name N] [--fleet inf2.48xlarge=2,trn1.32xlarge=1]
+    neuronplace local status                     # clusters, their components and nodes
+    neuronplace local down [--name N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+DEFAULT_NAME = "neuronplace"
+DEFAULT_FLEET = "inf2.48xlarge=2,trn1.32xlarge=1"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("build", help="build the pinned control-plane binaries into the cache (seconds when cached)")
+    up = actions.add_parser("up", help="start a cluster and its simulated fleet; print the kubeconfig")
+    up.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
+    up.add_argument("--fleet", default=DEFAULT_FLEET,
+                    help=f"instances to simulate, TYPE=COUNT[,TYPE=COUNT...] (default {DEFAULT_FLEET})")
+    down = actions.add_parser("down", help="stop a cluster and remove its state")
+    down.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
+    actions.add_parser("status", help="list local clusters and their nodes")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so `neuronplace local --help` stays instant.
+    from neuronplace.local import build
+    from neuronplace.local.cluster import LocalCluster, list_clusters
+    from neuronplace.local.fleet import parse_fleet
+
+    if args.action == "build":
+        started = time.monotonic()
+        report = build.ensure_binaries(_say)
+        print(f"binaries in {report.bin_dir} ({len(report.built)} built, {len(report.cached)} cached, "
+              f"{time.monotonic() - started:.1f} s)")
+        return 0
+
+    if args.action == "up":
+        try:
+            fleet = parse_fleet(args.fleet)
+            cluster = LocalCluster(args.name)
+        except ValueError as error:
+            _say(f"neuronplace local up: {error}")
+            return 2
+        started = time.monotonic()
+        try:
+            cluster.up(fleet=fleet, progress=_say)
+        except (RuntimeError, build.BuildError, subprocess.SubprocessError, TimeoutError) as error:
+            _say(f"neuronplace local up: {error}")
+            for note in getattr(error, "__notes__", ()):
+                _say(note)
+            return 1
+        nodes = sum(fleet.values())
+        print(f"cluster {cluster.name} is up with {nodes} Ready node(s) in {time.monotonic() - started:.1f} s")
+        print(f"kubeconfig: {cluster.kubeconfig}")
+        print(f"try:        {cluster.bin_dir / 'kubectl'} --kubeconfig {cluster.kubeconfig} get nodes -L node.kubernetes.io/instance-type")
+        return 0
+
+    if args.action == "down":
+        cluster = LocalCluster(args.name)
+        if not cluster.exists() and not cluster.cluster_dir.exists():
+            _say(f"no local cluster named {args.name!r}")
+            return 1
+        cluster.down()
+        print(f"cluster {args.name} removed")
+        return 0
+
+    if args.action == "status":
+        clusters = list_clusters()
+        if not clusters:
+            print("no local clusters")
+        for cluster in clusters:
+            _print_status(cluster)
+        return 0
+    raise AssertionError(f"unhandled action {args.action!r}")
+
+
+def _print_status(cluster) -> None:
+    from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS
+    from neuronplace.local.fleet import INSTANCE_TYPE_LABEL, NEURONCORE
+
+    running = cluster.running_components()
+    print(f"{cluster.name}: {len(running)}/{len(CONTROL_PLANE_COMPONENTS)} components running; kubeconfig {cluster.kubeconfig}")
+    missing = [c for c in CONTROL_PLANE_COMPONENTS if c not in running]
+    if missing:
+        print(f"  not running: {', '.join(missing)}")
+    if "kube-apiserver" not in running:
+        return
+    result = cluster.kubectl("get", "nodes", "-o", "json", check=False, timeout=20)
+    if result.returncode != 0:
+        print(f"  nodes: unavailable ({result.stderr.strip()[-200:]})")
+        return
+    nodes = json.loads(result.stdout)["items"]
+    print(f"  {len(nodes)} node(s)")
+    for node in nodes:
+        ready = next((c["status"] for c in node["status"].get("conditions", []) if c["type"] == "Ready"), "?")
+        labels = node["metadata"].get("labels", {})
+        cores = node["status"].get("allocatable", {}).get(NEURONCORE, "-")
+        print(f"  {node['metadata']['name']:40} {labels.get(INSTANCE_TYPE_LABEL, '-'):16} Ready={ready:7} neuroncores={cores}")

@@ -1,0 +1,143 @@
+"""pytest fixtures on the local control plane (registered by ``tests/conftest.py``).
+
+- ``local_cluster`` (session): ONE real cluster per test session, named ``np-test-<pid>``; builds
+  missing binaries first. Torn down at the end in every case (failure, Ctrl-C, SIGTERM, interpreter
+  exit), and the teardown asserts that no component process and no listening port is left.
+- ``namespace`` (function): a fresh namespace, deleted afterwards.
+- ``fleet`` (function): a factory, ``fleet({"inf2.48xlarge": 2})`` or ``fleet("trn1.32xlarge=1")``,
+  that creates kwok nodes labelled ``neuronplace.io/pool=<pool unique to the test>``, waits until
+  they are Ready, and returns a :class:`Fleet` (a list of the node names, with ``.nodes`` and
+  ``.pool``); ``fleet.pool`` gives the same pool. Every node of the pool is deleted afterwards.
+
+When a test that used the cluster fails, the tail of every component's log is attached to its
+report (shown under "control plane logs").
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import signal
+import uuid
+from typing import Iterator, Mapping
+
+import pytest
+
+from neuronplace.local import procs
+from neuronplace.local.cluster import LocalCluster, list_clusters
+
+POOL_LABEL = "neuronplace.io/pool"
+_CLUSTER_KEY = pytest.StashKey[LocalCluster]()
+_TEST_CLUSTER = re.compile(r"^np-test-(\d+)$")
+
+
+class Fleet(list):
+    """The node names a ``fleet(...)`` call created (a list), plus the pool label value."""
+
+    def __init__(self, nodes: list[str], pool: str) -> None:
+        super().__init__(nodes)
+        self.pool = pool
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self)
+
+    @property
+    def selector(self) -> dict[str, str]:
+        """The nodeSelector that targets exactly this test's nodes."""
+        return {POOL_LABEL: self.pool}
+
+
+class FleetFactory:
+    """Creates nodes for one test, all in the same pool, and deletes them afterwards."""
+
+    def __init__(self, cluster: LocalCluster, pool: str) -> None:
+        self.cluster = cluster
+        self.pool = pool
+        self._calls = 0
+
+    def __call__(self, fleet: Mapping[str, int] | str, labels: Mapping[str, str] | None = None,
+                 timeout: float = 120) -> Fleet:
+        prefix = f"{self.pool}-{self._calls}-" if self._calls else f"{self.pool}-"
+        self._calls += 1
+        names = self.cluster.create_nodes(fleet, labels={**(labels or {}), POOL_LABEL: self.pool},
+                                          prefix=prefix, timeout=timeout)
+        return Fleet(names, self.pool)
+
+    def cleanup(self) -> None:
+        if self._calls:
+            self.cluster.kubectl("delete", "nodes", "-l", f"{POOL_LABEL}={self.pool}", "--wait=true",
+                                 "--timeout=60s", check=False)
+
+
+def _remove_orphaned_test_clusters() -> None:
+    """Remove clusters left by test sessions that were killed outright (their pid is gone)."""
+    for cluster in list_clusters():
+        match = _TEST_CLUSTER.match(cluster.name)
+        if match and int(match.group(1)) != os.getpid() and not procs.is_alive(int(match.group(1))):
+            cluster.down()
+
+
+def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    _remove_orphaned_test_clusters()
+    cluster = LocalCluster(f"np-test-{os.getpid()}")
+    # SIGTERM/SIGHUP would end the interpreter without running finalizers; turn them into the
+    # same unwinding as Ctrl-C. atexit covers any path that skips fixture teardown.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _raise_keyboard_interrupt)
+    atexit.register(cluster.down)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    progress = (lambda line: reporter.write_line(f"[local control plane] {line}")) if reporter else None
+    try:
+        cluster.up(progress=progress)
+        request.config.stash[_CLUSTER_KEY] = cluster
+        yield cluster
+    finally:
+        ports = cluster.ports
+        cluster.down()
+        atexit.unregister(cluster.down)
+        if _CLUSTER_KEY in request.config.stash:
+            del request.config.stash[_CLUSTER_KEY]
+    left = cluster.running_components()
+    assert not left, f"components still running after teardown: {left}"
+    still_listening = ports & procs.listening_ports()
+    assert not still_listening, f"ports still listening after teardown: {sorted(still_listening)}"
+
+
+@pytest.fixture
+def namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{base or 'test'}-{uuid.uuid4().hex[:6]}"
+    local_cluster.kubectl("create", "namespace", name)
+    # Pods are refused until kube-controller-manager has created the namespace's default ServiceAccount.
+    local_cluster.kubectl("-n", name, "wait", "--for=create", "serviceaccount/default", "--timeout=60s")
+    try:
+        yield name
+    finally:
+        local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def fleet(local_cluster: LocalCluster) -> Iterator[FleetFactory]:
+    factory = FleetFactory(local_cluster, f"p-{uuid.uuid4().hex[:8]}")
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "local_cluster" in getattr(item, "fixturenames", ()):
+        cluster = item.config.stash.get(_CLUSTER_KEY, None)
+        if cluster is not None:
+            report.sections.append(("control plane logs", cluster.log_tail()))
