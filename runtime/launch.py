@@ -79,14 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(command: list[str], parts: list[CoreRange], grace_seconds: float) -> int:
     children: list[subprocess.Popen] = []
+    received: list[int] = []
 
     def forward(signum, _frame):
+        received.append(signum)
         for child in children:
             _signal(child, signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in _FORWARDED}
     try:
         for index, part in enumerate(parts):
+            if received:
+                break  # told to stop while starting: start no more
             print(f"neuronplace.launch: process {index}: {VISIBLE_CORES_VAR}={part}", file=sys.stderr, flush=True)
             try:
                 # Own process group: a terminal's Ctrl-C reaches the children once, through us.
@@ -97,6 +101,8 @@ def _run(command: list[str], parts: list[CoreRange], grace_seconds: float) -> in
                 print(f"neuronplace.launch: cannot start {command[0]!r}: {error}", file=sys.stderr)
                 _stop(children, grace_seconds)
                 return 127
+        if not children:
+            return 128 + received[0]  # stopped by a signal before anything started
         return _wait(children, grace_seconds)
     finally:
         for signum, handler in previous.items():

@@ -144,7 +144,7 @@ def assert_same(a, b):
         assert a == b
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.integers(1, 9).flatmap(lambda rows: st.tuples(st.just(rows), nested(rows))), st.integers(1, 5), st.data())
 def test_scatter_then_gather_returns_the_batch(rows_and_batch, cores, data):
     rows, batch = rows_and_batch
