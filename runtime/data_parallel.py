@@ -148,7 +148,10 @@ class DataParallel(torch.nn.Module):
             )
         if len(bounds) == 1:
             return self._executor.run_inline([(inputs, kwargs, rows)], rows)[0]
-        if flat:
+        if flat and len(inputs) == 1:
+            pieces = inputs[0].split_with_sizes(lengths, self.dim)
+            chunks = [((piece,), kwargs, length) for piece, length in zip(pieces, lengths)]
+        elif flat:
             pieces = scatter_flat(inputs, lengths, self.dim)
             chunks = [(args, kwargs, length) for args, length in zip(pieces, lengths)]
         else:
@@ -185,6 +188,8 @@ class DataParallel(torch.nn.Module):
         traced = self.traced_batch_size
         if self.dynamic_batching and traced is not None and rows:
             return run_in_traced_batches(replica, args, kwargs, rows, traced)
+        if replica.device is None:
+            return replica.module(*args, **kwargs)  # one call frame fewer on the hot path
         return replica(args, kwargs)
 
 
