@@ -16,6 +16,7 @@ report (shown under "control plane logs").
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import signal
@@ -93,8 +94,16 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
         if signal.getsignal(sig) in (signal.SIG_DFL, None):
             signal.signal(sig, _raise_keyboard_interrupt)
     atexit.register(cluster.down)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    progress = (lambda line: reporter.write_line(f"[local control plane] {line}")) if reporter else None
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+
+    def progress(line: str) -> None:
+        # Shown live even under output capture: a cold build takes minutes.
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"[local control plane] {line}")
+
     try:
         cluster.up(progress=progress)
         request.config.stash[_CLUSTER_KEY] = cluster
