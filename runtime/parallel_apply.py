@@ -114,7 +114,7 @@ class CoreExecutor:
         try:
             for args, kwargs, rows in chunks:
                 outputs.append(call(replicas[len(outputs) % cores], args, kwargs, rows))
-        except BaseException as error:
+        except Exception as error:  # KeyboardInterrupt and friends pass through untouched
             index = len(outputs)
             _ChunkFailure(error, traceback.format_exc(), replicas[index % cores], index).reraise()
         finally:
