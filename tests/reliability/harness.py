@@ -188,9 +188,9 @@ def harness(cluster, scenario: str, seed: int, record: ChaosRecord) -> Iterator[
     # Each scenario gets its own deterministic stream, whatever ran before it.
     rng = random.Random(f"{seed}:{scenario}")
     world = Harness(cluster, scenario, rng, record)
+    record.scenarios.append(scenario)
     try:
         yield world.open()
-        record.scenarios.append(scenario)
     finally:
         world.close()
 
