@@ -458,3 +458,30 @@ def test_workers_run_in_the_callers_grad_and_inference_mode():
     with torch.inference_mode():
         assert parallel(batch).is_inference()
     assert parallel(batch).requires_grad  # grad enabled, as in the caller
+
+
+def test_a_model_that_turns_slow_is_parallelised_again():
+    lock = threading.Lock()
+    state = {"slow": False, "now": 0, "peak": 0}
+
+    class Switches(torch.nn.Module):
+        def forward(self, x):
+            if not state["slow"]:
+                return x
+            with lock:
+                state["now"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+            time.sleep(0.02)
+            with lock:
+                state["now"] -= 1
+            return x
+
+    parallel = DataParallel(Switches(), device_ids=[0, 1])
+    batch = torch.zeros(2, 1)
+    for _ in range(100):
+        parallel(batch)
+    assert parallel._executor.inline_runs > 50  # cheap: run in the caller
+    state["slow"] = True
+    for _ in range(4):
+        parallel(batch)
+    assert state["peak"] == 2  # the measured cost sent the chunks back to both cores at once
