@@ -4,8 +4,10 @@ Handing a chunk to another Python thread costs tens of microseconds here (DESIGN
 queue round trip), more than a whole tiny model call. So the executor measures, and decides per
 call which way is cheaper:
 
-* the cost of a chunk, in seconds per row, timed around every chunk that runs inline (the median
-  of the last few, so one preempted chunk on a busy machine does not flip the decision);
+* the cost of a row, timed around every inline call (call time / rows; the median of the last
+  few, so one preempted call on a busy machine does not flip the decision). The decision is
+  cached and made afresh every ``_REESTIMATE_EVERY`` calls, or at once when a new cost is far
+  from the cached one (the model or the batch changed);
 * the overhead of parallel dispatch, from real parallel calls: their wall time minus the compute
   the busiest core needed (the no-op round trip timed when the workers start is the floor).
 
