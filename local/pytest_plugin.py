@@ -21,15 +21,21 @@ import os
 import re
 import signal
 import uuid
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import pytest
 
 from neuronplace.local import procs
-from neuronplace.local.cluster import LocalCluster, list_clusters
+
+if TYPE_CHECKING:
+    from neuronplace.local.cluster import LocalCluster
+
+# neuronplace.local.cluster is imported inside the fixtures: it reaches the instance table in
+# neuronplace.operator, whose package import registers the kopf handlers, and a session that runs
+# no cluster test (unit, runtime) should not pay for that or depend on it.
 
 POOL_LABEL = "neuronplace.io/pool"
-_CLUSTER_KEY = pytest.StashKey[LocalCluster]()
+_CLUSTER_KEY = pytest.StashKey["LocalCluster"]()
 _TEST_CLUSTER = re.compile(r"^np-test-(\d+)$")
 
 
@@ -53,7 +59,7 @@ class Fleet(list):
 class FleetFactory:
     """Creates nodes for one test, all in the same pool, and deletes them afterwards."""
 
-    def __init__(self, cluster: LocalCluster, pool: str) -> None:
+    def __init__(self, cluster: "LocalCluster", pool: str) -> None:
         self.cluster = cluster
         self.pool = pool
         self._calls = 0
@@ -74,6 +80,8 @@ class FleetFactory:
 
 def _remove_orphaned_test_clusters() -> None:
     """Remove clusters left by test sessions that were killed outright (their pid is gone)."""
+    from neuronplace.local.cluster import list_clusters
+
     for cluster in list_clusters():
         match = _TEST_CLUSTER.match(cluster.name)
         if match and int(match.group(1)) != os.getpid() and not procs.is_alive(int(match.group(1))):
@@ -85,7 +93,9 @@ def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler s
 
 
 @pytest.fixture(scope="session")
-def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+def local_cluster(request: pytest.FixtureRequest) -> Iterator["LocalCluster"]:
+    from neuronplace.local.cluster import LocalCluster
+
     _remove_orphaned_test_clusters()
     cluster = LocalCluster(f"np-test-{os.getpid()}")
     # SIGTERM/SIGHUP would end the interpreter without running finalizers; turn them into the
@@ -121,7 +131,7 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture
-def namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(local_cluster: "LocalCluster", request: pytest.FixtureRequest) -> Iterator[str]:
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{base or 'test'}-{uuid.uuid4().hex[:6]}"
     local_cluster.kubectl("create", "namespace", name)
@@ -134,7 +144,7 @@ def namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> It
 
 
 @pytest.fixture
-def fleet(local_cluster: LocalCluster) -> Iterator[FleetFactory]:
+def fleet(local_cluster: "LocalCluster") -> Iterator[FleetFactory]:
     factory = FleetFactory(local_cluster, f"p-{uuid.uuid4().hex[:8]}")
     try:
         yield factory
