@@ -524,6 +524,9 @@ async def startup(settings: kopf.OperatorSettings, logger, **_):
     settings.batching.error_delays = [0.5, 1, 2, 5, 10, 30]
     settings.batching.batch_window = 0.05
     settings.posting.level = logging.WARNING
+    # Watch exactly the resources and namespaces named at start: no list/watch of CRDs or namespaces,
+    # which the chart's least-privilege RBAC does not grant (kopf would retry 403s for ~20 s).
+    settings.scanning.disabled = True
     settings.execution.max_workers = max(4, ours.workers)
     # kopf logs every handled event at INFO ("Handler 'pod_event' succeeded"): with thousands of
     # pods that drowns what matters. Our own decisions are logged by "neuronplace.operator".

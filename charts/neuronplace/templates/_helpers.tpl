@@ -1,0 +1,81 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "neuronplace.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-<chart>, or just <release> when it already contains the chart name. */}}
+{{- define "neuronplace.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "neuronplace.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "neuronplace.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of everything in the release; the operator's objects add component=operator. */}}
+{{- define "neuronplace.commonLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/part-of: neuronplace
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "neuronplace.labels" -}}
+{{ include "neuronplace.commonLabels" . }}
+app.kubernetes.io/name: {{ include "neuronplace.name" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "neuronplace.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "neuronplace.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "neuronplace.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The rules the operator needs inside every namespace it serves (a Role, or the ClusterRole in
+cluster-wide mode). They match operator/handlers.py call for call; kopf only watches (its handlers
+are @kopf.on.event: no finalizers, no progress annotations, nothing patched on watched objects).
+*/}}
+{{- define "neuronplace.namespacedRules" -}}
+# NeuronInferences: kopf's list+watch feeds the handlers; the startup sync lists them. Never
+# written (no get, patch, update, create or delete): users own the spec.
+- apiGroups: ["neuronplace.io"]
+  resources: ["neuroninferences"]
+  verbs: ["list", "watch"]
+# Status (observedGeneration, placements, conditions) is written with a merge patch of the status
+# subresource, which is all the operator ever writes on a NeuronInference.
+- apiGroups: ["neuronplace.io"]
+  resources: ["neuroninferences/status"]
+  verbs: ["patch"]
+# Replicas are plain pods: created already bound to the chosen node, deleted on scale-down,
+# re-placement or template change; list+watch rebuild and maintain the core ledger (pods are the
+# truth). Never patched or updated. pods/exec, pods/attach, pods/log, pods/eviction are separate
+# subresources and are not granted.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch", "create", "delete"]
+# Events on NeuronInferences (placed, unschedulable, re-placed, pod rejected); kopf posts its own
+# warnings the same way. Created only, never updated.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
