@@ -137,6 +137,19 @@ def check_fits(groups: Iterable[Group], fleet: Mapping[str, int], share: float =
                              f"(at most {share:.0%} may be used): add nodes or ask for fewer pods")
 
 
+def extra_nodes(groups: Iterable[Group], fleet: Mapping[str, int], headroom: float = 1.05) -> dict[str, int]:
+    """Nodes of each family to add so that every family has ``headroom`` × the cores its groups need."""
+    needed: dict[str, int] = {}
+    for group in groups:
+        needed[group.instance_type] = needed.get(group.instance_type, 0) + group.cores * group.replicas
+    extra = {}
+    for instance_type, cores in needed.items():
+        missing = cores * headroom - fleet.get(instance_type, 0) * FAMILY_CORES[instance_type]
+        if missing > 0:
+            extra[instance_type] = math.ceil(missing / FAMILY_CORES[instance_type])
+    return extra
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
     if not values:
@@ -547,17 +560,16 @@ class Bench:
                            group_latencies(created, watch.bound, watch.members), max(done.values()) - start,
                            all_after - all_before)
 
-    def run_memory(self, namespace: str, fleet_cores: int, timeout: float) -> dict:
+    def run_memory(self, namespace: str, fleet: Mapping[str, int], timeout: float) -> dict:
         """A fresh operator managing MEMORY_PODS one-core replicas: its RSS once all are Running."""
-        wanted_cores = int(MEMORY_PODS * 1.1)
-        if fleet_cores < wanted_cores:
-            missing = math.ceil((wanted_cores - fleet_cores) / sum(FAMILY_CORES.values())) * 2
-            say(f"memory: adding {missing} nodes so that {MEMORY_PODS} one-core replicas fit")
-            self.cluster.create_nodes(fleet_for(missing), prefix="mem-", wait=False)
-            total_nodes = len(json.loads(self.core.list_node(_preload_content=False).data)["items"])
-            self.wait_nodes_ready(total_nodes)
         mix = (("inf2.48xlarge", 1), ("trn1.32xlarge", 1))
         groups = workload(MEMORY_PODS, group_size=100, mix=mix, prefix="m")
+        extra = extra_nodes(groups, fleet)
+        if extra:
+            say(f"memory: adding nodes {', '.join(f'{t}={n}' for t, n in extra.items())} so that "
+                f"{MEMORY_PODS} one-core replicas fit")
+            self.cluster.create_nodes(extra, prefix="mem-", wait=False)
+            self.wait_nodes_ready(sum(fleet.values()) + sum(extra.values()))
         self.create_namespace(namespace)
         watch = PodWatch(self.core, namespace, INFERENCE_LABEL)
         watch.start()
@@ -673,7 +685,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     cluster = LocalCluster(args.name)
     if cluster.exists() and not cluster.running_components():
         cluster.down()  # state left by a killed run
-    fleet_cores = sum(FAMILY_CORES[t] * n for t, n in fleet.items())
     with tempfile.TemporaryDirectory(prefix="np-scale-") as scratch:
         try:
             say(f"starting the local control plane {args.name!r} ...")
@@ -692,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             memory = None
             if args.memory:
                 bench.delete_namespace("scale-kube")
-                memory = bench.run_memory("scale-memory", fleet_cores, args.timeout)
+                memory = bench.run_memory("scale-memory", fleet, args.timeout)
         except BaseException:
             logs = sorted(Path(scratch).glob("*.log"))
             for log in logs:

@@ -44,6 +44,14 @@ def test_check_fits_refuses_a_workload_beyond_the_fleet(scale):
         scale.check_fits(scale.workload(200), scale.fleet_for(20))
 
 
+def test_extra_nodes_cover_each_family_on_its_own(scale):
+    groups = scale.workload(10_000, group_size=100, mix=(("inf2.48xlarge", 1), ("trn1.32xlarge", 1)))
+    extra = scale.extra_nodes(groups, scale.fleet_for(200))
+    # 5,000 one-core replicas per family, 5 % headroom: 5,250 cores = 219 inf2 / 165 trn1 nodes in all.
+    assert extra == {"inf2.48xlarge": 219 - 100, "trn1.32xlarge": 165 - 100}
+    assert scale.extra_nodes(groups, scale.fleet_for(1000)) == {}
+
+
 def test_percentile_is_nearest_rank(scale):
     values = [5.0, 1.0, 4.0, 2.0, 3.0]
     assert scale.percentile(values, 50) == 3.0
