@@ -174,6 +174,10 @@ def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings
     assert settings.namespaces == (namespace,)
     assert settings.numbering == "global" and settings.node_selector == "neuronplace.io/pool=a"
     assert settings.log_format == "json" and settings.allow_privileged is False
+    assert settings.metrics_port == 9090 and {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    no_metrics = helm_template(local_cluster, namespace, "--set", "metrics.enabled=false")
+    no_metrics_env = next(d for d in no_metrics if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "NEURONPLACE_METRICS_PORT", "value": "0"} in no_metrics_env
     unknown = {name for name in env if name not in OperatorSettings().to_env()}
     assert not unknown, f"the chart sets variables the operator does not read: {unknown}"
 
@@ -367,9 +371,11 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
         assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
 
         command, env = chart_operator_command(helm_template(local_cluster, namespace, *values))
-        port = _free_port()
+        # Same flags and environment, on free local ports instead of the pod's 8080 and 9090.
+        port, metrics_port = _free_port(), _free_port()
         command = [arg.replace(f":{8080}/healthz", f":{port}/healthz").replace("0.0.0.0", "127.0.0.1") for arg in command]
-        assert command[:2] == ["kopf", "run"]
+        assert command[:2] == ["kopf", "run"] and env["NEURONPLACE_METRICS_PORT"] == "9090"
+        env["NEURONPLACE_METRICS_PORT"] = str(metrics_port)
         run_env = {**{k: v for k, v in os.environ.items() if not k.startswith("NEURONPLACE_")}, **env,
                    "KUBECONFIG": str(kubeconfig)}
         with log_path.open("w") as log:
