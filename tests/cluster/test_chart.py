@@ -455,3 +455,21 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.mark.cluster
+def test_helm_test_hook_runs_and_is_cleaned_up(local_cluster, namespace, fleet):
+    # kwok runs no containers: it marks Job pods Succeeded, so on this cluster the hook proves the
+    # plumbing (the Job is created, completes, is reported and deleted), not the HTTP check itself.
+    fleet({"inf2.xlarge": 1})
+    toleration = ["--set", "tolerations[0].key=kwok.x-k8s.io/node", "--set", "tolerations[0].operator=Exists",
+                  "--set", "tolerations[0].effect=NoSchedule"]
+    try:
+        install(local_cluster, namespace, *toleration)
+        result = local_cluster.helm("test", RELEASE, "-n", namespace, "--timeout", "90s", timeout=150, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "np-neuronplace-test" in result.stdout and "Succeeded" in result.stdout, result.stdout
+        jobs = local_cluster.get_json("jobs", "-n", namespace)["items"]
+        assert jobs == [], "hook-delete-policy hook-succeeded removes the Job"
+    finally:
+        local_cluster.helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False, timeout=180)
