@@ -76,7 +76,7 @@ def _start_operator(cluster) -> None:
     url = f"http://127.0.0.1:{LIVENESS_PORT}/healthz"
     with open(log_path, "a") as log:
         # A session of its own: the operator outlives this command, like the cluster.
-        process = subprocess.Popen([sys.executable, "-m", "neuronplace.cli", "run", "--verbose", "--liveness", url],
+        process = subprocess.Popen([sys.executable, "-m", "neuronplace.cli", "run", "--liveness", url],
                                    env=cluster.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _pid_file(cluster).write_text(str(process.pid))
     deadline = time.monotonic() + 60

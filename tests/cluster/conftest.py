@@ -53,7 +53,7 @@ class OperatorProcess:
     def start(self, timeout: float = 60) -> None:
         env = self.cluster.env()
         env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-m", "neuronplace.cli", "run", "--verbose",
+        command = [sys.executable, "-m", "neuronplace.cli", "run",
                    "--node-grace-seconds", str(TEST_NODE_GRACE_SECONDS), "--resync-seconds", "10",
                    "--liveness", self.liveness_url, *self.extra_args]
         log = open(self.log_path, "a")

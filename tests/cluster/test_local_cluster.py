@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from neuronplace.local import build, procs
-from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS, LocalCluster
+from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS, LocalCluster, port_lock
 from neuronplace.local.fleet import HOST_SHAPES, KWOK_TAINT, KWOK_TOLERATION, NEURON_DEVICE, NEURONCORE
 
 pytestmark = pytest.mark.cluster
@@ -53,10 +53,13 @@ def test_all_components_run_and_listen_on_loopback_only(local_cluster):
     assert set(local_cluster.running_components()) == set(CONTROL_PLANE_COMPONENTS)
     listening = procs.listening_ports(list(local_cluster.running_components().values()))
     assert listening, "the control plane listens on no port"
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        if state == "0A" and int(local.split(":")[1], 16) in listening:
-            assert local.split(":")[0] == "0100007F", f"port {int(local.split(':')[1], 16)} listens beyond 127.0.0.1"
+    loopback = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1 as /proc writes them
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port = local.rsplit(":", 1)
+            if state == "0A" and int(port, 16) in listening:
+                assert address in loopback, f"port {int(port, 16)} listens on {address}, beyond loopback"
     version = json.loads(local_cluster.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == build.pinned_version("kubernetes", "k8s.io/kubernetes")
 
@@ -245,10 +248,11 @@ def test_cli_runs_a_second_cluster_beside_the_first_and_down_leaves_nothing(loca
         assert f"{name}: 5/5 components running" in status.stdout
         assert f"{local_cluster.name}: 5/5 components running" in status.stdout
 
-        down = subprocess.run([*cli, "down", "--name", name], capture_output=True, text=True, timeout=120, env=env)
-        assert down.returncode == 0, down.stderr
-        assert not any(procs.is_alive(pid) for pid in pids.values())
-        assert not ports & procs.listening_ports()
+        with port_lock():  # no other cluster may take the freed ports before we look
+            down = subprocess.run([*cli, "down", "--name", name], capture_output=True, text=True, timeout=120, env=env)
+            assert down.returncode == 0, down.stderr
+            assert not any(procs.is_alive(pid) for pid in pids.values())
+            assert not ports & procs.listening_ports()
         assert not second.cluster_dir.exists()
         assert local_cluster.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
     finally:

@@ -3,6 +3,8 @@ ledger is rebuilt from the pods, so nothing is duplicated, lost or moved."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from operator_support import (
     apply,
@@ -16,7 +18,7 @@ from operator_support import (
 pytestmark = pytest.mark.cluster
 
 NAMES = ("alpha", "beta", "gamma")
-REPLICAS = 10
+REPLICAS = 20
 
 
 def snapshot(cluster, namespace) -> dict[str, tuple[str, str, str]]:
@@ -25,17 +27,49 @@ def snapshot(cluster, namespace) -> dict[str, tuple[str, str, str]]:
             for name in NAMES for p in live(pods_of(cluster, namespace, name))}
 
 
+def pods_api(cluster):
+    from kubernetes import client, config
+
+    return client.CoreV1Api(config.new_client_from_config(config_file=cluster.kubeconfig))
+
+
+def kill_after_creations(core, namespace: str, resource_version: str, operator, count: int) -> None:
+    """SIGKILL the operator once ``count`` pods were created after ``resource_version``."""
+    from kubernetes import watch
+
+    seen = 0
+    try:
+        for event in watch.Watch().stream(core.list_namespaced_pod, namespace, timeout_seconds=60,
+                                          resource_version=resource_version):
+            if event["type"] == "ADDED":
+                seen += 1
+                if seen >= count:
+                    return
+    finally:
+        print(f"killing the operator after {seen} pod creations")
+        operator.kill()
+
+
 def test_sigkill_during_scale_up_loses_and_duplicates_nothing(local_cluster, operator, namespace, fleet, wait_for):
     nodes = fleet({"inf2.48xlarge": 3})
-    apply(local_cluster, namespace, *[inference(n, cores=2, replicas=1, pool=nodes.pool) for n in NAMES])
+    # 3 × 20 one-core replicas on 72 cores: everything fits, so every replica must end up placed.
+    apply(local_cluster, namespace, *[inference(n, cores=1, replicas=1, pool=nodes.pool) for n in NAMES])
     for name in NAMES:
         wait_for(lambda: placed_and_ready(local_cluster, namespace, name, 1), 60, f"{name} placed")
+    # SIGKILL from a watch on the pods, a third of the way into the scale-up: polling is too slow
+    # for an operator that creates dozens of pods per second.
+    core = pods_api(local_cluster)
+    since = core.list_namespaced_pod(namespace).metadata.resource_version
+    killer = threading.Thread(target=kill_after_creations, daemon=True,
+                              args=(core, namespace, since, operator, (len(NAMES) * REPLICAS) // 3))
+    killer.start()
     for name in NAMES:
         local_cluster.kubectl("scale", "ninf", name, "-n", namespace, f"--replicas={REPLICAS}", "--timeout=0s")
-    # Kill as soon as the scale-up is visibly under way but not finished.
-    wait_for(lambda: len(snapshot(local_cluster, namespace)) > len(NAMES), 30, "scale-up started", interval=0.02)
-    operator.kill()
+    killer.join(timeout=60)
+    assert not operator.alive()
     at_kill = snapshot(local_cluster, namespace)
+    print(f"pods when the operator was killed: {len(at_kill)} of {len(NAMES) * REPLICAS}")
+    assert len(at_kill) < len(NAMES) * REPLICAS, "the scale-up finished before the kill: nothing was tested"
     operator.start()
     for name in NAMES:
         wait_for(lambda: placed_and_ready(local_cluster, namespace, name, REPLICAS), 120, f"{name} at {REPLICAS}")

@@ -1,0 +1,105 @@
+"""The operator's Prometheus endpoint and JSON logs, on a real operator process and real pods.
+
+One operator at a time may allocate cores on a cluster, so the shared operator is stopped for this
+module and one started with ``--metrics-port`` and ``--log-format json`` runs instead; the
+``operator`` fixture starts the shared one again for the tests that follow.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+from operator_support import apply, condition, get_inference, inference, live, placed_and_ready, pods_of
+from prometheus_client.parser import text_string_to_metric_families
+
+from neuronplace.runtime.coreset import CoreRange
+
+pytestmark = pytest.mark.cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def metrics_operator(local_cluster, operator_process):
+    operator_process.stop()
+    port = _free_port()
+    log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-metrics.log"
+    process = type(operator_process)(local_cluster, log_path,
+                                     extra_args=("--metrics-port", str(port), "--log-format", "json"))
+    process.start()
+    try:
+        yield process, f"http://127.0.0.1:{port}/metrics"
+    finally:
+        process.stop()
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operator, namespace, fleet, wait_for):
+    process, url = metrics_operator
+    nodes = fleet({"inf2.48xlarge": 2})
+    before = scrape(url)
+
+    apply(local_cluster, namespace, inference("served", cores=4, replicas=3, pool=nodes.pool))
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "served", 3), 90, "3 replicas placed")
+    # 2 × 24 cores cannot hold a 32-core replica: a placement failure with reason Unschedulable.
+    apply(local_cluster, namespace, inference("too-big", cores=32, replicas=1, pool=nodes.pool))
+    wait_for(lambda: condition(get_inference(local_cluster, namespace, "too-big"), "Placed").get("reason")
+             == "Unschedulable", 60, "too-big reported Unschedulable")
+
+    # The pods' annotations are the ledger's source of truth: the gauge must agree with them.
+    held = {name: 0 for name in nodes}
+    for pod in live(pods_of(local_cluster, namespace, "served")):
+        held[pod["spec"]["nodeName"]] += CoreRange.parse(pod["metadata"]["annotations"]["neuronplace.io/cores"]).count
+
+    def scraped_agrees():
+        after = scrape(url)
+        free = {name: after.get(("neuronplace_node_free_cores", frozenset({("node", name)}))) for name in nodes}
+        return after if free == {name: 24 - held[name] for name in nodes} else None
+    after = wait_for(scraped_agrees, 30, "free-cores gauge equal to 24 minus the pods' cores per node")
+
+    assert sum(held.values()) == 12
+    assert value(after, "neuronplace_placements_total") - value(before, "neuronplace_placements_total") >= 3
+    assert (value(after, "neuronplace_placement_failures_total", reason="Unschedulable")
+            > value(before, "neuronplace_placement_failures_total", reason="Unschedulable"))
+    assert (value(after, "neuronplace_reconcile_duration_seconds_count")
+            > value(before, "neuronplace_reconcile_duration_seconds_count"))
+    managed = len(json.loads(local_cluster.kubectl("get", "pods", "-A", "-l", "neuronplace.io/inference",
+                                                   "-o", "json").stdout)["items"])
+    assert value(after, "neuronplace_ledger_pods", kind="managed") == managed
+
+    # Deleting the resource frees its cores; the next scrape shows them free again.
+    local_cluster.kubectl("delete", "ninf", "served", "-n", namespace, "--wait=true", "--timeout=60s")
+    wait_for(lambda: all(value(scrape(url), "neuronplace_node_free_cores", node=name) == 24 for name in nodes),
+             60, "all cores free again after the resource was deleted")
+
+
+def test_json_log_format(metrics_operator):
+    process, _ = metrics_operator
+    text = process.log_path.read_text(errors="replace")
+    lines = text.split("===== start")[-1].splitlines()[1:]  # this process's output only
+    records = []
+    for line in lines:
+        if line.strip():
+            records.append(json.loads(line))  # every line is a JSON object, or this fails naming it
+    assert records, "the operator logged nothing"
+    assert any("neuronplace operator started" in record.get("message", "") for record in records)
+    assert all("message" in record and "timestamp" in record for record in records)
