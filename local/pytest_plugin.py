@@ -94,7 +94,7 @@ def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler s
 
 @pytest.fixture(scope="session")
 def local_cluster(request: pytest.FixtureRequest) -> Iterator["LocalCluster"]:
-    from neuronplace.local.cluster import LocalCluster
+    from neuronplace.local.cluster import LocalCluster, port_lock
 
     _remove_orphaned_test_clusters()
     cluster = LocalCluster(f"np-test-{os.getpid()}")
@@ -119,14 +119,17 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator["LocalCluster"]:
         request.config.stash[_CLUSTER_KEY] = cluster
         yield cluster
     finally:
-        ports = cluster.ports
-        cluster.down()
+        # Under the port lock no other cluster can be created (and take our freed ports) between
+        # the teardown and the check that nothing of ours still listens.
+        with port_lock():
+            ports = cluster.ports
+            cluster.down()
+            left = cluster.running_components()
+            still_listening = ports & procs.listening_ports()
         atexit.unregister(cluster.down)
         if _CLUSTER_KEY in request.config.stash:
             del request.config.stash[_CLUSTER_KEY]
-    left = cluster.running_components()
     assert not left, f"components still running after teardown: {left}"
-    still_listening = ports & procs.listening_ports()
     assert not still_listening, f"ports still listening after teardown: {sorted(still_listening)}"
 
 
