@@ -16,6 +16,7 @@ import time
 
 DEFAULT_NAME = "neuronplace"
 DEFAULT_FLEET = "inf2.48xlarge=2,trn1.32xlarge=1"
+MAX_NODES_LISTED = 20  # beyond this, status shows counts per instance type only
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +93,9 @@ def _print_status(cluster) -> None:
     from neuronplace.local.fleet import INSTANCE_TYPE_LABEL, NEURONCORE
 
     running = cluster.running_components()
-    print(f"{cluster.name}: {len(running)}/{len(CONTROL_PLANE_COMPONENTS)} components running; kubeconfig {cluster.kubeconfig}")
+    rss_mb = sum(cluster.rss_bytes().values()) / 2**20
+    print(f"{cluster.name}: {len(running)}/{len(CONTROL_PLANE_COMPONENTS)} components running ({rss_mb:.0f} MB RSS); "
+          f"kubeconfig {cluster.kubeconfig}")
     missing = [c for c in CONTROL_PLANE_COMPONENTS if c not in running]
     if missing:
         print(f"  not running: {', '.join(missing)}")
@@ -103,9 +106,17 @@ def _print_status(cluster) -> None:
         print(f"  nodes: unavailable ({result.stderr.strip()[-200:]})")
         return
     nodes = json.loads(result.stdout)["items"]
-    print(f"  {len(nodes)} node(s)")
+    by_type: dict[str, list[int]] = {}
+    rows = []
     for node in nodes:
         ready = next((c["status"] for c in node["status"].get("conditions", []) if c["type"] == "Ready"), "?")
-        labels = node["metadata"].get("labels", {})
+        instance_type = node["metadata"].get("labels", {}).get(INSTANCE_TYPE_LABEL, "-")
         cores = node["status"].get("allocatable", {}).get(NEURONCORE, "-")
-        print(f"  {node['metadata']['name']:40} {labels.get(INSTANCE_TYPE_LABEL, '-'):16} Ready={ready:7} neuroncores={cores}")
+        counts = by_type.setdefault(instance_type, [0, 0])
+        counts[0] += 1
+        counts[1] += ready == "True"
+        rows.append(f"  {node['metadata']['name']:40} {instance_type:16} Ready={ready:7} neuroncores={cores}")
+    summary = ", ".join(f"{t} {ready}/{total} Ready" for t, (total, ready) in sorted(by_type.items()))
+    print(f"  {len(nodes)} node(s){': ' + summary if summary else ''}")
+    if rows and len(rows) <= MAX_NODES_LISTED:
+        print("\n".join(rows))

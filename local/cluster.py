@@ -61,7 +61,8 @@ def workdir() -> Path:
 class ClusterSettings:
     """How a local cluster runs.
 
-    ``api_qps``/``api_burst`` raise the client rate limits of kube-scheduler and
+    ``wait_seconds`` bounds how long ``kwokctl create cluster`` may take to report the cluster
+    ready (a cold machine under load needs far more than the usual few seconds). ``api_qps``/``api_burst`` raise the client rate limits of kube-scheduler and
     kube-controller-manager (their defaults of 50/100 make the scheduler the bottleneck on this
     machine, DESIGN §9). Node heartbeat timing stays at kwokctl's defaults (lease 200 s, grace
     100 s): on two busy cores shorter ones mark healthy nodes NotReady; fault tests switch
