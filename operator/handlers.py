@@ -106,6 +106,7 @@ class Controller:
         self.last_known: dict[Key, dict[int, tuple[str, CoreRange]]] = {}
         self.permanent: dict[Key, tuple[int | None, st.Problem]] = {}
         self.waiting_for_room: set[Key] = set()
+        self.inflight: set[str] = set()                        # "ns/pod" reserved, create under way
         self.reported: dict[Key, _Reported] = {}
         self.failures: dict[Key, int] = {}
         # queue state (event loop only)
@@ -179,13 +180,13 @@ class Controller:
             self._fleet = Fleet(sorted(self.inventories.values(), key=lambda n: n.name))
         return self._fleet
 
-    def initial_sync(self) -> None:
-        """Rebuild the ledger and caches from full lists, before any reconcile."""
+    def _list_all(self) -> tuple[list[dict], list[dict], list[dict]]:
+        """Full lists of nodes, pods and NeuronInferences (in the watched namespaces)."""
         api = self.core.api_client
         raw_nodes = api.sanitize_for_serialization(self.core.list_node(_request_timeout=API_TIMEOUT)).get("items", [])
         if self.settings.namespaces:
-            raw_pods = []
-            raw_inferences = []
+            raw_pods: list[dict] = []
+            raw_inferences: list[dict] = []
             for namespace in self.settings.namespaces:
                 raw_pods += api.sanitize_for_serialization(
                     self.core.list_namespaced_pod(namespace, _request_timeout=API_TIMEOUT)).get("items", [])
@@ -196,6 +197,11 @@ class Controller:
                 self.core.list_pod_for_all_namespaces(_request_timeout=API_TIMEOUT)).get("items", [])
             raw_inferences = self.custom.list_cluster_custom_object(
                 GROUP, VERSION, PLURAL, _request_timeout=API_TIMEOUT).get("items", [])
+        return raw_nodes, raw_pods, raw_inferences
+
+    def initial_sync(self) -> None:
+        """Rebuild the ledger and caches from full lists, before any reconcile."""
+        raw_nodes, raw_pods, raw_inferences = self._list_all()
         with self.lock:
             for node in raw_nodes:
                 self._observe_node(node)
@@ -211,6 +217,64 @@ class Controller:
         log.info("ledger rebuilt from %d pods on %d nodes (%d managed); %d NeuronInference(s)",
                  len(raw_pods), len(raw_nodes), len(self.inventories), len(raw_inferences))
 
+    def full_resync(self) -> None:
+        """Catch up with whatever the watches missed (say, deletions while the API server was down:
+        a re-established watch lists what exists but never reports what vanished).
+
+        What the lists lack is confirmed gone with a GET before it is forgotten, so a pod created
+        after the list was taken, or a reservation whose pod is being created, is never dropped.
+        The caller then reconciles every resource.
+        """
+        raw_nodes, raw_pods, raw_inferences = self._list_all()
+        listed_pods = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in raw_pods}
+        listed_inferences = {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in raw_inferences}
+        listed_nodes = {n["metadata"]["name"] for n in raw_nodes}
+        with self.lock:
+            for name in [n for n in self.nodes if n not in listed_nodes]:
+                self._observe_node({"metadata": {"name": name}}, deleted=True)
+            for node in raw_nodes:
+                self._observe_node(node)
+            known = {holding.owner for node in self.ledger.nodes() for holding in self.ledger.holdings(node)}
+            known |= {f"{ns}/{name}" for ns, name in self.pods}
+            missing_pods = sorted(known - set(listed_pods) - self.inflight)
+            for owner, pod in listed_pods.items():
+                if owner not in known and owner not in self.inflight:
+                    self._observe_pod(pod)
+            missing_inferences = [key for key in self.inferences if key not in listed_inferences]
+            for key, inference in listed_inferences.items():
+                self.inferences.setdefault(key, inference)
+        for owner in missing_pods:
+            namespace, name = owner.split("/", 1)
+            if self._gone(lambda: self.core.read_namespaced_pod(name, namespace, _request_timeout=API_TIMEOUT)):
+                with self.lock:
+                    self._observe_pod({"metadata": {"namespace": namespace, "name": name,
+                                                    "labels": self._labels_of(namespace, name)}}, deleted=True)
+                log.info("pod %s vanished while unwatched; its cores are free", owner)
+        for key in missing_inferences:
+            if self._gone(lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, key[0], PLURAL, key[1],
+                                                                          _request_timeout=API_TIMEOUT)):
+                with self.lock:
+                    self._forget_inference(key)
+
+    @staticmethod
+    def _gone(read) -> bool:
+        try:
+            read()
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    def _labels_of(self, namespace: str, name: str) -> dict:
+        cached = self.pods.get((namespace, name))
+        return dict((cached or {}).get("metadata", {}).get("labels") or {})
+
+    def _forget_inference(self, key: Key) -> None:
+        self.inferences.pop(key, None)
+        self.last_known.pop(key, None)
+        self.permanent.pop(key, None)
+        self.waiting_for_room.discard(key)
+        self.reported.pop(key, None)
+
     # ---- events (event loop) -----------------------------------------------------------------
 
     def on_inference(self, kind: str | None, body: Mapping[str, Any]) -> None:
@@ -220,11 +284,7 @@ class Controller:
             return
         with self.lock:
             if kind == "DELETED":
-                self.inferences.pop(key, None)
-                self.last_known.pop(key, None)
-                self.permanent.pop(key, None)
-                self.waiting_for_room.discard(key)
-                self.reported.pop(key, None)
+                self._forget_inference(key)
             else:
                 self.inferences[key] = copy.deepcopy(dict(body))
         self.enqueue(key)
@@ -296,9 +356,17 @@ class Controller:
                 self.enqueue_later(key, delay)
 
     async def resync(self) -> None:
-        """Level-driven safety net: every resource is looked at regularly, events or not."""
+        """Level-driven safety net: every resource is looked at regularly, events or not, and every
+        other round the caches are checked against full lists (``full_resync``)."""
+        rounds = 0
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
+            rounds += 1
+            if rounds % 2 == 0:
+                try:
+                    await asyncio.to_thread(self.full_resync)
+                except Exception as exc:  # the API may be down right now; the next round tries again
+                    log.warning("full resync failed: %s", exc)
             with self.lock:
                 keys = list(self.inferences)
             for key in keys:
@@ -366,6 +434,7 @@ class Controller:
                 result = place_one(request, ordinal, fleet, self.ledger, owner, prefer=decision.prefer.get(ordinal))
                 if isinstance(result, ReplicaPlacement):
                     placed.append(result)
+                    self.inflight.add(owner)
                 else:
                     unplaceable.append((result.replica, result.reason))
             if unplaceable:
@@ -373,6 +442,17 @@ class Controller:
             else:
                 self.waiting_for_room.discard(key)
 
+        try:
+            return self._create_all(inference, placed, unplaceable)
+        finally:
+            with self.lock:
+                for placement in placed:
+                    self.inflight.discard(f"{meta['namespace']}/{pod_name(meta['name'], placement.replica)}")
+
+    def _create_all(self, inference: dict, placed: list[ReplicaPlacement],
+                    unplaceable: list[tuple[int, str]]) -> tuple[st.Problem | None, float | None]:
+        meta = inference["metadata"]
+        key = (meta["namespace"], meta["name"])
         retry: float | None = None
         problem: st.Problem | None = None
         for index, placement in enumerate(placed):
