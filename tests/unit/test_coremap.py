@@ -1,0 +1,73 @@
+"""The text core map shared by `neuronplace demo` and `neuronplace cores`, and the operator settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from neuronplace.operator.coremap import node_maps, render
+from neuronplace.operator.inventory import inventory_from_node
+from neuronplace.operator.ledger import Ledger
+from neuronplace.operator.settings import OperatorSettings, selector_matches
+
+
+def node(name, instance_type, cores):
+    return {"metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
+            "status": {"allocatable": {"aws.amazon.com/neuroncore": str(cores)},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def pod(name, node_name, cores=None, foreign_count=None):
+    meta = {"name": name, "namespace": "ml", "labels": {}, "annotations": {}}
+    container = {"name": "c"}
+    if cores is not None:
+        meta["labels"]["neuronplace.io/inference"] = name.rsplit("-", 1)[0]
+        meta["annotations"]["neuronplace.io/cores"] = cores
+    if foreign_count is not None:
+        container["resources"] = {"limits": {"aws.amazon.com/neuroncore": str(foreign_count)}}
+    return {"metadata": meta, "spec": {"nodeName": node_name, "containers": [container]},
+            "status": {"phase": "Running"}}
+
+
+def test_map_shows_owners_free_cores_and_foreign_pods():
+    inventories = [inventory_from_node(node("inf2-b", "inf2.48xlarge", 24)), inventory_from_node(node("inf1-a", "inf1.6xlarge", 16))]
+    ledger = Ledger.from_pods([pod("bert-0", "inf2-b", "0-3"), pod("bert-1", "inf2-b", "4-7"),
+                               pod("other", "inf2-b", foreign_count=2), pod("resnet-0", "inf1-a", "8-15")])
+    ledger.learn_nodes(inventories)
+    maps = node_maps(inventories, ledger)
+    assert [m.name for m in maps] == ["inf1-a", "inf2-b"]
+    assert maps[0].free == 8 and maps[1].free == 24 - 8 - 2
+    text = render(maps)
+    lines = text.splitlines()
+    assert lines[0].startswith("inf1-a") and "16 cores, 8 free" in lines[0]
+    assert lines[1].strip() == ".... .... AAAA AAAA"
+    assert "A ml/resnet-0 8-15" in lines[2]
+    assert lines[4].strip().startswith("AA AA BB BB")
+    assert lines[4].count("#") == 2 and lines[4].count(".") == 14
+    assert "B ml/bert-1 4-7" in lines[5] and "# ml/other (not placed by neuronplace)" in lines[5]
+
+
+def test_empty_cluster():
+    assert render([]) == "no nodes with NeuronCores\n"
+
+
+def test_settings_from_env_and_validation():
+    settings = OperatorSettings.from_env({"NEURONPLACE_NAMESPACES": "a, b", "NEURONPLACE_NUMBERING": "global",
+                                          "NEURONPLACE_NODE_GRACE_SECONDS": "7.5", "NEURONPLACE_ALLOW_PRIVILEGED": "yes"})
+    assert settings.namespaces == ("a", "b") and settings.numbering == "global"
+    assert settings.node_grace_seconds == 7.5 and settings.allow_privileged
+    assert OperatorSettings.from_env(settings.to_env()) == settings
+    with pytest.raises(ValueError, match="numbering 'local'"):
+        OperatorSettings(numbering="local")
+    with pytest.raises(ValueError, match="NEURONPLACE_WORKERS='many'"):
+        OperatorSettings.from_env({"NEURONPLACE_WORKERS": "many"})
+    with pytest.raises(ValueError, match="node selector"):
+        OperatorSettings(node_selector="a b=c")
+
+
+def test_node_selector_matching():
+    labels = {"pool": "a", "neuron": "true"}
+    assert selector_matches("", labels)
+    assert selector_matches("pool=a,neuron", labels)
+    assert not selector_matches("pool=b", labels)
+    assert not selector_matches("pool!=a", labels)
+    assert selector_matches("!gpu", labels) and not selector_matches("!neuron", labels)
