@@ -136,20 +136,97 @@ def operator_sigkill_during_scale_up(h: Harness, kills: int = 10) -> None:
     h.fleet({"inf2.48xlarge": 2})  # 48 cores
     shapes = {"alpha": (2, 1), "beta": (4, 2), "gamma": (1, 1), "delta": (2, 2)}  # cores, processes
     h.apply(*[h.inference(name, replicas=1, cores=c, processes=p) for name, (c, p) in shapes.items()])
-    h.converge(extra=replicas_ready(h, {name: 1 for name in shapes}))
+    current = {name: 1 for name in shapes}
+    h.converge(extra=replicas_ready(h, current))
     for _ in range(kills):
-        low = {name: h.rng.randint(0, 1) for name in shapes}
-        scale_all(h, low)
-        h.converge(extra=replicas_ready(h, low))
-        # Up to 6 x 9 = 54 cores asked of 48: some rounds also leave replicas honestly Unschedulable.
-        high = {name: h.rng.randint(2, 6) for name in shapes}
-        scale_all(h, high)
-        time.sleep(h.rng.uniform(0.0, 1.5))
+        # The two smallest grow by 2-4 (so every round scales several resources up); the others
+        # move anywhere in 0-3. Up to 6 x 9 = 54 cores of 48: some rounds leave replicas honestly
+        # Unschedulable, and scale-downs free cores that the growers then need.
+        names = sorted(shapes, key=lambda name: (current[name], h.rng.random()))
+        growers = names[:2]
+        current = {name: min(current[name] + h.rng.randint(2, 4), 6) if name in growers else h.rng.randint(0, 3)
+                   for name in shapes}
+        scale_all(h, current)
+        time.sleep(h.rng.uniform(0.0, 1.0))
         h.operator.kill(signal.SIGKILL)
         check_now(h)
         since = h.fault("operator SIGKILL during scale-up")
         h.operator.start()
-        h.converge("operator SIGKILL during scale-up", since=since, extra=placed_or_unschedulable(h, high))
+        h.converge("operator SIGKILL during scale-up", since=since, extra=placed_or_unschedulable(h, current))
+
+
+def rollout_with_operator_kills(h: Harness, kills: int = 3) -> None:
+    """Change the pod template, and SIGKILL the operator in the middle of the rolling update, three
+    times: the rollout finishes with every replica on the new template, none lost or doubled."""
+    h.fleet({"inf2.48xlarge": 1})
+    resource = h.inference("roll", replicas=4, cores=4, processes=2)
+    h.apply(resource)
+    h.converge(extra=replicas_ready(h, {"roll": 4}))
+    for version in range(1, kills + 1):
+        resource["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "MODEL_VERSION", "value": str(version)}]
+        h.apply(resource)
+        time.sleep(h.rng.uniform(0.2, 1.5))
+        h.operator.kill(signal.SIGKILL)
+        check_now(h)
+        since = h.fault("operator SIGKILL during rollout")
+        h.operator.start()
+
+        def rolled(snapshot: inv.Snapshot, version=version) -> list[inv.Violation]:
+            out = []
+            for pod in _pods(snapshot, h.namespace).get("roll", []):
+                model = next((c for c in pod["spec"]["containers"] if c["name"].startswith("model")), {})
+                env = {e["name"]: e.get("value") for e in model.get("env") or []}
+                if env.get("MODEL_VERSION") != str(version):
+                    out.append(inv.Violation("expected", pod["metadata"]["name"],
+                                             f"runs template version {env.get('MODEL_VERSION')}, want {version}"))
+            return out
+        h.converge("operator SIGKILL during rollout", since=since, timeout=90,
+                   extra=both(replicas_ready(h, {"roll": 4}), rolled))
+
+
+def faults_while_operator_down(h: Harness) -> None:
+    """While the operator is dead: a node with replicas is deleted, one resource is scaled to 0,
+    another up, a pod is deleted. The restarted operator rebuilds its ledger from the pods and
+    converges: the scaled-down cores are free again and nothing runs on the lost node."""
+    h.fleet({"inf2.48xlarge": 3})
+    h.apply(h.inference("spread", replicas=3, cores=4, strategy="Spread"),
+            h.inference("big", replicas=2, cores=8), h.inference("small", replicas=2, cores=2))
+    snapshot = h.converge(extra=replicas_ready(h, {"spread": 3, "big": 2, "small": 2}))
+    victim = node_of(snapshot, h, "spread-1")
+    h.operator.kill(signal.SIGKILL)
+    h.cluster.delete_node(victim, wait=False)
+    scale_all(h, {"big": 0, "small": 6})
+    h.kubectl("delete", "pod", "spread-0", "--wait=false")
+    since = h.fault("faults while the operator is down")
+    h.operator.start()
+    h.converge("faults while the operator is down", since=since,
+               extra=both(replicas_ready(h, {"spread": 3, "big": 0, "small": 6}), nothing_on(h, victim)))
+
+
+def failed_pods_recreated(h: Harness) -> None:
+    """Pods that end (phase Failed) are replaced, on the same cores."""
+    h.fleet({"inf2.48xlarge": 1})
+    h.apply(h.inference("flaky", replicas=4, cores=2, processes=2))
+    snapshot = h.converge(extra=replicas_ready(h, {"flaky": 4}))
+    before = placements(snapshot, h)
+    victims = sorted(h.rng.sample(sorted(before), 2))
+    for pod in victims:
+        h.kubectl("patch", "pod", pod, "--subresource=status", "--type=merge",
+                  "-p", json.dumps({"status": {"phase": "Failed", "reason": "Chaos", "message": "killed by chaos"}}))
+    since = h.fault("pods failed")
+    check_now(h)
+
+    def replaced(snapshot: inv.Snapshot) -> list[inv.Violation]:
+        now = placements(snapshot, h)
+        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in snapshot.pods
+                if p["metadata"]["namespace"] == h.namespace}
+        return ([inv.Violation("expected", name, f"was on {before[name]}, now on {now.get(name)}")
+                 for name in before if now.get(name) != before[name]]
+                + [inv.Violation("expected", name, "the failed pod was not replaced")
+                   for name in victims if uids.get(name) == failed_uids[name]])
+    failed_uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in snapshot.pods
+                   if p["metadata"]["namespace"] == h.namespace and p["metadata"]["name"] in victims}
+    h.converge("pods failed", since=since, extra=both(replicas_ready(h, {"flaky": 4}), replaced))
 
 
 def _control_plane_restart(h: Harness, component: str) -> None:
@@ -158,7 +235,7 @@ def _control_plane_restart(h: Harness, component: str) -> None:
     h.apply(*[h.inference(name, replicas=2, cores=2) for name in names])  # 24 of 48 cores
     time.sleep(h.rng.uniform(0.0, 0.5))  # the operator is now busy creating pods
     pid, starts = h.operator.process.pid, h.operator.starts
-    h.cluster.restart_component(component, downtime=1.0)
+    h.cluster.restart_component(component, downtime=0.5)
     since = h.fault(f"{component} restart")
     # New work right after the restart reaches the operator only through its re-established watches.
     wanted = {name: 2 for name in names} | {name: 3 for name in names[:3]}
@@ -425,10 +502,13 @@ SCENARIOS: dict[str, Callable[[Harness], None]] = {
         node_deleted,
         node_not_ready,
         pod_delete_storm,
+        failed_pods_recreated,
         delete_recreate_loop,
         fifty_resources_four_nodes,
         kube_apiserver_restart,
         etcd_restart,
+        faults_while_operator_down,
+        rollout_with_operator_kills,
         operator_sigkill_during_scale_up,
     )
 }
