@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def test_the_charts_crd_is_the_generated_crd():
     assert CRD_CHART_COPY.read_bytes() == CRD_SOURCE.read_bytes(), (
         "charts/neuronplace/files/ has a stale CRD; run: cp crds/neuronplace.io_neuroninferences.yaml charts/neuronplace/files/"
     )
+
+
+def test_chart_app_version_is_the_package_version():
+    # image.tag defaults to appVersion: the chart installs the operator built from this checkout.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
 
 
 def test_every_value_is_documented():
@@ -354,12 +362,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_operator_as_the_charts_service_account_places_a_neuroninference(local_cluster, namespace, fleet, tmp_path):
+@pytest.mark.parametrize("mode", ["namespaced", "cluster-wide"])
+def test_operator_as_the_charts_service_account_places_a_neuroninference(local_cluster, namespace, fleet, tmp_path, mode):
     nodes = fleet({"inf2.xlarge": 1})
     watched = f"{namespace}-w"
     local_cluster.kubectl("create", "namespace", watched)
-    values = ["--set", f"watch.namespaces={{{watched}}}", "--set", f"operator.nodeSelector=neuronplace.io/pool={nodes.pool}",
-              "--set", "operator.resyncSeconds=5"]
+    # The node selector keeps this operator to this test's nodes (other operators may run in the session).
+    values = ["--set", f"operator.nodeSelector=neuronplace.io/pool={nodes.pool}", "--set", "operator.resyncSeconds=5"]
+    if mode == "namespaced":
+        values += ["--set", f"watch.namespaces={{{watched}}}"]
     process = None
     log_path = tmp_path / "operator.log"
     try:
