@@ -12,8 +12,8 @@ JSON dicts) and returns every :class:`Violation` it finds. The invariants, one f
   requests and the device plugin's ``AWS_NEURON_IDS`` all name the same cores, processes split the
   range without overlap, sidecars get none, and the pod is bound without a scheduler
   (pain points 1, 2, 7, 10).
-- ``no-orphans``: every pod labelled or owned as a replica has a live NeuronInference owner with
-  the same uid.
+- ``no-orphans``: every pod labelled or owned as a replica, unless already terminating, has a live
+  NeuronInference owner with the same uid.
 - ``status-matches-pods``: each resource's ``status`` (observedGeneration, replicas, readyReplicas,
   placements, conditions) says what its pods say, and no pod exists beyond ``<name>-<replicas-1>``.
 - ``fits-are-placed``: a resource with fewer pods than replicas says why in ``Placed``; when the
@@ -304,8 +304,8 @@ def check_no_orphans(snapshot: Snapshot) -> list[Violation]:
     inferences = {(_meta(i).get("namespace"), _meta(i).get("name")): i for i in snapshot.inferences}
     out: list[Violation] = []
     for pod in snapshot.pods:
-        if not _in_scope(pod, snapshot.namespaces):
-            continue
+        if not _in_scope(pod, snapshot.namespaces) or is_terminating(pod):
+            continue  # a terminating pod is on its way out (garbage collection deletes dependents so)
         owner = owner_of(pod)
         labelled = is_managed(pod)
         if not labelled and not (owner and owner.get("kind") == "NeuronInference"):

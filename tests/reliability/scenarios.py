@@ -203,6 +203,29 @@ def faults_while_operator_down(h: Harness) -> None:
                extra=both(replicas_ready(h, {"spread": 3, "big": 0, "small": 6}), nothing_on(h, victim)))
 
 
+def terminating_pod_keeps_cores(h: Harness) -> None:
+    """A replica pod stuck terminating (a finalizer someone else put there) still holds its cores
+    after its resource is deleted: nothing else gets them until the pod is really gone, and then
+    the waiting resource does (pain points 3 and 6, without stale usage maps to clean by hand)."""
+    h.fleet({"inf2.8xlarge": 1})  # 2 cores
+    h.apply(h.inference("old", replicas=1, cores=2))
+    h.converge(extra=replicas_ready(h, {"old": 1}))
+    h.kubectl("patch", "pod", "old-0", "--type=merge", "-p", json.dumps({"metadata": {"finalizers": ["example.com/hold"]}}))
+    h.kubectl("delete", "ninf", "old", "--wait=false")
+    h.apply(h.inference("new", replicas=1, cores=2))
+    since = h.fault("pod stuck terminating")
+
+    def waits(snapshot: inv.Snapshot) -> list[inv.Violation]:
+        old = [p for p in snapshot.pods if p["metadata"]["namespace"] == h.namespace and p["metadata"]["name"] == "old-0"]
+        if not old or not inv.is_terminating(old[0]):
+            return [inv.Violation("expected", "old-0", "should be terminating, held by its finalizer")]
+        return []
+    h.converge("pod stuck terminating", since=since, extra=both(waits, placed_or_unschedulable(h, {"new": 1})))
+    h.kubectl("patch", "pod", "old-0", "--type=merge", "-p", json.dumps({"metadata": {"finalizers": None}}))
+    since = h.fault("stuck pod released")
+    h.converge("stuck pod released", since=since, extra=replicas_ready(h, {"new": 1}))
+
+
 def failed_pods_recreated(h: Harness) -> None:
     """Pods that end (phase Failed) are replaced, on the same cores."""
     h.fleet({"inf2.48xlarge": 1})
@@ -503,6 +526,7 @@ SCENARIOS: dict[str, Callable[[Harness], None]] = {
         node_not_ready,
         pod_delete_storm,
         failed_pods_recreated,
+        terminating_pod_keeps_cores,
         delete_recreate_loop,
         fifty_resources_four_nodes,
         kube_apiserver_restart,
