@@ -362,15 +362,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
 
 @pytest.mark.cluster
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["namespaced", "cluster-wide"])
-def test_operator_as_the_charts_service_account_places_a_neuroninference(local_cluster, namespace, fleet, tmp_path, mode):
-    nodes = fleet({"inf2.xlarge": 1})
+@pytest.mark.parametrize("mode, allow_privileged", [("namespaced", False), ("cluster-wide", True)],
+                         ids=["namespaced", "cluster-wide-allow-privileged"])
+def test_operator_as_the_charts_service_account_places_a_neuroninference(local_cluster, namespace, fleet, tmp_path,
+                                                                          mode, allow_privileged):
+    nodes = fleet({"inf2.xlarge": 2})
     watched = f"{namespace}-w"
     local_cluster.kubectl("create", "namespace", watched)
     # The node selector keeps this operator to this test's nodes (other operators may run in the session).
     values = ["--set", f"operator.nodeSelector=neuronplace.io/pool={nodes.pool}", "--set", "operator.resyncSeconds=5"]
     if mode == "namespaced":
         values += ["--set", f"watch.namespaces={{{watched}}}"]
+    if allow_privileged:
+        values += ["--set", "operator.allowPrivileged=true"]
     process = None
     log_path = tmp_path / "operator.log"
     try:
@@ -421,7 +425,8 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
             assert response.status == 200 and "ledger" in json.loads(response.read())
 
         # Pod-template safety through the same operator: a privileged template and one naming another
-        # namespace get no pods, only a condition saying why.
+        # namespace get no pods, only a condition saying why; the chart's allowPrivileged lets the
+        # privileged one through (in its own namespace only).
         for name, template in (
             ("privileged", {"spec": {"hostNetwork": True, "containers": [
                 {"name": "model", "image": "example.com/model:1", "securityContext": {"privileged": True}}]}}),
@@ -435,6 +440,11 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
                 assert "namespace" in applied.stderr or "privileged" in applied.stderr, applied.stderr
                 continue
 
+            if name == "privileged" and allow_privileged:
+                wait_for(lambda: local_cluster.kubectl("get", "pod", "privileged-0", "-n", watched, check=False).returncode == 0,
+                         30, "the privileged replica, allowed by the chart")
+                continue
+
             def refused(name=name):
                 conditions = local_cluster.get_json("ninf", name, "-n", watched).get("status", {}).get("conditions", [])
                 return next((c for c in conditions if c["type"] == "Placed" and c["reason"] == "InvalidSpec"), None)
@@ -443,12 +453,13 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
             assert "allowPrivileged" in condition["message"] or "namespace" in condition["message"], condition
         for namespace_to_check in (watched, "kube-system"):
             pods = local_cluster.get_json("pods", "-n", namespace_to_check, "-l", "neuronplace.io/inference")["items"]
-            assert {p["metadata"]["name"] for p in pods} <= {"rbac-proof-0"}, pods
+            allowed = {"rbac-proof-0", "privileged-0"} if allow_privileged and namespace_to_check == watched else {"rbac-proof-0"}
+            assert {p["metadata"]["name"] for p in pods} <= allowed, pods
 
         log = log_path.read_text()
         assert "403" not in log and "forbidden" not in log.lower(), log[-4000:]
     finally:
-        # Delete the resource while the operator still runs: kopf's finalizer needs it to go away.
+        # Delete the resources while the operator still runs, so that it sees them go.
         local_cluster.kubectl("delete", "neuroninferences", "--all", "-n", watched, "--timeout=60s", check=False)
         if process is not None:
             process.terminate()
