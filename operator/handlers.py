@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -116,6 +117,7 @@ class Controller:
         self.running: set[Key] = set()
         self.dirty: set[Key] = set()
         self.tasks: list[asyncio.Task] = []
+        self.api_pool = ThreadPoolExecutor(max_workers=max(4, settings.workers * 2), thread_name_prefix="neuronplace-api")
 
     # ---- scope -------------------------------------------------------------------------------
 
@@ -387,6 +389,7 @@ class Controller:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.api_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- one reconcile (worker thread) -------------------------------------------------------
 
@@ -455,36 +458,38 @@ class Controller:
         key = (meta["namespace"], meta["name"])
         retry: float | None = None
         problem: st.Problem | None = None
-        for index, placement in enumerate(placed):
-            try:
-                self._create_pod(inference, placement)
-                continue
-            except ApiException as exc:
-                if exc.status == 409:
-                    # The name is still taken (our cache is behind). Keep the reservation: the watch
-                    # event for that pod replaces it with what the pod really holds.
-                    retry = 0.2
-                    continue
-                failure: Exception = exc
-            except Exception as exc:
-                failure = exc
-            self._release(inference, placed[index:])
-            status = failure.status if isinstance(failure, ApiException) else None
-            if status in (400, 422):
-                problem = st.Problem(st.REASON_POD_REJECTED,
-                                     f"the API server refused pod {pod_name(meta['name'], placement.replica)}: "
-                                     f"{_api_message(failure)}")
-                self.permanent[key] = (meta.get("generation"), problem)
-                self._event(inference, "PodRejected", problem.message, ev.WARNING)
-                break
-            if status == 429:
-                raise Retry(retry_after(failure, 1.0), "throttled (429)") from None
-            if status == 403:  # quota, a terminating namespace, or RBAC: report it and retry slowly
-                problem = st.Problem(st.REASON_POD_REJECTED, f"pod creation forbidden: {_api_message(failure)}")
-                self._event_once(inference, "PodForbidden", problem.message)
-                retry = self.settings.max_backoff_seconds
-                break
-            raise failure
+        # Pods are created concurrently (a replica count of hundreds must not mean hundreds of
+        # round trips in a row); each outcome is None or the exception its create raised.
+        outcomes = list(self.api_pool.map(lambda placement: self._try_create(inference, placement), placed))
+        created = [p for p, error in zip(placed, outcomes) if error is None]
+        failed = [(p, error) for p, error in zip(placed, outcomes) if error is not None]
+        if created:
+            self._event(inference, "Placed", "; ".join(_describe(meta["name"], p) for p in created))
+        # 409: the name is still taken (our cache is behind). Keep the reservation: the watch event
+        # for that pod replaces it with what the pod really holds.
+        if any(_status(error) == 409 for _, error in failed):
+            retry = 0.2
+        failed = [(p, error) for p, error in failed if _status(error) != 409]
+        self._release(inference, [p for p, _ in failed])
+        rejected = [(p, error) for p, error in failed if _status(error) in (400, 422)]
+        if rejected:
+            placement, error = rejected[0]
+            problem = st.Problem(st.REASON_POD_REJECTED,
+                                 f"the API server refused pod {pod_name(meta['name'], placement.replica)}: "
+                                 f"{_api_message(error)}")
+            self.permanent[key] = (meta.get("generation"), problem)
+            self._event(inference, "PodRejected", problem.message, ev.WARNING)
+            return problem, retry
+        throttled = [error for _, error in failed if _status(error) == 429]
+        if throttled:
+            raise Retry(retry_after(throttled[0], 1.0), "throttled (429)")
+        forbidden = [error for _, error in failed if _status(error) == 403]
+        if forbidden:  # quota, a terminating namespace, or RBAC: report it and retry slowly
+            problem = st.Problem(st.REASON_POD_REJECTED, f"pod creation forbidden: {_api_message(forbidden[0])}")
+            self._event_once(inference, "PodForbidden", problem.message)
+            return problem, self.settings.max_backoff_seconds
+        if failed:
+            raise failed[0][1]
         if problem is None and unplaceable:
             problem = st.Problem(st.REASON_UNSCHEDULABLE, st.summarize_unplaceable(unplaceable))
             self._event_once(inference, "Unschedulable", problem.message)
@@ -500,18 +505,18 @@ class Controller:
                 if (meta["namespace"], pod_name(meta["name"], placement.replica)) not in self.pods:
                     self.ledger.forget(f"{meta['namespace']}/{pod_name(meta['name'], placement.replica)}")
 
-    def _create_pod(self, inference: dict, placement: ReplicaPlacement) -> None:
+    def _try_create(self, inference: dict, placement: ReplicaPlacement) -> Exception | None:
         meta = inference["metadata"]
         pod = build_pod(inference, placement, numbering=self.settings.numbering)
-        created = self.core.create_namespaced_pod(meta["namespace"], pod, _request_timeout=API_TIMEOUT)
+        try:
+            created = self.core.create_namespaced_pod(meta["namespace"], pod, _request_timeout=API_TIMEOUT)
+        except Exception as error:
+            return error
         created_dict = self.core.api_client.sanitize_for_serialization(created)
         with self.lock:
             if (meta["namespace"], pod["metadata"]["name"]) not in self.pods:
                 self._observe_pod(created_dict)
-        processes = ", ".join(str(r) for r in placement.process_cores)
-        self._event(inference, "Placed", f"replica {placement.replica} → pod {pod['metadata']['name']} on "
-                                         f"{placement.node}, cores {placement.cores}"
-                                         + (f" (processes {processes})" if len(placement.process_cores) > 1 else ""))
+        return None
 
     def _delete_pod(self, inference: dict, deletion: rc.Deletion) -> None:
         namespace = inference["metadata"]["namespace"]
@@ -568,7 +573,18 @@ class Controller:
             log.debug("could not post event %s for %s: %s", reason, inference["metadata"].get("name"), exc)
 
 
-def _api_message(exc: ApiException) -> str:
+def _status(error: Exception) -> int | None:
+    return error.status if isinstance(error, ApiException) else None
+
+
+def _describe(name: str, placement: ReplicaPlacement) -> str:
+    text = f"replica {placement.replica} → {pod_name(name, placement.replica)} on {placement.node} cores {placement.cores}"
+    if len(placement.process_cores) > 1:
+        text += " (processes " + ", ".join(str(r) for r in placement.process_cores) + ")"
+    return text
+
+
+def _api_message(exc: Exception) -> str:
     try:
         return json.loads(exc.body).get("message") or str(exc.reason)
     except (TypeError, ValueError, AttributeError):
