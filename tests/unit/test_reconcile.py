@@ -175,3 +175,17 @@ def test_decisions_are_consistent(replicas, pods):
     for deletion in decision.deletions:
         if deletion.reason == "ScaledDown":
             assert int(deletion.pod.split("-")[1]) >= replicas
+
+
+def test_placement_request_merges_the_templates_constraints():
+    res = resource()
+    res["spec"]["placement"] = {"strategy": "Spread", "shapePolicy": "Permissive", "alignedStart": True,
+                                "nodeSelector": {"pool": "a"},
+                                "tolerations": [{"key": "kwok", "operator": "Exists", "effect": "NoSchedule"}]}
+    res["spec"]["template"]["spec"]["nodeSelector"] = {"zone": "z1", "pool": "ignored"}
+    res["spec"]["template"]["spec"]["tolerations"] = [{"key": "ml", "operator": "Exists"}]
+    request = reconcile.placement_request(res, "global")
+    assert request.owner == "ml/bert" and request.cores_per_replica == 2 and request.processes_per_replica == 1
+    assert (request.strategy, request.shape_policy, request.aligned, request.numbering) == ("Spread", "Permissive", True, "global")
+    assert dict(request.node_selector) == {"zone": "z1", "pool": "a"}
+    assert [t["key"] for t in request.tolerations] == ["ml", "kwok"]
