@@ -46,6 +46,9 @@ FAILURE_THROTTLED = "Throttled"
 FAILURE_CONFLICT = "Conflict"
 FAILURE_API_ERROR = "ApiError"
 
+_FAILURE_BY_STATUS = {400: "PodRejected", 422: "PodRejected", 403: FAILURE_FORBIDDEN, 409: FAILURE_CONFLICT,
+                      429: FAILURE_THROTTLED}
+
 # A reconcile is a few API calls: milliseconds normally, seconds when the API server is slow.
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -57,6 +60,11 @@ class LedgerSnapshot:
     free_cores: Mapping[str, int]  # managed node → cores nobody holds
     managed_pods: int
     foreign_pods: int
+
+
+def failure_reason(status: int | None) -> str:
+    """The ``reason`` label of a pod create that failed with HTTP ``status`` (None: no HTTP answer)."""
+    return _FAILURE_BY_STATUS.get(status, FAILURE_API_ERROR)
 
 
 def free_cores_by_node(ledger: Ledger, inventories: Mapping[str, NodeInventory]) -> dict[str, int]:

@@ -13,6 +13,7 @@ from neuronplace.operator.ledger import ANNOTATION_CORES, MANAGED_LABEL, Ledger
 from neuronplace.operator.metrics import (
     LedgerSnapshot,
     OperatorMetrics,
+    failure_reason,
     free_cores_by_node,
     snapshot_ledger,
 )
@@ -96,6 +97,11 @@ def test_free_plus_held_is_the_usable_cores(requests):
         held = sum(h.count for h in ledger.holdings(name))
         assert free[name] + held == inventory.cores
         assert free[name] == ledger.free_count(name)  # agrees with the allocator's own index
+
+
+def test_failure_reasons_by_http_status():
+    assert [failure_reason(code) for code in (400, 422, 403, 409, 429, 500, None)] == [
+        "PodRejected", "PodRejected", "PodForbidden", "Conflict", "Throttled", "ApiError", "ApiError"]
 
 
 def test_counters_histogram_and_ledger_gauges_in_the_exposition():
