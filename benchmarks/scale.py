@@ -46,7 +46,9 @@ Figures (the same definitions for both):
   and its ``VmHWM`` (peak resident set since it started, so including its startup).
 - **--memory**: a fresh operator, resources totalling 10,000 one-core replicas (nodes are added when
   the fleet has fewer than 11,000 cores); once all 10,000 pods are Running and the operator is idle,
-  its ``VmRSS`` and ``VmHWM``. This is the real operator process managing 10,000 real pods.
+  its ``VmRSS`` and ``VmHWM``. This is the real operator process managing 10,000 real pods. It
+  serves its metrics (``NEURONPLACE_METRICS_PORT``) so that its own ``neuronplace_ledger_pods``
+  gauge can confirm it holds all 10,000 in its ledger.
 
 Everything runs on the same 2 cores (etcd, apiserver, controller-manager, scheduler, kwok, the
 operator and this process), so absolute figures are low; the ratio is what to read.
@@ -60,11 +62,13 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +253,21 @@ def read_status_kb(pid: int, key: str) -> int:
     except FileNotFoundError:
         pass
     return 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def own_ledger_pods(port: int) -> float | None:
+    """The operator's own ``neuronplace_ledger_pods{kind="managed"}`` (None when it serves no metrics)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return metric_sum(response.read().decode(), "neuronplace_ledger_pods", kind="managed")
+    except OSError:
+        return None
 
 
 class PodWatch(threading.Thread):
@@ -573,7 +592,8 @@ class Bench:
         self.create_namespace(namespace)
         watch = PodWatch(self.core, namespace, INFERENCE_LABEL)
         watch.start()
-        process, ps = self.start_operator("operator-memory.log")
+        metrics_port = free_port()
+        process, ps = self.start_operator("operator-memory.log", metrics_port)
         try:
             rss_idle_kb = read_status_kb(process.pid, "VmRSS")
             say(f"memory: creating {len(groups)} NeuronInferences ({MEMORY_PODS} one-core replicas)")
@@ -595,7 +615,8 @@ class Bench:
                 if cpu - previous < 0.5:
                     break
                 previous = cpu
-            return {"pods": MEMORY_PODS, "rss_mb": read_status_kb(process.pid, "VmRSS") / 1024,
+            return {"pods": MEMORY_PODS, "ledger_pods": own_ledger_pods(metrics_port),
+                    "rss_mb": read_status_kb(process.pid, "VmRSS") / 1024,
                     "peak_rss_mb": read_status_kb(process.pid, "VmHWM") / 1024,
                     "rss_before_mb": rss_idle_kb / 1024, "placed_seconds": placed_seconds}
         finally:
@@ -628,7 +649,8 @@ def report(ours: PhaseResult, kube: PhaseResult, memory: dict | None, header: st
         lines.append(f"operator RSS with {memory['pods']} managed pods Running: {memory['rss_mb']:.0f} MB "
                      f"(peak {memory['peak_rss_mb']:.0f} MB, {memory['rss_before_mb']:.0f} MB before; "
                      f"goal <= 200 MB: {'met' if memory['rss_mb'] <= 200 else 'NOT met'}); "
-                     f"{memory['pods']} placed in {memory['placed_seconds']:.0f} s")
+                     f"{memory['pods']} placed in {memory['placed_seconds']:.0f} s; the operator's own ledger gauge: "
+                     + ("not served" if memory["ledger_pods"] is None else f"{memory['ledger_pods']:.0f} managed pods"))
     return "\n".join(lines)
 
 
