@@ -59,7 +59,7 @@ class ChaosRecord:
     """Counts for the chaos table; one record may span many scenarios."""
 
     scenarios: list[str] = field(default_factory=list)
-    faults: int = 0
+    faults: list[str] = field(default_factory=list)  # the kind of each fault injected
     checks: int = 0
     violations: list[str] = field(default_factory=list)
     converge_seconds: list[tuple[str, str, float]] = field(default_factory=list)  # (scenario, fault, seconds)
@@ -68,7 +68,7 @@ class ChaosRecord:
         times = [seconds for _, _, seconds in self.converge_seconds]
         return {
             "scenarios": len(self.scenarios),
-            "faults": self.faults,
+            "faults": len(self.faults),
             "checks": self.checks,
             "violations": len(self.violations),
             "converge_median_s": statistics.median(times) if times else None,
@@ -154,8 +154,10 @@ class Harness:
 
     # ---- faults and checks --------------------------------------------------------------------
     def fault(self, what: str) -> float:
-        """Count one injected fault; returns the moment it ended (for :meth:`converge`)."""
-        self.record.faults += 1
+        """Count one injected fault of kind ``what``; returns now, the start of its convergence clock (for
+        :meth:`converge`). Scenarios call it as the fault is injected; for a control-plane restart,
+        once the API server answers again (its own start-up is not the operator's to converge)."""
+        self.record.faults.append(what)
         return time.monotonic()
 
     def converge(self, fault: str | None = None, since: float | None = None, timeout: float = CONVERGE_TIMEOUT,
@@ -212,13 +214,15 @@ def format_table(record: ChaosRecord, seed: int) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    by_fault: dict[str, list[float]] = {}
+    by_fault: dict[str, list[float]] = {kind: [] for kind in record.faults}
     for _, fault, secs in record.converge_seconds:
         by_fault.setdefault(fault, []).append(secs)
     if by_fault:
         lines.append("")
         fw = max(len(f) for f in by_fault)
-        lines.append(f"{'fault':<{fw}}  {'n':>3}  {'median':>8}  {'max':>8}")
+        lines.append(f"{'fault':<{fw}}  {'injected':>8}  {'converged':>9}  {'median':>8}  {'max':>8}")
         for fault, values in by_fault.items():
-            lines.append(f"{fault:<{fw}}  {len(values):>3}  {statistics.median(values):>7.2f}s  {max(values):>7.2f}s")
+            median = f"{statistics.median(values):>7.2f}s" if values else f"{'-':>8}"
+            worst = f"{max(values):>7.2f}s" if values else f"{'-':>8}"
+            lines.append(f"{fault:<{fw}}  {record.faults.count(fault):>8}  {len(values):>9}  {median}  {worst}")
     return "\n".join(lines)

@@ -148,9 +148,9 @@ def operator_sigkill_during_scale_up(h: Harness, kills: int = 10) -> None:
                    for name in shapes}
         scale_all(h, current)
         time.sleep(h.rng.uniform(0.0, 1.0))
+        since = h.fault("operator SIGKILL during scale-up")
         h.operator.kill(signal.SIGKILL)
         check_now(h)
-        since = h.fault("operator SIGKILL during scale-up")
         h.operator.start()
         h.converge("operator SIGKILL during scale-up", since=since, extra=placed_or_unschedulable(h, current))
 
@@ -166,9 +166,9 @@ def rollout_with_operator_kills(h: Harness, kills: int = 3) -> None:
         resource["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "MODEL_VERSION", "value": str(version)}]
         h.apply(resource)
         time.sleep(h.rng.uniform(0.2, 1.5))
+        since = h.fault("operator SIGKILL during rollout")
         h.operator.kill(signal.SIGKILL)
         check_now(h)
-        since = h.fault("operator SIGKILL during rollout")
         h.operator.start()
 
         def rolled(snapshot: inv.Snapshot, version=version) -> list[inv.Violation]:
@@ -233,10 +233,10 @@ def failed_pods_recreated(h: Harness) -> None:
     snapshot = h.converge(extra=replicas_ready(h, {"flaky": 4}))
     before = placements(snapshot, h)
     victims = sorted(h.rng.sample(sorted(before), 2))
+    since = h.fault("pods failed")
     for pod in victims:
         h.kubectl("patch", "pod", pod, "--subresource=status", "--type=merge",
                   "-p", json.dumps({"status": {"phase": "Failed", "reason": "Chaos", "message": "killed by chaos"}}))
-    since = h.fault("pods failed")
     check_now(h)
 
     def replaced(snapshot: inv.Snapshot) -> list[inv.Violation]:
@@ -289,8 +289,8 @@ def node_deleted(h: Harness) -> None:
     for node, _ in placements(snapshot, h).values():
         per_node[node] = per_node.get(node, 0) + 1
     victim = max(sorted(per_node), key=per_node.get)
-    h.cluster.delete_node(victim)
     since = h.fault("node deleted")
+    h.cluster.delete_node(victim)
     h.converge("node deleted", since=since, extra=both(replicas_ready(h, counts), nothing_on(h, victim)))
 
 
@@ -302,11 +302,11 @@ def node_not_ready(h: Harness) -> None:
     snapshot = h.converge(extra=replicas_ready(h, {"svc": 2}))
     victim = node_of(snapshot, h, "svc-0")
     assert victim in nodes
-    h.cluster.set_node_ready(victim, False)
     since = h.fault("node NotReady")
+    h.cluster.set_node_ready(victim, False)
     h.converge("node NotReady", since=since, extra=both(replicas_ready(h, {"svc": 2}), nothing_on(h, victim)))
-    h.cluster.set_node_ready(victim, True)
     since = h.fault("node Ready again")
+    h.cluster.set_node_ready(victim, True)
     h.converge("node Ready again", since=since, extra=replicas_ready(h, {"svc": 2}))
 
 
@@ -318,8 +318,8 @@ def node_cordoned(h: Harness) -> None:
     cordoned = nodes[0]
     staying = frozenset(p["metadata"]["uid"] for pods in _pods(snapshot, h.namespace).values() for p in pods
                         if p["spec"]["nodeName"] == cordoned)
-    h.cluster.kubectl("cordon", cordoned)
     since = h.fault("node cordoned")
+    h.cluster.kubectl("cordon", cordoned)
     h.scale("web", 6)
 
     def kept(snapshot: inv.Snapshot) -> list[inv.Violation]:
@@ -342,9 +342,9 @@ def fifty_resources_four_nodes(h: Harness) -> None:
         name, (replicas, cores) = item
         api.create_namespaced_custom_object(GROUP, VERSION, h.namespace, PLURAL,
                                             h.inference(name, replicas=replicas, cores=cores))
+    since = h.fault("50 resources at once")
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(create, wanted.items()))
-    since = h.fault("50 resources at once")
     counts = {name: replicas for name, (replicas, _) in wanted.items()}
     snapshot = h.converge("50 resources at once", since=since, timeout=120,
                           extra=placed_or_unschedulable(h, counts))
@@ -352,8 +352,8 @@ def fifty_resources_four_nodes(h: Harness) -> None:
     assert sum(len(p) for p in pods.values()) >= 20, "most of the 48 cores should be in use"
     placed = sorted(name for name in wanted if pods.get(name))
     gone = h.rng.sample(placed, len(placed) // 2)
-    h.kubectl("delete", "ninf", *gone, "--wait=false")
     since = h.fault("half of them deleted")
+    h.kubectl("delete", "ninf", *gone, "--wait=false")
     remaining = {name: n for name, n in counts.items() if name not in gone}
     h.converge("half of them deleted", since=since, timeout=120, extra=placed_or_unschedulable(h, remaining))
 
@@ -387,8 +387,8 @@ def pod_delete_storm(h: Harness, rounds: int = 3) -> None:
                 for name in before if now.get(name) != before[name]]
     for _ in range(rounds):
         victims = h.rng.sample(sorted(before), len(before) // 2)
-        h.kubectl("delete", "pod", *victims, "--wait=false")
         since = h.fault("pod-delete storm")
+        h.kubectl("delete", "pod", *victims, "--wait=false")
         check_now(h)
         h.converge("pod-delete storm", since=since, extra=both(replicas_ready(h, counts), same_cores))
 
@@ -415,8 +415,8 @@ def foreign_pods(h: Harness) -> None:
         return [] if have == 8 else [inv.Violation("expected", "fill", f"{have} pods; 8 fit beside the foreign pods")]
     h.converge("foreign pods on a managed node", since=since,
                extra=both(placed_or_unschedulable(h, {"fill": 10}), eight))
-    h.kubectl("delete", "pod", "foreign-exact", "foreign-count", "--wait=false")
     since = h.fault("foreign pods gone")
+    h.kubectl("delete", "pod", "foreign-exact", "foreign-count", "--wait=false")
     h.converge("foreign pods gone", since=since, extra=replicas_ready(h, {"fill": 10}))
 
 
