@@ -89,10 +89,12 @@ def adopt_crd(cluster, namespace: str, release: str = RELEASE) -> None:
                     f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}")
 
 
-def install(cluster, namespace: str, *values: str, release: str = RELEASE) -> None:
+def install(cluster, namespace: str, *values: str, release: str = RELEASE) -> str:
+    """helm install (adopting an existing CRD first); returns helm's output, NOTES included."""
     if crd_exists(cluster):
         adopt_crd(cluster, namespace, release)
-    cluster.helm("install", release, str(CHART), "--namespace", namespace, "--wait=false", *values, timeout=240)
+    return cluster.helm("install", release, str(CHART), "--namespace", namespace, "--wait=false", *values,
+                        timeout=240).stdout
 
 
 def can_i(cluster, verb: str, resource: str, namespace: str | None, service_account: str) -> bool:
@@ -228,7 +230,12 @@ def test_install_then_uninstall_leaves_the_cluster_as_before_except_the_kept_crd
                                            check=False).returncode == 0, 60, "the namespace's default objects")
     crd_before = crd_exists(local_cluster)
     before = cluster_inventory(local_cluster)
-    install(local_cluster, namespace)
+    output = install(local_cluster, namespace)
+    # NOTES.txt tells the user what to do next, with this release's names.
+    notes = output[output.index("NOTES:"):]
+    for step in (f"kubectl -n {namespace} rollout status deployment/np-neuronplace", f"helm test np -n {namespace}",
+                 "kubectl get ninf", "every namespace", "helm.sh/resource-policy: keep"):
+        assert step in notes, notes
     during = cluster_inventory(local_cluster)
     added = {line.split("/")[0] for line in during - before}
     assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"} <= added, during - before
