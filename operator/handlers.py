@@ -48,6 +48,9 @@ log = logging.getLogger("neuronplace.operator")
 
 Key = tuple[str, str]  # (namespace, name) of a NeuronInference
 
+# Pod events of one resource within this many seconds are handled by one reconcile.
+POD_EVENT_COALESCE = 0.1
+
 # Per-call API timeouts (connect, read): a hung call must not hold a worker forever.
 API_TIMEOUT = (5, 30)
 
@@ -116,6 +119,7 @@ class Controller:
         self.pending: set[Key] = set()
         self.running: set[Key] = set()
         self.dirty: set[Key] = set()
+        self.soon: set[Key] = set()
         self.tasks: list[asyncio.Task] = []
         self.api_pool = ThreadPoolExecutor(max_workers=max(4, settings.workers * 2), thread_name_prefix="neuronplace-api")
 
@@ -298,7 +302,7 @@ class Controller:
             freed = deleted or (body.get("status") or {}).get("phase") in ("Failed", "Succeeded")
             waiting = list(self.waiting_for_room) if freed else []
         if key is not None:
-            self.enqueue(key)
+            self.enqueue_soon(key)
         for other in waiting:
             self.enqueue(other)
 
@@ -327,6 +331,19 @@ class Controller:
         elif key not in self.pending:
             self.pending.add(key)
             self.queue.put_nowait(key)
+
+    def enqueue_soon(self, key: Key) -> None:
+        """Enqueue after POD_EVENT_COALESCE seconds: a burst of pod events (a scale-up makes several
+        per pod as they start) becomes one reconcile and one status write, not one per event."""
+        if self.loop is None or key in self.soon or key in self.pending:
+            return
+        self.soon.add(key)
+
+        def fire() -> None:
+            self.soon.discard(key)
+            self.enqueue(key)
+
+        self.loop.call_later(POD_EVENT_COALESCE, fire)
 
     def enqueue_later(self, key: Key, delay: float) -> None:
         if self.loop is not None:
