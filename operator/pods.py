@@ -43,7 +43,7 @@ ENV_VISIBLE_CORES = "NEURON_RT_VISIBLE_CORES"
 ENV_NODE_CORES = "NEURONPLACE_NODE_CORES"          # this process's node-global range (for logs / debugging)
 ENV_REPLICA = "NEURONPLACE_REPLICA"
 ENV_PROCESS_INDEX = "NEURONPLACE_PROCESS_INDEX"
-ENV_PROCESSES = "NEURONPLACE_PROCESSES"
+ENV_PROCESS_COUNT = "NEURONPLACE_PROCESS_COUNT"   # same name as neuronplace.runtime.launch
 ENV_DP_DIM = "NEURONPLACE_DP_DIM"
 ENV_DP_DYNAMIC_BATCHING = "NEURONPLACE_DP_DYNAMIC_BATCHING"  # "true" / "false"
 ENV_DP_NUM_WORKERS = "NEURONPLACE_DP_NUM_WORKERS"
@@ -103,7 +103,7 @@ def _process_container(base: dict, index: int, processes: int, replica: int, vis
         ENV_NODE_CORES: node_cores,
         ENV_REPLICA: str(replica),
         ENV_PROCESS_INDEX: str(index),
-        ENV_PROCESSES: str(processes),
+        ENV_PROCESS_COUNT: str(processes),
     }
     ours.update({entry["name"]: entry["value"] for entry in dp_env})
     # Our values replace any the template set (the CRD rejects the reserved ones; a template that

@@ -90,7 +90,7 @@ def test_one_container_per_process_with_its_own_cores_in_device_local_numbering(
     assert first["NEURON_RT_VISIBLE_CORES"] == "0-3" and second["NEURON_RT_VISIBLE_CORES"] == "4-7"
     assert first["NEURONPLACE_NODE_CORES"] == "4-7" and second["NEURONPLACE_NODE_CORES"] == "8-11"
     assert (first["NEURONPLACE_PROCESS_INDEX"], second["NEURONPLACE_PROCESS_INDEX"]) == ("0", "1")
-    assert first["NEURONPLACE_PROCESSES"] == "2" and first["NEURONPLACE_REPLICA"] == "1"
+    assert first["NEURONPLACE_PROCESS_COUNT"] == "2" and first["NEURONPLACE_REPLICA"] == "1"
     assert first["MODEL"] == "bert"
     assert first["NEURONPLACE_DP_DIM"] == "0"
     assert first["NEURONPLACE_DP_DYNAMIC_BATCHING"] == "false"
