@@ -627,6 +627,9 @@ def _api_client(settings: OperatorSettings) -> k8s.ApiClient:
 async def startup(settings: kopf.OperatorSettings, logger, **_):
     global _controller
     ours = OperatorSettings.from_env()
+    if ours.log_format == "json":
+        # Under a bare `kopf run` (no --log-format) NEURONPLACE_LOG_FORMAT=json still applies.
+        kopf.configure(verbose=logging.getLogger().level <= logging.DEBUG, log_format=kopf.LogFormat.JSON)
     settings.watching.server_timeout = int(ours.watch_server_timeout)  # the API server wants whole seconds
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = ours.watch_connect_timeout
