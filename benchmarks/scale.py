@@ -15,24 +15,26 @@ trn1.32xlarge (32 cores). Then, one after the other on the same nodes:
    benchmark creates NeuronInference resources (a fixed mix of 1–16 cores per replica, 10 replicas
    each, K replicas in all) from 8 threads, and a watch in this process records when every pod is
    bound and Running. Then the operator is stopped and the namespace deleted (all pods gone).
-2. **kube-scheduler**: the benchmark creates K plain pods in the same groups, with the same node
-   selectors and the same ``aws.amazon.com/neuroncore`` requests, from 8 threads; the cluster's real
-   kube-scheduler binds them (it counts cores but computes no ranges). ``LocalCluster`` raises its
-   client rate limit to QPS 500 / burst 1000 (DESIGN §9's tuned figure), printed in the header.
+2. **kube-scheduler**: the same groups as ReplicaSets (one per NeuronInference, same replicas, same
+   node selector, pods requesting the same ``aws.amazon.com/neuroncore`` count), created from 8
+   threads; kube-controller-manager creates the plain pods and the cluster's real kube-scheduler binds
+   them (it counts cores but computes no ranges). Both sides thus go "resource → controller → bound
+   pods". ``LocalCluster`` raises the client rate limits of kube-scheduler and
+   kube-controller-manager to QPS 500 / burst 1000 (DESIGN §9's tuned figure; printed in the header).
+   ``--direct-pods`` instead creates the K pods from this benchmark (8 threads).
 
 Figures (the same definitions for both):
 
 - **pods/s**: K / (last pod bound − first create call issued), end to end: "K replicas wanted" to
-  "K pods bound". For ours that is K/10 resource creates plus the operator's work (one pod create,
-  already bound, per replica); for kube-scheduler it is K pod creates by this benchmark (8 threads,
-  like a busy ReplicaSet controller) plus the scheduler's binds. **created s** says when the last
-  create call returned: when it is close to "bound s", the client's creates, not kube-scheduler,
-  set the pace of the second row.
-- **group p50/p99**: per group (one NeuronInference, or its 10 plain-pod twins), from the group's
-  creation (the resource's create call returning; the twin's first pod's create call returning) to
-  the moment all of its pods are bound, as seen by the watch in this process. Not symmetric: all
-  resources exist within a second and then wait in the operator's queue (``workers`` at a time), so
-  ours includes that queueing; the twins' clock starts only when this benchmark gets to them.
+  "K pods bound". Ours: K/10 resource creates plus the operator's work (one pod create, already
+  bound, per replica). kube-scheduler: K/10 ReplicaSet creates, kube-controller-manager's pod creates
+  and kube-scheduler's binds. **created s** says when the benchmark's last create call returned
+  (with ``--direct-pods``, when it is close to "bound s" this client, not kube-scheduler, set the pace).
+- **group p50/p99**: per group (a NeuronInference or its ReplicaSet twin), from the group's creation
+  (its create call returning; with ``--direct-pods`` its first pod's) to the moment all of its pods
+  are bound, as seen by the watch in this process. Includes the controller's queueing: on both sides
+  all groups exist within a second or two and then wait for a worker (the operator's ``workers``;
+  kube-controller-manager's ``--concurrent-replicaset-syncs``, default 5).
 - **API requests/pod, operator only**: the apiserver's ``apiserver_flowcontrol_dispatched_requests_total``
   for a FlowSchema that matches exactly the operator's service account (priority level ``exempt``, as
   the admin-certificate clients of the local cluster, so neither side is throttled by API Priority
@@ -238,6 +240,18 @@ def plain_pod(group: Group, index: int) -> dict:
     }
 
 
+def replicaset_manifest(group: Group) -> dict:
+    """The group's twins as a ReplicaSet: kube-controller-manager creates the plain pods."""
+    labels = {PLAIN_GROUP_LABEL: group.name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": group.name},
+        "spec": {"replicas": group.replicas, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": plain_pod(group, 0)["spec"]}},
+    }
+
+
 # ---- measuring on the cluster -----------------------------------------------------------------------
 
 def say(message: str) -> None:
@@ -392,6 +406,7 @@ class Bench:
         self.api = client.ApiClient(configuration)
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.apps = client.AppsV1Api(self.api)
         self.operator_kubeconfig: str = cluster.kubeconfig
         self.counts_operator = False
         self.operator_env: dict[str, str] = {}
@@ -551,19 +566,29 @@ class Bench:
             operator_cpu_s=cpu, operator_peak_rss_mb=peak_kb / 1024,
         )
 
-    def run_kube_scheduler(self, groups: Sequence[Group], namespace: str, timeout: float) -> PhaseResult:
+    def run_kube_scheduler(self, groups: Sequence[Group], namespace: str, timeout: float,
+                           direct: bool = False) -> PhaseResult:
+        """The twins: one ReplicaSet per group (kube-controller-manager creates the pods), or with
+        ``direct`` every pod created by this benchmark; kube-scheduler binds them."""
         pods = sum(g.replicas for g in groups)
         self.create_namespace(namespace)
         watch = PodWatch(self.core, namespace, PLAIN_GROUP_LABEL)
         watch.start()
-        say(f"kube-scheduler: creating {pods} plain pods in {len(groups)} groups")
-        jobs = [(group, index) for group in groups for index in range(group.replicas)]
+        if direct:
+            say(f"kube-scheduler: creating {pods} plain pods in {len(groups)} groups")
+            jobs = [(group, index) for group in groups for index in range(group.replicas)]
+        else:
+            say(f"kube-scheduler: creating {len(groups)} ReplicaSets ({pods} plain pods)")
+            jobs = [(group, None) for group in groups]
         try:
             all_before, _ = self.request_counts()
 
             def create(job):
                 group, index = job
-                self.core.create_namespaced_pod(namespace, plain_pod(group, index), _preload_content=False)
+                if index is None:
+                    self.apps.create_namespaced_replica_set(namespace, replicaset_manifest(group), _preload_content=False)
+                else:
+                    self.core.create_namespaced_pod(namespace, plain_pod(group, index), _preload_content=False)
                 return (group.name, index), time.monotonic()
 
             start = time.monotonic()
@@ -575,7 +600,8 @@ class Bench:
         created: dict[str, float] = {}
         for (group, _index), finished in done.items():
             created[group] = min(created.get(group, finished), finished)
-        return PhaseResult("kube-scheduler", pods, start, dict(watch.bound), dict(watch.running),
+        label = "kube-scheduler (direct pods)" if direct else "kube-scheduler (ReplicaSets)"
+        return PhaseResult(label, pods, start, dict(watch.bound), dict(watch.running),
                            group_latencies(created, watch.bound, watch.members), max(done.values()) - start,
                            all_after - all_before)
 
@@ -686,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes, half inf2.48xlarge, half trn1.32xlarge")
     parser.add_argument("--pods", type=int, help="replicas to place in each phase (default: as many as nodes)")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help=f"PNG of pods bound over time (default {DEFAULT_PLOT})")
+    parser.add_argument("--direct-pods", action="store_true",
+                        help="create kube-scheduler's pods from this benchmark (8 threads) instead of ReplicaSets")
     parser.add_argument("--memory", action="store_true", help=f"also measure operator RSS with {MEMORY_PODS} managed pods")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase may take")
     parser.add_argument("--operator-env", action="append", default=[], metavar="NEURONPLACE_X=VALUE",
@@ -720,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ours = bench.run_ours(groups, "scale-ours", args.timeout)
             say(f"ours: {ours.pods} pods bound in {ours.bound_seconds:.1f} s")
             bench.delete_namespace("scale-ours")
-            kube = bench.run_kube_scheduler(groups, "scale-kube", args.timeout)
+            kube = bench.run_kube_scheduler(groups, "scale-kube", args.timeout, direct=args.direct_pods)
             say(f"kube-scheduler: {kube.pods} pods bound in {kube.bound_seconds:.1f} s")
             memory = None
             if args.memory:

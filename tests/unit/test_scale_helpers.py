@@ -104,6 +104,15 @@ def test_manifests_ask_for_the_same_cores_on_the_same_family(scale):
     assert "schedulerName" not in pod["spec"] and "nodeName" not in pod["spec"]
 
 
+def test_replicaset_twin_selects_its_pods_and_asks_the_same(scale):
+    group = scale.Group("g0003-8c", "trn1.32xlarge", 8, 10)
+    replicaset = scale.replicaset_manifest(group)
+    template = replicaset["spec"]["template"]
+    assert replicaset["spec"]["replicas"] == 10
+    assert replicaset["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert template["spec"] == scale.plain_pod(group, 0)["spec"]
+
+
 def test_table_aligns_columns(scale):
     table = scale.format_table(["", "pods/s"], [["ours", "12.5"], ["kube-scheduler", "3.0"]])
     lines = table.splitlines()
