@@ -94,3 +94,16 @@ def test_restart_at_rest_changes_nothing(local_cluster, operator, namespace, fle
     after = snapshot(local_cluster, namespace)
     assert {k: v for k, v in after.items() if k.startswith("alpha")} == before
     assert_no_shared_cores(local_cluster)
+
+
+def test_operator_reconnects_after_an_api_server_restart(local_cluster, operator, namespace, fleet, wait_for):
+    nodes = fleet({"inf2.48xlarge": 1})
+    apply(local_cluster, namespace, inference("alpha", cores=2, replicas=2, pool=nodes.pool))
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "alpha", 2), 60, "alpha placed")
+    local_cluster.restart_component("kube-apiserver", downtime=3)
+    local_cluster.wait_healthy(60)
+    local_cluster.kubectl("scale", "ninf", "alpha", "-n", namespace, "--replicas=4")
+    local_cluster.kubectl("delete", "pod", "alpha-0", "-n", namespace, "--wait=false")
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "alpha", 4), 90, "alpha scaled after the restart")
+    assert operator.alive()
+    assert_no_shared_cores(local_cluster)
