@@ -326,7 +326,7 @@ def _own_pods(inference: Mapping, pods: Iterable[Mapping]) -> list[Mapping]:
             and (owner_of(p) or {}).get("uid") == meta.get("uid")]
 
 
-def _condition(inference: Mapping, type_: str) -> Mapping:
+def condition(inference: Mapping, type_: str) -> Mapping:
     for condition in (inference.get("status") or {}).get("conditions") or []:
         if condition.get("type") == type_:
             return condition
@@ -365,7 +365,7 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
                         for p in pods)
         if said != actual:
             bad(f"status.placements {said} != pods {actual}")
-        placed = _condition(inference, "Placed")
+        placed = condition(inference, "Placed")
         desired = _desired(inference)
         wanted = {f"{meta.get('name')}-{i}" for i in range(desired)}
         surplus = sorted(_meta(p).get("name") for p in pods if _meta(p).get("name") not in wanted)
@@ -375,8 +375,8 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
         if placed.get("status") != ("True" if all_placed else "False"):
             bad(f"Placed={placed.get('status')} ({placed.get('reason')}) but {len(pods)}/{desired} replicas have pods")
         all_ready = all_placed and ready >= desired
-        if _condition(inference, "Ready").get("status") != ("True" if all_ready else "False"):
-            bad(f"Ready={_condition(inference, 'Ready').get('status')} but {ready}/{desired} replicas are Ready")
+        if condition(inference, "Ready").get("status") != ("True" if all_ready else "False"):
+            bad(f"Ready={condition(inference, 'Ready').get('status')} but {ready}/{desired} replicas are Ready")
     return out
 
 
@@ -406,7 +406,7 @@ def check_fits_are_placed(snapshot: Snapshot, node_selector: str = "") -> list[V
         pods = _own_pods(inference, snapshot.pods)
         held = {_meta(p).get("name") for p in pods}
         missing = [i for i in range(_desired(inference)) if f"{name}-{i}" not in held]
-        placed = _condition(inference, "Placed")
+        placed = condition(inference, "Placed")
         if placed.get("reason") == INVALID_SPEC and pods:
             out.append(Violation("fits-are-placed", ref, f"spec is invalid ({placed.get('message')}) yet {len(pods)} pods exist"))
         if not missing:

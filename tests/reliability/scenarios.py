@@ -68,7 +68,7 @@ def placed_or_unschedulable(h: Harness, counts: Mapping[str, int]) -> Expectatio
             have = pods.get(name, [])
             if len(have) == n and all(inv.is_ready(p) for p in have):
                 continue
-            placed = inv._condition(by_name.get(name, {}), "Placed")
+            placed = inv.condition(by_name.get(name, {}), "Placed")
             if len(have) < n and placed.get("reason") == inv.UNSCHEDULABLE:
                 continue
             out.append(inv.Violation("expected", f"{h.namespace}/{name}",
@@ -461,7 +461,7 @@ def odd_nodes(h: Harness) -> None:
         pods = _pods(snapshot, h.namespace)
         out = []
         for name, phrase in says.items():
-            placed = inv._condition(by_name.get(name, {}), "Placed")
+            placed = inv.condition(by_name.get(name, {}), "Placed")
             if pods.get(name) or placed.get("reason") != inv.UNSCHEDULABLE or phrase not in placed.get("message", ""):
                 out.append(inv.Violation("expected", name, f"{len(pods.get(name, []))} pods, Placed "
                                          f"{placed.get('reason')}: {placed.get('message')!r}; want none and {phrase!r}"))
@@ -505,7 +505,7 @@ def operator_refuses_bad_specs(h: Harness) -> None:
         pods = _pods(snapshot, h.namespace)
         out = []
         for name, case in refused.items():
-            placed = inv._condition(by_name.get(name, {}), "Placed")
+            placed = inv.condition(by_name.get(name, {}), "Placed")
             message = placed.get("message", "")
             if pods.get(name) or placed.get("reason") != case.reason or not all(p in message for p in case.says):
                 out.append(inv.Violation("expected", f"{name} ({case.id})",
