@@ -85,7 +85,8 @@ def nothing_on(h: Harness, node: str, except_uids: frozenset[str] = frozenset())
     return expect
 
 
-def both(*expectations: Expectation) -> Expectation:
+def all_of(*expectations: Expectation) -> Expectation:
+    """Every expectation's violations together."""
     return lambda snapshot: [v for e in expectations for v in e(snapshot)]
 
 
@@ -181,7 +182,7 @@ def rollout_with_operator_kills(h: Harness, kills: int = 3) -> None:
                                              f"runs template version {env.get('MODEL_VERSION')}, want {version}"))
             return out
         h.converge("operator SIGKILL during rollout", since=since, timeout=90,
-                   extra=both(replicas_ready(h, {"roll": 4}), rolled))
+                   extra=all_of(replicas_ready(h, {"roll": 4}), rolled))
 
 
 def faults_while_operator_down(h: Harness) -> None:
@@ -200,7 +201,7 @@ def faults_while_operator_down(h: Harness) -> None:
     since = h.fault("faults while the operator is down")
     h.operator.start()
     h.converge("faults while the operator is down", since=since,
-               extra=both(replicas_ready(h, {"spread": 3, "big": 0, "small": 6}), nothing_on(h, victim)))
+               extra=all_of(replicas_ready(h, {"spread": 3, "big": 0, "small": 6}), nothing_on(h, victim)))
 
 
 def terminating_pod_keeps_cores(h: Harness) -> None:
@@ -220,7 +221,7 @@ def terminating_pod_keeps_cores(h: Harness) -> None:
         if not old or not inv.is_terminating(old[0]):
             return [inv.Violation("expected", "old-0", "should be terminating, held by its finalizer")]
         return []
-    h.converge("pod stuck terminating", since=since, extra=both(waits, placed_or_unschedulable(h, {"new": 1})))
+    h.converge("pod stuck terminating", since=since, extra=all_of(waits, placed_or_unschedulable(h, {"new": 1})))
     h.kubectl("patch", "pod", "old-0", "--type=merge", "-p", json.dumps({"metadata": {"finalizers": None}}))
     since = h.fault("stuck pod released")
     h.converge("stuck pod released", since=since, extra=replicas_ready(h, {"new": 1}))
@@ -249,7 +250,7 @@ def failed_pods_recreated(h: Harness) -> None:
                    for name in victims if uids.get(name) == failed_uids[name]])
     failed_uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in snapshot.pods
                    if p["metadata"]["namespace"] == h.namespace and p["metadata"]["name"] in victims}
-    h.converge("pods failed", since=since, extra=both(replicas_ready(h, {"flaky": 4}), replaced))
+    h.converge("pods failed", since=since, extra=all_of(replicas_ready(h, {"flaky": 4}), replaced))
 
 
 def _control_plane_restart(h: Harness, component: str) -> None:
@@ -260,6 +261,7 @@ def _control_plane_restart(h: Harness, component: str) -> None:
     pid, starts = h.operator.process.pid, h.operator.starts
     h.cluster.restart_component(component, downtime=0.5)
     since = h.fault(f"{component} restart")
+    check_now(h)
     # New work right after the restart reaches the operator only through its re-established watches.
     wanted = {name: 2 for name in names} | {name: 3 for name in names[:3]}
     scale_all(h, {name: 3 for name in names[:3]})
@@ -291,7 +293,7 @@ def node_deleted(h: Harness) -> None:
     victim = max(sorted(per_node), key=per_node.get)
     since = h.fault("node deleted")
     h.cluster.delete_node(victim)
-    h.converge("node deleted", since=since, extra=both(replicas_ready(h, counts), nothing_on(h, victim)))
+    h.converge("node deleted", since=since, extra=all_of(replicas_ready(h, counts), nothing_on(h, victim)))
 
 
 def node_not_ready(h: Harness) -> None:
@@ -304,7 +306,7 @@ def node_not_ready(h: Harness) -> None:
     assert victim in nodes
     since = h.fault("node NotReady")
     h.cluster.set_node_ready(victim, False)
-    h.converge("node NotReady", since=since, extra=both(replicas_ready(h, {"svc": 2}), nothing_on(h, victim)))
+    h.converge("node NotReady", since=since, extra=all_of(replicas_ready(h, {"svc": 2}), nothing_on(h, victim)))
     since = h.fault("node Ready again")
     h.cluster.set_node_ready(victim, True)
     h.converge("node Ready again", since=since, extra=replicas_ready(h, {"svc": 2}))
@@ -327,7 +329,7 @@ def node_cordoned(h: Harness) -> None:
         return [inv.Violation("expected", cordoned, "a pod that ran there before the cordon was removed")
                 for uid in staying if uid not in uids]
     h.converge("node cordoned", since=since,
-               extra=both(replicas_ready(h, {"web": 6}), nothing_on(h, cordoned, except_uids=staying), kept))
+               extra=all_of(replicas_ready(h, {"web": 6}), nothing_on(h, cordoned, except_uids=staying), kept))
     h.cluster.kubectl("uncordon", cordoned)
 
 
@@ -345,6 +347,7 @@ def fifty_resources_four_nodes(h: Harness) -> None:
     since = h.fault("50 resources at once")
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(create, wanted.items()))
+    check_now(h)  # mid-burst: the operator is still placing
     counts = {name: replicas for name, (replicas, _) in wanted.items()}
     snapshot = h.converge("50 resources at once", since=since, timeout=120,
                           extra=placed_or_unschedulable(h, counts))
@@ -390,7 +393,7 @@ def pod_delete_storm(h: Harness, rounds: int = 3) -> None:
         since = h.fault("pod-delete storm")
         h.kubectl("delete", "pod", *victims, "--wait=false")
         check_now(h)
-        h.converge("pod-delete storm", since=since, extra=both(replicas_ready(h, counts), same_cores))
+        h.converge("pod-delete storm", since=since, extra=all_of(replicas_ready(h, counts), same_cores))
 
 
 def foreign_pods(h: Harness) -> None:
@@ -414,7 +417,7 @@ def foreign_pods(h: Harness) -> None:
         have = len(_pods(snapshot, h.namespace).get("fill", []))
         return [] if have == 8 else [inv.Violation("expected", "fill", f"{have} pods; 8 fit beside the foreign pods")]
     h.converge("foreign pods on a managed node", since=since,
-               extra=both(placed_or_unschedulable(h, {"fill": 10}), eight))
+               extra=all_of(placed_or_unschedulable(h, {"fill": 10}), eight))
     since = h.fault("foreign pods gone")
     h.kubectl("delete", "pod", "foreign-exact", "foreign-count", "--wait=false")
     h.converge("foreign pods gone", since=since, extra=replicas_ready(h, {"fill": 10}))
@@ -512,7 +515,7 @@ def operator_refuses_bad_specs(h: Harness) -> None:
                                          f"{len(pods.get(name, []))} pods, Placed {placed.get('reason')}: {message!r}; "
                                          f"want no pod, {case.reason} saying {case.says}"))
         return out
-    h.converge("invalid specs (operator)", since=since, extra=both(explained, replicas_ready(h, {"good": 1})))
+    h.converge("invalid specs (operator)", since=since, extra=all_of(explained, replicas_ready(h, {"good": 1})))
 
 
 SCENARIOS: dict[str, Callable[[Harness], None]] = {
