@@ -10,7 +10,8 @@ slows all columns alike.
    DESIGN §9 puts at about 100 µs here. Target: at most 25 µs with 2 cores.
 2. **Throughput scaling** of a compute-bound model (an MLP of 1024-wide layers, 32 rows per core)
    at 1..N cores, N = the usable CPUs (each simulated core gets an equal share of the CPU).
-   Target: at least 0.9·N for N up to the physical core count.
+   Target: at least 0.9·N for N up to the physical core count. Beside it, the same work on bare
+   threads, which shows the scaling the machine allows at that moment.
 3. **Cores in flight**: the peak number of chunks running at once and the speed-up over one core,
    for a model whose chunk is 20 ms of device time (the calling thread sleeps, as it does while a
    NeuronCore computes), at 2..16 simulated cores. torch_neuronx keeps 2 chunks in flight whatever
@@ -102,6 +103,29 @@ def mlp() -> torch.nn.Module:
     return torch.nn.Sequential(*layers).eval()
 
 
+def bare_threads_rate(model, count: int, seconds: float) -> float:
+    """Rows/s of ``count`` plain threads each running the model on 32 rows with one intra-op thread:
+    the most this machine gives right now, with no DataParallel involved."""
+    rows = [0] * count
+    stop = time.perf_counter() + seconds
+
+    def work(slot: int) -> None:
+        torch.set_num_threads(1)
+        batch = torch.rand(32, 1024)
+        with torch.no_grad():
+            while time.perf_counter() < stop:
+                model(batch)
+                rows[slot] += 32
+
+    threads = [threading.Thread(target=work, args=(slot,)) for slot in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(rows) / (time.perf_counter() - started)
+
+
 def scaling_table(rounds: int, seconds_per_sample: float) -> None:
     cpus = usable_cpus()
     counts = list(range(1, cpus + 1))
@@ -111,6 +135,7 @@ def scaling_table(rounds: int, seconds_per_sample: float) -> None:
     parallels = {count: DataParallel(model, device_ids=list(range(count))) for count in counts}
     throughput: dict[int, list[float]] = {count: [] for count in counts}
     cpu_used: dict[int, list[float]] = {count: [] for count in counts}
+    bare: dict[int, list[float]] = {count: [] for count in counts}
     with torch.no_grad():
         for _ in range(rounds):
             for count, parallel in parallels.items():
@@ -123,15 +148,18 @@ def scaling_table(rounds: int, seconds_per_sample: float) -> None:
                 wall = time.perf_counter() - started
                 throughput[count].append(calls * batch.shape[0] / wall)
                 cpu_used[count].append((time.process_time() - cpu_started) / wall)
+                bare[count].append(bare_threads_rate(model, count, seconds_per_sample))
     base = statistics.median(throughput[1])
+    bare_base = statistics.median(bare[1])
     print(f"\n2. Throughput scaling: 4 x Linear(1024, 1024), 32 rows per core, {cpus} usable CPUs ({rounds} rounds, medians)")
-    print("   'CPUs used' is the process's CPU time per wall second: what the machine gave us. Rows per")
-    print("   CPU-second staying flat means parallel execution adds no cost; scaling is then bounded by CPUs used.")
-    print(f"   {'cores':>6}{'rows/s':>12}{'scaling':>10}{'target':>9}{'CPUs used':>12}{'rows per CPU-s':>17}")
+    print("   'bare threads' runs the same work on plain threads without DataParallel: the scaling this")
+    print("   machine allows right now. 'CPUs used' is the process's CPU time per wall second.")
+    print(f"   {'cores':>6}{'rows/s':>10}{'scaling':>10}{'target':>9}{'bare threads':>14}{'CPUs used':>11}")
     for count in counts:
         rate = statistics.median(throughput[count])
         used = statistics.median(cpu_used[count])
-        print(f"   {count:>6}{rate:12.0f}{rate / base:9.2f}x{0.9 * count:8.1f}x{used:12.2f}{rate / used:17.0f}")
+        bare_scaling = statistics.median(bare[count]) / bare_base
+        print(f"   {count:>6}{rate:10.0f}{rate / base:9.2f}x{0.9 * count:8.1f}x{bare_scaling:13.2f}x{used:11.2f}")
 
 
 def cores_in_flight_table(core_counts: list[int]) -> None:
