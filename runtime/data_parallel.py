@@ -25,6 +25,7 @@ from neuronplace.runtime import jit
 from neuronplace.runtime.backends import select_backend
 from neuronplace.runtime.cores import normalize_device_ids, visible_cores
 from neuronplace.runtime.dynamic_batching import run_in_traced_batches
+from neuronplace.runtime.hints import hints_from_env
 from neuronplace.runtime.models import batch_dims_agree, traced_input_shapes, traced_size
 from neuronplace.runtime.parallel_apply import CoreExecutor
 from neuronplace.runtime.scatter_gather import (
@@ -49,7 +50,8 @@ class DataParallel(torch.nn.Module):
         model: the model to replicate (see the module docstring for the accepted forms).
         device_ids: ints or ``'nc:#'``, zero-based within this process's visible cores
             (``NEURON_RT_VISIBLE_CORES``); ``None`` uses every visible core.
-        dim: the dimension the batch is scattered along.
+        dim: the dimension the batch is scattered along (default 0, or the pod's
+            ``NEURONPLACE_DP_DIM`` hint; see ``neuronplace.runtime.hints``).
         traced_batch_size: the size along ``dim`` the model was traced/compiled with, for models
             that do not carry it (loaded TorchScript, eager models compiled elsewhere).
         backend: ``'cpu'``, ``'cuda'``, ``'neuron'`` or ``None`` (``NEURONPLACE_BACKEND``, else automatic).
@@ -63,8 +65,14 @@ class DataParallel(torch.nn.Module):
             container's numbering (what ``NEURON_RT_VISIBLE_CORES`` names).
     """
 
-    def __init__(self, model, device_ids=None, dim: int = 0, *, traced_batch_size: int | None = None, backend: str | None = None):
+    def __init__(
+        self, model, device_ids=None, dim: int | None = None, *, traced_batch_size: int | None = None, backend: str | None = None
+    ):
         super().__init__()
+        # The operator's hints (spec.dataParallel → pod env) fill in what the caller left unset.
+        hints = hints_from_env()
+        if dim is None:
+            dim = 0 if hints.dim is None else hints.dim
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
             raise ValueError(f"dim must be a non-negative int, got {dim!r}")
         if traced_batch_size is not None and (
@@ -98,9 +106,11 @@ class DataParallel(torch.nn.Module):
             )
 
         replicas = chosen.replicate(model, self.device_ids, self.core_ids, len(visible))
-        self._num_workers = 2 * len(self.device_ids)
+        self._num_workers = hints.num_workers or 2 * len(self.device_ids)
         self._layouts: dict[tuple, tuple[list[tuple[int, int]], list[int]]] = {}
         self._executor = CoreExecutor(replicas, self._workers_per_core(self._num_workers), self._call_chunk)
+        if hints.dynamic_batching is False:
+            self.disable_dynamic_batching()
 
     # ---- attributes ----------------------------------------------------------------------------
     @property
