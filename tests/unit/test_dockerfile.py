@@ -203,3 +203,5 @@ def test_the_dockerfile_install_commands_give_a_working_torch_free_operator(tmp_
         timeout=120,
     )
     assert probe.returncode == 0 and probe.stdout.strip() == "ok", probe.stderr
+    cli = subprocess.run(["neuronplace", "run", "--help"], cwd=tmp_path, env=image_env, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and "--namespace" in cli.stdout, cli.stderr
