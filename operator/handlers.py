@@ -110,6 +110,7 @@ class Controller:
         self.last_known: dict[Key, dict[int, tuple[str, CoreRange]]] = {}
         self.permanent: dict[Key, tuple[int | None, st.Problem]] = {}
         self.waiting_for_room: set[Key] = set()
+        self.reported_foreign: set[str] = set()
         self.inflight: set[str] = set()                        # "ns/pod" reserved, create under way
         self.reported: dict[Key, _Reported] = {}
         self.failures: dict[Key, int] = {}
@@ -216,10 +217,7 @@ class Controller:
             for inference in raw_inferences:
                 meta = inference.get("metadata") or {}
                 self.inferences[(meta.get("namespace"), meta.get("name"))] = inference
-            foreign = self.ledger.foreign()
-        for holding in foreign:
-            log.warning("pod %s holds %d Neuron core(s) on %s without our annotation; they are treated as taken",
-                        holding.owner, holding.count, holding.node)
+        self._report_foreign()
         log.info("ledger rebuilt from %d pods on %d nodes (%d managed); %d NeuronInference(s)",
                  len(raw_pods), len(raw_nodes), len(self.inventories), len(raw_inferences))
 
@@ -261,6 +259,16 @@ class Controller:
                                                                           _request_timeout=API_TIMEOUT)):
                 with self.lock:
                     self._forget_inference(key)
+        self._report_foreign()
+
+    def _report_foreign(self) -> None:
+        """Log each pod we did not place that holds Neuron cores on a node (once per pod)."""
+        with self.lock:
+            foreign = [h for h in self.ledger.foreign() if h.owner not in self.reported_foreign]
+            self.reported_foreign |= {h.owner for h in foreign}
+        for holding in foreign:
+            log.warning("pod %s holds %d Neuron core(s) on %s without our annotation; they are treated as taken",
+                        holding.owner, holding.count, holding.node)
 
     @staticmethod
     def _gone(read) -> bool:

@@ -183,3 +183,27 @@ def test_deleting_the_resource_removes_its_pods_and_frees_the_cores(local_cluste
     wait_for(lambda: not pods_of(local_cluster, namespace, "first"), 60, "first's pods garbage-collected")
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "second", 2), 60, "second placed in the freed room")
     assert_no_shared_cores(local_cluster)
+
+
+def test_cores_held_by_pods_we_did_not_place_are_left_alone(local_cluster, operator, namespace, fleet, wait_for):
+    """DESIGN §1: a pod someone else bound with Neuron cores (here with the AWS extender's
+    annotation) keeps them; the operator places around it."""
+    nodes = fleet({"inf2.48xlarge": 1})
+    foreign = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "legacy", "annotations": {"AWS_NEURON_IDS": "0,1,2,3"}},
+               "spec": {"nodeName": nodes[0], "containers": [{
+                   "name": "c", "image": "legacy:1",
+                   "resources": {"limits": {"aws.amazon.com/neuroncore": "4"}}}]}}
+    apply(local_cluster, namespace, foreign)
+    wait_for(lambda: local_cluster.kubectl("get", "pod", "legacy", "-n", namespace, "-o",
+                                           "jsonpath={.status.phase}").stdout == "Running", 60, "legacy running")
+    apply(local_cluster, namespace, inference("svc", cores=4, replicas=5, pool=nodes.pool))
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "svc", 5), 60, "svc placed around legacy")
+    held = assert_no_shared_cores(local_cluster)[nodes[0]]
+    assert not {0, 1, 2, 3} & set(held), f"the operator handed out the legacy pod's cores: {held}"
+    # The node is now full (4 + 5 × 4 = 24): a sixth replica waits.
+    local_cluster.kubectl("scale", "ninf", "svc", "-n", namespace, "--replicas=6")
+    reason = wait_for(lambda: get_inference(local_cluster, namespace, "svc").get("status", {}).get("conditions")
+                      and [c for c in get_inference(local_cluster, namespace, "svc")["status"]["conditions"]
+                           if c["type"] == "Placed" and c["reason"] == "Unschedulable"], 30, "replica 5 unschedulable")
+    assert "replica 5" in reason[0]["message"]
