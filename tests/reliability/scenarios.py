@@ -13,7 +13,9 @@ Fleets are small on purpose: the whole suite must finish in minutes on two cores
 from __future__ import annotations
 
 import json
+import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
@@ -268,6 +270,38 @@ def _control_plane_restart(h: Harness, component: str) -> None:
     h.converge(f"{component} restart", since=since, extra=replicas_ready(h, wanted))
     assert h.operator.alive() and h.operator.process.pid == pid and h.operator.starts == starts, \
         f"the operator was restarted or died across the {component} restart"
+
+
+def operator_starts_while_apiserver_frozen(h: Harness) -> None:
+    """The operator (re)starts while kube-apiserver answers nothing (frozen with SIGSTOP: accepted
+    connections, no replies, as in a partition or an overloaded control plane): it keeps retrying,
+    then syncs and serves once the API server is back, without being restarted again.
+
+    Freezing rather than stopping the API server keeps its port bound: on a machine where other
+    local clusters start, a freed port can be taken by one of them within seconds."""
+    h.fleet({"inf2.48xlarge": 1})
+    h.apply(h.inference("svc", replicas=2, cores=4))
+    h.converge(extra=replicas_ready(h, {"svc": 2}))
+    h.scale("svc", 4)  # work the operator will only see after its restart
+    h.operator.kill(signal.SIGKILL)
+    apiserver = h.cluster.running_components()["kube-apiserver"]
+    log_start = h.operator.log_path.stat().st_size
+    os.kill(apiserver, signal.SIGSTOP)
+    try:
+        starter = threading.Thread(target=h.operator.start, kwargs={"timeout": 120}, daemon=True)
+        starter.start()
+        deadline = time.monotonic() + 60
+        while "failed temporarily" not in h.operator.log_path.read_text(errors="replace")[log_start:]:
+            assert time.monotonic() < deadline and starter.is_alive(), \
+                "the operator never tried to reach the API server\n" + h.operator.log_tail(30)
+            time.sleep(0.1)
+        starts = h.operator.starts
+    finally:
+        os.kill(apiserver, signal.SIGCONT)
+    since = h.fault("operator started while kube-apiserver was frozen")
+    starter.join(timeout=120)
+    assert h.operator.alive() and h.operator.starts == starts, "the operator did not survive its start without an API"
+    h.converge("operator started while kube-apiserver was frozen", since=since, extra=replicas_ready(h, {"svc": 4}))
 
 
 def kube_apiserver_restart(h: Harness) -> None:
@@ -533,6 +567,7 @@ SCENARIOS: dict[str, Callable[[Harness], None]] = {
         delete_recreate_loop,
         fifty_resources_four_nodes,
         kube_apiserver_restart,
+        operator_starts_while_apiserver_frozen,
         etcd_restart,
         faults_while_operator_down,
         rollout_with_operator_kills,
