@@ -702,8 +702,8 @@ def plot(results: Sequence[PhaseResult], path: Path, title: str) -> None:
 
 def _setting(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
-    if not sep or not key.startswith("NEURONPLACE_"):
-        raise ValueError(f"--operator-env {item!r} is not NEURONPLACE_<FIELD>=VALUE")
+    if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
+        raise ValueError(f"--operator-env {item!r} is not NAME=VALUE (e.g. NEURONPLACE_WORKERS=8)")
     return key, value
 
 
@@ -716,8 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="create kube-scheduler's pods from this benchmark (8 threads) instead of ReplicaSets")
     parser.add_argument("--memory", action="store_true", help=f"also measure operator RSS with {MEMORY_PODS} managed pods")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase may take")
-    parser.add_argument("--operator-env", action="append", default=[], metavar="NEURONPLACE_X=VALUE",
-                        help="an operator setting for this run (repeatable), e.g. NEURONPLACE_WORKERS=16")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable of the operator process (repeatable), e.g. a setting "
+                             "NEURONPLACE_WORKERS=16 or glibc's MALLOC_ARENA_MAX=2")
     parser.add_argument("--name", default="np-scale", help="name of the local cluster (created and removed)")
     args = parser.parse_args(argv)
 
