@@ -54,6 +54,10 @@ POD_EVENT_COALESCE = 0.1
 # Per-call API timeouts (connect, read): a hung call must not hold a worker forever.
 API_TIMEOUT = (5, 30)
 
+# The first full resync, soon after start-up: by then kopf's watches are running, so anything the
+# start-up lists saw that has vanished since is caught within seconds (see ``resync``).
+FIRST_RESYNC_SECONDS = 2.0
+
 
 class Retry(Exception):
     """Reconcile again after ``delay`` seconds (a temporary condition, already reported)."""
@@ -384,12 +388,20 @@ class Controller:
 
     async def resync(self) -> None:
         """Level-driven safety net: every resource is looked at regularly, events or not, and every
-        other round the caches are checked against full lists (``full_resync``)."""
+        other round the caches are checked against full lists (``full_resync``).
+
+        The first round comes soon after start-up and is a full one: a pod deleted between the
+        start-up lists and the first watch event is never reported by the watch, and would hold
+        its cores (and its replica ordinal) until the next full round.
+        """
         rounds = 0
+        delay = min(FIRST_RESYNC_SECONDS, self.settings.resync_seconds)
         while True:
-            await asyncio.sleep(self.settings.resync_seconds)
+            await asyncio.sleep(delay)
+            delay = self.settings.resync_seconds
+            full = rounds % 2 == 0
             rounds += 1
-            if rounds % 2 == 0:
+            if full:
                 try:
                     await asyncio.to_thread(self.full_resync)
                 except Exception as exc:  # the API may be down right now; the next round tries again

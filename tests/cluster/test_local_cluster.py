@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 
@@ -147,12 +148,23 @@ def test_node_can_be_made_not_ready_and_ready_again(local_cluster, fleet):
     def taint_keys():
         return {t["key"] for t in local_cluster.get_json("node", node)["spec"].get("taints", [])}
 
+    def ready_since():
+        (ready,) = [c for c in local_cluster.get_json("node", node)["status"]["conditions"] if c["type"] == "Ready"]
+        return datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00"))
+
+    time.sleep(1.5)  # the node's creation second must be over, so "since now" and "since creation" differ
+    before = datetime.now(timezone.utc).replace(microsecond=0)
     local_cluster.set_node_ready(node, False)
     assert local_cluster.node_ready(node) is False
+    # NotReady since now, not since the node was created: the operator's NotReady grace period
+    # counts from this time.
+    went_not_ready = ready_since()
+    assert went_not_ready >= before
     wait_for(lambda: "node.kubernetes.io/not-ready" in taint_keys(), 60,
              "kube-controller-manager to taint the NotReady node")
-    time.sleep(3)  # kwok's heartbeat must not flip it back
+    time.sleep(3)  # kwok's heartbeat must not flip it back, nor move the transition time
     assert local_cluster.node_ready(node) is False
+    assert ready_since() == went_not_ready
     local_cluster.set_node_ready(node, True)
     assert local_cluster.node_ready(node) is True
     wait_for(lambda: "node.kubernetes.io/not-ready" not in taint_keys(), 60,
