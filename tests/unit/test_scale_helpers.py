@@ -113,6 +113,22 @@ def test_replicaset_twin_selects_its_pods_and_asks_the_same(scale):
     assert template["spec"] == scale.plain_pod(group, 0)["spec"]
 
 
+def phase(scale, label, pods, seconds):
+    bound = {f"p{i}": 100.0 + seconds * (i + 1) / pods for i in range(pods)}
+    return scale.PhaseResult(label, pods, 100.0, bound, dict(bound), {"g": seconds}, 0.5, 2.0 * pods)
+
+
+def test_median_round_and_report(scale):
+    rounds = [(phase(scale, "ours", 10, 1.0), phase(scale, "kube", 10, 2.0)),   # ratio 2.0
+              (phase(scale, "ours", 10, 4.0), phase(scale, "kube", 10, 2.0)),   # ratio 0.5
+              (phase(scale, "ours", 10, 2.0), phase(scale, "kube", 10, 2.0))]   # ratio 1.0
+    assert scale.median_round(rounds) == 2
+    assert scale.median_round(rounds[:2]) == 1  # the lower of two
+    text = scale.report(rounds, None, "header")
+    assert "median of 3 rounds: 2.00, 0.50, 1.00" in text and "goal >= 1.0: met" in text
+    assert "ours #2" in text and "10.0" in text  # 10 pods in 1.0 s → 10.0 pods/s
+
+
 def test_table_aligns_columns(scale):
     table = scale.format_table(["", "pods/s"], [["ours", "12.5"], ["kube-scheduler", "3.0"]])
     lines = table.splitlines()
