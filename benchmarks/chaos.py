@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the shared scenarios live in tests/reliability
 
 from neuronplace.local.cluster import LocalCluster  # noqa: E402
+from neuronplace.local.operator_process import install_crd  # noqa: E402
 
 from reliability import harness as hs  # noqa: E402
 from reliability.scenarios import SCENARIOS  # noqa: E402
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         cluster.up(progress=lambda line: print(f"[local control plane] {line}", flush=True))
-        hs.install_crd(cluster)
+        install_crd(cluster)
         for name in chosen:
             print(f"--- {name}", flush=True)
             begin = time.monotonic()

@@ -13,10 +13,8 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 DEFAULT_NAME = "neuronplace-demo"
@@ -68,30 +66,20 @@ def _stop_operator(cluster) -> None:
 
 
 def _start_operator(cluster) -> None:
+    from neuronplace.local.operator_process import OperatorProcess
+
     if _operator_pid(cluster) is not None:
         _say("the operator is already running")
         return
-    log_path = Path(cluster.logs_dir) / "neuronplace-operator.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{LIVENESS_PORT}/healthz"
-    with open(log_path, "a") as log:
-        # A session of its own: the operator outlives this command, like the cluster.
-        process = subprocess.Popen([sys.executable, "-m", "neuronplace.cli", "run", "--liveness", url],
-                                   env=cluster.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _pid_file(cluster).write_text(str(process.pid))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the operator exited ({process.returncode}); see {log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if json.loads(response.read()).get("ledger", {}).get("ready"):
-                    _say(f"operator running (pid {process.pid}, log {log_path})")
-                    return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"the operator did not become healthy; see {log_path}")
+    # Its own session: the operator outlives this command, like the cluster; the pid file lets
+    # `neuronplace demo --stop` (or --down) find it again.
+    operator = OperatorProcess(cluster, Path(cluster.logs_dir) / "neuronplace-operator.log", port=LIVENESS_PORT)
+    try:
+        operator.start()
+    finally:
+        if operator.pid is not None:
+            _pid_file(cluster).write_text(str(operator.pid))
+    _say(f"operator running (pid {operator.pid}, log {operator.log_path})")
 
 
 def _wait_placed(cluster, timeout: float) -> list[dict]:
@@ -115,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from neuronplace.cli.cores import collect
     from neuronplace.local.cluster import LocalCluster
     from neuronplace.operator.coremap import render
-    from neuronplace.operator.crd import render_crd_yaml
+    from neuronplace.local.operator_process import install_crd
 
     cluster = LocalCluster(args.name)
     if args.stop:
@@ -131,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
                  "(the first run builds the binaries: about 8 minutes)")
             cluster.up(fleet=args.fleet, progress=_say)
         _say("installing the NeuronInference CRD")
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=render_crd_yaml())
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/neuroninferences.neuronplace.io")
+        install_crd(cluster)
         _say("starting the operator")
         _start_operator(cluster)
         _say(f"applying {args.examples}")

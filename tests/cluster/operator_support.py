@@ -15,6 +15,9 @@ from neuronplace.runtime.coreset import CoreRange, parse_core_set
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
+# Short on purpose: the tests make nodes NotReady and wait for the re-placement.
+TEST_NODE_GRACE_SECONDS = 5
+
 
 def inference(name: str, cores: int = 2, replicas: int = 1, processes: int = 1, pool: str | None = None,
               strategy: str = "BinPack", image: str = "model:1", **placement) -> dict:

@@ -16,6 +16,7 @@ from operator_support import (
     inference,
     live,
     placed_and_ready,
+    TEST_NODE_GRACE_SECONDS,
     pods_of,
     running_ready,
 )
@@ -104,6 +105,10 @@ def test_replicas_of_a_not_ready_node_move_after_the_grace_period(local_cluster,
     sick = before["svc-1"][0]
     local_cluster.set_node_ready(sick, False)
     try:
+        # Within the grace period a NotReady node keeps its replicas (a blip must not reshuffle cores).
+        time.sleep(TEST_NODE_GRACE_SECONDS / 2)
+        assert cores_by_pod(local_cluster, namespace, "svc") == before
+
         def moved():
             now = cores_by_pod(local_cluster, namespace, "svc")
             return (len(now) == 2 and all(node != sick for node, _, _ in now.values())

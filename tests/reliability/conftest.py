@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from neuronplace.local.operator_process import install_crd
+
 from reliability import harness as hs
 from reliability import scenarios
 
@@ -36,7 +38,7 @@ def _stop_operator_tests_operator(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def reliability_crd(local_cluster) -> None:
-    hs.install_crd(local_cluster)
+    install_crd(local_cluster)
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,13 @@ watching only that namespace, with short timings (node grace 5 s, resync 5 s) so
 quickly. It counts what happens in a :class:`ChaosRecord`: faults injected, invariant checks,
 violations, and the seconds from each fault to the first clean check.
 
-The operator process class is the operator tests' own (``tests/cluster/conftest.py``
-``OperatorProcess``), loaded from that file so both suites start the operator the same way.
+The operator runs as :class:`~neuronplace.local.operator_process.OperatorProcess`, the same class
+the operator's cluster tests, the demo and the benchmarks use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import random
 import statistics
@@ -24,34 +23,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from neuronplace.local.fleet import KWOK_TOLERATION
+from neuronplace.local.operator_process import OperatorProcess
 
 from reliability import invariants as inv
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "neuronplace.io_neuroninferences.yaml"
 POOL_LABEL = "neuronplace.io/pool"
 
-# Operator timings for fault tests: replicas on a NotReady node move after 5 s (set by the
-# OperatorProcess), and a missed event is made up for within RESYNC_SECONDS.
+# Operator timings for fault tests: replicas on a NotReady node move after NODE_GRACE_SECONDS,
+# and a missed event is made up for within RESYNC_SECONDS.
+NODE_GRACE_SECONDS = 5
 RESYNC_SECONDS = 5
 CONVERGE_TIMEOUT = 60
-
-
-def _operator_process_class():
-    spec = importlib.util.spec_from_file_location("neuronplace_operator_test_fixtures",
-                                                  ROOT / "tests" / "cluster" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.OperatorProcess
-
-
-OperatorProcess = _operator_process_class()
-
-
-def install_crd(cluster) -> None:
-    """Apply the NeuronInference CRD (idempotent) and wait until it is served."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/neuroninferences.neuronplace.io")
 
 
 @dataclass
@@ -109,6 +91,7 @@ class Harness:
         self.api = k8s_config.new_client_from_config(config_file=cluster.kubeconfig)
         self.operator = OperatorProcess(cluster, Path(cluster.logs_dir) / f"operator-{self.namespace}.log",
                                         extra_args=("--namespace", self.namespace,
+                                                    "--node-grace-seconds", str(NODE_GRACE_SECONDS),
                                                     "--resync-seconds", str(RESYNC_SECONDS)))
         self._node_batches = 0
 
