@@ -537,12 +537,22 @@ _EXCLUSION_PHRASES = (
 )
 
 
-def _exclusions(excluded: Counter, count: int) -> str:
+# Node problems a person must fix on the node itself: the reason names the first such node and its
+# problem ("unknown instance type 'x1.foo' (set label neuronplace.io/topology)"), not just a count.
+_NODE_FIXES = (UNKNOWN_TOPOLOGY, NO_CORES)
+
+
+def _exclusions(excluded: Counter, count: int, fleet: Fleet) -> str:
     parts = []
     for kind, phrase in _EXCLUSION_PHRASES:
         n = excluded.get(kind, 0)
         if n:
-            parts.append(phrase.format(n=n, s="" if n == 1 else "s", count=count))
+            part = phrase.format(n=n, s="" if n == 1 else "s", count=count)
+            if kind in _NODE_FIXES:
+                example = min(name for name, node in fleet.by_name.items() if (node.problem_kind or UNKNOWN_TOPOLOGY) == kind
+                              and node.problem is not None)
+                part += f" ({example}: {fleet.by_name[example].problem})"
+            parts.append(part)
     return ", ".join(parts)
 
 
@@ -558,7 +568,7 @@ def unplaceable_reason(request: PlacementRequest, nodes: Sequence[NodeInventory]
         return f"{need}; there are no nodes"
     candidates = fleet.candidates(request)
     allowed = candidates.allowed
-    excluded_text = _exclusions(candidates.excluded, count)
+    excluded_text = _exclusions(candidates.excluded, count, fleet)
     if not allowed:
         return f"{need}; no node can take it: {excluded_text}"
     # The longest free run: walk nodes from most free down and stop once no node can beat it

@@ -278,7 +278,8 @@ def test_ineligible_nodes_are_counted_in_the_reason():
     assert isinstance(result, Unplaceable)
     assert result.reason == (
         "needs 8 contiguous cores; largest free run is 6 on a; "
-        "3 nodes excluded by taints, 1 cordoned, 1 NotReady, 1 of unknown topology; "
+        "3 nodes excluded by taints, 1 cordoned, 1 NotReady, "
+        "1 of unknown topology (unk: unknown instance type 'x1.foo' (set label neuronplace.io/topology, e.g. '12x2')); "
         "12 cores free in total on the 1 node that could take it"
     )
 
