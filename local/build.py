@@ -101,7 +101,14 @@ COMPONENTS: tuple[Component, ...] = (
     Component(
         "helm", "helm", "helm.sh/helm/v3/cmd/helm", "helm.sh/helm/v3",
         stamps=(("helm.sh/helm/v3/internal/version.version", "{version}"),
-                ("helm.sh/helm/v3/internal/version.gitTreeState", "clean")),
+                ("helm.sh/helm/v3/internal/version.gitTreeState", "clean"),
+                # As helm's Makefile does: the Kubernetes version `helm template` and `helm lint`
+                # assume offline, from the client-go helm is built with (else v1.20, and charts
+                # with a newer kubeVersion fail).
+                ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor", "{client_go_major}"),
+                ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor", "{client_go_minor}"),
+                ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor", "{client_go_major}"),
+                ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor", "{client_go_minor}")),
         version_args=("version", "--short"),
         version_expect="{version}",
     ),
@@ -177,25 +184,39 @@ def _go_env() -> dict[str, str]:
     return env
 
 
-def _module_time(module: str, upstream: str) -> str:
-    """The upstream release's timestamp from the module proxy metadata (reproducible build date)."""
+def _module_info(module: str, path: str) -> dict:
+    """``go list -m -json path`` inside ``controlplane/<module>``: the pinned version and its release time."""
     out = subprocess.run(
-        ["go", "list", "-m", "-json", upstream], cwd=CONTROLPLANE_DIR / module,
+        ["go", "list", "-m", "-json", path], cwd=CONTROLPLANE_DIR / module,
         env=_go_env(), capture_output=True, text=True,
     )
     if out.returncode != 0:
-        raise BuildError(f"go list -m {upstream} in controlplane/{module} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout).get("Time", "1970-01-01T00:00:00Z")
+        raise BuildError(f"go list -m {path} in controlplane/{module} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def _module_time(module: str, upstream: str) -> str:
+    """The upstream release's timestamp from the module proxy metadata (reproducible build date)."""
+    return _module_info(module, upstream).get("Time", "1970-01-01T00:00:00Z")
+
+
+def _client_go_version(module: str) -> tuple[str, str]:
+    """(major, minor) of the Kubernetes release matching the module's k8s.io/client-go (v0.36.2 → 1, 36)."""
+    zero, minor = _module_info(module, "k8s.io/client-go")["Version"].lstrip("v").split(".")[:2]
+    return str(int(zero) + 1), minor
 
 
 def _stamp_values(component: Component, versions: dict[str, str]) -> dict[str, str]:
     version = versions[component.upstream]
     major, minor = version.lstrip("v").split(".")[:2]
-    return {
+    values = {
         "version": version, "bare": version.lstrip("v"), "major": major, "minor": minor,
         "kube_bare": versions["k8s.io/kubernetes"].lstrip("v"),
         "date": _module_time(component.module, component.upstream) if "{date}" in repr(component.stamps) else "",
     }
+    if "{client_go_" in repr(component.stamps):
+        values["client_go_major"], values["client_go_minor"] = _client_go_version(component.module)
+    return values
 
 
 def build_command(component: Component, output: Path, values: dict[str, str]) -> list[str]:

@@ -132,6 +132,14 @@ def test_helm_lint_is_clean(local_cluster, values):
 
 
 @pytest.mark.cluster
+def test_offline_render_assumes_the_kubernetes_helm_was_built_for(local_cluster):
+    # No --kube-version: the built helm carries helm's own stamps, so the chart's kubeVersion holds.
+    rendered = local_cluster.helm("template", RELEASE, str(CHART)).stdout
+    assert "kind: Deployment" in rendered
+    assert local_cluster.helm("lint", "--strict", str(CHART)).returncode == 0
+
+
+@pytest.mark.cluster
 @pytest.mark.parametrize("bad, message", [
     (["--set", "operator.numbering=chip"], "numbering"),
     (["--set", "operator.logFormat=xml"], "logFormat"),

@@ -66,8 +66,20 @@ def test_kubernetes_binaries_are_version_stamped_and_static(binary):
 
 def test_helm_is_version_stamped():
     helm = next(c for c in build.COMPONENTS if c.binary == "helm")
-    command = build.build_command(helm, Path("/out/helm"), {"version": "v3.21.4"})
+    command = build.build_command(helm, Path("/out/helm"), {"version": "v3.21.4", "client_go_major": "1", "client_go_minor": "36"})
     assert "-X helm.sh/helm/v3/internal/version.version=v3.21.4" in command[command.index("-ldflags") + 1]
+
+
+def test_helm_assumes_the_kubernetes_of_its_client_go_offline():
+    helm = next(c for c in build.COMPONENTS if c.binary == "helm")
+    values = build._stamp_values(helm, build.pins())
+    assert (values["client_go_major"], values["client_go_minor"]) == ("1", build._module_info("helm", "k8s.io/client-go")["Version"].split(".")[1])
+    ldflags = build.build_command(helm, Path("/out/helm"), values)
+    ldflags = ldflags[ldflags.index("-ldflags") + 1]
+    for package in ("chartutil", "lint/rules"):
+        assert f"-X helm.sh/helm/v3/pkg/{package}.k8sVersionMajor=1" in ldflags
+        assert f"-X helm.sh/helm/v3/pkg/{package}.k8sVersionMinor={values['client_go_minor']}" in ldflags
+    assert int(values["client_go_minor"]) >= 29, "the chart's kubeVersion (>=1.29) must render offline"
 
 
 def test_builds_never_rewrite_the_pins():
