@@ -34,6 +34,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from neuronplace.operator import events as ev
+from neuronplace.operator import metrics as mx
 from neuronplace.operator import reconcile as rc
 from neuronplace.operator import status as st
 from neuronplace.operator.crd import GROUP, PLURAL, VERSION
@@ -369,7 +370,8 @@ class Controller:
             self.running.add(key)
             delay: float | None = None
             try:
-                delay = await asyncio.to_thread(self.reconcile, key)
+                with mx.METRICS.time_reconcile():
+                    delay = await asyncio.to_thread(self.reconcile, key)
                 self.failures.pop(key, None)
             except Retry as retry:
                 delay = retry.delay
@@ -444,6 +446,7 @@ class Controller:
                              node_grace_seconds=self.settings.node_grace_seconds, last_known=last_known,
                              allow_privileged=self.settings.allow_privileged)
         if decision.invalid is not None:
+            mx.METRICS.failed(st.REASON_INVALID_SPEC)
             self._write_status(inference, st.Problem(st.REASON_INVALID_SPEC, decision.invalid))
             return None
 
@@ -497,9 +500,13 @@ class Controller:
         problem: st.Problem | None = None
         # Pods are created concurrently (a replica count of hundreds must not mean hundreds of
         # round trips in a row); each outcome is None or the exception its create raised.
+        mx.METRICS.failed(st.REASON_UNSCHEDULABLE, len(unplaceable))
         outcomes = list(self.api_pool.map(lambda placement: self._try_create(inference, placement), placed))
         created = [p for p, error in zip(placed, outcomes) if error is None]
         failed = [(p, error) for p, error in zip(placed, outcomes) if error is not None]
+        mx.METRICS.placed(len(created))
+        for _, error in failed:
+            mx.METRICS.failed(mx.failure_reason(_status(error)))
         if created:
             self._event(inference, "Placed", "; ".join(_describe(meta["name"], p) for p in created))
         # 409: the name is still taken (our cache is behind). Keep the reservation: the watch event
@@ -674,6 +681,10 @@ async def startup(settings: kopf.OperatorSettings, logger, **_):
         raise kopf.TemporaryError(f"cannot list nodes and pods yet: {exc}", delay=2) from exc
     controller.start(asyncio.get_running_loop())
     _controller = controller
+    if ours.metrics_port:
+        mx.METRICS.watch_ledger(lambda: mx.snapshot_ledger(controller.ledger, controller.inventories),
+                                lock=controller.lock)
+        mx.METRICS.serve(ours.metrics_port)
     logger.info("neuronplace operator started: %s", ours)
 
 
@@ -681,6 +692,7 @@ async def startup(settings: kopf.OperatorSettings, logger, **_):
 async def cleanup(**_):
     if _controller is not None:
         await _controller.stop()
+    mx.METRICS.stop()
 
 
 @kopf.on.probe(id="ledger")

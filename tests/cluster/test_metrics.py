@@ -82,9 +82,15 @@ def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operato
             > value(before, "neuronplace_placement_failures_total", reason="Unschedulable"))
     assert (value(after, "neuronplace_reconcile_duration_seconds_count")
             > value(before, "neuronplace_reconcile_duration_seconds_count"))
-    managed = len(json.loads(local_cluster.kubectl("get", "pods", "-A", "-l", "neuronplace.io/inference",
-                                                   "-o", "json").stdout)["items"])
-    assert value(after, "neuronplace_ledger_pods", kind="managed") == managed
+
+    # The ledger's size is every managed pod in the cluster (other tests' pods may still be going
+    # away, so compare a scrape with a listing taken right after it until the two agree).
+    def ledger_size_agrees():
+        gauge = value(scrape(url), "neuronplace_ledger_pods", kind="managed")
+        pods = json.loads(local_cluster.kubectl("get", "pods", "-A", "-l", "neuronplace.io/inference",
+                                                "-o", "json").stdout)["items"]
+        return gauge >= 3 and gauge == len([p for p in pods if p["spec"].get("nodeName")])
+    wait_for(ledger_size_agrees, 60, "ledger-size gauge equal to the managed pods in the cluster")
 
     # Deleting the resource frees its cores; the next scrape shows them free again.
     local_cluster.kubectl("delete", "ninf", "served", "-n", namespace, "--wait=true", "--timeout=60s")
