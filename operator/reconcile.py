@@ -123,9 +123,12 @@ def _parse_time(text: str | None) -> dt.datetime | None:
     if not text:
         return None
     try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        # RFC 3339 as the API server writes it ("...Z"), or as the client library re-serialises
+        # it ("...+00:00"); a stamp without a zone is UTC.
+        parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def node_not_ready_since(node: Mapping[str, Any]) -> dt.datetime | None:

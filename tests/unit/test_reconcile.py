@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -189,3 +190,11 @@ def test_placement_request_merges_the_templates_constraints():
     assert (request.strategy, request.shape_policy, request.aligned, request.numbering) == ("Spread", "Permissive", True, "global")
     assert dict(request.node_selector) == {"zone": "z1", "pool": "a"}
     assert [t["key"] for t in request.tolerations] == ["ml", "kwok"]
+
+
+@pytest.mark.parametrize("stamp", ["2026-11-28T16:18:33Z", "2026-11-28T16:18:33+00:00", "2026-11-28T17:18:33+01:00"])
+def test_not_ready_since_reads_every_rfc3339_spelling(stamp):
+    # Watches deliver "...Z"; lists re-serialised by the client library give "+00:00". Both are the
+    # same instant: misreading one as "NotReady forever" would skip the NotReady grace period.
+    node = {"status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": stamp}]}}
+    assert reconcile.node_not_ready_since(node) == dt.datetime(2026, 11, 28, 16, 18, 33, tzinfo=dt.timezone.utc)
