@@ -89,3 +89,16 @@ def listening_ports(pids: list[int] | None = None) -> set[int]:
     for pid in pids:
         inodes |= _socket_inodes(pid)
     return {port for port, inode in listening if inode in inodes}
+
+
+def port_owners(ports: set[int]) -> dict[int, list[tuple[int, str]]]:
+    """For each of ``ports`` that is listening: the (pid, command line) of the processes holding it."""
+    inodes = {inode: port for port, inode in _listening() if port in ports}
+    owners: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        held = _socket_inodes(int(entry)) & inodes.keys()
+        for inode in held:
+            owners.setdefault(inodes[inode], []).append((int(entry), " ".join(command_line(int(entry)))))
+    return owners
