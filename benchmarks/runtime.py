@@ -8,10 +8,12 @@ slows all columns alike.
    call: neuronplace's ``DataParallel`` against a naive thread-pool scatter/gather (a persistent
    ``ThreadPoolExecutor`` with one worker per core, ``chunk`` + ``submit`` + ``cat``), the design
    DESIGN §9 puts at about 100 µs here. Target: at most 25 µs with 2 cores.
-2. **Throughput scaling** of a compute-bound model (an MLP of 1024-wide layers, 32 rows per core)
-   at 1..N cores, N = the usable CPUs (each simulated core gets an equal share of the CPU).
-   Target: at least 0.9·N for N up to the physical core count. Beside it, the same work on bare
-   threads, which shows the scaling the machine allows at that moment.
+2. **Throughput scaling** of a compute-bound model (an MLP of 1024-wide layers) at 1..N cores,
+   N = the usable CPUs (each simulated core gets an equal share of the CPU), for chunks of 32, 128
+   and 512 rows per core (about 4, 9 and 35 ms here). Target: at least 0.9·N for N up to the
+   physical core count. Beside it, the same work on bare threads, which shows the scaling the
+   machine allows at that moment. Each call ends when its slowest chunk does, and waking a thread
+   costs about 0.1 ms on this VM, so short chunks scale less than long ones.
 3. **Cores in flight**: the peak number of chunks running at once and the speed-up over one core,
    for a model whose chunk is 20 ms of device time (the calling thread sleeps, as it does while a
    NeuronCore computes), at 2..16 simulated cores. torch_neuronx keeps 2 chunks in flight whatever
@@ -103,19 +105,19 @@ def mlp() -> torch.nn.Module:
     return torch.nn.Sequential(*layers).eval()
 
 
-def bare_threads_rate(model, count: int, seconds: float) -> float:
-    """Rows/s of ``count`` plain threads each running the model on 32 rows with one intra-op thread:
-    the most this machine gives right now, with no DataParallel involved."""
-    rows = [0] * count
+def bare_threads_rate(model, count: int, rows: int, seconds: float) -> float:
+    """Rows/s of ``count`` plain threads each running the model on ``rows`` rows with one intra-op
+    thread: the most this machine gives right now, with no DataParallel involved."""
+    done = [0] * count
     stop = time.perf_counter() + seconds
 
     def work(slot: int) -> None:
         torch.set_num_threads(1)
-        batch = torch.rand(32, 1024)
+        batch = torch.rand(rows, 1024)
         with torch.no_grad():
             while time.perf_counter() < stop:
                 model(batch)
-                rows[slot] += 32
+                done[slot] += rows
 
     threads = [threading.Thread(target=work, args=(slot,)) for slot in range(count)]
     started = time.perf_counter()
@@ -123,43 +125,54 @@ def bare_threads_rate(model, count: int, seconds: float) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(rows) / (time.perf_counter() - started)
+    return sum(done) / (time.perf_counter() - started)
 
 
-def scaling_table(rounds: int, seconds_per_sample: float) -> None:
+def data_parallel_rate(parallel, rows: int, seconds: float) -> tuple[float, float]:
+    """(rows/s, CPUs used) of back-to-back calls with ``rows`` rows per core."""
+    batch = torch.rand(rows * len(parallel.device_ids), 1024)
+    with torch.no_grad():
+        parallel(batch)  # warm
+        calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - started < seconds:
+            parallel(batch)
+            calls += 1
+    wall = time.perf_counter() - started
+    return calls * batch.shape[0] / wall, (time.process_time() - cpu_started) / wall
+
+
+def scaling_table(rounds: int, seconds_per_sample: float, rows_per_core: list[int]) -> None:
     cpus = usable_cpus()
-    counts = list(range(1, cpus + 1))
     model = mlp()
     # All DataParallels see the same cores, so each core is the same share of the CPU.
     with_cores(cpus)
-    parallels = {count: DataParallel(model, device_ids=list(range(count))) for count in counts}
-    throughput: dict[int, list[float]] = {count: [] for count in counts}
-    cpu_used: dict[int, list[float]] = {count: [] for count in counts}
-    bare: dict[int, list[float]] = {count: [] for count in counts}
-    with torch.no_grad():
-        for _ in range(rounds):
-            for count, parallel in parallels.items():
-                batch = torch.rand(32 * count, 1024)
-                parallel(batch)  # warm
-                calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
-                while time.perf_counter() - started < seconds_per_sample:
-                    parallel(batch)
-                    calls += 1
-                wall = time.perf_counter() - started
-                throughput[count].append(calls * batch.shape[0] / wall)
-                cpu_used[count].append((time.process_time() - cpu_started) / wall)
-                bare[count].append(bare_threads_rate(model, count, seconds_per_sample))
-    base = statistics.median(throughput[1])
-    bare_base = statistics.median(bare[1])
-    print(f"\n2. Throughput scaling: 4 x Linear(1024, 1024), 32 rows per core, {cpus} usable CPUs ({rounds} rounds, medians)")
-    print("   'bare threads' runs the same work on plain threads without DataParallel: the scaling this")
-    print("   machine allows right now. 'CPUs used' is the process's CPU time per wall second.")
-    print(f"   {'cores':>6}{'rows/s':>10}{'scaling':>10}{'target':>9}{'bare threads':>14}{'CPUs used':>11}")
-    for count in counts:
-        rate = statistics.median(throughput[count])
-        used = statistics.median(cpu_used[count])
-        bare_scaling = statistics.median(bare[count]) / bare_base
-        print(f"   {count:>6}{rate:10.0f}{rate / base:9.2f}x{0.9 * count:8.1f}x{bare_scaling:13.2f}x{used:11.2f}")
+    parallels = {count: DataParallel(model, device_ids=list(range(count))) for count in range(1, cpus + 1)}
+    print(f"\n2. Throughput scaling: 4 x Linear(1024, 1024), {cpus} usable CPUs ({rounds} rounds, medians)")
+    print("   Every round measures 1 core and N cores back to back and takes their ratio, so a busy")
+    print("   machine slows both alike. 'bare threads' runs the same work on plain threads without")
+    print("   DataParallel and without a per-call join: the scaling this machine allows right now.")
+    print("   'CPUs used' is the process's CPU time per wall second at N cores.")
+    print(f"   {'rows/core':>10}{'chunk ms':>10}{'cores':>7}{'rows/s':>10}{'scaling':>9}{'target':>8}"
+          f"{'bare threads':>14}{'CPUs used':>11}")
+    for rows in rows_per_core:
+        single: list[float] = []
+        for count in range(2, cpus + 1):
+            ratios, bare_ratios, rates, used = [], [], [], []
+            for _ in range(rounds):
+                one, _ = data_parallel_rate(parallels[1], rows, seconds_per_sample)
+                many, cpu = data_parallel_rate(parallels[count], rows, seconds_per_sample)
+                bare_one = bare_threads_rate(model, 1, rows, seconds_per_sample)
+                bare_many = bare_threads_rate(model, count, rows, seconds_per_sample)
+                single.append(one)
+                rates.append(many)
+                ratios.append(many / one)
+                bare_ratios.append(bare_many / bare_one)
+                used.append(cpu)
+            if count == 2:
+                one = statistics.median(single)
+                print(f"   {rows:>10}{1000 * rows / one:10.1f}{1:>7}{one:10.0f}{1:8.2f}x{0.9:7.1f}x{1:13.2f}x{1:11.2f}")
+            print(f"   {'':>10}{'':>10}{count:>7}{statistics.median(rates):10.0f}{statistics.median(ratios):8.2f}x"
+                  f"{0.9 * count:7.1f}x{statistics.median(bare_ratios):13.2f}x{statistics.median(used):11.2f}")
 
 
 def cores_in_flight_table(core_counts: list[int]) -> None:
@@ -199,7 +212,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     print(f"torch {torch.__version__}, {usable_cpus()} usable CPUs, load average {os.getloadavg()[0]:.1f} at start")
     overhead_table(rounds=5 if args.quick else 15, calls=2000)
-    scaling_table(rounds=2 if args.quick else 5, seconds_per_sample=0.5 if args.quick else 1.0)
+    scaling_table(rounds=3 if args.quick else 7, seconds_per_sample=0.3 if args.quick else 0.5, rows_per_core=[32, 128, 512])
     cores_in_flight_table([2, 4, 8, 16])
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other work on this machine slows every column)")
 

@@ -145,6 +145,10 @@ class DataParallel(torch.nn.Module):
             type(inputs[0]) is torch.Tensor if len(inputs) == 1 else all(type(item) is torch.Tensor for item in inputs)
         )
         rows = flat_batch_size(inputs, self.dim) if flat else batch_size((inputs, kwargs), self.dim)
+        with self._executor.caller_threads():
+            return self._forward(inputs, kwargs, rows, flat)
+
+    def _forward(self, inputs: tuple, kwargs: dict, rows: int, flat: bool):
         if not rows:
             # No tensor to split, or an empty batch: nothing to parallelise.
             return self._executor.run_inline([(inputs, kwargs, 0)], 0)[0]
@@ -154,7 +158,7 @@ class DataParallel(torch.nn.Module):
             warnings.warn(
                 f"DataParallel: {len(bounds)} chunk(s) on {cores} cores leaves cores idle; make input.shape[{self.dim}] "
                 f"({rows}) a multiple of the core count for full use",
-                stacklevel=4,  # past nn.Module's call wrappers, to the caller's line
+                stacklevel=5,  # past nn.Module's call wrappers and _forward, to the caller's line
             )
         if len(bounds) == 1:
             return self._executor.run_inline([(inputs, kwargs, rows)], rows)[0]

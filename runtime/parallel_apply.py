@@ -12,13 +12,15 @@ call which way is cheaper:
   the busiest core needed (the no-op round trip timed when the workers start is the floor).
 
 Inline costs every chunk in sequence; parallel costs the busiest core's chunks plus the
-overhead. Parallel chunks go to each core's persistent workers and all cores compute at once
-(ATen and TorchScript release the GIL). The first call always goes parallel, so a model that
-blocks or is slow is never serialised while its cost is unknown. Chunk times measured in the
-workers count only when they are long (at least ``_TRUSTED_HANDOFFS`` round trips): short ones
-are inflated by GIL contention, so they trigger an inline probe instead (at once when nothing is
-known yet, else every ``_PROBE_EVERY`` calls). Wall time is measured, not CPU time, because a
-real NeuronCore's chunk is device time during which the calling thread sleeps.
+overhead. In a parallel call, the chunks of cores 1.. go to those cores' persistent workers and
+the caller computes core 0's chunks meanwhile, so all cores compute at once (ATen and TorchScript
+release the GIL) and each call pays one thread hand-off fewer (48 µs or more here, DESIGN §9).
+The first call always goes parallel, so a model that blocks or is slow is never serialised while
+its cost is unknown. Chunk times measured in parallel calls count only when they are long (at
+least ``_TRUSTED_HANDOFFS`` round trips): short ones are inflated by GIL contention, so they
+trigger an inline probe instead (at once when nothing is known yet, else every ``_PROBE_EVERY``
+calls). Wall time is measured, not CPU time, because a real NeuronCore's chunk is device time
+during which the calling thread sleeps.
 
 Every core has its own queue and at least one worker, and chunk ``k`` runs on core
 ``k % cores``: with C cores, C chunks are in flight (torch_neuronx effectively ran 2).
@@ -33,6 +35,7 @@ import time
 import traceback
 import weakref
 from collections import deque
+from contextlib import contextmanager
 from queue import SimpleQueue
 
 import torch
@@ -100,17 +103,31 @@ class CoreExecutor:
         return max(floor, _median(overheads) or 0.0)
 
     # ---- running -------------------------------------------------------------------------------
+    @contextmanager
+    def caller_threads(self):
+        """The calling thread, for one DataParallel call, uses a core's share of intra-op threads.
+
+        It computes core 0's chunks, and its scatter and gather must not open OpenMP teams wider
+        than that share either: the spare team threads spin-wait after every parallel region,
+        taking the CPU the other cores' workers are computing on.
+        """
+        threads = self.replicas[0].intra_op_threads
+        previous = torch.get_num_threads()
+        if threads is None or threads == previous:
+            yield
+            return
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
     def run_inline(self, chunks: list[tuple], total_rows: int) -> list:
         """Run ``(args, kwargs, rows)`` chunks one after another in the caller, chunk ``k`` on core ``k % cores``."""
         self.inline_runs += 1
         replicas = self.replicas
         cores = len(replicas)
         call = self._call_chunk
-        threads = replicas[0].intra_op_threads
-        previous = torch.get_num_threads()
-        switch = threads is not None and threads != previous
-        if switch:
-            torch.set_num_threads(threads)
         outputs: list = []
         started = time.perf_counter()
         try:
@@ -119,9 +136,6 @@ class CoreExecutor:
         except Exception as error:  # KeyboardInterrupt and friends pass through untouched
             index = len(outputs)
             _ChunkFailure(error, traceback.format_exc(), replicas[index % cores], index).reraise()
-        finally:
-            if switch:
-                torch.set_num_threads(previous)
         self._add_row_cost((time.perf_counter() - started) / max(total_rows, 1))
         return outputs
 
@@ -139,11 +153,15 @@ class CoreExecutor:
         replies: SimpleQueue = SimpleQueue()
         # Grad and inference mode are thread-local: the workers must run in the caller's.
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-        for core_position in range(used):
+        # Cores 1.. go to their workers first so they start at once; the caller runs core 0's
+        # chunks itself instead of sleeping: one thread hand-off fewer per call.
+        for core_position in range(1, used):
             core_chunks = [(index, *chunks[index]) for index in range(core_position, len(chunks), cores)]
             queues[core_position].put((self, core_chunks, replies, modes))
         results: list = [None] * len(chunks)
-        for _ in range(used):
+        for index in range(0, len(chunks), cores):
+            results[index] = self._run_one(index, *chunks[index])
+        for _ in range(used - 1):
             for index, outcome in replies.get():
                 results[index] = outcome
         self._parallel_calls.append((time.perf_counter() - started, busiest))

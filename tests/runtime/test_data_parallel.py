@@ -223,7 +223,7 @@ def test_split_size_chunks_go_round_robin_over_the_cores(monkeypatch):
 
     class Recorder(torch.nn.Module):
         def forward(self, x):
-            seen[int(x[0, 0])] = (threading.current_thread().name, x.shape[0])
+            seen[int(x[0, 0])] = (self, x.shape[0])
             time.sleep(0.005)
             return x
 
@@ -233,12 +233,15 @@ def test_split_size_chunks_go_round_robin_over_the_cores(monkeypatch):
     batch = torch.arange(10.0).reshape(10, 1)
     with pytest.warns(UserWarning, match="5 chunk"):
         assert torch.equal(parallel(batch), batch)
-    # ceil(10 / 2) = 5 chunks of 2 rows; chunk k starts at row 2k and runs on core 6 + k % 2.
+    # ceil(10 / 2) = 5 chunks of 2 rows; chunk k starts at row 2k and runs on core 6 + k % 2,
+    # that is on that core's replica (the caller computes core 6's chunks, a worker core 7's).
+    core_of_replica = {id(replica.module): replica.global_core for replica in parallel._executor.replicas}
+    assert sorted(core_of_replica.values()) == [6, 7]
     assert sorted(seen) == [0, 2, 4, 6, 8]
-    for first_row, (thread, rows) in seen.items():
+    for first_row, (replica, rows) in seen.items():
         chunk = first_row // 2
         assert rows == 2
-        assert thread == f"neuronplace-core{6 + chunk % 2}"
+        assert core_of_replica[id(replica)] == 6 + chunk % 2
 
 
 def test_empty_batch_and_single_core_short_circuit():
@@ -346,18 +349,20 @@ class FailsOnNegativeRows(torch.nn.Module):
         return x * 2
 
 
-def test_worker_exception_keeps_type_traceback_and_global_core(monkeypatch):
+# Chunk 0 is computed by the calling thread, the others by their cores' workers.
+@pytest.mark.parametrize("failing_chunk", [2, 0])
+def test_worker_exception_keeps_type_traceback_and_global_core(monkeypatch, failing_chunk):
     monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "4-7")
     parallel = DataParallel(FailsOnNegativeRows())
     batch = torch.ones(4, 1)
-    batch[2] = -1  # chunk 2 → device_ids index 2 → global core 6
+    batch[failing_chunk] = -1  # chunk k → device_ids index k → global core 4 + k
     with pytest.raises(KeyError) as caught:
         parallel(batch)
     message = str(caught.value)
-    assert "NeuronCore 6" in message and "chunk 2" in message
+    assert f"NeuronCore {4 + failing_chunk}" in message and f"chunk {failing_chunk}" in message
     assert 'raise KeyError("negative row")' in message  # the original traceback text
     assert isinstance(caught.value.__cause__, KeyError)
-    assert caught.value.global_core == 6
+    assert caught.value.global_core == 4 + failing_chunk
     assert torch.equal(parallel(torch.ones(4, 1)), torch.full((4, 1), 2.0))  # the workers survived
 
 
