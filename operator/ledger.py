@@ -292,6 +292,13 @@ class Ledger:
         result.sort(key=lambda h: (h.core_ids[0] if h.core_ids else -1, h.owner))
         return result
 
+    def owners(self) -> set[str]:
+        """Every pod ("namespace/name") holding or reserving cores."""
+        return set(self._node_of_owner)
+
+    def holds(self, owner: str) -> bool:
+        return owner in self._node_of_owner
+
     def holding_of(self, owner: str) -> Holding | None:
         node = self._node_of_owner.get(owner)
         if node is None:
