@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import ctypes
-import ctypes.util
 import datetime as dt
+import functools
 import json
 import logging
 import sys
@@ -37,6 +36,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from neuronplace.operator import events as ev
+from neuronplace.operator import heap
 from neuronplace.operator import metrics as mx
 from neuronplace.operator import reconcile as rc
 from neuronplace.operator import status as st
@@ -83,29 +83,6 @@ def _pages(list_call, *args) -> Iterator[list[dict]]:
             return
 
 
-def _return_free_memory() -> None:
-    """Hand the C heap's free pages back to the OS (glibc only; elsewhere a no-op).
-
-    Parsed pods are freed by Python, but glibc keeps the pages, most of them in the per-thread
-    arenas of the API threads: after placing 10,000 pods the operator held ~100 MB it no longer
-    used. ``malloc_trim`` returns them; it takes milliseconds, so it runs after the start-up lists
-    and after every resync round.
-    """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None  # musl and other C libraries lack it
-
-
-_LIBC = _load_libc()
-
-
 def api_threads(settings: OperatorSettings) -> int:
     """Threads creating pods at once: the operator mostly waits on the API server, so several per worker."""
     return max(8, 4 * settings.workers)
@@ -130,13 +107,14 @@ def retry_after(exc: ApiException, default: float) -> float:
 
 def _slim_pod(pod: Mapping[str, Any]) -> dict:
     """What reconcile and status read of a managed pod, and nothing else: 10,000 of these are
-    cached. Repeated strings (namespace, node, inference, phase) are interned, so they are shared."""
+    cached. Repeated strings are interned and the parts many pods share (spec, status, owner) are
+    one object each, so a cached pod costs about 1 KB. Cached pods are read-only."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     status = pod.get("status") or {}
-    node = (pod.get("spec") or {}).get("nodeName")
-    phase = status.get("phase")
+    ready = next((c.get("status") for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+    controller = next((ref.get("uid") for ref in meta.get("ownerReferences") or () if ref.get("controller")), None)
     return {
         "metadata": {
             "name": meta.get("name"),
@@ -144,15 +122,27 @@ def _slim_pod(pod: Mapping[str, Any]) -> dict:
             "labels": {key: _intern(labels[key]) for key in (INFERENCE_LABEL, REPLICA_LABEL) if key in labels},
             "annotations": {key: annotations[key] for key in (CORES_ANNOTATION, TEMPLATE_HASH_ANNOTATION)
                             if key in annotations},
-            "ownerReferences": [{"controller": True, "uid": ref.get("uid")}
-                                for ref in meta.get("ownerReferences") or () if ref.get("controller")],
+            "ownerReferences": _controller_reference(controller),
             "deletionTimestamp": meta.get("deletionTimestamp"),
         },
-        "spec": {"nodeName": _intern(node)},
-        "status": {"phase": _intern(phase),
-                   "conditions": [{"type": "Ready", "status": _intern(c.get("status"))}
-                                  for c in status.get("conditions") or () if c.get("type") == "Ready"]},
+        "spec": _pod_spec(_intern((pod.get("spec") or {}).get("nodeName"))),
+        "status": _pod_status(_intern(status.get("phase")), _intern(ready)),
     }
+
+
+@functools.lru_cache(maxsize=1024)
+def _controller_reference(uid: str | None) -> list:
+    return [] if uid is None else [{"controller": True, "uid": uid}]
+
+
+@functools.lru_cache(maxsize=8192)
+def _pod_spec(node: str | None) -> dict:
+    return {"nodeName": node}
+
+
+@functools.lru_cache(maxsize=64)
+def _pod_status(phase: str | None, ready: str | None) -> dict:
+    return {"phase": phase, "conditions": [] if ready is None else [{"type": "Ready", "status": ready}]}
 
 
 def _slim_node(node: Mapping[str, Any]) -> dict:
@@ -311,7 +301,7 @@ class Controller:
                 meta = inference.get("metadata") or {}
                 self.inferences[(meta.get("namespace"), meta.get("name"))] = inference
         self._report_foreign()
-        _return_free_memory()
+        heap.return_free_memory()
         log.info("ledger rebuilt from %d pods on %d nodes (%d managed); %d NeuronInference(s)",
                  pods, nodes, len(self.inventories), len(inferences))
 
@@ -516,7 +506,7 @@ class Controller:
                 keys = list(self.inferences)
             for key in keys:
                 self.enqueue(key)
-            await self._in_thread(_return_free_memory)
+            await self._in_thread(heap.return_free_memory)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -808,6 +798,7 @@ async def startup(settings: kopf.OperatorSettings, logger, **_):
     # kopf logs every handled event at INFO ("Handler 'pod_event' succeeded"): with thousands of
     # pods that drowns what matters. Our own decisions are logged by "neuronplace.operator".
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    heap.limit_arenas()  # before the Controller starts its thread pools
     controller = Controller(ours, _api_client(ours))
     try:
         await asyncio.to_thread(controller.initial_sync)
