@@ -50,6 +50,10 @@ _TRUSTED_HANDOFFS = 8
 _PROBE_EVERY = 32
 # The cached (cost per row, parallel overhead) pair is recomputed at least this often.
 _REESTIMATE_EVERY = 16
+# The overhead a decision assumes is at most this many hand-offs. Parallel calls measured on a
+# busy machine look slow (two threads share what CPU there is), which once made a 12 ms-per-chunk
+# model run inline on one core for good; inline is for work comparable to a hand-off.
+_MAX_OVERHEAD_HANDOFFS = 8
 
 
 def _median(samples) -> float | None:
@@ -97,10 +101,11 @@ class CoreExecutor:
         return _median(self._row_costs)
 
     def parallel_overhead(self, seconds_per_row: float) -> float:
-        """Seconds a parallel call spends beyond its busiest core's compute."""
+        """Seconds a parallel call spends beyond its busiest core's compute (from the hand-off
+        floor to ``_MAX_OVERHEAD_HANDOFFS`` hand-offs)."""
         floor = self.handoff_seconds or 0.0
         overheads = [wall - rows * seconds_per_row for wall, rows in self._parallel_calls]
-        return max(floor, _median(overheads) or 0.0)
+        return min(max(floor, _median(overheads) or 0.0), _MAX_OVERHEAD_HANDOFFS * floor)
 
     # ---- running -------------------------------------------------------------------------------
     @contextmanager

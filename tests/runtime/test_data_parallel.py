@@ -490,3 +490,20 @@ def test_a_model_that_turns_slow_is_parallelised_again():
     for _ in range(4):
         parallel(batch)
     assert state["peak"] == 2  # the measured cost sent the chunks back to both cores at once
+
+
+def test_slow_looking_parallel_calls_do_not_send_heavy_chunks_inline():
+    # On a busy machine parallel calls can measure far slower than their compute; a model whose
+    # chunks cost many hand-offs must stay on every core anyway.
+    parallel = DataParallel(torch.nn.Linear(4, 4), device_ids=[0, 1])
+    executor = parallel._executor
+    executor.handoff_seconds = 50e-6
+    executor._row_costs.extend([100e-6] * 5)                  # 128 rows: 12.8 ms per chunk
+    executor._parallel_calls.extend([(0.040, 128)] * 5)       # walls of 40 ms measured under load
+    assert executor.parallel_overhead(100e-6) == pytest.approx(8 * 50e-6)
+    assert not executor._inline_is_cheaper(total_rows=256, busiest=128)
+    # A tiny model's chunk (2 rows of 3 µs) is cheaper inline than any hand-off.
+    executor._row_costs.clear()
+    executor._row_costs.extend([3e-6] * 5)
+    executor._estimate = None
+    assert executor._inline_is_cheaper(total_rows=4, busiest=2)
