@@ -186,6 +186,10 @@ class Controller:
         self.waiting_for_room: set[Key] = set()
         self.reported_foreign: set[str] = set()
         self.inflight: set[str] = set()                        # "ns/pod" reserved, create under way
+        # Pods ("ns/pod") and NeuronInferences ((ns, name)) deleted while a full resync reads its
+        # lists (None when none runs): the lists may still show them, and they must not come back
+        # as ghosts (a pod holding cores, a resource getting pods).
+        self.deleted_during_resync: set[str | Key] | None = None
         self.reported: dict[Key, _Reported] = {}
         self.failures: dict[Key, int] = {}
         # queue state (event loop only)
@@ -217,6 +221,8 @@ class Controller:
         owner = f"{namespace}/{name}"
         if deleted:
             self.ledger.forget(owner)
+            if self.deleted_during_resync is not None:
+                self.deleted_during_resync.add(owner)
         else:
             self.ledger.observe(dict(pod))
         inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)
@@ -316,6 +322,14 @@ class Controller:
         """
         with self.lock:
             nodes_before = set(self.nodes)
+            self.deleted_during_resync = set()
+        try:
+            self._full_resync(nodes_before)
+        finally:
+            with self.lock:
+                self.deleted_during_resync = None
+
+    def _full_resync(self, nodes_before: set[str]) -> None:
         listed_nodes: set[str] = set()
         for page in self._node_pages():
             with self.lock:
@@ -333,8 +347,10 @@ class Controller:
                     meta = pod["metadata"]
                     owner = f"{meta['namespace']}/{meta['name']}"
                     listed_pods.add(owner)
-                    # Pods already known are kept fresh by the watch; only what it missed is taken.
-                    if not self._knows_pod(meta["namespace"], meta["name"]) and owner not in self.inflight:
+                    # Pods already known are kept fresh by the watch; only what it missed is taken,
+                    # never a pod whose deletion the watch reported after this page was read.
+                    if (not self._knows_pod(meta["namespace"], meta["name"]) and owner not in self.inflight
+                            and owner not in self.deleted_during_resync):
                         self._observe_pod(pod)
         listed_inferences = {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in self._list_inferences()}
         with self.lock:
@@ -342,7 +358,8 @@ class Controller:
             missing_pods = sorted(known - listed_pods - self.inflight)
             missing_inferences = [key for key in self.inferences if key not in listed_inferences]
             for key, inference in listed_inferences.items():
-                self.inferences.setdefault(key, inference)
+                if key not in self.deleted_during_resync:
+                    self.inferences.setdefault(key, inference)
         for owner in missing_pods:
             namespace, name = owner.split("/", 1)
             if self._gone(lambda: self.core.read_namespaced_pod(name, namespace, _request_timeout=API_TIMEOUT)):
@@ -398,6 +415,8 @@ class Controller:
         with self.lock:
             if kind == "DELETED":
                 self._forget_inference(key)
+                if self.deleted_during_resync is not None:
+                    self.deleted_during_resync.add(key)
             else:
                 self.inferences[key] = copy.deepcopy(dict(body))
         self.enqueue(key)

@@ -180,13 +180,16 @@ def test_deleting_the_resource_removes_its_pods_and_frees_the_cores(local_cluste
     nodes = fleet({"inf2.48xlarge": 1})
     apply(local_cluster, namespace, inference("first", cores=8, replicas=3, pool=nodes.pool))
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "first", 3), 60, "first placed")
-    apply(local_cluster, namespace, inference("second", cores=12, replicas=2, pool=nodes.pool))
+    # second needs every core first holds. Its replicas are first's shape: one placed while first's
+    # pods are still terminating must not fragment the node (12-core replicas could: the first at
+    # 8-19 while 0-7 terminate leaves 0-7 + 20-23, and the second never fits; see placement notes).
+    apply(local_cluster, namespace, inference("second", cores=8, replicas=3, pool=nodes.pool))
     waiting = wait_for(lambda: get_inference(local_cluster, namespace, "second").get("status", {}).get("conditions"),
                        30, "second's status")
     assert any(c["type"] == "Placed" and c["reason"] == "Unschedulable" for c in waiting)
     local_cluster.kubectl("delete", "ninf", "first", "-n", namespace, "--wait=false")
     wait_for(lambda: not pods_of(local_cluster, namespace, "first"), 60, "first's pods garbage-collected")
-    wait_for(lambda: placed_and_ready(local_cluster, namespace, "second", 2), 60, "second placed in the freed room")
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "second", 3), 60, "second placed in the freed room")
     assert_no_shared_cores(local_cluster)
 
 
