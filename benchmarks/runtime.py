@@ -155,24 +155,31 @@ def scaling_table(rounds: int, seconds_per_sample: float, rows_per_core: list[in
     print(f"   {'rows/core':>10}{'chunk ms':>10}{'cores':>7}{'rows/s':>10}{'scaling':>9}{'target':>8}"
           f"{'bare threads':>14}{'CPUs used':>11}")
     for rows in rows_per_core:
+        # Per core count N > 1: paired ratios to 1 core, rates, bare-thread ratios, CPUs used.
+        ratios: dict[int, list[float]] = {count: [] for count in range(2, cpus + 1)}
+        bare_ratios: dict[int, list[float]] = {count: [] for count in ratios}
+        rates: dict[int, list[float]] = {count: [] for count in ratios}
+        used: dict[int, list[float]] = {count: [] for count in ratios}
         single: list[float] = []
-        for count in range(2, cpus + 1):
-            ratios, bare_ratios, rates, used = [], [], [], []
-            for _ in range(rounds):
+        for _ in range(rounds):
+            for count in ratios:
                 one, _ = data_parallel_rate(parallels[1], rows, seconds_per_sample)
                 many, cpu = data_parallel_rate(parallels[count], rows, seconds_per_sample)
                 bare_one = bare_threads_rate(model, 1, rows, seconds_per_sample)
                 bare_many = bare_threads_rate(model, count, rows, seconds_per_sample)
                 single.append(one)
-                rates.append(many)
-                ratios.append(many / one)
-                bare_ratios.append(bare_many / bare_one)
-                used.append(cpu)
-            if count == 2:
-                one = statistics.median(single)
-                print(f"   {rows:>10}{1000 * rows / one:10.1f}{1:>7}{one:10.0f}{1:8.2f}x{0.9:7.1f}x{1:13.2f}x{1:11.2f}")
-            print(f"   {'':>10}{'':>10}{count:>7}{statistics.median(rates):10.0f}{statistics.median(ratios):8.2f}x"
-                  f"{0.9 * count:7.1f}x{statistics.median(bare_ratios):13.2f}x{statistics.median(used):11.2f}")
+                rates[count].append(many)
+                ratios[count].append(many / one)
+                bare_ratios[count].append(bare_many / bare_one)
+                used[count].append(cpu)
+        if not single:  # one CPU: nothing to scale to, only the 1-core rate
+            single.append(data_parallel_rate(parallels[1], rows, seconds_per_sample)[0])
+        one = statistics.median(single)
+        print(f"   {rows:>10}{1000 * rows / one:10.1f}{1:>7}{one:10.0f}{1:8.2f}x{0.9:7.1f}x{1:13.2f}x{1:11.2f}")
+        for count in ratios:
+            print(f"   {'':>10}{'':>10}{count:>7}{statistics.median(rates[count]):10.0f}"
+                  f"{statistics.median(ratios[count]):8.2f}x{0.9 * count:7.1f}x"
+                  f"{statistics.median(bare_ratios[count]):13.2f}x{statistics.median(used[count]):11.2f}")
 
 
 def cores_in_flight_table(core_counts: list[int]) -> None:
