@@ -27,10 +27,10 @@ import random
 import sys
 import time
 
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import Ledger
-from neuronplace.operator.placement import Fleet, PlacementRequest, ReplicaPlacement, place_one
-from neuronplace.operator.topology import topology_for
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.allocator import Fleet, PlacementRequest, ReplicaPlacement, place_one
+from neuronplace.placement.topology import topology_for
 
 
 def build_nodes(count: int) -> list:

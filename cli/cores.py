@@ -21,9 +21,9 @@ def collect(kubeconfig: str | None = None, selector: str = ""):
     """(node maps, foreign holdings) read live from the cluster."""
     from kubernetes import client, config
 
-    from neuronplace.operator.coremap import node_maps
-    from neuronplace.operator.inventory import inventory_from_node
-    from neuronplace.operator.ledger import Ledger
+    from neuronplace.placement.coremap import node_maps
+    from neuronplace.placement.inventory import inventory_from_node
+    from neuronplace.placement.ledger import Ledger
 
     config.load_kube_config(config_file=kubeconfig)
     api = client.ApiClient()
@@ -37,7 +37,7 @@ def collect(kubeconfig: str | None = None, selector: str = ""):
 
 
 def run(args: argparse.Namespace) -> int:
-    from neuronplace.operator.coremap import render, render_png
+    from neuronplace.placement.coremap import render, render_png
 
     maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector)
     print(render(maps), end="")

@@ -102,7 +102,7 @@ def _wait_placed(cluster, timeout: float) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     from neuronplace.cli.cores import collect
     from neuronplace.local.cluster import LocalCluster
-    from neuronplace.operator.coremap import render
+    from neuronplace.placement.coremap import render
     from neuronplace.local.operator_process import install_crd
 
     cluster = LocalCluster(args.name)

@@ -20,9 +20,10 @@ from collections.abc import Iterable
 
 import yaml
 
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import Ledger
-from neuronplace.operator.placement import NUMBERINGS, Fleet, ReplicaPlacement, place_one
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
+from neuronplace.placement.names import NUMBERINGS
 
 KIND = "NeuronInference"
 
@@ -118,7 +119,7 @@ def load_inferences(paths: Iterable[str], namespace: str) -> list[dict]:
 
 def plan(inferences: list[dict], nodes: list[dict], pods: list[dict], numbering: str) -> list[dict]:
     """One row per replica: where it goes (or already is), or why it cannot be placed."""
-    from neuronplace.operator.reconcile import ordinal_of, placement_request, validate
+    from neuronplace.placement.reconcile import ordinal_of, placement_request, validate
 
     fleet = Fleet([inventory_from_node(node) for node in nodes])
     ledger = Ledger.from_pods(pods)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from neuronplace.operator.settings import LOG_FORMATS, NUMBERINGS, OperatorSettings
+from neuronplace.operator.settings import LOG_FORMATS, OperatorSettings
+from neuronplace.placement.names import NUMBERINGS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@
 A fleet spec is ``"inf2.48xlarge=2,trn1.32xlarge=1"`` (instance type = count). :func:`build_node`
 returns the Node object for one simulated instance: the instance-type and zone labels a real EKS node
 carries, capacity and allocatable for ``aws.amazon.com/neuroncore`` (cores) and
-``aws.amazon.com/neuron`` (whole devices = chips) from :mod:`neuronplace.operator.topology`
+``aws.amazon.com/neuron`` (whole devices = chips) from :mod:`neuronplace.placement.topology`
 (DESIGN §4), plus cpu, memory and pods. The annotation ``kwok.x-k8s.io/node: fake`` hands the node
 to kwok (it then keeps the node Ready and runs the pods bound to it), and kwok's
 ``NoSchedule`` taint keeps pods that do not tolerate it away.
@@ -15,17 +15,17 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from neuronplace.operator.topology import INSTANCE_TOPOLOGIES, LNC_KEY, Topology, topology_for
+from neuronplace.placement.topology import INSTANCE_TOPOLOGIES, Topology, topology_for
+from neuronplace.placement.names import INSTANCE_TYPE_LABEL, LNC_KEY, NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
 
-NEURONCORE = "aws.amazon.com/neuroncore"
-NEURON_DEVICE = "aws.amazon.com/neuron"
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 # The toleration a pod needs to land on a simulated node.
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
+# Nodes a test (or benchmark) made carry this label with a value unique to it; its resources select on it.
+POOL_LABEL = "neuronplace.io/pool"
 
 REGION = "us-east-1"
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
@@ -149,8 +149,8 @@ def build_node(
         "cpu": str(host.vcpus),
         "memory": f"{host.memory_gib}Gi",
         "pods": str(DEFAULT_MAX_PODS),
-        NEURONCORE: str(topology.cores),
-        NEURON_DEVICE: str(topology.chips),
+        NEURONCORE_RESOURCE: str(topology.cores),
+        NEURON_DEVICE_RESOURCE: str(topology.chips),
     }
     return {
         "apiVersion": "v1",

@@ -22,20 +22,14 @@ import re
 import signal
 import time
 import uuid
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import pytest
 
 from neuronplace.local import procs
+from neuronplace.local.cluster import LocalCluster, list_clusters, port_lock
+from neuronplace.local.fleet import POOL_LABEL
 
-if TYPE_CHECKING:
-    from neuronplace.local.cluster import LocalCluster
-
-# neuronplace.local.cluster is imported inside the fixtures: it reaches the instance table in
-# neuronplace.operator, whose package import registers the kopf handlers, and a session that runs
-# no cluster test (unit, runtime) should not pay for that or depend on it.
-
-POOL_LABEL = "neuronplace.io/pool"
 _CLUSTER_KEY = pytest.StashKey["LocalCluster"]()
 _TEST_CLUSTER = re.compile(r"^np-test-(\d+)$")
 
@@ -81,7 +75,6 @@ class FleetFactory:
 
 def _remove_orphaned_test_clusters() -> None:
     """Remove clusters left by test sessions that were killed outright (their pid is gone)."""
-    from neuronplace.local.cluster import list_clusters
 
     for cluster in list_clusters():
         match = _TEST_CLUSTER.match(cluster.name)
@@ -95,7 +88,6 @@ def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler s
 
 @pytest.fixture(scope="session")
 def local_cluster(request: pytest.FixtureRequest) -> Iterator["LocalCluster"]:
-    from neuronplace.local.cluster import LocalCluster, port_lock
 
     _remove_orphaned_test_clusters()
     cluster = LocalCluster(f"np-test-{os.getpid()}")

@@ -1,25 +1,27 @@
-"""The NeuronInference operator (``kopf run -m neuronplace.operator``).
+"""The NeuronInference operator (``kopf run -m neuronplace.operator``): everything that talks to
+the API server. Every decision is made by the pure :mod:`neuronplace.placement`.
 
-What belongs here, one concept per module:
-
-- ``topology``: instance types → chips and cores per chip (pure data).
-- ``inventory``: Node objects → eligible nodes with their topology (pure).
-- ``ledger``: who holds which cores, rebuilt from pods (pure).
-- ``placement``: the allocator: request + nodes + ledger → placements or reasons (pure).
-- ``crd`` / ``pods`` / ``events``: ``build_*`` functions that return manifests (pure).
-- ``reconcile`` / ``status``: spec + live pods → actions, and the status to write (pure).
-- ``podsecurity``: the pod-template safety policy (pure).
-- ``coremap``: the core map that ``neuronplace cores`` prints and draws (pure).
+- ``handlers``: the kopf wiring (start-up, clean-up, probes, watch events); importing this package
+  registers them, which is what ``kopf run -m neuronplace.operator`` relies on.
 - ``settings``: the operator's settings dataclass and its environment variables.
 - ``metrics``: the Prometheus metrics; ``heap``: the process's C heap (arenas, free pages).
-- ``handlers``: thin kopf handlers that read the API, call the pure parts and write back.
-
-Importing this package registers the kopf handlers; the pure modules never import kopf.
 """
 
-import importlib.util as _importlib_util
+if __name__ == "operator":
+    # This folder is the package ``neuronplace.operator``, but a Python started with the repository
+    # root on sys.path (``python -m ...`` or ``python -c`` from a checkout) finds it first under the
+    # standard library's name too: torch, for one, re-imports ``operator`` afresh when it compiles a
+    # model. Whoever asked for ``operator`` gets the standard library's module.
+    import importlib.util as _util
+    import sys as _sys
+    import sysconfig as _sysconfig
+    from pathlib import Path as _Path
 
-# `kopf run -m neuronplace.operator` imports this package: register the handlers. Without kopf
-# (a planning tool, a runtime image) the pure modules stay importable on their own.
-if _importlib_util.find_spec("kopf") is not None:
+    _spec = _util.spec_from_file_location("operator", _Path(_sysconfig.get_path("stdlib")) / "operator.py")
+    assert _spec is not None and _spec.loader is not None
+    _stdlib = _util.module_from_spec(_spec)
+    _spec.loader.exec_module(_stdlib)
+    _sys.modules["operator"] = _stdlib
+    globals().update({key: value for key, value in vars(_stdlib).items() if not key.startswith("__")})
+else:
     from neuronplace.operator import handlers  # noqa: F401  (registers the kopf handlers)

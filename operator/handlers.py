@@ -35,19 +35,20 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from neuronplace.operator import events as ev
+from neuronplace.placement import events as ev
 from neuronplace.operator import heap
 from neuronplace.operator import metrics as mx
-from neuronplace.operator import reconcile as rc
-from neuronplace.operator import status as st
-from neuronplace.operator.crd import GROUP, PLURAL, VERSION
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import Ledger
-from neuronplace.operator.placement import Fleet, ReplicaPlacement, place_one
-from neuronplace.operator.pods import (CORES_ANNOTATION, INFERENCE_LABEL, REPLICA_LABEL, TEMPLATE_HASH_ANNOTATION,
-                                      build_pod, pod_name)
-from neuronplace.operator.settings import OperatorSettings, selector_matches
+from neuronplace.placement import reconcile as rc
+from neuronplace.placement import names
+from neuronplace.placement import status as st
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
+from neuronplace.placement.pods import build_pod, pod_name
+from neuronplace.operator.settings import OperatorSettings
+from neuronplace.placement.selectors import selector_matches
 from neuronplace.runtime.coreset import CoreRange
+from neuronplace.placement.names import CORES_ANNOTATION, GROUP, INFERENCE_LABEL, PLURAL, REPLICA_LABEL, TEMPLATE_HASH_ANNOTATION, VERSION
 
 log = logging.getLogger("neuronplace.operator")
 
@@ -565,8 +566,8 @@ class Controller:
                              node_grace_seconds=self.settings.node_grace_seconds, last_known=last_known,
                              allow_privileged=self.settings.allow_privileged)
         if decision.invalid is not None:
-            mx.METRICS.failed(st.REASON_INVALID_SPEC)
-            self._write_status(inference, st.Problem(st.REASON_INVALID_SPEC, decision.invalid))
+            mx.METRICS.failed(names.REASON_INVALID_SPEC)
+            self._write_status(inference, st.Problem(names.REASON_INVALID_SPEC, decision.invalid))
             return None
 
         for deletion in decision.deletions:
@@ -619,7 +620,7 @@ class Controller:
         problem: st.Problem | None = None
         # Pods are created concurrently (a replica count of hundreds must not mean hundreds of
         # round trips in a row); each outcome is None or the exception its create raised.
-        mx.METRICS.failed(st.REASON_UNSCHEDULABLE, len(unplaceable))
+        mx.METRICS.failed(names.REASON_UNSCHEDULABLE, len(unplaceable))
         outcomes = list(self.api_pool.map(lambda placement: self._try_create(inference, placement), placed))
         created = [p for p, error in zip(placed, outcomes) if error is None]
         failed = [(p, error) for p, error in zip(placed, outcomes) if error is not None]
@@ -637,7 +638,7 @@ class Controller:
         rejected = [(p, error) for p, error in failed if _status(error) in (400, 422)]
         if rejected:
             placement, error = rejected[0]
-            problem = st.Problem(st.REASON_POD_REJECTED,
+            problem = st.Problem(names.REASON_POD_REJECTED,
                                  f"the API server refused pod {pod_name(meta['name'], placement.replica)}: "
                                  f"{_api_message(error)}")
             self.permanent[key] = (meta.get("generation"), problem)
@@ -648,13 +649,13 @@ class Controller:
             raise Retry(retry_after(throttled[0], 1.0), "throttled (429)")
         forbidden = [error for _, error in failed if _status(error) == 403]
         if forbidden:  # quota, a terminating namespace, or RBAC: report it and retry slowly
-            problem = st.Problem(st.REASON_POD_REJECTED, f"pod creation forbidden: {_api_message(forbidden[0])}")
+            problem = st.Problem(names.REASON_POD_REJECTED, f"pod creation forbidden: {_api_message(forbidden[0])}")
             self._event_once(inference, "PodForbidden", problem.message)
             return problem, self.settings.max_backoff_seconds
         if failed:
             raise failed[0][1]
         if problem is None and unplaceable:
-            problem = st.Problem(st.REASON_UNSCHEDULABLE, st.summarize_unplaceable(unplaceable))
+            problem = st.Problem(names.REASON_UNSCHEDULABLE, st.summarize_unplaceable(unplaceable))
             self._event_once(inference, "Unschedulable", problem.message)
         elif problem is None:
             self.reported.pop(key, None)
@@ -707,7 +708,7 @@ class Controller:
         wanted = st.build_status(current, pods, problem=problem)
         if not st.status_differs(current.get("status"), wanted):
             return
-        if problem is not None and problem.reason == st.REASON_INVALID_SPEC:
+        if problem is not None and problem.reason == names.REASON_INVALID_SPEC:
             self._event_once(current, "InvalidSpec", problem.message)
         try:
             self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],

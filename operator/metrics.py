@@ -37,8 +37,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from neuronplace.operator.inventory import NodeInventory
-from neuronplace.operator.ledger import Ledger
+from neuronplace.placement.inventory import NodeInventory
+from neuronplace.placement.ledger import Ledger
 
 # Failure reasons besides the status condition reasons (Unschedulable, PodRejected, InvalidSpec).
 FAILURE_FORBIDDEN = "PodForbidden"

@@ -15,10 +15,8 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-from neuronplace.runtime.coreset import MAX_CORE_ID, parse_core_set
+from neuronplace.runtime.coreset import MAX_CORE_ID, NUM_CORES_VAR, VISIBLE_CORES_VAR, parse_core_set
 
-VISIBLE_CORES_VAR = "NEURON_RT_VISIBLE_CORES"
-NUM_CORES_VAR = "NEURON_RT_NUM_CORES"
 
 _NC_NAME = re.compile(r"^nc:(\d+)$")
 

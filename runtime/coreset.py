@@ -5,12 +5,27 @@ list ``3,4,5,6`` or a mix ``3-5,6``. Whatever the spelling, the ids must be non-
 one contiguous, increasing run: the runtime rejects ``3,5,6`` ("Neuron cores are not contiguous")
 and ``5-3``. The operator formats its ranges with ``format_core_set`` and the runtime parses them
 with ``parse_core_set``, so both sides share one definition.
+
+The names of the env variables that carry this contract from the operator's pod to the runtime are
+defined here too, for the same reason: one definition that both sides import.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+# The cores a process may use (this grammar), and the Neuron runtime's "any N cores" alternative.
+VISIBLE_CORES_VAR = "NEURON_RT_VISIBLE_CORES"
+NUM_CORES_VAR = "NEURON_RT_NUM_CORES"
+# Which of a pod's P processes this is (0..P-1), and P: set by the operator per container and by
+# ``neuronplace.runtime.launch`` per child process.
+PROCESS_INDEX_VAR = "NEURONPLACE_PROCESS_INDEX"
+PROCESS_COUNT_VAR = "NEURONPLACE_PROCESS_COUNT"
+# ``spec.dataParallel`` of the NeuronInference, read by ``DataParallel`` as its defaults.
+DP_DIM_VAR = "NEURONPLACE_DP_DIM"
+DP_DYNAMIC_BATCHING_VAR = "NEURONPLACE_DP_DYNAMIC_BATCHING"  # "true" / "false"
+DP_NUM_WORKERS_VAR = "NEURONPLACE_DP_NUM_WORKERS"
 
 # No instance type has more than 128 cores (trn2.48xlarge at LNC=1); a generous bound still
 # catches overflow such as "99999999999999999999" before it turns into a huge range.

@@ -12,9 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-DIM_VAR = "NEURONPLACE_DP_DIM"
-DYNAMIC_BATCHING_VAR = "NEURONPLACE_DP_DYNAMIC_BATCHING"
-NUM_WORKERS_VAR = "NEURONPLACE_DP_NUM_WORKERS"
+from neuronplace.runtime.coreset import DP_DIM_VAR, DP_DYNAMIC_BATCHING_VAR, DP_NUM_WORKERS_VAR
 
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -31,9 +29,9 @@ class DataParallelHints:
 def hints_from_env(env: Mapping[str, str] | None = None) -> DataParallelHints:
     env = os.environ if env is None else env
     return DataParallelHints(
-        dim=_whole_number(env, DIM_VAR, minimum=0),
-        dynamic_batching=_boolean(env, DYNAMIC_BATCHING_VAR),
-        num_workers=_whole_number(env, NUM_WORKERS_VAR, minimum=1),
+        dim=_whole_number(env, DP_DIM_VAR, minimum=0),
+        dynamic_batching=_boolean(env, DP_DYNAMIC_BATCHING_VAR),
+        num_workers=_whole_number(env, DP_NUM_WORKERS_VAR, minimum=1),
     )
 
 

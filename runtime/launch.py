@@ -24,11 +24,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from neuronplace.runtime.cores import NUM_CORES_VAR, VISIBLE_CORES_VAR, visible_cores
+from neuronplace.runtime.cores import visible_cores
+from neuronplace.runtime.coreset import NUM_CORES_VAR, PROCESS_COUNT_VAR, PROCESS_INDEX_VAR, VISIBLE_CORES_VAR
 from neuronplace.runtime.coreset import CoreRange
 
-PROCESS_INDEX_VAR = "NEURONPLACE_PROCESS_INDEX"
-PROCESS_COUNT_VAR = "NEURONPLACE_PROCESS_COUNT"
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _POLL_SECONDS = 0.05
 

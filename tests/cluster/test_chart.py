@@ -28,7 +28,7 @@ SERVICE_ACCOUNT = "np-neuronplace"  # <release>-<chart>: the chart's fullname
 
 
 def test_the_charts_crd_is_the_generated_crd():
-    # One source of truth: operator/crd.py → crds/ (checked by test_crd.py) → the chart's copy.
+    # One source of truth: placement/crd.py → crds/ (checked by test_crd.py) → the chart's copy.
     assert CRD_CHART_COPY.read_bytes() == CRD_SOURCE.read_bytes(), (
         "charts/neuronplace/files/ has a stale CRD; run: cp crds/neuronplace.io_neuroninferences.yaml charts/neuronplace/files/"
     )

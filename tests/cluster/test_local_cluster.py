@@ -15,13 +15,14 @@ import pytest
 
 from neuronplace.local import build, procs
 from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS, LocalCluster, port_lock
-from neuronplace.local.fleet import HOST_SHAPES, KWOK_TAINT, KWOK_TOLERATION, NEURON_DEVICE, NEURONCORE
+from neuronplace.placement.names import NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
+from neuronplace.local.fleet import HOST_SHAPES, KWOK_TAINT, KWOK_TOLERATION
 
 pytestmark = pytest.mark.cluster
 
 
 def pod_manifest(name: str, node: str | None = None, cores: int = 0, node_selector: dict | None = None) -> dict:
-    resources = {NEURONCORE: str(cores)} if cores else {}
+    resources = {NEURONCORE_RESOURCE: str(cores)} if cores else {}
     spec = {
         "containers": [{"name": "main", "image": "example.invalid/model:1",
                         "resources": {"requests": resources, "limits": resources}}],
@@ -77,8 +78,8 @@ def test_nodes_report_instance_labels_capacity_and_allocatable(local_cluster, fl
         assert labels["topology.kubernetes.io/zone"].startswith("us-east-1")
         cores, devices = expected[instance_type]
         for key in ("capacity", "allocatable"):
-            assert node["status"][key][NEURONCORE] == cores
-            assert node["status"][key][NEURON_DEVICE] == devices
+            assert node["status"][key][NEURONCORE_RESOURCE] == cores
+            assert node["status"][key][NEURON_DEVICE_RESOURCE] == devices
             assert node["status"][key]["cpu"] == str(HOST_SHAPES[instance_type].vcpus)
         assert KWOK_TAINT in [{k: t[k] for k in ("key", "value", "effect")} for t in node["spec"]["taints"]]
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
@@ -92,7 +93,7 @@ def test_bound_pod_requesting_8_neuroncores_becomes_running_and_ready(local_clus
     pod = local_cluster.get_json("-n", namespace, "pod", "infer-0")
     assert pod["status"]["phase"] == "Running"
     assert pod["spec"]["nodeName"] == node
-    assert pod["spec"]["containers"][0]["resources"]["limits"][NEURONCORE] == "8"
+    assert pod["spec"]["containers"][0]["resources"]["limits"][NEURONCORE_RESOURCE] == "8"
 
 
 def test_scheduler_places_within_allocatable_and_refuses_beyond_it(local_cluster, namespace, fleet):

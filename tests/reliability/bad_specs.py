@@ -16,9 +16,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from neuronplace.local.fleet import KWOK_TOLERATION
+from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
 
-POOL_LABEL = "neuronplace.io/pool"
 
 
 def valid(name: str = "model", pool: str | None = None) -> dict:

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from neuronplace.local.fleet import KWOK_TOLERATION
+from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
 
 from reliability import invariants as inv
 
-POOL_LABEL = "neuronplace.io/pool"
 
 # Operator timings for fault tests: replicas on a NotReady node move after NODE_GRACE_SECONDS,
 # and a missed event is made up for within RESYNC_SECONDS.

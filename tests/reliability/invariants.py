@@ -34,23 +34,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from neuronplace.operator.crd import GROUP, PLURAL, VERSION
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import Ledger
-from neuronplace.operator.placement import Fleet, ReplicaPlacement, place_one
-from neuronplace.operator.reconcile import placement_request
-from neuronplace.operator.settings import selector_matches
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
+from neuronplace.placement.reconcile import placement_request
+from neuronplace.placement.selectors import selector_matches
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
+from neuronplace.placement.names import (
+    AWS_NEURON_IDS, CORES_ANNOTATION, ENV_VISIBLE_CORES, GROUP, INFERENCE_LABEL, NEURON_DEVICE_RESOURCE, NEURON_RESOURCE_TYPE,
+    NEURONCORE_RESOURCE, NUMBERING_ANNOTATION, PLURAL, REPLICA_LABEL, VERSION)
 
-INFERENCE_LABEL = "neuronplace.io/inference"
-REPLICA_LABEL = "neuronplace.io/replica"
-CORES_ANNOTATION = "neuronplace.io/cores"
-NUMBERING_ANNOTATION = "neuronplace.io/numbering"
-AWS_NEURON_IDS = "AWS_NEURON_IDS"
-NEURON_RESOURCE_TYPE = "NEURON_RESOURCE_TYPE"
-NEURONCORE = "aws.amazon.com/neuroncore"
-NEURON_DEVICE = "aws.amazon.com/neuron"
-VISIBLE_CORES_ENV = "NEURON_RT_VISIBLE_CORES"
 NODE_CORES_ENV = "NEURONPLACE_NODE_CORES"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -149,7 +142,7 @@ def node_capacity(node: Mapping) -> tuple[int, int | None]:
     """(usable cores, cores per chip): the smaller of the topology and what is allocatable."""
     inventory = inventory_from_node(dict(node))
     topology = inventory.topology
-    allocatable = _whole(((node.get("status") or {}).get("allocatable") or {}).get(NEURONCORE))
+    allocatable = _whole(((node.get("status") or {}).get("allocatable") or {}).get(NEURONCORE_RESOURCE))
     if topology is None:
         return (allocatable or 0), None
     cores = topology.cores if allocatable is None else min(topology.cores, allocatable)
@@ -198,12 +191,12 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
                     raw = [int(x) for x in str(annotations[AWS_NEURON_IDS]).split(",")]
                 except ValueError:
                     raw = None
-                if raw is not None and pod_amount(pod, NEURONCORE):
+                if raw is not None and pod_amount(pod, NEURONCORE_RESOURCE):
                     ids = raw
-                elif raw is not None and per_chip and pod_amount(pod, NEURON_DEVICE):
+                elif raw is not None and per_chip and pod_amount(pod, NEURON_DEVICE_RESOURCE):
                     ids = [d * per_chip + c for d in raw for c in range(per_chip)]
             if ids is None:
-                count = pod_amount(pod, NEURONCORE) + pod_amount(pod, NEURON_DEVICE) * (per_chip or 1)
+                count = pod_amount(pod, NEURONCORE_RESOURCE) + pod_amount(pod, NEURON_DEVICE_RESOURCE) * (per_chip or 1)
                 counted += count
                 continue
             counted += len(ids)
@@ -241,8 +234,8 @@ def check_pod(pod: Mapping, nodes: Mapping[str, Mapping]) -> list[Violation]:
     ids = ",".join(str(i) for i in cores.ids)
     if annotations.get(AWS_NEURON_IDS) != ids:
         bad(f"{AWS_NEURON_IDS}={annotations.get(AWS_NEURON_IDS)!r} but {CORES_ANNOTATION}={cores} (expected {ids!r})")
-    if annotations.get(NEURON_RESOURCE_TYPE) != NEURONCORE:
-        bad(f"{NEURON_RESOURCE_TYPE}={annotations.get(NEURON_RESOURCE_TYPE)!r}, expected {NEURONCORE!r}")
+    if annotations.get(NEURON_RESOURCE_TYPE) != NEURONCORE_RESOURCE:
+        bad(f"{NEURON_RESOURCE_TYPE}={annotations.get(NEURON_RESOURCE_TYPE)!r}, expected {NEURONCORE_RESOURCE!r}")
     if spec.get("schedulerName") not in (None, "default-scheduler"):
         bad(f"schedulerName {spec.get('schedulerName')!r}: the operator binds pods itself")
     numbering = annotations.get(NUMBERING_ANNOTATION, "device-local")
@@ -258,26 +251,26 @@ def check_pod(pod: Mapping, nodes: Mapping[str, Mapping]) -> list[Violation]:
     process_ranges: list[CoreRange] = []
     for container in spec.get("containers") or []:
         env = _env(container)
-        request, limit = container_amount(container, NEURONCORE)
-        if VISIBLE_CORES_ENV not in env:
+        request, limit = container_amount(container, NEURONCORE_RESOURCE)
+        if ENV_VISIBLE_CORES not in env:
             if request or limit:
-                bad(f"container {container.get('name')} requests {NEURONCORE} without {VISIBLE_CORES_ENV}")
+                bad(f"container {container.get('name')} requests {NEURONCORE_RESOURCE} without {ENV_VISIBLE_CORES}")
             continue
         try:
-            visible = parse_core_set(env[VISIBLE_CORES_ENV])
+            visible = parse_core_set(env[ENV_VISIBLE_CORES])
             node_range = CoreRange.parse(env.get(NODE_CORES_ENV, ""))
         except ValueError as error:
             bad(f"container {container.get('name')}: {error}")
             continue
         process_ranges.append(node_range)
         if request != node_range.count or limit != node_range.count:
-            bad(f"container {container.get('name')} requests/limits {request}/{limit} {NEURONCORE} "
+            bad(f"container {container.get('name')} requests/limits {request}/{limit} {NEURONCORE_RESOURCE} "
                 f"for {node_range.count} cores ({node_range})")
         if offset is not None and visible != [i - offset for i in node_range.ids]:
-            bad(f"container {container.get('name')}: {VISIBLE_CORES_ENV}={env[VISIBLE_CORES_ENV]!r} is not node cores "
+            bad(f"container {container.get('name')}: {ENV_VISIBLE_CORES}={env[ENV_VISIBLE_CORES]!r} is not node cores "
                 f"{node_range} in {numbering} numbering (offset {offset})")
     for container in spec.get("initContainers") or []:
-        if VISIBLE_CORES_ENV in _env(container) or any(container_amount(container, NEURONCORE)):
+        if ENV_VISIBLE_CORES in _env(container) or any(container_amount(container, NEURONCORE_RESOURCE)):
             bad(f"init container {container.get('name')} was given Neuron cores")
     if not process_ranges:
         bad("no container has NEURON_RT_VISIBLE_CORES")

@@ -23,11 +23,11 @@ from typing import Callable, Mapping
 from kubernetes import client as k8s
 
 from neuronplace.local.fleet import KWOK_TOLERATION, build_node
-from neuronplace.operator.crd import GROUP, PLURAL, VERSION
 
 from reliability import bad_specs
 from reliability import invariants as inv
 from reliability.harness import POOL_LABEL, Harness
+from neuronplace.placement.names import CORES_ANNOTATION, GROUP, INFERENCE_LABEL, PLURAL, VERSION
 
 Expectation = Callable[[inv.Snapshot], list[inv.Violation]]
 
@@ -41,7 +41,7 @@ def _pods(snapshot: inv.Snapshot, namespace: str) -> dict[str, list[dict]]:
     for pod in snapshot.pods:
         meta = pod["metadata"]
         if meta["namespace"] == namespace and inv.is_managed(pod) and inv.is_live(pod) and not inv.is_terminating(pod):
-            out.setdefault(meta["labels"][inv.INFERENCE_LABEL], []).append(pod)
+            out.setdefault(meta["labels"][INFERENCE_LABEL], []).append(pod)
     return out
 
 
@@ -126,7 +126,7 @@ def node_of(snapshot: inv.Snapshot, h: Harness, pod_name: str) -> str:
 
 
 def placements(snapshot: inv.Snapshot, h: Harness) -> dict[str, tuple[str, str]]:
-    return {p["metadata"]["name"]: (p["spec"]["nodeName"], p["metadata"]["annotations"][inv.CORES_ANNOTATION])
+    return {p["metadata"]["name"]: (p["spec"]["nodeName"], p["metadata"]["annotations"][CORES_ANNOTATION])
             for pods in _pods(snapshot, h.namespace).values() for p in pods}
 
 
@@ -503,7 +503,7 @@ def odd_nodes(h: Harness) -> None:
                 out.append(inv.Violation("expected", name, f"{len(pods.get(name, []))} pods, Placed "
                                          f"{placed.get('reason')}: {placed.get('message')!r}; want none and {phrase!r}"))
         small = pods.get("on-small", [])
-        used = sorted(c for p in small for c in inv.CoreRange.parse(p["metadata"]["annotations"][inv.CORES_ANNOTATION]).ids)
+        used = sorted(c for p in small for c in inv.CoreRange.parse(p["metadata"]["annotations"][CORES_ANNOTATION]).ids)
         if len(small) != 2 or used != [0, 1, 2, 3]:
             out.append(inv.Violation("expected", "on-small", f"cores {used} on a node with 4 allocatable; want 0-3 in 2 pods"))
         return out

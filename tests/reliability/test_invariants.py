@@ -10,12 +10,12 @@ from __future__ import annotations
 import copy
 
 from neuronplace.local.fleet import build_node
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import Ledger
-from neuronplace.operator.placement import ReplicaPlacement, place_one
-from neuronplace.operator.pods import build_pod
-from neuronplace.operator.reconcile import placement_request
-from neuronplace.operator.status import Problem, build_status
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.allocator import ReplicaPlacement, place_one
+from neuronplace.placement.pods import build_pod
+from neuronplace.placement.reconcile import placement_request
+from neuronplace.placement.status import Problem, build_status
 
 from reliability.invariants import Snapshot, Violation, check, operator_health
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuronplace.operator.pods import ENV_DP_DIM, ENV_DP_DYNAMIC_BATCHING, ENV_DP_NUM_WORKERS
 from neuronplace.runtime.hints import DataParallelHints, hints_from_env
+from neuronplace.placement.names import ENV_DP_DIM, ENV_DP_DYNAMIC_BATCHING, ENV_DP_NUM_WORKERS
 
 
 def test_hint_names_are_the_ones_the_operator_writes():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from neuronplace.operator.coremap import node_maps, render
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import Ledger
-from neuronplace.operator.settings import OperatorSettings, selector_matches
+from neuronplace.placement.coremap import node_maps, render
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.operator.settings import OperatorSettings
+from neuronplace.placement.selectors import selector_matches
 
 
 def node(name, instance_type, cores):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from neuronplace.operator import crd
+from neuronplace.placement import crd
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "crds" / "neuronplace.io_neuroninferences.yaml"
@@ -42,12 +42,12 @@ def _all_rules(node, path="") -> list[tuple[str, str, str]]:
 def test_committed_yaml_is_the_generated_one():
     assert COMMITTED.read_text() == crd.render_crd_yaml(), (
         "crds/neuronplace.io_neuroninferences.yaml is stale: run "
-        "`python -m neuronplace.operator.crd > crds/neuronplace.io_neuroninferences.yaml`"
+        "`python -m neuronplace.placement.crd > crds/neuronplace.io_neuroninferences.yaml`"
     )
 
 
 def test_module_regenerates_the_committed_yaml():
-    result = subprocess.run([sys.executable, "-m", "neuronplace.operator.crd"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "neuronplace.placement.crd"], capture_output=True, text=True,
                             timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout == COMMITTED.read_text()

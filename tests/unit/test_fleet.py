@@ -6,19 +6,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from neuronplace.placement.names import NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
 from neuronplace.local.fleet import (
     HOST_SHAPES,
     KWOK_ANNOTATION,
     KWOK_TAINT,
-    NEURON_DEVICE,
-    NEURONCORE,
     build_fleet,
     build_node,
     node_name,
     normalize_fleet,
     parse_fleet,
 )
-from neuronplace.operator.topology import INSTANCE_TOPOLOGIES
+from neuronplace.placement.topology import INSTANCE_TOPOLOGIES
 
 KNOWN_TYPES = sorted(set(INSTANCE_TOPOLOGIES) & set(HOST_SHAPES))
 
@@ -70,8 +69,8 @@ def test_node_resources_match_the_instance_table(instance_type):
     cores, devices = EXPECTED_NEURON[instance_type]
     for key in ("capacity", "allocatable"):
         resources = node["status"][key]
-        assert resources[NEURONCORE] == str(cores)
-        assert resources[NEURON_DEVICE] == str(devices)
+        assert resources[NEURONCORE_RESOURCE] == str(cores)
+        assert resources[NEURON_DEVICE_RESOURCE] == str(devices)
         assert resources["cpu"] == str(HOST_SHAPES[instance_type].vcpus)
         assert resources["memory"] == f"{HOST_SHAPES[instance_type].memory_gib}Gi"
         assert int(resources["pods"]) > 0
@@ -95,8 +94,8 @@ def test_node_is_handed_to_kwok_and_tainted():
 
 def test_trn2_lnc_changes_cores_and_is_labelled():
     node = build_node("t-0", "trn2.48xlarge", lnc=1)
-    assert node["status"]["allocatable"][NEURONCORE] == "128"
-    assert node["status"]["allocatable"][NEURON_DEVICE] == "16"
+    assert node["status"]["allocatable"][NEURONCORE_RESOURCE] == "128"
+    assert node["status"]["allocatable"][NEURON_DEVICE_RESOURCE] == "16"
     assert node["metadata"]["labels"]["neuronplace.io/lnc"] == "1"
     assert "neuronplace.io/lnc" not in build_node("i-0", "inf2.xlarge", lnc=1)["metadata"]["labels"]
 

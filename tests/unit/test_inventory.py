@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from neuronplace.operator.inventory import (
+from neuronplace.placement.inventory import (
     BEING_DELETED,
     CORDONED,
     NO_CORES,
@@ -12,7 +12,7 @@ from neuronplace.operator.inventory import (
     UNKNOWN_TOPOLOGY,
     inventory_from_node,
 )
-from neuronplace.operator.topology import Topology, topology_for
+from neuronplace.placement.topology import Topology, topology_for
 
 
 def make_node(name="inf2-a", instance_type="inf2.48xlarge", cores="24", ready="True", labels=None, **extra):

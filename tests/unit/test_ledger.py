@@ -2,8 +2,9 @@
 
 import pytest
 
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import ANNOTATION_CORES, MANAGED_LABEL, Ledger
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.runtime.coreset import CoreRange
 
 
@@ -24,8 +25,8 @@ def managed_pod(name, node, cores, inference="web", namespace="default", phase="
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {MANAGED_LABEL: inference},
-            "annotations": {ANNOTATION_CORES: cores},
+            "labels": {INFERENCE_LABEL: inference},
+            "annotations": {CORES_ANNOTATION: cores},
         },
         "spec": {"nodeName": node, "containers": [{"name": "main"}]},
         "status": {"phase": phase},
@@ -86,7 +87,7 @@ def test_observe_is_idempotent_and_forget_frees():
     ledger.observe(pod)
     ledger.observe(pod)
     assert len(ledger.holdings("n1")) == 1 and ledger.used_cores("n1") == {2, 3}
-    pod["metadata"]["annotations"][ANNOTATION_CORES] = "4-5"
+    pod["metadata"]["annotations"][CORES_ANNOTATION] = "4-5"
     ledger.observe(pod)
     assert ledger.used_cores("n1") == {4, 5}
     pod["status"]["phase"] = "Succeeded"

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
 
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import ANNOTATION_CORES, MANAGED_LABEL, Ledger
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.operator.metrics import (
     LedgerSnapshot,
     OperatorMetrics,
@@ -29,8 +30,8 @@ def node(name, instance_type="inf2.48xlarge", cores="24"):
 
 
 def managed_pod(name, node_name, cores, namespace="default"):
-    return {"metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_LABEL: "web"},
-                         "annotations": {ANNOTATION_CORES: cores}},
+    return {"metadata": {"name": name, "namespace": namespace, "labels": {INFERENCE_LABEL: "web"},
+                         "annotations": {CORES_ANNOTATION: cores}},
             "spec": {"nodeName": node_name, "containers": [{"name": "main"}]},
             "status": {"phase": "Running"}}
 

@@ -2,9 +2,10 @@
 
 import pytest
 
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import ANNOTATION_CORES, MANAGED_LABEL, Ledger
-from neuronplace.operator.placement import (
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
+from neuronplace.placement.allocator import (
     Fleet,
     PlacementRequest,
     ReplicaPlacement,
@@ -12,7 +13,7 @@ from neuronplace.operator.placement import (
     place,
     place_one,
 )
-from neuronplace.operator.topology import topology_for
+from neuronplace.placement.topology import topology_for
 from neuronplace.runtime.coreset import CoreRange
 
 
@@ -32,8 +33,8 @@ def node(name, instance_type="inf2.48xlarge", cores=None, labels=None, taints=No
 
 def holding_pod(name, node_name, cores):
     return {
-        "metadata": {"name": name, "namespace": "default", "labels": {MANAGED_LABEL: "old"},
-                     "annotations": {ANNOTATION_CORES: cores}},
+        "metadata": {"name": name, "namespace": "default", "labels": {INFERENCE_LABEL: "old"},
+                     "annotations": {CORES_ANNOTATION: cores}},
         "spec": {"nodeName": node_name},
         "status": {"phase": "Running"},
     }
@@ -404,8 +405,8 @@ def test_restart_rebuilds_the_same_ledger_from_pods():
     placed = place(req(4), range(5), nodes, ledger, lambda i: f"default/web-{i}")
     pods = [
         {
-            "metadata": {"name": f"web-{p.replica}", "namespace": "default", "labels": {MANAGED_LABEL: "web"},
-                         "annotations": {ANNOTATION_CORES: str(p.cores)}},
+            "metadata": {"name": f"web-{p.replica}", "namespace": "default", "labels": {INFERENCE_LABEL: "web"},
+                         "annotations": {CORES_ANNOTATION: str(p.cores)}},
             "spec": {"nodeName": p.node},
             "status": {"phase": "Running"},
         }

@@ -12,9 +12,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import ANNOTATION_CORES, MANAGED_LABEL, Ledger
-from neuronplace.operator.placement import PlacementRequest, ReplicaPlacement, Unplaceable, place, place_one
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
+from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, Unplaceable, place, place_one
 
 INSTANCE_TYPES = ["inf2.xlarge", "inf2.24xlarge", "inf1.xlarge", "inf1.6xlarge", "trn1.2xlarge", "trn1.32xlarge"]
 TOTAL_CORES = {"inf2.xlarge": 2, "inf2.24xlarge": 12, "inf1.xlarge": 4, "inf1.6xlarge": 16, "trn1.2xlarge": 2,
@@ -69,8 +70,8 @@ def fleets(draw):
 
 def managed_pod(name, node, cores, inference, namespace="default"):
     return {
-        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_LABEL: inference},
-                     "annotations": {ANNOTATION_CORES: cores}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {INFERENCE_LABEL: inference},
+                     "annotations": {CORES_ANNOTATION: cores}},
         "spec": {"nodeName": node},
         "status": {"phase": "Running"},
     }

@@ -3,7 +3,7 @@
 import yaml
 
 from neuronplace.cli.main import main
-from neuronplace.operator.ledger import ANNOTATION_CORES, MANAGED_LABEL
+from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 
 
 def inference(name, replicas, cores, processes=1, **placement):
@@ -91,8 +91,8 @@ def cluster_state(tmp_path):
     running = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "bert-0", "namespace": "default", "labels": {MANAGED_LABEL: "bert"},
-                     "annotations": {ANNOTATION_CORES: "0-7"}},
+        "metadata": {"name": "bert-0", "namespace": "default", "labels": {INFERENCE_LABEL: "bert"},
+                     "annotations": {CORES_ANNOTATION: "0-7"}},
         "spec": {"nodeName": "inf2-a", "containers": [{"name": "model"}]},
         "status": {"phase": "Running"},
     }

@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuronplace.operator import pods
-from neuronplace.operator.inventory import inventory_from_node
-from neuronplace.operator.ledger import Ledger
-from neuronplace.operator.placement import PlacementRequest, ReplicaPlacement, place_one
+from neuronplace.placement import pods
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, place_one
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuronplace.operator.podsecurity import BASELINE_CAPABILITIES, SAFE_SYSCTLS, check_template
+from neuronplace.placement.podsecurity import BASELINE_CAPABILITIES, SAFE_SYSCTLS, check_template
 
 
 def safe_template() -> dict:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuronplace.operator import reconcile
-from neuronplace.operator.pods import template_hash
+from neuronplace.placement import reconcile
+from neuronplace.placement.pods import template_hash
 from neuronplace.runtime.coreset import CoreRange
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.timezone.utc)

@@ -10,8 +10,8 @@ from kubernetes.client.rest import ApiException
 
 from neuronplace.local.fleet import build_node
 from neuronplace.operator.handlers import Controller
-from neuronplace.operator.pods import CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.operator.settings import OperatorSettings
+from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 
 NAMESPACE = "default"
 

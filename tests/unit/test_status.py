@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neuronplace.operator import status
+from neuronplace.placement import names, status
 
 
 def resource(replicas=2, processes=2, previous=None):
@@ -40,7 +40,7 @@ def test_all_placed_and_ready():
 
 
 def test_unschedulable_carries_the_engines_message():
-    problem = status.Problem(status.REASON_UNSCHEDULABLE,
+    problem = status.Problem(names.REASON_UNSCHEDULABLE,
                              status.summarize_unplaceable([(1, "needs 8 contiguous cores; largest free run is 6 on inf2-a")]))
     built = status.build_status(resource(), [pod(0, "0-3")], problem=problem)
     placed = condition(built, "Placed")

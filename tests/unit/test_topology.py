@@ -2,7 +2,7 @@
 
 import pytest
 
-from neuronplace.operator.topology import (
+from neuronplace.placement.topology import (
     INSTANCE_TOPOLOGIES,
     Topology,
     parse_topology_override,

@@ -15,8 +15,8 @@ import string
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from neuronplace.operator.inventory import NodeInventory
-from neuronplace.operator.ledger import Ledger
+from neuronplace.placement.inventory import NodeInventory
+from neuronplace.placement.ledger import Ledger
 
 FREE = "."
 FOREIGN = "#"

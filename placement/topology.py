@@ -17,9 +17,8 @@ import re
 from dataclasses import dataclass
 
 from neuronplace.runtime.coreset import CoreRange
+from neuronplace.placement.names import TOPOLOGY_OVERRIDE_KEY
 
-TOPOLOGY_OVERRIDE_KEY = "neuronplace.io/topology"
-LNC_KEY = "neuronplace.io/lnc"
 
 INTERCONNECTS = ("ring", "torus", "single")
 

@@ -20,12 +20,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from neuronplace.operator.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS, SHAPE_POLICIES, STRATEGIES
-from neuronplace.operator.placement import PlacementRequest
-from neuronplace.operator.podsecurity import check_template
-from neuronplace.operator.pods import CORES_ANNOTATION, TEMPLATE_HASH_ANNOTATION, template_hash
-from neuronplace.operator.status import pod_is_ready
+from neuronplace.placement.conditions import condition
+from neuronplace.placement.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS
+from neuronplace.placement.allocator import PlacementRequest
+from neuronplace.placement.podsecurity import check_template
+from neuronplace.placement.pods import template_hash
+from neuronplace.placement.status import pod_is_ready
 from neuronplace.runtime.coreset import CoreRange
+from neuronplace.placement.names import CONDITION_READY, CORES_ANNOTATION, SHAPE_POLICIES, STRATEGIES, TEMPLATE_HASH_ANNOTATION
 
 # Deletion reasons (also the Event reasons the handlers post).
 SURPLUS = "ScaledDown"
@@ -137,12 +139,10 @@ def node_not_ready_since(node: Mapping[str, Any]) -> dt.datetime | None:
     A node without a Ready condition (just registered) counts as Ready here: the placement engine's
     inventory decides whether new replicas may go there.
     """
-    for condition in (node.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            if condition.get("status") == "True":
-                return None
-            return _parse_time(condition.get("lastTransitionTime")) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-    return None
+    ready = condition(node, CONDITION_READY)
+    if not ready or ready.get("status") == "True":
+        return None
+    return _parse_time(ready.get("lastTransitionTime")) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 
 def _owned_by(pod: Mapping[str, Any], uid: str | None) -> bool:

@@ -11,20 +11,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from neuronplace.operator.pods import CORES_ANNOTATION, REPLICA_LABEL, pod_name, selector_for
+from neuronplace.placement.conditions import is_ready
+from neuronplace.placement.pods import pod_name, selector_for
 from neuronplace.runtime.coreset import CoreRange
+from neuronplace.placement.names import CONDITION_PLACED, CONDITION_READY, CORES_ANNOTATION, REASON_NOT_READY, REASON_PENDING, REASON_PLACED, REASON_READY, REPLICA_LABEL
 
-PLACED = "Placed"
-READY = "Ready"
 
-# Reasons (CamelCase, stable: tests and users match on them).
-REASON_PLACED = "Placed"
-REASON_UNSCHEDULABLE = "Unschedulable"
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_POD_REJECTED = "PodRejected"
-REASON_PENDING = "Pending"
-REASON_READY = "AllReplicasReady"
-REASON_NOT_READY = "ReplicasNotReady"
 
 
 @dataclass(frozen=True)
@@ -43,10 +35,7 @@ def now_rfc3339(clock: dt.datetime | None = None) -> str:
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
+    return is_ready(pod)
 
 
 def set_condition(conditions: Sequence[Mapping], type_: str, status: str, reason: str, message: str,
@@ -122,18 +111,18 @@ def build_status(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
 
     conditions = previous.get("conditions") or []
     if problem is not None:
-        conditions = set_condition(conditions, PLACED, "False", problem.reason, problem.message, generation, now)
+        conditions = set_condition(conditions, CONDITION_PLACED, "False", problem.reason, problem.message, generation, now)
     elif placed >= desired:
-        conditions = set_condition(conditions, PLACED, "True", REASON_PLACED,
+        conditions = set_condition(conditions, CONDITION_PLACED, "True", REASON_PLACED,
                                    f"{placed}/{desired} replicas placed", generation, now)
     else:
-        conditions = set_condition(conditions, PLACED, "False", REASON_PENDING,
+        conditions = set_condition(conditions, CONDITION_PLACED, "False", REASON_PENDING,
                                    f"{placed}/{desired} replicas placed; waiting for old pods to go", generation, now)
     if ready >= desired and placed >= desired:
-        conditions = set_condition(conditions, READY, "True", REASON_READY,
+        conditions = set_condition(conditions, CONDITION_READY, "True", REASON_READY,
                                    f"{ready}/{desired} replicas ready", generation, now)
     else:
-        conditions = set_condition(conditions, READY, "False", REASON_NOT_READY,
+        conditions = set_condition(conditions, CONDITION_READY, "False", REASON_NOT_READY,
                                    f"{ready}/{desired} replicas ready", generation, now)
     return {
         "observedGeneration": generation,

@@ -19,34 +19,13 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from neuronplace.operator.crd import API_VERSION, KIND, NEURONCORE_RESOURCE, RESERVED_ENV
+from neuronplace.placement.names import API_VERSION, AWS_NEURON_IDS, CORES_ANNOTATION, ENV_DP_DIM, ENV_DP_DYNAMIC_BATCHING, ENV_DP_NUM_WORKERS, ENV_NODE_CORES, ENV_PROCESS_COUNT, ENV_PROCESS_INDEX, ENV_REPLICA, ENV_VISIBLE_CORES, INFERENCE_LABEL, KIND, NEURONCORE_RESOURCE, NEURON_ALLOCATED, NEURON_ALLOC_TIME, NEURON_RESOURCE_TYPE, NUMBERING_ANNOTATION, REPLICA_LABEL, RESERVED_ENV, TEMPLATE_HASH_ANNOTATION
 
 if TYPE_CHECKING:  # the placement engine's result type; only its attributes are used here
-    from neuronplace.operator.placement import ReplicaPlacement
+    from neuronplace.placement.allocator import ReplicaPlacement
 
-INFERENCE_LABEL = "neuronplace.io/inference"
-REPLICA_LABEL = "neuronplace.io/replica"
-CORES_ANNOTATION = "neuronplace.io/cores"
-TEMPLATE_HASH_ANNOTATION = "neuronplace.io/template-hash"
-NUMBERING_ANNOTATION = "neuronplace.io/numbering"
 
-# The AWS Neuron scheduler extension's pod annotations, so that the stock device plugin would mount
-# exactly these cores. NEURON_ALLOCATED is "false" when the scheduler side writes it; the plugin
-# flips it to "true" once it has allocated the devices. NEURON_ALLOC_TIME is Unix nanoseconds.
-AWS_NEURON_IDS = "AWS_NEURON_IDS"
-NEURON_RESOURCE_TYPE = "NEURON_RESOURCE_TYPE"
-NEURON_ALLOCATED = "NEURON_ALLOCATED"
-NEURON_ALLOC_TIME = "NEURON_ALLOC_TIME"
 
-# Env given to every process container. The NEURONPLACE_DP_* names are read by neuronplace.runtime.
-ENV_VISIBLE_CORES = "NEURON_RT_VISIBLE_CORES"
-ENV_NODE_CORES = "NEURONPLACE_NODE_CORES"          # this process's node-global range (for logs / debugging)
-ENV_REPLICA = "NEURONPLACE_REPLICA"
-ENV_PROCESS_INDEX = "NEURONPLACE_PROCESS_INDEX"
-ENV_PROCESS_COUNT = "NEURONPLACE_PROCESS_COUNT"   # same name as neuronplace.runtime.launch
-ENV_DP_DIM = "NEURONPLACE_DP_DIM"
-ENV_DP_DYNAMIC_BATCHING = "NEURONPLACE_DP_DYNAMIC_BATCHING"  # "true" / "false"
-ENV_DP_NUM_WORKERS = "NEURONPLACE_DP_NUM_WORKERS"
 
 
 def pod_name(inference_name: str, replica: int) -> str:

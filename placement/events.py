@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from neuronplace.operator.crd import API_VERSION, KIND
-from neuronplace.operator.status import now_rfc3339
+from neuronplace.placement.status import now_rfc3339
+from neuronplace.placement.names import API_VERSION, KIND
 
 COMPONENT = "neuronplace-operator"
 NORMAL = "Normal"

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from neuronplace.operator.inventory import (
+from neuronplace.placement.inventory import (
     BEING_DELETED,
     CORDONED,
     NO_CORES,
@@ -38,13 +38,11 @@ from neuronplace.operator.inventory import (
     UNKNOWN_TOPOLOGY,
     NodeInventory,
 )
-from neuronplace.operator.ledger import Ledger
-from neuronplace.operator.topology import Topology
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.topology import Topology
 from neuronplace.runtime.coreset import CoreRange
+from neuronplace.placement.names import NUMBERINGS, SHAPE_POLICIES, STRATEGIES
 
-STRATEGIES = ("BinPack", "Spread")
-SHAPE_POLICIES = ("Strict", "Permissive")
-NUMBERINGS = ("device-local", "global")
 
 _TAINT_EFFECTS_ENFORCED = ("NoSchedule", "NoExecute")
 _TOLERATION_OPERATORS = ("", "Equal", "Exists")

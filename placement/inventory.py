@@ -17,18 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from neuronplace.operator.topology import (
-    LNC_KEY,
-    TOPOLOGY_OVERRIDE_KEY,
-    Topology,
-    parse_topology_override,
-    topology_for,
-)
+from neuronplace.placement.conditions import is_ready
+from neuronplace.placement.topology import Topology, parse_topology_override, topology_for
+from neuronplace.placement.names import INSTANCE_TYPE_LABEL, LEGACY_INSTANCE_TYPE_LABEL, LNC_KEY, NEURONCORE_RESOURCE, NEURON_DEVICE_RESOURCES, TOPOLOGY_OVERRIDE_KEY
 
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
-LEGACY_INSTANCE_TYPE_LABEL = "beta.kubernetes.io/instance-type"
-NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
-NEURON_DEVICE_RESOURCES = ("aws.amazon.com/neuron", "aws.amazon.com/neurondevice")
 
 # Problem kinds, used to count excluded nodes in a placement failure reason.
 CORDONED = "cordoned"
@@ -63,13 +55,6 @@ def _int_quantity(value) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     return None
-
-
-def _is_ready(status: Mapping) -> bool:
-    for condition in status.get("conditions") or ():
-        if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
 
 
 def _topology(labels: Mapping[str, str], annotations: Mapping[str, str], instance_type: str | None):
@@ -128,7 +113,7 @@ def inventory_from_node(node: dict) -> NodeInventory:
     checks = (
         (metadata.get("deletionTimestamp") is not None, BEING_DELETED, "being deleted"),
         (bool(spec.get("unschedulable")), CORDONED, "cordoned"),
-        (not _is_ready(status), NOT_READY, "NotReady"),
+        (not is_ready(node), NOT_READY, "NotReady"),
         (topology_problem is not None, UNKNOWN_TOPOLOGY, topology_problem),
         (cores_problem is not None, NO_CORES, cores_problem),
     )

@@ -32,19 +32,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from neuronplace.runtime.coreset import CoreRange
+from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION, INFERENCE_LABEL, NEURONCORE_RESOURCE, NEURON_DEVICE_RESOURCES, TERMINAL_PHASES
 
-ANNOTATION_CORES = "neuronplace.io/cores"
-MANAGED_LABEL = "neuronplace.io/inference"
-AWS_NEURON_IDS = "AWS_NEURON_IDS"
 
-NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
-NEURON_DEVICE_RESOURCES = ("aws.amazon.com/neuron", "aws.amazon.com/neurondevice")
 
 # When a node's cores per chip is unknown, a device request is assumed to hold the most cores any
 # instance type has per chip (trn2 at LNC=1): over-counting is the safe direction.
 _UNKNOWN_CORES_PER_CHIP = 8
 
-_TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
@@ -144,7 +139,7 @@ def _claim_from_pod(pod: Mapping) -> _Claim | None:
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
     node = spec.get("nodeName")
-    if not node or status.get("phase") in _TERMINAL_PHASES:
+    if not node or status.get("phase") in TERMINAL_PHASES:
         return None
     owner = _owner_of(pod)
     labels = metadata.get("labels") or {}
@@ -152,10 +147,10 @@ def _claim_from_pod(pod: Mapping) -> _Claim | None:
     core_count = requested_amount(pod, NEURONCORE_RESOURCE)
     device_count = max(requested_amount(pod, resource) for resource in NEURON_DEVICE_RESOURCES)
 
-    if MANAGED_LABEL in labels:
-        group = f"{metadata.get('namespace') or 'default'}/{labels[MANAGED_LABEL]}"
+    if INFERENCE_LABEL in labels:
+        group = f"{metadata.get('namespace') or 'default'}/{labels[INFERENCE_LABEL]}"
         try:
-            cores = CoreRange.parse(annotations[ANNOTATION_CORES])
+            cores = CoreRange.parse(annotations[CORES_ANNOTATION])
         except (KeyError, ValueError):
             cores = None
         if cores is not None:

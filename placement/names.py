@@ -1,0 +1,90 @@
+"""Every name that more than one module uses, defined once: the API group, labels, annotations,
+resource names, env variables, condition types and reasons, and the enum values of the spec.
+
+These are contracts with users, with the AWS Neuron device plugin and with the runtime inside the
+pod: changing one is an API change. The env variables the pod's runtime reads are defined beside
+the core-set grammar in :mod:`neuronplace.runtime.coreset` (the runtime never imports this package)
+and re-exported here.
+"""
+
+from __future__ import annotations
+
+from neuronplace.runtime.coreset import (
+    DP_DIM_VAR,
+    DP_DYNAMIC_BATCHING_VAR,
+    DP_NUM_WORKERS_VAR,
+    NUM_CORES_VAR,
+    PROCESS_COUNT_VAR,
+    PROCESS_INDEX_VAR,
+    VISIBLE_CORES_VAR,
+)
+
+# ---- the custom resource ---------------------------------------------------------------------
+GROUP = "neuronplace.io"
+VERSION = "v1alpha1"
+KIND = "NeuronInference"
+PLURAL = "neuroninferences"
+SINGULAR = "neuroninference"
+SHORT_NAMES = ("ninf",)
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# Enum values of the spec (the CRD's schema refuses anything else).
+STRATEGIES = ("BinPack", "Spread")
+SHAPE_POLICIES = ("Strict", "Permissive")
+# How NEURON_RT_VISIBLE_CORES is numbered: from 0 at the first device the device plugin mounted
+# (device-local), or node-wide (global).
+NUMBERINGS = ("device-local", "global")
+
+# ---- Kubernetes resources and well-known labels --------------------------------------------------
+NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
+NEURON_DEVICE_RESOURCE = "aws.amazon.com/neuron"
+# Whole-device requests: today's name, and the one Neuron dropped in its 2.20 release (old pods
+# may still carry it).
+NEURON_DEVICE_RESOURCES = (NEURON_DEVICE_RESOURCE, "aws.amazon.com/neurondevice")
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+LEGACY_INSTANCE_TYPE_LABEL = "beta.kubernetes.io/instance-type"
+
+# ---- our labels and annotations ------------------------------------------------------------------
+INFERENCE_LABEL = "neuronplace.io/inference"  # on every managed pod: the owning NeuronInference
+REPLICA_LABEL = "neuronplace.io/replica"  # the replica ordinal
+CORES_ANNOTATION = "neuronplace.io/cores"  # the replica's node-global core range ("4-7")
+TEMPLATE_HASH_ANNOTATION = "neuronplace.io/template-hash"
+NUMBERING_ANNOTATION = "neuronplace.io/numbering"
+TOPOLOGY_OVERRIDE_KEY = "neuronplace.io/topology"  # node label or annotation: "<chips>x<cores>[,ring|torus]"
+LNC_KEY = "neuronplace.io/lnc"  # node label: trn2 logical NeuronCore size, "1" or "2"
+
+# The AWS Neuron scheduler extension's pod annotations, so that the stock device plugin would mount
+# exactly these cores. NEURON_ALLOCATED is "false" when the scheduler side writes it; the plugin
+# flips it to "true" once it has allocated the devices. NEURON_ALLOC_TIME is Unix nanoseconds.
+AWS_NEURON_IDS = "AWS_NEURON_IDS"
+NEURON_RESOURCE_TYPE = "NEURON_RESOURCE_TYPE"
+NEURON_ALLOCATED = "NEURON_ALLOCATED"
+NEURON_ALLOC_TIME = "NEURON_ALLOC_TIME"
+
+# ---- env given to every process container --------------------------------------------------------
+ENV_VISIBLE_CORES = VISIBLE_CORES_VAR
+ENV_NUM_CORES = NUM_CORES_VAR
+ENV_NODE_CORES = "NEURONPLACE_NODE_CORES"  # this process's node-global range (for logs / debugging)
+ENV_REPLICA = "NEURONPLACE_REPLICA"
+ENV_PROCESS_INDEX = PROCESS_INDEX_VAR
+ENV_PROCESS_COUNT = PROCESS_COUNT_VAR
+ENV_DP_DIM = DP_DIM_VAR
+ENV_DP_DYNAMIC_BATCHING = DP_DYNAMIC_BATCHING_VAR
+ENV_DP_NUM_WORKERS = DP_NUM_WORKERS_VAR
+# Env the operator owns in the Neuron containers; a template may not set them.
+RESERVED_ENV = (ENV_VISIBLE_CORES, ENV_NUM_CORES)
+
+# ---- status ---------------------------------------------------------------------------------------
+CONDITION_PLACED = "Placed"
+CONDITION_READY = "Ready"  # also the type of a Pod's and a Node's readiness condition
+REASON_PLACED = "Placed"
+REASON_UNSCHEDULABLE = "Unschedulable"
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_POD_REJECTED = "PodRejected"
+REASON_PENDING = "Pending"
+REASON_READY = "AllReplicasReady"
+REASON_NOT_READY = "ReplicasNotReady"
+
+# A pod in one of these phases has finished: it holds no cores and is not a live replica.
+TERMINAL_PHASES = ("Succeeded", "Failed")
