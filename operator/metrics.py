@@ -1,7 +1,7 @@
 """Prometheus metrics of the operator, and the pure computation behind its ledger gauges.
 
-kopf has no metrics of its own (DESIGN §7), so the operator exposes these, all on one registry
-served over HTTP (``/metrics``) when ``OperatorSettings.metrics_port`` is set:
+kopf exposes no metrics of its own (only a liveness endpoint), so the operator exposes these, all
+on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_port`` is set:
 
 - ``neuronplace_placements_total``: replicas placed (a pod created, bound, with its core range).
 - ``neuronplace_placement_failures_total{reason}``: replicas the operator tried to place and could
@@ -137,7 +137,7 @@ class OperatorMetrics:
         self._server = None
         self._guard = threading.Lock()
 
-    # ---- hooks the handlers call ---------------------------------------------------------------
+    # ---- hooks the reconciles call -------------------------------------------------------------
 
     def placed(self, count: int = 1) -> None:
         if count:
@@ -177,5 +177,5 @@ class OperatorMetrics:
                 self._server = None
 
 
-# The operator process's metrics (the handlers count into this one).
+# The operator process's metrics (its reconciles count into this one).
 METRICS = OperatorMetrics()

@@ -8,8 +8,9 @@ by ``neuronplace run`` (whose flags write these variables before kopf imports th
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
+
 from neuronplace.placement.names import NUMBERINGS
 from neuronplace.placement.selectors import parse_node_selector
 
@@ -71,7 +72,7 @@ class OperatorSettings:
         parse_node_selector(self.node_selector)  # fail early on a malformed selector
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "OperatorSettings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
         """Read ``NEURONPLACE_<FIELD>`` variables; unset ones keep their defaults."""
         environ = os.environ if environ is None else environ
         values: dict = {}

@@ -1,16 +1,16 @@
 """The operator's full resync against a scripted API: what the watch reports while the lists are
-being read wins over the (older) lists. No cluster: the list calls are fakes that, like a real
-watch, deliver an event between the list's snapshot and the moment its page is folded in."""
+being read wins over the (older) lists. No cluster: the list calls are fakes, handed to
+:class:`Sync` as its API clients, that (like a real watch) deliver an event between the list's
+snapshot and the moment its page is folded into the cache."""
 
 import json
 
 import pytest
-from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from neuronplace.local.fleet import build_node
-from neuronplace.operator.handlers import Controller
-from neuronplace.operator.settings import OperatorSettings
+from neuronplace.operator.cache import Cache
+from neuronplace.operator.sync import Sync
 from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 
 NAMESPACE = "default"
@@ -69,58 +69,63 @@ class ScriptedApi:
 
 
 @pytest.fixture
-def controller():
-    made = Controller(OperatorSettings(), k8s.ApiClient())
-    yield made
-    made.api_pool.shutdown()
-    made.reconcile_pool.shutdown()
+def cache():
+    return Cache()
 
 
-def connect(controller: Controller, api: ScriptedApi) -> None:
-    controller.core = controller.custom = api
+def sync(cache: Cache, api: ScriptedApi) -> Sync:
+    """A sync of ``cache`` that reads through ``api`` (its core and custom-objects client alike)."""
+    return Sync(cache, core=api, custom=api)
 
 
-def test_a_pod_deleted_while_the_list_is_read_does_not_come_back(controller):
+def test_a_pod_deleted_while_the_list_is_read_does_not_come_back(cache):
     node = build_node("n1", "inf2.48xlarge")
     doomed = pod("web-0", "n1", "0-1")
-    connect(controller, ScriptedApi([node], [doomed], [inference("web")]))
-    controller.initial_sync()
-    assert controller.ledger.holds("default/web-0")
+    sync(cache, ScriptedApi([node], [doomed], [inference("web")])).initial_sync()
+    assert cache.ledger.holds("default/web-0")
 
     # The pod is deleted: the watch reports it after the resync's list (which still has it) was taken.
     api = ScriptedApi([node], [doomed], [inference("web")],
-                      during_pod_list=lambda: controller.on_pod("DELETED", doomed))
-    connect(controller, api)
-    controller.full_resync()
+                      during_pod_list=lambda: cache.apply_pod("DELETED", doomed))
+    sync(cache, api).full_resync()
     api.pods = []
-    assert not controller.ledger.holds("default/web-0")
-    assert ("default", "web-0") not in controller.pods
-    assert controller.ledger.used_cores("n1") == set()
+    assert not cache.ledger.holds("default/web-0")
+    assert ("default", "web-0") not in cache.pods
+    assert cache.ledger.used_cores("n1") == set()
+    assert cache.deleted_during_resync is None  # only recorded while a resync runs
 
 
-def test_a_resource_deleted_while_the_list_is_read_does_not_come_back(controller):
+def test_a_resource_deleted_while_the_list_is_read_does_not_come_back(cache):
     node = build_node("n1", "inf2.48xlarge")
-    connect(controller, ScriptedApi([node], [], [inference("web")]))
-    controller.initial_sync()
-    assert ("default", "web") in controller.inferences
+    sync(cache, ScriptedApi([node], [], [inference("web")])).initial_sync()
+    assert ("default", "web") in cache.inferences
 
     def deleted():
-        controller.on_inference("DELETED", inference("web"))
+        cache.apply_inference("DELETED", inference("web"))
 
-    connect(controller, ScriptedApi([node], [], [inference("web")], during_inference_list=deleted))
-    controller.full_resync()
-    assert ("default", "web") not in controller.inferences
+    sync(cache, ScriptedApi([node], [], [inference("web")], during_inference_list=deleted)).full_resync()
+    assert ("default", "web") not in cache.inferences
 
 
-def test_what_the_watch_missed_is_taken_from_the_lists(controller):
+def test_what_the_watch_missed_is_taken_from_the_lists(cache):
     node = build_node("n1", "inf2.48xlarge")
-    connect(controller, ScriptedApi([node], [], []))
-    controller.initial_sync()
-    # A pod and a resource appeared, and a pod vanished, while nothing was watching.
-    controller.on_pod("ADDED", pod("old-0", "n1", "4-5", inference="old"))
-    connect(controller, ScriptedApi([node], [pod("web-0", "n1", "0-1")], [inference("web")]))
-    controller.full_resync()
-    assert controller.ledger.holds("default/web-0")
-    assert not controller.ledger.holds("default/old-0")  # confirmed gone with a GET (404)
-    assert ("default", "web") in controller.inferences
-    assert controller.ledger.used_cores("n1") == {0, 1}
+    sync(cache, ScriptedApi([node], [], [inference("gone")])).initial_sync()
+    # A pod and a resource appeared, and a pod and a resource vanished, while nothing was watching.
+    cache.apply_pod("ADDED", pod("old-0", "n1", "4-5", inference="old"))
+    forgotten = sync(cache, ScriptedApi([node], [pod("web-0", "n1", "0-1")], [inference("web")])).full_resync()
+    assert cache.ledger.holds("default/web-0")
+    assert not cache.ledger.holds("default/old-0")  # confirmed gone with a GET (404)
+    assert ("default", "web") in cache.inferences
+    assert ("default", "gone") not in cache.inferences
+    assert forgotten == [("default", "gone")]  # so the controller forgets what it remembered about it
+    assert cache.ledger.used_cores("n1") == {0, 1}
+
+
+def test_a_node_missing_from_the_list_is_forgotten(cache):
+    kept, lost = build_node("n1", "inf2.48xlarge"), build_node("n2", "inf2.48xlarge")
+    sync(cache, ScriptedApi([kept, lost], [pod("web-0", "n2", "0-1")], [inference("web")])).initial_sync()
+    assert set(cache.inventories) == {"n1", "n2"}
+    sync(cache, ScriptedApi([kept], [pod("web-0", "n2", "0-1")], [inference("web")])).full_resync()
+    assert set(cache.nodes) == {"n1"} and set(cache.inventories) == {"n1"}
+    # The watch's late report of the deletion still names the resource whose pod ran there.
+    assert cache.apply_node("DELETED", lost) == {("default", "web")}

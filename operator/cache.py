@@ -1,0 +1,261 @@
+"""The operator's view of the cluster: slimmed copies of what the watches and lists report, and the ledger.
+
+One :class:`Cache` per operator process holds the NeuronInferences, the managed pods, every node
+and the core ledger, all behind one lock (``cache.lock``). Placement reads the ledger and reserves
+cores under the same lock, so two resources reconciled at once can never get the same cores.
+
+The cache does no I/O: watch events (``apply_*``) and full lists (:mod:`.sync`) are folded in by
+the same methods, and each returns the resources it affects so that the caller can queue them.
+
+Memory is what shapes it. With 10,000 managed pods a cached pod must be small, so only what
+reconcile and status read is kept (:func:`slim_pod`, about 1 KB), with repeated strings interned
+and the parts many pods share stored once. Cached objects are read-only.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from neuronplace.placement import reconcile as rc
+from neuronplace.placement.allocator import Fleet
+from neuronplace.placement.conditions import condition
+from neuronplace.placement.inventory import NodeInventory, inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import (
+    CONDITION_READY,
+    CORES_ANNOTATION,
+    INFERENCE_LABEL,
+    REPLICA_LABEL,
+    TEMPLATE_HASH_ANNOTATION,
+    TERMINAL_PHASES,
+)
+from neuronplace.placement.selectors import selector_matches
+from neuronplace.runtime.coreset import CoreRange
+
+Key = tuple[str, str]  # (namespace, name) of a NeuronInference
+
+DELETED = "DELETED"  # the watch event type of a deletion
+
+
+# ---- slimming ------------------------------------------------------------------------------------
+
+def slim_pod(pod: Mapping[str, Any]) -> dict:
+    """What reconcile and status read of a managed pod, and nothing else: name, our labels and
+    annotations, controller owner, deletion stamp, node, phase and Ready condition."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    status = pod.get("status") or {}
+    ready = condition(pod, CONDITION_READY).get("status")
+    controller = next((ref.get("uid") for ref in meta.get("ownerReferences") or () if ref.get("controller")), None)
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": _intern(meta.get("namespace")),
+            "labels": {key: _intern(labels[key]) for key in (INFERENCE_LABEL, REPLICA_LABEL) if key in labels},
+            "annotations": {key: annotations[key] for key in (CORES_ANNOTATION, TEMPLATE_HASH_ANNOTATION)
+                            if key in annotations},
+            "ownerReferences": _controller_reference(controller),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": _pod_spec(_intern((pod.get("spec") or {}).get("nodeName"))),
+        "status": _pod_status(_intern(status.get("phase")), _intern(ready)),
+    }
+
+
+@functools.lru_cache(maxsize=1024)
+def _controller_reference(uid: str | None) -> list:
+    return [] if uid is None else [{"controller": True, "uid": uid}]
+
+
+@functools.lru_cache(maxsize=8192)
+def _pod_spec(node: str | None) -> dict:
+    return {"nodeName": node}
+
+
+@functools.lru_cache(maxsize=64)
+def _pod_status(phase: str | None, ready: str | None) -> dict:
+    return {"phase": phase, "conditions": [] if ready is None else [{"type": CONDITION_READY, "status": ready}]}
+
+
+def slim_node(node: Mapping[str, Any]) -> dict:
+    """What reconcile reads of a node: its name and Ready condition (readiness and since when)."""
+    ready = condition(node, CONDITION_READY)
+    return {
+        "metadata": {"name": _intern((node.get("metadata") or {}).get("name"))},
+        "status": {"conditions": [{"type": CONDITION_READY, "status": _intern(ready.get("status")),
+                                   "lastTransitionTime": ready.get("lastTransitionTime")}] if ready else []},
+    }
+
+
+def _intern(text: Any) -> Any:
+    return sys.intern(text) if type(text) is str else text
+
+
+# ---- the cache -----------------------------------------------------------------------------------
+
+class Cache:
+    """Caches and ledger of one operator process. Every attribute is guarded by ``lock``; the
+    methods whose names do not start with ``apply_`` expect the caller to hold it."""
+
+    def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
+        self.namespaces = namespaces        # watched namespaces; empty: all
+        self.node_selector = node_selector  # the nodes this operator manages
+        self.lock = threading.Lock()
+        self.ledger = Ledger()
+        self.inferences: dict[Key, dict] = {}
+        self.pods: dict[tuple[str, str], dict] = {}            # managed pods by (namespace, name), slimmed
+        self.pods_of: dict[Key, set[str]] = {}                 # inference → its pods' names
+        self.nodes: dict[str, dict] = {}                       # every node, slimmed
+        self.inventories: dict[str, NodeInventory] = {}        # managed nodes
+        self._fleet: Fleet | None = None
+        # Where each replica last ran: a deleted or failed pod is recreated on the same cores if free.
+        self.last_known: dict[Key, dict[int, tuple[str, CoreRange]]] = {}
+        self.inflight: set[str] = set()                        # "ns/pod" reserved, create under way
+        self.waiting_for_room: set[Key] = set()                # resources with replicas that did not fit
+        # Pods ("ns/pod") and NeuronInferences ((ns, name)) deleted while a full resync reads its
+        # lists (None when none runs): the lists may still show them, and they must not come back
+        # as ghosts (a pod holding cores, a resource getting pods).
+        self.deleted_during_resync: set[str | Key] | None = None
+
+    # ---- scope ---------------------------------------------------------------------------------
+
+    def watches(self, namespace: str | None) -> bool:
+        return not self.namespaces or namespace in self.namespaces
+
+    def manages(self, node: Mapping[str, Any]) -> bool:
+        return selector_matches(self.node_selector, (node.get("metadata") or {}).get("labels") or {})
+
+    # ---- folding objects in (lock held) --------------------------------------------------------
+
+    def observe_pod(self, pod: Mapping[str, Any], deleted: bool = False) -> Key | None:
+        """Account a pod in the ledger (any pod: foreign ones hold cores too) and, when it is one of
+        ours in a watched namespace, in the pod caches; returns its NeuronInference's key."""
+        meta = pod.get("metadata") or {}
+        namespace, name = meta.get("namespace"), meta.get("name")
+        owner = f"{namespace}/{name}"
+        if deleted:
+            self.ledger.forget(owner)
+            if self.deleted_during_resync is not None:
+                self.deleted_during_resync.add(owner)
+        else:
+            self.ledger.observe(dict(pod))
+        inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)
+        if not inference or not self.watches(namespace):
+            return None
+        key = (namespace, inference)
+        if deleted:
+            self.pods.pop((namespace, name), None)
+            self.pods_of.get(key, set()).discard(name)
+        else:
+            self.pods[(namespace, name)] = slim_pod(pod)
+            self.pods_of.setdefault(key, set()).add(name)
+            node = (pod.get("spec") or {}).get("nodeName")
+            ordinal = rc.ordinal_of(pod, inference)
+            try:
+                cores = CoreRange.parse((meta.get("annotations") or {}).get(CORES_ANNOTATION, ""))
+            except ValueError:
+                cores = None
+            if node and cores is not None and ordinal is not None:
+                self.last_known.setdefault(key, {})[ordinal] = (node, cores)
+        return key
+
+    def observe_node(self, node: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Update the node caches; True when what placement sees has changed."""
+        name = (node.get("metadata") or {}).get("name")
+        before = self.inventories.get(name)
+        if deleted:
+            self.nodes.pop(name, None)
+            self.inventories.pop(name, None)
+        else:
+            self.nodes[name] = slim_node(node)
+            if self.manages(node):
+                self.inventories[name] = inventory_from_node(dict(node))
+            else:
+                self.inventories.pop(name, None)
+        changed = self.inventories.get(name) != before
+        if changed:
+            self._fleet = None
+        return changed
+
+    def fleet(self) -> Fleet:
+        """The managed nodes as placement sees them (rebuilt only after a node changed)."""
+        if self._fleet is None:
+            self._fleet = Fleet(sorted(self.inventories.values(), key=lambda n: n.name))
+        return self._fleet
+
+    def knows_pod(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self.pods or self.ledger.holds(f"{namespace}/{name}")
+
+    def labels_of(self, namespace: str, name: str) -> dict:
+        cached = self.pods.get((namespace, name))
+        return dict((cached or {}).get("metadata", {}).get("labels") or {})
+
+    def pods_of_inference(self, key: Key) -> list[dict]:
+        """The cached pods of one NeuronInference."""
+        return [self.pods[(key[0], p)] for p in self.pods_of.get(key, ()) if (key[0], p) in self.pods]
+
+    def forget_inference(self, key: Key) -> None:
+        self.inferences.pop(key, None)
+        self.last_known.pop(key, None)
+        self.waiting_for_room.discard(key)
+
+    # ---- watch events (take the lock) ----------------------------------------------------------
+
+    def apply_inference(self, kind: str | None, body: Mapping[str, Any]) -> Key | None:
+        """A NeuronInference event; returns its key, or None when its namespace is not watched."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if not self.watches(key[0]):
+            return None
+        with self.lock:
+            if kind == DELETED:
+                self.forget_inference(key)
+                if self.deleted_during_resync is not None:
+                    self.deleted_during_resync.add(key)
+            else:
+                self.inferences[key] = copy.deepcopy(dict(body))
+        return key
+
+    def apply_pod(self, kind: str | None, body: Mapping[str, Any]) -> tuple[Key | None, list[Key]]:
+        """A pod event; returns the key of its NeuronInference (if any) and, when the pod freed
+        cores (deleted or finished), the resources waiting for room."""
+        deleted = kind == DELETED
+        with self.lock:
+            key = self.observe_pod(body, deleted=deleted)
+            freed = deleted or (body.get("status") or {}).get("phase") in TERMINAL_PHASES
+            waiting = list(self.waiting_for_room) if freed else []
+        return key, waiting
+
+    def apply_node(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
+        """A node event; returns the resources it affects: those with pods on it when it went away
+        or changed readiness, and those waiting for room when what placement sees changed."""
+        name = (body.get("metadata") or {}).get("name")
+        with self.lock:
+            was_ready = rc.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+            changed = self.observe_node(body, deleted=kind == DELETED)
+            is_ready = rc.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+            affected: set[Key] = set()
+            if kind == DELETED or was_ready != is_ready:
+                affected = {key for key, names in self.pods_of.items() for pod in names
+                            if (self.pods.get((key[0], pod)) or {}).get("spec", {}).get("nodeName") == name}
+            if changed:
+                affected |= self.waiting_for_room
+        return affected
+
+    # ---- a snapshot for a reconcile ------------------------------------------------------------
+
+    def snapshot(self, key: Key) -> tuple[dict, list[dict], dict[str, dict], dict[int, tuple[str, CoreRange]]] | None:
+        """What one reconcile reads: the resource, its pods, all nodes and where its replicas last
+        ran; None when the resource is gone."""
+        with self.lock:
+            inference = self.inferences.get(key)
+            if inference is None:
+                return None
+            return inference, self.pods_of_inference(key), dict(self.nodes), dict(self.last_known.get(key, {}))
+

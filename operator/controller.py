@@ -1,0 +1,173 @@
+"""One operator process's controller: the cache, the full-list sync, the work queue and the
+reconciler, assembled and run on kopf's event loop.
+
+- Watch events (``on_*``, called by the kopf handlers on the event loop) update the cache and
+  queue the NeuronInferences they affect. Pod events are coalesced for a moment: a scale-up
+  makes several events per pod as the pods start, and one reconcile and one status write
+  suffice for all of them.
+- ``settings.workers`` queue workers reconcile at once, each in a thread of its own (the
+  Kubernetes client is synchronous), so API calls run concurrently; placement itself holds the
+  cache's lock.
+- A resync loop queues every resource regularly, events or not (the operator is level-driven),
+  and every other round first compares the cache with full lists (:mod:`.sync`).
+
+It holds no Kubernetes client of its own beyond the two API objects it is given, so tests can build
+one on fakes. The kopf wiring (:mod:`.handlers`) keeps it in kopf's ``memo``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from neuronplace.operator import heap
+from neuronplace.operator import metrics as mx
+from neuronplace.operator.cache import DELETED, Cache, Key
+from neuronplace.operator.reconciler import Reconciler
+from neuronplace.operator.settings import OperatorSettings
+from neuronplace.operator.sync import Sync
+from neuronplace.operator.workqueue import WorkQueue
+from neuronplace.operator.writes import Writer
+
+log = logging.getLogger("neuronplace.operator")
+
+# Pod events of one resource within this many seconds are handled by one reconcile.
+POD_EVENT_COALESCE = 0.1
+
+# The first full resync, soon after start-up: by then kopf's watches are running, so anything the
+# start-up lists saw that has vanished since is caught within seconds (see ``Controller.resync``).
+FIRST_RESYNC_SECONDS = 2.0
+
+
+def api_threads(settings: OperatorSettings) -> int:
+    """Threads creating pods at once: the operator mostly waits on the API server, so several per worker."""
+    return max(8, 4 * settings.workers)
+
+
+def api_client(settings: OperatorSettings) -> k8s.ApiClient:
+    """A client for the in-cluster service account, else the current kubeconfig context."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    configuration = k8s.Configuration.get_default_copy()
+    # One connection for every thread that may call the API at once, so none waits for a socket.
+    configuration.connection_pool_maxsize = api_threads(settings) + settings.workers + 1
+    return k8s.ApiClient(configuration)
+
+
+class Controller:
+    """Cache, sync, queue and reconciler of one operator process."""
+
+    def __init__(self, settings: OperatorSettings, core: Any, custom: Any) -> None:
+        self.settings = settings
+        self.cache = Cache(settings.namespaces, settings.node_selector)
+        self.sync = Sync(self.cache, core, custom)
+        # Reconciles (and the resync) run in threads of their own: asyncio's default executor has
+        # only CPUs + 4 threads. Pod creates fan out to the API threads.
+        self.reconcile_pool = ThreadPoolExecutor(max_workers=settings.workers + 1,
+                                                 thread_name_prefix="neuronplace-reconcile")
+        self.api_pool = ThreadPoolExecutor(max_workers=api_threads(settings), thread_name_prefix="neuronplace-api")
+        self.reconciler = Reconciler(settings, self.cache, Writer(core, custom), self.api_pool)
+        self.queue = WorkQueue(self._reconcile, workers=settings.workers, backoff=settings.error_backoff_seconds,
+                               max_backoff=settings.max_backoff_seconds, coalesce=POD_EVENT_COALESCE)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.resync_task: asyncio.Task | None = None
+
+    @classmethod
+    def connect(cls, settings: OperatorSettings, api: k8s.ApiClient) -> Controller:
+        return cls(settings, k8s.CoreV1Api(api), k8s.CustomObjectsApi(api))
+
+    # ---- lists (worker threads) ----------------------------------------------------------------
+
+    def initial_sync(self) -> None:
+        self.sync.initial_sync()
+
+    def full_resync(self) -> None:
+        for key in self.sync.full_resync():
+            self.reconciler.forget(key)
+
+    # ---- watch events (event loop) -------------------------------------------------------------
+
+    def on_inference(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        key = self.cache.apply_inference(kind, body)
+        if key is None:
+            return
+        if kind == DELETED:
+            self.reconciler.forget(key)
+        self.queue.enqueue(key)
+
+    def on_pod(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        key, waiting = self.cache.apply_pod(kind, body)
+        if key is not None:
+            self.queue.enqueue_soon(key)
+        for other in waiting:
+            self.queue.enqueue(other)
+
+    def on_node(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        for key in self.cache.apply_node(kind, body):
+            self.queue.enqueue(key)
+
+    # ---- running -------------------------------------------------------------------------------
+
+    async def _reconcile(self, key: Key) -> float | None:
+        with mx.METRICS.time_reconcile():
+            return await self._in_thread(self.reconciler.reconcile, key)
+
+    async def resync(self) -> None:
+        """Level-driven safety net: every resource is looked at regularly, events or not, and every
+        other round the caches are checked against full lists (``full_resync``).
+
+        The first round comes soon after start-up and is a full one: a pod deleted between the
+        start-up lists and the first watch event is never reported by the watch, and would hold
+        its cores (and its replica ordinal) until the next full round.
+        """
+        rounds = 0
+        delay = min(FIRST_RESYNC_SECONDS, self.settings.resync_seconds)
+        while True:
+            await asyncio.sleep(delay)
+            delay = self.settings.resync_seconds
+            full = rounds % 2 == 0
+            rounds += 1
+            if full:
+                try:
+                    await self._in_thread(self.full_resync)
+                except Exception as exc:  # the API may be down right now; the next round tries again
+                    log.warning("full resync failed: %s", exc)
+            self._enqueue_all()
+            await self._in_thread(heap.return_free_memory)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue.start(loop)
+        self.resync_task = loop.create_task(self.resync(), name="neuronplace-resync")
+        self._enqueue_all()
+
+    async def stop(self) -> None:
+        if self.resync_task is not None:
+            self.resync_task.cancel()
+            await asyncio.gather(self.resync_task, return_exceptions=True)
+        await self.queue.stop()
+        self.api_pool.shutdown(wait=False, cancel_futures=True)
+        self.reconcile_pool.shutdown(wait=False, cancel_futures=True)
+
+    def probe(self) -> dict:
+        """What kopf's health endpoint reports under the probe id ``ledger``."""
+        return {"ready": True, "pods": len(self.cache.pods), "nodes": len(self.cache.inventories),
+                "queued": len(self.queue.pending), "running": len(self.queue.running)}
+
+    def _enqueue_all(self) -> None:
+        with self.cache.lock:
+            keys = list(self.cache.inferences)
+        for key in keys:
+            self.queue.enqueue(key)
+
+    def _in_thread(self, function, *args):
+        assert self.loop is not None
+        return self.loop.run_in_executor(self.reconcile_pool, function, *args)

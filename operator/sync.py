@@ -1,0 +1,195 @@
+"""Full lists folded into the cache: the rebuild at start-up and the periodic full resync.
+
+The watches keep the cache current event by event, but two things only a full list can give:
+
+- at start-up, the ledger must hold every pod's cores before the first reconcile, or a restarted
+  operator would hand out cores that running pods still hold. The pods are the truth: each
+  managed pod carries its core range in an annotation, so the ledger is rebuilt from them alone
+  (:meth:`Sync.initial_sync`).
+- a re-established watch lists what exists but never reports what vanished meanwhile (say, pods
+  deleted while the API server was unreachable). :meth:`Sync.full_resync` compares the cache with
+  fresh lists and confirms each absence with a GET before forgetting anything.
+
+Lists come a page at a time, parsed straight from JSON, and each page is folded into the cache
+before the next is read: 10,000 pods as client model objects cost the operator over 600 MB at
+every full resync, and even as plain dicts a whole list is ~150 MB at once.
+
+The API clients (``CoreV1Api``- and ``CustomObjectsApi``-like) are constructor arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from neuronplace.operator import heap
+from neuronplace.operator.cache import Cache, Key
+from neuronplace.operator.writes import API_TIMEOUT
+from neuronplace.placement.names import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("neuronplace.operator")
+
+LIST_PAGE_SIZE = 500
+
+
+def pages(list_call: Callable[..., Any], *args: Any) -> Iterator[list[dict]]:
+    """The items of a core-API list call (``list_node``, ``list_namespaced_pod``, ...), a page at a time."""
+    token = None
+    while True:
+        response = list_call(*args, limit=LIST_PAGE_SIZE, _continue=token, _preload_content=False,
+                             _request_timeout=API_TIMEOUT)
+        page = json.loads(response.data)
+        token = (page.get("metadata") or {}).get("continue")
+        yield page.get("items") or []
+        if not token:
+            return
+
+
+class Sync:
+    """Reads full lists of nodes, pods and NeuronInferences into ``cache``."""
+
+    def __init__(self, cache: Cache, core: Any, custom: Any) -> None:
+        self.cache = cache
+        self.core = core
+        self.custom = custom
+        self.reported_foreign: set[str] = set()  # foreign pods already logged (guarded by cache.lock)
+
+    # ---- lists ---------------------------------------------------------------------------------
+
+    def node_pages(self) -> Iterator[list[dict]]:
+        return pages(self.core.list_node)
+
+    def pod_pages(self) -> Iterator[list[dict]]:
+        """Pods in the watched namespaces (all of them when cluster-wide), a page at a time."""
+        if not self.cache.namespaces:
+            yield from pages(self.core.list_pod_for_all_namespaces)
+            return
+        for namespace in self.cache.namespaces:
+            yield from pages(self.core.list_namespaced_pod, namespace)
+
+    def list_inferences(self) -> list[dict]:
+        if not self.cache.namespaces:
+            return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=API_TIMEOUT)["items"]
+        items: list[dict] = []
+        for namespace in self.cache.namespaces:
+            items += self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _request_timeout=API_TIMEOUT)["items"]
+        return items
+
+    # ---- start-up ------------------------------------------------------------------------------
+
+    def initial_sync(self) -> None:
+        """Rebuild the ledger and caches from full lists, before any reconcile."""
+        cache = self.cache
+        nodes = pods = 0
+        for page in self.node_pages():
+            with cache.lock:
+                for node in page:
+                    cache.observe_node(node)
+            nodes += len(page)
+        for page in self.pod_pages():
+            with cache.lock:
+                for pod in page:
+                    cache.observe_pod(pod)
+            pods += len(page)
+        inferences = self.list_inferences()
+        with cache.lock:
+            for inference in inferences:
+                meta = inference.get("metadata") or {}
+                cache.inferences[(meta.get("namespace"), meta.get("name"))] = inference
+        self.report_foreign()
+        heap.return_free_memory()
+        log.info("ledger rebuilt from %d pods on %d nodes (%d managed); %d NeuronInference(s)",
+                 pods, nodes, len(cache.inventories), len(inferences))
+
+    # ---- full resync ---------------------------------------------------------------------------
+
+    def full_resync(self) -> list[Key]:
+        """Catch up with whatever the watches missed; returns the NeuronInferences found deleted.
+
+        A node known before the listing began and absent from it was deleted. What the pod list
+        lacks is confirmed gone with a GET before it is forgotten, so a pod created after the
+        list was taken, or a reservation whose pod is being created, is never dropped. A pod or
+        resource whose deletion the watch reports while the lists are read stays deleted, though
+        the (older) list still shows it. The caller then reconciles every resource.
+        """
+        with self.cache.lock:
+            nodes_before = set(self.cache.nodes)
+            self.cache.deleted_during_resync = set()
+        try:
+            return self._full_resync(nodes_before)
+        finally:
+            with self.cache.lock:
+                self.cache.deleted_during_resync = None
+
+    def _full_resync(self, nodes_before: set[str]) -> list[Key]:
+        cache = self.cache
+        listed_nodes: set[str] = set()
+        for page in self.node_pages():
+            with cache.lock:
+                for node in page:
+                    listed_nodes.add(node["metadata"]["name"])
+                    cache.observe_node(node)
+        with cache.lock:
+            for name in nodes_before - listed_nodes:
+                if name in cache.nodes:
+                    cache.observe_node({"metadata": {"name": name}}, deleted=True)
+        listed_pods: set[str] = set()
+        for page in self.pod_pages():
+            with cache.lock:
+                deleted = cache.deleted_during_resync or set()
+                for pod in page:
+                    meta = pod["metadata"]
+                    owner = f"{meta['namespace']}/{meta['name']}"
+                    listed_pods.add(owner)
+                    # Pods already known are kept fresh by the watch; only what it missed is taken,
+                    # never a pod whose deletion the watch reported after this page was read.
+                    if (not cache.knows_pod(meta["namespace"], meta["name"]) and owner not in cache.inflight
+                            and owner not in deleted):
+                        cache.observe_pod(pod)
+        listed_inferences = {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in self.list_inferences()}
+        with cache.lock:
+            known = cache.ledger.owners() | {f"{ns}/{name}" for ns, name in cache.pods}
+            missing_pods = sorted(known - listed_pods - cache.inflight)
+            missing_inferences = [key for key in cache.inferences if key not in listed_inferences]
+            deleted = cache.deleted_during_resync or set()
+            for key, inference in listed_inferences.items():
+                if key not in deleted:
+                    cache.inferences.setdefault(key, inference)
+        for owner in missing_pods:
+            namespace, name = owner.split("/", 1)
+            if self._gone(self.core.read_namespaced_pod, name, namespace):
+                with cache.lock:
+                    cache.observe_pod({"metadata": {"namespace": namespace, "name": name,
+                                                    "labels": cache.labels_of(namespace, name)}}, deleted=True)
+                log.info("pod %s vanished while unwatched; its cores are free", owner)
+        forgotten: list[Key] = []
+        for key in missing_inferences:
+            if self._gone(self.custom.get_namespaced_custom_object, GROUP, VERSION, key[0], PLURAL, key[1]):
+                with cache.lock:
+                    cache.forget_inference(key)
+                forgotten.append(key)
+        self.report_foreign()
+        return forgotten
+
+    @staticmethod
+    def _gone(read: Callable[..., Any], *args: Any) -> bool:
+        """Whether the GET ``read(*args)`` answers 404 (any other answer keeps what is cached)."""
+        try:
+            read(*args, _request_timeout=API_TIMEOUT)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    def report_foreign(self) -> None:
+        """Log each pod we did not place that holds Neuron cores on a node (once per pod)."""
+        with self.cache.lock:
+            foreign = [h for h in self.cache.ledger.foreign() if h.owner not in self.reported_foreign]
+            self.reported_foreign |= {h.owner for h in foreign}
+        for holding in foreign:
+            log.warning("pod %s holds %d Neuron core(s) on %s without our annotation; they are treated as taken",
+                        holding.owner, holding.count, holding.node)

@@ -1,0 +1,204 @@
+"""One reconcile against an injected fake API: what each kind of failed pod create does to the
+ledger, the status written, the Events and the requeue delay."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from neuronplace.local.fleet import KWOK_TOLERATION, build_node
+from neuronplace.operator.cache import Cache
+from neuronplace.operator.reconciler import Reconciler
+from neuronplace.operator.settings import OperatorSettings
+from neuronplace.operator.writes import Temporary, Writer
+from neuronplace.placement.conditions import condition
+from neuronplace.placement.names import (
+    CONDITION_PLACED,
+    REASON_INVALID_SPEC,
+    REASON_PLACED,
+    REASON_POD_REJECTED,
+    REASON_UNSCHEDULABLE,
+)
+
+NAMESPACE = "ml"
+KEY = (NAMESPACE, "bert")
+SETTINGS = OperatorSettings(max_backoff_seconds=30.0)
+
+
+def inference(replicas=2, cores=2, generation=1, image="bert:1"):
+    return {"apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
+            "metadata": {"name": "bert", "namespace": NAMESPACE, "uid": "uid-1", "generation": generation},
+            "spec": {"replicas": replicas, "coresPerReplica": cores, "processesPerReplica": 1,
+                     "placement": {"tolerations": [KWOK_TOLERATION]},  # the simulated nodes' taint
+                     "template": {"spec": {"containers": [{"name": "model", "image": image}]}}}}
+
+
+class FakeApi:
+    """Pod creates fail with ``create_error`` (an ApiException) or succeed; everything else succeeds."""
+
+    def __init__(self, create_error: Exception | None = None) -> None:
+        self.create_error = create_error
+        self.created: list[str] = []
+        self.events: list[tuple[str, str]] = []
+        self.statuses: list[dict] = []
+
+    def create_namespaced_pod(self, namespace, body, **_):
+        if self.create_error is not None:
+            raise self.create_error
+        self.created.append(body["metadata"]["name"])
+
+        class Response:
+            data = json.dumps(body).encode()
+
+        return Response()
+
+    def delete_namespaced_pod(self, name, namespace, **_):
+        return None
+
+    def patch_namespaced_custom_object_status(self, *args, **_):
+        _group, _version, _namespace, _plural, _name, body = args
+        self.statuses.append(body["status"])
+
+    def create_namespaced_event(self, namespace, body, **_):
+        self.events.append((body["reason"], body["type"]))
+
+        class Response:
+            def drain_conn(self):
+                pass
+
+        return Response()
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def ready_node(name: str) -> dict:
+    """A simulated inf2.xlarge (one chip, 2 cores) that reports Ready."""
+    node = build_node(name, "inf2.xlarge")
+    node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
+    return node
+
+
+def setup(api: FakeApi, pool, resource: dict, nodes=("n1",)) -> tuple[Cache, Reconciler]:
+    cache = Cache()
+    for name in nodes:
+        cache.observe_node(ready_node(name))
+    cache.apply_inference("ADDED", resource)
+    return cache, Reconciler(SETTINGS, cache, Writer(core=api, custom=api), pool)
+
+
+def placed_condition(api: FakeApi) -> dict:
+    return dict(condition({"status": api.statuses[-1]}, CONDITION_PLACED))
+
+
+def test_created_pods_are_cached_and_reported(pool):
+    api = FakeApi()
+    cache, reconciler = setup(api, pool, inference(replicas=2, cores=1))
+    assert reconciler.reconcile(KEY) is None
+    assert sorted(api.created) == ["bert-0", "bert-1"]
+    assert cache.ledger.holds("ml/bert-0") and cache.ledger.holds("ml/bert-1")
+    assert len(cache.pods_of_inference(KEY)) == 2
+    assert not cache.inflight
+    assert (REASON_PLACED, "Normal") in api.events
+    assert placed_condition(api)["status"] == "True"
+
+
+def test_a_refused_pod_is_permanent_for_this_generation(pool):
+    refused = ApiException(status=422, reason="Unprocessable Entity")
+    refused.body = json.dumps({"message": "spec.containers[0].image: Invalid value"})
+    api = FakeApi(refused)
+    cache, reconciler = setup(api, pool, inference(replicas=1))
+    assert reconciler.reconcile(KEY) is None
+    assert not cache.ledger.holds("ml/bert-0")  # the reservation is given back
+    placed = placed_condition(api)
+    assert placed["status"] == "False" and placed["reason"] == REASON_POD_REJECTED
+    assert "Invalid value" in placed["message"]
+    assert api.events == [(REASON_POD_REJECTED, "Warning")]
+
+    # Not tried again while the spec stays the same ...
+    api.create_error = None
+    reconciler.reconcile(KEY)
+    assert api.created == []
+    # ... and tried again once it changes.
+    cache.apply_inference("MODIFIED", inference(replicas=1, generation=2, image="bert:2"))
+    reconciler.reconcile(KEY)
+    assert api.created == ["bert-0"]
+
+
+def test_a_conflict_keeps_the_reservation_and_retries_soon(pool):
+    api = FakeApi(ApiException(status=409, reason="Conflict"))
+    cache, reconciler = setup(api, pool, inference(replicas=1))
+    assert reconciler.reconcile(KEY) == pytest.approx(0.2)
+    assert cache.ledger.holds("ml/bert-0")  # the watch event of the existing pod replaces it
+    assert not cache.inflight
+
+
+def test_throttling_is_raised_to_the_queue_with_retry_after(pool):
+    throttled = ApiException(status=429, reason="Too Many Requests")
+    throttled.headers = {"Retry-After": "3"}
+    api = FakeApi(throttled)
+    cache, reconciler = setup(api, pool, inference(replicas=1))
+    with pytest.raises(Temporary) as raised:
+        reconciler.reconcile(KEY)
+    assert raised.value.delay == 3.0
+    assert not cache.ledger.holds("ml/bert-0")
+
+
+def test_forbidden_is_reported_once_and_retried_slowly(pool):
+    forbidden = ApiException(status=403, reason="Forbidden")
+    forbidden.body = json.dumps({"message": "exceeded quota: pods"})
+    api = FakeApi(forbidden)
+    _, reconciler = setup(api, pool, inference(replicas=1))
+    assert reconciler.reconcile(KEY) == SETTINGS.max_backoff_seconds
+    assert reconciler.reconcile(KEY) == SETTINGS.max_backoff_seconds
+    assert api.events == [("PodForbidden", "Warning")]  # the same warning is posted once
+    assert "exceeded quota" in placed_condition(api)["message"]
+
+
+def test_a_server_error_is_raised_to_the_queue_for_backoff(pool):
+    api = FakeApi(ApiException(status=503, reason="Service Unavailable"))
+    cache, reconciler = setup(api, pool, inference(replicas=1))
+    with pytest.raises(Temporary) as raised:
+        reconciler.reconcile(KEY)
+    assert raised.value.delay is None
+    assert not cache.ledger.holds("ml/bert-0")
+
+
+def test_no_room_is_reported_and_the_resource_waits_for_room(pool):
+    api = FakeApi()
+    cache, reconciler = setup(api, pool, inference(replicas=2, cores=2))  # one 2-core node: room for one
+    reconciler.reconcile(KEY)
+    assert api.created == ["bert-0"]
+    assert KEY in cache.waiting_for_room
+    assert placed_condition(api)["reason"] == REASON_UNSCHEDULABLE
+    # A node appearing wakes it up.
+    assert KEY in cache.apply_node("ADDED", ready_node("n2"))
+
+
+def test_an_invalid_spec_gets_a_status_and_no_pods(pool):
+    api = FakeApi()
+    bad = inference()
+    bad["spec"]["template"]["spec"]["nodeName"] = "n1"
+    _, reconciler = setup(api, pool, bad)
+    assert reconciler.reconcile(KEY) is None
+    assert api.created == []
+    assert placed_condition(api)["reason"] == REASON_INVALID_SPEC
+
+
+def test_forget_drops_what_was_remembered(pool):
+    refused = ApiException(status=400, reason="Bad Request")
+    api = FakeApi(refused)
+    cache, reconciler = setup(api, pool, inference(replicas=1))
+    reconciler.reconcile(KEY)
+    assert KEY in reconciler.permanent
+    # The resource is deleted and created again under the same name (generation 1 again).
+    cache.apply_inference("DELETED", inference())
+    reconciler.forget(KEY)
+    cache.apply_inference("ADDED", inference(replicas=1))
+    api.create_error = None
+    reconciler.reconcile(KEY)
+    assert api.created == ["bert-0"]
