@@ -100,8 +100,9 @@ def _intern(text: Any) -> Any:
 # ---- the cache -----------------------------------------------------------------------------------
 
 class Cache:
-    """Caches and ledger of one operator process. Every attribute is guarded by ``lock``; the
-    methods whose names do not start with ``apply_`` expect the caller to hold it."""
+    """Caches and ledger of one operator process. Every attribute is guarded by ``lock``:
+    ``apply_*`` and ``snapshot`` take it, the other methods that touch state expect the caller to
+    hold it (a full list folds a whole page in under one acquisition)."""
 
     def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
         self.namespaces = namespaces        # watched namespaces; empty: all
