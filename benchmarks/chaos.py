@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the shared scenarios live in tests/re
 
 from neuronplace.local.cluster import LocalCluster  # noqa: E402
 from neuronplace.local.operator_process import install_crd  # noqa: E402
-
 from reliability import harness as hs  # noqa: E402
 from reliability.scenarios import SCENARIOS  # noqa: E402
 

@@ -6,8 +6,8 @@ slows all columns alike.
 
 1. **Per-call overhead** for a trivial model (``Linear(8, 8)``, batch 2, 2 cores) over a direct
    call: neuronplace's ``DataParallel`` against a naive thread-pool scatter/gather (a persistent
-   ``ThreadPoolExecutor`` with one worker per core, ``chunk`` + ``submit`` + ``cat``), the design
-   DESIGN §9 puts at about 100 µs here. Target: at most 25 µs with 2 cores.
+   ``ThreadPoolExecutor`` with one worker per core, ``chunk`` + ``submit`` + ``cat``), the obvious
+   design, which costs about 100 µs per call here. Target: at most 25 µs with 2 cores.
 2. **Throughput scaling** of a compute-bound model (an MLP of 1024-wide layers) at 1..N cores,
    N = the usable CPUs (each simulated core gets an equal share of the CPU), for chunks of 32, 128
    and 512 rows per core (about 4, 9 and 35 ms here). Target: at least 0.9·N for N up to the
@@ -16,8 +16,8 @@ slows all columns alike.
    costs about 0.1 ms on this VM, so short chunks scale less than long ones.
 3. **Cores in flight**: the peak number of chunks running at once and the speed-up over one core,
    for a model whose chunk is 20 ms of device time (the calling thread sleeps, as it does while a
-   NeuronCore computes), at 2..16 simulated cores. torch_neuronx keeps 2 chunks in flight whatever
-   the core count (DESIGN §6); every core should be busy.
+   NeuronCore computes), at 2..16 simulated cores. torch_neuronx's DataParallel keeps at most 2
+   chunks in flight whatever the core count (shown beside ours); every core should be busy.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def scaling_table(rounds: int, seconds_per_sample: float, rows_per_core: list[in
 
 def cores_in_flight_table(core_counts: list[int]) -> None:
     print("\n3. Cores in flight: a chunk is 20 ms of device time (the calling thread sleeps)")
-    print(f"   {'cores':>6}{'peak chunks in flight':>24}{'speed-up vs 1 core':>21}{'torch_neuronx (DESIGN §6)':>28}")
+    print(f"   {'cores':>6}{'peak chunks in flight':>24}{'speed-up vs 1 core':>21}{'torch_neuronx in flight':>28}")
     for cores in core_counts:
         lock = threading.Lock()
         state = {"now": 0, "peak": 0}

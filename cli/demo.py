@@ -1,8 +1,9 @@
 """``neuronplace demo``: the README's first command.
 
 Starts the local control plane with a small mixed fleet (building the binaries the first time,
-with progress), installs the CRD, runs the operator, applies ``examples/``, waits until every
-example is placed and prints the per-node core map. The cluster and the operator keep running
+with progress), installs the CRD, runs the operator, applies the examples (the repository's
+``examples/``, shipped in the package as ``neuronplace.examples``), waits until every example is
+placed and prints the per-node core map. The cluster and the operator keep running
 afterwards, with the kubectl lines to explore them; ``--down`` tears everything down at the end
 instead, and ``--stop`` tears down a demo left running earlier.
 """
@@ -11,22 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 DEFAULT_NAME = "neuronplace-demo"
 DEFAULT_FLEET = "inf2.48xlarge=3,inf1.6xlarge=1,trn1.32xlarge=1"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 LIVENESS_PORT = 18480
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
     parser.add_argument("--fleet", default=DEFAULT_FLEET, help=f"simulated instances (default {DEFAULT_FLEET})")
-    parser.add_argument("--examples", default=str(EXAMPLES), help="folder of NeuronInference YAML files to apply")
+    parser.add_argument("--examples", metavar="FOLDER",
+                        help="folder of NeuronInference YAML files to apply (default: the examples shipped "
+                             "with neuronplace)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for the examples to be placed")
     parser.add_argument("--down", action="store_true", help="tear the cluster and operator down after the demo")
     parser.add_argument("--stop", action="store_true", help="only tear down a demo left running earlier")
@@ -36,62 +36,58 @@ def _say(line: str) -> None:
     print(f"==> {line}", file=sys.stderr, flush=True)
 
 
-def _pid_file(cluster) -> Path:
-    return Path(cluster.cluster_dir) / "neuronplace-operator.pid"
+def example_files(folder: str | None = None) -> list[Path]:
+    """What the demo applies: the YAML files of ``folder``, or by default the examples shipped in the
+    package (found with importlib.resources, so a wheel install has them too)."""
+    if folder is None:
+        from neuronplace.local.examples import example_files as shipped
+
+        return shipped()
+    found = sorted(p for p in Path(folder).iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+    if not found:
+        raise FileNotFoundError(f"no YAML or JSON files in {folder}")
+    return found
 
 
-def _operator_pid(cluster) -> int | None:
-    try:
-        pid = int(_pid_file(cluster).read_text())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+def _operator(cluster):
+    from neuronplace.local.operator_process import OperatorProcess
+
+    # Its own session: the operator outlives this command, like the cluster; the pid file lets
+    # `neuronplace demo --stop` (or --down) find it again.
+    return OperatorProcess(cluster, Path(cluster.logs_dir) / "neuronplace-operator.log", port=LIVENESS_PORT,
+                           pid_file=Path(cluster.cluster_dir) / "neuronplace-operator.pid")
 
 
 def _stop_operator(cluster) -> None:
-    pid = _operator_pid(cluster)
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    _pid_file(cluster).unlink(missing_ok=True)
+    from neuronplace.local.operator_process import stop_recorded
+
+    stop_recorded(_operator(cluster).pid_file)
 
 
 def _start_operator(cluster) -> None:
-    from neuronplace.local.operator_process import OperatorProcess
+    from neuronplace.local.operator_process import recorded_pid
 
-    if _operator_pid(cluster) is not None:
+    operator = _operator(cluster)
+    if recorded_pid(operator.pid_file) is not None:
         _say("the operator is already running")
         return
-    # Its own session: the operator outlives this command, like the cluster; the pid file lets
-    # `neuronplace demo --stop` (or --down) find it again.
-    operator = OperatorProcess(cluster, Path(cluster.logs_dir) / "neuronplace-operator.log", port=LIVENESS_PORT)
-    try:
-        operator.start()
-    finally:
-        if operator.pid is not None:
-            _pid_file(cluster).write_text(str(operator.pid))
+    operator.start()
     _say(f"operator running (pid {operator.pid}, log {operator.log_path})")
 
 
 def _wait_placed(cluster, timeout: float) -> list[dict]:
+    from neuronplace.placement.conditions import condition, is_ready
+    from neuronplace.placement.names import CONDITION_PLACED
+
     deadline = time.monotonic() + timeout
     while True:
         items = json.loads(cluster.kubectl("get", "ninf", "-A", "-o", "json").stdout)["items"]
         pending = []
         for item in items:
-            conditions = {c["type"]: c for c in (item.get("status") or {}).get("conditions") or []}
-            if conditions.get("Ready", {}).get("status") != "True":
-                placed = conditions.get("Placed", {})
-                pending.append(f"{item['metadata']['name']} ({placed.get('reason', 'waiting')}: {placed.get('message', '')})")
+            if not is_ready(item):
+                placed = condition(item, CONDITION_PLACED)
+                reason, message = placed.get("reason", "waiting"), placed.get("message", "")
+                pending.append(f"{item['metadata']['name']} ({reason}: {message})")
         if not pending:
             return items
         if time.monotonic() > deadline:
@@ -102,8 +98,8 @@ def _wait_placed(cluster, timeout: float) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     from neuronplace.cli.cores import collect
     from neuronplace.local.cluster import LocalCluster
-    from neuronplace.placement.coremap import render
     from neuronplace.local.operator_process import install_crd
+    from neuronplace.placement.coremap import render
 
     cluster = LocalCluster(args.name)
     if args.stop:
@@ -122,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
         install_crd(cluster)
         _say("starting the operator")
         _start_operator(cluster)
-        _say(f"applying {args.examples}")
-        cluster.kubectl("apply", "-n", "default", "-f", args.examples)
+        files = example_files(args.examples)
+        _say(f"applying {args.examples or ', '.join(path.name for path in files)}")
+        cluster.kubectl("apply", "-n", "default", *(arg for path in files for arg in ("-f", str(path))))
         _say("waiting until every example is placed and ready")
         _wait_placed(cluster, args.timeout)
         print(cluster.kubectl("get", "ninf", "-A").stdout)

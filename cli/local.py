@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_status(cluster) -> None:
     from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS
-    from neuronplace.local.fleet import INSTANCE_TYPE_LABEL, NEURONCORE
+    from neuronplace.placement.conditions import condition
+    from neuronplace.placement.names import CONDITION_READY, INSTANCE_TYPE_LABEL, NEURONCORE_RESOURCE
 
     running = cluster.running_components()
     rss_mb = sum(cluster.rss_bytes().values()) / 2**20
@@ -109,9 +110,9 @@ def _print_status(cluster) -> None:
     by_type: dict[str, list[int]] = {}
     rows = []
     for node in nodes:
-        ready = next((c["status"] for c in node["status"].get("conditions", []) if c["type"] == "Ready"), "?")
+        ready = condition(node, CONDITION_READY).get("status", "?")
         instance_type = node["metadata"].get("labels", {}).get(INSTANCE_TYPE_LABEL, "-")
-        cores = node["status"].get("allocatable", {}).get(NEURONCORE, "-")
+        cores = node["status"].get("allocatable", {}).get(NEURONCORE_RESOURCE, "-")
         counts = by_type.setdefault(instance_type, [0, 0])
         counts[0] += 1
         counts[1] += ready == "True"

@@ -25,9 +25,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTROLPLANE_DIR = REPO_ROOT / "controlplane"
@@ -187,7 +187,7 @@ def _go_env() -> dict[str, str]:
 def _module_info(module: str, path: str) -> dict:
     """``go list -m -json path`` inside ``controlplane/<module>``: the pinned version and its release time."""
     out = subprocess.run(
-        ["go", "list", "-m", "-json", path], cwd=CONTROLPLANE_DIR / module,
+        ["go", "list", "-m", "-json", path], check=False, cwd=CONTROLPLANE_DIR / module,
         env=_go_env(), capture_output=True, text=True,
     )
     if out.returncode != 0:
@@ -225,7 +225,7 @@ def build_command(component: Component, output: Path, values: dict[str, str]) ->
     command = ["go", "build", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(output)]
     if component.tags:
         command += ["-tags", ",".join(component.tags)]
-    return command + [component.package]
+    return [*command, component.package]
 
 
 def _build_one(component: Component, target: Path, versions: dict[str, str]) -> None:
@@ -233,7 +233,7 @@ def _build_one(component: Component, target: Path, versions: dict[str, str]) -> 
     command = build_command(component, partial, _stamp_values(component, versions))
     try:
         result = subprocess.run(
-            command, cwd=CONTROLPLANE_DIR / component.module, env=_go_env(),
+            command, check=False, cwd=CONTROLPLANE_DIR / component.module, env=_go_env(),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         if result.returncode != 0:
@@ -254,7 +254,8 @@ def ensure_binaries(progress: Callable[[str], None] | None = None) -> BuildRepor
     """
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     if not CONTROLPLANE_DIR.is_dir():
-        raise BuildError(f"{CONTROLPLANE_DIR} not found: the control plane builds from a source checkout of neuronplace")
+        raise BuildError(f"{CONTROLPLANE_DIR} not found: "
+                         "the control plane builds from a source checkout of neuronplace")
     target_dir = bin_dir()
     report = BuildReport(target_dir)
     if not missing_binaries(target_dir):
@@ -285,7 +286,8 @@ def ensure_binaries(progress: Callable[[str], None] | None = None) -> BuildRepor
 def binary_version(component: Component, directory: Path | None = None) -> str:
     """What the built binary says its version is (its first output line)."""
     path = (directory or bin_dir()) / component.binary
-    out = subprocess.run([str(path), *component.version_args], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([str(path), *component.version_args], capture_output=True, text=True, timeout=60,
+                         check=False)
     return (out.stdout or out.stderr).strip()
 
 

@@ -10,7 +10,7 @@ Fault helpers for the reliability tests:
 
 - :meth:`LocalCluster.restart_component` restarts kube-apiserver or etcd alone. ``kwokctl stop`` +
   ``start`` cannot do this: it restarts the kwok controller before the apiserver is ready and kwok
-  then stays stuck (DESIGN §8). So the process is stopped and started again from its own
+  then stays stuck. So the process is stopped and started again from its own
   ``/proc/<pid>`` command line, working directory and environment, logging to the same file, and
   its pid file is updated so that ``kwokctl delete`` still finds it.
 - :meth:`LocalCluster.set_node_ready` has kwok report a node NotReady (its ``node-not-ready``
@@ -29,9 +29,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import yaml
 
@@ -62,11 +62,13 @@ class ClusterSettings:
     """How a local cluster runs.
 
     ``wait_seconds`` bounds how long ``kwokctl create cluster`` may take to report the cluster
-    ready (a cold machine under load needs far more than the usual few seconds). ``api_qps``/``api_burst`` raise the client rate limits of kube-scheduler and
+    ready (a cold machine under load needs far more than the usual few seconds).
+    ``api_qps``/``api_burst`` raise the client rate limits of kube-scheduler and
     kube-controller-manager (their defaults of 50/100 make the scheduler the bottleneck on this
-    machine, DESIGN §9). Node heartbeat timing stays at kwokctl's defaults (lease 200 s, grace
-    100 s): on two busy cores shorter ones mark healthy nodes NotReady; fault tests switch
-    readiness explicitly with :meth:`LocalCluster.set_node_ready` instead.
+    machine: one bind request per pod, at most 50 requests a second). Node heartbeat timing stays
+    at kwokctl's defaults (lease 200 s, grace 100 s): on two busy cores shorter ones mark healthy
+    nodes NotReady; fault tests switch readiness explicitly with :meth:`LocalCluster.set_node_ready`
+    instead.
     """
 
     wait_seconds: int = 180
@@ -125,15 +127,18 @@ class LocalCluster:
     def _run(self, argv: Sequence[str], input: str | None, check: bool, timeout: float) -> subprocess.CompletedProcess:
         result = subprocess.run(
             [str(a) for a in argv], input=input, capture_output=True, text=True, env=self.env(), timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise CommandError(result.returncode, result.args, result.stdout, result.stderr)
         return result
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess:
         return self._run([self.bin_dir / "kubectl", "--kubeconfig", self.kubeconfig, *args], input, check, timeout)
 
-    def helm(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+    def helm(self, *args: str, input: str | None = None, check: bool = True,
+             timeout: float = 180) -> subprocess.CompletedProcess:
         return self._run([self.bin_dir / "helm", "--kubeconfig", self.kubeconfig, *args], input, check, timeout)
 
     def kwokctl(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -179,7 +184,7 @@ class LocalCluster:
     def exists(self) -> bool:
         return (self.cluster_dir / "pids").is_dir()
 
-    def up(self, fleet: Mapping[str, int] | str | None = None, progress=None) -> "LocalCluster":
+    def up(self, fleet: Mapping[str, int] | str | None = None, progress=None) -> LocalCluster:
         """Build what is missing, create the cluster, then the fleet (waiting until Ready).
 
         Refuses to start over an existing cluster of the same name (``down`` it first).
@@ -194,7 +199,8 @@ class LocalCluster:
         config_path = workdir() / f"{self.name}.config.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         # One file: the kwokctl configuration, then the kwok Stages (which replace kwok's defaults).
-        config_path.write_text(yaml.safe_dump(self.configuration(), sort_keys=False) + "---\n" + STAGES_FILE.read_text())
+        config_path.write_text(yaml.safe_dump(self.configuration(), sort_keys=False) + "---\n"
+                               + STAGES_FILE.read_text())
         say(f"starting cluster {self.name} ...")
         try:
             with port_lock():
@@ -294,7 +300,8 @@ class LocalCluster:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nodes {pending} did not become {'Ready' if ready else 'NotReady'} within {timeout:.0f} s")
+                wanted = "Ready" if ready else "NotReady"
+                raise TimeoutError(f"nodes {pending} did not become {wanted} within {timeout:.0f} s")
             time.sleep(0.2)
 
     def node_ready(self, name: str) -> bool | None:
@@ -326,7 +333,8 @@ class LocalCluster:
     def stop_component(self, component: str, hard: bool = False, timeout: float = 30) -> list[str]:
         """Stop one restartable component; return how to start it again (see :meth:`start_component`)."""
         if component not in RESTARTABLE:
-            raise ValueError(f"component {component!r} cannot be restarted alone; choose one of {', '.join(RESTARTABLE)}")
+            raise ValueError(f"component {component!r} cannot be restarted alone; "
+                             f"choose one of {', '.join(RESTARTABLE)}")
         pid = self.running_components().get(component)
         if pid is None:
             raise RuntimeError(f"{component} of cluster {self.name!r} is not running")
@@ -367,7 +375,8 @@ class LocalCluster:
             if result.returncode == 0 and result.stdout.strip() == "ok":
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"kube-apiserver of {self.name!r} not ready after {timeout:.0f} s: {result.stderr.strip()[-500:]}")
+                raise TimeoutError(f"kube-apiserver of {self.name!r} not ready after {timeout:.0f} s: "
+                                   f"{result.stderr.strip()[-500:]}")
             time.sleep(0.3)
 
     # ---- reporting --------------------------------------------------------------------------
@@ -420,4 +429,5 @@ def list_clusters() -> list[LocalCluster]:
     clusters_dir = workdir() / "clusters"
     if not clusters_dir.is_dir():
         return []
-    return [LocalCluster(path.name) for path in sorted(clusters_dir.iterdir()) if path.is_dir() and _NAME.match(path.name)]
+    return [LocalCluster(path.name) for path in sorted(clusters_dir.iterdir())
+            if path.is_dir() and _NAME.match(path.name)]

@@ -3,20 +3,20 @@
 A fleet spec is ``"inf2.48xlarge=2,trn1.32xlarge=1"`` (instance type = count). :func:`build_node`
 returns the Node object for one simulated instance: the instance-type and zone labels a real EKS node
 carries, capacity and allocatable for ``aws.amazon.com/neuroncore`` (cores) and
-``aws.amazon.com/neuron`` (whole devices = chips) from :mod:`neuronplace.placement.topology`
-(DESIGN §4), plus cpu, memory and pods. The annotation ``kwok.x-k8s.io/node: fake`` hands the node
-to kwok (it then keeps the node Ready and runs the pods bound to it), and kwok's
-``NoSchedule`` taint keeps pods that do not tolerate it away.
+``aws.amazon.com/neuron`` (whole devices = chips) from the instance-type table of
+:mod:`neuronplace.placement.topology`, plus cpu, memory and pods. The annotation
+``kwok.x-k8s.io/node: fake`` hands the node to kwok (it then keeps the node Ready and runs the pods
+bound to it), and kwok's ``NoSchedule`` taint keeps pods that do not tolerate it away.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from neuronplace.placement.topology import INSTANCE_TOPOLOGIES, Topology, topology_for
 from neuronplace.placement.names import INSTANCE_TYPE_LABEL, LNC_KEY, NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
+from neuronplace.placement.topology import INSTANCE_TOPOLOGIES, Topology, topology_for
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
@@ -65,8 +65,9 @@ _SPEC_ITEM = re.compile(r"^([a-z0-9]+(?:\.[a-z0-9]+)*)=(\d+)$")
 def parse_fleet(spec: str) -> dict[str, int]:
     """Parse ``"inf2.48xlarge=2,trn1.32xlarge=1"`` into ``{"inf2.48xlarge": 2, "trn1.32xlarge": 1}``.
 
-    Every type must be a known instance type (DESIGN §4), every count an integer >= 1, and no type
-    may repeat; otherwise ``ValueError`` names the offending item and the expected form.
+    Every type must be a known instance type (``neuronplace.placement.topology``), every count an
+    integer >= 1, and no type may repeat; otherwise ``ValueError`` names the offending item and the
+    expected form.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"fleet spec {spec!r} is empty; expected TYPE=COUNT[,TYPE=COUNT...], e.g. inf2.48xlarge=2")
@@ -132,7 +133,8 @@ def build_node(
     host = HOST_SHAPES[instance_type]
     extra = dict(labels or {})
     if extra.get(INSTANCE_TYPE_LABEL, instance_type) != instance_type:
-        raise ValueError(f"label {INSTANCE_TYPE_LABEL}={extra[INSTANCE_TYPE_LABEL]!r} contradicts instance type {instance_type}")
+        raise ValueError(f"label {INSTANCE_TYPE_LABEL}={extra[INSTANCE_TYPE_LABEL]!r} "
+                         f"contradicts instance type {instance_type}")
     node_labels = {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",

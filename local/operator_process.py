@@ -1,22 +1,37 @@
-"""The operator as a child process of a local cluster: the CRD installed, the process started,
-health-checked through its liveness endpoint, killed and restarted.
+"""The operator as a child process of a local cluster: the one way to start and stop it.
 
-One implementation for everything that runs the operator on a local cluster: the operator's
-cluster tests, the reliability suite (which SIGKILLs it), ``neuronplace demo`` and the benchmarks.
+Everything that runs the operator against a local cluster uses :class:`OperatorProcess`: the
+operator's cluster tests, the reliability suite (which SIGKILLs it), ``neuronplace demo`` and the
+benchmarks. It runs ``python -m neuronplace.cli run`` with the cluster's environment plus the
+caller's settings (``neuronplace run`` flags and/or ``NEURONPLACE_*`` variables), in a session of
+its own, with stdout and stderr appended to one log file. :meth:`OperatorProcess.start` returns
+once the operator serves: its liveness endpoint reports a built ledger, or (without a liveness
+endpoint, as the benchmarks run it) the log shows ``neuronplace operator started``.
+:meth:`OperatorProcess.stop` sends SIGTERM and, if the process has not exited in time, SIGKILL.
+
+A process that must outlive the command that started it (``neuronplace demo``) records its pid in
+a file; :func:`recorded_pid` and :func:`stop_recorded` find and stop it from a later command.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-CRD_NAME = "neuroninferences.neuronplace.io"
+from neuronplace.placement.names import CRD_NAME
+
+# What the operator logs once its ledger is built and it serves (its startup handler).
+STARTED_LINE = "neuronplace operator started"
+# Every operator process runs this module; a recorded pid is only trusted when its command line says so.
+_COMMAND_MARK = "neuronplace.cli"
 
 
 def install_crd(cluster) -> None:
@@ -29,59 +44,111 @@ def install_crd(cluster) -> None:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 class OperatorProcess:
-    """``neuronplace run`` against ``cluster`` as a child process in a session of its own (so it
-    outlives its parent when asked to, and a signal to it reaches nothing else), logging to
-    ``log_path``. ``extra_args`` are ``neuronplace run`` flags (settings such as
-    ``--namespace`` or ``--node-grace-seconds``)."""
+    """``neuronplace run`` against ``cluster`` as a child process, logging to ``log_path``.
 
-    def __init__(self, cluster, log_path: Path, extra_args: tuple[str, ...] = (), port: int | None = None) -> None:
+    - ``extra_args``: ``neuronplace run`` flags (``--namespace``, ``--node-grace-seconds``, ...).
+    - ``env``: variables added to the cluster's environment (``NEURONPLACE_WORKERS=8``, glibc's
+      ``MALLOC_ARENA_MAX``, ...); ``kubeconfig`` replaces the cluster's admin kubeconfig (e.g. a
+      service account's).
+    - ``liveness``: serve kopf's health endpoint on ``port`` (a free one by default) and wait for
+      it; without it, :meth:`start` waits for the started line in the log.
+    - ``pid_file``: written when the process starts, removed when :meth:`stop` ends it.
+
+    The process runs in a session of its own: it outlives its parent when asked to, and a signal
+    sent to it reaches nothing else.
+    """
+
+    def __init__(self, cluster, log_path: Path, extra_args: Sequence[str] = (), port: int | None = None, *,
+                 env: Mapping[str, str] | None = None, kubeconfig: str | os.PathLike | None = None,
+                 liveness: bool = True, cwd: str | os.PathLike | None = None,
+                 pid_file: str | os.PathLike | None = None) -> None:
         self.cluster = cluster
         self.log_path = Path(log_path)
         self.extra_args = tuple(extra_args)
-        self.port = port or free_port()
+        self.env = dict(env or {})
+        self.kubeconfig = None if kubeconfig is None else str(kubeconfig)
+        self.liveness = liveness
+        self.port = (port or free_port()) if liveness else None
+        self.cwd = cwd
+        self.pid_file = None if pid_file is None else Path(pid_file)
         self.process: subprocess.Popen | None = None
         self.starts = 0
+        self._log_offset = 0
 
     @property
     def liveness_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("this operator runs without a liveness endpoint")
         return f"http://127.0.0.1:{self.port}/healthz"
 
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def start(self, timeout: float = 60) -> None:
+    def command(self) -> list[str]:
+        liveness = ["--liveness", self.liveness_url] if self.liveness else []
+        return [sys.executable, "-m", "neuronplace.cli", "run", *liveness, *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
         env = self.cluster.env()
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = self.kubeconfig
         env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-m", "neuronplace.cli", "run", "--liveness", self.liveness_url, *self.extra_args]
+        env.update(self.env)
+        return env
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the process and return once it serves; on failure it is stopped and the error
+        carries the tail of its log."""
+        if self.alive():
+            raise RuntimeError(f"the operator is already running (pid {self.pid})")
+        command = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             log.write(f"\n===== start {self.starts}: {' '.join(command)}\n")
             log.flush()
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self._log_offset = log.tell()
+            self.process = subprocess.Popen(command, env=self.environment(), cwd=self.cwd, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.starts += 1
-        self.wait_healthy(timeout)
+        if self.pid_file is not None:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_file.write_text(f"{self.process.pid}\n")
+        try:
+            self.wait_started(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
-    def wait_healthy(self, timeout: float = 60) -> None:
-        """Until the liveness endpoint says the ledger is built (the operator is serving)."""
+    def wait_started(self, timeout: float = 60) -> None:
+        """Until the liveness endpoint says the ledger is built (without one: until the log shows
+        the started line of this start)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if self.health().get("ledger", {}).get("ready"):
-                    return
-            except (OSError, ValueError):
-                pass
+                code = None if self.process is None else self.process.returncode
+                raise RuntimeError(f"operator exited with {code} (log {self.log_path}):\n{self.log_tail()}")
+            if self.serving():
+                return
             time.sleep(0.2)
-        raise TimeoutError(f"operator not healthy within {timeout:.0f}s:\n{self.log_tail()}")
+        raise TimeoutError(f"operator not serving within {timeout:.0f}s (log {self.log_path}):\n{self.log_tail()}")
+
+    wait_healthy = wait_started
+
+    def serving(self) -> bool:
+        if not self.liveness:
+            return STARTED_LINE in self._log_since_start()
+        try:
+            return bool(self.health().get("ledger", {}).get("ready"))
+        except (OSError, ValueError):
+            return False
 
     def health(self) -> dict:
         with urllib.request.urlopen(self.liveness_url, timeout=5) as response:
@@ -90,21 +157,81 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 30) -> None:
+        """Send ``sig`` (SIGKILL by default, as a crash would) and wait until the process is gone."""
         if self.alive():
             self.process.send_signal(sig)
         if self.process is not None:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=timeout)
 
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM (kopf's clean shutdown), then SIGKILL when it is still running after ``timeout``."""
+        if self.process is not None:
+            try:
+                self.kill(signal.SIGTERM, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
 
-    def restart(self) -> None:
+    def restart(self, timeout: float = 60) -> None:
         self.stop()
-        self.start()
+        self.start(timeout)
 
     def log_tail(self, lines: int = 150) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no operator log)"
+
+    def _log_since_start(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as log:
+                log.seek(self._log_offset)
+                return log.read()
+        except OSError:
+            return ""
+
+
+# ---- a process started by an earlier command ------------------------------------------------------
+
+def _running(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child, now reaped
+            return False
+    except ChildProcessError:
+        pass  # not our child: its parent (or init) reaps it
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def recorded_pid(pid_file: str | os.PathLike) -> int | None:
+    """The pid in ``pid_file`` when that process is running and is an operator; else None."""
+    try:
+        pid = int(Path(pid_file).read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    return pid if _COMMAND_MARK in command and _running(pid) else None
+
+
+def stop_recorded(pid_file: str | os.PathLike, timeout: float = 10) -> bool:
+    """Stop the operator recorded in ``pid_file`` (SIGTERM, then SIGKILL after ``timeout``) and
+    remove the file. Returns whether there was one running."""
+    pid = recorded_pid(pid_file)
+    if pid is not None:
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not _running(pid):
+                break
+    Path(pid_file).unlink(missing_ok=True)
+    return pid is not None

@@ -22,7 +22,7 @@ import re
 import signal
 import time
 import uuid
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -54,7 +54,7 @@ class Fleet(list):
 class FleetFactory:
     """Creates nodes for one test, all in the same pool, and deletes them afterwards."""
 
-    def __init__(self, cluster: "LocalCluster", pool: str) -> None:
+    def __init__(self, cluster: LocalCluster, pool: str) -> None:
         self.cluster = cluster
         self.pool = pool
         self._calls = 0
@@ -82,12 +82,12 @@ def _remove_orphaned_test_clusters() -> None:
             cluster.down()
 
 
-def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
-def local_cluster(request: pytest.FixtureRequest) -> Iterator["LocalCluster"]:
+def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
 
     _remove_orphaned_test_clusters()
     cluster = LocalCluster(f"np-test-{os.getpid()}")
@@ -126,7 +126,7 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator["LocalCluster"]:
     assert not ours, f"ports still listening after teardown: {ours}"
 
 
-def _our_listeners(cluster: "LocalCluster", ports: set[int], settle: float = 15) -> dict[int, list]:
+def _our_listeners(cluster: LocalCluster, ports: set[int], settle: float = 15) -> dict[int, list]:
     """Ports of ``cluster`` still listening, with their owners, after giving closing sockets
     ``settle`` seconds. A port held by a process that is not this cluster's (another session's
     cluster on a shared machine took it the moment it was freed) is not a leak of ours."""
@@ -141,7 +141,7 @@ def _our_listeners(cluster: "LocalCluster", ports: set[int], settle: float = 15)
 
 
 @pytest.fixture
-def namespace(local_cluster: "LocalCluster", request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{base or 'test'}-{uuid.uuid4().hex[:6]}"
     local_cluster.kubectl("create", "namespace", name)
@@ -154,7 +154,7 @@ def namespace(local_cluster: "LocalCluster", request: pytest.FixtureRequest) -> 
 
 
 @pytest.fixture
-def fleet(local_cluster: "LocalCluster") -> Iterator[FleetFactory]:
+def fleet(local_cluster: LocalCluster) -> Iterator[FleetFactory]:
     factory = FleetFactory(local_cluster, f"p-{uuid.uuid4().hex[:8]}")
     try:
         yield factory

@@ -9,13 +9,14 @@ one again. Its log is attached to the report of every failed test that used it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from operator_support import TEST_NODE_GRACE_SECONDS
 
-from neuronplace.local.operator_process import CRD_NAME, OperatorProcess, install_crd
+from neuronplace.local.operator_process import OperatorProcess, install_crd
+from neuronplace.placement.names import CRD_NAME
 
 _OPERATOR_KEY = pytest.StashKey["OperatorProcess"]()
 
@@ -30,7 +31,8 @@ def crd(local_cluster) -> str:
 @pytest.fixture(scope="session")
 def operator_process(local_cluster, crd, request) -> Iterator[OperatorProcess]:
     process = OperatorProcess(local_cluster, Path(local_cluster.logs_dir) / "neuronplace-operator.log",
-                              extra_args=("--node-grace-seconds", str(TEST_NODE_GRACE_SECONDS), "--resync-seconds", "10"))
+                              extra_args=("--node-grace-seconds", str(TEST_NODE_GRACE_SECONDS),
+                                          "--resync-seconds", "10"))
     request.config.stash[_OPERATOR_KEY] = process
     process.start()
     try:

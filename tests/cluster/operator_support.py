@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import yaml
 
-from neuronplace.local.fleet import KWOK_TOLERATION
+from neuronplace.local.examples import example_file
+from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
+from neuronplace.placement import conditions
+from neuronplace.placement.names import (
+    API_VERSION,
+    AWS_NEURON_IDS,
+    CORES_ANNOTATION,
+    ENV_NODE_CORES,
+    ENV_VISIBLE_CORES,
+    INFERENCE_LABEL,
+    KIND,
+    NEURON_ALLOC_TIME,
+    NEURON_ALLOCATED,
+    NEURON_RESOURCE_TYPE,
+    NEURONCORE_RESOURCE,
+    TERMINAL_PHASES,
+)
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
+# The one reader of status.conditions; the tests take it from here too.
+condition = conditions.condition
+is_ready = conditions.is_ready
 
 # Short on purpose: the tests make nodes NotReady and wait for the re-placement.
 TEST_NODE_GRACE_SECONDS = 5
 
 
-def inference(name: str, cores: int = 2, replicas: int = 1, processes: int = 1, pool: str | None = None,
+def inference(name: str, *, cores: int = 2, replicas: int = 1, processes: int = 1, pool: str | None = None,
               strategy: str = "BinPack", image: str = "model:1", **placement) -> dict:
     spec_placement = {"strategy": strategy, "tolerations": [KWOK_TOLERATION], **placement}
     if pool:
-        spec_placement.setdefault("nodeSelector", {})["neuronplace.io/pool"] = pool
+        spec_placement.setdefault("nodeSelector", {})[POOL_LABEL] = pool
     return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
@@ -40,10 +55,9 @@ def inference(name: str, cores: int = 2, replicas: int = 1, processes: int = 1, 
 
 
 def example(file_name: str, pool: str) -> dict:
-    """An example from examples/, confined to the test's node pool."""
-    resource = yaml.safe_load((EXAMPLES / file_name).read_text())
-    resource = copy.deepcopy(resource)
-    resource["spec"]["placement"].setdefault("nodeSelector", {})["neuronplace.io/pool"] = pool
+    """An example shipped with the package (the repository's examples/), confined to the test's node pool."""
+    resource = yaml.safe_load(example_file(file_name).read_text())
+    resource["spec"]["placement"].setdefault("nodeSelector", {})[POOL_LABEL] = pool
     return resource
 
 
@@ -56,15 +70,8 @@ def get_inference(cluster, namespace: str, name: str) -> dict:
     return json.loads(cluster.kubectl("get", "ninf", name, "-n", namespace, "-o", "json").stdout)
 
 
-def condition(resource: dict, type_: str) -> dict:
-    for cond in (resource.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_:
-            return cond
-    return {}
-
-
 def pods_of(cluster, namespace: str, name: str | None = None) -> list[dict]:
-    selector = f"neuronplace.io/inference={name}" if name else "neuronplace.io/inference"
+    selector = f"{INFERENCE_LABEL}={name}" if name else INFERENCE_LABEL
     items = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)["items"]
     return sorted(items, key=lambda p: p["metadata"]["name"])
 
@@ -76,7 +83,7 @@ def live(pods: list[dict]) -> list[dict]:
 def running_ready(pod: dict) -> bool:
     if pod["status"].get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
         return False
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+    return is_ready(pod)
 
 
 def placed_and_ready(cluster, namespace: str, name: str, replicas: int):
@@ -86,26 +93,26 @@ def placed_and_ready(cluster, namespace: str, name: str, replicas: int):
     status = resource.get("status") or {}
     if (len(pods) == replicas and all(running_ready(p) for p in pods)
             and status.get("readyReplicas") == replicas and status.get("replicas") == replicas
-            and condition(resource, "Ready").get("status") == "True"
+            and is_ready(resource)
             and status.get("observedGeneration") == resource["metadata"]["generation"]):
         return resource
     return None
 
 
 def all_managed_pods(cluster) -> list[dict]:
-    return json.loads(cluster.kubectl("get", "pods", "-A", "-l", "neuronplace.io/inference", "-o", "json").stdout)["items"]
+    return json.loads(cluster.kubectl("get", "pods", "-A", "-l", INFERENCE_LABEL, "-o", "json").stdout)["items"]
 
 
 def assert_no_shared_cores(cluster) -> dict[str, dict[int, str]]:
     """No two live pods hold the same core on any node; returns node → core → pod."""
     owner: dict[str, dict[int, str]] = defaultdict(dict)
     for pod in all_managed_pods(cluster):
-        if pod["status"].get("phase") in ("Succeeded", "Failed"):
+        if pod["status"].get("phase") in TERMINAL_PHASES:
             continue
         node = pod["spec"].get("nodeName")
         assert node, f"managed pod {pod['metadata']['name']} is not bound"
         name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
-        for core in parse_core_set(pod["metadata"]["annotations"]["neuronplace.io/cores"]):
+        for core in parse_core_set(pod["metadata"]["annotations"][CORES_ANNOTATION]):
             assert core not in owner[node], f"core {core} on {node} held by both {owner[node][core]} and {name}"
             owner[node][core] = name
     return owner
@@ -118,19 +125,19 @@ def env_of(container: dict) -> dict[str, str]:
 def assert_pod_consistent(pod: dict, cores_per_chip: int, processes: int, numbering: str = "device-local") -> None:
     """Annotation, device-plugin annotations, per-process env and resources all say the same thing."""
     annotations = pod["metadata"]["annotations"]
-    cores = CoreRange.parse(annotations["neuronplace.io/cores"])
-    assert annotations["AWS_NEURON_IDS"] == ",".join(map(str, cores.ids))
-    assert annotations["NEURON_RESOURCE_TYPE"] == "aws.amazon.com/neuroncore"
-    assert annotations["NEURON_ALLOCATED"] in ("true", "false") and annotations["NEURON_ALLOC_TIME"].isdigit()
+    cores = CoreRange.parse(annotations[CORES_ANNOTATION])
+    assert annotations[AWS_NEURON_IDS] == ",".join(map(str, cores.ids))
+    assert annotations[NEURON_RESOURCE_TYPE] == NEURONCORE_RESOURCE
+    assert annotations[NEURON_ALLOCATED] in ("true", "false") and annotations[NEURON_ALLOC_TIME].isdigit()
     assert "schedulerName" not in pod["spec"] or pod["spec"]["schedulerName"] == "default-scheduler"
     offset = (cores.start // cores_per_chip) * cores_per_chip if numbering == "device-local" else 0
-    neuron_containers = [c for c in pod["spec"]["containers"] if "NEURON_RT_VISIBLE_CORES" in env_of(c)]
+    neuron_containers = [c for c in pod["spec"]["containers"] if ENV_VISIBLE_CORES in env_of(c)]
     assert len(neuron_containers) == processes
     expected = cores.split(processes)
     for index, container in enumerate(neuron_containers):
         env = env_of(container)
-        visible = parse_core_set(env["NEURON_RT_VISIBLE_CORES"])
+        visible = parse_core_set(env[ENV_VISIBLE_CORES])
         assert [v + offset for v in visible] == list(expected[index].ids), (pod["metadata"]["name"], env)
-        assert env["NEURONPLACE_NODE_CORES"] == str(expected[index])
+        assert env[ENV_NODE_CORES] == str(expected[index])
         for kind in ("requests", "limits"):
-            assert container["resources"][kind]["aws.amazon.com/neuroncore"] == str(cores.count // processes)
+            assert container["resources"][kind][NEURONCORE_RESOURCE] == str(cores.count // processes)

@@ -1,7 +1,7 @@
 """The README's first command, run as a user runs it: ``neuronplace demo --down``.
 
 It starts its own named cluster beside the session's (two clusters at once are supported), so
-this proves the whole path: build/cached binaries, cluster, CRD, operator, examples/, core map.
+this proves the whole path: build/cached binaries, cluster, CRD, operator, the shipped examples, core map.
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 from neuronplace.local.cluster import list_clusters
+from neuronplace.local.examples import example_resources
+from neuronplace.placement.names import KIND
 from neuronplace.runtime.coreset import CoreRange
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+OWNER = re.compile(r"\b[A-Za-z] (\S+)/(\S+)-(\d+) (\d+(?:-\d+)?)")
 
 
 def test_demo_places_every_example_and_tears_down():
@@ -30,16 +30,14 @@ def test_demo_places_every_example_and_tears_down():
         capture_output=True,
         text=True,
         timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout
 
-    expected = {}
-    for path in EXAMPLES:
-        for document in yaml.safe_load_all(path.read_text()):
-            if document and document.get("kind") == "NeuronInference":
-                expected[document["metadata"]["name"]] = document["spec"].get("replicas", 1)
-    assert expected, "examples/ holds NeuronInference resources"
+    expected = {document["metadata"]["name"]: document["spec"].get("replicas", 1)
+                for document in example_resources() if document.get("kind") == KIND}
+    assert expected, "the shipped examples hold NeuronInference resources"
 
     # The printer columns: every example READY == REPLICAS.
     for example, replicas in expected.items():
@@ -48,12 +46,12 @@ def test_demo_places_every_example_and_tears_down():
         assert (int(row.group(1)), int(row.group(2))) == (replicas, replicas)
 
     # The core map names every replica once, and no two replicas share a core on a node.
-    owners = re.findall(r"\b[A-Za-z] (\S+)/(\S+)-(\d+) (\d+(?:-\d+)?)", output)
+    owners = OWNER.findall(output)
     placed = {(pod, int(ordinal)) for _, pod, ordinal, _ in owners}
     assert placed == {(example, i) for example, replicas in expected.items() for i in range(replicas)}
     sections = re.split(r"^(?=\S+\s+\S+\s+\d+ cores, \d+ free$)", output, flags=re.MULTILINE)
     for section in sections:
-        ranges = [CoreRange.parse(cores) for *_, cores in re.findall(r"\b[A-Za-z] (\S+)/(\S+)-(\d+) (\d+(?:-\d+)?)", section)]
+        ranges = [CoreRange.parse(cores) for *_, cores in OWNER.findall(section)]
         for i, first in enumerate(ranges):
             assert not any(first.overlaps(second) for second in ranges[i + 1 :]), section
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from operator_support import apply, assert_no_shared_cores, condition, get_inference, inference, placed_and_ready
+from operator_support import apply, assert_no_shared_cores, get_inference, inference, placed_and_ready
+
+from neuronplace.placement.conditions import condition, is_ready
+from neuronplace.placement.names import CONDITION_PLACED, INFERENCE_LABEL, REASON_UNSCHEDULABLE
 
 pytestmark = pytest.mark.cluster
 
@@ -25,16 +28,16 @@ def test_twenty_at_once_on_a_small_fleet(local_cluster, operator, namespace, fle
 
     def settled():
         now = states(local_cluster, namespace)
-        placed = [n for n, r in now.items() if condition(r, "Ready").get("status") == "True"]
-        waiting = [n for n, r in now.items() if condition(r, "Placed").get("reason") == "Unschedulable"]
+        placed = [n for n, r in now.items() if is_ready(r)]
+        waiting = [n for n, r in now.items() if condition(r, CONDITION_PLACED).get("reason") == REASON_UNSCHEDULABLE]
         return (placed, waiting) if len(placed) == 12 and len(waiting) == COUNT - 12 else None
     placed, waiting = wait_for(settled, 120, "12 placed and 8 unschedulable")
     assert_no_shared_cores(local_cluster)
     for name in waiting:
-        placed_condition = condition(get_inference(local_cluster, namespace, name), "Placed")
+        placed_condition = condition(get_inference(local_cluster, namespace, name), CONDITION_PLACED)
         assert placed_condition["status"] == "False"
         assert "replica 0" in placed_condition["message"] and "cores" in placed_condition["message"], placed_condition
-        assert not local_cluster.kubectl("get", "pods", "-n", namespace, "-l", f"neuronplace.io/inference={name}",
+        assert not local_cluster.kubectl("get", "pods", "-n", namespace, "-l", f"{INFERENCE_LABEL}={name}",
                                          "-o", "name").stdout.strip()
         events = local_cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                                        f"involvedObject.name={name},reason=Unschedulable", "-o", "name").stdout.split()
@@ -45,7 +48,7 @@ def test_twenty_at_once_on_a_small_fleet(local_cluster, operator, namespace, fle
 
     def refilled():
         now = states(local_cluster, namespace, frozenset(placed[:4]))
-        ready = [n for n, r in now.items() if condition(r, "Ready").get("status") == "True"]
+        ready = [n for n, r in now.items() if is_ready(r)]
         return len(ready) == 12 and ready
     ready = wait_for(refilled, 120, "four waiting resources placed in the freed room")
     assert len(set(ready) & set(waiting)) == 4

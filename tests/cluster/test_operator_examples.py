@@ -10,17 +10,18 @@ import sys
 
 import pytest
 from operator_support import (
+    apply,
     assert_no_shared_cores,
     assert_pod_consistent,
     condition,
     env_of,
     example,
-    apply,
     live,
     placed_and_ready,
     pods_of,
 )
 
+from neuronplace.local.examples import example_files
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
 pytestmark = pytest.mark.cluster
@@ -36,6 +37,10 @@ EXAMPLES = {
 }
 
 
+def test_every_shipped_example_is_covered():
+    assert sorted(EXAMPLES) == [path.name for path in example_files()]
+
+
 @pytest.fixture
 def placed_examples(local_cluster, operator, namespace, fleet, wait_for):
     nodes = fleet(FLEET)
@@ -44,7 +49,8 @@ def placed_examples(local_cluster, operator, namespace, fleet, wait_for):
                                                         "-o", "json").stdout)["items"]}
     apply(local_cluster, namespace, *[example(file, nodes.pool) for file in EXAMPLES])
     for name, replicas, *_ in EXAMPLES.values():
-        wait_for(lambda: placed_and_ready(local_cluster, namespace, name, replicas), 90, f"{name} placed and ready")
+        wait_for(lambda name=name, replicas=replicas: placed_and_ready(local_cluster, namespace, name, replicas), 90,
+                 f"{name} placed and ready")
     return namespace, types
 
 
@@ -107,8 +113,8 @@ print(json.dumps({"visible": visible_cores(), "device_ids": list(model.device_id
 def test_runtime_reads_what_the_operator_wrote(local_cluster, placed_examples):
     """For every process of every pod: the runtime, given that container's env, addresses exactly
     the pod's cores (after mapping the container's numbering back to node-global ids)."""
-    namespace, types = placed_examples
-    for name, replicas, cores, processes, instance_type in EXAMPLES.values():
+    namespace, _types = placed_examples
+    for name, _replicas, _cores, _processes, instance_type in EXAMPLES.values():
         for pod in live(pods_of(local_cluster, namespace, name)):
             annotated = parse_core_set(pod["metadata"]["annotations"]["neuronplace.io/cores"])
             # Device-local numbering: the plugin mounts the devices from the range's first chip on.
@@ -122,10 +128,11 @@ def test_runtime_reads_what_the_operator_wrote(local_cluster, placed_examples):
                 child_env.update(env)
                 child_env["NEURONPLACE_BACKEND"] = "cpu"
                 result = subprocess.run([sys.executable, "-c", RUNTIME_PROBE], env=child_env, capture_output=True,
-                                        text=True, timeout=120)
+                                        text=True, timeout=120, check=False)
                 assert result.returncode == 0, result.stderr
                 seen = json.loads(result.stdout.strip().splitlines()[-1])
                 assert seen["device_ids"] == list(range(len(seen["visible"]))), seen
                 assert seen["core_ids"] == seen["visible"]
                 addressed += [core + offset for core in seen["core_ids"]]
-            assert addressed == annotated, f"{pod['metadata']['name']}: runtime addresses {addressed}, pod holds {annotated}"
+            assert addressed == annotated, \
+                f"{pod['metadata']['name']}: runtime addresses {addressed}, pod holds {annotated}"

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from neuronplace.local.operator_process import install_crd
-
 from reliability import harness as hs
 from reliability import scenarios
 
@@ -78,7 +77,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.sections.append(("reliability operator log", world.operator.log_tail(200)))
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest hook signature
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
     record = config.stash.get(_RECORD_KEY, None)
     if record is not None and record.scenarios:
         terminalreporter.section("chaos table")

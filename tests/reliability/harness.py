@@ -18,15 +18,15 @@ import random
 import statistics
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
-
+from neuronplace.placement.names import API_VERSION, KIND
 from reliability import invariants as inv
-
 
 # Operator timings for fault tests: replicas on a NotReady node move after NODE_GRACE_SECONDS,
 # and a missed event is made up for within RESYNC_SECONDS.
@@ -63,8 +63,8 @@ def inference_manifest(name: str, *, replicas: int = 1, cores: int = 2, processe
     if pool:
         spec_placement["nodeSelector"] = {**spec_placement.get("nodeSelector", {}), POOL_LABEL: pool}
     return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
         "spec": {"replicas": replicas, "coresPerReplica": cores, "processesPerReplica": processes,
                  "placement": spec_placement,
@@ -95,7 +95,7 @@ class Harness:
         self._node_batches = 0
 
     # ---- setup and teardown -------------------------------------------------------------------
-    def open(self) -> "Harness":
+    def open(self) -> Harness:
         self.cluster.kubectl("create", "namespace", self.namespace)
         self.operator.start()
         return self

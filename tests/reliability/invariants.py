@@ -1,17 +1,18 @@
-"""The promises of DESIGN §5 as one reusable checker: a cluster snapshot in, a list of violations out.
+"""The operator's promises as one reusable checker: a cluster snapshot in, a list of violations out.
 
 :func:`check` is pure: it reads a :class:`Snapshot` (pods, nodes and NeuronInferences as the API's
 JSON dicts) and returns every :class:`Violation` it finds. The invariants, one function each:
 
 - ``exclusive-cores``: on every node, no two live pods hold the same core (managed pods by their
   ``neuronplace.io/cores`` annotation, foreign pods by ``AWS_NEURON_IDS`` when they carry it), and
-  all the cores held there, foreign pods' bare counts included, fit in what the node has
-  (pain points 3, 6, 7).
+  all the cores held there, foreign pods' bare counts included, fit in what the node has (two
+  processes driving one NeuronCore, or more cores handed out than exist, is the failure this
+  project exists to prevent).
 - ``pod-consistency``: every live managed pod's annotation, its process containers'
   ``NEURON_RT_VISIBLE_CORES`` (in the numbering the pod says), their ``aws.amazon.com/neuroncore``
   requests and the device plugin's ``AWS_NEURON_IDS`` all name the same cores, processes split the
-  range without overlap, sidecars get none, and the pod is bound without a scheduler
-  (pain points 1, 2, 7, 10).
+  range without overlap, sidecars get none, and the pod is bound without a scheduler (if any of
+  these disagree, the Neuron runtime in the pod drives cores other than the ones the ledger holds).
 - ``no-orphans``: every pod labelled or owned as a replica, unless already terminating, has a live
   NeuronInference owner with the same uid.
 - ``status-matches-pods``: each resource's ``status`` (observedGeneration, replicas, readyReplicas,
@@ -31,26 +32,46 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
+from neuronplace.placement import conditions
+from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
+from neuronplace.placement.conditions import condition
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
+from neuronplace.placement.names import (
+    AWS_NEURON_IDS,
+    CONDITION_PLACED,
+    CONDITION_READY,
+    CORES_ANNOTATION,
+    ENV_NODE_CORES,
+    ENV_VISIBLE_CORES,
+    GROUP,
+    INFERENCE_LABEL,
+    NEURON_DEVICE_RESOURCE,
+    NEURON_RESOURCE_TYPE,
+    NEURONCORE_RESOURCE,
+    NUMBERING_ANNOTATION,
+    PLURAL,
+    REASON_INVALID_SPEC,
+    REASON_POD_REJECTED,
+    REASON_UNSCHEDULABLE,
+    REPLICA_LABEL,
+    TERMINAL_PHASES,
+    VERSION,
+)
 from neuronplace.placement.reconcile import placement_request
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
-from neuronplace.placement.names import (
-    AWS_NEURON_IDS, CORES_ANNOTATION, ENV_VISIBLE_CORES, GROUP, INFERENCE_LABEL, NEURON_DEVICE_RESOURCE, NEURON_RESOURCE_TYPE,
-    NEURONCORE_RESOURCE, NUMBERING_ANNOTATION, PLURAL, REPLICA_LABEL, VERSION)
 
-NODE_CORES_ENV = "NEURONPLACE_NODE_CORES"
-TERMINAL_PHASES = ("Succeeded", "Failed")
+NODE_CORES_ENV = ENV_NODE_CORES
 
-# Reasons a resource may give for missing replicas in a converged cluster (operator status.py).
-UNSCHEDULABLE = "Unschedulable"
-INVALID_SPEC = "InvalidSpec"
-POD_REJECTED = "PodRejected"
+# Reasons a resource may give for missing replicas in a converged cluster (neuronplace.placement.status).
+UNSCHEDULABLE = REASON_UNSCHEDULABLE
+INVALID_SPEC = REASON_INVALID_SPEC
+POD_REJECTED = REASON_POD_REJECTED
 EXPLAINED_REASONS = (UNSCHEDULABLE, INVALID_SPEC, POD_REJECTED)
 
 INVARIANTS = ("exclusive-cores", "pod-consistency", "no-orphans", "status-matches-pods", "fits-are-placed",
@@ -93,7 +114,8 @@ def _ref(obj: Mapping) -> str:
 
 def is_live(pod: Mapping) -> bool:
     """Bound and not finished: such a pod may be running a process that holds its cores."""
-    return bool((pod.get("spec") or {}).get("nodeName")) and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+    bound = bool((pod.get("spec") or {}).get("nodeName"))
+    return bound and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
 
 
 def is_terminating(obj: Mapping) -> bool:
@@ -105,10 +127,8 @@ def is_managed(pod: Mapping) -> bool:
 
 
 def is_ready(pod: Mapping) -> bool:
-    if is_terminating(pod):
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    """Ready and not being deleted (a terminating pod no longer counts as a ready replica)."""
+    return not is_terminating(pod) and conditions.is_ready(pod)
 
 
 def _whole(value: Any) -> int | None:
@@ -203,7 +223,8 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
             for core in ids:
                 if core >= capacity:
                     violations.append(Violation("exclusive-cores", _ref(pod),
-                                                f"holds core {core} but node {node_name} has only {capacity} usable cores"))
+                                                f"holds core {core} but node {node_name} has only "
+                                                f"{capacity} usable cores"))
                 if core in holder_of:
                     violations.append(Violation("exclusive-cores", f"node {node_name} core {core}",
                                                 f"held by both {holder_of[core]} and {_ref(pod)}"))
@@ -304,7 +325,8 @@ def check_no_orphans(snapshot: Snapshot) -> list[Violation]:
         if not labelled and not (owner and owner.get("kind") == "NeuronInference"):
             continue
         if owner is None or owner.get("kind") != "NeuronInference":
-            out.append(Violation("no-orphans", _ref(pod), "labelled as a replica but has no NeuronInference controller"))
+            out.append(Violation("no-orphans", _ref(pod),
+                                 "labelled as a replica but has no NeuronInference controller"))
             continue
         inference = inferences.get((_meta(pod).get("namespace"), owner.get("name")))
         if inference is None or _meta(inference).get("uid") != owner.get("uid"):
@@ -319,13 +341,6 @@ def _own_pods(inference: Mapping, pods: Iterable[Mapping]) -> list[Mapping]:
             and (owner_of(p) or {}).get("uid") == meta.get("uid")]
 
 
-def condition(inference: Mapping, type_: str) -> Mapping:
-    for condition in (inference.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == type_:
-            return condition
-    return {}
-
-
 def _desired(inference: Mapping) -> int:
     replicas = (inference.get("spec") or {}).get("replicas", 1)
     return replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else 0
@@ -338,7 +353,7 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
             continue
         ref = _ref(inference)
 
-        def bad(detail: str) -> None:
+        def bad(detail: str, ref: str = ref) -> None:
             out.append(Violation("status-matches-pods", ref, detail))
 
         meta = _meta(inference)
@@ -354,11 +369,12 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
         said = sorted((p.get("replica"), p.get("pod"), p.get("node"), p.get("cores"))
                       for p in status.get("placements") or [])
         actual = sorted((_whole((_meta(p).get("labels") or {}).get(REPLICA_LABEL)), _meta(p).get("name"),
-                         (p.get("spec") or {}).get("nodeName"), (_meta(p).get("annotations") or {}).get(CORES_ANNOTATION))
+                         (p.get("spec") or {}).get("nodeName"),
+                         (_meta(p).get("annotations") or {}).get(CORES_ANNOTATION))
                         for p in pods)
         if said != actual:
             bad(f"status.placements {said} != pods {actual}")
-        placed = condition(inference, "Placed")
+        placed = condition(inference, CONDITION_PLACED)
         desired = _desired(inference)
         wanted = {f"{meta.get('name')}-{i}" for i in range(desired)}
         surplus = sorted(_meta(p).get("name") for p in pods if _meta(p).get("name") not in wanted)
@@ -368,8 +384,9 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
         if placed.get("status") != ("True" if all_placed else "False"):
             bad(f"Placed={placed.get('status')} ({placed.get('reason')}) but {len(pods)}/{desired} replicas have pods")
         all_ready = all_placed and ready >= desired
-        if condition(inference, "Ready").get("status") != ("True" if all_ready else "False"):
-            bad(f"Ready={condition(inference, 'Ready').get('status')} but {ready}/{desired} replicas are Ready")
+        ready_status = condition(inference, CONDITION_READY).get("status")
+        if ready_status != ("True" if all_ready else "False"):
+            bad(f"Ready={ready_status} but {ready}/{desired} replicas are Ready")
     return out
 
 
@@ -399,14 +416,16 @@ def check_fits_are_placed(snapshot: Snapshot, node_selector: str = "") -> list[V
         pods = _own_pods(inference, snapshot.pods)
         held = {_meta(p).get("name") for p in pods}
         missing = [i for i in range(_desired(inference)) if f"{name}-{i}" not in held]
-        placed = condition(inference, "Placed")
+        placed = condition(inference, CONDITION_PLACED)
         if placed.get("reason") == INVALID_SPEC and pods:
-            out.append(Violation("fits-are-placed", ref, f"spec is invalid ({placed.get('message')}) yet {len(pods)} pods exist"))
+            out.append(Violation("fits-are-placed", ref,
+                                 f"spec is invalid ({placed.get('message')}) yet {len(pods)} pods exist"))
         if not missing:
             continue
         if placed.get("status") != "False" or placed.get("reason") not in EXPLAINED_REASONS:
             out.append(Violation("fits-are-placed", ref,
-                                 f"replicas {missing} have no pod and Placed is {placed.get('status')}/{placed.get('reason')} "
+                                 f"replicas {missing} have no pod and Placed is "
+                                 f"{placed.get('status')}/{placed.get('reason')} "
                                  f"({placed.get('message')!r}), not one of {', '.join(EXPLAINED_REASONS)}"))
             continue
         if not placed.get("message"):

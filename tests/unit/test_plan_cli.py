@@ -86,7 +86,8 @@ def cluster_state(tmp_path):
         "kind": "Node",
         "metadata": {"name": "inf2-a", "labels": {"node.kubernetes.io/instance-type": "inf2.48xlarge"}},
         "spec": {},
-        "status": {"allocatable": {"aws.amazon.com/neuroncore": "24"}, "conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {"allocatable": {"aws.amazon.com/neuroncore": "24"},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
     }
     running = {
         "apiVersion": "v1",
@@ -100,7 +101,8 @@ def cluster_state(tmp_path):
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "legacy", "namespace": "ml", "annotations": {"AWS_NEURON_IDS": "8,9"}},
-        "spec": {"nodeName": "inf2-a", "containers": [{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": "2"}}}]},
+        "spec": {"nodeName": "inf2-a",
+                 "containers": [{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": "2"}}}]},
         "status": {"phase": "Running"},
     }
     return write(tmp_path, "state.yaml", {"apiVersion": "v1", "kind": "List", "items": [node, running, foreign]})
@@ -135,7 +137,8 @@ def test_invalid_resource_is_reported_not_raised(tmp_path, capsys):
     files = write(tmp_path, "bad.yaml", inference("odd", 1, 6, processes=4))
     code, out, _ = run(capsys, "--fleet", "inf2.48xlarge=1", files)
     assert code == 1
-    assert "default/odd replica -: spec.processesPerReplica must be a positive integer dividing coresPerReplica=6" in out
+    assert ("default/odd replica -: spec.processesPerReplica must be a positive integer dividing coresPerReplica=6"
+            in out)
 
 
 def test_unusable_input_exits_2(tmp_path, capsys):
@@ -166,3 +169,15 @@ def test_same_input_same_plan(tmp_path, capsys):
     assert first == second
     spread_nodes = [r[3] for r in rows(first[1]) if r[0] == "default/a"]
     assert len(set(spread_nodes)) == 3
+
+
+def test_the_shipped_examples_all_fit_the_demo_fleet(capsys):
+    from neuronplace.cli.demo import DEFAULT_FLEET
+    from neuronplace.local.examples import example_files
+
+    files = example_files()
+    assert files, "neuronplace.examples ships the example files"
+    code, out, err = run(capsys, "--fleet", DEFAULT_FLEET, *map(str, files))
+    assert code == 0, out + err
+    names = {row[0].split("/")[1] for row in rows(out)}
+    assert names == {"bert-inf2", "resnet-inf1", "llama-trn1", "whisper-spread"}

@@ -1,81 +1,71 @@
-"""The pure measuring helpers of benchmarks/scale.py (the benchmark itself never runs in the suite)."""
+"""The reusable parts of the scale benchmark (``benchmarks/scale.py``; the benchmark itself never runs
+in the suite): workload, percentiles and latencies, Prometheus text, the report."""
 
-import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCALE = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
+from neuronplace.local.bench import procstats, prometheus, results, workload
 
 
-@pytest.fixture(scope="module")
-def scale():
-    spec = importlib.util.spec_from_file_location("scale_benchmark", SCALE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
-
-
-def test_fleet_halves_with_the_odd_node_on_inf2(scale):
-    assert scale.fleet_for(1000) == {"inf2.48xlarge": 500, "trn1.32xlarge": 500}
-    assert scale.fleet_for(7) == {"inf2.48xlarge": 4, "trn1.32xlarge": 3}
+def test_fleet_halves_with_the_odd_node_on_inf2():
+    assert workload.fleet_for(1000) == {"inf2.48xlarge": 500, "trn1.32xlarge": 500}
+    assert workload.fleet_for(7) == {"inf2.48xlarge": 4, "trn1.32xlarge": 3}
     with pytest.raises(ValueError, match="at least 2"):
-        scale.fleet_for(1)
+        workload.fleet_for(1)
 
 
-def test_workload_totals_the_pods_and_cycles_the_mix(scale):
-    groups = scale.workload(95, group_size=10)
+def test_workload_totals_the_pods_and_cycles_the_mix():
+    groups = workload.workload(95, group_size=10)
     assert sum(g.replicas for g in groups) == 95
     assert [g.replicas for g in groups] == [10] * 9 + [5]
-    assert [(g.instance_type, g.cores) for g in groups[:7]] == [*scale.MIX, scale.MIX[0]]
+    assert [(g.instance_type, g.cores) for g in groups[:7]] == [*workload.MIX, workload.MIX[0]]
     assert len({g.name for g in groups}) == len(groups)
     with pytest.raises(ValueError):
-        scale.workload(0)
+        workload.workload(0)
 
 
-def test_check_fits_refuses_a_workload_beyond_the_fleet(scale):
-    scale.check_fits(scale.workload(200), scale.fleet_for(200))
+def test_check_fits_refuses_a_workload_beyond_the_fleet():
+    workload.check_fits(workload.workload(200), workload.fleet_for(200))
     with pytest.raises(ValueError, match="cores but the fleet has"):
-        scale.check_fits(scale.workload(200), scale.fleet_for(20))
+        workload.check_fits(workload.workload(200), workload.fleet_for(20))
 
 
-def test_extra_nodes_cover_each_family_on_its_own(scale):
-    groups = scale.workload(10_000, group_size=100, mix=(("inf2.48xlarge", 1), ("trn1.32xlarge", 1)))
-    extra = scale.extra_nodes(groups, scale.fleet_for(200))
+def test_extra_nodes_cover_each_family_on_its_own():
+    groups = workload.workload(10_000, group_size=100, mix=(("inf2.48xlarge", 1), ("trn1.32xlarge", 1)))
+    extra = workload.extra_nodes(groups, workload.fleet_for(200))
     # 5,000 one-core replicas per family, 5 % headroom: 5,250 cores = 219 inf2 / 165 trn1 nodes in all.
     assert extra == {"inf2.48xlarge": 219 - 100, "trn1.32xlarge": 165 - 100}
-    assert scale.extra_nodes(groups, scale.fleet_for(1000)) == {}
+    assert workload.extra_nodes(groups, workload.fleet_for(1000)) == {}
 
 
-def test_percentile_is_nearest_rank(scale):
+def test_percentile_is_nearest_rank():
     values = [5.0, 1.0, 4.0, 2.0, 3.0]
-    assert scale.percentile(values, 50) == 3.0
-    assert scale.percentile(values, 99) == 5.0
-    assert scale.percentile(values, 0) == 1.0
-    assert scale.percentile(list(range(1, 101)), 99) == 99
+    assert results.percentile(values, 50) == 3.0
+    assert results.percentile(values, 99) == 5.0
+    assert results.percentile(values, 0) == 1.0
+    assert results.percentile(list(range(1, 101)), 99) == 99
     with pytest.raises(ValueError):
-        scale.percentile([], 50)
+        results.percentile([], 50)
 
 
-def test_group_latency_is_until_the_last_pod_is_bound(scale):
+def test_group_latency_is_until_the_last_pod_is_bound():
     created = {"a": 10.0, "b": 11.0}
     bound = {"a-0": 10.5, "a-1": 12.0, "b-0": 11.25}
     members = {"a": {"a-0", "a-1"}, "b": {"b-0"}}
-    assert scale.group_latencies(created, bound, members) == {"a": 2.0, "b": 0.25}
+    assert results.group_latencies(created, bound, members) == {"a": 2.0, "b": 0.25}
     with pytest.raises(ValueError, match="never bound"):
-        scale.group_latencies(created, {"a-0": 10.5, "b-0": 11.25}, members)
+        results.group_latencies(created, {"a-0": 10.5, "b-0": 11.25}, members)
 
 
-def test_bound_curve_counts_up_in_time_order(scale):
-    assert scale.bound_curve([3.0, 1.0, 2.0], 1.0) == ([0.0, 1.0, 2.0], [1, 2, 3])
+def test_bound_curve_counts_up_in_time_order():
+    assert results.bound_curve([3.0, 1.0, 2.0], 1.0) == ([0.0, 1.0, 2.0], [1, 2, 3])
 
 
-def test_metric_sum_filters_by_name_and_labels(scale):
+def test_metric_sum_filters_by_name_and_labels():
     text = "\n".join([
         "# HELP apiserver_request_total Counter of apiserver requests",
         "# TYPE apiserver_request_total counter",
@@ -86,17 +76,17 @@ def test_metric_sum_filters_by_name_and_labels(scale):
         'apiserver_flowcontrol_dispatched_requests_total{flow_schema="exempt",priority_level="exempt"} 9',
         'weird{label="with \\"quote\\", comma",resource="pods"} 3',
     ])
-    assert scale.metric_sum(text, "apiserver_request_total") == 35
-    assert scale.metric_sum(text, "apiserver_request_total", verb="POST") == 10
-    assert scale.metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema="ours") == 7
-    assert scale.metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema="none") == 0
-    assert scale.metric_sum(text, "weird", resource="pods") == 3
+    assert prometheus.metric_sum(text, "apiserver_request_total") == 35
+    assert prometheus.metric_sum(text, "apiserver_request_total", verb="POST") == 10
+    assert prometheus.metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema="ours") == 7
+    assert prometheus.metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema="none") == 0
+    assert prometheus.metric_sum(text, "weird", resource="pods") == 3
 
 
-def test_manifests_ask_for_the_same_cores_on_the_same_family(scale):
-    group = scale.Group("g0001-4c", "inf2.48xlarge", 4, 3)
-    inference = scale.inference_manifest(group)
-    pod = scale.plain_pod(group, 2)
+def test_manifests_ask_for_the_same_cores_on_the_same_family():
+    group = workload.Group("g0001-4c", "inf2.48xlarge", 4, 3)
+    inference = workload.inference_manifest(group)
+    pod = workload.plain_pod(group, 2)
     assert inference["spec"]["replicas"] == 3 and inference["spec"]["coresPerReplica"] == 4
     assert inference["spec"]["placement"]["nodeSelector"] == pod["spec"]["nodeSelector"]
     assert pod["spec"]["containers"][0]["resources"]["requests"] == {"aws.amazon.com/neuroncore": "4"}
@@ -104,33 +94,52 @@ def test_manifests_ask_for_the_same_cores_on_the_same_family(scale):
     assert "schedulerName" not in pod["spec"] and "nodeName" not in pod["spec"]
 
 
-def test_replicaset_twin_selects_its_pods_and_asks_the_same(scale):
-    group = scale.Group("g0003-8c", "trn1.32xlarge", 8, 10)
-    replicaset = scale.replicaset_manifest(group)
+def test_replicaset_twin_selects_its_pods_and_asks_the_same():
+    group = workload.Group("g0003-8c", "trn1.32xlarge", 8, 10)
+    replicaset = workload.replicaset_manifest(group)
     template = replicaset["spec"]["template"]
     assert replicaset["spec"]["replicas"] == 10
     assert replicaset["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
-    assert template["spec"] == scale.plain_pod(group, 0)["spec"]
+    assert template["spec"] == workload.plain_pod(group, 0)["spec"]
 
 
-def phase(scale, label, pods, seconds):
+def phase(label, pods, seconds):
     bound = {f"p{i}": 100.0 + seconds * (i + 1) / pods for i in range(pods)}
-    return scale.PhaseResult(label, pods, 100.0, bound, dict(bound), {"g": seconds}, 0.5, 2.0 * pods)
+    return results.PhaseResult(label, pods, 100.0, bound, dict(bound), {"g": seconds}, 0.5, 2.0 * pods)
 
 
-def test_median_round_and_report(scale):
-    rounds = [(phase(scale, "ours", 10, 1.0), phase(scale, "kube", 10, 2.0)),   # ratio 2.0
-              (phase(scale, "ours", 10, 4.0), phase(scale, "kube", 10, 2.0)),   # ratio 0.5
-              (phase(scale, "ours", 10, 2.0), phase(scale, "kube", 10, 2.0))]   # ratio 1.0
-    assert scale.median_round(rounds) == 2
-    assert scale.median_round(rounds[:2]) == 1  # the lower of two
-    text = scale.report(rounds, None, "header")
+def test_median_round_and_report():
+    rounds = [(phase("ours", 10, 1.0), phase("kube", 10, 2.0)),   # ratio 2.0
+              (phase("ours", 10, 4.0), phase("kube", 10, 2.0)),   # ratio 0.5
+              (phase("ours", 10, 2.0), phase("kube", 10, 2.0))]   # ratio 1.0
+    assert results.median_round(rounds) == 2
+    assert results.median_round(rounds[:2]) == 1  # the lower of two
+    text = results.report(rounds, None, "header")
     assert "median of 3 rounds: 2.00, 0.50, 1.00" in text and "goal >= 1.0: met" in text
     assert "ours #2" in text and "10.0" in text  # 10 pods in 1.0 s → 10.0 pods/s
 
 
-def test_table_aligns_columns(scale):
-    table = scale.format_table(["", "pods/s"], [["ours", "12.5"], ["kube-scheduler", "3.0"]])
+def test_table_aligns_columns():
+    table = results.format_table(["", "pods/s"], [["ours", "12.5"], ["kube-scheduler", "3.0"]])
     lines = table.splitlines()
     assert len({len(line) for line in lines}) == 1
     assert lines[2].startswith("ours") and lines[2].endswith("12.5")
+
+
+def test_proc_figures_of_this_process():
+    assert procstats.status_kb(os.getpid(), "VmRSS") > 0
+    assert procstats.status_kb(os.getpid(), "VmHWM") >= procstats.status_kb(os.getpid(), "VmRSS")
+    before = procstats.cpu_seconds(os.getpid())
+    sum(i * i for i in range(300_000))
+    assert procstats.cpu_seconds(os.getpid()) >= before
+    assert procstats.status_kb(2**22 + 7, "VmRSS") == 0  # no such process
+
+
+def test_the_benchmark_script_still_answers_help():
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--nodes", "--pods", "--plot", "--direct-pods", "--rounds", "--memory", "--timeout",
+                 "--operator-env", "--name"):
+        assert flag in result.stdout

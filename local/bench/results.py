@@ -1,0 +1,141 @@
+"""The figures of a benchmark phase and how they are reported: percentiles, per-group latencies,
+the side-by-side table, the median round and the plot of pods bound over time. Pure, except
+:func:`plot` (writes a PNG with matplotlib, imported only there)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def group_latencies(created: Mapping[str, float], bound: Mapping[str, float],
+                    members: Mapping[str, Iterable[str]]) -> dict[str, float]:
+    """Seconds from each group's creation until its last pod was bound."""
+    result = {}
+    for group, start in created.items():
+        pods = list(members.get(group, ()))
+        missing = [pod for pod in pods if pod not in bound]
+        if not pods or missing:
+            raise ValueError(f"group {group}: pods never bound: {missing or 'no pods at all'}")
+        result[group] = max(bound[pod] for pod in pods) - start
+    return result
+
+
+def bound_curve(bound_times: Iterable[float], start: float) -> tuple[list[float], list[int]]:
+    """(seconds since ``start``, pods bound so far): a step curve for the plot."""
+    times = sorted(t - start for t in bound_times)
+    return times, list(range(1, len(times) + 1))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the others right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)])
+
+
+@dataclass
+class PhaseResult:
+    """One side of a round: when each pod was bound and Running, per-group latencies, requests."""
+
+    label: str
+    pods: int
+    start: float
+    bound: dict[str, float]
+    running: dict[str, float]
+    latencies: dict[str, float]
+    created_seconds: float  # the last create call of the phase returned this long after the first was issued
+    requests_all: float
+    requests_operator: float | None = None
+    operator_cpu_s: float | None = None
+    operator_peak_rss_mb: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def bound_seconds(self) -> float:
+        return max(self.bound.values()) - self.start
+
+    @property
+    def pods_per_second(self) -> float:
+        return self.pods / self.bound_seconds
+
+    @property
+    def all_running_seconds(self) -> float:
+        return max(self.running.values()) - self.start
+
+
+def median_round(rounds: Sequence[tuple[PhaseResult, PhaseResult]]) -> int:
+    """Index of the round whose ours/kube-scheduler ratio is the median (the lower one of two)."""
+    ratios = [ours.pods_per_second / kube.pods_per_second for ours, kube in rounds]
+    return sorted(range(len(rounds)), key=lambda i: ratios[i])[(len(rounds) - 1) // 2]
+
+
+def report(rounds: Sequence[tuple[PhaseResult, PhaseResult]], memory: dict | None, header: str) -> str:
+    """The scale benchmark's table (one row per phase), the pods/s ratio and the memory line."""
+    def opt(value, fmt):
+        return "n/a" if value is None else format(value, fmt)
+
+    rows = []
+    for number, pair in enumerate(rounds, 1):
+        for result in pair:
+            lat = list(result.latencies.values())
+            rows.append([
+                f"{result.label}" + (f" #{number}" if len(rounds) > 1 else ""), str(result.pods),
+                f"{result.created_seconds:.1f}", f"{result.bound_seconds:.1f}", f"{result.pods_per_second:.1f}",
+                f"{result.all_running_seconds:.1f}", f"{percentile(lat, 50):.2f}", f"{percentile(lat, 99):.2f}",
+                opt(None if result.requests_operator is None else result.requests_operator / result.pods, ".2f"),
+                f"{result.requests_all / result.pods:.2f}",
+                opt(result.operator_cpu_s, ".1f"), opt(result.operator_peak_rss_mb, ".0f"),
+            ])
+    table = format_table(["", "pods", "created s", "bound s", "pods/s", "Running s", "group p50 s", "group p99 s",
+                          "req/pod (operator)", "req/pod (all)", "op CPU s", "op peak RSS MB"], rows)
+    ratios = [ours.pods_per_second / kube.pods_per_second for ours, kube in rounds]
+    middle = median_round(rounds)
+    ratio = ratios[middle]
+    lines = [header, "", table, "",
+             f"ratio pods/s ours / kube-scheduler: {ratio:.2f}"
+             + (f" (median of {len(rounds)} rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+                if len(rounds) > 1 else "")
+             + f"  (goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})"]
+    if memory is not None:
+        lines.append(f"operator RSS with {memory['pods']} managed pods Running: {memory['rss_mb']:.0f} MB "
+                     f"(peak {memory['peak_rss_mb']:.0f} MB, {memory['rss_before_mb']:.0f} MB before; "
+                     f"goal <= 200 MB: {'met' if memory['rss_mb'] <= 200 else 'NOT met'}); "
+                     f"{memory['pods']} placed in {memory['placed_seconds']:.0f} s; the operator's own ledger gauge: "
+                     + ("not served" if memory["ledger_pods"] is None else f"{memory['ledger_pods']:.0f} managed pods"))
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[PhaseResult], path: Path, title: str) -> None:
+    """A PNG of pods bound over time, one step curve per phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for result in results:
+        xs, ys = bound_curve(result.bound.values(), result.start)
+        axes.step([0.0, *xs], [0, *ys], where="post", label=f"{result.label} ({result.pods_per_second:.0f} pods/s)")
+    axes.set_xlabel("seconds since the first create call")
+    axes.set_ylabel("pods bound")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
