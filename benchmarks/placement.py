@@ -27,9 +27,10 @@ import random
 import sys
 import time
 
+from neuronplace.placement.allocator import Fleet, PlacementRequest, ReplicaPlacement, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.allocator import Fleet, PlacementRequest, ReplicaPlacement, place_one
+from neuronplace.placement.names import CONDITION_READY, INSTANCE_TYPE_LABEL, NEURONCORE_RESOURCE
 from neuronplace.placement.topology import topology_for
 
 
@@ -43,12 +44,12 @@ def build_nodes(count: int) -> list:
             inventory_from_node(
                 {
                     "metadata": {
-                        "name": f"{instance_type.split('.')[0]}-{index:04d}",
-                        "labels": {"node.kubernetes.io/instance-type": instance_type},
+                        "name": f"{instance_type.split('.', maxsplit=1)[0]}-{index:04d}",
+                        "labels": {INSTANCE_TYPE_LABEL: instance_type},
                     },
                     "status": {
-                        "allocatable": {"aws.amazon.com/neuroncore": str(cores)},
-                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "allocatable": {NEURONCORE_RESOURCE: str(cores)},
+                        "conditions": [{"type": CONDITION_READY, "status": "True"}],
                     },
                 }
             )
@@ -100,7 +101,8 @@ def decision_rate(node_count: int, requests: int, seed: int) -> list[tuple[str, 
     start = time.perf_counter()
     for request, owner in sample:
         place_one(request, 0, nodes, ledger, owner)
-    rows.append(("nodes as a list per call", len(sample), len(sample) / (time.perf_counter() - start), "fresh Fleet each call"))
+    rate = len(sample) / (time.perf_counter() - start)
+    rows.append(("nodes as a list per call", len(sample), rate, "fresh Fleet each call"))
     return rows
 
 
@@ -251,7 +253,8 @@ def main(argv=None) -> int:
             print(f"error: {label} broke a placement rule", file=sys.stderr)
             return 1
     print("\nnon-contig: the Neuron runtime rejects these ('Neuron cores are not contiguous').")
-    print("straddles a chip: contiguous, but a replica that fits in one chip spans two, or a larger one starts mid-chip.")
+    print("straddles a chip: contiguous, but a replica that fits in one chip spans two, "
+          "or a larger one starts mid-chip.")
     print("trn1 shape broken: a trn1.32xlarge request of other than 1, 4, 8 or 16 devices (counted for Strict rows).")
     print("refused, a node had / fleet had: refused while one node / all nodes together had that many free cores.")
     print("ours, Strict refuses every trn1 size the AWS shape rule forbids that no inf2 node can take either.")

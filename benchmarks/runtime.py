@@ -91,7 +91,8 @@ def overhead_table(rounds: int, calls: int) -> None:
         seconds = statistics.median(values)
         overhead = seconds - direct
         ratio = f"{overhead / naive_overhead:.2f}x" if name != "direct call" else ""
-        print(f"   {name:28}{seconds * 1e6:10.1f}{overhead * 1e6:14.1f}{ratio:>10}{(min(values) - best_direct) * 1e6:26.1f}")
+        best = (min(values) - best_direct) * 1e6
+        print(f"   {name:28}{seconds * 1e6:10.1f}{overhead * 1e6:14.1f}{ratio:>10}{best:26.1f}")
     executor = contenders["neuronplace DataParallel"]._executor
     print(f"   DataParallel ran {executor.inline_runs} calls inline and {executor.parallel_runs} in parallel "
           "(target: overhead <= 25 µs)")
@@ -162,23 +163,23 @@ def scaling_table(rounds: int, seconds_per_sample: float, rows_per_core: list[in
         used: dict[int, list[float]] = {count: [] for count in ratios}
         single: list[float] = []
         for _ in range(rounds):
-            for count in ratios:
+            for count, paired in ratios.items():
                 one, _ = data_parallel_rate(parallels[1], rows, seconds_per_sample)
                 many, cpu = data_parallel_rate(parallels[count], rows, seconds_per_sample)
                 bare_one = bare_threads_rate(model, 1, rows, seconds_per_sample)
                 bare_many = bare_threads_rate(model, count, rows, seconds_per_sample)
                 single.append(one)
                 rates[count].append(many)
-                ratios[count].append(many / one)
+                paired.append(many / one)
                 bare_ratios[count].append(bare_many / bare_one)
                 used[count].append(cpu)
         if not single:  # one CPU: nothing to scale to, only the 1-core rate
             single.append(data_parallel_rate(parallels[1], rows, seconds_per_sample)[0])
         one = statistics.median(single)
         print(f"   {rows:>10}{1000 * rows / one:10.1f}{1:>7}{one:10.0f}{1:8.2f}x{0.9:7.1f}x{1:13.2f}x{1:11.2f}")
-        for count in ratios:
+        for count, paired in ratios.items():
             print(f"   {'':>10}{'':>10}{count:>7}{statistics.median(rates[count]):10.0f}"
-                  f"{statistics.median(ratios[count]):8.2f}x{0.9 * count:7.1f}x"
+                  f"{statistics.median(paired):8.2f}x{0.9 * count:7.1f}x"
                   f"{statistics.median(bare_ratios[count]):13.2f}x{statistics.median(used[count]):11.2f}")
 
 
@@ -190,13 +191,17 @@ def cores_in_flight_table(core_counts: list[int]) -> None:
         state = {"now": 0, "peak": 0}
 
         class DeviceTime(torch.nn.Module):
+            # Class attributes: shared by the replicas DataParallel copies, as one device's counters.
+            shared_lock = lock
+            counts = state
+
             def forward(self, x):
-                with lock:
-                    state["now"] += 1
-                    state["peak"] = max(state["peak"], state["now"])
+                with self.shared_lock:
+                    self.counts["now"] += 1
+                    self.counts["peak"] = max(self.counts["peak"], self.counts["now"])
                 time.sleep(0.02)
-                with lock:
-                    state["now"] -= 1
+                with self.shared_lock:
+                    self.counts["now"] -= 1
                 return x
 
         with_cores(cores)
@@ -219,7 +224,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     print(f"torch {torch.__version__}, {usable_cpus()} usable CPUs, load average {os.getloadavg()[0]:.1f} at start")
     overhead_table(rounds=5 if args.quick else 15, calls=2000)
-    scaling_table(rounds=3 if args.quick else 7, seconds_per_sample=0.3 if args.quick else 0.5, rows_per_core=[32, 128, 512])
+    scaling_table(rounds=3 if args.quick else 7, seconds_per_sample=0.3 if args.quick else 0.5,
+                  rows_per_core=[32, 128, 512])
     cores_in_flight_table([2, 4, 8, 16])
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other work on this machine slows every column)")
 

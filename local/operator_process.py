@@ -140,8 +140,6 @@ class OperatorProcess:
             time.sleep(0.2)
         raise TimeoutError(f"operator not serving within {timeout:.0f}s (log {self.log_path}):\n{self.log_tail()}")
 
-    wait_healthy = wait_started
-
     def serving(self) -> bool:
         if not self.liveness:
             return STARTED_LINE in self._log_since_start()
