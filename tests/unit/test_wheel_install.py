@@ -7,6 +7,7 @@ build neither writes into the checkout nor picks up a stale ``build/`` folder th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -30,8 +31,7 @@ print(json.dumps({"package": list(neuronplace.__path__), "demo": demo.__file__, 
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
-    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    return result
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def copy_working_tree(destination: Path) -> None:
@@ -56,8 +56,10 @@ def venv(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("wheel")
     source, dist, venv = base / "src", base / "dist", base / "venv"
     copy_working_tree(source)
-    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist),
-                 str(source)], cwd=base)
+    # With setuptools here, build with it (no download); otherwise pip fetches the build backend.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(dist), str(source)],
+                cwd=base)
     assert built.returncode == 0, built.stdout + built.stderr
     wheels = list(dist.glob("neuronplace-*.whl"))
     assert len(wheels) == 1, wheels
