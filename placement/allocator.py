@@ -1,6 +1,6 @@
 """The allocator: a request + nodes + the ledger → a node and a core range per replica, or a reason.
 
-Pure and deterministic. The rules (DESIGN §3–§4):
+Pure and deterministic. The rules:
 
 - **Contiguous.** A replica always gets one contiguous run of node-global cores.
 - **Chips.** A replica that fits in one chip (cores ≤ cores per chip) never straddles a chip
@@ -38,16 +38,13 @@ from neuronplace.placement.inventory import (
     UNKNOWN_TOPOLOGY,
     NodeInventory,
 )
+from neuronplace.placement.constraints import validate_toleration, taints_tolerated, required_terms, affinity_matches
+from neuronplace.placement.fitting import allowed_starts, best_start, longest_run
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.topology import Topology
 from neuronplace.runtime.coreset import CoreRange
 from neuronplace.placement.names import NUMBERINGS, SHAPE_POLICIES, STRATEGIES
 
 
-_TAINT_EFFECTS_ENFORCED = ("NoSchedule", "NoExecute")
-_TOLERATION_OPERATORS = ("", "Equal", "Exists")
-_TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
-_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
 
 # Exclusion kinds beyond the node problems of `inventory`.
 TAINTS = "taints"
@@ -92,9 +89,9 @@ class PlacementRequest:
             raise ValueError(f"node_selector must map label names to string values, got {self.node_selector!r}")
         tolerations = tuple(self.tolerations or ())
         for toleration in tolerations:
-            _validate_toleration(toleration)
+            validate_toleration(toleration)
         object.__setattr__(self, "tolerations", tolerations)
-        _required_terms(self.affinity)  # validates
+        required_terms(self.affinity)  # validates
         constraints = json.dumps(
             [sorted(self.node_selector.items()), list(tolerations), self.affinity], sort_keys=True, default=str
         )
@@ -115,128 +112,6 @@ class ReplicaPlacement:
 class Unplaceable:
     replica: int
     reason: str
-
-
-# ---- request validation and node matching (Kubernetes semantics) ------------------------------
-
-
-def _validate_toleration(toleration) -> None:
-    if not isinstance(toleration, Mapping):
-        raise ValueError(f"a toleration must be a mapping, got {toleration!r}")
-    operator = toleration.get("operator") or ""
-    effect = toleration.get("effect") or ""
-    key = toleration.get("key") or ""
-    if operator not in _TOLERATION_OPERATORS:
-        raise ValueError(f"toleration {dict(toleration)!r}: operator must be Equal or Exists")
-    if effect not in _TOLERATION_EFFECTS:
-        raise ValueError(f"toleration {dict(toleration)!r}: effect must be NoSchedule, PreferNoSchedule or NoExecute")
-    if operator == "Exists" and toleration.get("value"):
-        raise ValueError(f"toleration {dict(toleration)!r}: value must be empty when operator is Exists")
-    if not key and operator != "Exists":
-        raise ValueError(f"toleration {dict(toleration)!r}: operator must be Exists when key is empty")
-
-
-def tolerates(toleration: Mapping, taint: Mapping) -> bool:
-    """Kubernetes' ``Toleration.ToleratesTaint``."""
-    effect = toleration.get("effect") or ""
-    if effect and effect != taint.get("effect"):
-        return False
-    key = toleration.get("key") or ""
-    if key and key != taint.get("key"):
-        return False
-    operator = toleration.get("operator") or "Equal"
-    if operator == "Exists":
-        return True
-    return (toleration.get("value") or "") == (taint.get("value") or "")
-
-
-def taints_tolerated(taints: Sequence[Mapping], tolerations: Sequence[Mapping]) -> bool:
-    return all(
-        taint.get("effect") not in _TAINT_EFFECTS_ENFORCED or any(tolerates(t, taint) for t in tolerations)
-        for taint in taints
-    )
-
-
-def _required_terms(affinity) -> list | None:
-    """The required node selector terms, validated; ``None`` when there is no requirement."""
-    if affinity is None:
-        return None
-    if not isinstance(affinity, Mapping):
-        raise ValueError(f"affinity must be a mapping, got {affinity!r}")
-    required = (affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
-    if required is None:
-        return None
-    terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
-    if not isinstance(terms, list):
-        raise ValueError(f"required node affinity needs a list nodeSelectorTerms, got {required!r}")
-    for term in terms:
-        if not isinstance(term, Mapping):
-            raise ValueError(f"node selector term must be a mapping, got {term!r}")
-        for kind in ("matchExpressions", "matchFields"):
-            for expression in term.get(kind) or ():
-                _validate_expression(expression, kind)
-    return terms
-
-
-def _validate_expression(expression, kind: str) -> None:
-    if not isinstance(expression, Mapping) or not expression.get("key"):
-        raise ValueError(f"{kind} entry needs a key, got {expression!r}")
-    operator = expression.get("operator")
-    values = expression.get("values") or []
-    if operator not in _SELECTOR_OPERATORS:
-        raise ValueError(f"{kind} {dict(expression)!r}: operator must be one of {', '.join(_SELECTOR_OPERATORS)}")
-    if kind == "matchFields" and (expression["key"] != "metadata.name" or operator not in ("In", "NotIn")):
-        raise ValueError(f"matchFields {dict(expression)!r}: only metadata.name with In or NotIn is supported")
-    if operator in ("In", "NotIn") and not values:
-        raise ValueError(f"{kind} {dict(expression)!r}: {operator} needs at least one value")
-    if operator in ("Exists", "DoesNotExist") and values:
-        raise ValueError(f"{kind} {dict(expression)!r}: {operator} takes no values")
-    if operator in ("Gt", "Lt"):
-        if len(values) != 1:
-            raise ValueError(f"{kind} {dict(expression)!r}: {operator} needs exactly one value")
-        try:
-            int(values[0])
-        except (TypeError, ValueError):
-            raise ValueError(f"{kind} {dict(expression)!r}: {operator} needs an integer value") from None
-
-
-def _expression_matches(expression: Mapping, labels: Mapping[str, str]) -> bool:
-    key = expression["key"]
-    operator = expression["operator"]
-    values = expression.get("values") or []
-    present = key in labels
-    if operator == "In":
-        return present and labels[key] in values
-    if operator == "NotIn":
-        return not present or labels[key] not in values
-    if operator == "Exists":
-        return present
-    if operator == "DoesNotExist":
-        return not present
-    if not present:
-        return False
-    try:
-        actual = int(labels[key])
-    except ValueError:
-        return False
-    return actual > int(values[0]) if operator == "Gt" else actual < int(values[0])
-
-
-def affinity_matches(terms: list | None, node: NodeInventory) -> bool:
-    """Terms are ORed, expressions inside a term ANDed; an empty term matches nothing."""
-    if terms is None:
-        return True
-    fields = {"metadata.name": node.name}
-    for term in terms:
-        expressions = term.get("matchExpressions") or ()
-        field_expressions = term.get("matchFields") or ()
-        if not expressions and not field_expressions:
-            continue
-        if all(_expression_matches(e, node.labels) for e in expressions) and all(
-            _expression_matches(e, fields) for e in field_expressions
-        ):
-            return True
-    return False
 
 
 # ---- the fleet: nodes plus cached eligibility -------------------------------------------------
@@ -288,12 +163,14 @@ class Fleet:
             allowed = {}
             for name in names:
                 node = self.by_name[name]
+                topology = node.topology
+                assert topology is not None, "an eligible node has a known topology"
                 if node.cores < count:
                     excluded[TOO_SMALL] += 1
-                elif strict and not node.topology.shape_allows(count):
+                elif strict and not topology.shape_allows(count):
                     excluded[SHAPE] += 1
                 else:
-                    mask = allowed_starts(node.cores, node.topology, count, request.aligned, strict)
+                    mask = allowed_starts(node.cores, topology, count, request.aligned, strict)
                     if mask:
                         allowed[name] = mask
                     else:  # alignment leaves no start inside the node
@@ -304,7 +181,7 @@ class Fleet:
         return cached
 
     def _compute(self, request: PlacementRequest) -> tuple[tuple[str, ...], Counter]:
-        terms = _required_terms(request.affinity)
+        terms = required_terms(request.affinity)
         selector = request.node_selector
         names = []
         excluded: Counter = Counter()
@@ -320,81 +197,6 @@ class Fleet:
             else:
                 names.append(node.name)
         return tuple(sorted(names)), excluded
-
-
-# ---- fitting one replica into one node --------------------------------------------------------
-
-_allowed_cache: dict[tuple, int] = {}
-
-
-def allowed_starts(cores: int, topology: Topology, count: int, aligned: bool, strict: bool) -> int:
-    """Bitmask of the starts at which ``count`` cores may begin on a node (chip, shape, alignment)."""
-    key = (cores, topology, count, aligned, strict)
-    mask = _allowed_cache.get(key)
-    if mask is None:
-        mask = 0
-        per_chip = topology.cores_per_chip
-        if not strict or topology.shape_allows(count):
-            for start in range(0, cores - count + 1):
-                if aligned and start % count:
-                    continue
-                if count <= per_chip:
-                    if start // per_chip != (start + count - 1) // per_chip:
-                        continue
-                elif start % per_chip:
-                    continue
-                mask |= 1 << start
-        if len(_allowed_cache) > 4096:
-            _allowed_cache.clear()
-        _allowed_cache[key] = mask
-    return mask
-
-
-def run_starts(free: int, count: int) -> int:
-    """Bitmask of the starts ``s`` with ``s .. s+count-1`` all free."""
-    starts = free
-    covered = 1
-    while covered < count:
-        step = min(covered, count - covered)
-        starts &= starts >> step
-        covered += step
-    return starts
-
-
-def best_start(free: int, count: int, allowed: int) -> int | None:
-    """The start of the smallest maximal free run holding a valid start, at its lowest valid start."""
-    candidates = run_starts(free, count) & allowed
-    if not candidates:
-        return None
-    if not candidates & (candidates - 1):
-        return candidates.bit_length() - 1
-    best_length = best = None
-    remaining = free
-    while remaining:
-        low = remaining & -remaining
-        above = (remaining + low) & ~remaining
-        run = above - low
-        inside = candidates & run
-        if inside:
-            length = above.bit_length() - low.bit_length()
-            if best_length is None or length < best_length:
-                best_length, best = length, (inside & -inside).bit_length() - 1
-                if length == count:
-                    break
-        remaining &= ~run
-    return best
-
-
-def longest_run(free: int) -> int:
-    """Length of the longest run of set bits (0 when none)."""
-    best = 0
-    remaining = free
-    while remaining:
-        low = remaining & -remaining
-        above = (remaining + low) & ~remaining
-        best = max(best, above.bit_length() - low.bit_length())
-        remaining &= ~(above - low)
-    return best
 
 
 # ---- placing -----------------------------------------------------------------------------------
@@ -466,9 +268,11 @@ def _preferred(request, fleet, allowed, ledger, owner, prefer) -> tuple[str, int
 
 
 def _placement(request: PlacementRequest, replica: int, node: NodeInventory, cores: CoreRange) -> ReplicaPlacement:
-    devices = node.topology.devices_of(cores)
+    topology = node.topology
+    assert topology is not None, "only eligible nodes, which have a known topology, are placed on"
+    devices = topology.devices_of(cores)
     processes = tuple(cores.split(request.processes_per_replica))
-    offset = 0 if request.numbering == "global" else devices[0] * node.topology.cores_per_chip
+    offset = 0 if request.numbering == "global" else devices[0] * topology.cores_per_chip
     visible = tuple(str(part.shifted(offset)) for part in processes)
     return ReplicaPlacement(replica, node.name, cores, processes, visible, devices)
 

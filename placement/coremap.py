@@ -121,6 +121,7 @@ def render_png(maps: Sequence[NodeMap], path: str) -> None:
     for row, node in enumerate(maps):
         y = len(maps) - 1 - row
         for core, (owner, exact) in enumerate(zip(node.owners, node.exact)):
+            face: object
             if owner is None:
                 face = "white"
             elif not exact:

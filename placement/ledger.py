@@ -1,6 +1,6 @@
 """Who holds which NeuronCores, rebuilt from live pods. Pure; never raises on pod data.
 
-The truth is the set of live pods (DESIGN §1): every pod we manage carries the label
+The truth is the set of live pods: every pod we manage carries the label
 ``neuronplace.io/inference`` and its node-global range in the annotation ``neuronplace.io/cores``
 ("4-7"), so a restarted operator rebuilds the same ledger with :meth:`Ledger.from_pods`. Pods in a
 terminal phase (Succeeded, Failed) and pods not bound to a node hold nothing. A pod that is being
@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from neuronplace.runtime.coreset import CoreRange
-from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION, INFERENCE_LABEL, NEURONCORE_RESOURCE, NEURON_DEVICE_RESOURCES, TERMINAL_PHASES
+from neuronplace.placement.claims import Claim, claim_from_pod, owner_of
 
 
 
@@ -62,25 +62,11 @@ class Holding:
     exact: bool = True
 
 
-@dataclass(frozen=True)
-class _Claim:
-    """What a pod says it holds, before it is resolved against the node's topology."""
-
-    node: str
-    owner: str
-    managed: bool
-    group: str | None
-    ids: tuple[int, ...] | None  # exact ids, in `ids_unit`
-    ids_unit: str  # "core" or "device"
-    core_count: int  # requested cores (0 if the pod requests devices)
-    device_count: int  # requested devices
-
-
 class _NodeState:
     __slots__ = ("claims", "capacity", "cores_per_chip", "mask", "assumed", "slow")
 
     def __init__(self) -> None:
-        self.claims: dict[str, _Claim] = {}
+        self.claims: dict[str, Claim] = {}
         self.capacity: int | None = None
         self.cores_per_chip: int | None = None
         self.mask = 0  # held cores (exact and assumed)
@@ -88,79 +74,6 @@ class _NodeState:
         # Set when some claim's ids are not known exactly or two claims overlap: then the mask
         # cannot be updated incrementally and every change recomputes it.
         self.slow = False
-
-
-def _owner_of(pod: Mapping) -> str:
-    metadata = pod.get("metadata") or {}
-    return f"{metadata.get('namespace') or 'default'}/{metadata.get('name') or ''}"
-
-
-def _whole(value) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return max(value, 0)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return 0
-
-
-def _container_amount(container: Mapping, resource: str) -> int:
-    resources = container.get("resources") or {}
-    requests = resources.get("requests") or {}
-    limits = resources.get("limits") or {}
-    # Extended resources must have requests == limits; either may be written alone.
-    return _whole(requests.get(resource, limits.get(resource, 0)))
-
-
-def requested_amount(pod: Mapping, resource: str) -> int:
-    """The pod's effective request: max(sum over containers, max over init containers)."""
-    spec = pod.get("spec") or {}
-    total = sum(_container_amount(c, resource) for c in spec.get("containers") or ())
-    init = max((_container_amount(c, resource) for c in spec.get("initContainers") or ()), default=0)
-    return max(total, init)
-
-
-def _parse_ids(text) -> tuple[int, ...] | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        ids = sorted({int(item) for item in text.split(",") if item.strip()})
-    except ValueError:
-        return None
-    if not ids or ids[0] < 0:
-        return None
-    return tuple(ids)
-
-
-def _claim_from_pod(pod: Mapping) -> _Claim | None:
-    """The claim a live pod makes, or None when it holds no cores."""
-    metadata = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    node = spec.get("nodeName")
-    if not node or status.get("phase") in TERMINAL_PHASES:
-        return None
-    owner = _owner_of(pod)
-    labels = metadata.get("labels") or {}
-    annotations = metadata.get("annotations") or {}
-    core_count = requested_amount(pod, NEURONCORE_RESOURCE)
-    device_count = max(requested_amount(pod, resource) for resource in NEURON_DEVICE_RESOURCES)
-
-    if INFERENCE_LABEL in labels:
-        group = f"{metadata.get('namespace') or 'default'}/{labels[INFERENCE_LABEL]}"
-        try:
-            cores = CoreRange.parse(annotations[CORES_ANNOTATION])
-        except (KeyError, ValueError):
-            cores = None
-        if cores is not None:
-            return _Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0)
-        # Untrustworthy managed pod: fall through to the conservative foreign accounting.
-    if core_count == 0 and device_count == 0:
-        return None
-    ids = _parse_ids(annotations.get(AWS_NEURON_IDS))
-    unit = "core" if core_count else "device"
-    return _Claim(node, owner, False, None, ids, unit, core_count, device_count)
 
 
 def _bits(ids) -> int:
@@ -207,8 +120,8 @@ class Ledger:
 
     def observe(self, pod: dict) -> None:
         """Add or update the claim of one pod (idempotent); a pod that holds nothing is forgotten."""
-        claim = _claim_from_pod(pod)
-        owner = _owner_of(pod)
+        claim = claim_from_pod(pod)
+        owner = owner_of(pod)
         if claim is None:
             self.forget(owner)
             return
@@ -250,7 +163,7 @@ class Ledger:
                 )
         if group is None:
             group = owner
-        self._put(_Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0))
+        self._put(Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0))
 
     def learn_nodes(self, nodes: Iterable, token: object | None = None) -> None:
         """Learn each node's usable cores and cores per chip (from ``NodeInventory`` objects).
@@ -307,7 +220,7 @@ class Ledger:
 
     def foreign(self) -> list[Holding]:
         """Pods not ours (or ours but untrustworthy) that hold neuron resources, by node and owner."""
-        result = []
+        result: list[Holding] = []
         for name in sorted(self._nodes):
             result.extend(h for h in self.holdings(name) if not h.managed)
         result.sort(key=lambda h: (h.node, h.owner))
@@ -350,7 +263,7 @@ class Ledger:
             return _bits(claim.ids)
         return _bits(state.assumed.get(owner, ()))
 
-    def _put(self, claim: _Claim) -> None:
+    def _put(self, claim: Claim) -> None:
         if self._node_of_owner.get(claim.owner) is not None:
             self.forget(claim.owner)
         state = self._nodes.setdefault(claim.node, _NodeState())
@@ -364,7 +277,7 @@ class Ledger:
         else:
             self._resolve(claim.node)
 
-    def _count_group(self, claim: _Claim, node: str, sign: int) -> None:
+    def _count_group(self, claim: Claim, node: str, sign: int) -> None:
         if claim.group is None:
             return
         per_node = self._group_cores.setdefault(claim.group, {})
@@ -374,7 +287,7 @@ class Ledger:
             if not per_node:
                 del self._group_cores[claim.group]
 
-    def _exact_core_ids(self, state: _NodeState, claim: _Claim) -> tuple[int, ...] | None:
+    def _exact_core_ids(self, state: _NodeState, claim: Claim) -> tuple[int, ...] | None:
         if claim.ids is None:
             return None
         if claim.ids_unit == "core":
@@ -384,7 +297,7 @@ class Ledger:
         per_chip = state.cores_per_chip
         return tuple(device * per_chip + i for device in claim.ids for i in range(per_chip))
 
-    def _claimed_count(self, state: _NodeState, claim: _Claim) -> int:
+    def _claimed_count(self, state: _NodeState, claim: Claim) -> int:
         if claim.core_count:
             return claim.core_count
         return claim.device_count * (state.cores_per_chip or _UNKNOWN_CORES_PER_CHIP)
@@ -407,7 +320,7 @@ class Ledger:
         state.slow = overlapping or bool(unresolved)
         for claim in sorted(unresolved, key=lambda c: c.owner):
             wanted = self._claimed_count(state, claim)
-            taken = []
+            taken: list[int] = []
             if state.capacity is not None:
                 core = state.capacity - 1
                 while core >= 0 and len(taken) < wanted:
@@ -443,7 +356,7 @@ class Ledger:
         if not state.claims and state.capacity is None:
             del self._nodes[node]
 
-    def _holding(self, state: _NodeState, claim: _Claim) -> Holding:
+    def _holding(self, state: _NodeState, claim: Claim) -> Holding:
         ids = self._exact_core_ids(state, claim)
         exact = ids is not None
         if ids is None:

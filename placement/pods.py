@@ -4,7 +4,7 @@ Layout of a replica with P processes (decided): the template's FIRST container r
 is repeated once per process, named ``<container>-<i>`` when P > 1 (unchanged when P = 1). Each copy
 requests and limits ``aws.amazon.com/neuroncore`` = C/P and gets its own ``NEURON_RT_VISIBLE_CORES``
 for its own slice of the replica's range, so no two processes can ever be handed the same cores
-(pain point 7) and kubelet accounts every core. Other containers are sidecars: no Neuron resources,
+(the AWS tooling handed several processes of one pod the same cores) and kubelet accounts every core. Other containers are sidecars: no Neuron resources,
 no Neuron env. Processes share the pod's network namespace, so each one is told its index
 (``NEURONPLACE_PROCESS_INDEX``) to pick, for example, its own port.
 

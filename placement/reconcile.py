@@ -4,7 +4,7 @@
 which replica ordinals need a pod. The handlers then place the missing ordinals (serialised, in
 the placement engine), create the pods, delete the listed ones and write the status.
 
-Rules (issue 6):
+Rules:
 - replicas ``0..replicas-1`` each have exactly one pod ``<name>-<ordinal>``; missing ones are created;
 - surplus replicas are deleted, highest ordinal first;
 - a Failed/Succeeded pod is deleted and recreated (on the same cores when still free);
@@ -96,7 +96,9 @@ def validate(inference: Mapping[str, Any], allow_privileged: bool = False) -> st
         return "spec.placement.tolerations must be a list of tolerations"
     template = spec.get("template")
     pod_spec = template.get("spec") if isinstance(template, Mapping) else None
-    containers = pod_spec.get("containers") if isinstance(pod_spec, Mapping) else None
+    if not isinstance(pod_spec, Mapping):
+        return "spec.template.spec.containers must list at least one container"
+    containers = pod_spec.get("containers")
     if not isinstance(containers, list) or not containers:
         return "spec.template.spec.containers must list at least one container"
     if not all(isinstance(c, Mapping) and isinstance(c.get("name"), str) and c.get("name") for c in containers):
@@ -173,14 +175,14 @@ def decide(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], node
     meta = inference["metadata"]
     spec = inference["spec"]
     name, uid = meta["name"], meta.get("uid")
-    desired = _int(spec.get("replicas"), 1)
+    desired = _int(spec.get("replicas"), 1) or 0  # validate() refused anything but a whole number ≥ 0
     cores_per_replica = spec["coresPerReplica"]
     wanted_hash = template_hash(spec)
 
     prefer: dict[int, tuple[str, CoreRange]] = {}
-    for ordinal, (node, cores) in (last_known or {}).items():
-        if cores.count == cores_per_replica:
-            prefer[ordinal] = (node, cores)
+    for known_ordinal, (known_node, known_cores) in (last_known or {}).items():
+        if known_cores.count == cores_per_replica:
+            prefer[known_ordinal] = (known_node, known_cores)
 
     deletions: list[Deletion] = []
     occupied: set[int] = set()          # ordinals whose pod name is taken (by any pod, ours or not)
@@ -195,24 +197,24 @@ def decide(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], node
             continue        # an older incarnation's pod: garbage collection removes it; its name waits
         if pod_meta.get("deletionTimestamp"):
             continue
-        pod_name = pod_meta.get("name", "")
+        this_pod = pod_meta.get("name", "")
         if ordinal is None:
-            deletions.append(Deletion(pod_name, STRAY, f"pod {pod_name} is not named {name}-<ordinal>"))
+            deletions.append(Deletion(this_pod, STRAY, f"pod {this_pod} is not named {name}-<ordinal>"))
             continue
         if ordinal >= desired:
-            deletions.append(Deletion(pod_name, SURPLUS, f"replica {ordinal} is beyond replicas={desired}"))
+            deletions.append(Deletion(this_pod, SURPLUS, f"replica {ordinal} is beyond replicas={desired}"))
             continue
         phase = (pod.get("status") or {}).get("phase")
         node_name = (pod.get("spec") or {}).get("nodeName")
         cores = _cores_of(pod)
         if phase in ("Failed", "Succeeded"):
-            deletions.append(Deletion(pod_name, FAILED, f"pod {pod_name} ended ({phase}); recreating it"))
+            deletions.append(Deletion(this_pod, FAILED, f"pod {this_pod} ended ({phase}); recreating it"))
             if node_name and cores and cores.count == cores_per_replica:
                 prefer[ordinal] = (node_name, cores)
             continue
         node = nodes.get(node_name) if node_name else None
         if node is None:
-            deletions.append(Deletion(pod_name, NODE_GONE, f"node {node_name!r} of pod {pod_name} is gone; re-placing",
+            deletions.append(Deletion(this_pod, NODE_GONE, f"node {node_name!r} of pod {this_pod} is gone; re-placing",
                                       force=True))
             prefer.pop(ordinal, None)
             continue
@@ -220,14 +222,14 @@ def decide(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], node
         if since is not None:
             waited = (now - since).total_seconds()
             if waited >= node_grace_seconds:
-                deletions.append(Deletion(pod_name, NODE_NOT_READY,
+                deletions.append(Deletion(this_pod, NODE_NOT_READY,
                                           f"node {node_name} NotReady for {int(waited)}s (grace {int(node_grace_seconds)}s); "
                                           "re-placing", force=True))
                 prefer.pop(ordinal, None)
                 continue
             remaining = max(node_grace_seconds - waited, 0.5)
             requeue = remaining if requeue is None else min(requeue, remaining)
-        if cores is not None and cores.count == cores_per_replica:
+        if node_name and cores is not None and cores.count == cores_per_replica:
             prefer[ordinal] = (node_name, cores)
         current[ordinal] = pod
 

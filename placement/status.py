@@ -38,6 +38,10 @@ def pod_is_ready(pod: Mapping[str, Any]) -> bool:
     return is_ready(pod)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def set_condition(conditions: Sequence[Mapping], type_: str, status: str, reason: str, message: str,
                   generation: int | None, now: str) -> list[dict]:
     """Return ``conditions`` with ``type_`` set; ``lastTransitionTime`` kept unless the status changes."""
@@ -93,8 +97,8 @@ def build_status(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
     """
     now = now or now_rfc3339()
     meta = inference.get("metadata") or {}
-    spec = inference.get("spec") if isinstance(inference.get("spec"), Mapping) else {}
-    previous = inference.get("status") if isinstance(inference.get("status"), Mapping) else {}
+    spec = _mapping(inference.get("spec"))
+    previous = _mapping(inference.get("status"))
     generation = meta.get("generation")
     name = meta.get("name", "")
     desired = spec.get("replicas", 1) if isinstance(spec.get("replicas", 1), int) else 0

@@ -1,6 +1,6 @@
 """Instance types → NeuronCore topology (chips, cores per chip, interconnect). Pure data.
 
-Facts (DESIGN §4, AWS Neuron docs): inf1 and inf2 connect their chips in a ring, so any contiguous
+Facts (AWS Neuron documentation): inf1 and inf2 connect their chips in a ring, so any contiguous
 run of devices works; trn1.32xlarge / trn1n.32xlarge connect 16 chips in a 2D torus and the AWS
 scheduler extension only accepts requests of 1, 4, 8 or all 16 devices there ("device group
 shapes"); trn2 has 8 physical cores per chip that the runtime groups into logical cores
@@ -101,7 +101,7 @@ def _table() -> dict[str, Topology]:
 
 
 INSTANCE_TOPOLOGIES: dict[str, Topology] = _table()
-"""DESIGN §4; trn2 at its default LNC=2."""
+"""Chips and cores per chip of every Neuron instance type; trn2 at its default LNC=2."""
 
 # Logical NeuronCore config: physical cores per trn2 chip are 8; LNC=2 pairs them.
 _TRN2_PHYSICAL_CORES_PER_CHIP = 8

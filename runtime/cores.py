@@ -1,6 +1,7 @@
 """Which NeuronCores this process may use, and what ``device_ids`` mean inside it. Never imports torch.
 
-Two of the three index spaces of DESIGN §2 meet here:
+Two of the three index spaces (node-global core ids, container-visible ids, process-local
+``device_ids``) meet here:
 
 * ``visible_cores()`` returns the ids this process sees, in the numbering of its container
   (``NEURON_RT_VISIBLE_CORES=7-15`` → ``[7, 8, …, 15]``).

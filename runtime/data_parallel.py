@@ -1,8 +1,8 @@
 """``DataParallel``: torch.neuron.DataParallel's semantics on cpu, cuda or neuron.
 
 ``DataParallel(model, device_ids=None, dim=0)`` replicates ``model`` on the process's cores,
-scatters each batch along ``dim``, runs the chunks on all cores at once and gathers the outputs
-(DESIGN §6). It accepts eager ``nn.Module``s, TorchScript (traced, scripted, or loaded — a path
+scatters each batch along ``dim``, runs the chunks on all cores at once and gathers the outputs,
+as torch.neuron documents it. It accepts eager ``nn.Module``s, TorchScript (traced, scripted, or loaded — a path
 is loaded for you), ``torch.export`` programs and their ``.module()``.
 
 Dynamic batching is on for ``dim == 0`` when the model is eligible (all traced tensor inputs
@@ -139,7 +139,7 @@ class DataParallel(torch.nn.Module):
 
     # ---- inference -----------------------------------------------------------------------------
     def forward(self, *inputs, **kwargs):
-        # The common call, positional plain tensors, skips the recursive walk (DESIGN §9: the
+        # The common call, positional plain tensors, skips the recursive walk (the
         # whole per-call budget is 25 µs).
         flat = not kwargs and (
             type(inputs[0]) is torch.Tensor if len(inputs) == 1 else all(type(item) is torch.Tensor for item in inputs)
@@ -148,7 +148,7 @@ class DataParallel(torch.nn.Module):
         with self._executor.caller_threads():
             return self._forward(inputs, kwargs, rows, flat)
 
-    def _forward(self, inputs: tuple, kwargs: dict, rows: int, flat: bool):
+    def _forward(self, inputs: tuple, kwargs: dict, rows: int | None, flat: bool):
         if not rows:
             # No tensor to split, or an empty batch: nothing to parallelise.
             return self._executor.run_inline([(inputs, kwargs, 0)], 0)[0]

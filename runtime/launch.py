@@ -5,8 +5,8 @@
 The launcher reads the cores it may use (``NEURON_RT_VISIBLE_CORES``, else
 ``NEURON_RT_NUM_CORES``, else all), splits them into P equal contiguous parts and starts the
 command P times, each with its own ``NEURON_RT_VISIBLE_CORES`` (plus ``NEURONPLACE_PROCESS_INDEX``
-and ``NEURONPLACE_PROCESS_COUNT``), so processes never share a core (the multi-process defect of
-DESIGN §5, item 7). Inside each process ``DataParallel`` then sees its part as cores 0..C/P-1.
+and ``NEURONPLACE_PROCESS_COUNT``), so processes never share a core (with the AWS tooling, several
+processes of one pod were handed the same cores). Inside each process ``DataParallel`` then sees its part as cores 0..C/P-1.
 
 SIGTERM, SIGINT and SIGHUP are forwarded to every process. When one process exits with an error
 the others get SIGTERM (SIGKILL after ``--grace-seconds``) so the pod restarts as a whole. The

@@ -24,7 +24,7 @@ def traced_input_shapes(model) -> list[tuple[int | None, ...]] | None:
 
 
 def _traced_graph_shapes(model) -> list[tuple[int | None, ...]] | None:
-    shapes = []
+    shapes: list[tuple[int | None, ...]] = []
     for value in model.graph.inputs():
         kind = value.type()
         if kind.kind() != "TensorType":
@@ -37,7 +37,7 @@ def _traced_graph_shapes(model) -> list[tuple[int | None, ...]] | None:
 
 
 def _exported_shapes(model) -> list[tuple[int | None, ...]] | None:
-    shapes = []
+    shapes: list[tuple[int | None, ...]] = []
     for node in model.graph.nodes:
         if node.op != "placeholder":
             continue
@@ -56,5 +56,5 @@ def traced_size(shapes: list[tuple[int | None, ...]] | None, dim: int) -> int | 
 
 
 def batch_dims_agree(shapes: list[tuple[int | None, ...]] | None) -> bool:
-    """Dynamic batching needs every tensor input to share its dim-0 size (DESIGN §6)."""
+    """Dynamic batching needs every tensor input to share its dim-0 size (as in torch.neuron)."""
     return len({shape[0] for shape in shapes or () if shape}) <= 1

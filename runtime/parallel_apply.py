@@ -1,7 +1,7 @@
 """Run chunks on their cores: inline in the caller when that is cheaper, else on every core at once.
 
-Handing a chunk to another Python thread costs tens of microseconds here (DESIGN §9: 48 µs for a
-queue round trip), more than a whole tiny model call. So the executor measures, and decides per
+Handing a chunk to another Python thread costs tens of microseconds here (48 µs for a queue round trip
+between two Python threads, measured on a 2-vCPU VM), more than a whole tiny model call. So the executor measures, and decides per
 call which way is cheaper:
 
 * the cost of a row, timed around every inline call (call time / rows; the median of the last
@@ -14,7 +14,7 @@ call which way is cheaper:
 Inline costs every chunk in sequence; parallel costs the busiest core's chunks plus the
 overhead. In a parallel call, the chunks of cores 1.. go to those cores' persistent workers and
 the caller computes core 0's chunks meanwhile, so all cores compute at once (ATen and TorchScript
-release the GIL) and each call pays one thread hand-off fewer (48 µs or more here, DESIGN §9).
+release the GIL) and each call pays one thread hand-off fewer (48 µs or more on such a VM).
 The first call always goes parallel, so a model that blocks or is slow is never serialised while
 its cost is unknown. Chunk times measured in parallel calls count only when they are long (at
 least ``_TRUSTED_HANDOFFS`` round trips): short ones are inflated by GIL contention, so they
@@ -268,9 +268,9 @@ class _ChunkFailure:
         if not isinstance(rebuilt, BaseException) or str(rebuilt) != str(message):
             # Types whose constructor takes something else keep their own object and get a note.
             self.error.add_note(message)
-            self.error.global_core = self.replica.global_core
+            self.error.global_core = self.replica.global_core  # type: ignore[attr-defined]  # documented extra attribute
             raise self.error
-        rebuilt.global_core = self.replica.global_core
+        rebuilt.global_core = self.replica.global_core  # type: ignore[attr-defined]
         raise rebuilt from self.error
 
 

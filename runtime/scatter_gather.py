@@ -1,6 +1,6 @@
 """Scatter a batch into chunks along ``dim`` and gather the chunks' outputs back.
 
-Scatter follows torch.neuron's documented split (DESIGN §6): ``divmod(N, cores)`` rows per chunk
+Scatter follows torch.neuron's documented split: ``divmod(N, cores)`` rows per chunk
 with the remainder going to the first chunks (5 rows on 4 cores → 2,1,1,1), fewer rows than cores
 → one chunk per row, and with ``split_size`` set ``ceil(N / split_size)`` chunks. Containers are
 walked recursively; every tensor is split the same way, so all tensors must agree on ``N``

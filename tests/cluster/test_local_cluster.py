@@ -1,5 +1,5 @@
 """The local control plane is real: etcd, kube-apiserver (RBAC), kube-controller-manager,
-kube-scheduler and kwok built from the pins, with simulated Neuron nodes (issue 3 acceptance)."""
+kube-scheduler and kwok built from the pins, with simulated Neuron nodes."""
 
 from __future__ import annotations
 

@@ -194,7 +194,7 @@ def test_deleting_the_resource_removes_its_pods_and_frees_the_cores(local_cluste
 
 
 def test_cores_held_by_pods_we_did_not_place_are_left_alone(local_cluster, operator, namespace, fleet, wait_for):
-    """DESIGN §1: a pod someone else bound with Neuron cores (here with the AWS extender's
+    """A pod someone else bound with Neuron cores (here with the AWS extender's
     annotation) keeps them; the operator places around it."""
     nodes = fleet({"inf2.48xlarge": 1})
     foreign = {"apiVersion": "v1", "kind": "Pod",

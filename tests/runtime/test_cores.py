@@ -1,4 +1,4 @@
-"""visible_cores() and device_ids normalisation: the index spaces of DESIGN §2, and bad input."""
+"""visible_cores() and device_ids normalisation: container-visible ids vs process-local device_ids, and bad input."""
 
 import subprocess
 import sys

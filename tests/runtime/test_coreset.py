@@ -1,4 +1,4 @@
-"""The NEURON_RT_VISIBLE_CORES grammar (DESIGN §3): accepted spellings, rejected ones, round trips."""
+"""The NEURON_RT_VISIBLE_CORES grammar: accepted spellings, rejected ones, round trips."""
 
 import pytest
 from hypothesis import given

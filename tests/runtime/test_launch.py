@@ -105,12 +105,14 @@ def test_sigterm_is_forwarded_to_every_process(tmp_path):
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_RT_")}
     env["NEURON_RT_VISIBLE_CORES"] = "0-3"
-    process = subprocess.Popen(LAUNCH + ["-p", "2", "--", *child(code), str(tmp_path)], env=env, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while len(list(tmp_path.glob("ready-*"))) < 2:
-        assert time.monotonic() < deadline, "children did not start"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0  # both children handled it and exited cleanly
+    with subprocess.Popen(LAUNCH + ["-p", "2", "--", *child(code), str(tmp_path)], env=env,
+                          stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("ready-*"))) < 2:
+            assert time.monotonic() < deadline, "children did not start"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr  # both children handled it and exited cleanly
     assert sorted(p.name for p in tmp_path.glob("stopped-*")) == ["stopped-0", "stopped-1"]
     assert (tmp_path / "stopped-0").read_text() == str(int(signal.SIGTERM))

@@ -1,4 +1,4 @@
-"""Scatter and gather (DESIGN §6): the documented split, nested containers, and the gaps torch leaves."""
+"""Scatter and gather as torch.neuron documents them: the documented split, nested containers, and the gaps torch leaves."""
 
 import dataclasses
 import warnings

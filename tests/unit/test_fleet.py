@@ -54,7 +54,7 @@ def test_normalize_fleet_validates_mappings_like_specs():
             normalize_fleet({"inf2.xlarge": bad})
 
 
-# DESIGN §4: (neuroncore, neuron devices) per instance type.
+# (neuroncore, neuron devices) per instance type, from the AWS Neuron documentation.
 EXPECTED_NEURON = {
     "inf1.xlarge": (4, 1), "inf1.2xlarge": (4, 1), "inf1.6xlarge": (16, 4), "inf1.24xlarge": (64, 16),
     "inf2.xlarge": (2, 1), "inf2.8xlarge": (2, 1), "inf2.24xlarge": (12, 6), "inf2.48xlarge": (24, 12),

@@ -1,4 +1,4 @@
-"""The allocator's rules, one family and one rule at a time (DESIGN §3–§4)."""
+"""The allocator's rules, one family and one rule at a time."""
 
 import pytest
 
@@ -395,11 +395,11 @@ def test_bad_replica_ordinal_raises_and_places_nothing():
     assert ledger.used_cores("a") == set()
 
 
-# ---- DESIGN §5: what the AWS stack gets wrong, impossible here ----------------------------------
+# ---- what the AWS device plugin + scheduler extension get wrong, impossible here ----------------------------------
 
 
 def test_restart_rebuilds_the_same_ledger_from_pods():
-    """§5.3: usage maps go stale after restarts. Ours is the pods themselves."""
+    """The extension's usage maps go stale after restarts. Ours is the pods themselves."""
     nodes = [node("a"), node("b")]
     ledger = Ledger()
     placed = place(req(4), range(5), nodes, ledger, lambda i: f"default/web-{i}")
@@ -420,7 +420,7 @@ def test_restart_rebuilds_the_same_ledger_from_pods():
 
 
 def test_scale_to_zero_releases_every_core():
-    """§5.6: cores not released after teardown. Deleted or finished pods hold nothing."""
+    """Cores were not released after teardown. Deleted or finished pods hold nothing."""
     ledger = Ledger()
     place(req(8), range(3), [node("a")], ledger, lambda i: f"default/web-{i}")
     assert ledger.free_count("a") == 0
@@ -431,7 +431,7 @@ def test_scale_to_zero_releases_every_core():
 
 
 def test_processes_of_one_replica_never_share_cores():
-    """§5.7: multi-process pods got the same cores. Each process gets its own slice of the range."""
+    """Multi-process pods got the same cores. Each process gets its own slice of the range."""
     result = one(req(8, processes_per_replica=4), [node("a")], ledger_with(("a", "0-1")))
     assert result.process_cores == (CoreRange(2, 2), CoreRange(4, 2), CoreRange(6, 2), CoreRange(8, 2))
     assert result.visible_cores == ("0-1", "2-3", "4-5", "6-7")

@@ -1,4 +1,4 @@
-"""Instance topology table (DESIGN §4), device-group shapes and the topology override grammar."""
+"""Instance topology table, device-group shapes and the topology override grammar."""
 
 import pytest
 
