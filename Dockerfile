@@ -1,28 +1,64 @@
 # syntax=docker/dockerfile:1
 # The neuronplace operator image: kopf + the kubernetes client, no torch, running as a non-root user.
 #
-#   docker build -t neuronplace:dev .
+#   docker build -t neuronplace:0.1.0 .          # or: neuronplace local image (podman, offline base)
 #
-# Stage "build" turns the project and every dependency of its `operator` extra into wheels; the final
-# stage installs only those wheels (offline, --no-index) into a virtual environment, so it carries no
-# compiler, no setuptools build and no source tree. tests/unit/test_dockerfile.py lints this file and
-# runs these same RUN commands in clean virtual environments.
+# Stage "build" turns the project and every dependency of its `operator` extra into wheels and
+# installs only those wheels (offline, --no-index) into the virtual environment /opt/neuronplace;
+# the final stage is the base image plus that one folder and a user, so it carries no compiler, no
+# pip, no wheels and no source tree.
+#
+# BASE_IMAGE may be any Debian-based image with Python 3.11 and its venv module: the public default,
+# or the Debian bookworm root filesystem `neuronplace local image` makes with mmdebstrap when no
+# registry is reachable. Both stages use the same base, so the environment's interpreter link
+# (/usr/local/bin/python3 or /usr/bin/python3) resolves in the final stage. Only `python3` is
+# used, never `python`: Debian's interpreter has no `python` name, and no pip of its own.
+#
+# tests/unit/test_dockerfile.py lints this file and runs these same RUN commands in clean virtual
+# environments; tests/cluster/test_image.py builds the image with podman and runs the operator in it.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BASE_IMAGE} AS build
 ARG WHEELS=/wheels
+ARG BUILD_VENV=/opt/build
+ARG PIP_CACHE=/var/cache/pip
+ENV VIRTUAL_ENV=/opt/neuronplace
+# Two virtual environments: one whose pip builds the wheels, and the operator's. Made before the
+# sources are copied: `python3 -m` puts the working directory first on sys.path, and the project's
+# operator/ folder there would shadow the standard library's `operator` module.
+RUN python3 -m venv "$BUILD_VENV" \
+    && python3 -m venv "$VIRTUAL_ENV" \
+    && "$BUILD_VENV/bin/pip" --version
 WORKDIR /src
-# Only what the wheel is built from: the package folders and the metadata.
+# Only what the wheel is built from: the package folders (pyproject.toml's package-dir) and the
+# metadata. tests/unit/test_dockerfile.py keeps this list and package-dir the same.
 COPY pyproject.toml README.md ./
+COPY placement/ placement/
 COPY operator/ operator/
 COPY runtime/ runtime/
 COPY cli/ cli/
 COPY local/ local/
-RUN pip wheel --no-cache-dir --wheel-dir "$WHEELS" ".[operator]"
+COPY examples/ examples/
+# The optional build secret "pip-ca" is a CA bundle for pip, for networks whose TLS is re-signed
+# by a proxy (`neuronplace local image` passes the host's bundle). A secret is never a layer.
+# pip's download cache is a cache mount (kept by the builder between builds, never a layer): a
+# source change rebuilds this step without fetching every dependency again.
+RUN --mount=type=secret,id=pip-ca \
+    --mount=type=cache,target=/var/cache/pip \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && "$BUILD_VENV/bin/pip" wheel --cache-dir "$PIP_CACHE" --disable-pip-version-check --wheel-dir "$WHEELS" ".[operator]"
+# The operator's environment from those wheels only. pip compiles the bytecode here (the root
+# filesystem is read-only at run time), then pip and setuptools leave it: nothing installs anything
+# in the running image.
+# kubernetes >= 36 also ships a second, asyncio copy of its whole generated client in
+# kubernetes/aio (about 68 MB with bytecode, a third of the image); nothing outside that folder
+# imports it (the operator uses the synchronous client, kopf its own aiohttp), so it is removed.
+RUN "$VIRTUAL_ENV/bin/pip" install --no-cache-dir --disable-pip-version-check --no-index --find-links "$WHEELS" "neuronplace[operator]" \
+    && "$VIRTUAL_ENV/bin/pip" uninstall --yes --disable-pip-version-check pip setuptools \
+    && rm -rf "$VIRTUAL_ENV"/lib/python3*/site-packages/kubernetes/aio
 
-FROM ${PYTHON_IMAGE}
-ARG WHEELS=/wheels
+FROM ${BASE_IMAGE}
 ENV VIRTUAL_ENV=/opt/neuronplace \
     PATH=/opt/neuronplace/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -30,10 +66,10 @@ ENV VIRTUAL_ENV=/opt/neuronplace \
 # A fixed numeric uid/gid, so that the pod's runAsNonRoot can be verified by the kubelet.
 RUN groupadd --system --gid 10001 neuronplace \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin neuronplace
-# The wheels are bind-mounted from the build stage, so they never become a layer of this image.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python -m venv "$VIRTUAL_ENV" \
-    && "$VIRTUAL_ENV/bin/pip" install --no-cache-dir --no-index --find-links "$WHEELS" "neuronplace[operator]"
+# COPY, not a bind mount of the build stage: podman 4.3 reuses a cached RUN layer even when a
+# stage it bind-mounts has changed, and the image would keep stale code. Owned by root, so
+# read-only for the operator's user.
+COPY --from=build /opt/neuronplace /opt/neuronplace
 USER 10001:10001
 # kopf's liveness endpoint; the chart's probe and metrics settings point here.
 EXPOSE 8080

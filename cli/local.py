@@ -4,6 +4,7 @@
     neuronplace local up [--name N] [--fleet inf2.48xlarge=2,trn1.32xlarge=1]
     neuronplace local status                     # clusters, their components and nodes
     neuronplace local down [--name N]
+    neuronplace local image [--tag T] [--base IMAGE]  # build the operator image; prints its reference
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     down = actions.add_parser("down", help="stop a cluster and remove its state")
     down.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
     actions.add_parser("status", help="list local clusters and their nodes")
+    image = actions.add_parser("image", help="build the operator image with podman (or docker); "
+                                             "print its reference last")
+    image.add_argument("--tag", help="image name:tag (default neuronplace:<version>, the chart's default image)")
+    image.add_argument("--base", help="base image to build on, no fallback (default: python:3.11-slim when "
+                                      "present or pullable, else a Debian bookworm base made with mmdebstrap)")
+    image.add_argument("--refresh-base", action="store_true",
+                       help="make the Debian base again (it gets Debian's updates only this way)")
 
 
 def _say(line: str) -> None:
@@ -46,6 +54,18 @@ def run(args: argparse.Namespace) -> int:
         report = build.ensure_binaries(_say)
         print(f"binaries in {report.bin_dir} ({len(report.built)} built, {len(report.cached)} cached, "
               f"{time.monotonic() - started:.1f} s)")
+        return 0
+
+    if args.action == "image":
+        from neuronplace.local import image
+
+        try:
+            built = image.build_image(tag=args.tag, base=args.base, progress=_say, refresh_base=args.refresh_base)
+        except (image.ImageError, subprocess.SubprocessError) as error:
+            _say(f"neuronplace local image: {error}")
+            return 1
+        _say(f"built with {built.engine} on {built.base} in {built.seconds:.1f} s, {built.size_bytes / 1e6:.0f} MB")
+        print(built.reference)
         return 0
 
     if args.action == "up":
