@@ -30,6 +30,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from neuronplace.placement.constraints import affinity_matches, required_terms, taints_tolerated, validate_toleration
+from neuronplace.placement.fitting import allowed_starts, best_start, longest_run
 from neuronplace.placement.inventory import (
     BEING_DELETED,
     CORDONED,
@@ -38,13 +40,9 @@ from neuronplace.placement.inventory import (
     UNKNOWN_TOPOLOGY,
     NodeInventory,
 )
-from neuronplace.placement.constraints import validate_toleration, taints_tolerated, required_terms, affinity_matches
-from neuronplace.placement.fitting import allowed_starts, best_start, longest_run
 from neuronplace.placement.ledger import Ledger
-from neuronplace.runtime.coreset import CoreRange
 from neuronplace.placement.names import NUMBERINGS, SHAPE_POLICIES, STRATEGIES
-
-
+from neuronplace.runtime.coreset import CoreRange
 
 # Exclusion kinds beyond the node problems of `inventory`.
 TAINTS = "taints"
@@ -351,8 +349,11 @@ def _exclusions(excluded: Counter, count: int, fleet: Fleet) -> str:
         if n:
             part = phrase.format(n=n, s="" if n == 1 else "s", count=count)
             if kind in _NODE_FIXES:
-                example = min(name for name, node in fleet.by_name.items() if (node.problem_kind or UNKNOWN_TOPOLOGY) == kind
-                              and node.problem is not None)
+                example = min(
+                    name
+                    for name, node in fleet.by_name.items()
+                    if (node.problem_kind or UNKNOWN_TOPOLOGY) == kind and node.problem is not None
+                )
                 part += f" ({example}: {fleet.by_name[example].problem})"
             parts.append(part)
     return ", ".join(parts)

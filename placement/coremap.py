@@ -12,8 +12,8 @@ we did not place (foreign) or whose ids are assumed. Example::
 from __future__ import annotations
 
 import string
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from neuronplace.placement.inventory import NodeInventory
 from neuronplace.placement.ledger import Ledger
@@ -88,10 +88,11 @@ def render(maps: Sequence[NodeMap]) -> str:
                 if owner not in symbols:
                     symbols[owner] = _SYMBOLS[len(symbols) % len(_SYMBOLS)]
                 cells.append(symbols[owner])
-        chips = ["".join(cells[i:i + node.cores_per_chip]) for i in range(0, len(cells), node.cores_per_chip)]
+        chips = ["".join(cells[i : i + node.cores_per_chip]) for i in range(0, len(cells), node.cores_per_chip)]
         note = f"  ({node.problem})" if node.problem else ""
-        lines.append(f"{node.name:<{width}}  {node.instance_type or '?'}  {len(node.owners)} cores, "
-                     f"{node.free} free{note}")
+        lines.append(
+            f"{node.name:<{width}}  {node.instance_type or '?'}  {len(node.owners)} cores, {node.free} free{note}"
+        )
         lines.append("  " + " ".join(chips))
         legend = []
         for owner, symbol in symbols.items():
@@ -129,8 +130,16 @@ def render_png(maps: Sequence[NodeMap], path: str) -> None:
             else:
                 face = colours.setdefault(owner, palette(len(colours) % 20))
             gap = 0.15 if core and core % node.cores_per_chip == 0 else 0
-            ax.add_patch(Rectangle((core + gap * (core // node.cores_per_chip), y), 0.9, 0.8, facecolor=face,
-                                   edgecolor="black", linewidth=0.5))
+            ax.add_patch(
+                Rectangle(
+                    (core + gap * (core // node.cores_per_chip), y),
+                    0.9,
+                    0.8,
+                    facecolor=face,
+                    edgecolor="black",
+                    linewidth=0.5,
+                )
+            )
         ax.text(-0.5, y + 0.4, node.name, ha="right", va="center", fontsize=8)
     ax.set_xlim(-0.5, widest * 1.2)
     ax.set_ylim(-0.2, len(maps))

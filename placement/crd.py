@@ -14,9 +14,19 @@ from __future__ import annotations
 import sys
 
 import yaml
-from neuronplace.placement.names import CRD_NAME, GROUP, KIND, PLURAL, RESERVED_ENV, SHAPE_POLICIES, SHORT_NAMES, SINGULAR, STRATEGIES, VERSION
 
-
+from neuronplace.placement.names import (
+    CRD_NAME,
+    GROUP,
+    KIND,
+    PLURAL,
+    RESERVED_ENV,
+    SHAPE_POLICIES,
+    SHORT_NAMES,
+    SINGULAR,
+    STRATEGIES,
+    VERSION,
+)
 
 # Bounds: no instance has more than 128 cores (trn2.48xlarge at LNC=1), so neither a replica nor
 # one of its processes can use more; the replica bound keeps a typo (replicas: 10000) from
@@ -32,7 +42,6 @@ MAX_CONTAINERS = 32
 MAX_ENV = 512
 MAX_RESOURCES = 64
 MAX_KEY_LENGTH = 253
-
 
 
 def _rule(rule: str, message: str, **extra) -> dict:
@@ -60,8 +69,10 @@ def _toleration_schema() -> dict:
             "tolerationSeconds": {"type": "integer", "format": "int64"},
         },
         "x-kubernetes-validations": [
-            _rule("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
-                  "a toleration with operator Exists must not have a value"),
+            _rule(
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "a toleration with operator Exists must not have a value",
+            ),
         ],
     }
 
@@ -71,7 +82,10 @@ def _resource_list(description: str) -> dict:
         "type": "object",
         "description": description,
         "maxProperties": MAX_RESOURCES,
-        "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+        "additionalProperties": {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+        },
     }
 
 
@@ -123,7 +137,7 @@ def _template_schema() -> dict:
     return {
         "type": "object",
         "description": "The pod template (metadata + spec), exactly like a Deployment's. The first container "
-                       "runs the model; with several processes it is repeated once per process.",
+        "runs the model; with several processes it is repeated once per process.",
         "required": ["spec"],
         "properties": {
             "metadata": {
@@ -153,10 +167,14 @@ def _template_schema() -> dict:
                     },
                 },
                 "x-kubernetes-validations": [
-                    _rule("!has(self.nodeName)",
-                          "template.spec.nodeName must not be set: the operator binds every pod to the node it places it on"),
-                    _rule("!has(self.schedulerName)",
-                          "template.spec.schedulerName must not be set: the operator binds pods itself, no scheduler is involved"),
+                    _rule(
+                        "!has(self.nodeName)",
+                        "template.spec.nodeName must not be set: the operator binds every pod to the node it places it on",
+                    ),
+                    _rule(
+                        "!has(self.schedulerName)",
+                        "template.spec.schedulerName must not be set: the operator binds pods itself, no scheduler is involved",
+                    ),
                 ],
             },
         },
@@ -169,52 +187,90 @@ def spec_schema() -> dict:
         "required": ["coresPerReplica", "template"],
         "properties": {
             "replicas": {
-                "type": "integer", "format": "int32", "default": 1, "minimum": 0, "maximum": MAX_REPLICAS,
+                "type": "integer",
+                "format": "int32",
+                "default": 1,
+                "minimum": 0,
+                "maximum": MAX_REPLICAS,
                 "description": "How many replicas (pods); 0 frees every core.",
             },
             "coresPerReplica": {
-                "type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_CORES_PER_REPLICA,
+                "type": "integer",
+                "format": "int32",
+                "minimum": 1,
+                "maximum": MAX_CORES_PER_REPLICA,
                 "description": "NeuronCores per replica: one contiguous, node-global range on one node.",
             },
             "processesPerReplica": {
-                "type": "integer", "format": "int32", "default": 1, "minimum": 1, "maximum": MAX_CORES_PER_REPLICA,
+                "type": "integer",
+                "format": "int32",
+                "default": 1,
+                "minimum": 1,
+                "maximum": MAX_CORES_PER_REPLICA,
                 "description": "Processes per replica; each gets coresPerReplica / processesPerReplica cores "
-                               "(one container per process).",
+                "(one container per process).",
             },
             "placement": {
                 "type": "object",
                 "default": {},
                 "description": "Where replicas may go and how they are packed.",
                 "properties": {
-                    "strategy": {"type": "string", "enum": list(STRATEGIES), "default": "BinPack",
-                                 "description": "BinPack fills the fullest node that fits; Spread puts replicas on different nodes."},
+                    "strategy": {
+                        "type": "string",
+                        "enum": list(STRATEGIES),
+                        "default": "BinPack",
+                        "description": "BinPack fills the fullest node that fits; Spread puts replicas on different nodes.",
+                    },
                     "nodeSelector": _string_map("Only nodes with all these labels are considered."),
-                    "tolerations": {"type": "array", "maxItems": 64, "items": _toleration_schema(),
-                                    "description": "Taints these tolerate are no obstacle; copied onto every pod."},
-                    "shapePolicy": {"type": "string", "enum": list(SHAPE_POLICIES), "default": "Strict",
-                                    "description": "Strict: only shapes the Neuron topology supports (trn1.32xlarge: 1, 4, 8 "
-                                                   "or 16 devices); Permissive: any contiguous range."},
-                    "alignedStart": {"type": "boolean", "default": False,
-                                     "description": "Start each range at a multiple of its size (collectives on trn1)."},
+                    "tolerations": {
+                        "type": "array",
+                        "maxItems": 64,
+                        "items": _toleration_schema(),
+                        "description": "Taints these tolerate are no obstacle; copied onto every pod.",
+                    },
+                    "shapePolicy": {
+                        "type": "string",
+                        "enum": list(SHAPE_POLICIES),
+                        "default": "Strict",
+                        "description": "Strict: only shapes the Neuron topology supports (trn1.32xlarge: 1, 4, 8 "
+                        "or 16 devices); Permissive: any contiguous range.",
+                    },
+                    "alignedStart": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "Start each range at a multiple of its size (collectives on trn1).",
+                    },
                 },
             },
             "dataParallel": {
                 "type": "object",
                 "description": "Hints for neuronplace.runtime.DataParallel, passed as NEURONPLACE_DP_* env.",
                 "properties": {
-                    "dim": {"type": "integer", "minimum": 0, "maximum": 31,
-                            "description": "Dimension to scatter along (NEURONPLACE_DP_DIM)."},
-                    "dynamicBatching": {"type": "boolean",
-                                        "description": "Dynamic batching on or off (NEURONPLACE_DP_DYNAMIC_BATCHING)."},
-                    "numWorkers": {"type": "integer", "minimum": 1, "maximum": 1024,
-                                   "description": "Worker threads (NEURONPLACE_DP_NUM_WORKERS)."},
+                    "dim": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 31,
+                        "description": "Dimension to scatter along (NEURONPLACE_DP_DIM).",
+                    },
+                    "dynamicBatching": {
+                        "type": "boolean",
+                        "description": "Dynamic batching on or off (NEURONPLACE_DP_DYNAMIC_BATCHING).",
+                    },
+                    "numWorkers": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 1024,
+                        "description": "Worker threads (NEURONPLACE_DP_NUM_WORKERS).",
+                    },
                 },
             },
             "template": _template_schema(),
         },
         "x-kubernetes-validations": [
-            _rule("!has(self.processesPerReplica) || self.coresPerReplica % self.processesPerReplica == 0",
-                  "coresPerReplica must be divisible by processesPerReplica (every process gets the same number of cores)"),
+            _rule(
+                "!has(self.processesPerReplica) || self.coresPerReplica % self.processesPerReplica == 0",
+                "coresPerReplica must be divisible by processesPerReplica (every process gets the same number of cores)",
+            ),
         ],
     }
 
@@ -241,7 +297,10 @@ def status_schema() -> dict:
             "observedGeneration": {"type": "integer", "format": "int64"},
             "replicas": {"type": "integer", "format": "int32", "description": "Pods that exist."},
             "readyReplicas": {"type": "integer", "format": "int32", "description": "Pods that are Ready."},
-            "selector": {"type": "string", "description": "Label selector of the pods (for the scale subresource / HPA)."},
+            "selector": {
+                "type": "string",
+                "description": "Label selector of the pods (for the scale subresource / HPA).",
+            },
             "placements": {
                 "type": "array",
                 "items": {
@@ -251,8 +310,11 @@ def status_schema() -> dict:
                         "pod": {"type": "string"},
                         "node": {"type": "string"},
                         "cores": {"type": "string", "description": "Node-global range, e.g. 4-7."},
-                        "processCores": {"type": "array", "items": {"type": "string"},
-                                         "description": "Node-global range of each process."},
+                        "processCores": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Node-global range of each process.",
+                        },
                     },
                 },
             },
@@ -303,7 +365,7 @@ def build_crd() -> dict:
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": "NeuronInference: replicas of a model, each on a contiguous NeuronCore range "
-                                           "of one node, placed and bound by the neuronplace operator.",
+                            "of one node, placed and bound by the neuronplace operator.",
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},
@@ -313,9 +375,11 @@ def build_crd() -> dict:
                                 "status": status_schema(),
                             },
                             "x-kubernetes-validations": [
-                                _rule(f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-                                      f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it is the value of the "
-                                      "pods' neuronplace.io/inference label"),
+                                _rule(
+                                    f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+                                    f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it is the value of the "
+                                    "pods' neuronplace.io/inference label",
+                                ),
                             ],
                         }
                     },
@@ -336,9 +400,7 @@ def build_crd() -> dict:
 
 def render_crd_yaml() -> str:
     """The committed YAML text, byte for byte."""
-    header = (
-        "# Generated by `python -m neuronplace.placement.crd` from placement/crd.py; do not edit by hand.\n"
-    )
+    header = "# Generated by `python -m neuronplace.placement.crd` from placement/crd.py; do not edit by hand.\n"
     return header + yaml.safe_dump(build_crd(), sort_keys=False, default_flow_style=False, width=1000)
 
 

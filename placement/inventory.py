@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from neuronplace.placement.conditions import is_ready
+from neuronplace.placement.names import (
+    INSTANCE_TYPE_LABEL,
+    LEGACY_INSTANCE_TYPE_LABEL,
+    LNC_KEY,
+    NEURON_DEVICE_RESOURCES,
+    NEURONCORE_RESOURCE,
+    TOPOLOGY_OVERRIDE_KEY,
+)
 from neuronplace.placement.topology import Topology, parse_topology_override, topology_for
-from neuronplace.placement.names import INSTANCE_TYPE_LABEL, LEGACY_INSTANCE_TYPE_LABEL, LNC_KEY, NEURONCORE_RESOURCE, NEURON_DEVICE_RESOURCES, TOPOLOGY_OVERRIDE_KEY
-
 
 # Problem kinds, used to count excluded nodes in a placement failure reason.
 CORDONED = "cordoned"

@@ -31,15 +31,12 @@ from bisect import insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from neuronplace.runtime.coreset import CoreRange
 from neuronplace.placement.claims import Claim, claim_from_pod, owner_of
-
-
+from neuronplace.runtime.coreset import CoreRange
 
 # When a node's cores per chip is unknown, a device request is assumed to hold the most cores any
 # instance type has per chip (trn2 at LNC=1): over-counting is the safe direction.
 _UNKNOWN_CORES_PER_CHIP = 8
-
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ class Holding:
 
 
 class _NodeState:
-    __slots__ = ("claims", "capacity", "cores_per_chip", "mask", "assumed", "slow")
+    __slots__ = ("assumed", "capacity", "claims", "cores_per_chip", "mask", "slow")
 
     def __init__(self) -> None:
         self.claims: dict[str, Claim] = {}

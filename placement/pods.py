@@ -17,15 +17,35 @@ import copy
 import hashlib
 import json
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from neuronplace.placement.names import API_VERSION, AWS_NEURON_IDS, CORES_ANNOTATION, ENV_DP_DIM, ENV_DP_DYNAMIC_BATCHING, ENV_DP_NUM_WORKERS, ENV_NODE_CORES, ENV_PROCESS_COUNT, ENV_PROCESS_INDEX, ENV_REPLICA, ENV_VISIBLE_CORES, INFERENCE_LABEL, KIND, NEURONCORE_RESOURCE, NEURON_ALLOCATED, NEURON_ALLOC_TIME, NEURON_RESOURCE_TYPE, NUMBERING_ANNOTATION, REPLICA_LABEL, RESERVED_ENV, TEMPLATE_HASH_ANNOTATION
+from neuronplace.placement.names import (
+    API_VERSION,
+    AWS_NEURON_IDS,
+    CORES_ANNOTATION,
+    ENV_DP_DIM,
+    ENV_DP_DYNAMIC_BATCHING,
+    ENV_DP_NUM_WORKERS,
+    ENV_NODE_CORES,
+    ENV_PROCESS_COUNT,
+    ENV_PROCESS_INDEX,
+    ENV_REPLICA,
+    ENV_VISIBLE_CORES,
+    INFERENCE_LABEL,
+    KIND,
+    NEURON_ALLOC_TIME,
+    NEURON_ALLOCATED,
+    NEURON_RESOURCE_TYPE,
+    NEURONCORE_RESOURCE,
+    NUMBERING_ANNOTATION,
+    REPLICA_LABEL,
+    RESERVED_ENV,
+    TEMPLATE_HASH_ANNOTATION,
+)
 
 if TYPE_CHECKING:  # the placement engine's result type; only its attributes are used here
     from neuronplace.placement.allocator import ReplicaPlacement
-
-
-
 
 
 def pod_name(inference_name: str, replica: int) -> str:
@@ -72,8 +92,16 @@ def merge_tolerations(*groups) -> list[dict]:
     return seen
 
 
-def _process_container(base: dict, index: int, processes: int, replica: int, visible: str, node_cores: str,
-                       cores_each: int, dp_env: list[dict]) -> dict:
+def _process_container(
+    base: dict,
+    index: int,
+    processes: int,
+    replica: int,
+    visible: str,
+    node_cores: str,
+    cores_each: int,
+    dp_env: list[dict],
+) -> dict:
     container = copy.deepcopy(base)
     if processes > 1:
         container["name"] = f"{base['name']}-{index}"
@@ -87,8 +115,11 @@ def _process_container(base: dict, index: int, processes: int, replica: int, vis
     ours.update({entry["name"]: entry["value"] for entry in dp_env})
     # Our values replace any the template set (the CRD rejects the reserved ones; a template that
     # got past it must still not contradict the placement).
-    kept = [e for e in container.get("env") or [] if isinstance(e, Mapping) and e.get("name") not in ours
-            and e.get("name") not in RESERVED_ENV]
+    kept = [
+        e
+        for e in container.get("env") or []
+        if isinstance(e, Mapping) and e.get("name") not in ours and e.get("name") not in RESERVED_ENV
+    ]
     container["env"] = kept + [{"name": name, "value": value} for name, value in ours.items()]
     resources = container.setdefault("resources", {})
     for kind in ("requests", "limits"):
@@ -110,8 +141,13 @@ def _strip_neuron(container: Mapping) -> dict:
     return out
 
 
-def build_pod(inference: Mapping[str, Any], placement: "ReplicaPlacement", *, numbering: str = "device-local",
-              now_ns: int | None = None) -> dict:
+def build_pod(
+    inference: Mapping[str, Any],
+    placement: ReplicaPlacement,
+    *,
+    numbering: str = "device-local",
+    now_ns: int | None = None,
+) -> dict:
     """The pod for one placed replica of ``inference`` (the API's JSON dict of the resource)."""
     meta = inference["metadata"]
     spec = inference["spec"]
@@ -128,8 +164,16 @@ def build_pod(inference: Mapping[str, Any], placement: "ReplicaPlacement", *, nu
     dp_env = data_parallel_env(spec)
 
     process_containers = [
-        _process_container(containers[0], index, processes, placement.replica, placement.visible_cores[index],
-                           str(placement.process_cores[index]), cores_each, dp_env)
+        _process_container(
+            containers[0],
+            index,
+            processes,
+            placement.replica,
+            placement.visible_cores[index],
+            str(placement.process_cores[index]),
+            cores_each,
+            dp_env,
+        )
         for index in range(processes)
     ]
     pod_spec["containers"] = process_containers + [_strip_neuron(c) for c in containers[1:]]
@@ -146,15 +190,17 @@ def build_pod(inference: Mapping[str, Any], placement: "ReplicaPlacement", *, nu
     labels[INFERENCE_LABEL] = name
     labels[REPLICA_LABEL] = str(placement.replica)
     annotations = dict(template_meta.get("annotations") or {})
-    annotations.update({
-        CORES_ANNOTATION: str(cores),
-        TEMPLATE_HASH_ANNOTATION: template_hash(spec),
-        NUMBERING_ANNOTATION: numbering,
-        AWS_NEURON_IDS: ",".join(str(i) for i in cores.ids),
-        NEURON_RESOURCE_TYPE: NEURONCORE_RESOURCE,
-        NEURON_ALLOCATED: "false",
-        NEURON_ALLOC_TIME: str(time.time_ns() if now_ns is None else now_ns),
-    })
+    annotations.update(
+        {
+            CORES_ANNOTATION: str(cores),
+            TEMPLATE_HASH_ANNOTATION: template_hash(spec),
+            NUMBERING_ANNOTATION: numbering,
+            AWS_NEURON_IDS: ",".join(str(i) for i in cores.ids),
+            NEURON_RESOURCE_TYPE: NEURONCORE_RESOURCE,
+            NEURON_ALLOCATED: "false",
+            NEURON_ALLOC_TIME: str(time.time_ns() if now_ns is None else now_ns),
+        }
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -163,14 +209,16 @@ def build_pod(inference: Mapping[str, Any], placement: "ReplicaPlacement", *, nu
             "namespace": meta["namespace"],
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [{
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "name": name,
-                "uid": meta["uid"],
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }],
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": name,
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "spec": pod_spec,
     }

@@ -25,8 +25,19 @@ from typing import Any
 # Capabilities a baseline pod may add: the container runtime's default set.
 BASELINE_CAPABILITIES = frozenset(
     {
-        "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-        "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
     }
 )
 
@@ -70,7 +81,7 @@ def check_template(template: Any, allow_privileged: bool = False, *, namespace: 
         violations.append(f"template.metadata: expected an object, got {type(metadata).__name__}")
         metadata = {}
     if not isinstance(spec, Mapping):
-        return violations + [f"template.spec: expected an object (PodSpec), got {type(spec).__name__}"]
+        return [*violations, f"template.spec: expected an object (PodSpec), got {type(spec).__name__}"]
 
     violations += _namespace_violations(metadata, namespace)
     if not allow_privileged:
@@ -126,21 +137,29 @@ def _container_violations(path: str, container: Mapping) -> list[str]:
     violations = []
     for index, port in enumerate(_list(container.get("ports"))):
         if isinstance(port, Mapping) and port.get("hostPort") not in (None, 0):
-            violations.append(f"{path}.ports[{index}].hostPort: {port['hostPort']} binds a port on the node; {PRIVILEGED_HINT}")
+            violations.append(
+                f"{path}.ports[{index}].hostPort: {port['hostPort']} binds a port on the node; {PRIVILEGED_HINT}"
+            )
 
     context = container.get("securityContext") or {}
     if not isinstance(context, Mapping):
-        return violations + [f"{path}.securityContext: expected an object, got {type(context).__name__}"]
+        return [*violations, f"{path}.securityContext: expected an object, got {type(context).__name__}"]
     where = f"{path}.securityContext"
     if context.get("privileged") is True:
-        violations.append(f"{where}.privileged: true gives the container every device and capability; {PRIVILEGED_HINT}")
+        violations.append(
+            f"{where}.privileged: true gives the container every device and capability; {PRIVILEGED_HINT}"
+        )
     if context.get("allowPrivilegeEscalation") is True:
-        violations.append(f"{where}.allowPrivilegeEscalation: true lets processes gain more privileges (setuid); {PRIVILEGED_HINT}")
+        violations.append(
+            f"{where}.allowPrivilegeEscalation: true lets processes gain more privileges (setuid); {PRIVILEGED_HINT}"
+        )
     if context.get("procMount") not in (None, "Default"):
         violations.append(f"{where}.procMount: {context['procMount']!r} unmasks /proc; only 'Default' is allowed")
     capabilities = context.get("capabilities") or {}
     if isinstance(capabilities, Mapping):
-        extra = sorted(str(c) for c in _list(capabilities.get("add")) if str(c).removeprefix("CAP_") not in BASELINE_CAPABILITIES)
+        extra = sorted(
+            str(c) for c in _list(capabilities.get("add")) if str(c).removeprefix("CAP_") not in BASELINE_CAPABILITIES
+        )
         if extra:
             violations.append(
                 f"{where}.capabilities.add: {', '.join(extra)} beyond the baseline set "
@@ -166,7 +185,9 @@ def _security_context_violations(where: str, context: Mapping) -> list[str]:
     selinux = context.get("seLinuxOptions") or {}
     if isinstance(selinux, Mapping):
         if selinux.get("type", "") not in SAFE_SELINUX_TYPES:
-            violations.append(f"{where}.seLinuxOptions.type: {selinux['type']!r} is not a container type; {PRIVILEGED_HINT}")
+            violations.append(
+                f"{where}.seLinuxOptions.type: {selinux['type']!r} is not a container type; {PRIVILEGED_HINT}"
+            )
         for field in ("user", "role"):
             if selinux.get(field):
                 violations.append(f"{where}.seLinuxOptions.{field}: may not be set; {PRIVILEGED_HINT}")

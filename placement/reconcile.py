@@ -17,17 +17,24 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+from neuronplace.placement.allocator import PlacementRequest
 from neuronplace.placement.conditions import condition
 from neuronplace.placement.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS
-from neuronplace.placement.allocator import PlacementRequest
-from neuronplace.placement.podsecurity import check_template
+from neuronplace.placement.names import (
+    CONDITION_READY,
+    CORES_ANNOTATION,
+    SHAPE_POLICIES,
+    STRATEGIES,
+    TEMPLATE_HASH_ANNOTATION,
+)
 from neuronplace.placement.pods import template_hash
+from neuronplace.placement.podsecurity import check_template
 from neuronplace.placement.status import pod_is_ready
 from neuronplace.runtime.coreset import CoreRange
-from neuronplace.placement.names import CONDITION_READY, CORES_ANNOTATION, SHAPE_POLICIES, STRATEGIES, TEMPLATE_HASH_ANNOTATION
 
 # Deletion reasons (also the Event reasons the handlers post).
 SURPLUS = "ScaledDown"
@@ -43,16 +50,16 @@ class Deletion:
     pod: str
     reason: str
     message: str
-    force: bool = False     # grace period 0: the node cannot run the pod's shutdown anyway
+    force: bool = False  # grace period 0: the node cannot run the pod's shutdown anyway
 
 
 @dataclass(frozen=True)
 class Decision:
-    invalid: str | None = None                      # spec problem: no pods are created, condition says why
+    invalid: str | None = None  # spec problem: no pods are created, condition says why
     deletions: tuple[Deletion, ...] = ()
-    create: tuple[int, ...] = ()                    # ordinals that need a pod, in order
-    prefer: Mapping[int, tuple[str, CoreRange]] = field(default_factory=dict)   # keep these cores if free
-    requeue_after: float | None = None              # look again then even without events
+    create: tuple[int, ...] = ()  # ordinals that need a pod, in order
+    prefer: Mapping[int, tuple[str, CoreRange]] = field(default_factory=dict)  # keep these cores if free
+    requeue_after: float | None = None  # look again then even without events
 
 
 def _int(value: Any, default: int | None = None) -> int | None:
@@ -79,8 +86,10 @@ def validate(inference: Mapping[str, Any], allow_privileged: bool = False) -> st
         return f"spec.coresPerReplica must be an integer in 1..{MAX_CORES_PER_REPLICA}, got {spec.get('coresPerReplica')!r}"
     processes = _int(spec.get("processesPerReplica"), 1)
     if processes is None or processes < 1 or cores % processes:
-        return (f"spec.processesPerReplica must be a positive integer dividing coresPerReplica={cores}, "
-                f"got {spec.get('processesPerReplica')!r}")
+        return (
+            f"spec.processesPerReplica must be a positive integer dividing coresPerReplica={cores}, "
+            f"got {spec.get('processesPerReplica')!r}"
+        )
     placement = spec.get("placement", {}) or {}
     if not isinstance(placement, Mapping):
         return "spec.placement must be an object"
@@ -105,7 +114,9 @@ def validate(inference: Mapping[str, Any], allow_privileged: bool = False) -> st
         return "every container in spec.template.spec.containers needs a name"
     if pod_spec.get("nodeName") or pod_spec.get("schedulerName"):
         return "spec.template.spec must not set nodeName or schedulerName: the operator binds pods itself"
-    violations = check_template(template, allow_privileged, namespace=(inference.get("metadata") or {}).get("namespace"))
+    violations = check_template(
+        template, allow_privileged, namespace=(inference.get("metadata") or {}).get("namespace")
+    )
     if violations:
         return "pod template refused: " + "; ".join(violations)
     return None
@@ -118,9 +129,9 @@ def ordinal_of(pod: Mapping[str, Any], inference_name: str) -> int | None:
     """The replica ordinal of a pod named ``<name>-<ordinal>``, or None for any other name."""
     name = (pod.get("metadata") or {}).get("name", "")
     prefix = inference_name + "-"
-    if not name.startswith(prefix) or not _ORDINAL.match(name[len(prefix):]):
+    if not name.startswith(prefix) or not _ORDINAL.match(name[len(prefix) :]):
         return None
-    return int(name[len(prefix):])
+    return int(name[len(prefix) :])
 
 
 def _parse_time(text: str | None) -> dt.datetime | None:
@@ -132,7 +143,7 @@ def _parse_time(text: str | None) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def node_not_ready_since(node: Mapping[str, Any]) -> dt.datetime | None:
@@ -144,7 +155,7 @@ def node_not_ready_since(node: Mapping[str, Any]) -> dt.datetime | None:
     ready = condition(node, CONDITION_READY)
     if not ready or ready.get("status") == "True":
         return None
-    return _parse_time(ready.get("lastTransitionTime")) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return _parse_time(ready.get("lastTransitionTime")) or dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def _owned_by(pod: Mapping[str, Any], uid: str | None) -> bool:
@@ -161,9 +172,16 @@ def _cores_of(pod: Mapping[str, Any]) -> CoreRange | None:
         return None
 
 
-def decide(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], nodes: Mapping[str, Mapping[str, Any]],
-           *, now: dt.datetime, node_grace_seconds: float,
-           last_known: Mapping[int, tuple[str, CoreRange]] | None = None, allow_privileged: bool = False) -> Decision:
+def decide(
+    inference: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, Any]],
+    *,
+    now: dt.datetime,
+    node_grace_seconds: float,
+    last_known: Mapping[int, tuple[str, CoreRange]] | None = None,
+    allow_privileged: bool = False,
+) -> Decision:
     """What to do next for ``inference`` given the pods labelled with its name and all known nodes.
 
     ``last_known`` maps ordinals to the (node, cores) their previous pod held, so a recreated replica
@@ -185,8 +203,8 @@ def decide(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], node
             prefer[known_ordinal] = (known_node, known_cores)
 
     deletions: list[Deletion] = []
-    occupied: set[int] = set()          # ordinals whose pod name is taken (by any pod, ours or not)
-    current: dict[int, Mapping] = {}    # live, kept pods of ours by ordinal
+    occupied: set[int] = set()  # ordinals whose pod name is taken (by any pod, ours or not)
+    current: dict[int, Mapping] = {}  # live, kept pods of ours by ordinal
     requeue: float | None = None
     for pod in pods:
         pod_meta = pod.get("metadata") or {}
@@ -194,7 +212,7 @@ def decide(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], node
         if ordinal is not None:
             occupied.add(ordinal)
         if not _owned_by(pod, uid):
-            continue        # an older incarnation's pod: garbage collection removes it; its name waits
+            continue  # an older incarnation's pod: garbage collection removes it; its name waits
         if pod_meta.get("deletionTimestamp"):
             continue
         this_pod = pod_meta.get("name", "")
@@ -214,17 +232,23 @@ def decide(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], node
             continue
         node = nodes.get(node_name) if node_name else None
         if node is None:
-            deletions.append(Deletion(this_pod, NODE_GONE, f"node {node_name!r} of pod {this_pod} is gone; re-placing",
-                                      force=True))
+            deletions.append(
+                Deletion(this_pod, NODE_GONE, f"node {node_name!r} of pod {this_pod} is gone; re-placing", force=True)
+            )
             prefer.pop(ordinal, None)
             continue
         since = node_not_ready_since(node)
         if since is not None:
             waited = (now - since).total_seconds()
             if waited >= node_grace_seconds:
-                deletions.append(Deletion(this_pod, NODE_NOT_READY,
-                                          f"node {node_name} NotReady for {int(waited)}s (grace {int(node_grace_seconds)}s); "
-                                          "re-placing", force=True))
+                deletions.append(
+                    Deletion(
+                        this_pod,
+                        NODE_NOT_READY,
+                        f"node {node_name} NotReady for {int(waited)}s (grace {int(node_grace_seconds)}s); re-placing",
+                        force=True,
+                    )
+                )
                 prefer.pop(ordinal, None)
                 continue
             remaining = max(node_grace_seconds - waited, 0.5)
@@ -250,8 +274,11 @@ def _next_rollout(current: Mapping[int, Mapping], desired: int, wanted_hash: str
     deleted, or deleted in this pass). Then a not-ready outdated pod goes first (it serves nothing);
     otherwise the highest outdated ordinal goes once every replica is ready.
     """
-    outdated = [i for i, pod in current.items()
-                if ((pod.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION) != wanted_hash]
+    outdated = [
+        i
+        for i, pod in current.items()
+        if ((pod.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION) != wanted_hash
+    ]
     if not outdated or any(i not in current for i in range(desired)):
         return None
     not_ready = [i for i in outdated if not pod_is_ready(current[i])]

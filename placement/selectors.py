@@ -29,7 +29,7 @@ def parse_node_selector(selector: str) -> list[tuple[str, str, str | None]]:
             terms.append(("!exists", term[1:].strip(), None))
         else:
             terms.append(("exists", term, None))
-    for op, key, _ in terms:
+    for _op, key, _ in terms:
         if not key or " " in key:
             raise ValueError(f"node selector {selector!r}: bad term with key {key!r}; expected k=v, k!=v, k or !k")
     return terms

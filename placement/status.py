@@ -8,15 +8,23 @@ and a ``lastTransitionTime`` that only moves when the status flips. No ``phase``
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from neuronplace.placement.conditions import is_ready
+from neuronplace.placement.names import (
+    CONDITION_PLACED,
+    CONDITION_READY,
+    CORES_ANNOTATION,
+    REASON_NOT_READY,
+    REASON_PENDING,
+    REASON_PLACED,
+    REASON_READY,
+    REPLICA_LABEL,
+)
 from neuronplace.placement.pods import pod_name, selector_for
 from neuronplace.runtime.coreset import CoreRange
-from neuronplace.placement.names import CONDITION_PLACED, CONDITION_READY, CORES_ANNOTATION, REASON_NOT_READY, REASON_PENDING, REASON_PLACED, REASON_READY, REPLICA_LABEL
-
-
 
 
 @dataclass(frozen=True)
@@ -28,8 +36,8 @@ class Problem:
 
 
 def now_rfc3339(clock: dt.datetime | None = None) -> str:
-    moment = clock or dt.datetime.now(dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = clock or dt.datetime.now(dt.UTC)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
@@ -42,8 +50,9 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def set_condition(conditions: Sequence[Mapping], type_: str, status: str, reason: str, message: str,
-                  generation: int | None, now: str) -> list[dict]:
+def set_condition(
+    conditions: Sequence[Mapping], type_: str, status: str, reason: str, message: str, generation: int | None, now: str
+) -> list[dict]:
     """Return ``conditions`` with ``type_`` set; ``lastTransitionTime`` kept unless the status changes."""
     out: list[dict] = []
     previous = None
@@ -53,8 +62,13 @@ def set_condition(conditions: Sequence[Mapping], type_: str, status: str, reason
         elif isinstance(condition, Mapping):
             out.append(dict(condition))
     transition = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
-    new = {"type": type_, "status": status, "reason": reason, "message": message,
-           "lastTransitionTime": transition or now}
+    new = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition or now,
+    }
     if generation is not None:
         new["observedGeneration"] = generation
     out.append(new)
@@ -73,8 +87,13 @@ def placement_entry(pod: Mapping[str, Any], processes: int) -> dict | None:
         process_cores = [str(r) for r in cores.split(processes)]
     except ValueError:
         process_cores = [str(cores)]
-    return {"replica": replica, "pod": meta.get("name", ""), "node": (pod.get("spec") or {}).get("nodeName", ""),
-            "cores": str(cores), "processCores": process_cores}
+    return {
+        "replica": replica,
+        "pod": meta.get("name", ""),
+        "node": (pod.get("spec") or {}).get("nodeName", ""),
+        "cores": str(cores),
+        "processCores": process_cores,
+    }
 
 
 def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:
@@ -89,8 +108,13 @@ def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:
     return "; ".join(parts)
 
 
-def build_status(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *,
-                 problem: Problem | None = None, now: str | None = None) -> dict:
+def build_status(
+    inference: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    *,
+    problem: Problem | None = None,
+    now: str | None = None,
+) -> dict:
     """The full ``status`` for ``inference`` given its live pods and what keeps the rest from existing.
 
     ``pods`` are the resource's own pods (terminating ones included: they still hold cores).
@@ -115,19 +139,31 @@ def build_status(inference: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
 
     conditions = previous.get("conditions") or []
     if problem is not None:
-        conditions = set_condition(conditions, CONDITION_PLACED, "False", problem.reason, problem.message, generation, now)
+        conditions = set_condition(
+            conditions, CONDITION_PLACED, "False", problem.reason, problem.message, generation, now
+        )
     elif placed >= desired:
-        conditions = set_condition(conditions, CONDITION_PLACED, "True", REASON_PLACED,
-                                   f"{placed}/{desired} replicas placed", generation, now)
+        conditions = set_condition(
+            conditions, CONDITION_PLACED, "True", REASON_PLACED, f"{placed}/{desired} replicas placed", generation, now
+        )
     else:
-        conditions = set_condition(conditions, CONDITION_PLACED, "False", REASON_PENDING,
-                                   f"{placed}/{desired} replicas placed; waiting for old pods to go", generation, now)
+        conditions = set_condition(
+            conditions,
+            CONDITION_PLACED,
+            "False",
+            REASON_PENDING,
+            f"{placed}/{desired} replicas placed; waiting for old pods to go",
+            generation,
+            now,
+        )
     if ready >= desired and placed >= desired:
-        conditions = set_condition(conditions, CONDITION_READY, "True", REASON_READY,
-                                   f"{ready}/{desired} replicas ready", generation, now)
+        conditions = set_condition(
+            conditions, CONDITION_READY, "True", REASON_READY, f"{ready}/{desired} replicas ready", generation, now
+        )
     else:
-        conditions = set_condition(conditions, CONDITION_READY, "False", REASON_NOT_READY,
-                                   f"{ready}/{desired} replicas ready", generation, now)
+        conditions = set_condition(
+            conditions, CONDITION_READY, "False", REASON_NOT_READY, f"{ready}/{desired} replicas ready", generation, now
+        )
     return {
         "observedGeneration": generation,
         "replicas": len(live),

@@ -16,9 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from neuronplace.runtime.coreset import CoreRange
 from neuronplace.placement.names import TOPOLOGY_OVERRIDE_KEY
-
+from neuronplace.runtime.coreset import CoreRange
 
 INTERCONNECTS = ("ring", "torus", "single")
 
@@ -67,7 +66,7 @@ class Topology:
         One core, all cores, and any part of a single device are always fine; otherwise the number
         of devices the request needs must be one of ``device_shapes`` (when the topology has any).
         """
-        if self.device_shapes is None or count == 1 or count == self.cores or count <= self.cores_per_chip:
+        if self.device_shapes is None or count in (1, self.cores) or count <= self.cores_per_chip:
             return True
         devices = -(-count // self.cores_per_chip)
         return devices in self.device_shapes
@@ -139,7 +138,9 @@ def parse_topology_override(text: str) -> Topology:
     chips, per_chip = int(match.group(1)), int(match.group(2))
     interconnect = match.group(3) or _single_or(chips, "ring")
     if chips < 1 or per_chip < 1 or chips * per_chip > 4096:
-        raise ValueError(f"{TOPOLOGY_OVERRIDE_KEY} {text!r}: chips and cores per chip must be >= 1 (at most 4096 cores)")
+        raise ValueError(
+            f"{TOPOLOGY_OVERRIDE_KEY} {text!r}: chips and cores per chip must be >= 1 (at most 4096 cores)"
+        )
     if interconnect not in INTERCONNECTS:
         raise ValueError(f"{TOPOLOGY_OVERRIDE_KEY} {text!r}: interconnect must be one of {', '.join(INTERCONNECTS)}")
     return Topology(chips, per_chip, interconnect)

@@ -4,8 +4,8 @@ Imported inside inference pods. The core-set grammar and ``visible_cores`` never
 torch (the operator uses them too); ``DataParallel`` is loaded on first use.
 """
 
-from neuronplace.runtime.coreset import CoreRange, format_core_set, parse_core_set
 from neuronplace.runtime.cores import visible_cores
+from neuronplace.runtime.coreset import CoreRange, format_core_set, parse_core_set
 
 __all__ = ["CoreRange", "DataParallel", "format_core_set", "parse_core_set", "visible_cores"]
 

@@ -88,7 +88,9 @@ class CpuBackend:
         if text is None:
             return _usable_cpus()
         if not text.strip().isdigit() or int(text) < 1:
-            raise ValueError(f"{CPU_CORES_VAR}={text!r} is invalid: expected a positive whole number of simulated cores")
+            raise ValueError(
+                f"{CPU_CORES_VAR}={text!r} is invalid: expected a positive whole number of simulated cores"
+            )
         return int(text)
 
     def replicate(self, model, cores: list[int], global_cores: list[int], visible_count: int) -> list[Replica]:
@@ -158,7 +160,9 @@ class NeuronBackend:
 
         count = torch.classes.neuron.Runtime().get_nc_count()
         if count < 1:
-            raise BackendUnavailable("the Neuron runtime reports no NeuronCores; is the device visible in this container?")
+            raise BackendUnavailable(
+                "the Neuron runtime reports no NeuronCores; is the device visible in this container?"
+            )
         return count
 
     def replicate(self, model, cores: list[int], global_cores: list[int], visible_count: int) -> list[Replica]:

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 
 from neuronplace.runtime.coreset import MAX_CORE_ID, NUM_CORES_VAR, VISIBLE_CORES_VAR, parse_core_set
 
-
 _NC_NAME = re.compile(r"^nc:(\d+)$")
 
 
@@ -69,13 +68,15 @@ def normalize_device_ids(device_ids, core_count: int) -> list[int]:
     ``device_ids[i]``). Duplicates, out-of-range and malformed entries raise ``ValueError`` naming
     the entry and the valid range.
     """
-    valid = f"valid ids are 0..{core_count - 1} (or 'nc:0'..'nc:{core_count - 1}')" if core_count else "no cores are visible"
+    valid = (
+        f"valid ids are 0..{core_count - 1} (or 'nc:0'..'nc:{core_count - 1}')"
+        if core_count
+        else "no cores are visible"
+    )
     if device_ids is None:
         return list(range(core_count))
     if isinstance(device_ids, (str, bytes)) or not isinstance(device_ids, Sequence):
-        raise ValueError(
-            f"device_ids must be a list of ints or 'nc:#' strings, got {device_ids!r}; {valid}"
-        )
+        raise ValueError(f"device_ids must be a list of ints or 'nc:#' strings, got {device_ids!r}; {valid}")
     if not device_ids:
         raise ValueError(f"device_ids is empty; pass None for all cores or a list of core indices; {valid}")
     indices: list[int] = []
@@ -96,7 +97,9 @@ def _device_index(entry, valid: str) -> int:
     if isinstance(entry, str):
         match = _NC_NAME.match(entry)
         if not match or not entry.isascii():
-            raise ValueError(f"device_ids entry {entry!r} is malformed: expected an int or 'nc:#' such as 'nc:0'; {valid}")
+            raise ValueError(
+                f"device_ids entry {entry!r} is malformed: expected an int or 'nc:#' such as 'nc:0'; {valid}"
+            )
         return int(match.group(1))
     # bool is an int subclass, but True as a core id is a bug, not a request for core 1.
     if isinstance(entry, bool) or not hasattr(entry, "__index__"):

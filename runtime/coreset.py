@@ -12,6 +12,7 @@ defined here too, for the same reason: one definition that both sides import.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -92,9 +93,7 @@ def parse_core_set(text: str) -> list[int]:
     for item in stripped.split(","):
         match = _ITEM.fullmatch(item)
         if not match:
-            raise ValueError(
-                f"core set {text!r}: item {item!r} is not a non-negative id or an inclusive range 'A-B'"
-            )
+            raise ValueError(f"core set {text!r}: item {item!r} is not a non-negative id or an inclusive range 'A-B'")
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
         for value in (first, last):
@@ -103,7 +102,7 @@ def parse_core_set(text: str) -> list[int]:
         if last < first:
             raise ValueError(f"core set {text!r}: range {item!r} is decreasing; write it as '{last}-{first}'")
         ids.extend(range(first, last + 1))
-    for previous, current in zip(ids, ids[1:]):
+    for previous, current in itertools.pairwise(ids):
         if current != previous + 1:
             raise ValueError(
                 f"core set {text!r} is not contiguous and increasing ({previous} is followed by {current}); "
@@ -125,7 +124,7 @@ def format_core_set(ids) -> str:
             raise ValueError(f"core ids must be non-negative ints, got {value!r} in {values!r}")
         if value > MAX_CORE_ID:
             raise ValueError(f"core id {value} in {values!r} is larger than the maximum core id {MAX_CORE_ID}")
-    for previous, current in zip(values, values[1:]):
+    for previous, current in itertools.pairwise(values):
         if current != previous + 1:
             raise ValueError(f"core ids {values!r} are not contiguous and increasing ({previous} then {current})")
     return str(CoreRange(values[0], len(values)))

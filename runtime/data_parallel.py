@@ -66,7 +66,13 @@ class DataParallel(torch.nn.Module):
     """
 
     def __init__(
-        self, model, device_ids=None, dim: int | None = None, *, traced_batch_size: int | None = None, backend: str | None = None
+        self,
+        model,
+        device_ids=None,
+        dim: int | None = None,
+        *,
+        traced_batch_size: int | None = None,
+        backend: str | None = None,
     ):
         super().__init__()
         # The operator's hints (spec.dataParallel → pod env) fill in what the caller left unset.
@@ -213,5 +219,7 @@ def _as_module(model):
     if isinstance(model, torch.export.ExportedProgram):
         return model.module()
     if not callable(model):
-        raise ValueError(f"DataParallel needs a model (nn.Module, TorchScript, ExportedProgram or a path), got {model!r}")
+        raise ValueError(
+            f"DataParallel needs a model (nn.Module, TorchScript, ExportedProgram or a path), got {model!r}"
+        )
     return model

@@ -24,9 +24,9 @@ def run_in_traced_batches(call, args: tuple, kwargs: dict, rows: int, traced_bat
     for (piece_args, piece_kwargs), (_, length) in zip(pieces, bounds):
         if length < traced_batch:
             padding = traced_batch - length
-            piece_args, piece_kwargs = map_tensors((piece_args, piece_kwargs), lambda t: _pad(t, padding))
-            output = call(piece_args, piece_kwargs)
-            output = map_tensors(output, lambda t: _trim(t, traced_batch, length))
+            padded_args, padded_kwargs = map_tensors((piece_args, piece_kwargs), lambda t, pad=padding: _pad(t, pad))
+            output = call(padded_args, padded_kwargs)
+            output = map_tensors(output, lambda t, keep=length: _trim(t, traced_batch, keep))
         else:
             output = call(piece_args, piece_kwargs)
         outputs.append(output)

@@ -25,8 +25,13 @@ import time
 from collections.abc import Mapping, Sequence
 
 from neuronplace.runtime.cores import visible_cores
-from neuronplace.runtime.coreset import NUM_CORES_VAR, PROCESS_COUNT_VAR, PROCESS_INDEX_VAR, VISIBLE_CORES_VAR
-from neuronplace.runtime.coreset import CoreRange
+from neuronplace.runtime.coreset import (
+    NUM_CORES_VAR,
+    PROCESS_COUNT_VAR,
+    PROCESS_INDEX_VAR,
+    VISIBLE_CORES_VAR,
+    CoreRange,
+)
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _POLL_SECONDS = 0.05
@@ -62,7 +67,9 @@ def exit_code(returncode: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neuronplace.runtime.launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", "-p", type=int, required=True, help="how many processes share the cores")
-    parser.add_argument("--grace-seconds", type=float, default=10.0, help="SIGTERM → SIGKILL delay for siblings of a failed process")
+    parser.add_argument(
+        "--grace-seconds", type=float, default=10.0, help="SIGTERM → SIGKILL delay for siblings of a failed process"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- followed by the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -94,7 +101,9 @@ def _run(command: list[str], parts: list[CoreRange], grace_seconds: float) -> in
             try:
                 # Own process group: a terminal's Ctrl-C reaches the children once, through us.
                 children.append(
-                    subprocess.Popen(command, env=child_environment(os.environ, part, index, len(parts)), process_group=0)
+                    subprocess.Popen(
+                        command, env=child_environment(os.environ, part, index, len(parts)), process_group=0
+                    )
                 )
             except OSError as error:
                 print(f"neuronplace.launch: cannot start {command[0]!r}: {error}", file=sys.stderr)

@@ -107,7 +107,9 @@ def flat_batch_size(tensors: tuple, dim: int) -> int | None:
 def scatter_flat(tensors: tuple, lengths: list[int], dim: int) -> list[tuple]:
     """``scatter`` for a flat tuple of tensors, given the chunk lengths: one ``split`` per tensor."""
     # split_with_sizes is the direct binding; Tensor.split goes through a Python wrapper first.
-    columns = [tensor.split_with_sizes(lengths, dim) if tensor.dim() else (tensor,) * len(lengths) for tensor in tensors]
+    columns = [
+        tensor.split_with_sizes(lengths, dim) if tensor.dim() else (tensor,) * len(lengths) for tensor in tensors
+    ]
     return list(zip(*columns)) if columns else [() for _ in lengths]
 
 
@@ -217,5 +219,7 @@ def map_tensors(obj, function):
     if isinstance(obj, dict):
         return type(obj)((key, map_tensors(value, function)) for key, value in obj.items())
     if _is_dataclass_instance(obj):
-        return dataclasses.replace(obj, **{name: map_tensors(getattr(obj, name), function) for name in _init_fields(obj)})
+        return dataclasses.replace(
+            obj, **{name: map_tensors(getattr(obj, name), function) for name in _init_fields(obj)}
+        )
     return obj

@@ -33,7 +33,7 @@ def test_unknown_backend_names_raise_value_error(bad):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_choosing_cuda_without_a_gpu_is_a_clear_error():
-    with pytest.raises(BackendUnavailable, match="torch.cuda.is_available"):
+    with pytest.raises(BackendUnavailable, match=r"torch\.cuda\.is_available"):
         select_backend("cuda", env={})
 
 

@@ -54,7 +54,9 @@ def test_format_rejects_gaps_and_empty():
         format_core_set([-1, 0])
 
 
-runs = st.builds(lambda start, count: list(range(start, start + count)), st.integers(0, MAX_CORE_ID - 64), st.integers(1, 64))
+runs = st.builds(
+    lambda start, count: list(range(start, start + count)), st.integers(0, MAX_CORE_ID - 64), st.integers(1, 64)
+)
 
 
 @given(runs)

@@ -498,8 +498,8 @@ def test_slow_looking_parallel_calls_do_not_send_heavy_chunks_inline():
     parallel = DataParallel(torch.nn.Linear(4, 4), device_ids=[0, 1])
     executor = parallel._executor
     executor.handoff_seconds = 50e-6
-    executor._row_costs.extend([100e-6] * 5)                  # 128 rows: 12.8 ms per chunk
-    executor._parallel_calls.extend([(0.040, 128)] * 5)       # walls of 40 ms measured under load
+    executor._row_costs.extend([100e-6] * 5)  # 128 rows: 12.8 ms per chunk
+    executor._parallel_calls.extend([(0.040, 128)] * 5)  # walls of 40 ms measured under load
     assert executor.parallel_overhead(100e-6) == pytest.approx(8 * 50e-6)
     assert not executor._inline_is_cheaper(total_rows=256, busiest=128)
     # A tiny model's chunk (2 rows of 3 µs) is cheaper inline than any hand-off.

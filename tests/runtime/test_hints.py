@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuronplace.runtime.hints import DataParallelHints, hints_from_env
 from neuronplace.placement.names import ENV_DP_DIM, ENV_DP_DYNAMIC_BATCHING, ENV_DP_NUM_WORKERS
+from neuronplace.runtime.hints import DataParallelHints, hints_from_env
 
 
 def test_hint_names_are_the_ones_the_operator_writes():
@@ -19,7 +19,13 @@ def test_no_hints_means_documented_defaults():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [(ENV_DP_DIM, "-1"), (ENV_DP_DIM, "x"), (ENV_DP_NUM_WORKERS, "0"), (ENV_DP_NUM_WORKERS, "1.5"), (ENV_DP_DYNAMIC_BATCHING, "maybe")],
+    [
+        (ENV_DP_DIM, "-1"),
+        (ENV_DP_DIM, "x"),
+        (ENV_DP_NUM_WORKERS, "0"),
+        (ENV_DP_NUM_WORKERS, "1.5"),
+        (ENV_DP_DYNAMIC_BATCHING, "maybe"),
+    ],
 )
 def test_malformed_hint_names_the_variable_and_value(name, value):
     with pytest.raises(ValueError, match=rf"{name}='{value}'"):

@@ -87,7 +87,10 @@ def test_first_failure_is_the_exit_code_and_stops_the_others():
 
 
 def test_death_by_signal_is_reported_like_a_shell():
-    result = launch(["-p", "1", "--", *child("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")], {"NEURON_RT_VISIBLE_CORES": "0"})
+    result = launch(
+        ["-p", "1", "--", *child("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")],
+        {"NEURON_RT_VISIBLE_CORES": "0"},
+    )
     assert result.returncode == 128 + signal.SIGKILL
 
 
@@ -105,8 +108,9 @@ def test_sigterm_is_forwarded_to_every_process(tmp_path):
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_RT_")}
     env["NEURON_RT_VISIBLE_CORES"] = "0-3"
-    with subprocess.Popen(LAUNCH + ["-p", "2", "--", *child(code), str(tmp_path)], env=env,
-                          stderr=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(
+        [*LAUNCH, "-p", "2", "--", *child(code), str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True
+    ) as process:
         deadline = time.monotonic() + 30
         while len(list(tmp_path.glob("ready-*"))) < 2:
             assert time.monotonic() < deadline, "children did not start"

@@ -73,9 +73,7 @@ def test_tensors_that_disagree_on_the_batch_are_refused():
 
 def test_gather_rebuilds_every_container_type():
     chunks = [torch.ones(2, 3), torch.zeros(1, 3)]
-    outputs = [
-        {"out": Typed(c, "same"), "list": [c, None], "data": Output(c, "model", extra=7)} for c in chunks
-    ]
+    outputs = [{"out": Typed(c, "same"), "list": [c, None], "data": Output(c, "model", extra=7)} for c in chunks]
     result = gather(outputs, 0)
     assert isinstance(result["out"], Typed) and result["out"].label == "same"
     assert result["out"].value.shape == (3, 3)
@@ -108,9 +106,7 @@ def test_disagreeing_leaves_come_back_per_chunk():
 
 # Nested batches for the round trip: tensors share the batch size; other leaves are constants.
 def nested(rows):
-    tensor = st.integers(0, 3).flatmap(
-        lambda extra: st.just(torch.randn(rows, *([2] * extra)))
-    )
+    tensor = st.integers(0, 3).flatmap(lambda extra: st.just(torch.randn(rows, *([2] * extra))))
     leaf = st.one_of(tensor, st.integers(), st.text(max_size=3), st.none())
     return st.recursive(
         leaf,

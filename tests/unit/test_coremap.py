@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from neuronplace.operator.settings import OperatorSettings
 from neuronplace.placement.coremap import node_maps, render
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.operator.settings import OperatorSettings
 from neuronplace.placement.selectors import selector_matches
 
 
 def node(name, instance_type, cores):
-    return {"metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
-            "status": {"allocatable": {"aws.amazon.com/neuroncore": str(cores)},
-                       "conditions": [{"type": "Ready", "status": "True"}]}}
+    return {
+        "metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
+        "status": {
+            "allocatable": {"aws.amazon.com/neuroncore": str(cores)},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
 
 
 def pod(name, node_name, cores=None, foreign_count=None):
@@ -25,14 +29,26 @@ def pod(name, node_name, cores=None, foreign_count=None):
         meta["annotations"]["neuronplace.io/cores"] = cores
     if foreign_count is not None:
         container["resources"] = {"limits": {"aws.amazon.com/neuroncore": str(foreign_count)}}
-    return {"metadata": meta, "spec": {"nodeName": node_name, "containers": [container]},
-            "status": {"phase": "Running"}}
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node_name, "containers": [container]},
+        "status": {"phase": "Running"},
+    }
 
 
 def test_map_shows_owners_free_cores_and_foreign_pods():
-    inventories = [inventory_from_node(node("inf2-b", "inf2.48xlarge", 24)), inventory_from_node(node("inf1-a", "inf1.6xlarge", 16))]
-    ledger = Ledger.from_pods([pod("bert-0", "inf2-b", "0-3"), pod("bert-1", "inf2-b", "4-7"),
-                               pod("other", "inf2-b", foreign_count=2), pod("resnet-0", "inf1-a", "8-15")])
+    inventories = [
+        inventory_from_node(node("inf2-b", "inf2.48xlarge", 24)),
+        inventory_from_node(node("inf1-a", "inf1.6xlarge", 16)),
+    ]
+    ledger = Ledger.from_pods(
+        [
+            pod("bert-0", "inf2-b", "0-3"),
+            pod("bert-1", "inf2-b", "4-7"),
+            pod("other", "inf2-b", foreign_count=2),
+            pod("resnet-0", "inf1-a", "8-15"),
+        ]
+    )
     ledger.learn_nodes(inventories)
     maps = node_maps(inventories, ledger)
     assert [m.name for m in maps] == ["inf1-a", "inf2-b"]
@@ -52,8 +68,14 @@ def test_empty_cluster():
 
 
 def test_settings_from_env_and_validation():
-    settings = OperatorSettings.from_env({"NEURONPLACE_NAMESPACES": "a, b", "NEURONPLACE_NUMBERING": "global",
-                                          "NEURONPLACE_NODE_GRACE_SECONDS": "7.5", "NEURONPLACE_ALLOW_PRIVILEGED": "yes"})
+    settings = OperatorSettings.from_env(
+        {
+            "NEURONPLACE_NAMESPACES": "a, b",
+            "NEURONPLACE_NUMBERING": "global",
+            "NEURONPLACE_NODE_GRACE_SECONDS": "7.5",
+            "NEURONPLACE_ALLOW_PRIVILEGED": "yes",
+        }
+    )
     assert settings.namespaces == ("a", "b") and settings.numbering == "global"
     assert settings.node_grace_seconds == 7.5 and settings.allow_privileged
     assert OperatorSettings.from_env(settings.to_env()) == settings

@@ -47,8 +47,9 @@ def test_committed_yaml_is_the_generated_one():
 
 
 def test_module_regenerates_the_committed_yaml():
-    result = subprocess.run([sys.executable, "-m", "neuronplace.placement.crd"], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "neuronplace.placement.crd"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == COMMITTED.read_text()
 
@@ -92,8 +93,11 @@ def test_status_fields():
 def test_subresources_support_kubectl_scale_and_hpa():
     sub = _version()["subresources"]
     assert sub["status"] == {}
-    assert sub["scale"] == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector"}
+    assert sub["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
 
 
 def test_printer_columns():

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neuronplace.placement.names import NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
 from neuronplace.local.fleet import (
     HOST_SHAPES,
     KWOK_ANNOTATION,
@@ -17,6 +16,7 @@ from neuronplace.local.fleet import (
     normalize_fleet,
     parse_fleet,
 )
+from neuronplace.placement.names import NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
 from neuronplace.placement.topology import INSTANCE_TOPOLOGIES
 
 KNOWN_TYPES = sorted(set(INSTANCE_TOPOLOGIES) & set(HOST_SHAPES))
@@ -47,7 +47,7 @@ def test_parse_fleet_rejects_bad_specs_naming_the_bad_part(spec, fragment):
 
 def test_normalize_fleet_validates_mappings_like_specs():
     assert normalize_fleet({"inf2.xlarge": 1}) == {"inf2.xlarge": 1}
-    with pytest.raises(ValueError, match="unknown instance type 'gpu.big'"):
+    with pytest.raises(ValueError, match=r"unknown instance type 'gpu\.big'"):
         normalize_fleet({"gpu.big": 1})
     for bad in (0, -2, 1.5, True, "2"):
         with pytest.raises(ValueError, match="integer >= 1"):
@@ -56,10 +56,20 @@ def test_normalize_fleet_validates_mappings_like_specs():
 
 # (neuroncore, neuron devices) per instance type, from the AWS Neuron documentation.
 EXPECTED_NEURON = {
-    "inf1.xlarge": (4, 1), "inf1.2xlarge": (4, 1), "inf1.6xlarge": (16, 4), "inf1.24xlarge": (64, 16),
-    "inf2.xlarge": (2, 1), "inf2.8xlarge": (2, 1), "inf2.24xlarge": (12, 6), "inf2.48xlarge": (24, 12),
-    "trn1.2xlarge": (2, 1), "trn1.32xlarge": (32, 16), "trn1n.32xlarge": (32, 16),
-    "trn2.3xlarge": (4, 1), "trn2.48xlarge": (64, 16), "trn2u.48xlarge": (64, 16),
+    "inf1.xlarge": (4, 1),
+    "inf1.2xlarge": (4, 1),
+    "inf1.6xlarge": (16, 4),
+    "inf1.24xlarge": (64, 16),
+    "inf2.xlarge": (2, 1),
+    "inf2.8xlarge": (2, 1),
+    "inf2.24xlarge": (12, 6),
+    "inf2.48xlarge": (24, 12),
+    "trn1.2xlarge": (2, 1),
+    "trn1.32xlarge": (32, 16),
+    "trn1n.32xlarge": (32, 16),
+    "trn2.3xlarge": (4, 1),
+    "trn2.48xlarge": (64, 16),
+    "trn2u.48xlarge": (64, 16),
 }
 
 
@@ -101,7 +111,7 @@ def test_trn2_lnc_changes_cores_and_is_labelled():
 
 
 def test_build_node_rejects_contradictions_and_bad_names():
-    with pytest.raises(ValueError, match="contradicts instance type inf2.xlarge"):
+    with pytest.raises(ValueError, match=r"contradicts instance type inf2\.xlarge"):
         build_node("a", "inf2.xlarge", labels={"node.kubernetes.io/instance-type": "trn1.2xlarge"})
     with pytest.raises(ValueError, match="'Bad_Name' is not a DNS subdomain"):
         build_node("Bad_Name", "inf2.xlarge")
@@ -112,8 +122,13 @@ def test_build_node_rejects_contradictions_and_bad_names():
 def test_build_fleet_names_and_spreads_over_zones():
     nodes = build_fleet("inf2.48xlarge=4,trn1.32xlarge=1", prefix="np-")
     names = [n["metadata"]["name"] for n in nodes]
-    assert names == ["np-inf2-48xlarge-0", "np-inf2-48xlarge-1", "np-inf2-48xlarge-2", "np-inf2-48xlarge-3",
-                     "np-trn1-32xlarge-0"]
+    assert names == [
+        "np-inf2-48xlarge-0",
+        "np-inf2-48xlarge-1",
+        "np-inf2-48xlarge-2",
+        "np-inf2-48xlarge-3",
+        "np-trn1-32xlarge-0",
+    ]
     zones = [n["metadata"]["labels"]["topology.kubernetes.io/zone"] for n in nodes[:4]]
     assert zones == ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1a"]
 
@@ -126,5 +141,7 @@ def test_spec_round_trip_and_node_count(fleet):
     assert len(nodes) == sum(fleet.values())
     names = [n["metadata"]["name"] for n in nodes]
     assert len(set(names)) == len(names)
-    assert all(name == node_name("p-", n["metadata"]["labels"]["node.kubernetes.io/instance-type"], i)
-               for n, name, i in zip(nodes, names, [i for t, c in fleet.items() for i in range(c)]))
+    assert all(
+        name == node_name("p-", n["metadata"]["labels"]["node.kubernetes.io/instance-type"], i)
+        for n, name, i in zip(nodes, names, [i for t, c in fleet.items() for i in range(c)])
+    )

@@ -88,7 +88,9 @@ def test_unknown_type_names_the_override():
 
 
 def test_override_label_and_annotation():
-    by_label = inventory_from_node(make_node(instance_type="x1.foo", cores="8", labels={"neuronplace.io/topology": "4x2"}))
+    by_label = inventory_from_node(
+        make_node(instance_type="x1.foo", cores="8", labels={"neuronplace.io/topology": "4x2"})
+    )
     assert by_label.problem is None and by_label.topology == Topology(4, 2, "ring") and by_label.cores == 8
     node = make_node(instance_type="x1.foo", cores="32")
     node["metadata"]["annotations"] = {"neuronplace.io/topology": "16x2,torus"}
@@ -103,7 +105,9 @@ def test_bad_override_is_a_problem_not_an_exception():
 
 
 def test_lnc_label_on_trn2():
-    inventory = inventory_from_node(make_node(instance_type="trn2.48xlarge", cores="128", labels={"neuronplace.io/lnc": "1"}))
+    inventory = inventory_from_node(
+        make_node(instance_type="trn2.48xlarge", cores="128", labels={"neuronplace.io/lnc": "1"})
+    )
     assert inventory.topology.cores_per_chip == 8 and inventory.cores == 128
     default = inventory_from_node(make_node(instance_type="trn2.48xlarge", cores="64"))
     assert default.topology.cores_per_chip == 4 and default.cores == 64

@@ -40,8 +40,12 @@ def test_the_block_really_blocks():
 def test_every_placement_module_imports_without_kopf_kubernetes_prometheus_or_torch():
     modules = placement_modules()
     assert "neuronplace.placement.allocator" in modules and "neuronplace.placement.names" in modules
-    code = BLOCK.format(blocked=(*OPERATOR_SIDE, "torch")) + "".join(f"import {m}\n" for m in modules) + (
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kopf', 'kubernetes', 'prometheus_client', 'torch'}))"
+    code = (
+        BLOCK.format(blocked=(*OPERATOR_SIDE, "torch"))
+        + "".join(f"import {m}\n" for m in modules)
+        + (
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'kopf', 'kubernetes', 'prometheus_client', 'torch'}))"
+        )
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr

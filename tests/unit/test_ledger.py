@@ -67,7 +67,9 @@ def test_from_pods_reads_managed_ranges():
 
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
 def test_terminated_pods_hold_nothing(phase):
-    ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3", phase=phase), foreign_pod("f", "n1", cores=2, phase=phase)])
+    ledger = Ledger.from_pods(
+        [managed_pod("web-0", "n1", "0-3", phase=phase), foreign_pod("f", "n1", cores=2, phase=phase)]
+    )
     assert ledger.used_cores("n1") == set()
 
 
@@ -142,7 +144,11 @@ def test_foreign_pod_with_exact_core_ids():
     assert ledger.used_cores("n1") == {2, 3}
     [holding] = ledger.foreign()
     assert (holding.owner, holding.cores, holding.count, holding.managed, holding.exact) == (
-        "other/aws", CoreRange(2, 2), 2, False, True
+        "other/aws",
+        CoreRange(2, 2),
+        2,
+        False,
+        True,
     )
 
 

@@ -39,7 +39,7 @@ def test_cache_key_names_the_versions_and_changes_with_the_recipe(monkeypatch):
     key = build.pins_key()
     assert key.startswith("k8s1.36.3-etcd3.6.14-kwok0.8.0-helm3.21.4-")
     assert build.pins_key() == key
-    changed = build.COMPONENTS[:-1] + (build.Component("helm", "helm", "helm.sh/helm/v3/cmd/helm", "helm.sh/helm/v3"),)
+    changed = (*build.COMPONENTS[:-1], build.Component("helm", "helm", "helm.sh/helm/v3/cmd/helm", "helm.sh/helm/v3"))
     monkeypatch.setattr(build, "COMPONENTS", changed)
     assert build.pins_key() != key
 
@@ -53,8 +53,14 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
 @pytest.mark.parametrize("binary", ["kube-apiserver", "kubectl"])
 def test_kubernetes_binaries_are_version_stamped_and_static(binary):
     component = next(c for c in build.COMPONENTS if c.binary == binary)
-    values = {"version": "v1.36.3", "bare": "1.36.3", "major": "1", "minor": "36", "kube_bare": "1.36.3",
-              "date": "2026-07-22T18:07:38Z"}
+    values = {
+        "version": "v1.36.3",
+        "bare": "1.36.3",
+        "major": "1",
+        "minor": "36",
+        "kube_bare": "1.36.3",
+        "date": "2026-07-22T18:07:38Z",
+    }
     command = build.build_command(component, Path("/out/x"), values)
     ldflags = command[command.index("-ldflags") + 1]
     assert "-X k8s.io/component-base/version.gitVersion=v1.36.3" in ldflags
@@ -66,14 +72,19 @@ def test_kubernetes_binaries_are_version_stamped_and_static(binary):
 
 def test_helm_is_version_stamped():
     helm = next(c for c in build.COMPONENTS if c.binary == "helm")
-    command = build.build_command(helm, Path("/out/helm"), {"version": "v3.21.4", "client_go_major": "1", "client_go_minor": "36"})
+    command = build.build_command(
+        helm, Path("/out/helm"), {"version": "v3.21.4", "client_go_major": "1", "client_go_minor": "36"}
+    )
     assert "-X helm.sh/helm/v3/internal/version.version=v3.21.4" in command[command.index("-ldflags") + 1]
 
 
 def test_helm_assumes_the_kubernetes_of_its_client_go_offline():
     helm = next(c for c in build.COMPONENTS if c.binary == "helm")
     values = build._stamp_values(helm, build.pins())
-    assert (values["client_go_major"], values["client_go_minor"]) == ("1", build._module_info("helm", "k8s.io/client-go")["Version"].split(".")[1])
+    assert (values["client_go_major"], values["client_go_minor"]) == (
+        "1",
+        build._module_info("helm", "k8s.io/client-go")["Version"].split(".")[1],
+    )
     ldflags = build.build_command(helm, Path("/out/helm"), values)
     ldflags = ldflags[ldflags.index("-ldflags") + 1]
     for package in ("chartutil", "lint/rules"):

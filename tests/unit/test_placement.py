@@ -2,9 +2,6 @@
 
 import pytest
 
-from neuronplace.placement.inventory import inventory_from_node
-from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.placement.allocator import (
     Fleet,
     PlacementRequest,
@@ -13,6 +10,9 @@ from neuronplace.placement.allocator import (
     place,
     place_one,
 )
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.placement.topology import topology_for
 from neuronplace.runtime.coreset import CoreRange
 
@@ -33,8 +33,12 @@ def node(name, instance_type="inf2.48xlarge", cores=None, labels=None, taints=No
 
 def holding_pod(name, node_name, cores):
     return {
-        "metadata": {"name": name, "namespace": "default", "labels": {INFERENCE_LABEL: "old"},
-                     "annotations": {CORES_ANNOTATION: cores}},
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {INFERENCE_LABEL: "old"},
+            "annotations": {CORES_ANNOTATION: cores},
+        },
         "spec": {"nodeName": node_name},
         "status": {"phase": "Running"},
     }
@@ -349,7 +353,8 @@ def test_deterministic():
         nodes = [node("c"), node("a"), node("b"), node("t", "trn1.32xlarge")]
         out = []
         for size in (1, 2, 3, 4, 8, 16, 1, 2):
-            out.extend(place(req(size), range(3), nodes, ledger, lambda i, s=size, o=len(out): f"default/p{o}-{s}-{i}"))
+            done = len(out)
+            out.extend(place(req(size), range(3), nodes, ledger, lambda i, s=size, o=done: f"default/p{o}-{s}-{i}"))
         return out
 
     assert run() == run()
@@ -377,9 +382,21 @@ def test_a_fleet_can_be_reused_and_gives_the_same_answers():
         ({"cores_per_replica": 2, "numbering": "local"}, "numbering"),
         ({"cores_per_replica": 2, "tolerations": ({"key": "k", "operator": "Maybe"},)}, "operator"),
         ({"cores_per_replica": 2, "tolerations": ({"operator": "Equal", "value": "v"},)}, "key is empty"),
-        ({"cores_per_replica": 2, "affinity": affinity({"matchExpressions": [{"key": "k", "operator": "Near"}]})}, "Near"),
-        ({"cores_per_replica": 2, "affinity": affinity({"matchExpressions": [{"key": "k", "operator": "Gt", "values": ["x"]}]})}, "integer"),
-        ({"cores_per_replica": 2, "affinity": affinity({"matchExpressions": [{"key": "k", "operator": "In"}]})}, "at least one value"),
+        (
+            {"cores_per_replica": 2, "affinity": affinity({"matchExpressions": [{"key": "k", "operator": "Near"}]})},
+            "Near",
+        ),
+        (
+            {
+                "cores_per_replica": 2,
+                "affinity": affinity({"matchExpressions": [{"key": "k", "operator": "Gt", "values": ["x"]}]}),
+            },
+            "integer",
+        ),
+        (
+            {"cores_per_replica": 2, "affinity": affinity({"matchExpressions": [{"key": "k", "operator": "In"}]})},
+            "at least one value",
+        ),
         ({"cores_per_replica": 2, "node_selector": {"pool": 3}}, "node_selector"),
     ],
 )
@@ -405,8 +422,12 @@ def test_restart_rebuilds_the_same_ledger_from_pods():
     placed = place(req(4), range(5), nodes, ledger, lambda i: f"default/web-{i}")
     pods = [
         {
-            "metadata": {"name": f"web-{p.replica}", "namespace": "default", "labels": {INFERENCE_LABEL: "web"},
-                         "annotations": {CORES_ANNOTATION: str(p.cores)}},
+            "metadata": {
+                "name": f"web-{p.replica}",
+                "namespace": "default",
+                "labels": {INFERENCE_LABEL: "web"},
+                "annotations": {CORES_ANNOTATION: str(p.cores)},
+            },
             "spec": {"nodeName": p.node},
             "status": {"phase": "Running"},
         }

@@ -12,16 +12,28 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, Unplaceable, place, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
-from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, Unplaceable, place, place_one
 
 INSTANCE_TYPES = ["inf2.xlarge", "inf2.24xlarge", "inf1.xlarge", "inf1.6xlarge", "trn1.2xlarge", "trn1.32xlarge"]
-TOTAL_CORES = {"inf2.xlarge": 2, "inf2.24xlarge": 12, "inf1.xlarge": 4, "inf1.6xlarge": 16, "trn1.2xlarge": 2,
-               "trn1.32xlarge": 32}
-PER_CHIP = {"inf2.xlarge": 2, "inf2.24xlarge": 2, "inf1.xlarge": 4, "inf1.6xlarge": 4, "trn1.2xlarge": 2,
-            "trn1.32xlarge": 2}
+TOTAL_CORES = {
+    "inf2.xlarge": 2,
+    "inf2.24xlarge": 12,
+    "inf1.xlarge": 4,
+    "inf1.6xlarge": 16,
+    "trn1.2xlarge": 2,
+    "trn1.32xlarge": 32,
+}
+PER_CHIP = {
+    "inf2.xlarge": 2,
+    "inf2.24xlarge": 2,
+    "inf1.xlarge": 4,
+    "inf1.6xlarge": 4,
+    "trn1.2xlarge": 2,
+    "trn1.32xlarge": 2,
+}
 TAINT = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
 SIZES = [1, 2, 3, 4, 5, 6, 8, 12, 16, 32]
 
@@ -58,9 +70,15 @@ def fleets(draw):
                 annotations = {"AWS_NEURON_IDS": ",".join(str(c) for c in range(core, core + length))}
                 pods.append(
                     {
-                        "metadata": {"name": pod_name, "namespace": "x", "annotations": annotations if kind == "aws-ids" else {}},
-                        "spec": {"nodeName": name, "containers": [
-                            {"resources": {"limits": {"aws.amazon.com/neuroncore": str(length)}}}]},
+                        "metadata": {
+                            "name": pod_name,
+                            "namespace": "x",
+                            "annotations": annotations if kind == "aws-ids" else {},
+                        },
+                        "spec": {
+                            "nodeName": name,
+                            "containers": [{"resources": {"limits": {"aws.amazon.com/neuroncore": str(length)}}}],
+                        },
                         "status": {"phase": "Running"},
                     }
                 )
@@ -70,23 +88,30 @@ def fleets(draw):
 
 def managed_pod(name, node, cores, inference, namespace="default"):
     return {
-        "metadata": {"name": name, "namespace": namespace, "labels": {INFERENCE_LABEL: inference},
-                     "annotations": {CORES_ANNOTATION: cores}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {INFERENCE_LABEL: inference},
+            "annotations": {CORES_ANNOTATION: cores},
+        },
         "spec": {"nodeName": node},
         "status": {"phase": "Running"},
     }
 
 
 requests = st.builds(
-    lambda size, procs, strategy, policy, aligned, tolerate, group: ("create", PlacementRequest(
-        owner=f"default/{group}",
-        cores_per_replica=size,
-        processes_per_replica=procs if size % procs == 0 else 1,
-        strategy=strategy,
-        shape_policy=policy,
-        aligned=aligned,
-        tolerations=({"key": "dedicated", "operator": "Exists"},) if tolerate else (),
-    )),
+    lambda size, procs, strategy, policy, aligned, tolerate, group: (
+        "create",
+        PlacementRequest(
+            owner=f"default/{group}",
+            cores_per_replica=size,
+            processes_per_replica=procs if size % procs == 0 else 1,
+            strategy=strategy,
+            shape_policy=policy,
+            aligned=aligned,
+            tolerations=({"key": "dedicated", "operator": "Exists"},) if tolerate else (),
+        ),
+    ),
     st.sampled_from(SIZES),
     st.sampled_from([1, 2]),
     st.sampled_from(["BinPack", "Spread"]),
@@ -286,7 +311,9 @@ def test_ledger_rebuilt_from_pods_equals_the_live_one(fleet, ops):
 def test_place_equals_place_one_in_order(fleet, size, replicas, strategy):
     node_dicts, pods = fleet
     nodes = [inventory_from_node(n) for n in node_dicts]
-    request = PlacementRequest(owner="default/web", cores_per_replica=size, strategy=strategy, shape_policy="Permissive")
+    request = PlacementRequest(
+        owner="default/web", cores_per_replica=size, strategy=strategy, shape_policy="Permissive"
+    )
     together = place(request, range(replicas), nodes, Ledger.from_pods(pods), lambda i: f"default/web-{i}")
     ledger = Ledger.from_pods(pods)
     one_by_one = [place_one(request, i, nodes, ledger, f"default/web-{i}") for i in range(replicas)]

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronplace.placement import pods
+from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, place_one
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
@@ -25,8 +25,12 @@ def inference(cores=8, processes=2, **spec_extra):
             "metadata": {"labels": {"app": "bert"}, "annotations": {"team": "search"}},
             "spec": {
                 "containers": [
-                    {"name": "model", "image": "bert:1", "env": [{"name": "MODEL", "value": "bert"}],
-                     "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}}},
+                    {
+                        "name": "model",
+                        "image": "bert:1",
+                        "env": [{"name": "MODEL", "value": "bert"}],
+                        "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}},
+                    },
                     {"name": "sidecar", "image": "envoy:1"},
                 ],
                 "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
@@ -34,20 +38,34 @@ def inference(cores=8, processes=2, **spec_extra):
         },
     }
     spec.update(spec_extra)
-    return {"apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
-            "metadata": {"name": "bert", "namespace": "ml", "uid": "uid-1", "generation": 1}, "spec": spec}
+    return {
+        "apiVersion": "neuronplace.io/v1alpha1",
+        "kind": "NeuronInference",
+        "metadata": {"name": "bert", "namespace": "ml", "uid": "uid-1", "generation": 1},
+        "spec": spec,
+    }
 
 
 def placement_on(cores: CoreRange, processes: int, numbering="device-local", replica=1, exact=True):
     """A real ReplicaPlacement from the placement engine for an inf2.48xlarge node (2 cores per chip),
     asking for ``cores``; with ``exact=False`` the engine may choose another start."""
-    node = {"metadata": {"name": "inf2-a", "labels": {"node.kubernetes.io/instance-type": "inf2.48xlarge"}},
-            "status": {"allocatable": {"aws.amazon.com/neuroncore": "24"},
-                       "conditions": [{"type": "Ready", "status": "True"}]}}
-    request = PlacementRequest(owner="ml/bert", cores_per_replica=cores.count, processes_per_replica=processes,
-                               shape_policy="Permissive", numbering=numbering)
-    result = place_one(request, replica, [inventory_from_node(node)], Ledger(), owner=f"ml/bert-{replica}",
-                       prefer=("inf2-a", cores))
+    node = {
+        "metadata": {"name": "inf2-a", "labels": {"node.kubernetes.io/instance-type": "inf2.48xlarge"}},
+        "status": {
+            "allocatable": {"aws.amazon.com/neuroncore": "24"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    request = PlacementRequest(
+        owner="ml/bert",
+        cores_per_replica=cores.count,
+        processes_per_replica=processes,
+        shape_policy="Permissive",
+        numbering=numbering,
+    )
+    result = place_one(
+        request, replica, [inventory_from_node(node)], Ledger(), owner=f"ml/bert-{replica}", prefer=("inf2-a", cores)
+    )
     assert isinstance(result, ReplicaPlacement), result
     assert result.cores == cores or not exact, result
     return result
@@ -63,8 +81,14 @@ def test_name_labels_owner_and_binding():
     assert meta["name"] == "bert-1" and meta["namespace"] == "ml"
     assert meta["labels"] == {"app": "bert", "neuronplace.io/inference": "bert", "neuronplace.io/replica": "1"}
     (owner,) = meta["ownerReferences"]
-    assert owner == {"apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference", "name": "bert",
-                     "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+    assert owner == {
+        "apiVersion": "neuronplace.io/v1alpha1",
+        "kind": "NeuronInference",
+        "name": "bert",
+        "uid": "uid-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     assert pod["spec"]["nodeName"] == "inf2-a"
     assert "schedulerName" not in pod["spec"]
 

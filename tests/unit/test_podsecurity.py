@@ -54,14 +54,29 @@ UNSAFE_CHANGES = [
     ("host ipc", ["spec", "hostIPC"], True, "hostIPC"),
     ("hostPath volume", ["spec", "volumes", 0], {"name": "root", "hostPath": {"path": "/"}}, "hostPath"),
     ("SYS_ADMIN", ["spec", "containers", 0, "securityContext", "capabilities", "add"], ["SYS_ADMIN"], "SYS_ADMIN"),
-    ("CAP_ prefixed", ["spec", "containers", 0, "securityContext", "capabilities", "add"], ["CAP_SYS_PTRACE"], "SYS_PTRACE"),
-    ("privilege escalation", ["spec", "containers", 0, "securityContext", "allowPrivilegeEscalation"], True, "allowPrivilegeEscalation"),
+    (
+        "CAP_ prefixed",
+        ["spec", "containers", 0, "securityContext", "capabilities", "add"],
+        ["CAP_SYS_PTRACE"],
+        "SYS_PTRACE",
+    ),
+    (
+        "privilege escalation",
+        ["spec", "containers", 0, "securityContext", "allowPrivilegeEscalation"],
+        True,
+        "allowPrivilegeEscalation",
+    ),
     ("root container", ["spec", "containers", 0, "securityContext", "runAsUser"], 0, "runAsUser"),
     ("root pod", ["spec", "securityContext", "runAsUser"], 0, "runAsUser"),
     ("host port", ["spec", "containers", 0, "ports", 0, "hostPort"], 80, "hostPort"),
     ("unmasked proc", ["spec", "containers", 0, "securityContext", "procMount"], "Unmasked", "procMount"),
     ("seccomp unconfined", ["spec", "securityContext", "seccompProfile", "type"], "Unconfined", "seccomp"),
-    ("apparmor unconfined", ["spec", "containers", 0, "securityContext", "appArmorProfile"], {"type": "Unconfined"}, "appArmor"),
+    (
+        "apparmor unconfined",
+        ["spec", "containers", 0, "securityContext", "appArmorProfile"],
+        {"type": "Unconfined"},
+        "appArmor",
+    ),
     (
         "apparmor annotation",
         ["metadata", "annotations", "container.apparmor.security.beta.kubernetes.io/server"],
@@ -70,7 +85,12 @@ UNSAFE_CHANGES = [
     ),
     ("selinux type", ["spec", "securityContext", "seLinuxOptions"], {"type": "spc_t"}, "spc_t"),
     ("selinux user", ["spec", "containers", 0, "securityContext", "seLinuxOptions"], {"user": "system_u"}, "user"),
-    ("unsafe sysctl", ["spec", "securityContext", "sysctls"], [{"name": "kernel.msgmax", "value": "1"}], "kernel.msgmax"),
+    (
+        "unsafe sysctl",
+        ["spec", "securityContext", "sysctls"],
+        [{"name": "kernel.msgmax", "value": "1"}],
+        "kernel.msgmax",
+    ),
     ("windows host process", ["spec", "securityContext", "windowsOptions"], {"hostProcess": True}, "hostProcess"),
     (
         "privileged init container",
@@ -103,7 +123,9 @@ def test_allow_privileged_lifts_every_rule(description, path, value, word):
 
 
 def test_every_baseline_capability_and_safe_sysctl_is_allowed():
-    template = with_change(["spec", "containers", 0, "securityContext", "capabilities", "add"], sorted(BASELINE_CAPABILITIES))
+    template = with_change(
+        ["spec", "containers", 0, "securityContext", "capabilities", "add"], sorted(BASELINE_CAPABILITIES)
+    )
     template["spec"]["securityContext"]["sysctls"] = [{"name": n, "value": "1"} for n in sorted(SAFE_SYSCTLS)]
     assert check_template(template, allow_privileged=False) == []
 
@@ -166,8 +188,25 @@ json_values = st.recursive(
     max_leaves=20,
 )
 field_names = st.sampled_from(
-    ["spec", "metadata", "containers", "initContainers", "securityContext", "capabilities", "add", "volumes",
-     "hostPath", "ports", "hostPort", "privileged", "sysctls", "name", "seLinuxOptions", "type", "annotations"]
+    [
+        "spec",
+        "metadata",
+        "containers",
+        "initContainers",
+        "securityContext",
+        "capabilities",
+        "add",
+        "volumes",
+        "hostPath",
+        "ports",
+        "hostPort",
+        "privileged",
+        "sysctls",
+        "name",
+        "seLinuxOptions",
+        "type",
+        "annotations",
+    ]
 )
 pod_like = st.recursive(
     st.none() | st.booleans() | st.integers(-1, 3) | st.sampled_from(["SYS_ADMIN", "Unconfined", "x"]),

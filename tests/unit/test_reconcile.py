@@ -12,35 +12,49 @@ from neuronplace.placement import reconcile
 from neuronplace.placement.pods import template_hash
 from neuronplace.runtime.coreset import CoreRange
 
-NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.UTC)
 READY_NODE = {"metadata": {"name": "n1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
 
 
 def spec(replicas=3, image="bert:1"):
-    return {"replicas": replicas, "coresPerReplica": 2, "processesPerReplica": 1,
-            "template": {"spec": {"containers": [{"name": "model", "image": image}]}}}
+    return {
+        "replicas": replicas,
+        "coresPerReplica": 2,
+        "processesPerReplica": 1,
+        "template": {"spec": {"containers": [{"name": "model", "image": image}]}},
+    }
 
 
 def resource(**kwargs):
     return {"metadata": {"name": "bert", "namespace": "ml", "uid": "uid-1", "generation": 1}, "spec": spec(**kwargs)}
 
 
-def pod(ordinal, *, node="n1", cores=None, ready=True, phase="Running", uid="uid-1", current=True, deleting=False,
-        name=None):
-    meta = {"name": name or f"bert-{ordinal}", "namespace": "ml",
-            "labels": {"neuronplace.io/inference": "bert", "neuronplace.io/replica": str(ordinal)},
-            "annotations": {"neuronplace.io/cores": cores or f"{2 * ordinal}-{2 * ordinal + 1}",
-                            "neuronplace.io/template-hash": template_hash(spec()) if current else "old"},
-            "ownerReferences": [{"uid": uid, "controller": True}]}
+def pod(
+    ordinal, *, node="n1", cores=None, ready=True, phase="Running", uid="uid-1", current=True, deleting=False, name=None
+):
+    meta = {
+        "name": name or f"bert-{ordinal}",
+        "namespace": "ml",
+        "labels": {"neuronplace.io/inference": "bert", "neuronplace.io/replica": str(ordinal)},
+        "annotations": {
+            "neuronplace.io/cores": cores or f"{2 * ordinal}-{2 * ordinal + 1}",
+            "neuronplace.io/template-hash": template_hash(spec()) if current else "old",
+        },
+        "ownerReferences": [{"uid": uid, "controller": True}],
+    }
     if deleting:
         meta["deletionTimestamp"] = "2026-11-28T11:59:00Z"
-    return {"metadata": meta, "spec": {"nodeName": node},
-            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
 
 
 def decide(res, pods, nodes=None, **kwargs):
-    return reconcile.decide(res, pods, {"n1": READY_NODE} if nodes is None else nodes, now=NOW,
-                            node_grace_seconds=60, **kwargs)
+    return reconcile.decide(
+        res, pods, {"n1": READY_NODE} if nodes is None else nodes, now=NOW, node_grace_seconds=60, **kwargs
+    )
 
 
 def reasons(decision):
@@ -83,8 +97,10 @@ def test_pod_on_a_vanished_node_is_force_deleted_and_placed_anew():
 
 def not_ready_node(seconds_ago):
     since = (NOW - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"metadata": {"name": "n2"},
-            "status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": since}]}}
+    return {
+        "metadata": {"name": "n2"},
+        "status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": since}]},
+    }
 
 
 def test_not_ready_node_within_grace_waits_and_requeues():
@@ -103,7 +119,10 @@ def test_rollout_replaces_one_replica_at_a_time():
     decision = decide(res, [pod(0, current=False), pod(1, current=False), pod(2, current=False)])
     assert reasons(decision) == [("bert-2", "RollingUpdate")]
     # While replica 2 is being replaced (terminating, then missing), nothing else is touched.
-    assert decide(res, [pod(0, current=False), pod(1, current=False), pod(2, current=False, deleting=True)]).deletions == ()
+    assert (
+        decide(res, [pod(0, current=False), pod(1, current=False), pod(2, current=False, deleting=True)]).deletions
+        == ()
+    )
     during = decide(res, [pod(0, current=False), pod(1, current=False)])
     assert during.deletions == () and during.create == (2,)
     # The new pod not ready yet: wait.
@@ -137,7 +156,10 @@ def test_invalid_specs_get_no_pods():
         ({"spec": {**spec(), "placement": {"strategy": "Random"}}}, "strategy"),
         ({"spec": {**spec(), "template": {"spec": {"containers": []}}}}, "containers"),
         ({"spec": {**spec(), "template": {"spec": {"nodeName": "x", "containers": [{"name": "m"}]}}}}, "nodeName"),
-        ({"spec": {**spec(), "template": {"spec": {"hostNetwork": True, "containers": [{"name": "m"}]}}}}, "hostNetwork"),
+        (
+            {"spec": {**spec(), "template": {"spec": {"hostNetwork": True, "containers": [{"name": "m"}]}}}},
+            "hostNetwork",
+        ),
     ]
     for override, expected in cases:
         res = {**resource(), **override}
@@ -154,10 +176,15 @@ def test_privileged_templates_pass_when_allowed():
 
 
 pod_strategy = st.builds(
-    lambda ordinal, ready, phase, current, deleting, node: pod(ordinal, ready=ready, phase=phase, current=current,
-                                                                 deleting=deleting, node=node),
-    st.integers(0, 6), st.booleans(), st.sampled_from(["Running", "Pending", "Failed", "Succeeded"]), st.booleans(),
-    st.booleans(), st.sampled_from(["n1", "n1", "gone"]),
+    lambda ordinal, ready, phase, current, deleting, node: pod(
+        ordinal, ready=ready, phase=phase, current=current, deleting=deleting, node=node
+    ),
+    st.integers(0, 6),
+    st.booleans(),
+    st.sampled_from(["Running", "Pending", "Failed", "Succeeded"]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["n1", "n1", "gone"]),
 )
 
 
@@ -168,11 +195,11 @@ def test_decisions_are_consistent(replicas, pods):
     names = {p["metadata"]["name"] for p in pods}
     deleted = [d.pod for d in decision.deletions]
     assert len(deleted) == len(set(deleted)) and set(deleted) <= names
-    assert not {f"bert-{i}" for i in decision.create} & names       # never create over an existing name
+    assert not {f"bert-{i}" for i in decision.create} & names  # never create over an existing name
     assert set(decision.create) <= set(range(replicas))
     assert sum(d.reason == "RollingUpdate" for d in decision.deletions) <= 1
     terminating = {p["metadata"]["name"] for p in pods if p["metadata"].get("deletionTimestamp")}
-    assert not set(deleted) & terminating                            # never delete twice
+    assert not set(deleted) & terminating  # never delete twice
     for deletion in decision.deletions:
         if deletion.reason == "ScaledDown":
             assert int(deletion.pod.split("-")[1]) >= replicas
@@ -180,14 +207,23 @@ def test_decisions_are_consistent(replicas, pods):
 
 def test_placement_request_merges_the_templates_constraints():
     res = resource()
-    res["spec"]["placement"] = {"strategy": "Spread", "shapePolicy": "Permissive", "alignedStart": True,
-                                "nodeSelector": {"pool": "a"},
-                                "tolerations": [{"key": "kwok", "operator": "Exists", "effect": "NoSchedule"}]}
+    res["spec"]["placement"] = {
+        "strategy": "Spread",
+        "shapePolicy": "Permissive",
+        "alignedStart": True,
+        "nodeSelector": {"pool": "a"},
+        "tolerations": [{"key": "kwok", "operator": "Exists", "effect": "NoSchedule"}],
+    }
     res["spec"]["template"]["spec"]["nodeSelector"] = {"zone": "z1", "pool": "ignored"}
     res["spec"]["template"]["spec"]["tolerations"] = [{"key": "ml", "operator": "Exists"}]
     request = reconcile.placement_request(res, "global")
     assert request.owner == "ml/bert" and request.cores_per_replica == 2 and request.processes_per_replica == 1
-    assert (request.strategy, request.shape_policy, request.aligned, request.numbering) == ("Spread", "Permissive", True, "global")
+    assert (request.strategy, request.shape_policy, request.aligned, request.numbering) == (
+        "Spread",
+        "Permissive",
+        True,
+        "global",
+    )
     assert dict(request.node_selector) == {"zone": "z1", "pool": "a"}
     assert [t["key"] for t in request.tolerations] == ["ml", "kwok"]
 
@@ -197,4 +233,4 @@ def test_not_ready_since_reads_every_rfc3339_spelling(stamp):
     # Watches deliver "...Z"; lists re-serialised by the client library give "+00:00". Both are the
     # same instant: misreading one as "NotReady forever" would skip the NotReady grace period.
     node = {"status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": stamp}]}}
-    assert reconcile.node_not_ready_since(node) == dt.datetime(2026, 11, 28, 16, 18, 33, tzinfo=dt.timezone.utc)
+    assert reconcile.node_not_ready_since(node) == dt.datetime(2026, 11, 28, 16, 18, 33, tzinfo=dt.UTC)

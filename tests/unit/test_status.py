@@ -6,18 +6,26 @@ from neuronplace.placement import names, status
 
 
 def resource(replicas=2, processes=2, previous=None):
-    return {"metadata": {"name": "bert", "namespace": "ml", "generation": 3},
-            "spec": {"replicas": replicas, "coresPerReplica": 4, "processesPerReplica": processes},
-            "status": previous or {}}
+    return {
+        "metadata": {"name": "bert", "namespace": "ml", "generation": 3},
+        "spec": {"replicas": replicas, "coresPerReplica": 4, "processesPerReplica": processes},
+        "status": previous or {},
+    }
 
 
 def pod(ordinal, cores, node="inf2-a", ready=True, deleting=False):
-    meta = {"name": f"bert-{ordinal}", "labels": {"neuronplace.io/replica": str(ordinal)},
-            "annotations": {"neuronplace.io/cores": cores}}
+    meta = {
+        "name": f"bert-{ordinal}",
+        "labels": {"neuronplace.io/replica": str(ordinal)},
+        "annotations": {"neuronplace.io/cores": cores},
+    }
     if deleting:
         meta["deletionTimestamp"] = "2026-11-28T10:00:00Z"
-    return {"metadata": meta, "spec": {"nodeName": node},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
 
 
 def condition(built, type_):
@@ -40,8 +48,10 @@ def test_all_placed_and_ready():
 
 
 def test_unschedulable_carries_the_engines_message():
-    problem = status.Problem(names.REASON_UNSCHEDULABLE,
-                             status.summarize_unplaceable([(1, "needs 8 contiguous cores; largest free run is 6 on inf2-a")]))
+    problem = status.Problem(
+        names.REASON_UNSCHEDULABLE,
+        status.summarize_unplaceable([(1, "needs 8 contiguous cores; largest free run is 6 on inf2-a")]),
+    )
     built = status.build_status(resource(), [pod(0, "0-3")], problem=problem)
     placed = condition(built, "Placed")
     assert placed["status"] == "False" and placed["reason"] == "Unschedulable"
@@ -63,8 +73,9 @@ def test_terminating_pods_are_neither_replicas_nor_placements():
 
 def test_transition_time_moves_only_when_status_flips():
     first = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", ready=False)], now="2026-11-28T10:00:00Z")
-    second = status.build_status(resource(previous=first), [pod(0, "0-3"), pod(1, "4-7", ready=False)],
-                                 now="2026-11-28T10:05:00Z")
+    second = status.build_status(
+        resource(previous=first), [pod(0, "0-3"), pod(1, "4-7", ready=False)], now="2026-11-28T10:05:00Z"
+    )
     assert condition(second, "Ready")["lastTransitionTime"] == "2026-11-28T10:00:00Z"
     third = status.build_status(resource(previous=second), [pod(0, "0-3"), pod(1, "4-7")], now="2026-11-28T10:09:00Z")
     assert condition(third, "Ready")["lastTransitionTime"] == "2026-11-28T10:09:00Z"

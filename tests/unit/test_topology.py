@@ -70,8 +70,19 @@ def test_chip_of_and_devices_of():
 
 @pytest.mark.parametrize(
     "cores, allowed",
-    [(1, True), (2, True), (3, False), (4, False), (6, False), (7, True), (8, True), (10, False),
-     (16, True), (24, False), (32, True)],
+    [
+        (1, True),
+        (2, True),
+        (3, False),
+        (4, False),
+        (6, False),
+        (7, True),
+        (8, True),
+        (10, False),
+        (16, True),
+        (24, False),
+        (32, True),
+    ],
 )
 def test_trn1_torus_device_group_shapes(cores, allowed):
     # AWS scheduler extension: 1, 4, 8 or 16 devices on trn1.32xlarge; part of one device is fine.
@@ -100,7 +111,7 @@ def test_override_grammar(text, expected):
 
 @pytest.mark.parametrize("text", ["", "4", "4x", "x2", "4x2,mesh", "0x2", "4x0", "-1x2", "4*2"])
 def test_override_rejects_bad_text(text):
-    with pytest.raises(ValueError, match="neuronplace.io/topology"):
+    with pytest.raises(ValueError, match=r"neuronplace\.io/topology"):
         parse_topology_override(text)
 
 
