@@ -10,11 +10,13 @@ the recipe, so a second build neither debootstraps nor imports again.
 
 pip inside the build fetches from PyPI. It is given the host's CA bundle as the build secret
 ``pip-ca`` (never a layer of the image), so a network whose TLS is re-signed by a proxy works the
-same inside the build as on the host; the wheels are still chosen by the image's own pip for the
-image's own Python, which a host-side ``pip wheel`` could not guarantee.
+same inside the build as on the host, and the wheels are chosen by the image's own pip for the
+image's own Python and platform (a host-side ``pip wheel`` would choose them for the host's
+Python, which need not be 3.11), with the Dockerfile alone as the recipe for every build.
 
-podman runs with ``--runtime runc``: crun fails here on cgroups and rlimits. Containers started
-from the image (``run_flags``) use the host network and explicit ulimits for the same reason.
+podman runs with ``--runtime runc``: crun fails here on cgroups and rlimits. Its defaults work
+for ``podman build`` on these machines (rootful, overlay storage, OCI isolation, cgroupfs, the
+default build network); containers started from the image need ``Engine.run_flags``.
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ class Engine:
     @property
     def run_flags(self) -> tuple[str, ...]:
         """Flags every ``run`` of the image needs on this kind of machine: the host network (the
-        local control plane listens on 127.0.0.1) and, for podman with runc, explicit ulimits
-        (the inherited ones exceed what runc may set here)."""
+        local control plane listens on 127.0.0.1) and, for podman with runc, explicit ulimits:
+        podman's default open-files limit is above this machine's hard limit, and runc then fails
+        with "error setting rlimit type 7: operation not permitted"."""
         if self.name == "podman":
             return ("--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
         return ("--network", "host")
