@@ -2,7 +2,15 @@
 the API server. Every decision is made by the pure :mod:`neuronplace.placement`.
 
 - ``handlers``: the kopf wiring (start-up, clean-up, probes, watch events); importing this package
-  registers them, which is what ``kopf run -m neuronplace.operator`` relies on.
+  registers them, which is what ``kopf run -m neuronplace.operator`` relies on. The controller
+  lives in kopf's ``memo``.
+- ``controller``: puts the parts below together and runs the periodic resync.
+- ``cache``: the watch-fed caches (slimmed pods and nodes) and the core ledger, behind one lock.
+- ``sync``: full lists a page at a time: the start-up rebuild and the full resync.
+- ``workqueue``: keys of resources to reconcile, coalesced, retried with backoff (no Kubernetes types).
+- ``writes``: API writes (pods, status, events) and the mapping of API errors to temporary or
+  permanent outcomes; the API clients are injected.
+- ``reconciler``: one reconcile: ``decide`` → place under the lock → create → delete → status.
 - ``settings``: the operator's settings dataclass and its environment variables.
 - ``metrics``: the Prometheus metrics; ``heap``: the process's C heap (arenas, free pages).
 """

@@ -39,14 +39,15 @@ from prometheus_client.registry import Collector
 
 from neuronplace.placement.inventory import NodeInventory
 from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import REASON_POD_FORBIDDEN, REASON_POD_REJECTED
 
 # Failure reasons besides the status condition reasons (Unschedulable, PodRejected, InvalidSpec).
-FAILURE_FORBIDDEN = "PodForbidden"
+FAILURE_FORBIDDEN = REASON_POD_FORBIDDEN
 FAILURE_THROTTLED = "Throttled"
 FAILURE_CONFLICT = "Conflict"
 FAILURE_API_ERROR = "ApiError"
 
-_FAILURE_BY_STATUS = {400: "PodRejected", 422: "PodRejected", 403: FAILURE_FORBIDDEN, 409: FAILURE_CONFLICT,
+_FAILURE_BY_STATUS = {400: REASON_POD_REJECTED, 422: REASON_POD_REJECTED, 403: FAILURE_FORBIDDEN, 409: FAILURE_CONFLICT,
                       429: FAILURE_THROTTLED}
 
 # A reconcile is a few API calls: milliseconds normally, seconds when the API server is slow.

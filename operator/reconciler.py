@@ -34,14 +34,16 @@ from neuronplace.placement import events as ev
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement import status as st
 from neuronplace.placement.allocator import ReplicaPlacement, place_one
-from neuronplace.placement.names import REASON_INVALID_SPEC, REASON_PLACED, REASON_POD_REJECTED, REASON_UNSCHEDULABLE
+from neuronplace.placement.names import (
+    REASON_INVALID_SPEC,
+    REASON_PLACED,
+    REASON_POD_FORBIDDEN,
+    REASON_POD_REJECTED,
+    REASON_UNSCHEDULABLE,
+)
 from neuronplace.placement.pods import build_pod, pod_name
 
 log = logging.getLogger("neuronplace.operator")
-
-# The Event reason of a pod creation the API server forbids (403). The other reasons of reconcile's
-# Events are the condition reasons in placement.names, and the deletion reasons in placement.reconcile.
-EVENT_POD_FORBIDDEN = "PodForbidden"
 
 
 class Reconciler:
@@ -157,7 +159,7 @@ class Reconciler:
         forbidden = [error for _, error in failed if _status(error) == 403]
         if forbidden:  # quota, a terminating namespace, or RBAC: report it and retry slowly
             problem = st.Problem(REASON_POD_REJECTED, f"pod creation forbidden: {_message(forbidden[0])}")
-            self._event_once(inference, EVENT_POD_FORBIDDEN, problem.message)
+            self._event_once(inference, REASON_POD_FORBIDDEN, problem.message)
             return problem, self.settings.max_backoff_seconds
         if failed:
             raise failed[0][1]

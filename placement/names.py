@@ -85,6 +85,9 @@ REASON_POD_REJECTED = "PodRejected"
 REASON_PENDING = "Pending"
 REASON_READY = "AllReplicasReady"
 REASON_NOT_READY = "ReplicasNotReady"
+# The Event reason (and failure metric reason) of a pod creation the API server forbids (403: quota,
+# a terminating namespace, RBAC); the status keeps REASON_POD_REJECTED for it.
+REASON_POD_FORBIDDEN = "PodForbidden"
 
 # A pod in one of these phases has finished: it holds no cores and is not a live replica.
 TERMINAL_PHASES = ("Succeeded", "Failed")

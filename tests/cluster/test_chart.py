@@ -270,11 +270,12 @@ def test_install_then_uninstall_leaves_the_cluster_as_before_except_the_kept_crd
         assert leftovers == crd_lines
 
 
-# Exactly the calls operator/handlers.py and kopf's watches make.
+# Exactly the calls operator/sync.py, operator/writes.py and kopf's watches make.
 NEEDED_IN_WATCHED = [
-    ("list", "neuroninferences.neuronplace.io"), ("watch", "neuroninferences.neuronplace.io"),
+    ("get", "neuroninferences.neuronplace.io"), ("list", "neuroninferences.neuronplace.io"),
+    ("watch", "neuroninferences.neuronplace.io"),
     ("patch", "neuroninferences.neuronplace.io/status"),
-    ("list", "pods"), ("watch", "pods"), ("create", "pods"), ("delete", "pods"),
+    ("get", "pods"), ("list", "pods"), ("watch", "pods"), ("create", "pods"), ("delete", "pods"),
     ("create", "events"),
 ]
 NEEDED_CLUSTER = [("list", "nodes"), ("watch", "nodes")]

@@ -52,15 +52,16 @@ app.kubernetes.io/component: operator
 
 {{/*
 The rules the operator needs inside every namespace it serves (a Role, or the ClusterRole in
-cluster-wide mode). They match operator/handlers.py call for call; kopf only watches (its handlers
+cluster-wide mode). They match the calls of operator/sync.py and operator/writes.py one for one; kopf only watches (its handlers
 are @kopf.on.event: no finalizers, no progress annotations, nothing patched on watched objects).
 */}}
 {{- define "neuronplace.namespacedRules" -}}
-# NeuronInferences: kopf's list+watch feeds the handlers; the startup sync lists them. Never
-# written (no get, patch, update, create or delete): users own the spec.
+# NeuronInferences: kopf's list+watch feeds the handlers; the startup sync lists them, and the full
+# resync reads one it no longer lists (get) before forgetting it. Never written (no patch, update,
+# create or delete): users own the spec.
 - apiGroups: ["neuronplace.io"]
   resources: ["neuroninferences"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # Status (observedGeneration, placements, conditions) is written with a merge patch of the status
 # subresource, which is all the operator ever writes on a NeuronInference.
 - apiGroups: ["neuronplace.io"]
@@ -68,11 +69,12 @@ are @kopf.on.event: no finalizers, no progress annotations, nothing patched on w
   verbs: ["patch"]
 # Replicas are plain pods: created already bound to the chosen node, deleted on scale-down,
 # re-placement or template change; list+watch rebuild and maintain the core ledger (pods are the
-# truth). Never patched or updated. pods/exec, pods/attach, pods/log, pods/eviction are separate
+# truth), and the full resync reads a pod it no longer lists (get) before freeing its cores.
+# Never patched or updated. pods/exec, pods/attach, pods/log, pods/eviction are separate
 # subresources and are not granted.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # Events on NeuronInferences (placed, unschedulable, re-placed, pod rejected); kopf posts its own
 # warnings the same way. Created only, never updated.
 - apiGroups: [""]
