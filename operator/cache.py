@@ -44,6 +44,7 @@ DELETED = "DELETED"  # the watch event type of a deletion
 
 # ---- slimming ------------------------------------------------------------------------------------
 
+
 def slim_pod(pod: Mapping[str, Any]) -> dict:
     """What reconcile and status read of a managed pod, and nothing else: name, our labels and
     annotations, controller owner, deletion stamp, node, phase and Ready condition."""
@@ -58,8 +59,9 @@ def slim_pod(pod: Mapping[str, Any]) -> dict:
             "name": meta.get("name"),
             "namespace": _intern(meta.get("namespace")),
             "labels": {key: _intern(labels[key]) for key in (INFERENCE_LABEL, REPLICA_LABEL) if key in labels},
-            "annotations": {key: annotations[key] for key in (CORES_ANNOTATION, TEMPLATE_HASH_ANNOTATION)
-                            if key in annotations},
+            "annotations": {
+                key: annotations[key] for key in (CORES_ANNOTATION, TEMPLATE_HASH_ANNOTATION) if key in annotations
+            },
             "ownerReferences": _controller_reference(controller),
             "deletionTimestamp": meta.get("deletionTimestamp"),
         },
@@ -88,8 +90,17 @@ def slim_node(node: Mapping[str, Any]) -> dict:
     ready = condition(node, CONDITION_READY)
     return {
         "metadata": {"name": _intern((node.get("metadata") or {}).get("name"))},
-        "status": {"conditions": [{"type": CONDITION_READY, "status": _intern(ready.get("status")),
-                                   "lastTransitionTime": ready.get("lastTransitionTime")}] if ready else []},
+        "status": {
+            "conditions": [
+                {
+                    "type": CONDITION_READY,
+                    "status": _intern(ready.get("status")),
+                    "lastTransitionTime": ready.get("lastTransitionTime"),
+                }
+            ]
+            if ready
+            else []
+        },
     }
 
 
@@ -99,26 +110,27 @@ def _intern(text: Any) -> Any:
 
 # ---- the cache -----------------------------------------------------------------------------------
 
+
 class Cache:
     """Caches and ledger of one operator process. Every attribute is guarded by ``lock``:
     ``apply_*`` and ``snapshot`` take it, the other methods that touch state expect the caller to
     hold it (a full list folds a whole page in under one acquisition)."""
 
     def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
-        self.namespaces = namespaces        # watched namespaces; empty: all
+        self.namespaces = namespaces  # watched namespaces; empty: all
         self.node_selector = node_selector  # the nodes this operator manages
         self.lock = threading.Lock()
         self.ledger = Ledger()
         self.inferences: dict[Key, dict] = {}
-        self.pods: dict[tuple[str, str], dict] = {}            # managed pods by (namespace, name), slimmed
-        self.pods_of: dict[Key, set[str]] = {}                 # inference → its pods' names
-        self.nodes: dict[str, dict] = {}                       # every node, slimmed
-        self.inventories: dict[str, NodeInventory] = {}        # managed nodes
+        self.pods: dict[tuple[str, str], dict] = {}  # managed pods by (namespace, name), slimmed
+        self.pods_of: dict[Key, set[str]] = {}  # inference → its pods' names
+        self.nodes: dict[str, dict] = {}  # every node, slimmed
+        self.inventories: dict[str, NodeInventory] = {}  # managed nodes
         self._fleet: Fleet | None = None
         # Where each replica last ran: a deleted or failed pod is recreated on the same cores if free.
         self.last_known: dict[Key, dict[int, tuple[str, CoreRange]]] = {}
-        self.inflight: set[str] = set()                        # "ns/pod" reserved, create under way
-        self.waiting_for_room: set[Key] = set()                # resources with replicas that did not fit
+        self.inflight: set[str] = set()  # "ns/pod" reserved, create under way
+        self.waiting_for_room: set[Key] = set()  # resources with replicas that did not fit
         # Pods ("ns/pod") and NeuronInferences ((ns, name)) deleted while a full resync reads its
         # lists (None when none runs): the lists may still show them, and they must not come back
         # as ghosts (a pod holding cores, a resource getting pods).
@@ -243,8 +255,12 @@ class Cache:
             is_ready = rc.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
             affected: set[Key] = set()
             if kind == DELETED or was_ready != is_ready:
-                affected = {key for key, names in self.pods_of.items() for pod in names
-                            if (self.pods.get((key[0], pod)) or {}).get("spec", {}).get("nodeName") == name}
+                affected = {
+                    key
+                    for key, names in self.pods_of.items()
+                    for pod in names
+                    if (self.pods.get((key[0], pod)) or {}).get("spec", {}).get("nodeName") == name
+                }
             if changed:
                 affected |= self.waiting_for_room
         return affected
@@ -259,4 +275,3 @@ class Cache:
             if inference is None:
                 return None
             return inference, self.pods_of_inference(key), dict(self.nodes), dict(self.last_known.get(key, {}))
-

@@ -71,12 +71,18 @@ class Controller:
         self.sync = Sync(self.cache, core, custom)
         # Reconciles (and the resync) run in threads of their own: asyncio's default executor has
         # only CPUs + 4 threads. Pod creates fan out to the API threads.
-        self.reconcile_pool = ThreadPoolExecutor(max_workers=settings.workers + 1,
-                                                 thread_name_prefix="neuronplace-reconcile")
+        self.reconcile_pool = ThreadPoolExecutor(
+            max_workers=settings.workers + 1, thread_name_prefix="neuronplace-reconcile"
+        )
         self.api_pool = ThreadPoolExecutor(max_workers=api_threads(settings), thread_name_prefix="neuronplace-api")
         self.reconciler = Reconciler(settings, self.cache, Writer(core, custom), self.api_pool)
-        self.queue = WorkQueue(self._reconcile, workers=settings.workers, backoff=settings.error_backoff_seconds,
-                               max_backoff=settings.max_backoff_seconds, coalesce=POD_EVENT_COALESCE)
+        self.queue = WorkQueue(
+            self._reconcile,
+            workers=settings.workers,
+            backoff=settings.error_backoff_seconds,
+            max_backoff=settings.max_backoff_seconds,
+            coalesce=POD_EVENT_COALESCE,
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.resync_task: asyncio.Task | None = None
 
@@ -159,8 +165,13 @@ class Controller:
 
     def probe(self) -> dict:
         """What kopf's health endpoint reports under the probe id ``ledger``."""
-        return {"ready": True, "pods": len(self.cache.pods), "nodes": len(self.cache.inventories),
-                "queued": len(self.queue.pending), "running": len(self.queue.running)}
+        return {
+            "ready": True,
+            "pods": len(self.cache.pods),
+            "nodes": len(self.cache.inventories),
+            "queued": len(self.queue.pending),
+            "running": len(self.queue.running),
+        }
 
     def _enqueue_all(self) -> None:
         with self.cache.lock:

@@ -47,8 +47,13 @@ FAILURE_THROTTLED = "Throttled"
 FAILURE_CONFLICT = "Conflict"
 FAILURE_API_ERROR = "ApiError"
 
-_FAILURE_BY_STATUS = {400: REASON_POD_REJECTED, 422: REASON_POD_REJECTED, 403: FAILURE_FORBIDDEN, 409: FAILURE_CONFLICT,
-                      429: FAILURE_THROTTLED}
+_FAILURE_BY_STATUS = {
+    400: REASON_POD_REJECTED,
+    422: REASON_POD_REJECTED,
+    403: FAILURE_FORBIDDEN,
+    409: FAILURE_CONFLICT,
+    429: FAILURE_THROTTLED,
+}
 
 # A reconcile is a few API calls: milliseconds normally, seconds when the API server is slow.
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -106,12 +111,14 @@ class _LedgerCollector(Collector):
     def collect(self):
         with self._lock:
             snapshot = self._read()
-        free = GaugeMetricFamily("neuronplace_node_free_cores", "NeuronCores nobody holds, per managed node",
-                                 labels=["node"])
+        free = GaugeMetricFamily(
+            "neuronplace_node_free_cores", "NeuronCores nobody holds, per managed node", labels=["node"]
+        )
         for node in sorted(snapshot.free_cores):
             free.add_metric([node], snapshot.free_cores[node])
-        pods = GaugeMetricFamily("neuronplace_ledger_pods", "Pods holding NeuronCores in the operator's ledger",
-                                 labels=["kind"])
+        pods = GaugeMetricFamily(
+            "neuronplace_ledger_pods", "Pods holding NeuronCores in the operator's ledger", labels=["kind"]
+        )
         pods.add_metric(["managed"], snapshot.managed_pods)
         pods.add_metric(["foreign"], snapshot.foreign_pods)
         yield free
@@ -126,14 +133,21 @@ class OperatorMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.placements = Counter("neuronplace_placements", "Replicas placed: pods created with a core range",
-                                  registry=self.registry)
-        self.failures = Counter("neuronplace_placement_failures",
-                                "Attempts to place a replica that failed, by reason", ["reason"],
-                                registry=self.registry)
-        self.reconcile_seconds = Histogram("neuronplace_reconcile_duration_seconds",
-                                           "Wall time of one reconcile of a NeuronInference",
-                                           buckets=RECONCILE_BUCKETS, registry=self.registry)
+        self.placements = Counter(
+            "neuronplace_placements", "Replicas placed: pods created with a core range", registry=self.registry
+        )
+        self.failures = Counter(
+            "neuronplace_placement_failures",
+            "Attempts to place a replica that failed, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "neuronplace_reconcile_duration_seconds",
+            "Wall time of one reconcile of a NeuronInference",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
         self._ledger_collector: _LedgerCollector | None = None
         self._server = None
         self._guard = threading.Lock()

@@ -70,9 +70,15 @@ class Reconciler:
         if snapshot is None:
             return None
         inference, pods, nodes, last_known = snapshot
-        decision = rc.decide(inference, pods, nodes, now=dt.datetime.now(dt.UTC),
-                             node_grace_seconds=self.settings.node_grace_seconds, last_known=last_known,
-                             allow_privileged=self.settings.allow_privileged)
+        decision = rc.decide(
+            inference,
+            pods,
+            nodes,
+            now=dt.datetime.now(dt.UTC),
+            node_grace_seconds=self.settings.node_grace_seconds,
+            last_known=last_known,
+            allow_privileged=self.settings.allow_privileged,
+        )
         if decision.invalid is not None:
             mx.METRICS.failed(REASON_INVALID_SPEC)
             self._write_status(inference, st.Problem(REASON_INVALID_SPEC, decision.invalid))
@@ -123,8 +129,9 @@ class Reconciler:
                 for placement in placed:
                     cache.inflight.discard(f"{meta['namespace']}/{pod_name(meta['name'], placement.replica)}")
 
-    def _create_all(self, inference: dict, placed: list[ReplicaPlacement],
-                    unplaceable: list[tuple[int, str]]) -> tuple[st.Problem | None, float | None]:
+    def _create_all(
+        self, inference: dict, placed: list[ReplicaPlacement], unplaceable: list[tuple[int, str]]
+    ) -> tuple[st.Problem | None, float | None]:
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
         retry: float | None = None
@@ -147,9 +154,10 @@ class Reconciler:
         rejected = [(p, error) for p, error in failed if isinstance(error, Permanent)]
         if rejected:
             placement, error = rejected[0]
-            problem = st.Problem(REASON_POD_REJECTED,
-                                 f"the API server refused pod {pod_name(meta['name'], placement.replica)}: "
-                                 f"{_message(error)}")
+            problem = st.Problem(
+                REASON_POD_REJECTED,
+                f"the API server refused pod {pod_name(meta['name'], placement.replica)}: {_message(error)}",
+            )
             self.permanent[key] = (meta.get("generation"), problem)
             self.writer.post_event(inference, REASON_POD_REJECTED, problem.message, ev.WARNING)
             return problem, retry
@@ -231,8 +239,9 @@ def _message(error: Exception) -> str:
 
 
 def _describe(name: str, placement: ReplicaPlacement) -> str:
-    text = (f"replica {placement.replica} → {pod_name(name, placement.replica)} on {placement.node} "
-            f"cores {placement.cores}")
+    text = (
+        f"replica {placement.replica} → {pod_name(name, placement.replica)} on {placement.node} cores {placement.cores}"
+    )
     if len(placement.process_cores) > 1:
         text += " (processes " + ", ".join(str(r) for r in placement.process_cores) + ")"
     return text

@@ -65,8 +65,15 @@ class OperatorSettings:
             raise ValueError(f"metrics port must be 0 (off) or 1-65535, got {self.metrics_port}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        for name in ("node_grace_seconds", "resync_seconds", "watch_server_timeout", "watch_client_timeout",
-                     "watch_connect_timeout", "error_backoff_seconds", "max_backoff_seconds"):
+        for name in (
+            "node_grace_seconds",
+            "resync_seconds",
+            "watch_server_timeout",
+            "watch_client_timeout",
+            "watch_connect_timeout",
+            "error_backoff_seconds",
+            "max_backoff_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         parse_node_selector(self.node_selector)  # fail early on a malformed selector

@@ -40,8 +40,9 @@ def pages(list_call: Callable[..., Any], *args: Any) -> Iterator[list[dict]]:
     """The items of a core-API list call (``list_node``, ``list_namespaced_pod``, ...), a page at a time."""
     token = None
     while True:
-        response = list_call(*args, limit=LIST_PAGE_SIZE, _continue=token, _preload_content=False,
-                             _request_timeout=API_TIMEOUT)
+        response = list_call(
+            *args, limit=LIST_PAGE_SIZE, _continue=token, _preload_content=False, _request_timeout=API_TIMEOUT
+        )
         page = json.loads(response.data)
         token = (page.get("metadata") or {}).get("continue")
         yield page.get("items") or []
@@ -77,7 +78,8 @@ class Sync:
         items: list[dict] = []
         for namespace in self.cache.namespaces:
             items += self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, _request_timeout=API_TIMEOUT)["items"]
+                GROUP, VERSION, namespace, PLURAL, _request_timeout=API_TIMEOUT
+            )["items"]
         return items
 
     # ---- start-up ------------------------------------------------------------------------------
@@ -103,8 +105,13 @@ class Sync:
                 cache.inferences[(meta.get("namespace"), meta.get("name"))] = inference
         self.report_foreign()
         heap.return_free_memory()
-        log.info("ledger rebuilt from %d pods on %d nodes (%d managed); %d NeuronInference(s)",
-                 pods, nodes, len(cache.inventories), len(inferences))
+        log.info(
+            "ledger rebuilt from %d pods on %d nodes (%d managed); %d NeuronInference(s)",
+            pods,
+            nodes,
+            len(cache.inventories),
+            len(inferences),
+        )
 
     # ---- full resync ---------------------------------------------------------------------------
 
@@ -148,8 +155,11 @@ class Sync:
                     listed_pods.add(owner)
                     # Pods already known are kept fresh by the watch; only what it missed is taken,
                     # never a pod whose deletion the watch reported after this page was read.
-                    if (not cache.knows_pod(meta["namespace"], meta["name"]) and owner not in cache.inflight
-                            and owner not in deleted):
+                    if (
+                        not cache.knows_pod(meta["namespace"], meta["name"])
+                        and owner not in cache.inflight
+                        and owner not in deleted
+                    ):
                         cache.observe_pod(pod)
         listed_inferences = {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in self.list_inferences()}
         with cache.lock:
@@ -164,8 +174,16 @@ class Sync:
             namespace, name = owner.split("/", 1)
             if self._gone(self.core.read_namespaced_pod, name, namespace):
                 with cache.lock:
-                    cache.observe_pod({"metadata": {"namespace": namespace, "name": name,
-                                                    "labels": cache.labels_of(namespace, name)}}, deleted=True)
+                    cache.observe_pod(
+                        {
+                            "metadata": {
+                                "namespace": namespace,
+                                "name": name,
+                                "labels": cache.labels_of(namespace, name),
+                            }
+                        },
+                        deleted=True,
+                    )
                 log.info("pod %s vanished while unwatched; its cores are free", owner)
         forgotten: list[Key] = []
         for key in missing_inferences:
@@ -191,5 +209,9 @@ class Sync:
             foreign = [h for h in self.cache.ledger.foreign() if h.owner not in self.reported_foreign]
             self.reported_foreign |= {h.owner for h in foreign}
         for holding in foreign:
-            log.warning("pod %s holds %d Neuron core(s) on %s without our annotation; they are treated as taken",
-                        holding.owner, holding.count, holding.node)
+            log.warning(
+                "pod %s holds %d Neuron core(s) on %s without our annotation; they are treated as taken",
+                holding.owner,
+                holding.count,
+                holding.node,
+            )

@@ -49,8 +49,15 @@ def describe(key: Hashable) -> str:
 class WorkQueue:
     """Keys waiting for, and being handled by, ``workers`` concurrent runs of ``work``."""
 
-    def __init__(self, work: Callable[[Hashable], Awaitable[float | None]], *, workers: int,
-                 backoff: float, max_backoff: float, coalesce: float) -> None:
+    def __init__(
+        self,
+        work: Callable[[Hashable], Awaitable[float | None]],
+        *,
+        workers: int,
+        backoff: float,
+        max_backoff: float,
+        coalesce: float,
+    ) -> None:
         self.work = work
         self.workers = workers
         self.backoff = backoff
@@ -123,12 +130,22 @@ class WorkQueue:
                     log.info("%s: retrying in %.1fs: %s", describe(key), delay, retry)
                 else:
                     delay = self._failed(key)
-                    log.warning("%s: reconcile failed (attempt %d), retrying in %.1fs: %s",
-                                describe(key), self.failures[key], delay, retry)
+                    log.warning(
+                        "%s: reconcile failed (attempt %d), retrying in %.1fs: %s",
+                        describe(key),
+                        self.failures[key],
+                        delay,
+                        retry,
+                    )
             except Exception as exc:  # a bug or an unexpected answer: never kill the worker
                 delay = self._failed(key)
-                log.exception("%s: reconcile failed (attempt %d), retrying in %.1fs: %s",
-                              describe(key), self.failures[key], delay, exc)
+                log.exception(
+                    "%s: reconcile failed (attempt %d), retrying in %.1fs: %s",
+                    describe(key),
+                    self.failures[key],
+                    delay,
+                    exc,
+                )
             finally:
                 self.running.discard(key)
             if key in self.dirty:

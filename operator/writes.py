@@ -113,8 +113,9 @@ class Writer:
         try:
             # Plain JSON back, not a client model object converted back into a dict: ~0.6 ms of CPU
             # less per pod, and the operator's CPU is what placement speed is made of here.
-            response = self.core.create_namespaced_pod(namespace, pod, _request_timeout=API_TIMEOUT,
-                                                       _preload_content=False)
+            response = self.core.create_namespaced_pod(
+                namespace, pod, _request_timeout=API_TIMEOUT, _preload_content=False
+            )
         except _CALL_ERRORS as error:
             raise classify(error) from error
         return json.loads(response.data)
@@ -133,8 +134,9 @@ class Writer:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Merge-patch a NeuronInference's status; False when the resource is gone."""
         try:
-            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name,
-                                                              {"status": status}, _request_timeout=API_TIMEOUT)
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=API_TIMEOUT
+            )
         except _CALL_ERRORS as error:
             if isinstance(error, ApiException) and error.status == 404:
                 return False
@@ -145,9 +147,12 @@ class Writer:
         """Post an Event about the resource; False (and a debug line) when that failed."""
         meta = inference["metadata"]
         try:
-            response = self.core.create_namespaced_event(meta["namespace"],
-                                                         ev.build_event(inference, reason, message, type_),
-                                                         _request_timeout=API_TIMEOUT, _preload_content=False)
+            response = self.core.create_namespaced_event(
+                meta["namespace"],
+                ev.build_event(inference, reason, message, type_),
+                _request_timeout=API_TIMEOUT,
+                _preload_content=False,
+            )
             response.drain_conn()  # the answer is not needed; its connection goes back to the pool
         except Exception as error:  # events are best-effort: never fail a reconcile for one
             log.debug("could not post event %s for %s: %s", reason, meta.get("name"), error)

@@ -56,16 +56,33 @@ def test_every_value_is_documented():
         documented = previous.startswith("#") or (is_block and child.startswith("#"))
         # keys nested inside a documented map value (resources.requests.cpu, ...) are example data
         indent = len(line) - len(line.lstrip())
-        parent = next((lines[j] for j in range(index - 1, -1, -1)
-                       if lines[j].strip() and not lines[j].strip().startswith("#")
-                       and len(lines[j]) - len(lines[j].lstrip()) < indent), "")
-        if not documented and not parent.strip().startswith(("resources", "podSecurityContext", "securityContext",
-                                                              "requests", "limits", "seccompProfile", "capabilities")):
+        parent = next(
+            (
+                lines[j]
+                for j in range(index - 1, -1, -1)
+                if lines[j].strip()
+                and not lines[j].strip().startswith("#")
+                and len(lines[j]) - len(lines[j].lstrip()) < indent
+            ),
+            "",
+        )
+        if not documented and not parent.strip().startswith(
+            (
+                "resources",
+                "podSecurityContext",
+                "securityContext",
+                "requests",
+                "limits",
+                "seccompProfile",
+                "capabilities",
+            )
+        ):
             undocumented.append(key)
     assert not undocumented, f"values.yaml keys without a comment: {undocumented}"
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
 
 def server_version(cluster) -> str:
     """The API server's version: helm renders and lints for this cluster, not for its built-in default."""
@@ -73,8 +90,9 @@ def server_version(cluster) -> str:
 
 
 def helm_template(cluster, namespace: str, *values: str) -> list[dict]:
-    rendered = cluster.helm("template", RELEASE, str(CHART), "--namespace", namespace,
-                            "--kube-version", server_version(cluster), *values).stdout
+    rendered = cluster.helm(
+        "template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", server_version(cluster), *values
+    ).stdout
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
@@ -85,16 +103,23 @@ def crd_exists(cluster) -> bool:
 def adopt_crd(cluster, namespace: str, release: str = RELEASE) -> None:
     """The chart README's adoption step for a CRD that exists already (kubectl-applied or kept)."""
     cluster.kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-    cluster.kubectl("annotate", "crd", CRD_NAME, "--overwrite",
-                    f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}")
+    cluster.kubectl(
+        "annotate",
+        "crd",
+        CRD_NAME,
+        "--overwrite",
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+    )
 
 
 def install(cluster, namespace: str, *values: str, release: str = RELEASE) -> str:
     """helm install (adopting an existing CRD first); returns helm's output, NOTES included."""
     if crd_exists(cluster):
         adopt_crd(cluster, namespace, release)
-    return cluster.helm("install", release, str(CHART), "--namespace", namespace, "--wait=false", *values,
-                        timeout=240).stdout
+    return cluster.helm(
+        "install", release, str(CHART), "--namespace", namespace, "--wait=false", *values, timeout=240
+    ).stdout
 
 
 def can_i(cluster, verb: str, resource: str, namespace: str | None, service_account: str) -> bool:
@@ -111,22 +136,43 @@ def can_i(cluster, verb: str, resource: str, namespace: str | None, service_acco
 def cluster_inventory(cluster, skip_namespaces: set[str] = frozenset()) -> set[str]:
     """Every object's kind/namespace/name the API lists, except the ones that come and go on their own."""
     kinds = cluster.kubectl("api-resources", "--verbs=list", "-o", "name").stdout.split()
-    volatile = {"events", "events.events.k8s.io", "leases.coordination.k8s.io", "endpointslices.discovery.k8s.io",
-                "endpoints", "pods", "nodes", "componentstatuses", "namespaces"}
+    volatile = {
+        "events",
+        "events.events.k8s.io",
+        "leases.coordination.k8s.io",
+        "endpointslices.discovery.k8s.io",
+        "endpoints",
+        "pods",
+        "nodes",
+        "componentstatuses",
+        "namespaces",
+    }
     kinds = [k for k in kinds if k not in volatile]
-    listing = cluster.kubectl("get", ",".join(kinds), "--all-namespaces", "--ignore-not-found",
-                              "-o", "jsonpath={range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}{'\\n'}{end}",
-                              timeout=180).stdout
+    listing = cluster.kubectl(
+        "get",
+        ",".join(kinds),
+        "--all-namespaces",
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}{'\\n'}{end}",
+        timeout=180,
+    ).stdout
     return {line for line in listing.splitlines() if line and line.split("/")[1] not in skip_namespaces}
 
 
 # ---- lint and dry-run -----------------------------------------------------------------------
 
+
 @pytest.mark.cluster
-@pytest.mark.parametrize("values", [[], ["--set", "watch.namespaces={team-a,team-b}", "--set", "operator.logFormat=json"]],
-                         ids=["cluster-wide", "namespaced"])
+@pytest.mark.parametrize(
+    "values",
+    [[], ["--set", "watch.namespaces={team-a,team-b}", "--set", "operator.logFormat=json"]],
+    ids=["cluster-wide", "namespaced"],
+)
 def test_helm_lint_is_clean(local_cluster, values):
-    result = local_cluster.helm("lint", "--strict", str(CHART), "--kube-version", server_version(local_cluster), *values)
+    result = local_cluster.helm(
+        "lint", "--strict", str(CHART), "--kube-version", server_version(local_cluster), *values
+    )
     assert "0 chart(s) failed" in result.stdout, result.stdout
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
 
@@ -140,14 +186,19 @@ def test_offline_render_assumes_the_kubernetes_helm_was_built_for(local_cluster)
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("bad, message", [
-    (["--set", "operator.numbering=chip"], "numbering"),
-    (["--set", "operator.logFormat=xml"], "logFormat"),
-    (["--set", "watch.namespaces={Bad_Name}"], "namespaces"),
-    (["--set", "operator.workers=0"], "workers"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--set", "operator.numbering=chip"], "numbering"),
+        (["--set", "operator.logFormat=xml"], "logFormat"),
+        (["--set", "watch.namespaces={Bad_Name}"], "namespaces"),
+        (["--set", "operator.workers=0"], "workers"),
+    ],
+)
 def test_schema_refuses_bad_values(local_cluster, bad, message):
-    result = local_cluster.helm("template", RELEASE, str(CHART), "--kube-version", server_version(local_cluster), *bad, check=False)
+    result = local_cluster.helm(
+        "template", RELEASE, str(CHART), "--kube-version", server_version(local_cluster), *bad, check=False
+    )
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
@@ -157,10 +208,19 @@ def test_rendered_chart_passes_server_side_dry_run(local_cluster, namespace, mod
     values = ["--set", f"watch.namespaces={{{namespace}}}"] if mode == "namespaced" else []
     docs = helm_template(local_cluster, namespace, *values)
     kinds = sorted(doc["kind"] for doc in docs)
-    expected = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"}
+    expected = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    }
     assert expected <= set(kinds), kinds
     assert ("Role" in kinds) == (mode == "namespaced")
-    manifest = "\n---\n".join(yaml.safe_dump(doc) for doc in docs if "helm.sh/hook" not in doc["metadata"].get("annotations", {}))
+    manifest = "\n---\n".join(
+        yaml.safe_dump(doc) for doc in docs if "helm.sh/hook" not in doc["metadata"].get("annotations", {})
+    )
     result = local_cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest, check=False)
     assert result.returncode == 0, result.stderr
     assert "(server dry run)" in result.stdout
@@ -168,8 +228,16 @@ def test_rendered_chart_passes_server_side_dry_run(local_cluster, namespace, mod
 
 @pytest.mark.cluster
 def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings(local_cluster, namespace):
-    values = ["--set", f"watch.namespaces={{{namespace}}}", "--set", "operator.numbering=global",
-              "--set", "operator.nodeSelector=neuronplace.io/pool=a", "--set", "operator.logFormat=json"]
+    values = [
+        "--set",
+        f"watch.namespaces={{{namespace}}}",
+        "--set",
+        "operator.numbering=global",
+        "--set",
+        "operator.nodeSelector=neuronplace.io/pool=a",
+        "--set",
+        "operator.logFormat=json",
+    ]
     docs = helm_template(local_cluster, namespace, *values)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -188,30 +256,44 @@ def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings
 
     # The chart's environment is exactly what the operator's settings read back.
     from neuronplace.operator.settings import OperatorSettings
+
     settings = OperatorSettings.from_env(env)
     assert settings.namespaces == (namespace,)
     assert settings.numbering == "global" and settings.node_selector == "neuronplace.io/pool=a"
     assert settings.log_format == "json" and settings.allow_privileged is False
-    assert settings.metrics_port == 9090 and {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert (
+        settings.metrics_port == 9090
+        and {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    )
     no_metrics = helm_template(local_cluster, namespace, "--set", "metrics.enabled=false")
-    no_metrics_env = next(d for d in no_metrics if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    no_metrics_env = next(d for d in no_metrics if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
+        0
+    ]["env"]
     assert {"name": "NEURONPLACE_METRICS_PORT", "value": "0"} in no_metrics_env
     unknown = {name for name in env if name not in OperatorSettings().to_env()}
     assert not unknown, f"the chart sets variables the operator does not read: {unknown}"
 
     # The pod template passes the API server's own "restricted" Pod Security admission: for a
     # Deployment it answers with a "would violate PodSecurity" warning when it would not.
-    local_cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
-                          "pod-security.kubernetes.io/warn=restricted", "--overwrite")
-    result = local_cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                                   input=yaml.safe_dump(deployment), check=False)
+    local_cluster.kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+        "--overwrite",
+    )
+    result = local_cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(deployment), check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "PodSecurity" not in result.stderr, result.stderr
     # ... and the same admission does flag a template that breaks the profile (the check can fail).
     unsafe = yaml.safe_load(yaml.safe_dump(deployment))
     unsafe["spec"]["template"]["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
-    result = local_cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                                   input=yaml.safe_dump(unsafe), check=False)
+    result = local_cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(unsafe), check=False
+    )
     assert "would violate PodSecurity" in result.stderr, result.stderr
 
 
@@ -231,18 +313,32 @@ def test_rendered_crd_is_the_generated_crd_with_the_keep_policy(local_cluster, n
 
 # ---- install, uninstall, RBAC ---------------------------------------------------------------
 
+
 @pytest.mark.cluster
 def test_install_then_uninstall_leaves_the_cluster_as_before_except_the_kept_crd(local_cluster, namespace):
     # What kube-controller-manager adds to every new namespace must be there before the snapshot.
-    wait_for(lambda: local_cluster.kubectl("get", "serviceaccount/default", "configmap/kube-root-ca.crt", "-n", namespace,
-                                           check=False).returncode == 0, 60, "the namespace's default objects")
+    wait_for(
+        lambda: (
+            local_cluster.kubectl(
+                "get", "serviceaccount/default", "configmap/kube-root-ca.crt", "-n", namespace, check=False
+            ).returncode
+            == 0
+        ),
+        60,
+        "the namespace's default objects",
+    )
     crd_before = crd_exists(local_cluster)
     before = cluster_inventory(local_cluster)
     output = install(local_cluster, namespace)
     # NOTES.txt tells the user what to do next, with this release's names.
-    notes = output[output.index("NOTES:"):]
-    for step in (f"kubectl -n {namespace} rollout status deployment/np-neuronplace", f"helm test np -n {namespace}",
-                 "kubectl get ninf", "every namespace", "helm.sh/resource-policy: keep"):
+    notes = output[output.index("NOTES:") :]
+    for step in (
+        f"kubectl -n {namespace} rollout status deployment/np-neuronplace",
+        f"helm test np -n {namespace}",
+        "kubectl get ninf",
+        "every namespace",
+        "helm.sh/resource-policy: keep",
+    ):
         assert step in notes, notes
     during = cluster_inventory(local_cluster)
     added = {line.split("/")[0] for line in during - before}
@@ -272,28 +368,53 @@ def test_install_then_uninstall_leaves_the_cluster_as_before_except_the_kept_crd
 
 # Exactly the calls operator/sync.py, operator/writes.py and kopf's watches make.
 NEEDED_IN_WATCHED = [
-    ("get", "neuroninferences.neuronplace.io"), ("list", "neuroninferences.neuronplace.io"),
+    ("get", "neuroninferences.neuronplace.io"),
+    ("list", "neuroninferences.neuronplace.io"),
     ("watch", "neuroninferences.neuronplace.io"),
     ("patch", "neuroninferences.neuronplace.io/status"),
-    ("get", "pods"), ("list", "pods"), ("watch", "pods"), ("create", "pods"), ("delete", "pods"),
+    ("get", "pods"),
+    ("list", "pods"),
+    ("watch", "pods"),
+    ("create", "pods"),
+    ("delete", "pods"),
     ("create", "events"),
 ]
 NEEDED_CLUSTER = [("list", "nodes"), ("watch", "nodes")]
 FORBIDDEN_ANYWHERE = [
-    ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("get", "configmaps"),
-    ("create", "pods/exec"), ("create", "pods/attach"), ("get", "pods/log"), ("create", "pods/eviction"),
-    ("create", "neuroninferences.neuronplace.io"), ("delete", "neuroninferences.neuronplace.io"),
-    ("update", "neuroninferences.neuronplace.io"), ("patch", "neuroninferences.neuronplace.io"),
-    ("update", "neuroninferences.neuronplace.io/status"), ("update", "pods"), ("patch", "pods"),
-    ("create", "deployments.apps"), ("create", "serviceaccounts/token"),
-    ("create", "rolebindings.rbac.authorization.k8s.io"), ("bind", "roles.rbac.authorization.k8s.io"),
-    ("escalate", "roles.rbac.authorization.k8s.io"), ("update", "events"),
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("get", "configmaps"),
+    ("create", "pods/exec"),
+    ("create", "pods/attach"),
+    ("get", "pods/log"),
+    ("create", "pods/eviction"),
+    ("create", "neuroninferences.neuronplace.io"),
+    ("delete", "neuroninferences.neuronplace.io"),
+    ("update", "neuroninferences.neuronplace.io"),
+    ("patch", "neuroninferences.neuronplace.io"),
+    ("update", "neuroninferences.neuronplace.io/status"),
+    ("update", "pods"),
+    ("patch", "pods"),
+    ("create", "deployments.apps"),
+    ("create", "serviceaccounts/token"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("bind", "roles.rbac.authorization.k8s.io"),
+    ("escalate", "roles.rbac.authorization.k8s.io"),
+    ("update", "events"),
 ]
 FORBIDDEN_CLUSTER = [
-    ("update", "nodes"), ("patch", "nodes"), ("delete", "nodes"), ("create", "nodes"), ("patch", "nodes/status"),
-    ("bind", "clusterroles.rbac.authorization.k8s.io"), ("escalate", "clusterroles.rbac.authorization.k8s.io"),
-    ("create", "clusterrolebindings.rbac.authorization.k8s.io"), ("list", "namespaces"),
-    ("update", "customresourcedefinitions.apiextensions.k8s.io"), ("impersonate", "serviceaccounts"),
+    ("update", "nodes"),
+    ("patch", "nodes"),
+    ("delete", "nodes"),
+    ("create", "nodes"),
+    ("patch", "nodes/status"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io"),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("list", "namespaces"),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("impersonate", "serviceaccounts"),
     ("create", "certificatesigningrequests.certificates.k8s.io"),
 ]
 
@@ -301,16 +422,29 @@ FORBIDDEN_CLUSTER = [
 def assert_rbac(cluster, service_account: str, allowed_namespaces: list[str], other_namespaces: list[str]) -> None:
     wrong = []
     for namespace in allowed_namespaces:
-        wrong += [f"{verb} {res} in {namespace}: no" for verb, res in NEEDED_IN_WATCHED
-                  if not can_i(cluster, verb, res, namespace, service_account)]
-    wrong += [f"{verb} {res}: no" for verb, res in NEEDED_CLUSTER if not can_i(cluster, verb, res, None, service_account)]
+        wrong += [
+            f"{verb} {res} in {namespace}: no"
+            for verb, res in NEEDED_IN_WATCHED
+            if not can_i(cluster, verb, res, namespace, service_account)
+        ]
+    wrong += [
+        f"{verb} {res}: no" for verb, res in NEEDED_CLUSTER if not can_i(cluster, verb, res, None, service_account)
+    ]
     for namespace in allowed_namespaces + other_namespaces:
-        wrong += [f"{verb} {res} in {namespace}: yes" for verb, res in FORBIDDEN_ANYWHERE
-                  if can_i(cluster, verb, res, namespace, service_account)]
+        wrong += [
+            f"{verb} {res} in {namespace}: yes"
+            for verb, res in FORBIDDEN_ANYWHERE
+            if can_i(cluster, verb, res, namespace, service_account)
+        ]
     for namespace in other_namespaces:
-        wrong += [f"{verb} {res} in {namespace}: yes" for verb, res in NEEDED_IN_WATCHED
-                  if can_i(cluster, verb, res, namespace, service_account)]
-    wrong += [f"{verb} {res}: yes" for verb, res in FORBIDDEN_CLUSTER if can_i(cluster, verb, res, None, service_account)]
+        wrong += [
+            f"{verb} {res} in {namespace}: yes"
+            for verb, res in NEEDED_IN_WATCHED
+            if can_i(cluster, verb, res, namespace, service_account)
+        ]
+    wrong += [
+        f"{verb} {res}: yes" for verb, res in FORBIDDEN_CLUSTER if can_i(cluster, verb, res, None, service_account)
+    ]
     assert not wrong, "RBAC differs from the least-privilege contract:\n" + "\n".join(wrong)
 
 
@@ -322,8 +456,15 @@ def test_rbac_namespaced_mode_is_least_privilege(local_cluster, namespace):
         install(local_cluster, namespace, "--set", f"watch.namespaces={{{watched}}}")
         # the operator's own namespace and an unrelated one are out of reach
         assert_rbac(local_cluster, f"{namespace}:{SERVICE_ACCOUNT}", [watched], [namespace, "default"])
-        result = local_cluster.kubectl("auth", "can-i", "list", "pods", "--all-namespaces",
-                                       f"--as=system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}", check=False)
+        result = local_cluster.kubectl(
+            "auth",
+            "can-i",
+            "list",
+            "pods",
+            "--all-namespaces",
+            f"--as=system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}",
+            check=False,
+        )
         assert result.stdout.strip() == "no"
     finally:
         local_cluster.helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False, timeout=180)
@@ -335,14 +476,22 @@ def test_rbac_cluster_wide_mode_is_least_privilege(local_cluster, namespace):
     try:
         install(local_cluster, namespace)
         assert_rbac(local_cluster, f"{namespace}:{SERVICE_ACCOUNT}", [namespace, "default"], [])
-        result = local_cluster.kubectl("auth", "can-i", "create", "pods", "--all-namespaces",
-                                       f"--as=system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}", check=False)
+        result = local_cluster.kubectl(
+            "auth",
+            "can-i",
+            "create",
+            "pods",
+            "--all-namespaces",
+            f"--as=system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}",
+            check=False,
+        )
         assert result.stdout.strip() == "yes"
     finally:
         local_cluster.helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False, timeout=180)
 
 
 # ---- the operator running as the chart's ServiceAccount -------------------------------------
+
 
 def token_kubeconfig(cluster, namespace: str, service_account: str, path: Path) -> Path:
     """A kubeconfig for the same API server that authenticates as the ServiceAccount (bearer token)."""
@@ -351,10 +500,14 @@ def token_kubeconfig(cluster, namespace: str, service_account: str, path: Path) 
     server = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
     token = cluster.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "operator",
         "clusters": [{"name": "local", "cluster": server}],
         "users": [{"name": service_account, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": service_account, "namespace": namespace}}],
+        "contexts": [
+            {"name": "operator", "context": {"cluster": "local", "user": service_account, "namespace": namespace}}
+        ],
     }
     path.write_text(yaml.safe_dump(config))
     return path
@@ -378,10 +531,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
 
 @pytest.mark.cluster
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, allow_privileged", [("namespaced", False), ("cluster-wide", True)],
-                         ids=["namespaced", "cluster-wide-allow-privileged"])
-def test_operator_as_the_charts_service_account_places_a_neuroninference(local_cluster, namespace, fleet, tmp_path,
-                                                                          mode, allow_privileged, operator):
+@pytest.mark.parametrize(
+    "mode, allow_privileged",
+    [("namespaced", False), ("cluster-wide", True)],
+    ids=["namespaced", "cluster-wide-allow-privileged"],
+)
+def test_operator_as_the_charts_service_account_places_a_neuroninference(
+    local_cluster, namespace, fleet, tmp_path, mode, allow_privileged, operator
+):
     # The session's admin-credentialed operator (tests/cluster/conftest.py) manages every node; it
     # must not do the work this test attributes to the ServiceAccount's operator. The next test
     # that asks for `operator` gets it started again.
@@ -408,14 +565,24 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
         command, env = chart_operator_command(helm_template(local_cluster, namespace, *values))
         # Same flags and environment, on free local ports instead of the pod's 8080 and 9090.
         port, metrics_port = _free_port(), _free_port()
-        command = [arg.replace(f":{8080}/healthz", f":{port}/healthz").replace("0.0.0.0", "127.0.0.1") for arg in command]
+        command = [
+            arg.replace(f":{8080}/healthz", f":{port}/healthz").replace("0.0.0.0", "127.0.0.1") for arg in command
+        ]
         assert command[:2] == ["kopf", "run"] and env["NEURONPLACE_METRICS_PORT"] == "9090"
         env["NEURONPLACE_METRICS_PORT"] = str(metrics_port)
-        run_env = {**{k: v for k, v in os.environ.items() if not k.startswith("NEURONPLACE_")}, **env,
-                   "KUBECONFIG": str(kubeconfig)}
+        run_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("NEURONPLACE_")},
+            **env,
+            "KUBECONFIG": str(kubeconfig),
+        }
         with log_path.open("w") as log:
-            process = subprocess.Popen([sys.executable, "-m", "kopf", *command[1:]], env=run_env, cwd=tmp_path,
-                                       stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kopf", *command[1:]],
+                env=run_env,
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
         def healthy():
             assert process.poll() is None, f"operator exited {process.returncode}:\n{log_path.read_text()[-4000:]}"
@@ -428,12 +595,19 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
         wait_for(healthy, 60, "the operator's /healthz")
 
         manifest = {
-            "apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
+            "apiVersion": "neuronplace.io/v1alpha1",
+            "kind": "NeuronInference",
             "metadata": {"name": "rbac-proof", "namespace": watched},
-            "spec": {"replicas": 1, "coresPerReplica": 2,
-                     "placement": {"tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake",
-                                                    "effect": "NoSchedule"}]},
-                     "template": {"spec": {"containers": [{"name": "model", "image": "example.com/model:1"}]}}},
+            "spec": {
+                "replicas": 1,
+                "coresPerReplica": 2,
+                "placement": {
+                    "tolerations": [
+                        {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
+                    ]
+                },
+                "template": {"spec": {"containers": [{"name": "model", "image": "example.com/model:1"}]}},
+            },
         }
         local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
@@ -454,21 +628,43 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
         # namespace get no pods, only a condition saying why; the chart's allowPrivileged lets the
         # privileged one through (in its own namespace only).
         for name, template in (
-            ("privileged", {"spec": {"hostNetwork": True, "containers": [
-                {"name": "model", "image": "example.com/model:1", "securityContext": {"privileged": True}}]}}),
-            ("elsewhere", {"metadata": {"namespace": "kube-system"},
-                           "spec": {"containers": [{"name": "model", "image": "example.com/model:1"}]}}),
+            (
+                "privileged",
+                {
+                    "spec": {
+                        "hostNetwork": True,
+                        "containers": [
+                            {"name": "model", "image": "example.com/model:1", "securityContext": {"privileged": True}}
+                        ],
+                    }
+                },
+            ),
+            (
+                "elsewhere",
+                {
+                    "metadata": {"namespace": "kube-system"},
+                    "spec": {"containers": [{"name": "model", "image": "example.com/model:1"}]},
+                },
+            ),
         ):
-            unsafe = {**manifest, "metadata": {"name": name, "namespace": watched},
-                      "spec": {**manifest["spec"], "template": template}}
+            unsafe = {
+                **manifest,
+                "metadata": {"name": name, "namespace": watched},
+                "spec": {**manifest["spec"], "template": template},
+            }
             applied = local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(unsafe), check=False)
             if applied.returncode != 0:  # the CRD's schema may refuse it before the operator sees it
                 assert "namespace" in applied.stderr or "privileged" in applied.stderr, applied.stderr
                 continue
 
             if name == "privileged" and allow_privileged:
-                wait_for(lambda: local_cluster.kubectl("get", "pod", "privileged-0", "-n", watched, check=False).returncode == 0,
-                         30, "the privileged replica, allowed by the chart")
+                wait_for(
+                    lambda: (
+                        local_cluster.kubectl("get", "pod", "privileged-0", "-n", watched, check=False).returncode == 0
+                    ),
+                    30,
+                    "the privileged replica, allowed by the chart",
+                )
                 continue
 
             def refused(name=name):
@@ -479,7 +675,11 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
             assert "allowPrivileged" in condition["message"] or "namespace" in condition["message"], condition
         for namespace_to_check in (watched, "kube-system"):
             pods = local_cluster.get_json("pods", "-n", namespace_to_check, "-l", "neuronplace.io/inference")["items"]
-            allowed = {"rbac-proof-0", "privileged-0"} if allow_privileged and namespace_to_check == watched else {"rbac-proof-0"}
+            allowed = (
+                {"rbac-proof-0", "privileged-0"}
+                if allow_privileged and namespace_to_check == watched
+                else {"rbac-proof-0"}
+            )
             assert {p["metadata"]["name"] for p in pods} <= allowed, pods
 
         log = log_path.read_text()
@@ -500,6 +700,7 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(local_c
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -510,8 +711,14 @@ def test_helm_test_hook_runs_and_is_cleaned_up(local_cluster, namespace, fleet):
     # kwok runs no containers: it marks Job pods Succeeded, so on this cluster the hook proves the
     # plumbing (the Job is created, completes, is reported and deleted), not the HTTP check itself.
     fleet({"inf2.xlarge": 1})
-    toleration = ["--set", "tolerations[0].key=kwok.x-k8s.io/node", "--set", "tolerations[0].operator=Exists",
-                  "--set", "tolerations[0].effect=NoSchedule"]
+    toleration = [
+        "--set",
+        "tolerations[0].key=kwok.x-k8s.io/node",
+        "--set",
+        "tolerations[0].operator=Exists",
+        "--set",
+        "tolerations[0].effect=NoSchedule",
+    ]
     try:
         install(local_cluster, namespace, *toleration)
         result = local_cluster.helm("test", RELEASE, "-n", namespace, "--timeout", "90s", timeout=150, check=False)

@@ -5,12 +5,9 @@ import urllib.request
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from neuronplace.placement.inventory import inventory_from_node
-from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.operator.metrics import (
     LedgerSnapshot,
     OperatorMetrics,
@@ -18,42 +15,63 @@ from neuronplace.operator.metrics import (
     free_cores_by_node,
     snapshot_ledger,
 )
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.runtime.coreset import CoreRange
 
 
 def node(name, instance_type="inf2.48xlarge", cores="24"):
-    return inventory_from_node({
-        "metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
-        "status": {"allocatable": {"aws.amazon.com/neuroncore": cores},
-                   "conditions": [{"type": "Ready", "status": "True"}]},
-    })
+    return inventory_from_node(
+        {
+            "metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
+            "status": {
+                "allocatable": {"aws.amazon.com/neuroncore": cores},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+    )
 
 
 def managed_pod(name, node_name, cores, namespace="default"):
-    return {"metadata": {"name": name, "namespace": namespace, "labels": {INFERENCE_LABEL: "web"},
-                         "annotations": {CORES_ANNOTATION: cores}},
-            "spec": {"nodeName": node_name, "containers": [{"name": "main"}]},
-            "status": {"phase": "Running"}}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {INFERENCE_LABEL: "web"},
+            "annotations": {CORES_ANNOTATION: cores},
+        },
+        "spec": {"nodeName": node_name, "containers": [{"name": "main"}]},
+        "status": {"phase": "Running"},
+    }
 
 
 def foreign_pod(name, node_name, cores):
-    return {"metadata": {"name": name, "namespace": "other"},
-            "spec": {"nodeName": node_name,
-                     "containers": [{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": str(cores)}}}]},
-            "status": {"phase": "Running"}}
+    return {
+        "metadata": {"name": name, "namespace": "other"},
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": str(cores)}}}],
+        },
+        "status": {"phase": "Running"},
+    }
 
 
 def samples(registry):
     """{(sample name, frozenset(labels)): value} of one scrape."""
     text = generate_latest(registry).decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_free_cores_subtract_managed_and_foreign_holdings():
     inventories = {"a": node("a"), "b": node("b", "trn1.32xlarge", "32"), "c": node("c")}
-    ledger = Ledger.from_pods([managed_pod("web-0", "a", "0-3"), managed_pod("web-1", "a", "8-11"),
-                               foreign_pod("x", "b", 2)])
+    ledger = Ledger.from_pods(
+        [managed_pod("web-0", "a", "0-3"), managed_pod("web-1", "a", "8-11"), foreign_pod("x", "b", 2)]
+    )
     ledger.learn_nodes(inventories.values())
     assert free_cores_by_node(ledger, inventories) == {"a": 16, "b": 30, "c": 24}
 
@@ -66,8 +84,9 @@ def test_free_cores_ignore_holdings_beyond_the_usable_cores():
 
 
 def test_unknown_nodes_report_zero_and_unmanaged_nodes_are_absent():
-    unknown = inventory_from_node({"metadata": {"name": "u", "labels": {}},
-                                   "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    unknown = inventory_from_node(
+        {"metadata": {"name": "u", "labels": {}}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    )
     ledger = Ledger.from_pods([managed_pod("web-0", "elsewhere", "0-1")])
     assert free_cores_by_node(ledger, {"u": unknown}) == {"u": 0}
 
@@ -84,8 +103,9 @@ def test_snapshot_counts_managed_and_foreign_pods():
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 31), st.integers(1, 8)), max_size=40))
 def test_free_plus_held_is_the_usable_cores(requests):
     """Whatever gets reserved, each node's free cores + the cores its holdings use = its usable cores."""
-    inventories = {f"n{i}": node(f"n{i}", *(("trn1.32xlarge", "32") if i % 2 else ("inf2.48xlarge", "24")))
-                   for i in range(4)}
+    inventories = {
+        f"n{i}": node(f"n{i}", *(("trn1.32xlarge", "32") if i % 2 else ("inf2.48xlarge", "24"))) for i in range(4)
+    }
     ledger = Ledger()
     ledger.learn_nodes(inventories.values())
     for index, (n, start, count) in enumerate(requests):
@@ -102,7 +122,14 @@ def test_free_plus_held_is_the_usable_cores(requests):
 
 def test_failure_reasons_by_http_status():
     assert [failure_reason(code) for code in (400, 422, 403, 409, 429, 500, None)] == [
-        "PodRejected", "PodRejected", "PodForbidden", "Conflict", "Throttled", "ApiError", "ApiError"]
+        "PodRejected",
+        "PodRejected",
+        "PodForbidden",
+        "Conflict",
+        "Throttled",
+        "ApiError",
+        "ApiError",
+    ]
 
 
 def test_counters_histogram_and_ledger_gauges_in_the_exposition():

@@ -43,8 +43,11 @@ def test_events_and_probes_reach_the_controller_in_memo():
     try:
         memo = kopf.Memo(controller=controller)
         deliver(memo)
-        assert controller.seen == [("inference", "ADDED", "web"), ("pod", "MODIFIED", "web-0"),
-                                   ("node", "DELETED", "n1")]
+        assert controller.seen == [
+            ("inference", "ADDED", "web"),
+            ("pod", "MODIFIED", "web-0"),
+            ("node", "DELETED", "n1"),
+        ]
         assert handlers.ledger_probe(memo=memo) == {"ready": True, "pods": 0, "nodes": 0, "queued": 0, "running": 0}
     finally:
         asyncio.run(controller.stop())

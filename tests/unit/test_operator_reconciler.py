@@ -27,11 +27,18 @@ SETTINGS = OperatorSettings(max_backoff_seconds=30.0)
 
 
 def inference(replicas=2, cores=2, generation=1, image="bert:1"):
-    return {"apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
-            "metadata": {"name": "bert", "namespace": NAMESPACE, "uid": "uid-1", "generation": generation},
-            "spec": {"replicas": replicas, "coresPerReplica": cores, "processesPerReplica": 1,
-                     "placement": {"tolerations": [KWOK_TOLERATION]},  # the simulated nodes' taint
-                     "template": {"spec": {"containers": [{"name": "model", "image": image}]}}}}
+    return {
+        "apiVersion": "neuronplace.io/v1alpha1",
+        "kind": "NeuronInference",
+        "metadata": {"name": "bert", "namespace": NAMESPACE, "uid": "uid-1", "generation": generation},
+        "spec": {
+            "replicas": replicas,
+            "coresPerReplica": cores,
+            "processesPerReplica": 1,
+            "placement": {"tolerations": [KWOK_TOLERATION]},  # the simulated nodes' taint
+            "template": {"spec": {"containers": [{"name": "model", "image": image}]}},
+        },
+    }
 
 
 class FakeApi:

@@ -145,8 +145,15 @@ def test_retry_with_a_delay_uses_it_and_does_not_count_as_a_failure():
 
 def test_failures_back_off_exponentially_up_to_the_cap_and_success_resets_them():
     async def scenario():
-        errors = [RuntimeError("bug"), Retry(None, "HTTP 503"), RuntimeError("bug"), RuntimeError("bug"),
-                  RuntimeError("bug"), None, RuntimeError("bug")]
+        errors = [
+            RuntimeError("bug"),
+            Retry(None, "HTTP 503"),
+            RuntimeError("bug"),
+            RuntimeError("bug"),
+            RuntimeError("bug"),
+            None,
+            RuntimeError("bug"),
+        ]
         work = Recorder({("ns", "a"): errors})
         queue, later = make(work)
         queue.start(asyncio.get_running_loop())

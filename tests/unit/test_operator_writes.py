@@ -68,11 +68,15 @@ def writer(api: FakeApi) -> Writer:
 
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": NAMESPACE}, "spec": {}}
-INFERENCE = {"apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
-             "metadata": {"name": "web", "namespace": NAMESPACE, "uid": "uid-web"}}
+INFERENCE = {
+    "apiVersion": "neuronplace.io/v1alpha1",
+    "kind": "NeuronInference",
+    "metadata": {"name": "web", "namespace": NAMESPACE, "uid": "uid-web"},
+}
 
 
 # ---- the mapping --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("status", [400, 422])
 def test_a_refused_object_is_permanent(status):
@@ -87,9 +91,16 @@ def test_a_conflict_is_retried_soon():
     assert isinstance(outcome, Temporary) and outcome.delay == CONFLICT_RETRY == 0.2
 
 
-@pytest.mark.parametrize(("headers", "delay"), [({"Retry-After": "3"}, 3.0), ({"retry-after": "7"}, 7.0),
-                                                ({"Retry-After": "0"}, 0.1), ({"Retry-After": "soon"}, THROTTLE_RETRY),
-                                                (None, THROTTLE_RETRY)])
+@pytest.mark.parametrize(
+    ("headers", "delay"),
+    [
+        ({"Retry-After": "3"}, 3.0),
+        ({"retry-after": "7"}, 7.0),
+        ({"Retry-After": "0"}, 0.1),
+        ({"Retry-After": "soon"}, THROTTLE_RETRY),
+        (None, THROTTLE_RETRY),
+    ],
+)
 def test_throttling_is_retried_after_retry_after(headers, delay):
     outcome = classify(api_error(429, "too many requests", headers))
     assert isinstance(outcome, Temporary) and outcome.status == 429
@@ -104,8 +115,15 @@ def test_other_answers_are_temporary_with_the_queues_backoff(status):
     assert outcome.message == "Reason"  # no Status body: the HTTP reason
 
 
-@pytest.mark.parametrize("error", [ProtocolError("connection reset"), MaxRetryError(None, "/api", "refused"),
-                                   TimeoutError("timed out"), ConnectionRefusedError()])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ProtocolError("connection reset"),
+        MaxRetryError(None, "/api", "refused"),
+        TimeoutError("timed out"),
+        ConnectionRefusedError(),
+    ],
+)
 def test_no_answer_at_all_is_temporary(error):
     outcome = classify(error)
     assert isinstance(outcome, Temporary) and outcome.status is None and outcome.delay is None
@@ -113,6 +131,7 @@ def test_no_answer_at_all_is_temporary(error):
 
 
 # ---- the writes ---------------------------------------------------------------------------------
+
 
 def test_create_returns_the_stored_pod():
     api = FakeApi()
@@ -122,14 +141,17 @@ def test_create_returns_the_stored_pod():
     assert api.calls[0][3]["_request_timeout"]  # never a call without a timeout
 
 
-@pytest.mark.parametrize(("error", "kind", "delay"), [
-    (api_error(422, "bad pod"), Permanent, None),
-    (api_error(409), Temporary, CONFLICT_RETRY),
-    (api_error(429, headers={"Retry-After": "2"}), Temporary, 2.0),
-    (api_error(403, "exceeded quota"), Temporary, None),
-    (api_error(500), Temporary, None),
-    (ProtocolError("reset"), Temporary, None),
-])
+@pytest.mark.parametrize(
+    ("error", "kind", "delay"),
+    [
+        (api_error(422, "bad pod"), Permanent, None),
+        (api_error(409), Temporary, CONFLICT_RETRY),
+        (api_error(429, headers={"Retry-After": "2"}), Temporary, 2.0),
+        (api_error(403, "exceeded quota"), Temporary, None),
+        (api_error(500), Temporary, None),
+        (ProtocolError("reset"), Temporary, None),
+    ],
+)
 def test_a_failed_create_raises_its_kind(error, kind, delay):
     with pytest.raises(kind) as raised:
         writer(FakeApi(error)).create_pod(NAMESPACE, POD)

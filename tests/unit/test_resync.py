@@ -18,17 +18,24 @@ NAMESPACE = "default"
 
 def pod(name: str, node: str, cores: str, inference: str = "web") -> dict:
     return {
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {INFERENCE_LABEL: inference},
-                     "annotations": {CORES_ANNOTATION: cores}},
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {INFERENCE_LABEL: inference},
+            "annotations": {CORES_ANNOTATION: cores},
+        },
         "spec": {"nodeName": node, "containers": [{"name": "main"}]},
         "status": {"phase": "Running"},
     }
 
 
 def inference(name: str) -> dict:
-    return {"apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
-            "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}", "generation": 1},
-            "spec": {"replicas": 1, "coresPerReplica": 2}}
+    return {
+        "apiVersion": "neuronplace.io/v1alpha1",
+        "kind": "NeuronInference",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}", "generation": 1},
+        "spec": {"replicas": 1, "coresPerReplica": 2},
+    }
 
 
 class _Response:
@@ -85,8 +92,7 @@ def test_a_pod_deleted_while_the_list_is_read_does_not_come_back(cache):
     assert cache.ledger.holds("default/web-0")
 
     # The pod is deleted: the watch reports it after the resync's list (which still has it) was taken.
-    api = ScriptedApi([node], [doomed], [inference("web")],
-                      during_pod_list=lambda: cache.apply_pod("DELETED", doomed))
+    api = ScriptedApi([node], [doomed], [inference("web")], during_pod_list=lambda: cache.apply_pod("DELETED", doomed))
     sync(cache, api).full_resync()
     api.pods = []
     assert not cache.ledger.holds("default/web-0")
