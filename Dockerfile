@@ -22,7 +22,6 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 ARG WHEELS=/wheels
 ARG BUILD_VENV=/opt/build
-ARG PIP_CACHE=/var/cache/pip
 ENV VIRTUAL_ENV=/opt/neuronplace
 # Two virtual environments: one whose pip builds the wheels, and the operator's. Made before the
 # sources are copied: `python3 -m` puts the working directory first on sys.path, and the project's
@@ -31,31 +30,39 @@ RUN python3 -m venv "$BUILD_VENV" \
     && python3 -m venv "$VIRTUAL_ENV" \
     && "$BUILD_VENV/bin/pip" --version
 WORKDIR /src
-# Only what the wheel is built from: the package folders (pyproject.toml's package-dir) and the
-# metadata. tests/unit/test_dockerfile.py keeps this list and package-dir the same.
-COPY pyproject.toml README.md ./
+# The dependencies first, from pyproject.toml alone: wheels of the project's dependencies and its
+# `operator` extra, and its build backend installed into the build environment. A change to the
+# sources or the README leaves this layer cached, so the project is rebuilt offline in seconds.
+# (pip's own download cache does not help here: the proxy in front of PyPI on these machines sends
+# no cache headers, so pip stores nothing.)
+# The optional build secret "pip-ca" is a CA bundle for pip, for networks whose TLS is re-signed
+# by a proxy (`neuronplace local image` passes the host's bundle). A secret is never a layer.
+COPY pyproject.toml ./
+RUN --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && "$BUILD_VENV/bin/python3" -I -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb")); p = t["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["operator"]), file=open("requirements.txt", "w")); print("\n".join(t["build-system"]["requires"]), file=open("build-requirements.txt", "w"))' \
+    && "$BUILD_VENV/bin/pip" install --no-cache-dir --disable-pip-version-check --requirement build-requirements.txt \
+    && "$BUILD_VENV/bin/pip" wheel --no-cache-dir --disable-pip-version-check --wheel-dir "$WHEELS" --requirement requirements.txt
+# Only what the project's wheel is built from: the package folders (pyproject.toml's package-dir)
+# and the README (its long description). tests/unit/test_dockerfile.py keeps this list and
+# package-dir the same.
+COPY README.md ./
 COPY placement/ placement/
 COPY operator/ operator/
 COPY runtime/ runtime/
 COPY cli/ cli/
 COPY local/ local/
 COPY examples/ examples/
-# The optional build secret "pip-ca" is a CA bundle for pip, for networks whose TLS is re-signed
-# by a proxy (`neuronplace local image` passes the host's bundle). A secret is never a layer.
-# pip's download cache is a cache mount (kept by the builder between builds, never a layer): a
-# source change rebuilds this step without fetching every dependency again.
-RUN --mount=type=secret,id=pip-ca \
-    --mount=type=cache,target=/var/cache/pip \
-    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
-    && "$BUILD_VENV/bin/pip" wheel --cache-dir "$PIP_CACHE" --disable-pip-version-check --wheel-dir "$WHEELS" ".[operator]"
-# The operator's environment from those wheels only. pip compiles the bytecode here (the root
-# filesystem is read-only at run time), then pip and setuptools leave it: nothing installs anything
-# in the running image.
+# The project's wheel is built without network (no dependencies, the backend installed above),
+# then the operator's environment is installed from the wheels only. pip compiles the bytecode
+# here (the root filesystem is read-only at run time), then pip and setuptools leave the
+# environment: nothing installs anything in the running image.
 # kubernetes >= 36 also ships a second, asyncio copy of its whole generated client in
 # kubernetes/aio (68 MB with bytecode: the image is 295 MB with it, 228 MB without); nothing
 # outside that folder imports it (the operator uses the synchronous client, kopf its own aiohttp),
 # so it is removed. tests/cluster/test_image.py imports and runs the operator without it.
-RUN "$VIRTUAL_ENV/bin/pip" install --no-cache-dir --disable-pip-version-check --no-index --find-links "$WHEELS" "neuronplace[operator]" \
+RUN "$BUILD_VENV/bin/pip" wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation --wheel-dir "$WHEELS" . \
+    && "$VIRTUAL_ENV/bin/pip" install --no-cache-dir --disable-pip-version-check --no-index --find-links "$WHEELS" "neuronplace[operator]" \
     && "$VIRTUAL_ENV/bin/pip" uninstall --yes --disable-pip-version-check pip setuptools \
     && rm -rf "$VIRTUAL_ENV"/lib/python3*/site-packages/kubernetes/aio
 
