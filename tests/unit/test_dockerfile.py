@@ -171,7 +171,7 @@ def make_venv(path: Path) -> Path:
 
 
 def sandboxed_paths(instructions: list[Instruction], sandbox: Path) -> dict[str, str]:
-    """Every ARG/ENV the Dockerfile declares with an absolute path (WHEELS, BUILD_VENV, PIP_CACHE,
+    """Every ARG/ENV the Dockerfile declares with an absolute path (WHEELS, BUILD_VENV,
     VIRTUAL_ENV), moved under ``sandbox``: the commands run on this machine must not write to /opt."""
     paths: dict[str, str] = {}
     for i in instructions:
