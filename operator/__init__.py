@@ -18,18 +18,16 @@ the API server. Every decision is made by the pure :mod:`neuronplace.placement`.
 if __name__ == "operator":
     # This folder is the package ``neuronplace.operator``, but a Python started with the repository
     # root on sys.path (``python -m ...`` or ``python -c`` from a checkout) finds it first under the
-    # standard library's name too: torch, for one, re-imports ``operator`` afresh when it compiles a
-    # model. Whoever asked for ``operator`` gets the standard library's module.
-    import importlib.util as _util
-    import sys as _sys
-    import sysconfig as _sysconfig
-    from pathlib import Path as _Path
+    # standard library's name: at start-up (collections imports ``operator`` before anything else
+    # has), and whenever something re-imports ``operator`` afresh (torch does when it compiles a
+    # model). Whoever asked for ``operator`` gets the standard library's module: its source runs
+    # here, in this module. Only ``os`` (always loaded by then) is used, since importing almost
+    # anything else would import ``operator`` again, half-made.
+    import os as _os
 
-    _spec = _util.spec_from_file_location("operator", _Path(_sysconfig.get_path("stdlib")) / "operator.py")
-    assert _spec is not None and _spec.loader is not None
-    _stdlib = _util.module_from_spec(_spec)
-    _spec.loader.exec_module(_stdlib)
-    _sys.modules["operator"] = _stdlib
-    globals().update({key: value for key, value in vars(_stdlib).items() if not key.startswith("__")})
+    __file__ = _os.path.join(_os.path.dirname(_os.__file__), "operator.py")
+    with open(__file__, encoding="utf-8") as _source:
+        exec(compile(_source.read(), __file__, "exec"))
+    del _os, _source
 else:
     from neuronplace.operator import handlers  # noqa: F401  (registers the kopf handlers)

@@ -83,3 +83,18 @@ def test_a_fresh_import_of_the_stdlib_operator_module_from_the_repository_root_g
     assert result.returncode == 0, result.stderr
     path, value, kopf_loaded = result.stdout.split()
     assert Path(path).parent != ROOT / "operator" and value == "7" and kopf_loaded == "False"
+
+
+def test_an_interpreter_starting_in_the_repository_root_gets_the_stdlib_operator():
+    # Without site (as in a fresh virtualenv, where nothing imports `operator` early) the first
+    # import of `operator` comes from `collections` during start-up, with the root on sys.path.
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", "import collections, operator; print(operator.or_(1, 2), operator.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    value, path = result.stdout.split()
+    assert value == "3" and Path(path).parent != ROOT / "operator"
