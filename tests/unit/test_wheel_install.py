@@ -7,6 +7,7 @@ build neither writes into the checkout nor picks up a stale ``build/`` folder th
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,15 @@ def copy_working_tree(destination: Path) -> None:
             shutil.copy2(source, target)
 
 
+def setuptools_meets_build_requirement() -> bool:
+    if importlib.util.find_spec("setuptools") is None:
+        return False
+    (requirement,) = [r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+                      if r.startswith("setuptools")]
+    minimum = int(requirement.partition(">=")[2].split(".")[0] or 0)
+    return int(importlib.metadata.version("setuptools").split(".")[0]) >= minimum
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
     """A fresh virtualenv (outside the checkout) with the wheel of neuronplace installed. Its
@@ -56,8 +67,9 @@ def venv(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("wheel")
     source, dist, venv = base / "src", base / "dist", base / "venv"
     copy_working_tree(source)
-    # With setuptools here, build with it (no download); otherwise pip fetches the build backend.
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    # With a setuptools here that meets pyproject.toml's build requirement, build with it (no
+    # download); otherwise pip fetches the build backend (a fresh virtualenv's setuptools is older).
+    isolation = ["--no-build-isolation"] if setuptools_meets_build_requirement() else []
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(dist), str(source)],
                 cwd=base)
     assert built.returncode == 0, built.stdout + built.stderr
