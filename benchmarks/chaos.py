@@ -34,8 +34,13 @@ from reliability.scenarios import SCENARIOS  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1, help="seed of every random choice (default 1)")
-    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), metavar="NAME",
-                        help=f"run only this scenario (repeatable); one of: {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        metavar="NAME",
+        help=f"run only this scenario (repeatable); one of: {', '.join(SCENARIOS)}",
+    )
     args = parser.parse_args(argv)
     chosen = args.scenario or list(SCENARIOS)
 

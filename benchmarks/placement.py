@@ -221,8 +221,10 @@ def main(argv=None) -> int:
         (100, 1000, 40, 2000) if args.quick else (1000, 10_000, 200, 20_000)
     )
 
-    print(f"Decisions per second: {requests} mixed requests on {node_count} nodes "
-          f"({node_count // 2} trn1.32xlarge + {node_count // 2} inf2.48xlarge), target >= 20,000/s")
+    print(
+        f"Decisions per second: {requests} mixed requests on {node_count} nodes "
+        f"({node_count // 2} trn1.32xlarge + {node_count // 2} inf2.48xlarge), target >= 20,000/s"
+    )
     print(f"{'mode':<28} {'decisions':>10} {'best /s':>12} {'median /s':>12}  note")
     # The machine is shared: run three times and report the best and the median rate.
     runs = [decision_rate(node_count, requests, args.seed) for _ in range(3)]
@@ -235,8 +237,10 @@ def main(argv=None) -> int:
     trace = churn_trace(churn_events, capacity, args.seed)
     creates = sum(1 for e in trace if e[0] == "create")
     print()
-    print(f"Churn trace: {churn_events} events ({creates} creates of 1-32 cores, the rest deletes) on {churn_nodes} "
-          f"nodes ({capacity} cores), requested cores kept near 90 %")
+    print(
+        f"Churn trace: {churn_events} events ({creates} creates of 1-32 cores, the rest deletes) on {churn_nodes} "
+        f"nodes ({capacity} cores), requested cores kept near 90 %"
+    )
     header = ("allocator", "placed", "non-contig", "straddles", "trn1 shape", "refused", "refused:", "refused:")
     print(f"{header[0]:<18}" + "".join(f"{h:>12}" for h in header[1:]))
     second = ("", "(rejected)", "a chip", "broken", "", "a node had", "fleet had")
@@ -253,8 +257,9 @@ def main(argv=None) -> int:
             print(f"error: {label} broke a placement rule", file=sys.stderr)
             return 1
     print("\nnon-contig: the Neuron runtime rejects these ('Neuron cores are not contiguous').")
-    print("straddles a chip: contiguous, but a replica that fits in one chip spans two, "
-          "or a larger one starts mid-chip.")
+    print(
+        "straddles a chip: contiguous, but a replica that fits in one chip spans two, or a larger one starts mid-chip."
+    )
     print("trn1 shape broken: a trn1.32xlarge request of other than 1, 4, 8 or 16 devices (counted for Strict rows).")
     print("refused, a node had / fleet had: refused while one node / all nodes together had that many free cores.")
     print("ours, Strict refuses every trn1 size the AWS shape rule forbids that no inf2 node can take either.")

@@ -94,8 +94,10 @@ def overhead_table(rounds: int, calls: int) -> None:
         best = (min(values) - best_direct) * 1e6
         print(f"   {name:28}{seconds * 1e6:10.1f}{overhead * 1e6:14.1f}{ratio:>10}{best:26.1f}")
     executor = contenders["neuronplace DataParallel"]._executor
-    print(f"   DataParallel ran {executor.inline_runs} calls inline and {executor.parallel_runs} in parallel "
-          "(target: overhead <= 25 µs)")
+    print(
+        f"   DataParallel ran {executor.inline_runs} calls inline and {executor.parallel_runs} in parallel "
+        "(target: overhead <= 25 µs)"
+    )
 
 
 def mlp() -> torch.nn.Module:
@@ -153,8 +155,10 @@ def scaling_table(rounds: int, seconds_per_sample: float, rows_per_core: list[in
     print("   machine slows both alike. 'bare threads' runs the same work on plain threads without")
     print("   DataParallel and without a per-call join: the scaling this machine allows right now.")
     print("   'CPUs used' is the process's CPU time per wall second at N cores.")
-    print(f"   {'rows/core':>10}{'chunk ms':>10}{'cores':>7}{'rows/s':>10}{'scaling':>9}{'target':>8}"
-          f"{'bare threads':>14}{'CPUs used':>11}")
+    print(
+        f"   {'rows/core':>10}{'chunk ms':>10}{'cores':>7}{'rows/s':>10}{'scaling':>9}{'target':>8}"
+        f"{'bare threads':>14}{'CPUs used':>11}"
+    )
     for rows in rows_per_core:
         # Per core count N > 1: paired ratios to 1 core, rates, bare-thread ratios, CPUs used.
         ratios: dict[int, list[float]] = {count: [] for count in range(2, cpus + 1)}
@@ -178,9 +182,11 @@ def scaling_table(rounds: int, seconds_per_sample: float, rows_per_core: list[in
         one = statistics.median(single)
         print(f"   {rows:>10}{1000 * rows / one:10.1f}{1:>7}{one:10.0f}{1:8.2f}x{0.9:7.1f}x{1:13.2f}x{1:11.2f}")
         for count, paired in ratios.items():
-            print(f"   {'':>10}{'':>10}{count:>7}{statistics.median(rates[count]):10.0f}"
-                  f"{statistics.median(paired):8.2f}x{0.9 * count:7.1f}x"
-                  f"{statistics.median(bare_ratios[count]):13.2f}x{statistics.median(used[count]):11.2f}")
+            print(
+                f"   {'':>10}{'':>10}{count:>7}{statistics.median(rates[count]):10.0f}"
+                f"{statistics.median(paired):8.2f}x{0.9 * count:7.1f}x"
+                f"{statistics.median(bare_ratios[count]):13.2f}x{statistics.median(used[count]):11.2f}"
+            )
 
 
 def cores_in_flight_table(core_counts: list[int]) -> None:
@@ -224,8 +230,9 @@ def main() -> None:
     warnings.simplefilter("ignore")
     print(f"torch {torch.__version__}, {usable_cpus()} usable CPUs, load average {os.getloadavg()[0]:.1f} at start")
     overhead_table(rounds=5 if args.quick else 15, calls=2000)
-    scaling_table(rounds=3 if args.quick else 7, seconds_per_sample=0.3 if args.quick else 0.5,
-                  rows_per_core=[32, 128, 512])
+    scaling_table(
+        rounds=3 if args.quick else 7, seconds_per_sample=0.3 if args.quick else 0.5, rows_per_core=[32, 128, 512]
+    )
     cores_in_flight_table([2, 4, 8, 16])
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other work on this machine slows every column)")
 

@@ -60,7 +60,6 @@ controller-manager, scheduler, kwok, the operator and this process), so absolute
 the ratio is what to read.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -159,8 +158,9 @@ class Bench:
 
     def delete_namespace(self, name: str, timeout: float = 900) -> None:
         say(f"deleting namespace {name} and waiting until its pods are gone ...")
-        self.cluster.kubectl("delete", "namespace", name, "--wait=true", f"--timeout={timeout:.0f}s",
-                             timeout=timeout + 30)
+        self.cluster.kubectl(
+            "delete", "namespace", name, "--wait=true", f"--timeout={timeout:.0f}s", timeout=timeout + 30
+        )
 
     def start_operator(self, log_name: str, metrics_port: int | None = None) -> OperatorProcess:
         """The operator with default settings (plus ``--operator-env``), as the service account,
@@ -168,14 +168,21 @@ class Bench:
         env = dict(self.operator_env)
         if metrics_port:
             env["NEURONPLACE_METRICS_PORT"] = str(metrics_port)
-        operator = OperatorProcess(self.cluster, self.workdir / log_name, env=env, kubeconfig=self.requests.kubeconfig,
-                                   liveness=False, cwd=self.workdir)
+        operator = OperatorProcess(
+            self.cluster,
+            self.workdir / log_name,
+            env=env,
+            kubeconfig=self.requests.kubeconfig,
+            liveness=False,
+            cwd=self.workdir,
+        )
         operator.start(timeout=120)
         return operator
 
     def create_inference(self, namespace: str, group: Group) -> tuple[str, float]:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, inference_manifest(group),
-                                                    _preload_content=False)
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, inference_manifest(group), _preload_content=False
+        )
         return group.name, time.monotonic()
 
     # ---- creating objects --------------------------------------------------------------------
@@ -208,14 +215,22 @@ class Bench:
             watch.stop()
             operator.stop()
         return PhaseResult(
-            "ours (operator)", pods, start, dict(watch.bound), dict(watch.running),
-            group_latencies(created, watch.bound, watch.members), max(created.values()) - start,
-            all_after - all_before, requests_operator=(ours_after - ours_before) if self.counts_operator else None,
-            operator_cpu_s=cpu, operator_peak_rss_mb=peak_kb / 1024,
+            "ours (operator)",
+            pods,
+            start,
+            dict(watch.bound),
+            dict(watch.running),
+            group_latencies(created, watch.bound, watch.members),
+            max(created.values()) - start,
+            all_after - all_before,
+            requests_operator=(ours_after - ours_before) if self.counts_operator else None,
+            operator_cpu_s=cpu,
+            operator_peak_rss_mb=peak_kb / 1024,
         )
 
-    def run_kube_scheduler(self, groups: Sequence[Group], namespace: str, timeout: float,
-                           direct: bool = False) -> PhaseResult:
+    def run_kube_scheduler(
+        self, groups: Sequence[Group], namespace: str, timeout: float, direct: bool = False
+    ) -> PhaseResult:
         """The twins: one ReplicaSet per group (kube-controller-manager creates the pods), or with
         ``direct`` every pod created by this benchmark; kube-scheduler binds them."""
         pods = sum(g.replicas for g in groups)
@@ -234,8 +249,9 @@ class Bench:
             def create(job):
                 group, index = job
                 if index is None:
-                    self.apps.create_namespaced_replica_set(namespace, replicaset_manifest(group),
-                                                            _preload_content=False)
+                    self.apps.create_namespaced_replica_set(
+                        namespace, replicaset_manifest(group), _preload_content=False
+                    )
                 else:
                     self.core.create_namespaced_pod(namespace, plain_pod(group, index), _preload_content=False)
                 return (group.name, index), time.monotonic()
@@ -250,9 +266,16 @@ class Bench:
         for (group, _index), finished in done.items():
             created[group] = min(created.get(group, finished), finished)
         label = "kube-scheduler (direct pods)" if direct else "kube-scheduler (ReplicaSets)"
-        return PhaseResult(label, pods, start, dict(watch.bound), dict(watch.running),
-                           group_latencies(created, watch.bound, watch.members), max(done.values()) - start,
-                           all_after - all_before)
+        return PhaseResult(
+            label,
+            pods,
+            start,
+            dict(watch.bound),
+            dict(watch.running),
+            group_latencies(created, watch.bound, watch.members),
+            max(done.values()) - start,
+            all_after - all_before,
+        )
 
     def run_memory(self, namespace: str, fleet: Mapping[str, int], timeout: float) -> dict:
         """A fresh operator managing MEMORY_PODS one-core replicas: its RSS once all are Running."""
@@ -260,8 +283,10 @@ class Bench:
         groups = workload(MEMORY_PODS, group_size=100, mix=mix, prefix="m")
         extra = extra_nodes(groups, fleet)
         if extra:
-            say(f"memory: adding nodes {', '.join(f'{t}={n}' for t, n in extra.items())} so that "
-                f"{MEMORY_PODS} one-core replicas fit")
+            say(
+                f"memory: adding nodes {', '.join(f'{t}={n}' for t, n in extra.items())} so that "
+                f"{MEMORY_PODS} one-core replicas fit"
+            )
             self.cluster.create_nodes(extra, prefix="mem-", wait=False)
             self.wait_nodes_ready(sum(fleet.values()) + sum(extra.values()))
         self.create_namespace(namespace)
@@ -285,10 +310,14 @@ class Bench:
                     break
                 previous = cpu
             ledger_pods = scrape(f"http://127.0.0.1:{metrics_port}/metrics", "neuronplace_ledger_pods", kind="managed")
-            return {"pods": MEMORY_PODS, "ledger_pods": ledger_pods,
-                    "rss_mb": status_kb(operator.pid, "VmRSS") / 1024,
-                    "peak_rss_mb": status_kb(operator.pid, "VmHWM") / 1024,
-                    "rss_before_mb": rss_idle_kb / 1024, "placed_seconds": placed_seconds}
+            return {
+                "pods": MEMORY_PODS,
+                "ledger_pods": ledger_pods,
+                "rss_mb": status_kb(operator.pid, "VmRSS") / 1024,
+                "peak_rss_mb": status_kb(operator.pid, "VmHWM") / 1024,
+                "rss_before_mb": rss_idle_kb / 1024,
+                "placed_seconds": placed_seconds,
+            }
         finally:
             watch.stop()
             operator.stop()
@@ -303,22 +332,36 @@ def _setting(item: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=1000,
-                        help="simulated nodes, half inf2.48xlarge, half trn1.32xlarge")
+    parser.add_argument(
+        "--nodes", type=int, default=1000, help="simulated nodes, half inf2.48xlarge, half trn1.32xlarge"
+    )
     parser.add_argument("--pods", type=int, help="replicas to place in each phase (default: as many as nodes)")
-    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT,
-                        help=f"PNG of pods bound over time (default {DEFAULT_PLOT})")
-    parser.add_argument("--direct-pods", action="store_true",
-                        help="create kube-scheduler's pods from this benchmark (8 threads) instead of ReplicaSets")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat the side-by-side this many times on the same cluster; "
-                             "the median ratio is the result")
-    parser.add_argument("--memory", action="store_true",
-                        help=f"also measure operator RSS with {MEMORY_PODS} managed pods")
+    parser.add_argument(
+        "--plot", type=Path, default=DEFAULT_PLOT, help=f"PNG of pods bound over time (default {DEFAULT_PLOT})"
+    )
+    parser.add_argument(
+        "--direct-pods",
+        action="store_true",
+        help="create kube-scheduler's pods from this benchmark (8 threads) instead of ReplicaSets",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the side-by-side this many times on the same cluster; the median ratio is the result",
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help=f"also measure operator RSS with {MEMORY_PODS} managed pods"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase may take")
-    parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="an environment variable of the operator process (repeatable), e.g. a setting "
-                             "NEURONPLACE_WORKERS=16 or glibc's MALLOC_ARENA_MAX=2")
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable of the operator process (repeatable), e.g. a setting "
+        "NEURONPLACE_WORKERS=16 or glibc's MALLOC_ARENA_MAX=2",
+    )
     parser.add_argument("--name", default="np-scale", help="name of the local cluster (created and removed)")
     args = parser.parse_args(argv)
 
@@ -369,16 +412,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             cluster.down()
 
     settings = cluster.settings
-    header = (f"scale benchmark: {args.nodes} kwok nodes ({', '.join(f'{t}={n}' for t, n in fleet.items())}), "
-              f"{pods} replicas per phase in {len(groups)} groups of cores {sorted({g.cores for g in groups})}; "
-              f"kube-scheduler client QPS {settings.api_qps} / burst {settings.api_burst}; {os.cpu_count()} CPUs"
-              + (f"; operator {' '.join(f'{k}={v}' for k, v in operator_env.items())}" if operator_env else
-                 "; operator default settings"))
+    header = (
+        f"scale benchmark: {args.nodes} kwok nodes ({', '.join(f'{t}={n}' for t, n in fleet.items())}), "
+        f"{pods} replicas per phase in {len(groups)} groups of cores {sorted({g.cores for g in groups})}; "
+        f"kube-scheduler client QPS {settings.api_qps} / burst {settings.api_burst}; {os.cpu_count()} CPUs"
+        + (
+            f"; operator {' '.join(f'{k}={v}' for k, v in operator_env.items())}"
+            if operator_env
+            else "; operator default settings"
+        )
+    )
     print()
     print(report(rounds, memory, header))
     middle = median_round(rounds)
-    plot(rounds[middle], args.plot, f"{pods} pods on {args.nodes} nodes"
-         + (f" (round {middle + 1} of {len(rounds)}: the median ratio)" if len(rounds) > 1 else ""))
+    plot(
+        rounds[middle],
+        args.plot,
+        f"{pods} pods on {args.nodes} nodes"
+        + (f" (round {middle + 1} of {len(rounds)}: the median ratio)" if len(rounds) > 1 else ""),
+    )
     print(f"plot: {args.plot}")
     return 0
 

@@ -13,7 +13,9 @@ import os
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--selector", "-l", default="", help="only nodes with these labels, e.g. 'neuronplace.io/pool=a'")
+    parser.add_argument(
+        "--selector", "-l", default="", help="only nodes with these labels, e.g. 'neuronplace.io/pool=a'"
+    )
     parser.add_argument("--png", metavar="FILE", help="also write the map as a PNG image")
 
 

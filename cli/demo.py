@@ -24,9 +24,11 @@ LIVENESS_PORT = 18480
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
     parser.add_argument("--fleet", default=DEFAULT_FLEET, help=f"simulated instances (default {DEFAULT_FLEET})")
-    parser.add_argument("--examples", metavar="FOLDER",
-                        help="folder of NeuronInference YAML files to apply (default: the examples shipped "
-                             "with neuronplace)")
+    parser.add_argument(
+        "--examples",
+        metavar="FOLDER",
+        help="folder of NeuronInference YAML files to apply (default: the examples shipped with neuronplace)",
+    )
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for the examples to be placed")
     parser.add_argument("--down", action="store_true", help="tear the cluster and operator down after the demo")
     parser.add_argument("--stop", action="store_true", help="only tear down a demo left running earlier")
@@ -54,8 +56,12 @@ def _operator(cluster):
 
     # Its own session: the operator outlives this command, like the cluster; the pid file lets
     # `neuronplace demo --stop` (or --down) find it again.
-    return OperatorProcess(cluster, Path(cluster.logs_dir) / "neuronplace-operator.log", port=LIVENESS_PORT,
-                           pid_file=Path(cluster.cluster_dir) / "neuronplace-operator.pid")
+    return OperatorProcess(
+        cluster,
+        Path(cluster.logs_dir) / "neuronplace-operator.log",
+        port=LIVENESS_PORT,
+        pid_file=Path(cluster.cluster_dir) / "neuronplace-operator.pid",
+    )
 
 
 def _stop_operator(cluster) -> None:
@@ -111,8 +117,10 @@ def run(args: argparse.Namespace) -> int:
         if cluster.exists():
             _say(f"reusing the running cluster {args.name}")
         else:
-            _say(f"starting the local control plane {args.name} with {args.fleet} "
-                 "(the first run builds the binaries: about 8 minutes)")
+            _say(
+                f"starting the local control plane {args.name} with {args.fleet} "
+                "(the first run builds the binaries: about 8 minutes)"
+            )
             cluster.up(fleet=args.fleet, progress=_say)
         _say("installing the NeuronInference CRD")
         install_crd(cluster)

@@ -1,10 +1,10 @@
 """``neuronplace local``: build, start, stop and list local control planes with simulated Neuron nodes.
 
-    neuronplace local build                      # build the pinned binaries (cached)
-    neuronplace local up [--name N] [--fleet inf2.48xlarge=2,trn1.32xlarge=1]
-    neuronplace local status                     # clusters, their components and nodes
-    neuronplace local down [--name N]
-    neuronplace local image [--tag T] [--base IMAGE]  # build the operator image; prints its reference
+neuronplace local build                      # build the pinned binaries (cached)
+neuronplace local up [--name N] [--fleet inf2.48xlarge=2,trn1.32xlarge=1]
+neuronplace local status                     # clusters, their components and nodes
+neuronplace local down [--name N]
+neuronplace local image [--tag T] [--base IMAGE]  # build the operator image; prints its reference
 """
 
 from __future__ import annotations
@@ -25,18 +25,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     actions.add_parser("build", help="build the pinned control-plane binaries into the cache (seconds when cached)")
     up = actions.add_parser("up", help="start a cluster and its simulated fleet; print the kubeconfig")
     up.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
-    up.add_argument("--fleet", default=DEFAULT_FLEET,
-                    help=f"instances to simulate, TYPE=COUNT[,TYPE=COUNT...] (default {DEFAULT_FLEET})")
+    up.add_argument(
+        "--fleet",
+        default=DEFAULT_FLEET,
+        help=f"instances to simulate, TYPE=COUNT[,TYPE=COUNT...] (default {DEFAULT_FLEET})",
+    )
     down = actions.add_parser("down", help="stop a cluster and remove its state")
     down.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
     actions.add_parser("status", help="list local clusters and their nodes")
-    image = actions.add_parser("image", help="build the operator image with podman (or docker); "
-                                             "print its reference last")
+    image = actions.add_parser(
+        "image", help="build the operator image with podman (or docker); print its reference last"
+    )
     image.add_argument("--tag", help="image name:tag (default neuronplace:<version>, the chart's default image)")
-    image.add_argument("--base", help="base image to build on, no fallback (default: python:3.11-slim when "
-                                      "present or pullable, else a Debian bookworm base made with mmdebstrap)")
-    image.add_argument("--refresh-base", action="store_true",
-                       help="make the Debian base again (it gets Debian's updates only this way)")
+    image.add_argument(
+        "--base",
+        help="base image to build on, no fallback (default: python:3.11-slim when "
+        "present or pullable, else a Debian bookworm base made with mmdebstrap)",
+    )
+    image.add_argument(
+        "--refresh-base",
+        action="store_true",
+        help="make the Debian base again (it gets Debian's updates only this way)",
+    )
 
 
 def _say(line: str) -> None:
@@ -52,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         started = time.monotonic()
         report = build.ensure_binaries(_say)
-        print(f"binaries in {report.bin_dir} ({len(report.built)} built, {len(report.cached)} cached, "
-              f"{time.monotonic() - started:.1f} s)")
+        print(
+            f"binaries in {report.bin_dir} ({len(report.built)} built, {len(report.cached)} cached, "
+            f"{time.monotonic() - started:.1f} s)"
+        )
         return 0
 
     if args.action == "image":
@@ -86,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         nodes = sum(fleet.values())
         print(f"cluster {cluster.name} is up with {nodes} Ready node(s) in {time.monotonic() - started:.1f} s")
         print(f"kubeconfig: {cluster.kubeconfig}")
-        print(f"try:        {cluster.bin_dir / 'kubectl'} --kubeconfig {cluster.kubeconfig} get nodes -L node.kubernetes.io/instance-type")
+        print(
+            f"try:        {cluster.bin_dir / 'kubectl'} --kubeconfig {cluster.kubeconfig} get nodes -L node.kubernetes.io/instance-type"
+        )
         return 0
 
     if args.action == "down":
@@ -115,8 +129,10 @@ def _print_status(cluster) -> None:
 
     running = cluster.running_components()
     rss_mb = sum(cluster.rss_bytes().values()) / 2**20
-    print(f"{cluster.name}: {len(running)}/{len(CONTROL_PLANE_COMPONENTS)} components running ({rss_mb:.0f} MB RSS); "
-          f"kubeconfig {cluster.kubeconfig}")
+    print(
+        f"{cluster.name}: {len(running)}/{len(CONTROL_PLANE_COMPONENTS)} components running ({rss_mb:.0f} MB RSS); "
+        f"kubeconfig {cluster.kubeconfig}"
+    )
     missing = [c for c in CONTROL_PLANE_COMPONENTS if c not in running]
     if missing:
         print(f"  not running: {', '.join(missing)}")

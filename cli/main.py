@@ -10,7 +10,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "local": ("local", "build, start, stop and list local control planes with simulated Neuron nodes"),
     "run": ("run", "run the operator against the current kubeconfig"),
-    "demo": ("demo", "start a local cluster, run the operator, apply examples/ and show the core map"),
+    "demo": ("demo", "start a local cluster, run the operator, apply the shipped examples and show the core map"),
     "plan": ("plan", "dry-run placement for NeuronInference files on a fleet, without a cluster"),
     "cores": ("cores", "show the live NeuronCore map of a cluster"),
 }

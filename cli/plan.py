@@ -20,9 +20,9 @@ from collections.abc import Iterable
 
 import yaml
 
+from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
 from neuronplace.placement.names import NUMBERINGS
 
 KIND = "NeuronInference"
@@ -33,11 +33,19 @@ class PlanInputError(ValueError):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="NeuronInference YAML files (several documents each are fine)")
-    parser.add_argument("--fleet", metavar="SPEC", help="hypothetical empty nodes, e.g. inf2.48xlarge=2,trn1.32xlarge=1")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="NeuronInference YAML files (several documents each are fine)"
+    )
+    parser.add_argument(
+        "--fleet", metavar="SPEC", help="hypothetical empty nodes, e.g. inf2.48xlarge=2,trn1.32xlarge=1"
+    )
     parser.add_argument("--cluster-state", metavar="FILE", help="saved `kubectl get nodes,pods -o yaml`")
-    parser.add_argument("--numbering", choices=NUMBERINGS, default="device-local",
-                        help="container-visible core numbering (device-local: AWS device plugin >= 2.16)")
+    parser.add_argument(
+        "--numbering",
+        choices=NUMBERINGS,
+        default="device-local",
+        help="container-visible core numbering (device-local: AWS device plugin >= 2.16)",
+    )
     parser.add_argument("--namespace", "-n", default="default", help="namespace for resources that name none")
 
 
@@ -96,7 +104,9 @@ def load_state(fleet: str | None, cluster_state: str | None) -> tuple[list[dict]
         taken = {(n.get("metadata") or {}).get("name") for n in nodes}
         for node in fleet_nodes(fleet):
             if node["metadata"]["name"] in taken:
-                raise PlanInputError(f"--fleet node {node['metadata']['name']} has the name of a node in the cluster state")
+                raise PlanInputError(
+                    f"--fleet node {node['metadata']['name']} has the name of a node in the cluster state"
+                )
             nodes.append(node)
     return nodes, pods
 
@@ -136,21 +146,38 @@ def plan(inferences: list[dict], nodes: list[dict], pods: list[dict], numbering:
         existing = {}
         for pod in pods:
             pod_meta = pod.get("metadata") or {}
-            ordinal = ordinal_of(pod, meta["name"]) if pod_meta.get("namespace", "default") == meta["namespace"] else None
+            ordinal = (
+                ordinal_of(pod, meta["name"]) if pod_meta.get("namespace", "default") == meta["namespace"] else None
+            )
             if ordinal is not None:
                 existing[ordinal] = ledger.holding_of(f"{meta['namespace']}/{pod_meta['name']}")
         for replica in range(inference["spec"].get("replicas", 1)):
             holding = existing.get(replica)
             if holding is not None:
-                rows.append({"inference": label, "replica": replica, "status": "existing", "node": holding.node,
-                             "cores": str(holding.cores) if holding.cores else ",".join(map(str, holding.core_ids))})
+                rows.append(
+                    {
+                        "inference": label,
+                        "replica": replica,
+                        "status": "existing",
+                        "node": holding.node,
+                        "cores": str(holding.cores) if holding.cores else ",".join(map(str, holding.core_ids)),
+                    }
+                )
                 continue
             owner = f"{meta['namespace']}/{meta['name']}-{replica}"
             result = place_one(request, replica, fleet, ledger, owner)
             if isinstance(result, ReplicaPlacement):
-                rows.append({"inference": label, "replica": replica, "status": "placed", "node": result.node,
-                             "cores": str(result.cores), "devices": ",".join(map(str, result.devices)),
-                             "visible": " ".join(result.visible_cores)})
+                rows.append(
+                    {
+                        "inference": label,
+                        "replica": replica,
+                        "status": "placed",
+                        "node": result.node,
+                        "cores": str(result.cores),
+                        "devices": ",".join(map(str, result.devices)),
+                        "visible": " ".join(result.visible_cores),
+                    }
+                )
             else:
                 rows.append({"inference": label, "replica": replica, "status": "unplaceable", "reason": result.reason})
     return rows

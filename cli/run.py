@@ -17,41 +17,78 @@ from neuronplace.placement.names import NUMBERINGS
 def configure(parser: argparse.ArgumentParser) -> None:
     defaults = OperatorSettings.from_env()
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
-    parser.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
-                        help="watch only this namespace (repeatable); default: all namespaces")
-    parser.add_argument("--node-selector", default=defaults.node_selector, metavar="SELECTOR",
-                        help="label selector of the nodes this operator manages, e.g. 'neuron=true' (default: all)")
-    parser.add_argument("--numbering", choices=NUMBERINGS, default=defaults.numbering,
-                        help="NEURON_RT_VISIBLE_CORES numbering inside containers: device-local (AWS device "
-                             "plugin >= Neuron 2.16) or global")
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument(
+        "--node-selector",
+        default=defaults.node_selector,
+        metavar="SELECTOR",
+        help="label selector of the nodes this operator manages, e.g. 'neuron=true' (default: all)",
+    )
+    parser.add_argument(
+        "--numbering",
+        choices=NUMBERINGS,
+        default=defaults.numbering,
+        help="NEURON_RT_VISIBLE_CORES numbering inside containers: device-local (AWS device "
+        "plugin >= Neuron 2.16) or global",
+    )
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format)
-    parser.add_argument("--node-grace-seconds", type=float, default=defaults.node_grace_seconds,
-                        help="how long a node may be NotReady before its replicas are placed elsewhere")
+    parser.add_argument(
+        "--node-grace-seconds",
+        type=float,
+        default=defaults.node_grace_seconds,
+        help="how long a node may be NotReady before its replicas are placed elsewhere",
+    )
     parser.add_argument("--workers", type=int, default=defaults.workers, help="reconciles running at once")
-    parser.add_argument("--resync-seconds", type=float, default=defaults.resync_seconds,
-                        help="reconcile every resource at least this often")
-    parser.add_argument("--allow-privileged", action="store_true", default=defaults.allow_privileged,
-                        help="let pod templates ask for privileged settings (hostNetwork, privileged, ...)")
-    parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port, metavar="PORT",
-                        help="serve Prometheus metrics on this port at /metrics (default 0: off)")
-    parser.add_argument("--liveness", metavar="URL", default=os.environ.get("NEURONPLACE_LIVENESS"),
-                        help="serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=defaults.resync_seconds,
+        help="reconcile every resource at least this often",
+    )
+    parser.add_argument(
+        "--allow-privileged",
+        action="store_true",
+        default=defaults.allow_privileged,
+        help="let pod templates ask for privileged settings (hostNetwork, privileged, ...)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=defaults.metrics_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port at /metrics (default 0: off)",
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=os.environ.get("NEURONPLACE_LIVENESS"),
+        help="serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="log kopf's own progress too")
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     base = OperatorSettings.from_env()
     return OperatorSettings(
-        **{**base.__dict__,
-           "namespaces": tuple(args.namespaces) if args.namespaces else base.namespaces,
-           "node_selector": args.node_selector,
-           "numbering": args.numbering,
-           "log_format": args.log_format,
-           "node_grace_seconds": args.node_grace_seconds,
-           "workers": args.workers,
-           "resync_seconds": args.resync_seconds,
-           "allow_privileged": args.allow_privileged,
-           "metrics_port": args.metrics_port},
+        **{
+            **base.__dict__,
+            "namespaces": tuple(args.namespaces) if args.namespaces else base.namespaces,
+            "node_selector": args.node_selector,
+            "numbering": args.numbering,
+            "log_format": args.log_format,
+            "node_grace_seconds": args.node_grace_seconds,
+            "workers": args.workers,
+            "resync_seconds": args.resync_seconds,
+            "allow_privileged": args.allow_privileged,
+            "metrics_port": args.metrics_port,
+        },
     )
 
 

@@ -88,27 +88,40 @@ COMPONENTS: tuple[Component, ...] = (
     _kube("kubectl"),
     # kwokctl's default Kubernetes version decides which flags it passes; point it at ours.
     Component(
-        "kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok", "sigs.k8s.io/kwok",
+        "kwok",
+        "kwok",
+        "sigs.k8s.io/kwok/cmd/kwok",
+        "sigs.k8s.io/kwok",
         stamps=(("sigs.k8s.io/kwok/pkg/consts.Version", "{version}"),),
         version_expect="{version}",
     ),
     Component(
-        "kwokctl", "kwok", "sigs.k8s.io/kwok/cmd/kwokctl", "sigs.k8s.io/kwok",
-        stamps=(("sigs.k8s.io/kwok/pkg/consts.Version", "{version}"),
-                ("sigs.k8s.io/kwok/pkg/consts.KubeVersion", "{kube_bare}")),
+        "kwokctl",
+        "kwok",
+        "sigs.k8s.io/kwok/cmd/kwokctl",
+        "sigs.k8s.io/kwok",
+        stamps=(
+            ("sigs.k8s.io/kwok/pkg/consts.Version", "{version}"),
+            ("sigs.k8s.io/kwok/pkg/consts.KubeVersion", "{kube_bare}"),
+        ),
         version_expect="{version}",
     ),
     Component(
-        "helm", "helm", "helm.sh/helm/v3/cmd/helm", "helm.sh/helm/v3",
-        stamps=(("helm.sh/helm/v3/internal/version.version", "{version}"),
-                ("helm.sh/helm/v3/internal/version.gitTreeState", "clean"),
-                # As helm's Makefile does: the Kubernetes version `helm template` and `helm lint`
-                # assume offline, from the client-go helm is built with (else v1.20, and charts
-                # with a newer kubeVersion fail).
-                ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor", "{client_go_major}"),
-                ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor", "{client_go_minor}"),
-                ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor", "{client_go_major}"),
-                ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor", "{client_go_minor}")),
+        "helm",
+        "helm",
+        "helm.sh/helm/v3/cmd/helm",
+        "helm.sh/helm/v3",
+        stamps=(
+            ("helm.sh/helm/v3/internal/version.version", "{version}"),
+            ("helm.sh/helm/v3/internal/version.gitTreeState", "clean"),
+            # As helm's Makefile does: the Kubernetes version `helm template` and `helm lint`
+            # assume offline, from the client-go helm is built with (else v1.20, and charts
+            # with a newer kubeVersion fail).
+            ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor", "{client_go_major}"),
+            ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor", "{client_go_minor}"),
+            ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor", "{client_go_major}"),
+            ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor", "{client_go_minor}"),
+        ),
         version_args=("version", "--short"),
         version_expect="{version}",
     ),
@@ -155,8 +168,12 @@ def pins_key() -> str:
     versions = pins()
     label = "-".join(
         f"{short}{versions[upstream].lstrip('v')}"
-        for short, upstream in (("k8s", "k8s.io/kubernetes"), ("etcd", "go.etcd.io/etcd/server/v3"),
-                                ("kwok", "sigs.k8s.io/kwok"), ("helm", "helm.sh/helm/v3"))
+        for short, upstream in (
+            ("k8s", "k8s.io/kubernetes"),
+            ("etcd", "go.etcd.io/etcd/server/v3"),
+            ("kwok", "sigs.k8s.io/kwok"),
+            ("helm", "helm.sh/helm/v3"),
+        )
     )
     return f"{label}-{digest.hexdigest()[:10]}"
 
@@ -187,8 +204,12 @@ def _go_env() -> dict[str, str]:
 def _module_info(module: str, path: str) -> dict:
     """``go list -m -json path`` inside ``controlplane/<module>``: the pinned version and its release time."""
     out = subprocess.run(
-        ["go", "list", "-m", "-json", path], check=False, cwd=CONTROLPLANE_DIR / module,
-        env=_go_env(), capture_output=True, text=True,
+        ["go", "list", "-m", "-json", path],
+        check=False,
+        cwd=CONTROLPLANE_DIR / module,
+        env=_go_env(),
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise BuildError(f"go list -m {path} in controlplane/{module} failed:\n{out.stderr[-2000:]}")
@@ -210,7 +231,10 @@ def _stamp_values(component: Component, versions: dict[str, str]) -> dict[str, s
     version = versions[component.upstream]
     major, minor = version.lstrip("v").split(".")[:2]
     values = {
-        "version": version, "bare": version.lstrip("v"), "major": major, "minor": minor,
+        "version": version,
+        "bare": version.lstrip("v"),
+        "major": major,
+        "minor": minor,
         "kube_bare": versions["k8s.io/kubernetes"].lstrip("v"),
         "date": _module_time(component.module, component.upstream) if "{date}" in repr(component.stamps) else "",
     }
@@ -233,8 +257,13 @@ def _build_one(component: Component, target: Path, versions: dict[str, str]) -> 
     command = build_command(component, partial, _stamp_values(component, versions))
     try:
         result = subprocess.run(
-            command, check=False, cwd=CONTROLPLANE_DIR / component.module, env=_go_env(),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            command,
+            check=False,
+            cwd=CONTROLPLANE_DIR / component.module,
+            env=_go_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         if result.returncode != 0:
             raise BuildError(
@@ -254,8 +283,9 @@ def ensure_binaries(progress: Callable[[str], None] | None = None) -> BuildRepor
     """
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     if not CONTROLPLANE_DIR.is_dir():
-        raise BuildError(f"{CONTROLPLANE_DIR} not found: "
-                         "the control plane builds from a source checkout of neuronplace")
+        raise BuildError(
+            f"{CONTROLPLANE_DIR} not found: the control plane builds from a source checkout of neuronplace"
+        )
     target_dir = bin_dir()
     report = BuildReport(target_dir)
     if not missing_binaries(target_dir):
@@ -286,8 +316,7 @@ def ensure_binaries(progress: Callable[[str], None] | None = None) -> BuildRepor
 def binary_version(component: Component, directory: Path | None = None) -> str:
     """What the built binary says its version is (its first output line)."""
     path = (directory or bin_dir()) / component.binary
-    out = subprocess.run([str(path), *component.version_args], capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run([str(path), *component.version_args], capture_output=True, text=True, timeout=60, check=False)
     return (out.stdout or out.stderr).strip()
 
 

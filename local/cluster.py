@@ -126,19 +126,26 @@ class LocalCluster:
     # ---- running commands -------------------------------------------------------------------
     def _run(self, argv: Sequence[str], input: str | None, check: bool, timeout: float) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [str(a) for a in argv], input=input, capture_output=True, text=True, env=self.env(), timeout=timeout,
+            [str(a) for a in argv],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
             check=False,
         )
         if check and result.returncode != 0:
             raise CommandError(result.returncode, result.args, result.stdout, result.stderr)
         return result
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         return self._run([self.bin_dir / "kubectl", "--kubeconfig", self.kubeconfig, *args], input, check, timeout)
 
-    def helm(self, *args: str, input: str | None = None, check: bool = True,
-             timeout: float = 180) -> subprocess.CompletedProcess:
+    def helm(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180
+    ) -> subprocess.CompletedProcess:
         return self._run([self.bin_dir / "helm", "--kubeconfig", self.kubeconfig, *args], input, check, timeout)
 
     def kwokctl(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -153,9 +160,11 @@ class LocalCluster:
         versions = build.pins()
         # One scheduler and one controller-manager per cluster: leader election only adds a way to
         # die, since each exits when it cannot renew its lease while kube-apiserver is restarted.
-        extra_args = [{"key": "kube-api-qps", "value": str(self.settings.api_qps)},
-                      {"key": "kube-api-burst", "value": str(self.settings.api_burst)},
-                      {"key": "leader-elect", "value": "false"}]
+        extra_args = [
+            {"key": "kube-api-qps", "value": str(self.settings.api_qps)},
+            {"key": "kube-api-burst", "value": str(self.settings.api_burst)},
+            {"key": "leader-elect", "value": "false"},
+        ]
         return {
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             "kind": "KwokctlConfiguration",
@@ -193,20 +202,32 @@ class LocalCluster:
         if fleet is not None:
             fleet = normalize_fleet(fleet)  # validate before starting anything
         if self.exists():
-            raise RuntimeError(f"a cluster named {self.name!r} already exists in {self.cluster_dir}; "
-                               f"run `neuronplace local down --name {self.name}` first")
+            raise RuntimeError(
+                f"a cluster named {self.name!r} already exists in {self.cluster_dir}; "
+                f"run `neuronplace local down --name {self.name}` first"
+            )
         build.ensure_binaries(progress)
         config_path = workdir() / f"{self.name}.config.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         # One file: the kwokctl configuration, then the kwok Stages (which replace kwok's defaults).
-        config_path.write_text(yaml.safe_dump(self.configuration(), sort_keys=False) + "---\n"
-                               + STAGES_FILE.read_text())
+        config_path.write_text(
+            yaml.safe_dump(self.configuration(), sort_keys=False) + "---\n" + STAGES_FILE.read_text()
+        )
         say(f"starting cluster {self.name} ...")
         try:
             with port_lock():
-                self.kwokctl("create", "cluster", "--config", str(config_path), "--kubeconfig", "",
-                             "--wait", f"{self.settings.wait_seconds}s", "--quiet-pull",
-                             timeout=self.settings.wait_seconds + 60)
+                self.kwokctl(
+                    "create",
+                    "cluster",
+                    "--config",
+                    str(config_path),
+                    "--kubeconfig",
+                    "",
+                    "--wait",
+                    f"{self.settings.wait_seconds}s",
+                    "--quiet-pull",
+                    timeout=self.settings.wait_seconds + 60,
+                )
                 missing = set(CONTROL_PLANE_COMPONENTS) - set(self.running_components())
                 if missing:
                     raise RuntimeError(f"cluster {self.name!r} started without {', '.join(sorted(missing))}")
@@ -306,8 +327,9 @@ class LocalCluster:
 
     def node_ready(self, name: str) -> bool | None:
         """The node's Ready condition (None when the node does not exist or has none yet)."""
-        result = self.kubectl("get", "node", name, "-o",
-                              'jsonpath={.status.conditions[?(@.type=="Ready")].status}', check=False)
+        result = self.kubectl(
+            "get", "node", name, "-o", 'jsonpath={.status.conditions[?(@.type=="Ready")].status}', check=False
+        )
         if result.returncode != 0 or not result.stdout.strip():
             return None
         return result.stdout.strip() == "True"
@@ -333,8 +355,9 @@ class LocalCluster:
     def stop_component(self, component: str, hard: bool = False, timeout: float = 30) -> list[str]:
         """Stop one restartable component; return how to start it again (see :meth:`start_component`)."""
         if component not in RESTARTABLE:
-            raise ValueError(f"component {component!r} cannot be restarted alone; "
-                             f"choose one of {', '.join(RESTARTABLE)}")
+            raise ValueError(
+                f"component {component!r} cannot be restarted alone; choose one of {', '.join(RESTARTABLE)}"
+            )
         pid = self.running_components().get(component)
         if pid is None:
             raise RuntimeError(f"{component} of cluster {self.name!r} is not running")
@@ -349,8 +372,15 @@ class LocalCluster:
         if recipe is None:
             raise RuntimeError(f"{component} was not stopped by stop_component; nothing to start")
         with open(self.logs_dir / f"{component}.log", "ab") as log:
-            child = subprocess.Popen(recipe["argv"], cwd=recipe["cwd"], env=recipe["env"], stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            child = subprocess.Popen(
+                recipe["argv"],
+                cwd=recipe["cwd"],
+                env=recipe["env"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._spawned.append(child)
         (self.cluster_dir / "pids" / f"{component}.pid").write_text(str(child.pid))
         self.wait_healthy(timeout)
@@ -375,8 +405,9 @@ class LocalCluster:
             if result.returncode == 0 and result.stdout.strip() == "ok":
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"kube-apiserver of {self.name!r} not ready after {timeout:.0f} s: "
-                                   f"{result.stderr.strip()[-500:]}")
+                raise TimeoutError(
+                    f"kube-apiserver of {self.name!r} not ready after {timeout:.0f} s: {result.stderr.strip()[-500:]}"
+                )
             time.sleep(0.3)
 
     # ---- reporting --------------------------------------------------------------------------
@@ -429,5 +460,6 @@ def list_clusters() -> list[LocalCluster]:
     clusters_dir = workdir() / "clusters"
     if not clusters_dir.is_dir():
         return []
-    return [LocalCluster(path.name) for path in sorted(clusters_dir.iterdir())
-            if path.is_dir() and _NAME.match(path.name)]
+    return [
+        LocalCluster(path.name) for path in sorted(clusters_dir.iterdir()) if path.is_dir() and _NAME.match(path.name)
+    ]

@@ -61,5 +61,4 @@ def example_file(name: str) -> Path:
 
 def example_resources() -> list[dict]:
     """Every object of every example file, in file order."""
-    return [document for path in example_files() for document in yaml.safe_load_all(path.read_text())
-            if document]
+    return [document for path in example_files() for document in yaml.safe_load_all(path.read_text()) if document]

@@ -76,9 +76,7 @@ def parse_fleet(spec: str) -> dict[str, int]:
         item = raw.strip()
         match = _SPEC_ITEM.match(item)
         if not match:
-            raise ValueError(
-                f"fleet spec item {item!r} is not TYPE=COUNT (e.g. inf2.48xlarge=2) in {spec!r}"
-            )
+            raise ValueError(f"fleet spec item {item!r} is not TYPE=COUNT (e.g. inf2.48xlarge=2) in {spec!r}")
         instance_type, count = match.group(1), int(match.group(2))
         check_instance_type(instance_type)
         if count < 1:
@@ -133,8 +131,9 @@ def build_node(
     host = HOST_SHAPES[instance_type]
     extra = dict(labels or {})
     if extra.get(INSTANCE_TYPE_LABEL, instance_type) != instance_type:
-        raise ValueError(f"label {INSTANCE_TYPE_LABEL}={extra[INSTANCE_TYPE_LABEL]!r} "
-                         f"contradicts instance type {instance_type}")
+        raise ValueError(
+            f"label {INSTANCE_TYPE_LABEL}={extra[INSTANCE_TYPE_LABEL]!r} contradicts instance type {instance_type}"
+        )
     node_labels = {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",
@@ -181,6 +180,7 @@ def build_fleet(
     nodes = []
     for instance_type, count in normalize_fleet(fleet).items():
         for index in range(count):
-            nodes.append(build_node(node_name(prefix, instance_type, index), instance_type,
-                                    zones[index % len(zones)], labels))
+            nodes.append(
+                build_node(node_name(prefix, instance_type, index), instance_type, zones[index % len(zones)], labels)
+            )
     return nodes

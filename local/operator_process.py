@@ -65,10 +65,19 @@ class OperatorProcess:
     sent to it reaches nothing else.
     """
 
-    def __init__(self, cluster, log_path: Path, extra_args: Sequence[str] = (), port: int | None = None, *,
-                 env: Mapping[str, str] | None = None, kubeconfig: str | os.PathLike | None = None,
-                 liveness: bool = True, cwd: str | os.PathLike | None = None,
-                 pid_file: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        cluster,
+        log_path: Path,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        kubeconfig: str | os.PathLike | None = None,
+        liveness: bool = True,
+        cwd: str | os.PathLike | None = None,
+        pid_file: str | os.PathLike | None = None,
+    ) -> None:
         self.cluster = cluster
         self.log_path = Path(log_path)
         self.extra_args = tuple(extra_args)
@@ -115,8 +124,15 @@ class OperatorProcess:
             log.write(f"\n===== start {self.starts}: {' '.join(command)}\n")
             log.flush()
             self._log_offset = log.tell()
-            self.process = subprocess.Popen(command, env=self.environment(), cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                env=self.environment(),
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.starts += 1
         if self.pid_file is not None:
             self.pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +208,7 @@ class OperatorProcess:
 
 
 # ---- a process started by an earlier command ------------------------------------------------------
+
 
 def _running(pid: int) -> bool:
     try:

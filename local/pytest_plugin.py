@@ -59,18 +59,21 @@ class FleetFactory:
         self.pool = pool
         self._calls = 0
 
-    def __call__(self, fleet: Mapping[str, int] | str, labels: Mapping[str, str] | None = None,
-                 timeout: float = 120) -> Fleet:
+    def __call__(
+        self, fleet: Mapping[str, int] | str, labels: Mapping[str, str] | None = None, timeout: float = 120
+    ) -> Fleet:
         prefix = f"{self.pool}-{self._calls}-" if self._calls else f"{self.pool}-"
         self._calls += 1
-        names = self.cluster.create_nodes(fleet, labels={**(labels or {}), POOL_LABEL: self.pool},
-                                          prefix=prefix, timeout=timeout)
+        names = self.cluster.create_nodes(
+            fleet, labels={**(labels or {}), POOL_LABEL: self.pool}, prefix=prefix, timeout=timeout
+        )
         return Fleet(names, self.pool)
 
     def cleanup(self) -> None:
         if self._calls:
-            self.cluster.kubectl("delete", "nodes", "-l", f"{POOL_LABEL}={self.pool}", "--wait=true",
-                                 "--timeout=60s", check=False)
+            self.cluster.kubectl(
+                "delete", "nodes", "-l", f"{POOL_LABEL}={self.pool}", "--wait=true", "--timeout=60s", check=False
+            )
 
 
 def _remove_orphaned_test_clusters() -> None:
@@ -133,8 +136,11 @@ def _our_listeners(cluster: LocalCluster, ports: set[int], settle: float = 15) -
     deadline = time.monotonic() + settle
     while True:
         owners = procs.port_owners(ports & procs.listening_ports())
-        ours = {port: held for port, held in owners.items()
-                if not held or any(cluster.name in command for _, command in held)}
+        ours = {
+            port: held
+            for port, held in owners.items()
+            if not held or any(cluster.name in command for _, command in held)
+        }
         if not ours or time.monotonic() > deadline:
             return ours
         time.sleep(0.25)

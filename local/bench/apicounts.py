@@ -43,12 +43,19 @@ class RequestCounter:
         kubectl = self.cluster.kubectl
         kubectl("create", "namespace", self.namespace)
         kubectl("create", "serviceaccount", self.account, "-n", self.namespace)
-        kubectl("create", "clusterrolebinding", self.flow_schema, "--clusterrole=cluster-admin",
-                f"--serviceaccount={self.namespace}:{self.account}")
+        kubectl(
+            "create",
+            "clusterrolebinding",
+            self.flow_schema,
+            "--clusterrole=cluster-admin",
+            f"--serviceaccount={self.namespace}:{self.account}",
+        )
         token = kubectl("create", "token", self.account, "-n", self.namespace, "--duration=12h", check=False)
         if token.returncode != 0:
-            progress(f"no service-account token ({token.stderr.strip()[-200:]}); {self.account} runs as admin "
-                     "and its own API requests cannot be told apart")
+            progress(
+                f"no service-account token ({token.stderr.strip()[-200:]}); {self.account} runs as admin "
+                "and its own API requests cannot be told apart"
+            )
             return
         path = Path(workdir) / f"{self.account}.kubeconfig"
         path.write_text(yaml.safe_dump(self._kubeconfig(token.stdout.strip())))
@@ -61,7 +68,9 @@ class RequestCounter:
         context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
         cluster_entry = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
         return {
-            "apiVersion": "v1", "kind": "Config", "clusters": [cluster_entry],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster_entry],
             "users": [{"name": self.account, "user": {"token": token}}],
             "contexts": [{"name": self.account, "context": {"cluster": cluster_entry["name"], "user": self.account}}],
             "current-context": self.account,
@@ -75,13 +84,26 @@ class RequestCounter:
             "spec": {
                 "priorityLevelConfiguration": {"name": "exempt"},
                 "matchingPrecedence": 100,
-                "rules": [{
-                    "subjects": [{"kind": "ServiceAccount",
-                                  "serviceAccount": {"name": self.account, "namespace": self.namespace}}],
-                    "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
-                                       "clusterScope": True, "namespaces": ["*"]}],
-                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-                }],
+                "rules": [
+                    {
+                        "subjects": [
+                            {
+                                "kind": "ServiceAccount",
+                                "serviceAccount": {"name": self.account, "namespace": self.namespace},
+                            }
+                        ],
+                        "resourceRules": [
+                            {
+                                "verbs": ["*"],
+                                "apiGroups": ["*"],
+                                "resources": ["*"],
+                                "clusterScope": True,
+                                "namespaces": ["*"],
+                            }
+                        ],
+                        "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                    }
+                ],
             },
         }
 

@@ -52,9 +52,14 @@ class PodWatch(threading.Thread):
                     for pod in listed.get("items", []):
                         self._see(pod, now)
                     version = listed["metadata"]["resourceVersion"]
-                response = self.core.list_namespaced_pod(self.namespace, watch=True, resource_version=version,
-                                                         allow_watch_bookmarks=True, timeout_seconds=30,
-                                                         _preload_content=False)
+                response = self.core.list_namespaced_pod(
+                    self.namespace,
+                    watch=True,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=30,
+                    _preload_content=False,
+                )
                 for line in iter_resp_lines(response):
                     if not line:
                         continue
@@ -80,8 +85,10 @@ class PodWatch(threading.Thread):
                     raise RuntimeError(f"watching pods of {self.namespace} failed: {self.error}") from self.error
                 now = time.monotonic()
                 if now > deadline:
-                    raise TimeoutError(f"{what}: only {len(self.bound)} bound and {len(self.running)} Running "
-                                       f"of {count} pods after {timeout:.0f} s")
+                    raise TimeoutError(
+                        f"{what}: only {len(self.bound)} bound and {len(self.running)} Running "
+                        f"of {count} pods after {timeout:.0f} s"
+                    )
                 if now - last_report > 15:
                     self.progress(f"  {what}: {len(self.bound)} bound, {len(self.running)} Running of {count}")
                     last_report = now

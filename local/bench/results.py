@@ -19,8 +19,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def group_latencies(created: Mapping[str, float], bound: Mapping[str, float],
-                    members: Mapping[str, Iterable[str]]) -> dict[str, float]:
+def group_latencies(
+    created: Mapping[str, float], bound: Mapping[str, float], members: Mapping[str, Iterable[str]]
+) -> dict[str, float]:
     """Seconds from each group's creation until its last pod was bound."""
     result = {}
     for group, start in created.items():
@@ -86,6 +87,7 @@ def median_round(rounds: Sequence[tuple[PhaseResult, PhaseResult]]) -> int:
 
 def report(rounds: Sequence[tuple[PhaseResult, PhaseResult]], memory: dict | None, header: str) -> str:
     """The scale benchmark's table (one row per phase), the pods/s ratio and the memory line."""
+
     def opt(value, fmt):
         return "n/a" if value is None else format(value, fmt)
 
@@ -93,30 +95,59 @@ def report(rounds: Sequence[tuple[PhaseResult, PhaseResult]], memory: dict | Non
     for number, pair in enumerate(rounds, 1):
         for result in pair:
             lat = list(result.latencies.values())
-            rows.append([
-                f"{result.label}" + (f" #{number}" if len(rounds) > 1 else ""), str(result.pods),
-                f"{result.created_seconds:.1f}", f"{result.bound_seconds:.1f}", f"{result.pods_per_second:.1f}",
-                f"{result.all_running_seconds:.1f}", f"{percentile(lat, 50):.2f}", f"{percentile(lat, 99):.2f}",
-                opt(None if result.requests_operator is None else result.requests_operator / result.pods, ".2f"),
-                f"{result.requests_all / result.pods:.2f}",
-                opt(result.operator_cpu_s, ".1f"), opt(result.operator_peak_rss_mb, ".0f"),
-            ])
-    table = format_table(["", "pods", "created s", "bound s", "pods/s", "Running s", "group p50 s", "group p99 s",
-                          "req/pod (operator)", "req/pod (all)", "op CPU s", "op peak RSS MB"], rows)
+            rows.append(
+                [
+                    f"{result.label}" + (f" #{number}" if len(rounds) > 1 else ""),
+                    str(result.pods),
+                    f"{result.created_seconds:.1f}",
+                    f"{result.bound_seconds:.1f}",
+                    f"{result.pods_per_second:.1f}",
+                    f"{result.all_running_seconds:.1f}",
+                    f"{percentile(lat, 50):.2f}",
+                    f"{percentile(lat, 99):.2f}",
+                    opt(None if result.requests_operator is None else result.requests_operator / result.pods, ".2f"),
+                    f"{result.requests_all / result.pods:.2f}",
+                    opt(result.operator_cpu_s, ".1f"),
+                    opt(result.operator_peak_rss_mb, ".0f"),
+                ]
+            )
+    table = format_table(
+        [
+            "",
+            "pods",
+            "created s",
+            "bound s",
+            "pods/s",
+            "Running s",
+            "group p50 s",
+            "group p99 s",
+            "req/pod (operator)",
+            "req/pod (all)",
+            "op CPU s",
+            "op peak RSS MB",
+        ],
+        rows,
+    )
     ratios = [ours.pods_per_second / kube.pods_per_second for ours, kube in rounds]
     middle = median_round(rounds)
     ratio = ratios[middle]
-    lines = [header, "", table, "",
-             f"ratio pods/s ours / kube-scheduler: {ratio:.2f}"
-             + (f" (median of {len(rounds)} rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
-                if len(rounds) > 1 else "")
-             + f"  (goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})"]
+    lines = [
+        header,
+        "",
+        table,
+        "",
+        f"ratio pods/s ours / kube-scheduler: {ratio:.2f}"
+        + (f" (median of {len(rounds)} rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(rounds) > 1 else "")
+        + f"  (goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})",
+    ]
     if memory is not None:
-        lines.append(f"operator RSS with {memory['pods']} managed pods Running: {memory['rss_mb']:.0f} MB "
-                     f"(peak {memory['peak_rss_mb']:.0f} MB, {memory['rss_before_mb']:.0f} MB before; "
-                     f"goal <= 200 MB: {'met' if memory['rss_mb'] <= 200 else 'NOT met'}); "
-                     f"{memory['pods']} placed in {memory['placed_seconds']:.0f} s; the operator's own ledger gauge: "
-                     + ("not served" if memory["ledger_pods"] is None else f"{memory['ledger_pods']:.0f} managed pods"))
+        lines.append(
+            f"operator RSS with {memory['pods']} managed pods Running: {memory['rss_mb']:.0f} MB "
+            f"(peak {memory['peak_rss_mb']:.0f} MB, {memory['rss_before_mb']:.0f} MB before; "
+            f"goal <= 200 MB: {'met' if memory['rss_mb'] <= 200 else 'NOT met'}); "
+            f"{memory['pods']} placed in {memory['placed_seconds']:.0f} s; the operator's own ledger gauge: "
+            + ("not served" if memory["ledger_pods"] is None else f"{memory['ledger_pods']:.0f} managed pods")
+        )
     return "\n".join(lines)
 
 

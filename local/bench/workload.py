@@ -19,11 +19,16 @@ IMAGE = "registry.k8s.io/pause:3.10"  # never pulled: kwok runs no containers
 
 # (instance type, cores per replica): typical inference sizes on each family.
 MIX: tuple[tuple[str, int], ...] = (
-    ("inf2.48xlarge", 1), ("inf2.48xlarge", 2), ("inf2.48xlarge", 4),
-    ("trn1.32xlarge", 2), ("trn1.32xlarge", 8), ("trn1.32xlarge", 16),
+    ("inf2.48xlarge", 1),
+    ("inf2.48xlarge", 2),
+    ("inf2.48xlarge", 4),
+    ("trn1.32xlarge", 2),
+    ("trn1.32xlarge", 8),
+    ("trn1.32xlarge", 16),
 )
-FAMILY_CORES = {instance_type: INSTANCE_TOPOLOGIES[instance_type].cores
-                for instance_type in ("inf2.48xlarge", "trn1.32xlarge")}
+FAMILY_CORES = {
+    instance_type: INSTANCE_TOPOLOGIES[instance_type].cores for instance_type in ("inf2.48xlarge", "trn1.32xlarge")
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,10 @@ def check_fits(groups: Iterable[Group], fleet: Mapping[str, int], share: float =
     for instance_type, cores in _cores_needed(groups).items():
         available = fleet.get(instance_type, 0) * FAMILY_CORES[instance_type]
         if cores > share * available:
-            raise ValueError(f"the workload needs {cores} {instance_type} cores but the fleet has {available} "
-                             f"(at most {share:.0%} may be used): add nodes or ask for fewer pods")
+            raise ValueError(
+                f"the workload needs {cores} {instance_type} cores but the fleet has {available} "
+                f"(at most {share:.0%} may be used): add nodes or ask for fewer pods"
+            )
 
 
 def extra_nodes(groups: Iterable[Group], fleet: Mapping[str, int], headroom: float = 1.05) -> dict[str, int]:
@@ -90,10 +97,15 @@ def inference_manifest(group: Group) -> dict:
         "spec": {
             "replicas": group.replicas,
             "coresPerReplica": group.cores,
-            "placement": {"strategy": "BinPack", "nodeSelector": {INSTANCE_TYPE_LABEL: group.instance_type},
-                          "tolerations": [dict(KWOK_TOLERATION)]},
-            "template": {"metadata": {"labels": {"app": group.name}},
-                         "spec": {"containers": [{"name": "model", "image": IMAGE}]}},
+            "placement": {
+                "strategy": "BinPack",
+                "nodeSelector": {INSTANCE_TYPE_LABEL: group.instance_type},
+                "tolerations": [dict(KWOK_TOLERATION)],
+            },
+            "template": {
+                "metadata": {"labels": {"app": group.name}},
+                "spec": {"containers": [{"name": "model", "image": IMAGE}]},
+            },
         },
     }
 
@@ -120,6 +132,9 @@ def replicaset_manifest(group: Group) -> dict:
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
         "metadata": {"name": group.name},
-        "spec": {"replicas": group.replicas, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": plain_pod(group, 0)["spec"]}},
+        "spec": {
+            "replicas": group.replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": plain_pod(group, 0)["spec"]},
+        },
     }

@@ -30,9 +30,11 @@ def crd(local_cluster) -> str:
 
 @pytest.fixture(scope="session")
 def operator_process(local_cluster, crd, request) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(local_cluster, Path(local_cluster.logs_dir) / "neuronplace-operator.log",
-                              extra_args=("--node-grace-seconds", str(TEST_NODE_GRACE_SECONDS),
-                                          "--resync-seconds", "10"))
+    process = OperatorProcess(
+        local_cluster,
+        Path(local_cluster.logs_dir) / "neuronplace-operator.log",
+        extra_args=("--node-grace-seconds", str(TEST_NODE_GRACE_SECONDS), "--resync-seconds", "10"),
+    )
     request.config.stash[_OPERATOR_KEY] = process
     process.start()
     try:
@@ -64,8 +66,10 @@ def wait_for() -> Callable:
             except Exception as error:  # e.g. a transient kubectl failure; reported if it persists
                 last_error = error
             time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
-                           + (f" (last error: {last_error})" if last_error else ""))
+        raise TimeoutError(
+            f"timed out after {timeout:.0f}s waiting for {what}"
+            + (f" (last error: {last_error})" if last_error else "")
+        )
 
     return wait
 

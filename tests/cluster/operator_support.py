@@ -34,8 +34,17 @@ is_ready = conditions.is_ready
 TEST_NODE_GRACE_SECONDS = 5
 
 
-def inference(name: str, *, cores: int = 2, replicas: int = 1, processes: int = 1, pool: str | None = None,
-              strategy: str = "BinPack", image: str = "model:1", **placement) -> dict:
+def inference(
+    name: str,
+    *,
+    cores: int = 2,
+    replicas: int = 1,
+    processes: int = 1,
+    pool: str | None = None,
+    strategy: str = "BinPack",
+    image: str = "model:1",
+    **placement,
+) -> dict:
     spec_placement = {"strategy": strategy, "tolerations": [KWOK_TOLERATION], **placement}
     if pool:
         spec_placement.setdefault("nodeSelector", {})[POOL_LABEL] = pool
@@ -48,8 +57,10 @@ def inference(name: str, *, cores: int = 2, replicas: int = 1, processes: int = 
             "coresPerReplica": cores,
             "processesPerReplica": processes,
             "placement": spec_placement,
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "model", "image": image}]}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "model", "image": image}]},
+            },
         },
     }
 
@@ -91,10 +102,14 @@ def placed_and_ready(cluster, namespace: str, name: str, replicas: int):
     resource = get_inference(cluster, namespace, name)
     pods = live(pods_of(cluster, namespace, name))
     status = resource.get("status") or {}
-    if (len(pods) == replicas and all(running_ready(p) for p in pods)
-            and status.get("readyReplicas") == replicas and status.get("replicas") == replicas
-            and is_ready(resource)
-            and status.get("observedGeneration") == resource["metadata"]["generation"]):
+    if (
+        len(pods) == replicas
+        and all(running_ready(p) for p in pods)
+        and status.get("readyReplicas") == replicas
+        and status.get("replicas") == replicas
+        and is_ready(resource)
+        and status.get("observedGeneration") == resource["metadata"]["generation"]
+    ):
         return resource
     return None
 

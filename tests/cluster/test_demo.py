@@ -35,8 +35,11 @@ def test_demo_places_every_example_and_tears_down():
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout
 
-    expected = {document["metadata"]["name"]: document["spec"].get("replicas", 1)
-                for document in example_resources() if document.get("kind") == KIND}
+    expected = {
+        document["metadata"]["name"]: document["spec"].get("replicas", 1)
+        for document in example_resources()
+        if document.get("kind") == KIND
+    }
     assert expected, "the shipped examples hold NeuronInference resources"
 
     # The printer columns: every example READY == REPLICAS.

@@ -14,7 +14,7 @@ from neuronplace.placement.names import CONDITION_PLACED, INFERENCE_LABEL, REASO
 pytestmark = pytest.mark.cluster
 
 COUNT = 20
-CORES = 4        # 2 inf2.48xlarge = 48 cores = 12 replicas of 4 cores
+CORES = 4  # 2 inf2.48xlarge = 48 cores = 12 replicas of 4 cores
 
 
 def states(cluster, namespace, gone: frozenset[str] = frozenset()) -> dict[str, dict]:
@@ -31,16 +31,26 @@ def test_twenty_at_once_on_a_small_fleet(local_cluster, operator, namespace, fle
         placed = [n for n, r in now.items() if is_ready(r)]
         waiting = [n for n, r in now.items() if condition(r, CONDITION_PLACED).get("reason") == REASON_UNSCHEDULABLE]
         return (placed, waiting) if len(placed) == 12 and len(waiting) == COUNT - 12 else None
+
     placed, waiting = wait_for(settled, 120, "12 placed and 8 unschedulable")
     assert_no_shared_cores(local_cluster)
     for name in waiting:
         placed_condition = condition(get_inference(local_cluster, namespace, name), CONDITION_PLACED)
         assert placed_condition["status"] == "False"
         assert "replica 0" in placed_condition["message"] and "cores" in placed_condition["message"], placed_condition
-        assert not local_cluster.kubectl("get", "pods", "-n", namespace, "-l", f"{INFERENCE_LABEL}={name}",
-                                         "-o", "name").stdout.strip()
-        events = local_cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
-                                       f"involvedObject.name={name},reason=Unschedulable", "-o", "name").stdout.split()
+        assert not local_cluster.kubectl(
+            "get", "pods", "-n", namespace, "-l", f"{INFERENCE_LABEL}={name}", "-o", "name"
+        ).stdout.strip()
+        events = local_cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            f"involvedObject.name={name},reason=Unschedulable",
+            "-o",
+            "name",
+        ).stdout.split()
         assert events, f"no Unschedulable event for {name}"
 
     # Room appears: four placed resources go, four waiting ones take their cores.
@@ -50,9 +60,9 @@ def test_twenty_at_once_on_a_small_fleet(local_cluster, operator, namespace, fle
         now = states(local_cluster, namespace, frozenset(placed[:4]))
         ready = [n for n, r in now.items() if is_ready(r)]
         return len(ready) == 12 and ready
+
     ready = wait_for(refilled, 120, "four waiting resources placed in the freed room")
     assert len(set(ready) & set(waiting)) == 4
     assert_no_shared_cores(local_cluster)
     for name in ready:
         assert placed_and_ready(local_cluster, namespace, name, 1)
-

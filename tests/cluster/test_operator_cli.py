@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from operator_support import apply, inference, pods_of, placed_and_ready
+from operator_support import apply, inference, placed_and_ready, pods_of
 
 pytestmark = pytest.mark.cluster
 
@@ -16,12 +16,19 @@ def test_core_map_of_a_live_cluster(local_cluster, operator, namespace, fleet, w
     nodes = fleet({"inf2.48xlarge": 1})
     apply(local_cluster, namespace, inference("svc", cores=4, replicas=2, pool=nodes.pool))
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "svc", 2), 60, "svc placed")
-    ranges = {p["metadata"]["name"]: p["metadata"]["annotations"]["neuronplace.io/cores"]
-              for p in pods_of(local_cluster, namespace, "svc")}
+    ranges = {
+        p["metadata"]["name"]: p["metadata"]["annotations"]["neuronplace.io/cores"]
+        for p in pods_of(local_cluster, namespace, "svc")
+    }
     png = tmp_path / "cores.png"
     selector = f"neuronplace.io/pool={nodes.pool}"
-    result = subprocess.run([sys.executable, "-m", "neuronplace.cli", "cores", "--selector", selector, "--png", str(png)],
-                            env=local_cluster.env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "neuronplace.cli", "cores", "--selector", selector, "--png", str(png)],
+        env=local_cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(nodes[0]) and "24 cores, 16 free" in lines[0]
@@ -31,7 +38,12 @@ def test_core_map_of_a_live_cluster(local_cluster, operator, namespace, fleet, w
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # kubectl refuses flags before a plugin's name, so no --kubeconfig here: KUBECONFIG is in env().
-    plugin = subprocess.run([str(local_cluster.bin_dir / "kubectl"), "neuronplace", "cores", "--selector", selector],
-                            env=local_cluster.env(), capture_output=True, text=True, timeout=120)
+    plugin = subprocess.run(
+        [str(local_cluster.bin_dir / "kubectl"), "neuronplace", "cores", "--selector", selector],
+        env=local_cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert plugin.returncode == 0, plugin.stderr
     assert plugin.stdout.splitlines()[:3] == lines[:3]

@@ -44,13 +44,19 @@ def test_every_shipped_example_is_covered():
 @pytest.fixture
 def placed_examples(local_cluster, operator, namespace, fleet, wait_for):
     nodes = fleet(FLEET)
-    types = {n["metadata"]["name"]: n["metadata"]["labels"]["node.kubernetes.io/instance-type"]
-             for n in json.loads(local_cluster.kubectl("get", "nodes", "-l", f"neuronplace.io/pool={nodes.pool}",
-                                                        "-o", "json").stdout)["items"]}
+    types = {
+        n["metadata"]["name"]: n["metadata"]["labels"]["node.kubernetes.io/instance-type"]
+        for n in json.loads(
+            local_cluster.kubectl("get", "nodes", "-l", f"neuronplace.io/pool={nodes.pool}", "-o", "json").stdout
+        )["items"]
+    }
     apply(local_cluster, namespace, *[example(file, nodes.pool) for file in EXAMPLES])
     for name, replicas, *_ in EXAMPLES.values():
-        wait_for(lambda name=name, replicas=replicas: placed_and_ready(local_cluster, namespace, name, replicas), 90,
-                 f"{name} placed and ready")
+        wait_for(
+            lambda name=name, replicas=replicas: placed_and_ready(local_cluster, namespace, name, replicas),
+            90,
+            f"{name} placed and ready",
+        )
     return namespace, types
 
 
@@ -127,12 +133,19 @@ def test_runtime_reads_what_the_operator_wrote(local_cluster, placed_examples):
                 child_env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("NEURON")}
                 child_env.update(env)
                 child_env["NEURONPLACE_BACKEND"] = "cpu"
-                result = subprocess.run([sys.executable, "-c", RUNTIME_PROBE], env=child_env, capture_output=True,
-                                        text=True, timeout=120, check=False)
+                result = subprocess.run(
+                    [sys.executable, "-c", RUNTIME_PROBE],
+                    env=child_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
                 assert result.returncode == 0, result.stderr
                 seen = json.loads(result.stdout.strip().splitlines()[-1])
                 assert seen["device_ids"] == list(range(len(seen["visible"]))), seen
                 assert seen["core_ids"] == seen["visible"]
                 addressed += [core + offset for core in seen["core_ids"]]
-            assert addressed == annotated, \
+            assert addressed == annotated, (
                 f"{pod['metadata']['name']}: runtime addresses {addressed}, pod holds {annotated}"
+            )

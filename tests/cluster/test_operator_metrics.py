@@ -32,8 +32,9 @@ def metrics_operator(local_cluster, operator_process):
     operator_process.stop()
     port = _free_port()
     log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-metrics.log"
-    process = type(operator_process)(local_cluster, log_path,
-                                     extra_args=("--metrics-port", str(port), "--log-format", "json"))
+    process = type(operator_process)(
+        local_cluster, log_path, extra_args=("--metrics-port", str(port), "--log-format", "json")
+    )
     process.start()
     try:
         yield process, f"http://127.0.0.1:{port}/metrics"
@@ -45,8 +46,11 @@ def scrape(url: str) -> dict[tuple[str, frozenset], float]:
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
         text = response.read().decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(samples, name: str, **labels) -> float:
@@ -54,7 +58,7 @@ def value(samples, name: str, **labels) -> float:
 
 
 def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operator, namespace, fleet, wait_for):
-    process, url = metrics_operator
+    _process, url = metrics_operator
     nodes = fleet({"inf2.48xlarge": 2})
     before = scrape(url)
 
@@ -62,8 +66,13 @@ def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operato
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "served", 3), 90, "3 replicas placed")
     # 2 × 24 cores cannot hold a 32-core replica: a placement failure with reason Unschedulable.
     apply(local_cluster, namespace, inference("too-big", cores=32, replicas=1, pool=nodes.pool))
-    wait_for(lambda: condition(get_inference(local_cluster, namespace, "too-big"), "Placed").get("reason")
-             == "Unschedulable", 60, "too-big reported Unschedulable")
+    wait_for(
+        lambda: (
+            condition(get_inference(local_cluster, namespace, "too-big"), "Placed").get("reason") == "Unschedulable"
+        ),
+        60,
+        "too-big reported Unschedulable",
+    )
 
     # The pods' annotations are the ledger's source of truth: the gauge must agree with them.
     held = {name: 0 for name in nodes}
@@ -74,28 +83,36 @@ def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operato
         after = scrape(url)
         free = {name: after.get(("neuronplace_node_free_cores", frozenset({("node", name)}))) for name in nodes}
         return after if free == {name: 24 - held[name] for name in nodes} else None
+
     after = wait_for(scraped_agrees, 30, "free-cores gauge equal to 24 minus the pods' cores per node")
 
     assert sum(held.values()) == 12
     assert value(after, "neuronplace_placements_total") - value(before, "neuronplace_placements_total") >= 3
-    assert (value(after, "neuronplace_placement_failures_total", reason="Unschedulable")
-            > value(before, "neuronplace_placement_failures_total", reason="Unschedulable"))
-    assert (value(after, "neuronplace_reconcile_duration_seconds_count")
-            > value(before, "neuronplace_reconcile_duration_seconds_count"))
+    assert value(after, "neuronplace_placement_failures_total", reason="Unschedulable") > value(
+        before, "neuronplace_placement_failures_total", reason="Unschedulable"
+    )
+    assert value(after, "neuronplace_reconcile_duration_seconds_count") > value(
+        before, "neuronplace_reconcile_duration_seconds_count"
+    )
 
     # The ledger's size is every managed pod in the cluster (other tests' pods may still be going
     # away, so compare a scrape with a listing taken right after it until the two agree).
     def ledger_size_agrees():
         gauge = value(scrape(url), "neuronplace_ledger_pods", kind="managed")
-        pods = json.loads(local_cluster.kubectl("get", "pods", "-A", "-l", "neuronplace.io/inference",
-                                                "-o", "json").stdout)["items"]
+        pods = json.loads(
+            local_cluster.kubectl("get", "pods", "-A", "-l", "neuronplace.io/inference", "-o", "json").stdout
+        )["items"]
         return gauge >= 3 and gauge == len([p for p in pods if p["spec"].get("nodeName")])
+
     wait_for(ledger_size_agrees, 60, "ledger-size gauge equal to the managed pods in the cluster")
 
     # Deleting the resource frees its cores; the next scrape shows them free again.
     local_cluster.kubectl("delete", "ninf", "served", "-n", namespace, "--wait=true", "--timeout=60s")
-    wait_for(lambda: all(value(scrape(url), "neuronplace_node_free_cores", node=name) == 24 for name in nodes),
-             60, "all cores free again after the resource was deleted")
+    wait_for(
+        lambda: all(value(scrape(url), "neuronplace_node_free_cores", node=name) == 24 for name in nodes),
+        60,
+        "all cores free again after the resource was deleted",
+    )
 
 
 def test_json_log_format(metrics_operator):

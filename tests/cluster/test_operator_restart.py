@@ -22,9 +22,15 @@ REPLICAS = 20
 
 
 def snapshot(cluster, namespace) -> dict[str, tuple[str, str, str]]:
-    return {p["metadata"]["name"]: (p["metadata"]["uid"], p["spec"]["nodeName"],
-                                    p["metadata"]["annotations"]["neuronplace.io/cores"])
-            for name in NAMES for p in live(pods_of(cluster, namespace, name))}
+    return {
+        p["metadata"]["name"]: (
+            p["metadata"]["uid"],
+            p["spec"]["nodeName"],
+            p["metadata"]["annotations"]["neuronplace.io/cores"],
+        )
+        for name in NAMES
+        for p in live(pods_of(cluster, namespace, name))
+    }
 
 
 def pods_api(cluster):
@@ -39,8 +45,9 @@ def kill_after_creations(core, namespace: str, resource_version: str, operator, 
 
     seen = 0
     try:
-        for event in watch.Watch().stream(core.list_namespaced_pod, namespace, timeout_seconds=60,
-                                          resource_version=resource_version):
+        for event in watch.Watch().stream(
+            core.list_namespaced_pod, namespace, timeout_seconds=60, resource_version=resource_version
+        ):
             if event["type"] == "ADDED":
                 seen += 1
                 if seen >= count:
@@ -55,13 +62,14 @@ def test_sigkill_during_scale_up_loses_and_duplicates_nothing(local_cluster, ope
     # 3 × 20 one-core replicas on 72 cores: everything fits, so every replica must end up placed.
     apply(local_cluster, namespace, *[inference(n, cores=1, replicas=1, pool=nodes.pool) for n in NAMES])
     for name in NAMES:
-        wait_for(lambda: placed_and_ready(local_cluster, namespace, name, 1), 60, f"{name} placed")
+        wait_for(lambda name=name: placed_and_ready(local_cluster, namespace, name, 1), 60, f"{name} placed")
     # SIGKILL from a watch on the pods, a third of the way into the scale-up: polling is too slow
     # for an operator that creates dozens of pods per second.
     core = pods_api(local_cluster)
     since = core.list_namespaced_pod(namespace).metadata.resource_version
-    killer = threading.Thread(target=kill_after_creations, daemon=True,
-                              args=(core, namespace, since, operator, (len(NAMES) * REPLICAS) // 3))
+    killer = threading.Thread(
+        target=kill_after_creations, daemon=True, args=(core, namespace, since, operator, (len(NAMES) * REPLICAS) // 3)
+    )
     killer.start()
     for name in NAMES:
         local_cluster.kubectl("scale", "ninf", name, "-n", namespace, f"--replicas={REPLICAS}", "--timeout=0s")
@@ -72,7 +80,9 @@ def test_sigkill_during_scale_up_loses_and_duplicates_nothing(local_cluster, ope
     assert len(at_kill) < len(NAMES) * REPLICAS, "the scale-up finished before the kill: nothing was tested"
     operator.start()
     for name in NAMES:
-        wait_for(lambda: placed_and_ready(local_cluster, namespace, name, REPLICAS), 120, f"{name} at {REPLICAS}")
+        wait_for(
+            lambda name=name: placed_and_ready(local_cluster, namespace, name, REPLICAS), 120, f"{name} at {REPLICAS}"
+        )
     after = snapshot(local_cluster, namespace)
     assert sorted(after) == sorted(f"{n}-{i}" for n in NAMES for i in range(REPLICAS))
     for pod, (uid, node, cores) in at_kill.items():

@@ -62,8 +62,7 @@ def test_invalid_specs_are_rejected_by_the_api_server(local_cluster, crd, namesp
     assert not local_cluster.kubectl("get", "ninf,pods", "-n", namespace, "-o", "name").stdout.strip()
 
 
-def test_objects_that_pass_the_schema_but_cannot_work_get_a_reason(local_cluster, operator, namespace, fleet,
-                                                                    wait_for):
+def test_objects_that_pass_the_schema_but_cannot_work_get_a_reason(local_cluster, operator, namespace, fleet, wait_for):
     nodes = fleet({"inf2.48xlarge": 1})
     privileged = inference("privileged", cores=2, pool=nodes.pool)
     privileged["spec"]["template"]["spec"]["hostNetwork"] = True
@@ -82,9 +81,14 @@ def test_objects_that_pass_the_schema_but_cannot_work_get_a_reason(local_cluster
         "too-big": ("Unschedulable", "32"),
     }
     for name, (reason, words) in expected.items():
-        placed = wait_for(lambda: condition(get_inference(local_cluster, namespace, name), "Placed").get("reason") == reason
-                          and condition(get_inference(local_cluster, namespace, name), "Placed"), 60,
-                          f"{name}: Placed reason {reason}")
+        placed = wait_for(
+            lambda name=name, reason=reason: (
+                condition(get_inference(local_cluster, namespace, name), "Placed").get("reason") == reason
+                and condition(get_inference(local_cluster, namespace, name), "Placed")
+            ),
+            60,
+            f"{name}: Placed reason {reason}",
+        )
         assert placed["status"] == "False" and words in placed["message"], placed
         assert not pods_of(local_cluster, namespace, name), f"{name} got pods"
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "good", 2), 60, "the valid resource placed")

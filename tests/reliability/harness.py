@@ -57,8 +57,16 @@ class ChaosRecord:
         }
 
 
-def inference_manifest(name: str, *, replicas: int = 1, cores: int = 2, processes: int = 1,
-                       pool: str | None = None, strategy: str = "BinPack", **placement) -> dict:
+def inference_manifest(
+    name: str,
+    *,
+    replicas: int = 1,
+    cores: int = 2,
+    processes: int = 1,
+    pool: str | None = None,
+    strategy: str = "BinPack",
+    **placement,
+) -> dict:
     spec_placement = {"strategy": strategy, "tolerations": [dict(KWOK_TOLERATION)], **placement}
     if pool:
         spec_placement["nodeSelector"] = {**spec_placement.get("nodeSelector", {}), POOL_LABEL: pool}
@@ -66,11 +74,18 @@ def inference_manifest(name: str, *, replicas: int = 1, cores: int = 2, processe
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": name},
-        "spec": {"replicas": replicas, "coresPerReplica": cores, "processesPerReplica": processes,
-                 "placement": spec_placement,
-                 "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [{"name": "model", "image": "model:1"},
-                                                      {"name": "metrics", "image": "sidecar:1"}]}}},
+        "spec": {
+            "replicas": replicas,
+            "coresPerReplica": cores,
+            "processesPerReplica": processes,
+            "placement": spec_placement,
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [{"name": "model", "image": "model:1"}, {"name": "metrics", "image": "sidecar:1"}]
+                },
+            },
+        },
     }
 
 
@@ -88,10 +103,18 @@ class Harness:
         self.namespace = f"rel-{scenario.replace('_', '-')[:40]}-{suffix}"
         self.pool = f"rel-{suffix}"
         self.api = k8s_config.new_client_from_config(config_file=cluster.kubeconfig)
-        self.operator = OperatorProcess(cluster, Path(cluster.logs_dir) / f"operator-{self.namespace}.log",
-                                        extra_args=("--namespace", self.namespace,
-                                                    "--node-grace-seconds", str(NODE_GRACE_SECONDS),
-                                                    "--resync-seconds", str(RESYNC_SECONDS)))
+        self.operator = OperatorProcess(
+            cluster,
+            Path(cluster.logs_dir) / f"operator-{self.namespace}.log",
+            extra_args=(
+                "--namespace",
+                self.namespace,
+                "--node-grace-seconds",
+                str(NODE_GRACE_SECONDS),
+                "--resync-seconds",
+                str(RESYNC_SECONDS),
+            ),
+        )
         self._node_batches = 0
 
     # ---- setup and teardown -------------------------------------------------------------------
@@ -142,8 +165,13 @@ class Harness:
         self.record.faults.append(what)
         return time.monotonic()
 
-    def converge(self, fault: str | None = None, since: float | None = None, timeout: float = CONVERGE_TIMEOUT,
-                 extra: Callable[[inv.Snapshot], list[inv.Violation]] | None = None) -> inv.Snapshot:
+    def converge(
+        self,
+        fault: str | None = None,
+        since: float | None = None,
+        timeout: float = CONVERGE_TIMEOUT,
+        extra: Callable[[inv.Snapshot], list[inv.Violation]] | None = None,
+    ) -> inv.Snapshot:
         """Wait until every invariant holds (plus ``extra``) and the operator is healthy.
 
         Counts one invariant check. With ``fault`` the seconds from ``since`` (default: now) to the

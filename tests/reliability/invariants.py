@@ -74,8 +74,14 @@ INVALID_SPEC = REASON_INVALID_SPEC
 POD_REJECTED = REASON_POD_REJECTED
 EXPLAINED_REASONS = (UNSCHEDULABLE, INVALID_SPEC, POD_REJECTED)
 
-INVARIANTS = ("exclusive-cores", "pod-consistency", "no-orphans", "status-matches-pods", "fits-are-placed",
-              "operator-healthy")
+INVARIANTS = (
+    "exclusive-cores",
+    "pod-consistency",
+    "no-orphans",
+    "status-matches-pods",
+    "fits-are-placed",
+    "operator-healthy",
+)
 
 
 @dataclass(frozen=True)
@@ -141,8 +147,10 @@ def _whole(value: Any) -> int | None:
 
 def container_amount(container: Mapping, resource: str) -> tuple[int | None, int | None]:
     resources = container.get("resources") or {}
-    return (_whole((resources.get("requests") or {}).get(resource)),
-            _whole((resources.get("limits") or {}).get(resource)))
+    return (
+        _whole((resources.get("requests") or {}).get(resource)),
+        _whole((resources.get("limits") or {}).get(resource)),
+    )
 
 
 def pod_amount(pod: Mapping, resource: str) -> int:
@@ -222,17 +230,31 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
             counted += len(ids)
             for core in ids:
                 if core >= capacity:
-                    violations.append(Violation("exclusive-cores", _ref(pod),
-                                                f"holds core {core} but node {node_name} has only "
-                                                f"{capacity} usable cores"))
+                    violations.append(
+                        Violation(
+                            "exclusive-cores",
+                            _ref(pod),
+                            f"holds core {core} but node {node_name} has only {capacity} usable cores",
+                        )
+                    )
                 if core in holder_of:
-                    violations.append(Violation("exclusive-cores", f"node {node_name} core {core}",
-                                                f"held by both {holder_of[core]} and {_ref(pod)}"))
+                    violations.append(
+                        Violation(
+                            "exclusive-cores",
+                            f"node {node_name} core {core}",
+                            f"held by both {holder_of[core]} and {_ref(pod)}",
+                        )
+                    )
                 else:
                     holder_of[core] = _ref(pod)
         if counted > capacity:
-            violations.append(Violation("exclusive-cores", f"node {node_name}",
-                                        f"live pods hold {counted} cores but the node has {capacity}"))
+            violations.append(
+                Violation(
+                    "exclusive-cores",
+                    f"node {node_name}",
+                    f"live pods hold {counted} cores but the node has {capacity}",
+                )
+            )
     return violations
 
 
@@ -285,11 +307,15 @@ def check_pod(pod: Mapping, nodes: Mapping[str, Mapping]) -> list[Violation]:
             continue
         process_ranges.append(node_range)
         if request != node_range.count or limit != node_range.count:
-            bad(f"container {container.get('name')} requests/limits {request}/{limit} {NEURONCORE_RESOURCE} "
-                f"for {node_range.count} cores ({node_range})")
+            bad(
+                f"container {container.get('name')} requests/limits {request}/{limit} {NEURONCORE_RESOURCE} "
+                f"for {node_range.count} cores ({node_range})"
+            )
         if offset is not None and visible != [i - offset for i in node_range.ids]:
-            bad(f"container {container.get('name')}: {ENV_VISIBLE_CORES}={env[ENV_VISIBLE_CORES]!r} is not node cores "
-                f"{node_range} in {numbering} numbering (offset {offset})")
+            bad(
+                f"container {container.get('name')}: {ENV_VISIBLE_CORES}={env[ENV_VISIBLE_CORES]!r} is not node cores "
+                f"{node_range} in {numbering} numbering (offset {offset})"
+            )
     for container in spec.get("initContainers") or []:
         if ENV_VISIBLE_CORES in _env(container) or any(container_amount(container, NEURONCORE_RESOURCE)):
             bad(f"init container {container.get('name')} was given Neuron cores")
@@ -325,20 +351,29 @@ def check_no_orphans(snapshot: Snapshot) -> list[Violation]:
         if not labelled and not (owner and owner.get("kind") == "NeuronInference"):
             continue
         if owner is None or owner.get("kind") != "NeuronInference":
-            out.append(Violation("no-orphans", _ref(pod),
-                                 "labelled as a replica but has no NeuronInference controller"))
+            out.append(
+                Violation("no-orphans", _ref(pod), "labelled as a replica but has no NeuronInference controller")
+            )
             continue
         inference = inferences.get((_meta(pod).get("namespace"), owner.get("name")))
         if inference is None or _meta(inference).get("uid") != owner.get("uid"):
-            out.append(Violation("no-orphans", _ref(pod),
-                                 f"its owner NeuronInference {owner.get('name')} (uid {owner.get('uid')}) is gone"))
+            out.append(
+                Violation(
+                    "no-orphans",
+                    _ref(pod),
+                    f"its owner NeuronInference {owner.get('name')} (uid {owner.get('uid')}) is gone",
+                )
+            )
     return out
 
 
 def _own_pods(inference: Mapping, pods: Iterable[Mapping]) -> list[Mapping]:
     meta = _meta(inference)
-    return [p for p in pods if _meta(p).get("namespace") == meta.get("namespace")
-            and (owner_of(p) or {}).get("uid") == meta.get("uid")]
+    return [
+        p
+        for p in pods
+        if _meta(p).get("namespace") == meta.get("namespace") and (owner_of(p) or {}).get("uid") == meta.get("uid")
+    ]
 
 
 def _desired(inference: Mapping) -> int:
@@ -366,12 +401,18 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
         ready = sum(1 for p in pods if is_ready(p))
         if status.get("readyReplicas", 0) != ready:
             bad(f"status.readyReplicas={status.get('readyReplicas')} but {ready} pods are Ready")
-        said = sorted((p.get("replica"), p.get("pod"), p.get("node"), p.get("cores"))
-                      for p in status.get("placements") or [])
-        actual = sorted((_whole((_meta(p).get("labels") or {}).get(REPLICA_LABEL)), _meta(p).get("name"),
-                         (p.get("spec") or {}).get("nodeName"),
-                         (_meta(p).get("annotations") or {}).get(CORES_ANNOTATION))
-                        for p in pods)
+        said = sorted(
+            (p.get("replica"), p.get("pod"), p.get("node"), p.get("cores")) for p in status.get("placements") or []
+        )
+        actual = sorted(
+            (
+                _whole((_meta(p).get("labels") or {}).get(REPLICA_LABEL)),
+                _meta(p).get("name"),
+                (p.get("spec") or {}).get("nodeName"),
+                (_meta(p).get("annotations") or {}).get(CORES_ANNOTATION),
+            )
+            for p in pods
+        )
         if said != actual:
             bad(f"status.placements {said} != pods {actual}")
         placed = condition(inference, CONDITION_PLACED)
@@ -390,11 +431,15 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
     return out
 
 
-def _placeable_now(inference: Mapping, missing: Sequence[int], snapshot: Snapshot,
-                   node_selector: str) -> ReplicaPlacement | None:
+def _placeable_now(
+    inference: Mapping, missing: Sequence[int], snapshot: Snapshot, node_selector: str
+) -> ReplicaPlacement | None:
     """The first missing replica the placement engine could place right now, if any."""
-    managed = [inventory_from_node(dict(n)) for n in snapshot.nodes
-               if selector_matches(node_selector, _meta(n).get("labels") or {})]
+    managed = [
+        inventory_from_node(dict(n))
+        for n in snapshot.nodes
+        if selector_matches(node_selector, _meta(n).get("labels") or {})
+    ]
     ledger = Ledger.from_pods(dict(p) for p in snapshot.pods)
     request = placement_request(inference, "global")
     fleet = Fleet(sorted(managed, key=lambda n: n.name))
@@ -418,15 +463,23 @@ def check_fits_are_placed(snapshot: Snapshot, node_selector: str = "") -> list[V
         missing = [i for i in range(_desired(inference)) if f"{name}-{i}" not in held]
         placed = condition(inference, CONDITION_PLACED)
         if placed.get("reason") == INVALID_SPEC and pods:
-            out.append(Violation("fits-are-placed", ref,
-                                 f"spec is invalid ({placed.get('message')}) yet {len(pods)} pods exist"))
+            out.append(
+                Violation(
+                    "fits-are-placed", ref, f"spec is invalid ({placed.get('message')}) yet {len(pods)} pods exist"
+                )
+            )
         if not missing:
             continue
         if placed.get("status") != "False" or placed.get("reason") not in EXPLAINED_REASONS:
-            out.append(Violation("fits-are-placed", ref,
-                                 f"replicas {missing} have no pod and Placed is "
-                                 f"{placed.get('status')}/{placed.get('reason')} "
-                                 f"({placed.get('message')!r}), not one of {', '.join(EXPLAINED_REASONS)}"))
+            out.append(
+                Violation(
+                    "fits-are-placed",
+                    ref,
+                    f"replicas {missing} have no pod and Placed is "
+                    f"{placed.get('status')}/{placed.get('reason')} "
+                    f"({placed.get('message')!r}), not one of {', '.join(EXPLAINED_REASONS)}",
+                )
+            )
             continue
         if not placed.get("message"):
             out.append(Violation("fits-are-placed", ref, f"Placed={placed.get('reason')} without a message"))
@@ -437,16 +490,26 @@ def check_fits_are_placed(snapshot: Snapshot, node_selector: str = "") -> list[V
                 out.append(Violation("fits-are-placed", ref, f"Unschedulable, but the request is malformed: {error}"))
                 continue
             if fits is not None:
-                out.append(Violation("fits-are-placed", ref,
-                                     f"says Unschedulable ({placed.get('message')!r}) but replica {fits.replica} fits "
-                                     f"on {fits.node} cores {fits.cores} now"))
+                out.append(
+                    Violation(
+                        "fits-are-placed",
+                        ref,
+                        f"says Unschedulable ({placed.get('message')!r}) but replica {fits.replica} fits "
+                        f"on {fits.node} cores {fits.cores} now",
+                    )
+                )
     return out
 
 
 def check(snapshot: Snapshot, node_selector: str = "") -> list[Violation]:
     """Every snapshot invariant (all but operator-healthy, which needs the process)."""
-    return (check_exclusive_cores(snapshot) + check_pod_consistency(snapshot) + check_no_orphans(snapshot)
-            + check_status(snapshot) + check_fits_are_placed(snapshot, node_selector))
+    return (
+        check_exclusive_cores(snapshot)
+        + check_pod_consistency(snapshot)
+        + check_no_orphans(snapshot)
+        + check_status(snapshot)
+        + check_fits_are_placed(snapshot, node_selector)
+    )
 
 
 def operator_health(liveness_url: str, alive: bool, timeout: float = 5) -> list[Violation]:
@@ -485,9 +548,14 @@ class NotConverged(AssertionError):
     """The cluster did not reach a state without violations in time."""
 
 
-def wait_converged(snapshot_fn: Callable[[], Snapshot], timeout: float, *, node_selector: str = "",
-                   extra: Callable[[Snapshot], list[Violation]] | None = None,
-                   interval: float = 0.25) -> tuple[float, Snapshot]:
+def wait_converged(
+    snapshot_fn: Callable[[], Snapshot],
+    timeout: float,
+    *,
+    node_selector: str = "",
+    extra: Callable[[Snapshot], list[Violation]] | None = None,
+    interval: float = 0.25,
+) -> tuple[float, Snapshot]:
     """Poll until :func:`check` (plus ``extra``, e.g. scenario expectations) finds nothing.
 
     Returns (seconds it took, the clean snapshot). Raises :class:`NotConverged` listing the last
@@ -507,7 +575,9 @@ def wait_converged(snapshot_fn: Callable[[], Snapshot], timeout: float, *, node_
             last_error = error
         if time.monotonic() - start > timeout:
             lines = [str(v) for v in last or []][:40]
-            raise NotConverged(f"not converged after {timeout:.0f}s"
-                               + (f"; last API error: {last_error}" if last_error else "")
-                               + ("".join(f"\n  {line}" for line in lines)))
+            raise NotConverged(
+                f"not converged after {timeout:.0f}s"
+                + (f"; last API error: {last_error}" if last_error else "")
+                + ("".join(f"\n  {line}" for line in lines))
+            )
         time.sleep(interval)

@@ -17,17 +17,16 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Mapping
 
 from kubernetes import client as k8s
 
 from neuronplace.local.fleet import KWOK_TOLERATION, build_node
-
+from neuronplace.placement.names import CORES_ANNOTATION, GROUP, INFERENCE_LABEL, PLURAL, VERSION
 from reliability import bad_specs
 from reliability import invariants as inv
 from reliability.harness import POOL_LABEL, Harness
-from neuronplace.placement.names import CORES_ANNOTATION, GROUP, INFERENCE_LABEL, PLURAL, VERSION
 
 Expectation = Callable[[inv.Snapshot], list[inv.Violation]]
 
@@ -47,6 +46,7 @@ def _pods(snapshot: inv.Snapshot, namespace: str) -> dict[str, list[dict]]:
 
 def replicas_ready(h: Harness, counts: Mapping[str, int]) -> Expectation:
     """Each named resource has exactly ``n`` pods and all are Ready."""
+
     def expect(snapshot: inv.Snapshot) -> list[inv.Violation]:
         pods = _pods(snapshot, h.namespace)
         out = []
@@ -54,14 +54,18 @@ def replicas_ready(h: Harness, counts: Mapping[str, int]) -> Expectation:
             have = pods.get(name, [])
             ready = sum(1 for p in have if inv.is_ready(p))
             if len(have) != n or ready != n:
-                out.append(inv.Violation("expected", f"{h.namespace}/{name}", f"{len(have)} pods, {ready} Ready; want {n}"))
+                out.append(
+                    inv.Violation("expected", f"{h.namespace}/{name}", f"{len(have)} pods, {ready} Ready; want {n}")
+                )
         return out
+
     return expect
 
 
 def placed_or_unschedulable(h: Harness, counts: Mapping[str, int]) -> Expectation:
     """Each named resource has its ``n`` pods Ready, or fewer and says Unschedulable (the shared
     ``fits-are-placed`` invariant then proves that no missing replica fits)."""
+
     def expect(snapshot: inv.Snapshot) -> list[inv.Violation]:
         pods = _pods(snapshot, h.namespace)
         by_name = {i["metadata"]["name"]: i for i in snapshot.inferences if i["metadata"]["namespace"] == h.namespace}
@@ -73,17 +77,27 @@ def placed_or_unschedulable(h: Harness, counts: Mapping[str, int]) -> Expectatio
             placed = inv.condition(by_name.get(name, {}), "Placed")
             if len(have) < n and placed.get("reason") == inv.UNSCHEDULABLE:
                 continue
-            out.append(inv.Violation("expected", f"{h.namespace}/{name}",
-                                     f"{len(have)} pods for {n} replicas, Placed={placed.get('reason')}"))
+            out.append(
+                inv.Violation(
+                    "expected",
+                    f"{h.namespace}/{name}",
+                    f"{len(have)} pods for {n} replicas, Placed={placed.get('reason')}",
+                )
+            )
         return out
+
     return expect
 
 
 def nothing_on(h: Harness, node: str, except_uids: frozenset[str] = frozenset()) -> Expectation:
     def expect(snapshot: inv.Snapshot) -> list[inv.Violation]:
-        return [inv.Violation("expected", f"{p['metadata']['namespace']}/{p['metadata']['name']}", f"still on {node}")
-                for pods in _pods(snapshot, h.namespace).values() for p in pods
-                if p["spec"].get("nodeName") == node and p["metadata"]["uid"] not in except_uids]
+        return [
+            inv.Violation("expected", f"{p['metadata']['namespace']}/{p['metadata']['name']}", f"still on {node}")
+            for pods in _pods(snapshot, h.namespace).values()
+            for p in pods
+            if p["spec"].get("nodeName") == node and p["metadata"]["uid"] not in except_uids
+        ]
+
     return expect
 
 
@@ -114,6 +128,7 @@ def scale_all(h: Harness, counts: Mapping[str, int]) -> None:
     def patch(item):
         name, n = item
         api.patch_namespaced_custom_object(GROUP, VERSION, h.namespace, PLURAL, name, {"spec": {"replicas": n}})
+
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(patch, counts.items()))
 
@@ -126,8 +141,11 @@ def node_of(snapshot: inv.Snapshot, h: Harness, pod_name: str) -> str:
 
 
 def placements(snapshot: inv.Snapshot, h: Harness) -> dict[str, tuple[str, str]]:
-    return {p["metadata"]["name"]: (p["spec"]["nodeName"], p["metadata"]["annotations"][CORES_ANNOTATION])
-            for pods in _pods(snapshot, h.namespace).values() for p in pods}
+    return {
+        p["metadata"]["name"]: (p["spec"]["nodeName"], p["metadata"]["annotations"][CORES_ANNOTATION])
+        for pods in _pods(snapshot, h.namespace).values()
+        for p in pods
+    }
 
 
 # ---- the scenarios ---------------------------------------------------------------------------------
@@ -147,8 +165,10 @@ def operator_sigkill_during_scale_up(h: Harness, kills: int = 10) -> None:
         # Unschedulable, and scale-downs free cores that the growers then need.
         names = sorted(shapes, key=lambda name: (current[name], h.rng.random()))
         growers = names[:2]
-        current = {name: min(current[name] + h.rng.randint(2, 4), 6) if name in growers else h.rng.randint(0, 3)
-                   for name in shapes}
+        current = {
+            name: min(current[name] + h.rng.randint(2, 4), 6) if name in growers else h.rng.randint(0, 3)
+            for name in shapes
+        }
         scale_all(h, current)
         time.sleep(h.rng.uniform(0.0, 1.0))
         since = h.fault("operator SIGKILL during scale-up")
@@ -166,7 +186,9 @@ def rollout_with_operator_kills(h: Harness, kills: int = 3) -> None:
     h.apply(resource)
     h.converge(extra=replicas_ready(h, {"roll": 4}))
     for version in range(1, kills + 1):
-        resource["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "MODEL_VERSION", "value": str(version)}]
+        resource["spec"]["template"]["spec"]["containers"][0]["env"] = [
+            {"name": "MODEL_VERSION", "value": str(version)}
+        ]
         h.apply(resource)
         time.sleep(h.rng.uniform(0.2, 1.5))
         since = h.fault("operator SIGKILL during rollout")
@@ -180,11 +202,21 @@ def rollout_with_operator_kills(h: Harness, kills: int = 3) -> None:
                 model = next((c for c in pod["spec"]["containers"] if c["name"].startswith("model")), {})
                 env = {e["name"]: e.get("value") for e in model.get("env") or []}
                 if env.get("MODEL_VERSION") != str(version):
-                    out.append(inv.Violation("expected", pod["metadata"]["name"],
-                                             f"runs template version {env.get('MODEL_VERSION')}, want {version}"))
+                    out.append(
+                        inv.Violation(
+                            "expected",
+                            pod["metadata"]["name"],
+                            f"runs template version {env.get('MODEL_VERSION')}, want {version}",
+                        )
+                    )
             return out
-        h.converge("operator SIGKILL during rollout", since=since, timeout=90,
-                   extra=all_of(replicas_ready(h, {"roll": 4}), rolled))
+
+        h.converge(
+            "operator SIGKILL during rollout",
+            since=since,
+            timeout=90,
+            extra=all_of(replicas_ready(h, {"roll": 4}), rolled),
+        )
 
 
 def faults_while_operator_down(h: Harness) -> None:
@@ -192,8 +224,11 @@ def faults_while_operator_down(h: Harness) -> None:
     another up, a pod is deleted. The restarted operator rebuilds its ledger from the pods and
     converges: the scaled-down cores are free again and nothing runs on the lost node."""
     h.fleet({"inf2.48xlarge": 3})
-    h.apply(h.inference("spread", replicas=3, cores=4, strategy="Spread"),
-            h.inference("big", replicas=2, cores=8), h.inference("small", replicas=2, cores=2))
+    h.apply(
+        h.inference("spread", replicas=3, cores=4, strategy="Spread"),
+        h.inference("big", replicas=2, cores=8),
+        h.inference("small", replicas=2, cores=2),
+    )
     snapshot = h.converge(extra=replicas_ready(h, {"spread": 3, "big": 2, "small": 2}))
     victim = node_of(snapshot, h, "spread-1")
     h.operator.kill(signal.SIGKILL)
@@ -202,27 +237,35 @@ def faults_while_operator_down(h: Harness) -> None:
     h.kubectl("delete", "pod", "spread-0", "--wait=false")
     since = h.fault("faults while the operator is down")
     h.operator.start()
-    h.converge("faults while the operator is down", since=since,
-               extra=all_of(replicas_ready(h, {"spread": 3, "big": 0, "small": 6}), nothing_on(h, victim)))
+    h.converge(
+        "faults while the operator is down",
+        since=since,
+        extra=all_of(replicas_ready(h, {"spread": 3, "big": 0, "small": 6}), nothing_on(h, victim)),
+    )
 
 
 def terminating_pod_keeps_cores(h: Harness) -> None:
     """A replica pod stuck terminating (a finalizer someone else put there) still holds its cores
     after its resource is deleted: nothing else gets them until the pod is really gone, and then
-    the waiting resource does (pain points 3 and 6, without stale usage maps to clean by hand)."""
+    the waiting resource does (no core held twice, and no stale usage left to clean by hand)."""
     h.fleet({"inf2.8xlarge": 1})  # 2 cores
     h.apply(h.inference("old", replicas=1, cores=2))
     h.converge(extra=replicas_ready(h, {"old": 1}))
-    h.kubectl("patch", "pod", "old-0", "--type=merge", "-p", json.dumps({"metadata": {"finalizers": ["example.com/hold"]}}))
+    h.kubectl(
+        "patch", "pod", "old-0", "--type=merge", "-p", json.dumps({"metadata": {"finalizers": ["example.com/hold"]}})
+    )
     h.kubectl("delete", "ninf", "old", "--wait=false")
     h.apply(h.inference("new", replicas=1, cores=2))
     since = h.fault("pod stuck terminating")
 
     def waits(snapshot: inv.Snapshot) -> list[inv.Violation]:
-        old = [p for p in snapshot.pods if p["metadata"]["namespace"] == h.namespace and p["metadata"]["name"] == "old-0"]
+        old = [
+            p for p in snapshot.pods if p["metadata"]["namespace"] == h.namespace and p["metadata"]["name"] == "old-0"
+        ]
         if not old or not inv.is_terminating(old[0]):
             return [inv.Violation("expected", "old-0", "should be terminating, held by its finalizer")]
         return []
+
     h.converge("pod stuck terminating", since=since, extra=all_of(waits, placed_or_unschedulable(h, {"new": 1})))
     h.kubectl("patch", "pod", "old-0", "--type=merge", "-p", json.dumps({"metadata": {"finalizers": None}}))
     since = h.fault("stuck pod released")
@@ -238,20 +281,39 @@ def failed_pods_recreated(h: Harness) -> None:
     victims = sorted(h.rng.sample(sorted(before), 2))
     since = h.fault("pods failed")
     for pod in victims:
-        h.kubectl("patch", "pod", pod, "--subresource=status", "--type=merge",
-                  "-p", json.dumps({"status": {"phase": "Failed", "reason": "Chaos", "message": "killed by chaos"}}))
+        h.kubectl(
+            "patch",
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"phase": "Failed", "reason": "Chaos", "message": "killed by chaos"}}),
+        )
     check_now(h)
 
     def replaced(snapshot: inv.Snapshot) -> list[inv.Violation]:
         now = placements(snapshot, h)
-        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in snapshot.pods
-                if p["metadata"]["namespace"] == h.namespace}
-        return ([inv.Violation("expected", name, f"was on {before[name]}, now on {now.get(name)}")
-                 for name in before if now.get(name) != before[name]]
-                + [inv.Violation("expected", name, "the failed pod was not replaced")
-                   for name in victims if uids.get(name) == failed_uids[name]])
-    failed_uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in snapshot.pods
-                   if p["metadata"]["namespace"] == h.namespace and p["metadata"]["name"] in victims}
+        uids = {
+            p["metadata"]["name"]: p["metadata"]["uid"]
+            for p in snapshot.pods
+            if p["metadata"]["namespace"] == h.namespace
+        }
+        return [
+            inv.Violation("expected", name, f"was on {before[name]}, now on {now.get(name)}")
+            for name in before
+            if now.get(name) != before[name]
+        ] + [
+            inv.Violation("expected", name, "the failed pod was not replaced")
+            for name in victims
+            if uids.get(name) == failed_uids[name]
+        ]
+
+    failed_uids = {
+        p["metadata"]["name"]: p["metadata"]["uid"]
+        for p in snapshot.pods
+        if p["metadata"]["namespace"] == h.namespace and p["metadata"]["name"] in victims
+    }
     h.converge("pods failed", since=since, extra=all_of(replicas_ready(h, {"flaky": 4}), replaced))
 
 
@@ -268,8 +330,9 @@ def _control_plane_restart(h: Harness, component: str) -> None:
     wanted = {name: 2 for name in names} | {name: 3 for name in names[:3]}
     scale_all(h, {name: 3 for name in names[:3]})
     h.converge(f"{component} restart", since=since, extra=replicas_ready(h, wanted))
-    assert h.operator.alive() and h.operator.process.pid == pid and h.operator.starts == starts, \
+    assert h.operator.alive() and h.operator.process.pid == pid and h.operator.starts == starts, (
         f"the operator was restarted or died across the {component} restart"
+    )
 
 
 def operator_starts_while_apiserver_frozen(h: Harness) -> None:
@@ -292,8 +355,9 @@ def operator_starts_while_apiserver_frozen(h: Harness) -> None:
         starter.start()
         deadline = time.monotonic() + 60
         while "failed temporarily" not in h.operator.log_path.read_text(errors="replace")[log_start:]:
-            assert time.monotonic() < deadline and starter.is_alive(), \
+            assert time.monotonic() < deadline and starter.is_alive(), (
                 "the operator never tried to reach the API server\n" + h.operator.log_tail(30)
+            )
             time.sleep(0.1)
         starts = h.operator.starts
     finally:
@@ -317,8 +381,7 @@ def etcd_restart(h: Harness) -> None:
 def node_deleted(h: Harness) -> None:
     """Delete the node that holds the most replicas: they are re-placed on the others."""
     h.fleet({"inf2.48xlarge": 3})
-    h.apply(h.inference("spread", replicas=3, cores=4, strategy="Spread"),
-            h.inference("packed", replicas=2, cores=8))
+    h.apply(h.inference("spread", replicas=3, cores=4, strategy="Spread"), h.inference("packed", replicas=2, cores=8))
     counts = {"spread": 3, "packed": 2}
     snapshot = h.converge(extra=replicas_ready(h, counts))
     per_node: dict[str, int] = {}
@@ -352,18 +415,29 @@ def node_cordoned(h: Harness) -> None:
     h.apply(h.inference("web", replicas=2, cores=4, strategy="Spread"))
     snapshot = h.converge(extra=replicas_ready(h, {"web": 2}))
     cordoned = nodes[0]
-    staying = frozenset(p["metadata"]["uid"] for pods in _pods(snapshot, h.namespace).values() for p in pods
-                        if p["spec"]["nodeName"] == cordoned)
+    staying = frozenset(
+        p["metadata"]["uid"]
+        for pods in _pods(snapshot, h.namespace).values()
+        for p in pods
+        if p["spec"]["nodeName"] == cordoned
+    )
     since = h.fault("node cordoned")
     h.cluster.kubectl("cordon", cordoned)
     h.scale("web", 6)
 
     def kept(snapshot: inv.Snapshot) -> list[inv.Violation]:
         uids = {p["metadata"]["uid"] for pods in _pods(snapshot, h.namespace).values() for p in pods}
-        return [inv.Violation("expected", cordoned, "a pod that ran there before the cordon was removed")
-                for uid in staying if uid not in uids]
-    h.converge("node cordoned", since=since,
-               extra=all_of(replicas_ready(h, {"web": 6}), nothing_on(h, cordoned, except_uids=staying), kept))
+        return [
+            inv.Violation("expected", cordoned, "a pod that ran there before the cordon was removed")
+            for uid in staying
+            if uid not in uids
+        ]
+
+    h.converge(
+        "node cordoned",
+        since=since,
+        extra=all_of(replicas_ready(h, {"web": 6}), nothing_on(h, cordoned, except_uids=staying), kept),
+    )
     h.cluster.kubectl("uncordon", cordoned)
 
 
@@ -376,15 +450,16 @@ def fifty_resources_four_nodes(h: Harness) -> None:
 
     def create(item):
         name, (replicas, cores) = item
-        api.create_namespaced_custom_object(GROUP, VERSION, h.namespace, PLURAL,
-                                            h.inference(name, replicas=replicas, cores=cores))
+        api.create_namespaced_custom_object(
+            GROUP, VERSION, h.namespace, PLURAL, h.inference(name, replicas=replicas, cores=cores)
+        )
+
     since = h.fault("50 resources at once")
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(create, wanted.items()))
     check_now(h)  # mid-burst: the operator is still placing
     counts = {name: replicas for name, (replicas, _) in wanted.items()}
-    snapshot = h.converge("50 resources at once", since=since, timeout=120,
-                          extra=placed_or_unschedulable(h, counts))
+    snapshot = h.converge("50 resources at once", since=since, timeout=120, extra=placed_or_unschedulable(h, counts))
     pods = _pods(snapshot, h.namespace)
     assert sum(len(p) for p in pods.values()) >= 20, "most of the 48 cores should be in use"
     placed = sorted(name for name in wanted if pods.get(name))
@@ -420,8 +495,12 @@ def pod_delete_storm(h: Harness, rounds: int = 3) -> None:
 
     def same_cores(snapshot: inv.Snapshot) -> list[inv.Violation]:
         now = placements(snapshot, h)
-        return [inv.Violation("expected", name, f"was on {before[name]}, now on {now.get(name)}")
-                for name in before if now.get(name) != before[name]]
+        return [
+            inv.Violation("expected", name, f"was on {before[name]}, now on {now.get(name)}")
+            for name in before
+            if now.get(name) != before[name]
+        ]
+
     for _ in range(rounds):
         victims = h.rng.sample(sorted(before), len(before) // 2)
         since = h.fault("pod-delete storm")
@@ -437,11 +516,26 @@ def foreign_pods(h: Harness) -> None:
 
     def foreign(name: str, ids: str | None) -> dict:
         metadata = {"name": name, "annotations": {"AWS_NEURON_IDS": ids} if ids else {}}
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-                "spec": {"nodeName": node, "tolerations": [dict(KWOK_TOLERATION)],
-                         "containers": [{"name": "c", "image": "other:1", "resources": {
-                             "requests": {"aws.amazon.com/neuroncore": "4"},
-                             "limits": {"aws.amazon.com/neuroncore": "4"}}}]}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": metadata,
+            "spec": {
+                "nodeName": node,
+                "tolerations": [dict(KWOK_TOLERATION)],
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": "other:1",
+                        "resources": {
+                            "requests": {"aws.amazon.com/neuroncore": "4"},
+                            "limits": {"aws.amazon.com/neuroncore": "4"},
+                        },
+                    }
+                ],
+            },
+        }
+
     h.apply(foreign("foreign-exact", "8,9,10,11"), foreign("foreign-count", None))
     since = h.fault("foreign pods on a managed node")
     # 10 x 2 cores asked, 24 - 8 = 16 free: 8 placed, 2 honestly Unschedulable.
@@ -450,8 +544,10 @@ def foreign_pods(h: Harness) -> None:
     def eight(snapshot: inv.Snapshot) -> list[inv.Violation]:
         have = len(_pods(snapshot, h.namespace).get("fill", []))
         return [] if have == 8 else [inv.Violation("expected", "fill", f"{have} pods; 8 fit beside the foreign pods")]
-    h.converge("foreign pods on a managed node", since=since,
-               extra=all_of(placed_or_unschedulable(h, {"fill": 10}), eight))
+
+    h.converge(
+        "foreign pods on a managed node", since=since, extra=all_of(placed_or_unschedulable(h, {"fill": 10}), eight)
+    )
     since = h.fault("foreign pods gone")
     h.kubectl("delete", "pod", "foreign-exact", "foreign-count", "--wait=false")
     h.converge("foreign pods gone", since=since, extra=replicas_ready(h, {"fill": 10}))
@@ -461,6 +557,7 @@ def odd_nodes(h: Harness) -> None:
     """Nodes with odd data: unknown instance type without an override, no Neuron allocatable, zero
     allocatable, an allocatable smaller than the topology. The operator places nothing
     where it cannot, uses only what is allocatable, says why, and stays healthy."""
+
     def odd(kind: str, instance: str, allocatable: Mapping[str, str | None], label_type: str | None = None) -> dict:
         node = build_node(f"{h.pool}-odd-{kind}", instance, labels={POOL_LABEL: h.pool, "odd": kind})
         if label_type:
@@ -472,6 +569,7 @@ def odd_nodes(h: Harness) -> None:
                 else:
                     node["status"][field][resource] = value
         return node
+
     nodes = [
         odd("unknown", "inf2.xlarge", {}, label_type="inf9.mega"),
         odd("noalloc", "inf2.8xlarge", {"aws.amazon.com/neuroncore": None, "aws.amazon.com/neuron": None}),
@@ -500,13 +598,22 @@ def odd_nodes(h: Harness) -> None:
         for name, phrase in says.items():
             placed = inv.condition(by_name.get(name, {}), "Placed")
             if pods.get(name) or placed.get("reason") != inv.UNSCHEDULABLE or phrase not in placed.get("message", ""):
-                out.append(inv.Violation("expected", name, f"{len(pods.get(name, []))} pods, Placed "
-                                         f"{placed.get('reason')}: {placed.get('message')!r}; want none and {phrase!r}"))
+                out.append(
+                    inv.Violation(
+                        "expected",
+                        name,
+                        f"{len(pods.get(name, []))} pods, Placed "
+                        f"{placed.get('reason')}: {placed.get('message')!r}; want none and {phrase!r}",
+                    )
+                )
         small = pods.get("on-small", [])
         used = sorted(c for p in small for c in inv.CoreRange.parse(p["metadata"]["annotations"][CORES_ANNOTATION]).ids)
         if len(small) != 2 or used != [0, 1, 2, 3]:
-            out.append(inv.Violation("expected", "on-small", f"cores {used} on a node with 4 allocatable; want 0-3 in 2 pods"))
+            out.append(
+                inv.Violation("expected", "on-small", f"cores {used} on a node with 4 allocatable; want 0-3 in 2 pods")
+            )
         return out
+
     h.converge("nodes with odd data", since=since, extra=explained)
 
 
@@ -545,15 +652,22 @@ def operator_refuses_bad_specs(h: Harness) -> None:
             placed = inv.condition(by_name.get(name, {}), "Placed")
             message = placed.get("message", "")
             if pods.get(name) or placed.get("reason") != case.reason or not all(p in message for p in case.says):
-                out.append(inv.Violation("expected", f"{name} ({case.id})",
-                                         f"{len(pods.get(name, []))} pods, Placed {placed.get('reason')}: {message!r}; "
-                                         f"want no pod, {case.reason} saying {case.says}"))
+                out.append(
+                    inv.Violation(
+                        "expected",
+                        f"{name} ({case.id})",
+                        f"{len(pods.get(name, []))} pods, Placed {placed.get('reason')}: {message!r}; "
+                        f"want no pod, {case.reason} saying {case.says}",
+                    )
+                )
         return out
+
     h.converge("invalid specs (operator)", since=since, extra=all_of(explained, replicas_ready(h, {"good": 1})))
 
 
 SCENARIOS: dict[str, Callable[[Harness], None]] = {
-    fn.__name__: fn for fn in (
+    fn.__name__: fn
+    for fn in (
         api_rejects_bad_specs,
         operator_refuses_bad_specs,
         odd_nodes,

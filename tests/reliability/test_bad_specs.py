@@ -1,4 +1,4 @@
-"""Bad input (issue 8): invalid NeuronInference specs are refused with a clear message and change nothing.
+"""Bad input: invalid NeuronInference specs are refused with a clear message and change nothing.
 
 - ``API_REJECTED`` (``bad_specs.py``, 40+ specs): the API server refuses each at create time (schema,
   CEL, name rules) with the message the user needs; nothing is stored.
@@ -43,13 +43,15 @@ def corpus_namespace(local_cluster, reliability_crd):
 def test_api_server_rejects_with_a_clear_message(local_cluster, corpus_namespace, case):
     def kubectl(*args, **kwargs):
         return local_cluster.kubectl(*args, "-n", corpus_namespace, **kwargs)
+
     assert_api_rejects(kubectl, case, "bad")
 
 
 def test_the_valid_base_spec_is_accepted(local_cluster, corpus_namespace):
     """Guards the corpus: every case differs from this spec in one thing only, so it must pass."""
-    local_cluster.kubectl("create", "--dry-run=server", "-n", corpus_namespace, "-f", "-",
-                          input=json.dumps(bad_specs.valid("good")))
+    local_cluster.kubectl(
+        "create", "--dry-run=server", "-n", corpus_namespace, "-f", "-", input=json.dumps(bad_specs.valid("good"))
+    )
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Faults and races against the real local control plane (issue 8), one test per scenario.
+"""Faults and races against the real local control plane, one test per scenario.
 
 Each scenario (``scenarios.py``, shared with ``benchmarks/chaos.py``) runs in its own namespace,
 node pool and operator process and ends every fault with the shared invariant checker. Seed:

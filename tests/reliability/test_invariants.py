@@ -10,13 +10,12 @@ from __future__ import annotations
 import copy
 
 from neuronplace.local.fleet import build_node
+from neuronplace.placement.allocator import ReplicaPlacement, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.allocator import ReplicaPlacement, place_one
 from neuronplace.placement.pods import build_pod
 from neuronplace.placement.reconcile import placement_request
 from neuronplace.placement.status import Problem, build_status
-
 from reliability.invariants import Snapshot, Violation, check, operator_health
 
 TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
@@ -24,12 +23,18 @@ TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSc
 
 def inference(name="bert", replicas=2, cores=4, processes=2, uid=None):
     return {
-        "apiVersion": "neuronplace.io/v1alpha1", "kind": "NeuronInference",
+        "apiVersion": "neuronplace.io/v1alpha1",
+        "kind": "NeuronInference",
         "metadata": {"name": name, "namespace": "ml", "uid": uid or f"uid-{name}", "generation": 1},
-        "spec": {"replicas": replicas, "coresPerReplica": cores, "processesPerReplica": processes,
-                 "placement": {"tolerations": [TOLERATION]},
-                 "template": {"spec": {"containers": [{"name": "model", "image": "m:1"},
-                                                      {"name": "sidecar", "image": "s:1"}]}}},
+        "spec": {
+            "replicas": replicas,
+            "coresPerReplica": cores,
+            "processesPerReplica": processes,
+            "placement": {"tolerations": [TOLERATION]},
+            "template": {
+                "spec": {"containers": [{"name": "model", "image": "m:1"}, {"name": "sidecar", "image": "s:1"}]}
+            },
+        },
     }
 
 
@@ -81,10 +86,14 @@ def test_two_pods_on_the_same_core_are_caught():
 
 def test_a_foreign_pod_overlapping_or_overfilling_a_node_is_caught():
     snap = healthy(instance="inf2.xlarge", inferences=[inference(replicas=1, cores=2, processes=1)])
-    foreign = {"metadata": {"name": "other", "namespace": "x", "annotations": {"AWS_NEURON_IDS": "1"}},
-               "spec": {"nodeName": "n-0", "containers": [{"name": "c", "resources": {
-                   "requests": {"aws.amazon.com/neuroncore": "1"}}}]},
-               "status": {"phase": "Running"}}
+    foreign = {
+        "metadata": {"name": "other", "namespace": "x", "annotations": {"AWS_NEURON_IDS": "1"}},
+        "spec": {
+            "nodeName": "n-0",
+            "containers": [{"name": "c", "resources": {"requests": {"aws.amazon.com/neuroncore": "1"}}}],
+        },
+        "status": {"phase": "Running"},
+    }
     found = check(Snapshot([*snap.pods, foreign], snap.nodes, snap.inferences, ("ml",)))
     assert any("core 1" in v.subject and "x/other" in v.detail for v in found), found
     del foreign["metadata"]["annotations"]
@@ -107,8 +116,9 @@ def test_env_annotation_and_device_plugin_ids_must_agree():
 
     snap = healthy()
     first = snap.pods[0]["spec"]["containers"][0]
-    first["env"] = [e if e["name"] != "NEURONPLACE_NODE_CORES" else {"name": e["name"], "value": "20-21"}
-                    for e in first["env"]]
+    first["env"] = [
+        e if e["name"] != "NEURONPLACE_NODE_CORES" else {"name": e["name"], "value": "20-21"} for e in first["env"]
+    ]
     assert "pod-consistency" in kinds(check(snap))
 
     snap = healthy()

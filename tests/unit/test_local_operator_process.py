@@ -14,8 +14,10 @@ import pytest
 from neuronplace.local.operator_process import STARTED_LINE, OperatorProcess, recorded_pid, stop_recorded
 
 SERVES = f"import time; print({STARTED_LINE!r} + ': settings', flush=True); time.sleep(120)"
-IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                   f"print({STARTED_LINE!r}, flush=True); time.sleep(120)")
+IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    f"print({STARTED_LINE!r}, flush=True); time.sleep(120)"
+)
 NEVER_STARTS = "import time; print('connecting ...', flush=True); time.sleep(120)"
 CRASHES = "import sys; print('cannot log in', flush=True); sys.exit(3)"
 
@@ -37,8 +39,14 @@ class StandIn(OperatorProcess):
 
 
 def test_start_waits_for_the_started_line_and_stop_ends_it(tmp_path):
-    operator = StandIn(SERVES, tmp_path / "logs" / "operator.log", ("--namespace", "a"), env={"EXTRA": "1"},
-                       kubeconfig=tmp_path / "sa.kubeconfig", pid_file=tmp_path / "operator.pid")
+    operator = StandIn(
+        SERVES,
+        tmp_path / "logs" / "operator.log",
+        ("--namespace", "a"),
+        env={"EXTRA": "1"},
+        kubeconfig=tmp_path / "sa.kubeconfig",
+        pid_file=tmp_path / "operator.pid",
+    )
     operator.start(timeout=30)
     try:
         assert operator.alive()
@@ -89,8 +97,12 @@ def test_a_recorded_operator_is_found_and_stopped_from_another_command(tmp_path)
     assert recorded_pid(pid_file) is None
 
     # Started by someone else (a new session, not waited for here): like `neuronplace demo` earlier.
-    process = subprocess.Popen([sys.executable, "-c", IGNORES_SIGTERM, "neuronplace.cli", "run"],
-                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", IGNORES_SIGTERM, "neuronplace.cli", "run"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         pid_file.write_text(f"{process.pid}\n")
         assert STARTED_LINE in process.stdout.readline()  # its SIGTERM handler is in place

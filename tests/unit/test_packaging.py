@@ -32,15 +32,22 @@ def test_stdlib_operator_is_not_shadowed_from_the_repository_root():
 
 
 def test_operator_package_imports_without_torch():
-    result = run_python(BLOCK_IMPORT.format(name="torch") + "import neuronplace.operator, neuronplace.runtime.coreset\nprint('ok')")
+    result = run_python(
+        BLOCK_IMPORT.format(name="torch") + "import neuronplace.operator, neuronplace.runtime.coreset\nprint('ok')"
+    )
     assert result.returncode == 0, result.stderr
-    assert "torch" not in run_python(
-        "import sys, neuronplace.operator; print(' '.join(m for m in sys.modules if m.split('.')[0] == 'torch'))"
-    ).stdout
+    assert (
+        "torch"
+        not in run_python(
+            "import sys, neuronplace.operator; print(' '.join(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+        ).stdout
+    )
 
 
 def test_runtime_package_imports_without_kopf():
-    result = run_python(BLOCK_IMPORT.format(name="kopf") + "import neuronplace.runtime\nneuronplace.runtime.DataParallel\nprint('ok')")
+    result = run_python(
+        BLOCK_IMPORT.format(name="kopf") + "import neuronplace.runtime\nneuronplace.runtime.DataParallel\nprint('ok')"
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -53,7 +60,9 @@ def test_operator_extra_never_pulls_torch():
 
 
 def test_console_script_lists_every_subcommand():
-    result = subprocess.run([sys.executable, "-m", "neuronplace.cli", "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "neuronplace.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     for command in ("local", "run", "demo", "plan", "cores"):
         assert command in result.stdout

@@ -86,14 +86,20 @@ def cluster_state(tmp_path):
         "kind": "Node",
         "metadata": {"name": "inf2-a", "labels": {"node.kubernetes.io/instance-type": "inf2.48xlarge"}},
         "spec": {},
-        "status": {"allocatable": {"aws.amazon.com/neuroncore": "24"},
-                   "conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {
+            "allocatable": {"aws.amazon.com/neuroncore": "24"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
     }
     running = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "bert-0", "namespace": "default", "labels": {INFERENCE_LABEL: "bert"},
-                     "annotations": {CORES_ANNOTATION: "0-7"}},
+        "metadata": {
+            "name": "bert-0",
+            "namespace": "default",
+            "labels": {INFERENCE_LABEL: "bert"},
+            "annotations": {CORES_ANNOTATION: "0-7"},
+        },
         "spec": {"nodeName": "inf2-a", "containers": [{"name": "model"}]},
         "status": {"phase": "Running"},
     }
@@ -101,8 +107,10 @@ def cluster_state(tmp_path):
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "legacy", "namespace": "ml", "annotations": {"AWS_NEURON_IDS": "8,9"}},
-        "spec": {"nodeName": "inf2-a",
-                 "containers": [{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": "2"}}}]},
+        "spec": {
+            "nodeName": "inf2-a",
+            "containers": [{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": "2"}}}],
+        },
         "status": {"phase": "Running"},
     }
     return write(tmp_path, "state.yaml", {"apiVersion": "v1", "kind": "List", "items": [node, running, foreign]})
@@ -137,8 +145,9 @@ def test_invalid_resource_is_reported_not_raised(tmp_path, capsys):
     files = write(tmp_path, "bad.yaml", inference("odd", 1, 6, processes=4))
     code, out, _ = run(capsys, "--fleet", "inf2.48xlarge=1", files)
     assert code == 1
-    assert ("default/odd replica -: spec.processesPerReplica must be a positive integer dividing coresPerReplica=6"
-            in out)
+    assert (
+        "default/odd replica -: spec.processesPerReplica must be a positive integer dividing coresPerReplica=6" in out
+    )
 
 
 def test_unusable_input_exits_2(tmp_path, capsys):

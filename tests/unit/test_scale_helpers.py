@@ -66,16 +66,18 @@ def test_bound_curve_counts_up_in_time_order():
 
 
 def test_metric_sum_filters_by_name_and_labels():
-    text = "\n".join([
-        "# HELP apiserver_request_total Counter of apiserver requests",
-        "# TYPE apiserver_request_total counter",
-        'apiserver_request_total{code="201",resource="pods",verb="POST"} 10',
-        'apiserver_request_total{code="200",resource="pods",verb="GET"} 2.5e+01',
-        'apiserver_request_total_other{code="201"} 1000',
-        'apiserver_flowcontrol_dispatched_requests_total{flow_schema="ours",priority_level="exempt"} 7',
-        'apiserver_flowcontrol_dispatched_requests_total{flow_schema="exempt",priority_level="exempt"} 9',
-        'weird{label="with \\"quote\\", comma",resource="pods"} 3',
-    ])
+    text = "\n".join(
+        [
+            "# HELP apiserver_request_total Counter of apiserver requests",
+            "# TYPE apiserver_request_total counter",
+            'apiserver_request_total{code="201",resource="pods",verb="POST"} 10',
+            'apiserver_request_total{code="200",resource="pods",verb="GET"} 2.5e+01',
+            'apiserver_request_total_other{code="201"} 1000',
+            'apiserver_flowcontrol_dispatched_requests_total{flow_schema="ours",priority_level="exempt"} 7',
+            'apiserver_flowcontrol_dispatched_requests_total{flow_schema="exempt",priority_level="exempt"} 9',
+            'weird{label="with \\"quote\\", comma",resource="pods"} 3',
+        ]
+    )
     assert prometheus.metric_sum(text, "apiserver_request_total") == 35
     assert prometheus.metric_sum(text, "apiserver_request_total", verb="POST") == 10
     assert prometheus.metric_sum(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema="ours") == 7
@@ -109,9 +111,11 @@ def phase(label, pods, seconds):
 
 
 def test_median_round_and_report():
-    rounds = [(phase("ours", 10, 1.0), phase("kube", 10, 2.0)),   # ratio 2.0
-              (phase("ours", 10, 4.0), phase("kube", 10, 2.0)),   # ratio 0.5
-              (phase("ours", 10, 2.0), phase("kube", 10, 2.0))]   # ratio 1.0
+    rounds = [
+        (phase("ours", 10, 1.0), phase("kube", 10, 2.0)),  # ratio 2.0
+        (phase("ours", 10, 4.0), phase("kube", 10, 2.0)),  # ratio 0.5
+        (phase("ours", 10, 2.0), phase("kube", 10, 2.0)),
+    ]  # ratio 1.0
     assert results.median_round(rounds) == 2
     assert results.median_round(rounds[:2]) == 1  # the lower of two
     text = results.report(rounds, None, "header")
@@ -137,9 +141,19 @@ def test_proc_figures_of_this_process():
 
 def test_the_benchmark_script_still_answers_help():
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
-    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
-    for flag in ("--nodes", "--pods", "--plot", "--direct-pods", "--rounds", "--memory", "--timeout",
-                 "--operator-env", "--name"):
+    for flag in (
+        "--nodes",
+        "--pods",
+        "--plot",
+        "--direct-pods",
+        "--rounds",
+        "--memory",
+        "--timeout",
+        "--operator-env",
+        "--name",
+    ):
         assert flag in result.stdout

@@ -37,8 +37,16 @@ def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
 
 
 def copy_working_tree(destination: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():
@@ -50,8 +58,11 @@ def copy_working_tree(destination: Path) -> None:
 def setuptools_meets_build_requirement() -> bool:
     if importlib.util.find_spec("setuptools") is None:
         return False
-    (requirement,) = [r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
-                      if r.startswith("setuptools")]
+    (requirement,) = [
+        r
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+        if r.startswith("setuptools")
+    ]
     minimum = int(requirement.partition(">=")[2].split(".")[0] or 0)
     return int(importlib.metadata.version("setuptools").split(".")[0]) >= minimum
 
@@ -70,8 +81,7 @@ def venv(tmp_path_factory) -> Path:
     # With a setuptools here that meets pyproject.toml's build requirement, build with it (no
     # download); otherwise pip fetches the build backend (a fresh virtualenv's setuptools is older).
     isolation = ["--no-build-isolation"] if setuptools_meets_build_requirement() else []
-    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(dist), str(source)],
-                cwd=base)
+    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(dist), str(source)], cwd=base)
     assert built.returncode == 0, built.stdout + built.stderr
     wheels = list(dist.glob("neuronplace-*.whl"))
     assert len(wheels) == 1, wheels
@@ -81,8 +91,20 @@ def venv(tmp_path_factory) -> Path:
     site_packages = Path(run([str(venv / "bin" / "python"), "-c", purelib], cwd=base).stdout.strip())
     ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
     (site_packages / "_test_dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
-    installed = run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
-                     "--no-index", str(wheels[0])], cwd=base)
+    installed = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "--no-index",
+            str(wheels[0]),
+        ],
+        cwd=base,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     return venv
 
@@ -105,8 +127,11 @@ def test_the_wheel_finds_its_examples_and_plans_them(venv, tmp_path):
     assert sorted(f.name for f in files) == sorted(p.name for p in (ROOT / "examples").glob("*.yaml"))
     assert all(f.resolve().is_relative_to(site) and f.is_file() for f in files), files
 
-    planned = run([str(venv / "bin" / "neuronplace"), "plan", "--fleet", "inf2.48xlarge=2", *map(str, files)],
-                  cwd=tmp_path, env=clean_env())
+    planned = run(
+        [str(venv / "bin" / "neuronplace"), "plan", "--fleet", "inf2.48xlarge=2", *map(str, files)],
+        cwd=tmp_path,
+        env=clean_env(),
+    )
     # Exit 1: the inf1 and trn1 examples have no node in an inf2-only fleet; 2 would be unusable input.
     assert planned.returncode == 1, planned.stdout + planned.stderr
     assert "default/bert-inf2" in planned.stdout and "placed" in planned.stdout
