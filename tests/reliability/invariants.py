@@ -18,8 +18,9 @@ JSON dicts) and returns every :class:`Violation` it finds. The invariants, one f
 - ``status-matches-pods``: each resource's ``status`` (observedGeneration, replicas, readyReplicas,
   placements, conditions) says what its pods say, and no pod exists beyond ``<name>-<replicas-1>``.
 - ``fits-are-placed``: a resource with fewer pods than replicas says why in ``Placed``; when the
-  reason is ``Unschedulable`` the placement engine, run on a ledger rebuilt from the live pods,
-  must agree that no missing replica fits anywhere right now (room that exists gets used).
+  reason is ``Unschedulable``, an oracle written for the tests (``oracle.py``: brute force over
+  free runs, independent of the placement engine) must agree that no missing replica fits
+  anywhere right now (room that exists gets used).
 - ``operator-healthy``: see :func:`operator_health` (the process is alive and its liveness
   endpoint answers 200 with a ready ledger).
 
@@ -37,10 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuronplace.placement import conditions
-from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
 from neuronplace.placement.conditions import condition
 from neuronplace.placement.inventory import inventory_from_node
-from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
     CONDITION_PLACED,
@@ -65,6 +64,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.reconcile import placement_request
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
+from reliability.oracle import Fit, first_fit
 
 NODE_CORES_ENV = ENV_NODE_CORES
 
@@ -433,22 +433,14 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
 
 def _placeable_now(
     inference: Mapping, missing: Sequence[int], snapshot: Snapshot, node_selector: str
-) -> ReplicaPlacement | None:
-    """The first missing replica the placement engine could place right now, if any."""
-    managed = [
-        inventory_from_node(dict(n))
-        for n in snapshot.nodes
-        if selector_matches(node_selector, _meta(n).get("labels") or {})
-    ]
-    ledger = Ledger.from_pods(dict(p) for p in snapshot.pods)
-    request = placement_request(inference, "global")
-    fleet = Fleet(sorted(managed, key=lambda n: n.name))
-    meta = _meta(inference)
-    for ordinal in missing:
-        result = place_one(request, ordinal, fleet, ledger, f"{meta.get('namespace')}/{meta.get('name')}-{ordinal}")
-        if isinstance(result, ReplicaPlacement):
-            return result
-    return None
+) -> tuple[int, Fit] | None:
+    """(a missing replica, where it would fit now) by the independent oracle (``oracle.py``: a
+    brute-force search written for the tests, not the engine), or ``None``."""
+    if not missing:
+        return None
+    managed = [n for n in snapshot.nodes if selector_matches(node_selector, _meta(n).get("labels") or {})]
+    fit = first_fit(placement_request(inference, "global"), managed, snapshot.pods)
+    return None if fit is None else (missing[0], fit)
 
 
 def check_fits_are_placed(snapshot: Snapshot, node_selector: str = "") -> list[Violation]:
@@ -490,12 +482,13 @@ def check_fits_are_placed(snapshot: Snapshot, node_selector: str = "") -> list[V
                 out.append(Violation("fits-are-placed", ref, f"Unschedulable, but the request is malformed: {error}"))
                 continue
             if fits is not None:
+                replica, fit = fits
                 out.append(
                     Violation(
                         "fits-are-placed",
                         ref,
-                        f"says Unschedulable ({placed.get('message')!r}) but replica {fits.replica} fits "
-                        f"on {fits.node} cores {fits.cores} now",
+                        f"says Unschedulable ({placed.get('message')!r}) but replica {replica} fits "
+                        f"on {fit.node} cores {fit.cores} now",
                     )
                 )
     return out

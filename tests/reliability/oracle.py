@@ -1,0 +1,214 @@
+"""An independent answer to "would a missing replica fit right now?", for the ``fits-are-placed`` invariant.
+
+The operator's placement engine (``neuronplace.placement.allocator`` with ``fitting``) answers that
+question with bitmasks, caches and a best-fit search. Using it as the checker's oracle would make
+a bug in the engine a bug in the checker too: the operator would say Unschedulable, the engine-based
+oracle would agree, and nothing would be reported. This module answers it again, the slow and
+obvious way, from the pods and nodes alone:
+
+- **free cores** of a node: its usable cores (the topology's, capped by the allocatable count),
+  minus every core a live pod (bound, not Succeeded/Failed, terminating or not) holds: a managed
+  pod its ``neuronplace.io/cores`` range, another pod the ids of its ``AWS_NEURON_IDS`` annotation
+  (cores, or whole devices for device requests), and a pod with only a count that many cores taken
+  from the top of the node (the rule the README states for foreign pods);
+- **valid runs**: every start ``s`` of ``count`` consecutive free cores is tried and kept when
+  the written-out rules hold: a replica that fits in one chip stays inside one chip, a larger one
+  starts on a chip boundary; ``alignedStart`` needs ``s % count == 0``; under ``Strict`` on a
+  topology with device-group shapes (trn1.32xlarge), a request of more than one chip and less than
+  the whole node must use one of those device counts;
+- **eligible nodes**: the node's own problems (cordoned, NotReady, being deleted, unknown
+  topology, no cores) as the node inventory reads them, then NoSchedule/NoExecute taints against
+  the tolerations, the nodeSelector, and required node affinity.
+
+It never calls ``place_one``, ``allowed_starts``, ``best_start`` or the ledger. Two things are still
+shared with the operator, on purpose: reading a node's topology and problems
+(``inventory_from_node``: data, not a decision) and required node affinity's match
+(``constraints.affinity_matches``: Kubernetes' expression semantics, which no scenario uses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from neuronplace.placement.allocator import PlacementRequest
+from neuronplace.placement.constraints import affinity_matches, required_terms
+from neuronplace.placement.inventory import NodeInventory, inventory_from_node
+from neuronplace.placement.names import (
+    AWS_NEURON_IDS,
+    CORES_ANNOTATION,
+    INFERENCE_LABEL,
+    NEURON_DEVICE_RESOURCES,
+    NEURONCORE_RESOURCE,
+    TERMINAL_PHASES,
+)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A run of cores where a replica could go now."""
+
+    node: str
+    start: int
+    count: int
+
+    @property
+    def cores(self) -> str:
+        return f"{self.start}-{self.start + self.count - 1}" if self.count > 1 else str(self.start)
+
+
+def _number(value) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return 0
+
+
+def _amount(container: Mapping, resource: str) -> int:
+    amounts = container.get("resources") or {}
+    requests = amounts.get("requests") or {}
+    limits = amounts.get("limits") or {}
+    return _number(requests.get(resource, limits.get(resource)))
+
+
+def _asks(pod: Mapping, resources: Iterable[str]) -> int:
+    """What the pod asks of the most-asked of these resources, as Kubernetes counts a request: the
+    containers' sum, or the largest init container's when that is more."""
+    spec = pod.get("spec") or {}
+    best = 0
+    for resource in resources:
+        total = sum(_amount(c, resource) for c in spec.get("containers") or [])
+        init = max((_amount(c, resource) for c in spec.get("initContainers") or []), default=0)
+        best = max(best, total, init)
+    return best
+
+
+def _range_ids(text) -> list[int] | None:
+    """``"4-7"`` or ``"5"`` as ids; ``None`` when it is neither."""
+    if not isinstance(text, str):
+        return None
+    low, dash, high = text.strip().partition("-")
+    if not low.isdigit() or (dash and not high.isdigit()):
+        return None
+    first, last = int(low), int(high) if dash else int(low)
+    return list(range(first, last + 1)) if last >= first else None
+
+
+def held_cores(node: NodeInventory, pods: Sequence[Mapping]) -> set[int]:
+    """Every core the live pods bound to ``node`` hold, as the README's ledger rules say."""
+    per_chip = node.topology.cores_per_chip if node.topology else 1
+    held: set[int] = set()
+    counted: list[tuple[str, int]] = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (pod.get("spec") or {}).get("nodeName") != node.name:
+            continue
+        if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            continue
+        annotations = meta.get("annotations") or {}
+        owner = f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
+        if INFERENCE_LABEL in (meta.get("labels") or {}):
+            ids = _range_ids(annotations.get(CORES_ANNOTATION))
+            if ids is not None:
+                held.update(ids)
+                continue
+            # A managed pod whose range cannot be read is counted like a foreign pod (below).
+        cores_asked = _asks(pod, (NEURONCORE_RESOURCE,))
+        devices_asked = _asks(pod, NEURON_DEVICE_RESOURCES)
+        if not cores_asked and not devices_asked:
+            continue
+        raw = str(annotations.get(AWS_NEURON_IDS) or "")
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        if parts and all(p.isdigit() for p in parts):
+            ids = [int(p) for p in parts]
+            if cores_asked:
+                held.update(ids)
+            else:
+                held.update(d * per_chip + c for d in ids for c in range(per_chip))
+            continue
+        counted.append((owner, cores_asked or devices_asked * per_chip))
+    # Pods with only a count: that many cores from the top of the node, owner by owner.
+    for _owner, count in sorted(counted):
+        wanted, core = count, node.cores - 1
+        while wanted and core >= 0:
+            if core not in held:
+                held.add(core)
+                wanted -= 1
+            core -= 1
+    return held
+
+
+def _tolerated(taint: Mapping, tolerations: Sequence[Mapping]) -> bool:
+    for toleration in tolerations:
+        effect = toleration.get("effect") or ""
+        key = toleration.get("key") or ""
+        if effect and effect != taint.get("effect"):
+            continue
+        if key and key != taint.get("key"):
+            continue
+        if (toleration.get("operator") or "Equal") == "Exists":
+            return True
+        if (toleration.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def eligible(node: NodeInventory, request: PlacementRequest) -> bool:
+    if node.problem is not None or node.topology is None or node.cores < 1:
+        return False
+    for taint in node.taints:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(taint, request.tolerations):
+            return False
+    if any(node.labels.get(key) != value for key, value in request.node_selector.items()):
+        return False
+    terms = required_terms(request.affinity)
+    return terms is None or affinity_matches(terms, node)
+
+
+def valid_starts(node: NodeInventory, request: PlacementRequest, free: set[int]) -> list[int]:
+    """Every start of a run of ``cores_per_replica`` free cores that the placement rules accept."""
+    topology = node.topology
+    assert topology is not None
+    count = request.cores_per_replica
+    per_chip = topology.cores_per_chip
+    whole_node = topology.chips * per_chip
+    if request.shape_policy == "Strict" and topology.device_shapes and count > per_chip and count != whole_node:
+        chips_needed = (count + per_chip - 1) // per_chip
+        if chips_needed not in topology.device_shapes:
+            return []
+    starts = []
+    for start in range(node.cores - count + 1):
+        run = range(start, start + count)
+        if any(core not in free for core in run):
+            continue
+        if request.aligned and start % count != 0:
+            continue
+        first_chip, last_chip = start // per_chip, (start + count - 1) // per_chip
+        if count <= per_chip and first_chip != last_chip:
+            continue
+        if count > per_chip and start % per_chip != 0:
+            continue
+        starts.append(start)
+    return starts
+
+
+def first_fit(request: PlacementRequest, nodes: Sequence[Mapping], pods: Sequence[Mapping]) -> Fit | None:
+    """Some node and run where one more replica of ``request`` could go now, or ``None`` (nodes as
+    the API's JSON dicts; pods of every namespace)."""
+    by_node: dict[str, list[Mapping]] = {}
+    for pod in pods:
+        name = (pod.get("spec") or {}).get("nodeName")
+        if name:
+            by_node.setdefault(name, []).append(pod)
+    for node_obj in sorted(nodes, key=lambda n: (n.get("metadata") or {}).get("name") or ""):
+        node = inventory_from_node(dict(node_obj))
+        if not eligible(node, request) or node.cores < request.cores_per_replica:
+            continue
+        free = set(range(node.cores)) - held_cores(node, by_node.get(node.name, []))
+        starts = valid_starts(node, request, free)
+        if starts:
+            return Fit(node.name, starts[0], request.cores_per_replica)
+    return None
