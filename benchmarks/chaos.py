@@ -5,11 +5,14 @@ The scenarios are the pytest suite's own (``tests/reliability/scenarios.py``): o
 during scale-ups, kube-apiserver and etcd restarts, node deletion, NotReady and cordon, 50
 resources at once, delete/recreate loops, pod-delete storms, foreign pods, nodes with odd data and
 the bad-spec corpus. Each fault ends with the shared invariant checker
-(``tests/reliability/invariants.py``).
+(``tests/reliability/invariants.py``), and for the whole of every scenario an invariant monitor
+(``tests/reliability/monitor.py``) checks the safety invariants at every watch event.
 
-Prints a table: scenarios run, faults injected, invariant checks, violations (must be 0), and the
-time from each fault to the first clean check (median and max, overall and per kind of fault).
-Exits 1 when any scenario failed or any violation was seen. The cluster (named
+Prints a table: scenarios run, faults injected, convergence checks and the violations they found,
+the monitor's events and the violations it saw at any moment (both must be 0), and the time from
+each fault to the first clean check (median and max, overall and per kind of fault), then the
+line "violations at any moment: N". Exits 1 when any scenario failed or any violation was seen.
+``--quick`` runs three short scenarios (for the smoke test). The cluster (named
 ``np-chaos-<pid>``) is removed at the end in every case.
 """
 
@@ -30,6 +33,9 @@ from neuronplace.local.operator_process import install_crd  # noqa: E402
 from reliability import harness as hs  # noqa: E402
 from reliability.scenarios import SCENARIOS  # noqa: E402
 
+# Short scenarios that still inject a fault of each layer: a pod, a node, the operator process.
+QUICK = ("pod_delete_storm", "node_deleted", "faults_while_operator_down")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"run only this scenario (repeatable); one of: {', '.join(SCENARIOS)}",
     )
+    parser.add_argument("--quick", action="store_true", help=f"run only {', '.join(QUICK)} (a smoke test)")
     args = parser.parse_args(argv)
-    chosen = args.scenario or list(SCENARIOS)
+    chosen = args.scenario or (list(QUICK) if args.quick else list(SCENARIOS))
 
     record = hs.ChaosRecord()
     failed: list[str] = []
+    errors: list[str] = []  # why each failed scenario failed (convergence timeouts are also in the record)
     cluster = LocalCluster(f"np-chaos-{os.getpid()}")
     started = time.monotonic()
     try:
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise
             except Exception as error:  # one broken scenario must not hide the others' results
                 failed.append(name)
-                record.violations.append(f"{name}: {type(error).__name__}: {error}")
+                errors.append(f"{name}: {type(error).__name__}: {error}")
                 traceback.print_exc()
             print(f"    {time.monotonic() - begin:.1f} s", flush=True)
     finally:
@@ -72,10 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"chaos run: {len(chosen)} scenarios in {time.monotonic() - started:.0f} s")
     print(hs.format_table(record, args.seed))
-    if failed or record.violations:
+    s = record.summary()
+    print()
+    print(f"violations at any moment: {record.transient} (in {record.monitor_events} events checked)")
+    print(
+        "time to converge: "
+        + (
+            f"median {s['converge_median_s']:.2f} s, max {s['converge_max_s']:.2f} s"
+            if s["converge_median_s"] is not None
+            else "no fault converged"
+        )
+    )
+    if failed or record.violations or record.transient:
         print("\nFAILED scenarios: " + ", ".join(failed) if failed else "")
-        for violation in record.violations:
-            print(f"  {violation}")
+        for line in [*errors, *record.violations]:
+            print(f"  {line}")
         return 1
     return 0
 

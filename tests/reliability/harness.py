@@ -6,6 +6,11 @@ watching only that namespace, with short timings (node grace 5 s, resync 5 s) so
 quickly. It counts what happens in a :class:`ChaosRecord`: faults injected, invariant checks,
 violations, and the seconds from each fault to the first clean check.
 
+From the namespace's creation to the operator's stop, an
+:class:`~reliability.monitor.InvariantMonitor` checks the safety invariants at every pod, node
+(of the pool) and NeuronInference event. What it sees is recorded as "violations at any moment",
+apart from convergence; :func:`harness` fails the scenario when it saw any.
+
 The operator runs as :class:`~neuronplace.local.operator_process.OperatorProcess`, the same class
 the operator's cluster tests, the demo and the benchmarks use.
 """
@@ -27,6 +32,7 @@ from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
 from neuronplace.placement.names import API_VERSION, KIND
 from reliability import invariants as inv
+from reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
 
 # Operator timings for fault tests: replicas on a NotReady node move after NODE_GRACE_SECONDS,
 # and a missed event is made up for within RESYNC_SECONDS.
@@ -42,8 +48,23 @@ class ChaosRecord:
     scenarios: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)  # the kind of each fault injected
     checks: int = 0
-    violations: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # what convergence (or a mid-fault check) found
     converge_seconds: list[tuple[str, str, float]] = field(default_factory=list)  # (scenario, fault, seconds)
+    # The invariant monitor, summed over scenarios: events checked, violations seen at any moment
+    # (each counted once), the first few of them, and failed watch calls (API server down).
+    monitor_events: int = 0
+    transient: int = 0
+    transient_seen: list[str] = field(default_factory=list)
+    monitor_watch_errors: int = 0
+    per_scenario: dict[str, tuple[int, int]] = field(default_factory=dict)  # scenario -> (events, violations)
+
+    def add_monitor(self, scenario: str, report: MonitorReport, keep: int = 20) -> None:
+        self.monitor_events += report.events
+        self.transient += report.violations
+        self.monitor_watch_errors += report.watch_errors
+        self.per_scenario[scenario] = (report.events, report.violations)
+        room = max(0, keep - len(self.transient_seen))
+        self.transient_seen += [f"{scenario}: {seen}" for seen in report.first[:room]]
 
     def summary(self) -> dict[str, Any]:
         times = [seconds for _, _, seconds in self.converge_seconds]
@@ -52,6 +73,8 @@ class ChaosRecord:
             "faults": len(self.faults),
             "checks": self.checks,
             "violations": len(self.violations),
+            "monitor_events": self.monitor_events,
+            "transient": self.transient,
             "converge_median_s": statistics.median(times) if times else None,
             "converge_max_s": max(times) if times else None,
         }
@@ -116,10 +139,15 @@ class Harness:
             ),
         )
         self._node_batches = 0
+        self.monitor: InvariantMonitor = monitor_for(
+            cluster.kubeconfig, namespaces=[self.namespace], node_selector=f"{POOL_LABEL}={self.pool}"
+        )
+        self.monitor_report: MonitorReport | None = None
 
     # ---- setup and teardown -------------------------------------------------------------------
     def open(self) -> Harness:
         self.cluster.kubectl("create", "namespace", self.namespace)
+        self.monitor.start()
         self.operator.start()
         return self
 
@@ -127,8 +155,13 @@ class Harness:
         try:
             self.operator.stop()
         finally:
-            self.cluster.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
-            self.cluster.kubectl("delete", "nodes", "-l", f"{POOL_LABEL}={self.pool}", "--wait=false", check=False)
+            try:
+                if self.monitor_report is None:
+                    self.monitor_report = self.monitor.stop()
+                    self.record.add_monitor(self.scenario, self.monitor_report)
+            finally:
+                self.cluster.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+                self.cluster.kubectl("delete", "nodes", "-l", f"{POOL_LABEL}={self.pool}", "--wait=false", check=False)
 
     # ---- the world ----------------------------------------------------------------------------
     def fleet(self, spec: Mapping[str, int] | str, labels: Mapping[str, str] | None = None) -> list[str]:
@@ -205,6 +238,16 @@ def harness(cluster, scenario: str, seed: int, record: ChaosRecord) -> Iterator[
         yield world.open()
     finally:
         world.close()
+    report = world.monitor_report
+    if report is not None and report.violations:
+        raise TransientViolations(
+            f"{scenario}: the invariant monitor saw {report.violations} violation(s) while the scenario ran "
+            f"({report.summary()}):" + "".join(f"\n  {seen}" for seen in report.first)
+        )
+
+
+class TransientViolations(AssertionError):
+    """A safety invariant was broken at some moment of a scenario, even if the end state was clean."""
 
 
 def format_table(record: ChaosRecord, seed: int) -> str:
@@ -217,8 +260,10 @@ def format_table(record: ChaosRecord, seed: int) -> str:
         ("seed", str(seed)),
         ("scenarios run", str(s["scenarios"])),
         ("faults injected", str(s["faults"])),
-        ("invariant checks", str(s["checks"])),
-        ("violations", str(s["violations"])),
+        ("convergence checks", str(s["checks"])),
+        ("violations at convergence", str(s["violations"])),
+        ("events checked by the monitor", str(s["monitor_events"])),
+        ("violations at any moment", str(s["transient"])),
         ("time to converge, median", seconds(s["converge_median_s"])),
         ("time to converge, max", seconds(s["converge_max_s"])),
     ]
@@ -235,4 +280,14 @@ def format_table(record: ChaosRecord, seed: int) -> str:
             median = f"{statistics.median(values):>7.2f}s" if values else f"{'-':>8}"
             worst = f"{max(values):>7.2f}s" if values else f"{'-':>8}"
             lines.append(f"{fault:<{fw}}  {record.faults.count(fault):>8}  {len(values):>9}  {median}  {worst}")
+    if record.per_scenario:
+        lines.append("")
+        sw = max(len(name) for name in record.per_scenario)
+        lines.append(f"{'scenario':<{sw}}  {'events':>7}  {'violations at any moment':>24}")
+        for name, (events, violations) in record.per_scenario.items():
+            lines.append(f"{name:<{sw}}  {events:>7}  {violations:>24}")
+    if record.transient_seen:
+        lines.append("")
+        lines.append(f"violations the monitor saw (first {len(record.transient_seen)} of {record.transient}):")
+        lines += [f"  {line}" for line in record.transient_seen]
     return "\n".join(lines)

@@ -21,6 +21,9 @@ JSON dicts) and returns every :class:`Violation` it finds. The invariants, one f
   reason is ``Unschedulable``, an oracle written for the tests (``oracle.py``: brute force over
   free runs, independent of the placement engine) must agree that no missing replica fits
   anywhere right now (room that exists gets used).
+- ``pod-namespace``: a pod controlled by a NeuronInference lives in that resource's namespace (the
+  operator never creates a replica anywhere else; owner references cannot cross namespaces, so such
+  a pod would also escape garbage collection).
 - ``operator-healthy``: see :func:`operator_health` (the process is alive and its liveness
   endpoint answers 200 with a ready ledger).
 
@@ -80,6 +83,7 @@ INVARIANTS = (
     "no-orphans",
     "status-matches-pods",
     "fits-are-placed",
+    "pod-namespace",
     "operator-healthy",
 )
 
@@ -367,6 +371,29 @@ def check_no_orphans(snapshot: Snapshot) -> list[Violation]:
     return out
 
 
+def check_pod_namespace(pod: Mapping, inference_namespaces: Mapping[str, str]) -> list[Violation]:
+    """``pod-namespace`` for one pod, given the namespace of every NeuronInference by uid. A pod whose
+    owner is not known (yet, or any more) says nothing here; ``no-orphans`` covers that."""
+    owner = owner_of(pod)
+    if owner is None or owner.get("kind") != "NeuronInference":
+        return []
+    home = inference_namespaces.get(owner.get("uid"))
+    if home is None or home == _meta(pod).get("namespace"):
+        return []
+    return [
+        Violation(
+            "pod-namespace",
+            _ref(pod),
+            f"controlled by NeuronInference {home}/{owner.get('name')} (uid {owner.get('uid')}) of another namespace",
+        )
+    ]
+
+
+def check_pod_namespaces(snapshot: Snapshot) -> list[Violation]:
+    homes = {_meta(i).get("uid"): _meta(i).get("namespace") for i in snapshot.inferences}
+    return [v for pod in snapshot.pods if _in_scope(pod, snapshot.namespaces) for v in check_pod_namespace(pod, homes)]
+
+
 def _own_pods(inference: Mapping, pods: Iterable[Mapping]) -> list[Mapping]:
     meta = _meta(inference)
     return [
@@ -502,6 +529,7 @@ def check(snapshot: Snapshot, node_selector: str = "") -> list[Violation]:
         + check_no_orphans(snapshot)
         + check_status(snapshot)
         + check_fits_are_placed(snapshot, node_selector)
+        + check_pod_namespaces(snapshot)
     )
 
 
