@@ -5,25 +5,40 @@ Run (the local control plane's binaries are built on first use, ~8 min cold):
     python benchmarks/scale.py --nodes 200            # a few minutes on 2 cores
     python benchmarks/scale.py                        # 1,000 nodes, 1,000 pods (the default)
     python benchmarks/scale.py --nodes 200 --memory   # also: operator RSS with 10,000 managed pods
-    python benchmarks/scale.py --rounds 3             # the side-by-side 3 times; the median ratio counts
+    python benchmarks/scale.py --rounds 3             # 3 rounds, each side first once; medians and spread
+    python benchmarks/scale.py --quick                # 10 nodes, 20 pods, one round (the CI smoke test)
 
 One run, one cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok started
 by ``neuronplace.local``), a simulated fleet of N kwok nodes, half inf2.48xlarge (24 cores), half
-trn1.32xlarge (32 cores). Then, one after the other on the same nodes:
+trn1.32xlarge (32 cores). Then, one after the other on the same nodes, three sides per round
+(``--kube`` chooses the kube sides), in an order that rotates every round so that each side goes
+first once in three rounds (the side that goes first starts on a quieter cluster; every other
+side starts right after the previous side's namespace, with all its pods, was deleted):
 
 1. **ours**: the operator runs as a real subprocess (``python -m neuronplace.cli run``, default
    settings) authenticated as the service account ``neuronplace-bench/neuronplace-operator``. The
    benchmark creates NeuronInference resources (a fixed mix of 1–16 cores per replica, 10 replicas
    each, K replicas in all) from 8 threads, and a watch in this process records when every pod is
    bound and Running. Then the operator is stopped and the namespace deleted (all pods gone).
-2. **kube-scheduler**: the same groups as ReplicaSets (one per NeuronInference, same replicas, same
-   node selector, pods requesting the same ``aws.amazon.com/neuroncore`` count), created from 8
-   threads; kube-controller-manager creates the plain pods and the cluster's real kube-scheduler binds
-   them (it counts cores but computes no ranges). Both sides thus go "resource → controller → bound
-   pods". ``LocalCluster`` raises the client rate limits of kube-scheduler and
-   kube-controller-manager to QPS 500 / burst 1000 (their defaults of 50/100 make the scheduler the
-   bottleneck on this machine; printed in the header).
-   ``--direct-pods`` instead creates the K pods from this benchmark (8 threads).
+2. **kube: ReplicaSets (controller-manager + scheduler)**: the same groups as ReplicaSets (one per
+   NeuronInference, same replicas, same node selector, pods requesting the same
+   ``aws.amazon.com/neuroncore`` count), created from 8 threads; kube-controller-manager creates the
+   plain pods (``--concurrent-replicaset-syncs`` at its default, 5) and the cluster's real
+   kube-scheduler binds them (it counts cores but computes no ranges). Like ours, this side goes
+   "resource → controller → bound pods", so it measures the controller as much as the scheduler.
+3. **kube: scheduler alone (pods created directly)**: the K plain pods created by this benchmark
+   from 8 threads, no controller; kube-scheduler binds them. This is the scheduler's own speed
+   (bounded by this client when "created s" is close to "bound s").
+
+``LocalCluster`` raises the client rate limits of kube-scheduler and kube-controller-manager to
+QPS 500 / burst 1000 (their defaults of 50/100 make the scheduler the bottleneck on this machine;
+printed in the header).
+
+For the whole run (every phase, every deletion), an invariant monitor
+(``tests/reliability/monitor.py``) follows the pod, node and NeuronInference watches from this
+process and checks at every event that no core is held twice and that every managed pod's
+annotation, env, requests and ``AWS_NEURON_IDS`` agree; its line follows the tables
+(``--no-monitor`` turns it off; it costs this process some CPU on the same 2 cores).
 
 Figures (the same definitions for both):
 
@@ -31,9 +46,9 @@ Figures (the same definitions for both):
   "K pods bound". Ours: K/10 resource creates plus the operator's work (one pod create, already
   bound, per replica). kube-scheduler: K/10 ReplicaSet creates, kube-controller-manager's pod creates
   and kube-scheduler's binds. **created s** says when the benchmark's last create call returned
-  (with ``--direct-pods``, when it is close to "bound s" this client, not kube-scheduler, set the pace).
+  (for the scheduler-alone side, when it is close to "bound s" this client set the pace).
 - **group p50/p99**: per group (a NeuronInference or its ReplicaSet twin), from the group's creation
-  (its create call returning; with ``--direct-pods`` its first pod's) to the moment all of its pods
+  (its create call returning; for the scheduler-alone side its first pod's) to the moment all of its pods
   are bound, as seen by the watch in this process. Includes the controller's queueing: on both sides
   all groups exist within a second or two and then wait for a worker (the operator's ``workers``;
   kube-controller-manager's ``--concurrent-replicaset-syncs``, default 5).
@@ -55,7 +70,7 @@ Figures (the same definitions for both):
   gauge can confirm it holds all 10,000 in its ledger.
 
 The load of everything else on the machine moves the figures by ±30 % from run to run: use
-``--rounds`` and read the median. Everything runs on the same 2 cores (etcd, apiserver,
+``--rounds`` and read the medians; the spread (min-max of the rounds) is printed beside them. Everything runs on the same 2 cores (etcd, apiserver,
 controller-manager, scheduler, kwok, the operator and this process), so absolute figures are low;
 the ratio is what to read.
 """
@@ -77,7 +92,17 @@ from neuronplace.local.bench.apicounts import RequestCounter
 from neuronplace.local.bench.podwatch import PodWatch
 from neuronplace.local.bench.procstats import cpu_seconds, status_kb
 from neuronplace.local.bench.prometheus import scrape
-from neuronplace.local.bench.results import PhaseResult, group_latencies, median_round, plot, report
+from neuronplace.local.bench.results import (
+    KUBE_DIRECT,
+    KUBE_REPLICASETS,
+    OURS,
+    PhaseResult,
+    group_latencies,
+    median_round,
+    phase_order,
+    plot,
+    report,
+)
 from neuronplace.local.bench.workload import (
     PLAIN_GROUP_LABEL,
     Group,
@@ -215,7 +240,7 @@ class Bench:
             watch.stop()
             operator.stop()
         return PhaseResult(
-            "ours (operator)",
+            OURS,
             pods,
             start,
             dict(watch.bound),
@@ -265,7 +290,7 @@ class Bench:
         created: dict[str, float] = {}
         for (group, _index), finished in done.items():
             created[group] = min(created.get(group, finished), finished)
-        label = "kube-scheduler (direct pods)" if direct else "kube-scheduler (ReplicaSets)"
+        label = KUBE_DIRECT if direct else KUBE_REPLICASETS
         return PhaseResult(
             label,
             pods,
@@ -323,6 +348,10 @@ class Bench:
             operator.stop()
 
 
+KUBE_SIDES = {"both": (KUBE_REPLICASETS, KUBE_DIRECT), "replicasets": (KUBE_REPLICASETS,), "direct": (KUBE_DIRECT,)}
+SLUGS = {OURS: "ours", KUBE_REPLICASETS: "kube-rs", KUBE_DIRECT: "kube-direct"}
+
+
 def _setting(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
@@ -333,23 +362,30 @@ def _setting(item: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--nodes", type=int, default=1000, help="simulated nodes, half inf2.48xlarge, half trn1.32xlarge"
+        "--nodes", type=int, help="simulated nodes, half inf2.48xlarge, half trn1.32xlarge (default 1000)"
     )
     parser.add_argument("--pods", type=int, help="replicas to place in each phase (default: as many as nodes)")
     parser.add_argument(
         "--plot", type=Path, default=DEFAULT_PLOT, help=f"PNG of pods bound over time (default {DEFAULT_PLOT})"
     )
     parser.add_argument(
-        "--direct-pods",
-        action="store_true",
-        help="create kube-scheduler's pods from this benchmark (8 threads) instead of ReplicaSets",
+        "--kube",
+        choices=sorted(KUBE_SIDES),
+        default="both",
+        help="the kube sides: ReplicaSets (controller-manager + scheduler), pods created directly "
+        "(the scheduler alone), or both (default)",
     )
     parser.add_argument(
         "--rounds",
         type=int,
         default=1,
-        help="repeat the side-by-side this many times on the same cluster; the median ratio is the result",
+        help="repeat the sides this many times on the same cluster, the order rotated every round; "
+        "medians and spread are printed",
     )
+    parser.add_argument(
+        "--quick", action="store_true", help="10 nodes, 20 pods, one round unless given (the CI smoke test)"
+    )
+    parser.add_argument("--no-monitor", action="store_true", help="do not run the invariant monitor")
     parser.add_argument(
         "--memory", action="store_true", help=f"also measure operator RSS with {MEMORY_PODS} managed pods"
     )
@@ -364,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--name", default="np-scale", help="name of the local cluster (created and removed)")
     args = parser.parse_args(argv)
+    args.nodes = args.nodes or (10 if args.quick else 1000)
+    if args.quick:
+        args.pods = args.pods or 20
 
     pods = args.pods or args.nodes
     try:
@@ -379,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from neuronplace.local.cluster import LocalCluster
 
     cluster = LocalCluster(args.name)
+    monitor = None
+    monitor_report = None
     if cluster.exists() and not cluster.running_components():
         cluster.down()  # state left by a killed run
     with tempfile.TemporaryDirectory(prefix="np-scale-") as scratch:
@@ -391,23 +432,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.operator_env = operator_env
             bench.wait_nodes_ready(args.nodes)
             bench.install()
+            if not args.no_monitor:
+                # The monitor lives with the reliability suite, in tests/reliability.
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+                from reliability.monitor import monitor_for
+
+                monitor = monitor_for(cluster.kubeconfig).start()
+                say("invariant monitor: following pods, nodes and NeuronInferences")
+            sides = [OURS, *KUBE_SIDES[args.kube]]
             rounds = []
             for number in range(1, args.rounds + 1):
-                ours = bench.run_ours(groups, f"scale-ours-{number}", args.timeout)
-                say(f"ours: {ours.pods} pods bound in {ours.bound_seconds:.1f} s")
-                bench.delete_namespace(f"scale-ours-{number}")
-                kube = bench.run_kube_scheduler(groups, f"scale-kube-{number}", args.timeout, direct=args.direct_pods)
-                say(f"kube-scheduler: {kube.pods} pods bound in {kube.bound_seconds:.1f} s")
-                rounds.append((ours, kube))
-                if number < args.rounds or args.memory:
-                    bench.delete_namespace(f"scale-kube-{number}")
+                results = []
+                order = phase_order(sides, number)
+                say(f"round {number}: {' -> '.join(order)}")
+                for position, side in enumerate(order):
+                    namespace = f"scale-{SLUGS[side]}-{number}"
+                    if side == OURS:
+                        result = bench.run_ours(groups, namespace, args.timeout)
+                    else:
+                        result = bench.run_kube_scheduler(groups, namespace, args.timeout, direct=side == KUBE_DIRECT)
+                    say(f"{side}: {result.pods} pods bound in {result.bound_seconds:.1f} s")
+                    results.append(result)
+                    if number < args.rounds or position < len(order) - 1 or args.memory:
+                        bench.delete_namespace(namespace)
+                rounds.append(results)
             memory = bench.run_memory("scale-memory", fleet, args.timeout) if args.memory else None
+            if monitor is not None:
+                monitor_report = monitor.stop()
         except BaseException:
             logs = sorted(Path(scratch).glob("*.log"))
             for log in logs:
                 print(f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
             raise
         finally:
+            if monitor is not None and monitor_report is None:
+                monitor.stop()
             say("tearing the cluster down ...")
             cluster.down()
 
@@ -424,6 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(report(rounds, memory, header))
+    if monitor_report is not None:
+        print(f"invariant monitor over the whole run: {monitor_report.summary()}")
+        for seen in monitor_report.first:
+            print(f"  {seen}")
     middle = median_round(rounds)
     plot(
         rounds[middle],
@@ -432,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f" (round {middle + 1} of {len(rounds)}: the median ratio)" if len(rounds) > 1 else ""),
     )
     print(f"plot: {args.plot}")
+    if monitor_report is not None and monitor_report.violations:
+        print(f"FAILED: the invariant monitor saw {monitor_report.violations} violation(s)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,5 +1,6 @@
 """The figures of a benchmark phase and how they are reported: percentiles, per-group latencies,
-the side-by-side table, the median round and the plot of pods bound over time. Pure, except
+the names of the sides and the order they run in each round, the per-phase table, the medians and
+spread over rounds, the median round and the plot of pods bound over time. Pure, except
 :func:`plot` (writes a PNG with matplotlib, imported only there)."""
 
 from __future__ import annotations
@@ -79,25 +80,88 @@ class PhaseResult:
         return max(self.running.values()) - self.start
 
 
-def median_round(rounds: Sequence[tuple[PhaseResult, PhaseResult]]) -> int:
-    """Index of the round whose ours/kube-scheduler ratio is the median (the lower one of two)."""
-    ratios = [ours.pods_per_second / kube.pods_per_second for ours, kube in rounds]
-    return sorted(range(len(rounds)), key=lambda i: ratios[i])[(len(rounds) - 1) // 2]
+# The sides of a scale round, named for what each measures.
+OURS = "ours (operator)"
+KUBE_REPLICASETS = "kube: ReplicaSets (controller-manager + scheduler)"
+KUBE_DIRECT = "kube: scheduler alone (pods created directly)"
 
 
-def report(rounds: Sequence[tuple[PhaseResult, PhaseResult]], memory: dict | None, header: str) -> str:
-    """The scale benchmark's table (one row per phase), the pods/s ratio and the memory line."""
+def phase_order(sides: Sequence[str], number: int) -> list[str]:
+    """The order in which round ``number`` (from 1) runs ``sides``: rotated by one every round, so
+    that each side goes first as often as the others (with two sides: alternating). The first side
+    of a round starts on a cluster that has just deleted the previous round's namespace; the others
+    each follow a namespace deletion too."""
+    if not sides:
+        raise ValueError("no sides to order")
+    shift = (number - 1) % len(sides)
+    return [*sides[shift:], *sides[:shift]]
+
+
+def _ours(results: Sequence[PhaseResult]) -> PhaseResult:
+    for result in results:
+        if result.label == OURS:
+            return result
+    raise ValueError(f"no {OURS!r} phase in {[r.label for r in results]}")
+
+
+def _side(results: Sequence[PhaseResult], label: str) -> PhaseResult | None:
+    return next((r for r in results if r.label == label), None)
+
+
+def ratios(rounds: Sequence[Sequence[PhaseResult]], label: str) -> list[float]:
+    """ours pods/s over ``label``'s, round by round (rounds without that side are skipped)."""
+    out = []
+    for results in rounds:
+        other = _side(results, label)
+        if other is not None:
+            out.append(_ours(results).pods_per_second / other.pods_per_second)
+    return out
+
+
+def kube_labels(rounds: Sequence[Sequence[PhaseResult]]) -> list[str]:
+    """The kube sides present, in a fixed order (ReplicaSets first, then the scheduler alone)."""
+    present = {r.label for results in rounds for r in results if r.label != OURS}
+    return [label for label in (KUBE_REPLICASETS, KUBE_DIRECT) if label in present] + sorted(
+        present - {KUBE_REPLICASETS, KUBE_DIRECT}
+    )
+
+
+def median_round(rounds: Sequence[Sequence[PhaseResult]]) -> int:
+    """Index of the round whose ours / first kube side pods/s ratio is the median (the lower one of two)."""
+    label = kube_labels(rounds)[0]
+    values = [_ours(results).pods_per_second / _side(results, label).pods_per_second for results in rounds]
+    return sorted(range(len(rounds)), key=lambda i: values[i])[(len(rounds) - 1) // 2]
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _spread(values: Sequence[float], fmt: str) -> str:
+    """``median (min-max)`` of the rounds' values; the median alone for one round."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(_median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def report(rounds: Sequence[Sequence[PhaseResult]], memory: dict | None, header: str) -> str:
+    """The scale benchmark's tables: one row per phase in the order it ran, then per side the
+    median and the spread (min-max) over the rounds, the pods/s ratios, and the memory line."""
 
     def opt(value, fmt):
         return "n/a" if value is None else format(value, fmt)
 
     rows = []
-    for number, pair in enumerate(rounds, 1):
-        for result in pair:
+    for number, results in enumerate(rounds, 1):
+        for position, result in enumerate(results, 1):
             lat = list(result.latencies.values())
             rows.append(
                 [
-                    f"{result.label}" + (f" #{number}" if len(rounds) > 1 else ""),
+                    result.label,
+                    str(number),
+                    f"{position} of {len(results)}",
                     str(result.pods),
                     f"{result.created_seconds:.1f}",
                     f"{result.bound_seconds:.1f}",
@@ -113,7 +177,9 @@ def report(rounds: Sequence[tuple[PhaseResult, PhaseResult]], memory: dict | Non
             )
     table = format_table(
         [
-            "",
+            "side",
+            "round",
+            "ran",
             "pods",
             "created s",
             "bound s",
@@ -128,18 +194,40 @@ def report(rounds: Sequence[tuple[PhaseResult, PhaseResult]], memory: dict | Non
         ],
         rows,
     )
-    ratios = [ours.pods_per_second / kube.pods_per_second for ours, kube in rounds]
-    middle = median_round(rounds)
-    ratio = ratios[middle]
+    summary_rows = []
+    for label in [OURS, *kube_labels(rounds)]:
+        phases = [r for results in rounds for r in results if r.label == label]
+        summary_rows.append(
+            [
+                label,
+                str(len(phases)),
+                _spread([p.pods_per_second for p in phases], ".1f"),
+                _spread([percentile(list(p.latencies.values()), 50) for p in phases], ".2f"),
+                _spread([percentile(list(p.latencies.values()), 99) for p in phases], ".2f"),
+                _spread([p.requests_all / p.pods for p in phases], ".2f"),
+            ]
+        )
+    summary = format_table(
+        ["side", "rounds", "pods/s", "group p50 s", "group p99 s", "req/pod (all)"],
+        summary_rows,
+    )
     lines = [
         header,
         "",
         table,
         "",
-        f"ratio pods/s ours / kube-scheduler: {ratio:.2f}"
-        + (f" (median of {len(rounds)} rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(rounds) > 1 else "")
-        + f"  (goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})",
+        f"median over {len(rounds)} round(s), (min-max) of the rounds:" if len(rounds) > 1 else "one round:",
+        summary,
+        "",
     ]
+    for label in kube_labels(rounds):
+        values = ratios(rounds, label)
+        ratio = _median(values)
+        lines.append(
+            f"ratio pods/s ours / {label}: {ratio:.2f}"
+            + (f" (median of {len(values)} rounds: {', '.join(f'{r:.2f}' for r in values)})" if len(values) > 1 else "")
+            + f"  (goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})"
+        )
     if memory is not None:
         lines.append(
             f"operator RSS with {memory['pods']} managed pods Running: {memory['rss_mb']:.0f} MB "

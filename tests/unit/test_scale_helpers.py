@@ -111,16 +111,34 @@ def phase(label, pods, seconds):
 
 
 def test_median_round_and_report():
+    ours, rs, direct = results.OURS, results.KUBE_REPLICASETS, results.KUBE_DIRECT
     rounds = [
-        (phase("ours", 10, 1.0), phase("kube", 10, 2.0)),  # ratio 2.0
-        (phase("ours", 10, 4.0), phase("kube", 10, 2.0)),  # ratio 0.5
-        (phase("ours", 10, 2.0), phase("kube", 10, 2.0)),
-    ]  # ratio 1.0
-    assert results.median_round(rounds) == 2
+        [phase(ours, 10, 1.0), phase(rs, 10, 2.0), phase(direct, 10, 0.5)],  # ratios 2.0 / 0.5
+        [phase(rs, 10, 2.0), phase(direct, 10, 1.0), phase(ours, 10, 4.0)],  # ratios 0.5 / 0.25
+        [phase(direct, 10, 1.0), phase(ours, 10, 2.0), phase(rs, 10, 2.0)],  # ratios 1.0 / 0.5
+    ]
+    assert results.median_round(rounds) == 2  # by ours / the first kube side (ReplicaSets)
     assert results.median_round(rounds[:2]) == 1  # the lower of two
+    assert results.ratios(rounds, direct) == [0.5, 0.25, 0.5]
     text = results.report(rounds, None, "header")
-    assert "median of 3 rounds: 2.00, 0.50, 1.00" in text and "goal >= 1.0: met" in text
-    assert "ours #2" in text and "10.0" in text  # 10 pods in 1.0 s → 10.0 pods/s
+    assert f"ours / {rs}: 1.00 (median of 3 rounds: 2.00, 0.50, 1.00)" in text
+    assert f"ours / {direct}: 0.50 (median of 3 rounds: 0.50, 0.25, 0.50)" in text
+    assert "goal >= 1.0: met" in text and "goal >= 1.0: NOT met" in text
+    # The summary: the median pods/s of each side with the spread of the rounds.
+    summary = text.split("min-max) of the rounds:")[1]
+    assert any(line.startswith(ours) and "5.0 (2.5-10.0)" in line for line in summary.splitlines())
+    assert any(line.startswith(direct) and "10.0 (10.0-20.0)" in line for line in summary.splitlines())
+    # Every phase has its row, with when it ran in its round.
+    assert "3 of 3" in text and text.count(ours) >= 4
+
+
+def test_phase_order_rotates_so_every_side_goes_first():
+    sides = ["a", "b", "c"]
+    orders = [results.phase_order(sides, n) for n in (1, 2, 3, 4)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert [results.phase_order(["a", "b"], n)[0] for n in (1, 2, 3)] == ["a", "b", "a"]
+    with pytest.raises(ValueError):
+        results.phase_order([], 1)
 
 
 def test_table_aligns_columns():
@@ -149,8 +167,10 @@ def test_the_benchmark_script_still_answers_help():
         "--nodes",
         "--pods",
         "--plot",
-        "--direct-pods",
+        "--kube",
         "--rounds",
+        "--quick",
+        "--no-monitor",
         "--memory",
         "--timeout",
         "--operator-env",
