@@ -1,8 +1,9 @@
 """Fixtures of the reliability suite (on top of ``local_cluster`` from ``neuronplace.local.pytest_plugin``).
 
 - ``reliability_crd`` (session): the NeuronInference CRD, installed once.
-- ``chaos_record`` (session): counts faults, checks, violations and convergence times of every
-  scenario run in the session; the chaos table is printed at the end of the session.
+- ``chaos_record`` (session): counts faults, checks, violations, convergence times and what the
+  invariant monitor saw in every scenario run in the session; the chaos table is printed at the
+  end of the session.
 - ``chaos_seed``: ``NEURONPLACE_CHAOS_SEED`` (default 1); every random choice derives from it.
 - ``run_scenario``: runs one scenario of ``scenarios.py`` in its own namespace, node pool and
   operator process. The operator tests' session operator watches every namespace; two operators

@@ -1,7 +1,9 @@
 """Faults and races against the real local control plane, one test per scenario.
 
 Each scenario (``scenarios.py``, shared with ``benchmarks/chaos.py``) runs in its own namespace,
-node pool and operator process and ends every fault with the shared invariant checker. Seed:
+node pool and operator process and ends every fault with the shared invariant checker; for the
+whole scenario the invariant monitor (``monitor.py``) checks the safety invariants at every watch
+event, and a violation it saw at any moment fails the test even when the end state is clean. Seed:
 ``NEURONPLACE_CHAOS_SEED`` (default 1); the chaos table is printed at the end of the session.
 """
 
