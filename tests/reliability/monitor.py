@@ -192,7 +192,10 @@ class InvariantMonitor:
             try:
                 if version is None:
                     response = source(_preload_content=False, _request_timeout=(5, 60))
-                    listed = json.loads(response.data)
+                    try:
+                        listed = json.loads(response.data)
+                    finally:
+                        response.release_conn()
                     version = listed["metadata"]["resourceVersion"]
                     self._replace(kind, listed.get("items") or [])
                     self._synced[kind].set()
@@ -206,6 +209,8 @@ class InvariantMonitor:
                 )
                 self._responses[kind] = response
                 try:
+                    if self._stopping.is_set():  # stop() came before this watch was registered
+                        return
                     for line in iter_resp_lines(response):
                         if self._stopping.is_set():
                             break
@@ -221,6 +226,8 @@ class InvariantMonitor:
                             self._apply(kind, event.get("type"), obj)
                 finally:
                     self._responses.pop(kind, None)
+                    if self._stopping.is_set():
+                        response.close()  # the socket goes now, not when the pool is cleared
                     response.release_conn()
             except Exception as error:  # the API server may be restarting; list again
                 if self._stopping.is_set():
