@@ -11,7 +11,7 @@ import argparse
 import os
 
 from neuronplace.operator.settings import LOG_FORMATS, OperatorSettings
-from neuronplace.placement.names import NUMBERINGS
+from neuronplace.placement.names import NUMBERINGS, POD_SECURITY_LEVELS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +53,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="reconcile every resource at least this often",
     )
     parser.add_argument(
+        "--pod-security",
+        choices=POD_SECURITY_LEVELS,
+        default=defaults.pod_security,
+        help="pod-template policy level: baseline (default) or restricted (the Pod Security Standards profiles)",
+    )
+    parser.add_argument(
+        "--allow-volume-types",
+        default=",".join(defaults.allow_volume_types),
+        metavar="TYPE[,TYPE]",
+        help="volume types refused by default to admit anyway (gitRepo, nfs, iscsi, rbd, cephfs, glusterfs, "
+        "flexVolume, ephemeral)",
+    )
+    parser.add_argument(
         "--allow-privileged",
         action="store_true",
         default=defaults.allow_privileged,
@@ -86,6 +99,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             "node_grace_seconds": args.node_grace_seconds,
             "workers": args.workers,
             "resync_seconds": args.resync_seconds,
+            "pod_security": args.pod_security,
+            "allow_volume_types": tuple(t.strip() for t in args.allow_volume_types.split(",") if t.strip()),
             "allow_privileged": args.allow_privileged,
             "metrics_port": args.metrics_port,
         },

@@ -54,6 +54,7 @@ class Reconciler:
         self.cache = cache
         self.writer = writer
         self.api_pool = api_pool  # pod creates fan out here
+        self.policy = settings.template_policy()
         # Per resource: the permanent problem of a spec generation, and the last warning posted as
         # an Event (so that a problem that persists is posted once, not at every reconcile).
         self.permanent: dict[Key, tuple[int | None, st.Problem]] = {}
@@ -77,7 +78,7 @@ class Reconciler:
             now=dt.datetime.now(dt.UTC),
             node_grace_seconds=self.settings.node_grace_seconds,
             last_known=last_known,
-            allow_privileged=self.settings.allow_privileged,
+            policy=self.policy,
         )
         if decision.invalid is not None:
             mx.METRICS.failed(REASON_INVALID_SPEC)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from neuronplace.placement.names import NUMBERINGS
+from neuronplace.placement.podsecurity import TemplatePolicy
 from neuronplace.placement.selectors import parse_node_selector
 
 LOG_FORMATS = ("text", "json")
@@ -36,6 +37,9 @@ class OperatorSettings:
     watch_server_timeout / watch_client_timeout / watch_connect_timeout: kopf watch timeouts in
         seconds, so that a silently frozen watch is re-established (kopf issues #585, #957).
     error_backoff_seconds: first retry delay after a temporary error; doubles up to max_backoff_seconds.
+    pod_security: the pod-template policy level, ``baseline`` or ``restricted`` (``placement.podsecurity``).
+    allow_volume_types: volume types the policy refuses by default (gitRepo, nfs, iscsi, rbd, cephfs,
+        glusterfs, flexVolume, ephemeral) to admit anyway; comma-separated in the environment.
     allow_privileged: lift the pod-template safety policy (``podsecurity``); the namespace rule stays.
     metrics_port: serve Prometheus metrics (``neuronplace.operator.metrics``) on this port at
         ``/metrics``; 0 (the default) serves none.
@@ -53,6 +57,8 @@ class OperatorSettings:
     watch_connect_timeout: float = 10.0
     error_backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
+    pod_security: str = "baseline"
+    allow_volume_types: tuple[str, ...] = ()
     allow_privileged: bool = False
     metrics_port: int = 0
 
@@ -77,6 +83,15 @@ class OperatorSettings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         parse_node_selector(self.node_selector)  # fail early on a malformed selector
+        self.template_policy()  # fail early on an unknown level or volume type
+
+    def template_policy(self) -> TemplatePolicy:
+        """The pod-template policy these settings ask for."""
+        return TemplatePolicy(
+            level=self.pod_security,
+            allow_privileged=self.allow_privileged,
+            allowed_volume_types=frozenset(self.allow_volume_types),
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -87,8 +102,8 @@ class OperatorSettings:
             raw = environ.get(env_name(field.name))
             if raw is None or raw == "":
                 continue
-            if field.name == "namespaces":
-                values["namespaces"] = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+            if field.type == "tuple[str, ...]":
+                values[field.name] = tuple(item.strip() for item in raw.split(",") if item.strip())
             elif field.type == "bool":
                 values[field.name] = _boolean(field.name, raw)
             elif field.type in ("int",):

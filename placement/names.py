@@ -29,6 +29,10 @@ SHORT_NAMES = ("ninf",)
 API_VERSION = f"{GROUP}/{VERSION}"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
+# The pod-template policy levels (operator setting ``pod_security``): the Pod Security Standards'
+# baseline profile (plus the volume types in ``podsecurity.NODE_VOLUME_TYPES``), or restricted.
+POD_SECURITY_LEVELS = ("baseline", "restricted")
+
 # Enum values of the spec (the CRD's schema refuses anything else).
 STRATEGIES = ("BinPack", "Spread")
 SHAPE_POLICIES = ("Strict", "Permissive")

@@ -32,7 +32,7 @@ from neuronplace.placement.names import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from neuronplace.placement.pods import template_hash
-from neuronplace.placement.podsecurity import check_template
+from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy, check_template
 from neuronplace.placement.status import pod_is_ready
 from neuronplace.runtime.coreset import CoreRange
 
@@ -68,7 +68,7 @@ def _int(value: Any, default: int | None = None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def validate(inference: Mapping[str, Any], allow_privileged: bool = False) -> str | None:
+def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) -> str | None:
     """Why the resource cannot be acted on, or None.
 
     Mirrors the CRD's rules for objects that got past them (an older CRD, a CRD installed without
@@ -114,9 +114,7 @@ def validate(inference: Mapping[str, Any], allow_privileged: bool = False) -> st
         return "every container in spec.template.spec.containers needs a name"
     if pod_spec.get("nodeName") or pod_spec.get("schedulerName"):
         return "spec.template.spec must not set nodeName or schedulerName: the operator binds pods itself"
-    violations = check_template(
-        template, allow_privileged, namespace=(inference.get("metadata") or {}).get("namespace")
-    )
+    violations = check_template(template, policy, namespace=(inference.get("metadata") or {}).get("namespace"))
     if violations:
         return "pod template refused: " + "; ".join(violations)
     return None
@@ -180,14 +178,14 @@ def decide(
     now: dt.datetime,
     node_grace_seconds: float,
     last_known: Mapping[int, tuple[str, CoreRange]] | None = None,
-    allow_privileged: bool = False,
+    policy: TemplatePolicy = BASELINE,
 ) -> Decision:
     """What to do next for ``inference`` given the pods labelled with its name and all known nodes.
 
     ``last_known`` maps ordinals to the (node, cores) their previous pod held, so a recreated replica
     asks for the same cores.
     """
-    problem = validate(inference, allow_privileged)
+    problem = validate(inference, policy)
     if problem is not None:
         return Decision(invalid=problem)
     meta = inference["metadata"]

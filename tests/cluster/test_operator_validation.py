@@ -5,6 +5,7 @@ operator keeps serving everything else."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 from operator_support import apply, condition, get_inference, inference, placed_and_ready, pods_of
@@ -99,3 +100,71 @@ def test_objects_that_pass_the_schema_but_cannot_work_get_a_reason(local_cluster
     del fixed["spec"]["template"]["spec"]["hostNetwork"]
     apply(local_cluster, namespace, fixed)
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "privileged", 1), 60, "the fixed resource placed")
+
+
+@pytest.fixture
+def restricted_operator(local_cluster, operator_process):
+    """The operator at the restricted pod-security level, set through its environment (as the chart
+    does), in place of the session's baseline operator for one test."""
+    operator_process.stop()
+    process = type(operator_process)(
+        local_cluster,
+        Path(local_cluster.logs_dir) / "neuronplace-operator-restricted.log",
+        extra_args=("--resync-seconds", "10"),
+        env={"NEURONPLACE_POD_SECURITY": "restricted", "NEURONPLACE_ALLOW_VOLUME_TYPES": "gitRepo"},
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        operator_process.start()
+
+
+def restricted_ready(name: str, pool: str) -> dict:
+    """A resource whose template meets the restricted profile."""
+    resource = inference(name, cores=2, pool=pool)
+    pod_spec = resource["spec"]["template"]["spec"]
+    pod_spec["securityContext"] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    pod_spec["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return resource
+
+
+def test_the_restricted_level_refuses_each_rule_by_field_and_admits_a_compliant_template(
+    local_cluster, restricted_operator, namespace, fleet, wait_for
+):
+    nodes = fleet({"inf2.48xlarge": 1})
+    compliant = restricted_ready("compliant", nodes.pool)
+    escalating = restricted_ready("escalating", nodes.pool)
+    del escalating["spec"]["template"]["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"]
+    rooted = restricted_ready("rooted", nodes.pool)
+    del rooted["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
+    with_nfs = restricted_ready("with-nfs", nodes.pool)
+    with_nfs["spec"]["template"]["spec"]["volumes"] = [{"name": "m", "nfs": {"server": "10.0.0.1", "path": "/m"}}]
+    # Allowed by NEURONPLACE_ALLOW_VOLUME_TYPES=gitRepo, but restricted's own volume list still refuses it.
+    with_git = restricted_ready("with-git", nodes.pool)
+    with_git["spec"]["template"]["spec"]["volumes"] = [{"name": "g", "gitRepo": {"repository": "https://x/y"}}]
+    apply(local_cluster, namespace, compliant, escalating, rooted, with_nfs, with_git)
+
+    expected = {
+        "escalating": "template.spec.containers[0].securityContext.allowPrivilegeEscalation: must be set to false",
+        "rooted": "template.spec.containers[0].securityContext.runAsNonRoot: must be true",
+        "with-nfs": "template.spec.volumes[0] (m): nfs volumes are refused",
+        "with-git": "template.spec.volumes[0] (g): gitRepo volumes are not allowed; the restricted level admits only",
+    }
+    for name, words in expected.items():
+        placed = wait_for(
+            lambda name=name: (
+                condition(get_inference(local_cluster, namespace, name), "Placed").get("reason") == "InvalidSpec"
+                and condition(get_inference(local_cluster, namespace, name), "Placed")
+            ),
+            60,
+            f"{name}: refused as InvalidSpec",
+        )
+        assert words in placed["message"], placed["message"]
+        assert not pods_of(local_cluster, namespace, name), f"{name} got pods"
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "compliant", 1), 60, "the compliant resource placed")
+    assert restricted_operator.alive()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from neuronplace.cli import run as run_cli
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.placement.coremap import node_maps, render
 from neuronplace.placement.inventory import inventory_from_node
@@ -85,6 +88,28 @@ def test_settings_from_env_and_validation():
         OperatorSettings.from_env({"NEURONPLACE_WORKERS": "many"})
     with pytest.raises(ValueError, match="node selector"):
         OperatorSettings(node_selector="a b=c")
+
+
+def test_pod_security_settings_from_env_flags_and_validation():
+    settings = OperatorSettings.from_env(
+        {"NEURONPLACE_POD_SECURITY": "restricted", "NEURONPLACE_ALLOW_VOLUME_TYPES": "nfs, gitRepo"}
+    )
+    assert settings.pod_security == "restricted" and settings.allow_volume_types == ("nfs", "gitRepo")
+    policy = settings.template_policy()
+    assert policy.level == "restricted" and policy.allowed_volume_types == {"nfs", "gitRepo"}
+    assert OperatorSettings.from_env(settings.to_env()) == settings
+    assert OperatorSettings().template_policy().level == "baseline"
+    with pytest.raises(ValueError, match="'strict' is not one of baseline, restricted"):
+        OperatorSettings.from_env({"NEURONPLACE_POD_SECURITY": "strict"})
+    with pytest.raises(ValueError, match="hostPath cannot be allowed"):
+        OperatorSettings.from_env({"NEURONPLACE_ALLOW_VOLUME_TYPES": "hostPath"})
+
+    parser = argparse.ArgumentParser()
+    run_cli.configure(parser)
+    from_flags = run_cli.settings_from_args(
+        parser.parse_args(["--pod-security", "restricted", "--allow-volume-types", "ephemeral"])
+    )
+    assert from_flags.pod_security == "restricted" and from_flags.allow_volume_types == ("ephemeral",)
 
 
 def test_node_selector_matching():

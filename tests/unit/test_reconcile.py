@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from neuronplace.placement import reconcile
 from neuronplace.placement.pods import template_hash
+from neuronplace.placement.podsecurity import TemplatePolicy
 from neuronplace.runtime.coreset import CoreRange
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.UTC)
@@ -172,7 +173,7 @@ def test_privileged_templates_pass_when_allowed():
     res = resource()
     res["spec"]["template"]["spec"]["hostNetwork"] = True
     assert decide(res, []).invalid
-    assert decide(res, [], allow_privileged=True).create == (0, 1, 2)
+    assert decide(res, [], policy=TemplatePolicy(allow_privileged=True)).create == (0, 1, 2)
 
 
 pod_strategy = st.builds(
