@@ -79,6 +79,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus metrics on this port at /metrics (default 0: off)",
     )
     parser.add_argument(
+        "--metrics-address",
+        default=defaults.metrics_address,
+        metavar="IP",
+        help="address the metrics endpoint listens on (default 0.0.0.0: every address; 127.0.0.1: this host only)",
+    )
+    parser.add_argument(
         "--liveness",
         metavar="URL",
         default=os.environ.get("NEURONPLACE_LIVENESS"),
@@ -103,6 +109,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             "allow_volume_types": tuple(t.strip() for t in args.allow_volume_types.split(",") if t.strip()),
             "allow_privileged": args.allow_privileged,
             "metrics_port": args.metrics_port,
+            "metrics_address": args.metrics_address,
         },
     )
 

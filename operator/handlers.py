@@ -87,7 +87,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
             lambda: mx.snapshot_ledger(controller.cache.ledger, controller.cache.inventories),
             lock=controller.cache.lock,
         )
-        mx.METRICS.serve(ours.metrics_port)
+        mx.METRICS.serve(ours.metrics_port, ours.metrics_address)
     logger.info("neuronplace operator started: %s", ours)
 
 

@@ -3,7 +3,8 @@
 What to do is decided by the pure :func:`neuronplace.placement.reconcile.decide` from a snapshot
 of the cache; this module carries it out and reports it:
 
-1. an invalid spec is reported in the status (``InvalidSpec``) and nothing else happens;
+1. a resource in the operator's own namespace (``NamespaceNotServed``) or with an invalid spec
+   (``InvalidSpec``) is reported in the status and nothing else happens;
 2. surplus, failed, outdated and stranded pods are deleted (an Event each);
 3. the missing replicas are placed one by one under the cache's lock, each reservation entered in
    the ledger at once, so a concurrent reconcile of another resource sees those cores taken;
@@ -36,6 +37,7 @@ from neuronplace.placement import status as st
 from neuronplace.placement.allocator import ReplicaPlacement, place_one
 from neuronplace.placement.names import (
     REASON_INVALID_SPEC,
+    REASON_NAMESPACE_NOT_SERVED,
     REASON_PLACED,
     REASON_POD_FORBIDDEN,
     REASON_POD_REJECTED,
@@ -71,6 +73,11 @@ class Reconciler:
         if snapshot is None:
             return None
         inference, pods, nodes, last_known = snapshot
+        refusal = rc.namespace_refusal(key[0], self.settings.operator_namespace, self.settings.serve_operator_namespace)
+        if refusal is not None:
+            mx.METRICS.failed(REASON_NAMESPACE_NOT_SERVED)
+            self._write_status(inference, st.Problem(REASON_NAMESPACE_NOT_SERVED, refusal))
+            return None
         decision = rc.decide(
             inference,
             pods,
@@ -217,8 +224,8 @@ class Reconciler:
         wanted = st.build_status(current, pods, problem=problem)
         if not st.status_differs(current.get("status"), wanted):
             return
-        if problem is not None and problem.reason == REASON_INVALID_SPEC:
-            self._event_once(current, REASON_INVALID_SPEC, problem.message)
+        if problem is not None and problem.reason in (REASON_INVALID_SPEC, REASON_NAMESPACE_NOT_SERVED):
+            self._event_once(current, problem.reason, problem.message)
         self.writer.patch_status(meta["namespace"], meta["name"], wanted)
 
     def _event_once(self, inference: dict, reason: str, message: str) -> None:

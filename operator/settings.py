@@ -7,6 +7,7 @@ by ``neuronplace run`` (whose flags write these variables before kopf imports th
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -41,8 +42,14 @@ class OperatorSettings:
     allow_volume_types: volume types the policy refuses by default (gitRepo, nfs, iscsi, rbd, cephfs,
         glusterfs, flexVolume, ephemeral) to admit anyway; comma-separated in the environment.
     allow_privileged: lift the pod-template safety policy (``podsecurity``); the namespace rule stays.
+    operator_namespace: the namespace the operator runs in (the chart sets it from the pod's own
+        metadata); resources there get no pods (status reason ``NamespaceNotServed``) unless
+        ``serve_operator_namespace``. Empty (an operator run outside the cluster): no such rule.
+    serve_operator_namespace: serve the operator's own namespace anyway.
     metrics_port: serve Prometheus metrics (``neuronplace.operator.metrics``) on this port at
         ``/metrics``; 0 (the default) serves none.
+    metrics_address: the address ``/metrics`` listens on: every address (``0.0.0.0``, the default,
+        for a Prometheus that scrapes the pod's IP), or ``127.0.0.1`` for a sidecar or port-forward only.
     """
 
     namespaces: tuple[str, ...] = ()
@@ -60,13 +67,23 @@ class OperatorSettings:
     pod_security: str = "baseline"
     allow_volume_types: tuple[str, ...] = ()
     allow_privileged: bool = False
+    operator_namespace: str = ""
+    serve_operator_namespace: bool = False
     metrics_port: int = 0
+    metrics_address: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         if self.numbering not in NUMBERINGS:
             raise ValueError(f"numbering {self.numbering!r} is not one of {', '.join(NUMBERINGS)}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        try:
+            ipaddress.ip_address(self.metrics_address)
+        except ValueError:
+            raise ValueError(
+                f"metrics address must be an IP address to listen on (0.0.0.0, 127.0.0.1, ::), "
+                f"got {self.metrics_address!r}"
+            ) from None
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics port must be 0 (off) or 1-65535, got {self.metrics_port}")
         if self.workers < 1:

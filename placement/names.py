@@ -92,6 +92,8 @@ REASON_NOT_READY = "ReplicasNotReady"
 # The Event reason (and failure metric reason) of a pod creation the API server forbids (403: quota,
 # a terminating namespace, RBAC); the status keeps REASON_POD_REJECTED for it.
 REASON_POD_FORBIDDEN = "PodForbidden"
+# A resource in the operator's own namespace, which the operator does not serve by default.
+REASON_NAMESPACE_NOT_SERVED = "NamespaceNotServed"
 
 # A pod in one of these phases has finished: it holds no cores and is not a live replica.
 TERMINAL_PHASES = ("Succeeded", "Failed")

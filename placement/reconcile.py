@@ -120,6 +120,25 @@ def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) ->
     return None
 
 
+def namespace_refusal(namespace: str | None, operator_namespace: str, serve_operator_namespace: bool) -> str | None:
+    """Why a resource in ``namespace`` gets no pods, or None.
+
+    The operator's own namespace holds its ServiceAccount token, which may create pods in every
+    served namespace: a pod made there from a user's template could mount that token (every
+    ServiceAccount and Secret of a namespace is open to the pods created in it). So that namespace
+    is not served unless the setting says so; an empty ``operator_namespace`` (an operator run
+    outside the cluster) refuses nothing.
+    """
+    if not operator_namespace or namespace != operator_namespace or serve_operator_namespace:
+        return None
+    return (
+        f"namespace {namespace} is the operator's own namespace, where its ServiceAccount's credentials live; "
+        "the operator creates no pods here. Create the NeuronInference in another namespace (or, if every user "
+        "who may create NeuronInferences here may also act as the operator, set "
+        "NEURONPLACE_SERVE_OPERATOR_NAMESPACE=true)"
+    )
+
+
 _ORDINAL = re.compile(r"^(0|[1-9][0-9]*)$")
 
 

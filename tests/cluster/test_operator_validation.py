@@ -5,6 +5,7 @@ operator keeps serving everything else."""
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import pytest
@@ -103,22 +104,24 @@ def test_objects_that_pass_the_schema_but_cannot_work_get_a_reason(local_cluster
 
 
 @pytest.fixture
-def restricted_operator(local_cluster, operator_process):
-    """The operator at the restricted pod-security level, set through its environment (as the chart
-    does), in place of the session's baseline operator for one test."""
-    operator_process.stop()
-    process = type(operator_process)(
-        local_cluster,
-        Path(local_cluster.logs_dir) / "neuronplace-operator-restricted.log",
-        extra_args=("--resync-seconds", "10"),
-        env={"NEURONPLACE_POD_SECURITY": "restricted", "NEURONPLACE_ALLOW_VOLUME_TYPES": "gitRepo"},
-    )
-    process.start()
-    try:
-        yield process
-    finally:
+def operator_with_env(local_cluster, operator_process):
+    """``operator_with_env(log_name, **env)``: an operator configured through its environment (as the
+    chart configures it) in place of the session's operator, for one test."""
+    started = []
+
+    def start(log_name: str, **env: str):
+        operator_process.stop()
+        process = type(operator_process)(
+            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=("--resync-seconds", "10"), env=env
+        )
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
         process.stop()
-        operator_process.start()
+    operator_process.start()
 
 
 def restricted_ready(name: str, pool: str) -> dict:
@@ -134,8 +137,13 @@ def restricted_ready(name: str, pool: str) -> dict:
 
 
 def test_the_restricted_level_refuses_each_rule_by_field_and_admits_a_compliant_template(
-    local_cluster, restricted_operator, namespace, fleet, wait_for
+    local_cluster, operator_with_env, namespace, fleet, wait_for
 ):
+    restricted_operator = operator_with_env(
+        "neuronplace-operator-restricted.log",
+        NEURONPLACE_POD_SECURITY="restricted",
+        NEURONPLACE_ALLOW_VOLUME_TYPES="gitRepo",
+    )
     nodes = fleet({"inf2.48xlarge": 1})
     compliant = restricted_ready("compliant", nodes.pool)
     escalating = restricted_ready("escalating", nodes.pool)
@@ -168,3 +176,31 @@ def test_the_restricted_level_refuses_each_rule_by_field_and_admits_a_compliant_
         assert not pods_of(local_cluster, namespace, name), f"{name} got pods"
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "compliant", 1), 60, "the compliant resource placed")
     assert restricted_operator.alive()
+
+
+def test_the_operators_own_namespace_is_not_served_unless_allowed(
+    local_cluster, operator_with_env, namespace, fleet, wait_for
+):
+    # The test's namespace stands in for the operator's own (the chart sets it from the pod's namespace).
+    operator_with_env("neuronplace-operator-own-namespace.log", NEURONPLACE_OPERATOR_NAMESPACE=namespace)
+    nodes = fleet({"inf2.48xlarge": 1})
+    apply(local_cluster, namespace, inference("here", cores=2, pool=nodes.pool))
+    placed = wait_for(
+        lambda: (
+            condition(get_inference(local_cluster, namespace, "here"), "Placed").get("reason") == "NamespaceNotServed"
+            and condition(get_inference(local_cluster, namespace, "here"), "Placed")
+        ),
+        60,
+        "refused as NamespaceNotServed",
+    )
+    assert placed["status"] == "False" and "the operator's own namespace" in placed["message"], placed
+    time.sleep(2)  # a few reconciles later (resync every 10 s, events at once): still no pod
+    assert not pods_of(local_cluster, namespace, "here")
+
+    # The setting lets it through: the same resource is placed.
+    operator_with_env(
+        "neuronplace-operator-own-namespace-served.log",
+        NEURONPLACE_OPERATOR_NAMESPACE=namespace,
+        NEURONPLACE_SERVE_OPERATOR_NAMESPACE="true",
+    )
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "here", 1), 60, "placed once served")

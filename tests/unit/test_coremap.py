@@ -103,6 +103,9 @@ def test_pod_security_settings_from_env_flags_and_validation():
         OperatorSettings.from_env({"NEURONPLACE_POD_SECURITY": "strict"})
     with pytest.raises(ValueError, match="hostPath cannot be allowed"):
         OperatorSettings.from_env({"NEURONPLACE_ALLOW_VOLUME_TYPES": "hostPath"})
+    assert OperatorSettings.from_env({"NEURONPLACE_METRICS_ADDRESS": "127.0.0.1"}).metrics_address == "127.0.0.1"
+    with pytest.raises(ValueError, match="metrics address must be an IP address"):
+        OperatorSettings(metrics_address="localhost:9090")
 
     parser = argparse.ArgumentParser()
     run_cli.configure(parser)

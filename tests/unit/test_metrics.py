@@ -197,3 +197,21 @@ def test_serve_exposes_metrics_over_http_and_stops():
         metrics.stop()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+@pytest.mark.parametrize(("address", "reachable_on_another_address"), [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_the_metrics_address_narrows_who_can_connect(address, reachable_on_another_address):
+    # 127.0.0.2 is this host too (all of 127/8 is loopback), but not the address 127.0.0.1 is bound to.
+    metrics = OperatorMetrics()
+    port = metrics.serve(0, address)
+    try:
+        if reachable_on_another_address:
+            with urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5) as response:
+                assert response.status == 200
+        else:
+            with pytest.raises(OSError):
+                urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                assert response.status == 200
+    finally:
+        metrics.stop()

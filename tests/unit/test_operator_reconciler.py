@@ -16,6 +16,7 @@ from neuronplace.placement.conditions import condition
 from neuronplace.placement.names import (
     CONDITION_PLACED,
     REASON_INVALID_SPEC,
+    REASON_NAMESPACE_NOT_SERVED,
     REASON_PLACED,
     REASON_POD_REJECTED,
     REASON_UNSCHEDULABLE,
@@ -194,6 +195,27 @@ def test_an_invalid_spec_gets_a_status_and_no_pods(pool):
     assert reconciler.reconcile(KEY) is None
     assert api.created == []
     assert placed_condition(api)["reason"] == REASON_INVALID_SPEC
+
+
+@pytest.mark.parametrize(
+    ("operator_namespace", "serve", "served"),
+    [(NAMESPACE, False, False), (NAMESPACE, True, True), ("neuronplace", False, True), ("", False, True)],
+)
+def test_the_operators_own_namespace_gets_no_pods_unless_served(pool, operator_namespace, serve, served):
+    api = FakeApi()
+    cache = Cache()
+    cache.observe_node(ready_node("n1"))
+    cache.apply_inference("ADDED", inference(replicas=1, cores=1))
+    settings = OperatorSettings(operator_namespace=operator_namespace, serve_operator_namespace=serve)
+    Reconciler(settings, cache, Writer(core=api, custom=api), pool).reconcile(KEY)
+    if served:
+        assert api.created == ["bert-0"]
+    else:
+        assert api.created == [] and not cache.ledger.owners()
+        placed = placed_condition(api)
+        assert placed["status"] == "False" and placed["reason"] == REASON_NAMESPACE_NOT_SERVED
+        assert "the operator's own namespace" in placed["message"]
+        assert (REASON_NAMESPACE_NOT_SERVED, "Warning") in api.events
 
 
 def test_forget_drops_what_was_remembered(pool):
