@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import yaml
 
@@ -14,6 +15,7 @@ from neuronplace.placement.names import (
     API_VERSION,
     AWS_NEURON_IDS,
     CORES_ANNOTATION,
+    CRD_NAME,
     ENV_NODE_CORES,
     ENV_VISIBLE_CORES,
     INFERENCE_LABEL,
@@ -156,3 +158,47 @@ def assert_pod_consistent(pod: dict, cores_per_chip: int, processes: int, number
         assert env[ENV_NODE_CORES] == str(expected[index])
         for kind in ("requests", "limits"):
             assert container["resources"][kind][NEURONCORE_RESOURCE] == str(cores.count // processes)
+
+
+# ---- the Helm chart, with the cluster's pinned helm -------------------------------------------
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "neuronplace"
+RELEASE = "np"
+
+
+def server_version(cluster) -> str:
+    """The API server's version: helm renders and lints for this cluster, not for its built-in default."""
+    return json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+
+
+def helm_template(cluster, namespace: str, *values: str, release: str = RELEASE) -> list[dict]:
+    rendered = cluster.helm(
+        "template", release, str(CHART), "--namespace", namespace, "--kube-version", server_version(cluster), *values
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def crd_exists(cluster) -> bool:
+    return cluster.kubectl("get", "crd", CRD_NAME, check=False).returncode == 0
+
+
+def adopt_crd(cluster, namespace: str, release: str = RELEASE) -> None:
+    """The chart README's adoption step for a CRD that exists already (kubectl-applied or kept)."""
+    cluster.kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+    cluster.kubectl(
+        "annotate",
+        "crd",
+        CRD_NAME,
+        "--overwrite",
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+    )
+
+
+def install(cluster, namespace: str, *values: str, release: str = RELEASE) -> str:
+    """helm install (adopting an existing CRD first); returns helm's output, NOTES included."""
+    if crd_exists(cluster):
+        adopt_crd(cluster, namespace, release)
+    return cluster.helm(
+        "install", release, str(CHART), "--namespace", namespace, "--wait=false", *values, timeout=240
+    ).stdout

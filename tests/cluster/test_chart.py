@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from operator_support import CHART, RELEASE, crd_exists, helm_template, install, server_version
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "neuronplace"
 CRD_SOURCE = ROOT / "crds" / "neuronplace.io_neuroninferences.yaml"
 CRD_CHART_COPY = CHART / "files" / "neuronplace.io_neuroninferences.yaml"
 CRD_NAME = "neuroninferences.neuronplace.io"
-RELEASE = "np"
 SERVICE_ACCOUNT = "np-neuronplace"  # <release>-<chart>: the chart's fullname
 
 
@@ -82,44 +81,6 @@ def test_every_value_is_documented():
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def server_version(cluster) -> str:
-    """The API server's version: helm renders and lints for this cluster, not for its built-in default."""
-    return json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
-
-
-def helm_template(cluster, namespace: str, *values: str) -> list[dict]:
-    rendered = cluster.helm(
-        "template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", server_version(cluster), *values
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(rendered) if doc]
-
-
-def crd_exists(cluster) -> bool:
-    return cluster.kubectl("get", "crd", CRD_NAME, check=False).returncode == 0
-
-
-def adopt_crd(cluster, namespace: str, release: str = RELEASE) -> None:
-    """The chart README's adoption step for a CRD that exists already (kubectl-applied or kept)."""
-    cluster.kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-    cluster.kubectl(
-        "annotate",
-        "crd",
-        CRD_NAME,
-        "--overwrite",
-        f"meta.helm.sh/release-name={release}",
-        f"meta.helm.sh/release-namespace={namespace}",
-    )
-
-
-def install(cluster, namespace: str, *values: str, release: str = RELEASE) -> str:
-    """helm install (adopting an existing CRD first); returns helm's output, NOTES included."""
-    if crd_exists(cluster):
-        adopt_crd(cluster, namespace, release)
-    return cluster.helm(
-        "install", release, str(CHART), "--namespace", namespace, "--wait=false", *values, timeout=240
-    ).stdout
 
 
 def can_i(cluster, verb: str, resource: str, namespace: str | None, service_account: str) -> bool:
@@ -193,6 +154,8 @@ def test_offline_render_assumes_the_kubernetes_helm_was_built_for(local_cluster)
         (["--set", "operator.logFormat=xml"], "logFormat"),
         (["--set", "watch.namespaces={Bad_Name}"], "namespaces"),
         (["--set", "operator.workers=0"], "workers"),
+        (["--set", "operator.podSecurity=strict"], "podSecurity"),
+        (["--set", "admission.enabled=yes"], "admission"),
     ],
 )
 def test_schema_refuses_bad_values(local_cluster, bad, message):
@@ -215,6 +178,8 @@ def test_rendered_chart_passes_server_side_dry_run(local_cluster, namespace, mod
         "Deployment",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
     assert expected <= set(kinds), kinds
     assert ("Role" in kinds) == (mode == "namespaced")
@@ -237,6 +202,8 @@ def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings
         "operator.nodeSelector=neuronplace.io/pool=a",
         "--set",
         "operator.logFormat=json",
+        "--set",
+        "operator.podSecurity=restricted",
     ]
     docs = helm_template(local_cluster, namespace, *values)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
@@ -261,6 +228,7 @@ def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings
     assert settings.namespaces == (namespace,)
     assert settings.numbering == "global" and settings.node_selector == "neuronplace.io/pool=a"
     assert settings.log_format == "json" and settings.allow_privileged is False
+    assert env["NEURONPLACE_POD_SECURITY"] == "restricted"
     assert (
         settings.metrics_port == 9090
         and {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
@@ -270,6 +238,7 @@ def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings
         0
     ]["env"]
     assert {"name": "NEURONPLACE_METRICS_PORT", "value": "0"} in no_metrics_env
+    assert {"name": "NEURONPLACE_POD_SECURITY", "value": "baseline"} in no_metrics_env, "the default level"
     unknown = {name for name in env if name not in OperatorSettings().to_env()}
     assert not unknown, f"the chart sets variables the operator does not read: {unknown}"
 
@@ -342,7 +311,15 @@ def test_install_then_uninstall_leaves_the_cluster_as_before_except_the_kept_crd
         assert step in notes, notes
     during = cluster_inventory(local_cluster)
     added = {line.split("/")[0] for line in during - before}
-    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"} <= added, during - before
+    assert {
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    } <= added, during - before
     status = local_cluster.helm("status", RELEASE, "-n", namespace, "-o", "json").stdout
     assert json.loads(status)["info"]["status"] == "deployed"
 
