@@ -202,3 +202,18 @@ def install(cluster, namespace: str, *values: str, release: str = RELEASE) -> st
     return cluster.helm(
         "install", release, str(CHART), "--namespace", namespace, "--wait=false", *values, timeout=240
     ).stdout
+
+
+def container_env(deployment: dict, container: int = 0) -> dict[str, str]:
+    """The environment a container of a rendered Deployment gets, as the kubelet would fill it in:
+    plain values, and ``fieldRef: metadata.namespace`` as the Deployment's namespace (the only
+    reference the chart uses; any other fails here rather than being dropped)."""
+    env = {}
+    for entry in deployment["spec"]["template"]["spec"]["containers"][container].get("env") or []:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            field = ((entry.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+            assert field == "metadata.namespace", f"unexpected env source {entry}"
+            env[entry["name"]] = deployment["metadata"]["namespace"]
+    return env

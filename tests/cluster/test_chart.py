@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_support import CHART, RELEASE, crd_exists, helm_template, install, server_version
+from operator_support import CHART, RELEASE, container_env, crd_exists, helm_template, install, server_version
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_SOURCE = ROOT / "crds" / "neuronplace.io_neuroninferences.yaml"
@@ -156,6 +156,8 @@ def test_offline_render_assumes_the_kubernetes_helm_was_built_for(local_cluster)
         (["--set", "operator.workers=0"], "workers"),
         (["--set", "operator.podSecurity=strict"], "podSecurity"),
         (["--set", "admission.enabled=yes"], "admission"),
+        (["--set", "operator.allowVolumeTypes={hostPath}"], "allowVolumeTypes"),
+        (["--set", "networkPolicy.apiServerPorts={}"], "apiServerPorts"),
     ],
 )
 def test_schema_refuses_bad_values(local_cluster, bad, message):
@@ -192,6 +194,33 @@ def test_rendered_chart_passes_server_side_dry_run(local_cluster, namespace, mod
 
 
 @pytest.mark.cluster
+def test_network_policy_is_optional_and_admits_only_health_metrics_api_and_dns(local_cluster, namespace):
+    assert not [d for d in helm_template(local_cluster, namespace) if d["kind"] == "NetworkPolicy"]
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    docs = helm_template(
+        local_cluster,
+        namespace,
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set-json",
+        f"networkPolicy.ingressFrom=[{json.dumps(monitoring)}]",
+    )
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert spec["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = spec["ingress"]
+    assert ingress["from"] == [monitoring] and sorted(p["port"] for p in ingress["ports"]) == [8080, 9090]
+    egress_ports = sorted((p["port"], p["protocol"]) for rule in spec["egress"] for p in rule["ports"])
+    assert egress_ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (6443, "TCP")]
+    result = local_cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(policy), check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.cluster
 def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings(local_cluster, namespace):
     values = [
         "--set",
@@ -219,7 +248,7 @@ def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings
     assert f"--liveness=http://0.0.0.0:{container['ports'][0]['containerPort']}/healthz" in container["args"]
     assert "--standalone" in container["args"] and f"--namespace={namespace}" in container["args"]
     assert "--log-format=json" in container["args"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = container_env(deployment)
 
     # The chart's environment is exactly what the operator's settings read back.
     from neuronplace.operator.settings import OperatorSettings
@@ -229,6 +258,9 @@ def test_rendered_deployment_is_restricted_single_replica_recreate_with_settings
     assert settings.numbering == "global" and settings.node_selector == "neuronplace.io/pool=a"
     assert settings.log_format == "json" and settings.allow_privileged is False
     assert env["NEURONPLACE_POD_SECURITY"] == "restricted"
+    # Its own namespace (the release's, from the pod's metadata) is not served by default.
+    assert settings.operator_namespace == namespace and settings.serve_operator_namespace is False
+    assert settings.template_policy().allowed_volume_types == frozenset() and settings.metrics_address == "0.0.0.0"
     assert (
         settings.metrics_port == 9090
         and {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
@@ -492,8 +524,9 @@ def token_kubeconfig(cluster, namespace: str, service_account: str, path: Path) 
 
 def chart_operator_command(docs: list[dict]) -> tuple[list[str], dict[str, str]]:
     """The rendered Deployment's command, args and env, to run the same operator locally."""
-    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    return container["command"] + container["args"], {e["name"]: e["value"] for e in container["env"]}
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container["command"] + container["args"], container_env(deployment)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):

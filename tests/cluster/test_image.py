@@ -26,7 +26,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_support import assert_no_shared_cores, assert_pod_consistent, example, live, placed_and_ready, pods_of
+from operator_support import (
+    assert_no_shared_cores,
+    assert_pod_consistent,
+    container_env,
+    example,
+    live,
+    placed_and_ready,
+    pods_of,
+)
 
 from neuronplace.local import image
 from neuronplace.local.operator_process import free_port
@@ -247,6 +255,10 @@ def test_the_images_operator_places_as_the_charts_service_account(
         f"operator.nodeSelector=neuronplace.io/pool={nodes.pool}",
         "--set",
         "crds.install=false",
+        # One namespace for the operator and the example it places: the chart must say so, since
+        # the operator otherwise creates no pods in its own namespace.
+        "--set",
+        "operator.serveOperatorNamespace=true",
     ).stdout
     docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
     rbac = [doc for doc in docs if doc["kind"] in RBAC_KINDS]
@@ -269,7 +281,9 @@ def test_the_images_operator_places_as_the_charts_service_account(
         port, metrics_port = free_port(), free_port()
         args = [arg.replace(f"0.0.0.0:{deployment_port(spec, 'http')}", f"127.0.0.1:{port}") for arg in spec["args"]]
         assert f"--liveness=http://127.0.0.1:{port}/healthz" in args, args
-        env = {e["name"]: e["value"] for e in spec["env"]}
+        env = container_env(deployment)
+        # The operator's own namespace (the release's) is where the example goes too, here.
+        assert env["NEURONPLACE_OPERATOR_NAMESPACE"] == namespace
         assert env["NEURONPLACE_METRICS_PORT"] == str(deployment_port(spec, "metrics"))
         env["NEURONPLACE_METRICS_PORT"] = str(metrics_port)
         env_flags = [flag for key, value in env.items() for flag in ("--env", f"{key}={value}")]

@@ -90,7 +90,7 @@ def test_helm_assumes_the_kubernetes_of_its_client_go_offline():
     for package in ("chartutil", "lint/rules"):
         assert f"-X helm.sh/helm/v3/pkg/{package}.k8sVersionMajor=1" in ldflags
         assert f"-X helm.sh/helm/v3/pkg/{package}.k8sVersionMinor={values['client_go_minor']}" in ldflags
-    assert int(values["client_go_minor"]) >= 29, "the chart's kubeVersion (>=1.29) must render offline"
+    assert int(values["client_go_minor"]) >= 30, "the chart's kubeVersion (>=1.30) must render offline"
 
 
 def test_builds_never_rewrite_the_pins():

@@ -81,3 +81,10 @@ are @kopf.on.event: no finalizers, no progress annotations, nothing patched on w
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* "host:port" for a listen URL; an IPv6 address goes in brackets. Takes (list host port). */}}
+{{- define "neuronplace.hostPort" -}}
+{{- $host := index . 0 -}}
+{{- $port := index . 1 -}}
+{{- if contains ":" (toString $host) -}}[{{ $host }}]:{{ $port }}{{- else -}}{{ $host }}:{{ $port }}{{- end -}}
+{{- end }}
