@@ -264,6 +264,7 @@ def format_table(record: ChaosRecord, seed: int) -> str:
         ("violations at convergence", str(s["violations"])),
         ("events checked by the monitor", str(s["monitor_events"])),
         ("violations at any moment", str(s["transient"])),
+        ("failed watch/list calls of the monitor", str(record.monitor_watch_errors)),
         ("time to converge, median", seconds(s["converge_median_s"])),
         ("time to converge, max", seconds(s["converge_max_s"])),
     ]
