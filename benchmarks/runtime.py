@@ -76,9 +76,9 @@ def overhead_table(rounds: int, calls: int) -> None:
     with_cores(2)
     chosen = DataParallel(model)
     forced = DataParallel(model)
-    # The executor decides per call between inline and parallel; this instance is told that
-    # inline never pays, so every call takes the parallel path (hand-off to the workers and back).
-    forced._executor._inline_is_cheaper = lambda total_rows, busiest: False
+    # The executor decides per call between inline and parallel; this one is told to go parallel
+    # every time, so each call pays the hand-off to the workers and back.
+    forced._executor.force_parallel = True
     contenders = {
         "direct call": model,
         "naive thread pool": NaiveThreadPool(model, 2),

@@ -507,3 +507,19 @@ def test_slow_looking_parallel_calls_do_not_send_heavy_chunks_inline():
     executor._row_costs.extend([3e-6] * 5)
     executor._estimate = None
     assert executor._inline_is_cheaper(total_rows=4, busiest=2)
+
+
+def test_force_parallel_sends_every_call_to_the_workers(monkeypatch):
+    monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0-1")
+    parallel = DataParallel(torch.nn.Linear(3, 3).eval())
+    batch = torch.rand(4, 3)
+    with torch.no_grad():
+        for _ in range(40):  # a tiny model: the executor soon runs it inline
+            parallel(batch)
+    assert parallel._executor.inline_runs > 0
+    parallel._executor.force_parallel = True
+    runs, inline = parallel._executor.parallel_runs, parallel._executor.inline_runs
+    with torch.no_grad():
+        for _ in range(10):
+            assert torch.equal(parallel(batch), parallel.module(batch))
+    assert parallel._executor.parallel_runs == runs + 10 and parallel._executor.inline_runs == inline
