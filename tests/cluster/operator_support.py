@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -217,3 +218,28 @@ def container_env(deployment: dict, container: int = 0) -> dict[str, str]:
             assert field == "metadata.namespace", f"unexpected env source {entry}"
             env[entry["name"]] = deployment["metadata"]["namespace"]
     return env
+
+
+def token_kubeconfig(cluster, namespace: str, service_account: str, path: Path) -> Path:
+    """A kubeconfig for the same API server that authenticates as the ServiceAccount (a bearer token
+    from ``kubectl create token``). Self-contained (the CA embedded, no file paths of this machine),
+    so a container can use it as well as a local process."""
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    server = dict(next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"])
+    if "certificate-authority" in server:
+        ca = Path(server.pop("certificate-authority")).read_bytes()
+        server["certificate-authority-data"] = base64.b64encode(ca).decode()
+    token = cluster.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "operator",
+        "clusters": [{"name": "local", "cluster": server}],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [
+            {"name": "operator", "context": {"cluster": "local", "user": service_account, "namespace": namespace}}
+        ],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_support import CHART, RELEASE, container_env, crd_exists, helm_template, install, server_version
+from operator_support import (
+    CHART,
+    RELEASE,
+    container_env,
+    crd_exists,
+    helm_template,
+    install,
+    server_version,
+    token_kubeconfig,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_SOURCE = ROOT / "crds" / "neuronplace.io_neuroninferences.yaml"
@@ -500,26 +509,6 @@ def test_rbac_cluster_wide_mode_is_least_privilege(local_cluster, namespace):
 
 
 # ---- the operator running as the chart's ServiceAccount -------------------------------------
-
-
-def token_kubeconfig(cluster, namespace: str, service_account: str, path: Path) -> Path:
-    """A kubeconfig for the same API server that authenticates as the ServiceAccount (bearer token)."""
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-    server = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
-    token = cluster.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "operator",
-        "clusters": [{"name": "local", "cluster": server}],
-        "users": [{"name": service_account, "user": {"token": token}}],
-        "contexts": [
-            {"name": "operator", "context": {"cluster": "local", "user": service_account, "namespace": namespace}}
-        ],
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def chart_operator_command(docs: list[dict]) -> tuple[list[str], dict[str, str]]:

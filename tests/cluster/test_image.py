@@ -14,7 +14,6 @@ With CI=true a missing container engine fails these tests: CI installs podman (.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -34,6 +33,7 @@ from operator_support import (
     live,
     placed_and_ready,
     pods_of,
+    token_kubeconfig,
 )
 
 from neuronplace.local import image
@@ -173,33 +173,10 @@ def test_the_image_runs_the_cli_has_no_torch_and_fits_the_budget(engine, image_r
 
 
 def container_kubeconfig(cluster, namespace: str, path: Path) -> Path:
-    """A self-contained kubeconfig (CA embedded, no file paths of this machine) for the same API
-    server, authenticating with a token of the chart's ServiceAccount."""
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-    server = dict(next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"])
-    if "certificate-authority" in server:
-        ca = Path(server.pop("certificate-authority")).read_bytes()
-        server["certificate-authority-data"] = base64.b64encode(ca).decode()
-    assert server["server"].startswith("https://127.0.0.1:"), server  # reached over the host network
-    token = cluster.kubectl("create", "token", SERVICE_ACCOUNT, "-n", namespace, "--duration=1h").stdout.strip()
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "operator",
-                "clusters": [{"name": "local", "cluster": server}],
-                "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-                "contexts": [
-                    {
-                        "name": "operator",
-                        "context": {"cluster": "local", "user": SERVICE_ACCOUNT, "namespace": namespace},
-                    }
-                ],
-            }
-        )
-    )
+    """The chart ServiceAccount's kubeconfig, as the container gets it: read-only, bind-mounted."""
+    token_kubeconfig(cluster, namespace, SERVICE_ACCOUNT, path)
+    server = yaml.safe_load(path.read_text())["clusters"][0]["cluster"]["server"]
+    assert server.startswith("https://127.0.0.1:"), server  # reached over the host network
     # Readable by the container's uid 10001 (the file is bind-mounted read-only); the folder
     # around it (pytest's tmp_path) stays private to this machine's user.
     path.chmod(0o444)
