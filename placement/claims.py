@@ -5,8 +5,8 @@ A pod we manage (label ``neuronplace.io/inference``) claims the range in its
 ``neuronplace.io/cores`` annotation. Any other pod that requests neuron resources claims its
 request: exactly the ids in the AWS device plugin's ``AWS_NEURON_IDS`` annotation when it has one
 (core ids for ``aws.amazon.com/neuroncore`` requests, device ids for whole-device requests), else
-just a count that the ledger places conservatively. Finished pods (Succeeded, Failed) and pods not
-bound to a node claim nothing.
+just a count that the ledger places conservatively. Finished pods (Succeeded, Failed) claim
+nothing, nor do pods that are neither bound to a node nor pinned to one (:func:`node_of`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,42 @@ class Claim:
 def owner_of(pod: Mapping) -> str:
     metadata = pod.get("metadata") or {}
     return f"{metadata.get('namespace') or 'default'}/{metadata.get('name') or ''}"
+
+
+# The node field a required node-affinity term names to pin a pod to one node (as the DaemonSet
+# controller does): ``matchFields: [{key: metadata.name, operator: In, values: [<node>]}]``.
+NODE_NAME_FIELD = "metadata.name"
+
+
+def pinned_node(pod: Mapping) -> str | None:
+    """The one node an unbound pod may go to, or None.
+
+    A pod is pinned when every required node-affinity term has a ``matchFields`` expression
+    ``metadata.name In [<node>]`` with exactly one value, the same node in every term: then
+    kube-scheduler can bind it nowhere else, so its node is known before it is bound.
+    """
+    spec = pod.get("spec") or {}
+    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = required.get("nodeSelectorTerms") or []
+    nodes = set()
+    for term in terms:
+        named = [
+            tuple(expression.get("values") or ())
+            for expression in (term or {}).get("matchFields") or ()
+            if isinstance(expression, Mapping)
+            and expression.get("key") == NODE_NAME_FIELD
+            and expression.get("operator") == "In"
+        ]
+        if len(named) != 1 or len(named[0]) != 1 or not isinstance(named[0][0], str):
+            return None
+        nodes.add(named[0][0])
+    return nodes.pop() if len(nodes) == 1 else None
+
+
+def node_of(pod: Mapping) -> str | None:
+    """The node a pod runs on (``spec.nodeName``) or is pinned to while it waits to be bound."""
+    return (pod.get("spec") or {}).get("nodeName") or pinned_node(pod)
 
 
 def _whole(value) -> int:
@@ -85,9 +121,8 @@ def _parse_ids(text) -> tuple[int, ...] | None:
 def claim_from_pod(pod: Mapping) -> Claim | None:
     """The claim a live pod makes, or None when it holds no cores."""
     metadata = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
     status = pod.get("status") or {}
-    node = spec.get("nodeName")
+    node = node_of(pod)
     if not node or status.get("phase") in TERMINAL_PHASES:
         return None
     owner = owner_of(pod)

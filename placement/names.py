@@ -39,6 +39,11 @@ SHAPE_POLICIES = ("Strict", "Permissive")
 # How NEURON_RT_VISIBLE_CORES is numbered: from 0 at the first device the device plugin mounted
 # (device-local), or node-wide (global).
 NUMBERINGS = ("device-local", "global")
+# How a replica pod gets to its node (``spec.placement.binding``, default from the operator setting
+# ``binding``): created unbound and pinned to the chosen node by required node affinity, so that
+# kube-scheduler checks it and binds it (Scheduler); or created with ``spec.nodeName`` (Direct).
+BINDINGS = ("Scheduler", "Direct")
+BINDING_SCHEDULER, BINDING_DIRECT = BINDINGS
 
 # ---- Kubernetes resources and well-known labels --------------------------------------------------
 NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
@@ -82,6 +87,8 @@ RESERVED_ENV = (ENV_VISIBLE_CORES, ENV_NUM_CORES)
 # ---- status ---------------------------------------------------------------------------------------
 CONDITION_PLACED = "Placed"
 CONDITION_READY = "Ready"  # also the type of a Pod's and a Node's readiness condition
+CONDITION_REPLICA_FAILURE = "ReplicaFailure"  # as a Deployment's: replica pods keep failing
+CONDITION_POD_SCHEDULED = "PodScheduled"  # a Pod's condition; kube-scheduler's verdict
 REASON_PLACED = "Placed"
 REASON_UNSCHEDULABLE = "Unschedulable"
 REASON_INVALID_SPEC = "InvalidSpec"
