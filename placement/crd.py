@@ -16,6 +16,7 @@ import sys
 import yaml
 
 from neuronplace.placement.names import (
+    BINDINGS,
     CRD_NAME,
     GROUP,
     KIND,
@@ -240,6 +241,15 @@ def spec_schema() -> dict:
                         "default": False,
                         "description": "Start each range at a multiple of its size (collectives on trn1).",
                     },
+                    # No schema default: absent means the operator's own setting decides.
+                    "binding": {
+                        "type": "string",
+                        "enum": list(BINDINGS),
+                        "description": "How a replica pod reaches its node. Scheduler: created unbound, pinned to "
+                        "the chosen node by required node affinity, so kube-scheduler checks it (cpu, memory, ports, "
+                        "volumes) and binds it. Direct: created with spec.nodeName. Absent: the operator's setting "
+                        "(--binding, default Scheduler); status.binding shows the mode in effect.",
+                    },
                 },
             },
             "dataParallel": {
@@ -301,6 +311,10 @@ def status_schema() -> dict:
                 "type": "string",
                 "description": "Label selector of the pods (for the scale subresource / HPA).",
             },
+            "binding": {
+                "type": "string",
+                "description": "The binding mode in effect: spec.placement.binding, else the operator's setting.",
+            },
             "placements": {
                 "type": "array",
                 "items": {
@@ -335,6 +349,13 @@ PRINTER_COLUMNS = [
     {"name": "Strategy", "type": "string", "jsonPath": ".spec.placement.strategy", "description": "BinPack or Spread"},
     {"name": "Placed", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Placed")].status', "priority": 1},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Placed")].reason', "priority": 1},
+    {
+        "name": "Binding",
+        "type": "string",
+        "jsonPath": ".status.binding",
+        "description": "Scheduler or Direct (in effect)",
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -144,3 +144,12 @@ def test_cel_lists_and_maps_are_bounded():
     containers = _spec()["properties"]["template"]["properties"]["spec"]["properties"]["containers"]
     assert containers["maxItems"] and containers["items"]["properties"]["env"]["maxItems"]
     assert containers["items"]["properties"]["resources"]["properties"]["limits"]["maxProperties"]
+
+
+def test_binding_mode_is_optional_and_its_effective_value_is_a_wide_column():
+    binding = _spec()["properties"]["placement"]["properties"]["binding"]
+    assert binding["enum"] == ["Scheduler", "Direct"]
+    assert "default" not in binding, "absent means the operator's setting decides"
+    column = next(c for c in _version()["additionalPrinterColumns"] if c["name"] == "Binding")
+    assert column["jsonPath"] == ".status.binding" and column["priority"] == 1
+    assert "binding" in _version()["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
