@@ -11,7 +11,7 @@ import argparse
 import os
 
 from neuronplace.operator.settings import LOG_FORMATS, OperatorSettings
-from neuronplace.placement.names import NUMBERINGS, POD_SECURITY_LEVELS
+from neuronplace.placement.names import BINDINGS, NUMBERINGS, POD_SECURITY_LEVELS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +85,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="address the metrics endpoint listens on (default 0.0.0.0: every address; 127.0.0.1: this host only)",
     )
     parser.add_argument(
+        "--binding",
+        choices=BINDINGS,
+        default=defaults.binding,
+        help="how pods reach their node unless spec.placement.binding says: Scheduler (pinned by node "
+        "affinity, kube-scheduler checks and binds; default) or Direct (spec.nodeName)",
+    )
+    parser.add_argument(
+        "--unschedulable-seconds",
+        type=float,
+        default=defaults.unschedulable_seconds,
+        help="delete a pinned pod kube-scheduler still finds Unschedulable after this long and place it elsewhere",
+    )
+    parser.add_argument(
+        "--allow-system-priority",
+        action="store_true",
+        default=defaults.allow_system_priority,
+        help="admit templates whose priorityClassName has a value >= 1000000000 (the system classes)",
+    )
+    parser.add_argument(
         "--liveness",
         metavar="URL",
         default=os.environ.get("NEURONPLACE_LIVENESS"),
@@ -110,6 +129,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             "allow_privileged": args.allow_privileged,
             "metrics_port": args.metrics_port,
             "metrics_address": args.metrics_address,
+            "binding": args.binding,
+            "unschedulable_seconds": args.unschedulable_seconds,
+            "allow_system_priority": args.allow_system_priority,
         },
     )
 

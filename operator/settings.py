@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from neuronplace.placement.names import NUMBERINGS
+from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, NUMBERINGS
 from neuronplace.placement.podsecurity import TemplatePolicy
 from neuronplace.placement.selectors import parse_node_selector
 
@@ -50,6 +50,15 @@ class OperatorSettings:
         ``/metrics``; 0 (the default) serves none.
     metrics_address: the address ``/metrics`` listens on: every address (``0.0.0.0``, the default,
         for a Prometheus that scrapes the pod's IP), or ``127.0.0.1`` for a sidecar or port-forward only.
+    binding: how replica pods reach their node when ``spec.placement.binding`` does not say:
+        ``Scheduler`` (created unbound and pinned to the chosen node by required node affinity, so
+        kube-scheduler checks cpu, memory, ports and volumes and binds it) or ``Direct``
+        (``spec.nodeName``: faster, but nothing but placement checks the pod).
+    unschedulable_seconds: how long a pinned pod may stay unbound with kube-scheduler saying
+        Unschedulable before it is deleted and its replica placed on another node.
+    allow_system_priority: admit templates whose priorityClassName has a value of 1,000,000,000 or
+        more (system-cluster-critical, system-node-critical): such pods preempt, and a kubelet evicts
+        other tenants' pods to admit them.
     """
 
     namespaces: tuple[str, ...] = ()
@@ -71,10 +80,15 @@ class OperatorSettings:
     serve_operator_namespace: bool = False
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"
+    binding: str = BINDING_SCHEDULER
+    unschedulable_seconds: float = 10.0
+    allow_system_priority: bool = False
 
     def __post_init__(self) -> None:
         if self.numbering not in NUMBERINGS:
             raise ValueError(f"numbering {self.numbering!r} is not one of {', '.join(NUMBERINGS)}")
+        if self.binding not in BINDINGS:
+            raise ValueError(f"binding {self.binding!r} is not one of {', '.join(BINDINGS)}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         try:
@@ -96,6 +110,7 @@ class OperatorSettings:
             "watch_connect_timeout",
             "error_backoff_seconds",
             "max_backoff_seconds",
+            "unschedulable_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
