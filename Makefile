@@ -2,7 +2,8 @@
 #
 #   make demo    # virtualenv + the project with its extras, the local control plane (built once,
 #                # ~8 min cold), then the operator placing examples/ on simulated Neuron nodes
-#   make test    # the same setup, the layering/lint/type checks, then the full test suite
+#   make test    # the same setup, the layering/lint/type checks, then the full test suite (binding
+#                # mode Scheduler), then the operator suites again in binding mode Direct
 #
 # Everything lands in .venv (VENV=...) and ~/.cache/neuronplace; nothing is installed system-wide.
 # `make lint` runs the static checks alone; `make help` lists the targets.
@@ -25,12 +26,17 @@ LINT_TREE := build/lint
 
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+# The operator runs in either binding mode (Scheduler: kube-scheduler binds the pinned pods; Direct:
+# the operator sets nodeName). The full suite runs in the default mode, then the operator's own
+# cluster suites run again in the other one (pytest --binding; see neuronplace.local.pytest_plugin).
+OPERATOR_SUITES := $(wildcard tests/cluster/test_operator_*.py) tests/reliability
 
 .PHONY: help install controlplane demo lint test clean
 
 help:
 	@echo "make demo     set up, build the local control plane if needed, run the demo"
-	@echo "make test     set up, build the control plane if needed, lint, run the full test suite"
+	@echo "make test     set up, build the control plane if needed, lint, run the full test suite, then the"
+	@echo "              operator suites again in the other binding mode (--binding Direct)"
 	@echo "make lint     import contracts (lint-imports), ruff check, ruff format --check, mypy"
 	@echo "make clean    remove $(VENV) and build/ (the control plane cache stays in ~/.cache/neuronplace)"
 
@@ -61,7 +67,8 @@ lint: install $(LINT_TREE)/neuronplace
 	cd $(LINT_TREE) && $(PY) -m mypy --config-file $(CURDIR)/pyproject.toml -p neuronplace.placement -p neuronplace.runtime
 
 test: controlplane lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --binding Scheduler $(PYTEST_ARGS)
+	$(PY) -m pytest --binding Direct $(PYTEST_ARGS) $(OPERATOR_SUITES)
 
 clean:
 	rm -rf $(VENV) build

@@ -11,6 +11,12 @@
 
 When a test that used the cluster fails, the tail of every component's log is attached to its
 report (shown under "control plane logs").
+
+``--binding Scheduler|Direct`` (default: ``NEURONPLACE_BINDING``, else Scheduler) chooses how the
+operators the session starts bind replica pods. It is exported as ``NEURONPLACE_BINDING`` to this
+process's environment, the one every child inherits (``OperatorProcess`` starts from it), so the
+operator tests' operator, the reliability suite's and any ``neuronplace`` command a test runs all use
+the same mode; the ``binding`` fixture (session) says which, and the report header shows it.
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ import pytest
 from neuronplace.local import procs
 from neuronplace.local.cluster import LocalCluster, list_clusters, port_lock
 from neuronplace.local.fleet import POOL_LABEL
+from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS
 
 _CLUSTER_KEY = pytest.StashKey["LocalCluster"]()
+_BINDING_KEY = pytest.StashKey[str]()
+BINDING_VARIABLE = "NEURONPLACE_BINDING"
 _TEST_CLUSTER = re.compile(r"^np-test-(\d+)$")
 
 
@@ -74,6 +83,34 @@ class FleetFactory:
             self.cluster.kubectl(
                 "delete", "nodes", "-l", f"{POOL_LABEL}={self.pool}", "--wait=true", "--timeout=60s", check=False
             )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--binding",
+        choices=BINDINGS,
+        default=None,
+        help=f"how the operators this session starts bind replica pods (exported as {BINDING_VARIABLE}; "
+        f"default: {BINDING_VARIABLE} if set, else {BINDING_SCHEDULER})",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    binding = config.getoption("--binding") or os.environ.get(BINDING_VARIABLE) or BINDING_SCHEDULER
+    if binding not in BINDINGS:
+        raise pytest.UsageError(f"{BINDING_VARIABLE}={binding!r} is not one of {', '.join(BINDINGS)}")
+    os.environ[BINDING_VARIABLE] = binding
+    config.stash[_BINDING_KEY] = binding
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"neuronplace binding mode: {config.stash[_BINDING_KEY]} ({BINDING_VARIABLE} for every operator started)"
+
+
+@pytest.fixture(scope="session")
+def binding(request: pytest.FixtureRequest) -> str:
+    """The binding mode of this session's operators (``--binding``)."""
+    return request.config.stash[_BINDING_KEY]
 
 
 def _remove_orphaned_test_clusters() -> None:

@@ -3,7 +3,8 @@ run as a real subprocess (``python -m neuronplace.cli run``) against the session
 
 ``operator`` (function) hands a running :class:`OperatorProcess`; a test may ``kill()`` it (SIGKILL,
 as the reliability suite does), ``stop()`` or ``restart()`` it, and the next test gets a running
-one again. Its log is attached to the report of every failed test that used it.
+one again. Its log is attached to the report of every failed test that used it. Its binding mode is
+the session's ``--binding`` (``NEURONPLACE_BINDING``, exported by neuronplace.local.pytest_plugin).
 """
 
 from __future__ import annotations
