@@ -8,7 +8,11 @@ for its own slice of the replica's range, so no two processes can ever be handed
 no Neuron env. Processes share the pod's network namespace, so each one is told its index
 (``NEURONPLACE_PROCESS_INDEX``) to pick, for example, its own port.
 
-The pod is created already bound (``spec.nodeName``): no scheduler, never a ``schedulerName``.
+How the pod gets to its node is the binding mode. ``Scheduler``: the pod is created unbound and
+pinned to the chosen node by a required node-affinity term on ``metadata.name``, exactly as the
+DaemonSet controller pins its pods (:func:`pin_to_node`), so kube-scheduler runs its filters (cpu,
+memory, ports, volumes) and binds it. ``Direct``: it is created with ``spec.nodeName``. Never a
+``schedulerName``: there is no second scheduler.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from neuronplace.placement.claims import NODE_NAME_FIELD
 from neuronplace.placement.names import (
     API_VERSION,
     AWS_NEURON_IDS,
+    BINDING_DIRECT,
+    BINDING_SCHEDULER,
+    BINDINGS,
     CORES_ANNOTATION,
     ENV_DP_DIM,
     ENV_DP_DYNAMIC_BATCHING,
@@ -129,6 +137,30 @@ def _process_container(
     return container
 
 
+def pin_to_node(affinity: Mapping | None, node: str) -> dict:
+    """``affinity`` with the pod's required node affinity narrowed to ``node`` alone.
+
+    As the DaemonSet controller does: each required nodeSelectorTerm keeps its matchExpressions and
+    gets ``matchFields`` = ``[metadata.name In [node]]`` (terms are ORed, so every one must name the
+    node); with no required terms, that is the one term. Placement already chose a node that
+    satisfies the template's own terms, so replacing their matchFields (only metadata.name exists)
+    loses nothing. Preferred terms and pod (anti-)affinity are kept as they are.
+    """
+    pinned = copy.deepcopy(dict(affinity or {}))
+    node_affinity = dict(pinned.get("nodeAffinity") or {})
+    required = dict(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    field = [{"key": NODE_NAME_FIELD, "operator": "In", "values": [node]}]
+    terms = [
+        {**term, "matchFields": copy.deepcopy(field)}
+        for term in required.get("nodeSelectorTerms") or ()
+        if isinstance(term, Mapping)
+    ]
+    required["nodeSelectorTerms"] = terms or [{"matchFields": field}]
+    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
+    pinned["nodeAffinity"] = node_affinity
+    return pinned
+
+
 def _strip_neuron(container: Mapping) -> dict:
     """A sidecar: keeps everything except Neuron resources and Neuron env."""
     out = copy.deepcopy(dict(container))
@@ -146,9 +178,13 @@ def build_pod(
     placement: ReplicaPlacement,
     *,
     numbering: str = "device-local",
+    binding: str = BINDING_SCHEDULER,
     now_ns: int | None = None,
 ) -> dict:
-    """The pod for one placed replica of ``inference`` (the API's JSON dict of the resource)."""
+    """The pod for one placed replica of ``inference`` (the API's JSON dict of the resource), bound
+    (``Direct``) or pinned (``Scheduler``) to the placement's node."""
+    if binding not in BINDINGS:
+        raise ValueError(f"binding {binding!r} is not one of {', '.join(BINDINGS)}")
     meta = inference["metadata"]
     spec = inference["spec"]
     name = meta["name"]
@@ -180,7 +216,11 @@ def build_pod(
     if pod_spec.get("initContainers"):
         pod_spec["initContainers"] = [_strip_neuron(c) for c in pod_spec["initContainers"]]
     pod_spec.pop("schedulerName", None)
-    pod_spec["nodeName"] = placement.node
+    if binding == BINDING_DIRECT:
+        pod_spec["nodeName"] = placement.node
+    else:
+        pod_spec.pop("nodeName", None)
+        pod_spec["affinity"] = pin_to_node(pod_spec.get("affinity"), placement.node)
     placement_spec = spec.get("placement") or {}
     tolerations = merge_tolerations(pod_spec.get("tolerations"), placement_spec.get("tolerations"))
     if tolerations:

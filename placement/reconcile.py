@@ -7,7 +7,10 @@ the placement engine), create the pods, delete the listed ones and write the sta
 Rules:
 - replicas ``0..replicas-1`` each have exactly one pod ``<name>-<ordinal>``; missing ones are created;
 - surplus replicas are deleted, highest ordinal first;
-- a Failed/Succeeded pod is deleted and recreated (on the same cores when still free);
+- a Failed/Succeeded pod is counted in its replica's :mod:`.failures` history and replaced once its
+  backoff is over (on the same cores when still free, on another node when the kubelet refused it);
+- a pinned pod kube-scheduler still finds Unschedulable ``unschedulable_seconds`` after its
+  creation is deleted and its replica placed again, avoiding that node for a while;
 - a pod whose node is gone, or NotReady for longer than the grace period, is deleted and re-placed;
 - a pod from an older spec (template hash) is replaced one replica at a time, and only while every
   other replica is available; a not-ready outdated pod may go at once (it serves nothing).
@@ -15,30 +18,38 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuronplace.placement import failures as fl
 from neuronplace.placement.allocator import PlacementRequest
+from neuronplace.placement.claims import NODE_NAME_FIELD, node_of
 from neuronplace.placement.conditions import condition
 from neuronplace.placement.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS
 from neuronplace.placement.names import (
+    BINDINGS,
+    CONDITION_POD_SCHEDULED,
     CONDITION_READY,
     CORES_ANNOTATION,
+    REASON_UNSCHEDULABLE,
     SHAPE_POLICIES,
     STRATEGIES,
     TEMPLATE_HASH_ANNOTATION,
 )
 from neuronplace.placement.pods import template_hash
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy, check_template
+from neuronplace.placement.resources import replica_requests
 from neuronplace.placement.status import pod_is_ready
 from neuronplace.runtime.coreset import CoreRange
 
 # Deletion reasons (also the Event reasons the handlers post).
 SURPLUS = "ScaledDown"
 FAILED = "PodFailed"
+UNSCHEDULABLE = "PodUnschedulable"
 NODE_GONE = "NodeGone"
 NODE_NOT_READY = "NodeNotReady"
 OUTDATED = "RollingUpdate"
@@ -60,6 +71,10 @@ class Decision:
     create: tuple[int, ...] = ()  # ordinals that need a pod, in order
     prefer: Mapping[int, tuple[str, CoreRange]] = field(default_factory=dict)  # keep these cores if free
     requeue_after: float | None = None  # look again then even without events
+    avoid: Mapping[int, frozenset[str]] = field(default_factory=dict)  # nodes a replica to create must not use
+    failures: tuple[fl.Failure, ...] = ()  # attempts that failed since the last look (an Event each)
+    # Replica histories as they are after this pass: ordinal → history, or None to forget it.
+    history: Mapping[int, fl.ReplicaHistory | None] = field(default_factory=dict)
 
 
 def _int(value: Any, default: int | None = None) -> int | None:
@@ -95,6 +110,8 @@ def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) ->
         return "spec.placement must be an object"
     if placement.get("strategy", "BinPack") not in STRATEGIES:
         return f"spec.placement.strategy must be one of {', '.join(STRATEGIES)}, got {placement.get('strategy')!r}"
+    if placement.get("binding", BINDINGS[0]) not in BINDINGS:
+        return f"spec.placement.binding must be one of {', '.join(BINDINGS)}, got {placement.get('binding')!r}"
     if placement.get("shapePolicy", "Strict") not in SHAPE_POLICIES:
         return f"spec.placement.shapePolicy must be one of {', '.join(SHAPE_POLICIES)}, got {placement.get('shapePolicy')!r}"
     selector = placement.get("nodeSelector", {}) or {}
@@ -198,11 +215,14 @@ def decide(
     node_grace_seconds: float,
     last_known: Mapping[int, tuple[str, CoreRange]] | None = None,
     policy: TemplatePolicy = BASELINE,
+    history: Mapping[int, fl.ReplicaHistory] | None = None,
+    unschedulable_seconds: float = 10.0,
 ) -> Decision:
     """What to do next for ``inference`` given the pods labelled with its name and all known nodes.
 
     ``last_known`` maps ordinals to the (node, cores) their previous pod held, so a recreated replica
-    asks for the same cores.
+    asks for the same cores. ``history`` holds each replica's failed attempts (:mod:`.failures`);
+    the Decision says how it changes.
     """
     problem = validate(inference, policy)
     if problem is not None:
@@ -213,6 +233,9 @@ def decide(
     desired = _int(spec.get("replicas"), 1) or 0  # validate() refused anything but a whole number ≥ 0
     cores_per_replica = spec["coresPerReplica"]
     wanted_hash = template_hash(spec)
+    histories = dict(history or {})
+    updates: dict[int, fl.ReplicaHistory | None] = {}
+    failures: list[fl.Failure] = []
 
     prefer: dict[int, tuple[str, CoreRange]] = {}
     for known_ordinal, (known_node, known_cores) in (last_known or {}).items():
@@ -223,6 +246,21 @@ def decide(
     occupied: set[int] = set()  # ordinals whose pod name is taken (by any pod, ours or not)
     current: dict[int, Mapping] = {}  # live, kept pods of ours by ordinal
     requeue: float | None = None
+
+    def look_again(seconds: float) -> None:
+        nonlocal requeue
+        seconds = max(seconds, 0.5)
+        requeue = seconds if requeue is None else min(requeue, seconds)
+
+    def fail(failure: fl.Failure) -> fl.ReplicaHistory:
+        """Count ``failure`` (once per attempt) and return the replica's history after it."""
+        before = histories.get(failure.replica)
+        after = fl.record(before, failure, now)
+        if after is not before:
+            failures.append(failure)
+            histories[failure.replica] = updates[failure.replica] = after
+        return after
+
     for pod in pods:
         pod_meta = pod.get("metadata") or {}
         ordinal = ordinal_of(pod, name)
@@ -239,12 +277,25 @@ def decide(
         if ordinal >= desired:
             deletions.append(Deletion(this_pod, SURPLUS, f"replica {ordinal} is beyond replicas={desired}"))
             continue
-        phase = (pod.get("status") or {}).get("phase")
-        node_name = (pod.get("spec") or {}).get("nodeName")
+        node_name = node_of(pod)
         cores = _cores_of(pod)
-        if phase in ("Failed", "Succeeded"):
-            deletions.append(Deletion(this_pod, FAILED, f"pod {this_pod} ended ({phase}); recreating it"))
-            if node_name and cores and cores.count == cores_per_replica:
+        ended = fl.failed_pod(pod, ordinal, node_name)
+        if ended is not None:
+            # The ended pod stays until the backoff is over (it holds no cores; its status says why).
+            after = fail(ended)
+            wait = after.waiting(now)
+            if wait > 0 and _template_hash_of(pod) != wanted_hash:
+                # The spec changed since this attempt: the next one is a different pod, tried now.
+                histories[ordinal] = updates[ordinal] = dataclasses.replace(after, retry_at=None)
+            elif wait > 0:
+                look_again(wait)
+                continue
+            deletions.append(
+                Deletion(this_pod, FAILED, f"pod {this_pod} ended ({ended.reason}: {ended.message}); recreating it")
+            )
+            if ended.avoid_node:
+                prefer.pop(ordinal, None)
+            elif node_name and cores and cores.count == cores_per_replica:
                 prefer[ordinal] = (node_name, cores)
             continue
         node = nodes.get(node_name) if node_name else None
@@ -268,20 +319,92 @@ def decide(
                 )
                 prefer.pop(ordinal, None)
                 continue
-            remaining = max(node_grace_seconds - waited, 0.5)
-            requeue = remaining if requeue is None else min(requeue, remaining)
+            look_again(node_grace_seconds - waited)
+        if not (pod.get("spec") or {}).get("nodeName"):
+            refused = _unschedulable(pod, ordinal, node_name, now, unschedulable_seconds)
+            if isinstance(refused, fl.Failure):
+                fail(refused)
+                deletions.append(
+                    Deletion(this_pod, UNSCHEDULABLE, f"pod {this_pod} unschedulable on {node_name}: {refused.message}")
+                )
+                prefer.pop(ordinal, None)
+                continue
+            if refused is not None:
+                look_again(refused)
+        elif histories.get(ordinal) is not None and _ran_long_enough(pod, now):
+            histories.pop(ordinal)
+            updates[ordinal] = None
         if node_name and cores is not None and cores.count == cores_per_replica:
             prefer[ordinal] = (node_name, cores)
         current[ordinal] = pod
 
+    for ordinal in [i for i in histories if i >= desired]:  # scaled away: nothing left to back off
+        histories.pop(ordinal)
+        updates[ordinal] = None
+
     # Surplus goes highest ordinal first.
     deletions.sort(key=lambda d: (d.reason != SURPLUS, -(ordinal_of({"metadata": {"name": d.pod}}, name) or 0)))
-    create = tuple(i for i in range(desired) if i not in occupied)
+    create = []
+    avoid: dict[int, frozenset[str]] = {}
+    for ordinal in range(desired):
+        if ordinal in occupied:
+            continue
+        replica_history = histories.get(ordinal)
+        if replica_history is not None:
+            wait = replica_history.waiting(now)
+            if wait > 0:
+                look_again(wait)
+                continue
+            if replica_history.avoided(now):
+                avoid[ordinal] = replica_history.avoided(now)
+        create.append(ordinal)
 
     rollout = _next_rollout(current, desired, wanted_hash)
     if rollout is not None:
         deletions.append(rollout)
-    return Decision(deletions=tuple(deletions), create=create, prefer=prefer, requeue_after=requeue)
+    return Decision(
+        deletions=tuple(deletions),
+        create=tuple(create),
+        prefer=prefer,
+        requeue_after=requeue,
+        avoid=avoid,
+        failures=tuple(failures),
+        history=updates,
+    )
+
+
+def _template_hash_of(pod: Mapping[str, Any]) -> str | None:
+    return ((pod.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION)
+
+
+def _created(pod: Mapping[str, Any]) -> dt.datetime | None:
+    return _parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+
+
+def _unschedulable(
+    pod: Mapping[str, Any], ordinal: int, node: str | None, now: dt.datetime, timeout: float
+) -> fl.Failure | float | None:
+    """For a pod not yet bound: the failure when kube-scheduler has found it Unschedulable for
+    ``timeout`` seconds since its creation; else the seconds until that could be so (None: never)."""
+    scheduled = condition(pod, CONDITION_POD_SCHEDULED)
+    created = _created(pod)
+    if created is None:
+        return None
+    left = timeout - (now - created).total_seconds()
+    if scheduled.get("status") != "False" or scheduled.get("reason") != REASON_UNSCHEDULABLE:
+        return max(left, timeout / 2)  # the scheduler has not said yet: look again then
+    if left > 0:
+        return left
+    message = scheduled.get("message") or "kube-scheduler found no room for it"
+    attempt = (pod.get("metadata") or {}).get("creationTimestamp")
+    return fl.Failure(ordinal, attempt, node, REASON_UNSCHEDULABLE, message, avoid_node=True, wait=False)
+
+
+def _ran_long_enough(pod: Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether a bound pod has been Running long enough to forgive its replica's failures."""
+    created = _created(pod)
+    running = (pod.get("status") or {}).get("phase") == "Running"
+    return running and created is not None and (now - created).total_seconds() >= fl.RESET_AFTER_SECONDS
 
 
 def _next_rollout(current: Mapping[int, Mapping], desired: int, wanted_hash: str) -> Deletion | None:
@@ -291,11 +414,7 @@ def _next_rollout(current: Mapping[int, Mapping], desired: int, wanted_hash: str
     deleted, or deleted in this pass). Then a not-ready outdated pod goes first (it serves nothing);
     otherwise the highest outdated ordinal goes once every replica is ready.
     """
-    outdated = [
-        i
-        for i, pod in current.items()
-        if ((pod.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION) != wanted_hash
-    ]
+    outdated = [i for i, pod in current.items() if _template_hash_of(pod) != wanted_hash]
     if not outdated or any(i not in current for i in range(desired)):
         return None
     not_ready = [i for i in outdated if not pod_is_ready(current[i])]
@@ -333,4 +452,31 @@ def placement_request(inference: Mapping[str, Any], numbering: str) -> Placement
         tolerations=tolerations,
         affinity=pod_spec.get("affinity"),
         numbering=numbering,
+        requests=replica_requests(pod_spec, spec["coresPerReplica"], spec.get("processesPerReplica", 1)),
     )
+
+
+def avoiding(request: PlacementRequest, nodes: frozenset[str]) -> PlacementRequest:
+    """``request`` kept off ``nodes`` (where the replica's last attempts failed).
+
+    Said the way Kubernetes says it, so the allocator needs no rule of its own: every required
+    node-affinity term (they are ORed) also requires ``metadata.name NotIn nodes``. Only placement
+    sees this; the pod carries the template's affinity.
+    """
+    if not nodes:
+        return request
+    excluded = {"key": NODE_NAME_FIELD, "operator": "NotIn", "values": sorted(nodes)}
+    affinity = dict(request.affinity or {})
+    node_affinity = dict(affinity.get("nodeAffinity") or {})
+    required = dict(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = [
+        # An empty term matches no node, and must go on matching none.
+        {**term, "matchFields": [*(term.get("matchFields") or ()), excluded]}
+        if term.get("matchExpressions") or term.get("matchFields")
+        else term
+        for term in required.get("nodeSelectorTerms") or ()
+    ]
+    required["nodeSelectorTerms"] = terms or [{"matchFields": [excluded]}]
+    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
+    affinity["nodeAffinity"] = node_affinity
+    return dataclasses.replace(request, affinity=affinity)

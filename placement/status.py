@@ -12,10 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from neuronplace.placement.claims import node_of
 from neuronplace.placement.conditions import is_ready
 from neuronplace.placement.names import (
     CONDITION_PLACED,
     CONDITION_READY,
+    CONDITION_REPLICA_FAILURE,
     CORES_ANNOTATION,
     REASON_NOT_READY,
     REASON_PENDING,
@@ -90,7 +92,7 @@ def placement_entry(pod: Mapping[str, Any], processes: int) -> dict | None:
     return {
         "replica": replica,
         "pod": meta.get("name", ""),
-        "node": (pod.get("spec") or {}).get("nodeName", ""),
+        "node": node_of(pod) or "",  # bound, or pinned there and waiting for kube-scheduler
         "cores": str(cores),
         "processCores": process_cores,
     }
@@ -113,11 +115,16 @@ def build_status(
     pods: Sequence[Mapping[str, Any]],
     *,
     problem: Problem | None = None,
+    replica_failure: Problem | None = None,
+    binding: str | None = None,
     now: str | None = None,
 ) -> dict:
     """The full ``status`` for ``inference`` given its live pods and what keeps the rest from existing.
 
     ``pods`` are the resource's own pods (terminating ones included: they still hold cores).
+    ``replica_failure`` is why replica pods keep failing: the ``ReplicaFailure`` condition is there
+    while it is given and gone once they stop failing (as a Deployment's). ``binding`` is the mode
+    in effect.
     """
     now = now or now_rfc3339()
     meta = inference.get("metadata") or {}
@@ -164,7 +171,19 @@ def build_status(
         conditions = set_condition(
             conditions, CONDITION_READY, "False", REASON_NOT_READY, f"{ready}/{desired} replicas ready", generation, now
         )
-    return {
+    if replica_failure is None:
+        conditions = [c for c in conditions if c.get("type") != CONDITION_REPLICA_FAILURE]
+    else:
+        conditions = set_condition(
+            conditions,
+            CONDITION_REPLICA_FAILURE,
+            "True",
+            replica_failure.reason,
+            replica_failure.message,
+            generation,
+            now,
+        )
+    status = {
         "observedGeneration": generation,
         "replicas": len(live),
         "readyReplicas": ready,
@@ -172,6 +191,9 @@ def build_status(
         "placements": placements,
         "conditions": conditions,
     }
+    if binding is not None:
+        status["binding"] = binding
+    return status
 
 
 def status_differs(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuronplace.placement import pods
+from neuronplace.placement import claims, pods
 from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
@@ -89,8 +90,93 @@ def test_name_labels_owner_and_binding():
         "controller": True,
         "blockOwnerDeletion": True,
     }
-    assert pod["spec"]["nodeName"] == "inf2-a"
+    assert "nodeName" not in pod["spec"], "Scheduler mode (the default) leaves binding to kube-scheduler"
+    assert claims.pinned_node(pod) == claims.node_of(pod) == "inf2-a"
     assert "schedulerName" not in pod["spec"]
+    direct = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2), binding="Direct", now_ns=123)
+    assert direct["spec"]["nodeName"] == "inf2-a" and "affinity" not in direct["spec"]
+    with pytest.raises(ValueError, match="binding 'Bound'"):
+        pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2), binding="Bound")
+
+
+def _term(*expressions, fields=()):
+    term = {"matchExpressions": list(expressions)}
+    if fields:
+        term["matchFields"] = list(fields)
+    return term
+
+
+PIN = {"key": "metadata.name", "operator": "In", "values": ["inf2-a"]}
+ZONE = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a", "b"]}
+GPU = {"key": "gpu", "operator": "DoesNotExist"}
+
+
+def test_pin_merges_the_node_into_every_required_term_as_the_daemonset_controller_does():
+    preferred = [{"weight": 1, "preference": {"matchExpressions": [ZONE]}}]
+    anti = {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname"}]}
+    template_affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    _term(ZONE),
+                    _term(GPU, fields=[{"key": "metadata.name", "operator": "NotIn", "values": ["inf2-z"]}]),
+                ]
+            },
+            "preferredDuringSchedulingIgnoredDuringExecution": preferred,
+        },
+        "podAntiAffinity": anti,
+    }
+    spec = inference()
+    spec["spec"]["template"]["spec"]["affinity"] = template_affinity
+    pod = pods.build_pod(spec, placement_on(CoreRange(4, 8), 2))
+    affinity = pod["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [_term(ZONE, fields=[PIN]), _term(GPU, fields=[PIN])]
+    assert affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == preferred
+    assert affinity["podAntiAffinity"] == anti
+    assert claims.pinned_node(pod) == "inf2-a"
+    # The template itself is untouched (the same resource makes every replica's pod).
+    assert (
+        "matchFields"
+        not in template_affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][
+            0
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "affinity",
+    [
+        None,
+        {},
+        {"podAffinity": {}},
+        {"nodeAffinity": {}},
+        {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+    ],
+)
+def test_pin_without_required_terms_is_one_term_naming_the_node(affinity):
+    pinned = pods.pin_to_node(affinity, "inf2-a")
+    assert pinned["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == {
+        "nodeSelectorTerms": [{"matchFields": [PIN]}]
+    }
+    assert claims.pinned_node({"spec": {"affinity": pinned}}) == "inf2-a"
+
+
+@given(
+    nodes=st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True), min_size=1, max_size=3),
+    terms=st.integers(0, 4),
+)
+@settings(max_examples=50, deadline=None)
+def test_pin_round_trips_through_pinned_node(nodes, terms):
+    """Whatever a template required, the pod ends up pinned to the last node it was pinned to."""
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_term(ZONE) for _ in range(terms)]}
+        }
+    }
+    for node in nodes:
+        affinity = pods.pin_to_node(affinity, node)
+    assert claims.pinned_node({"spec": {"affinity": affinity}}) == nodes[-1]
 
 
 def test_annotations_keep_the_templates_and_add_the_device_plugins():

@@ -31,7 +31,17 @@ def resource(**kwargs):
 
 
 def pod(
-    ordinal, *, node="n1", cores=None, ready=True, phase="Running", uid="uid-1", current=True, deleting=False, name=None
+    ordinal,
+    *,
+    node="n1",
+    cores=None,
+    ready=True,
+    phase="Running",
+    uid="uid-1",
+    current=True,
+    deleting=False,
+    name=None,
+    created=None,
 ):
     meta = {
         "name": name or f"bert-{ordinal}",
@@ -45,6 +55,8 @@ def pod(
     }
     if deleting:
         meta["deletionTimestamp"] = "2026-11-28T11:59:00Z"
+    if created:
+        meta["creationTimestamp"] = created
     return {
         "metadata": meta,
         "spec": {"nodeName": node},
@@ -52,9 +64,9 @@ def pod(
     }
 
 
-def decide(res, pods, nodes=None, **kwargs):
+def decide(res, pods, nodes=None, now=NOW, **kwargs):
     return reconcile.decide(
-        res, pods, {"n1": READY_NODE} if nodes is None else nodes, now=NOW, node_grace_seconds=60, **kwargs
+        res, pods, {"n1": READY_NODE} if nodes is None else nodes, now=now, node_grace_seconds=60, **kwargs
     )
 
 
@@ -73,10 +85,159 @@ def test_scale_down_deletes_highest_ordinals_first():
     assert decision.create == ()
 
 
-def test_failed_pod_is_recreated_on_the_same_cores():
-    decision = decide(resource(), [pod(0), pod(1, phase="Failed", cores="6-7"), pod(2)])
-    assert reasons(decision) == [("bert-1", "PodFailed")]
-    assert decision.prefer[1] == ("n1", CoreRange(6, 2))
+def fold(history, decision):
+    """The operator's side: a replica history after a decision's updates."""
+    out = dict(history)
+    for ordinal, replica_history in decision.history.items():
+        if replica_history is None:
+            out.pop(ordinal, None)
+        else:
+            out[ordinal] = replica_history
+    return out
+
+
+def at(seconds):
+    return NOW + dt.timedelta(seconds=seconds)
+
+
+def test_failed_pod_waits_its_backoff_then_is_recreated_on_the_same_cores():
+    failed = pod(1, phase="Failed", cores="6-7", created="2026-11-28T11:59:58Z")
+    first = decide(resource(), [pod(0), failed, pod(2)])
+    assert first.deletions == () and first.create == (), "the ended pod stays while its replica backs off"
+    (failure,) = first.failures
+    assert (failure.replica, failure.reason, failure.node, failure.avoid_node) == (1, "ContainersExited", "n1", False)
+    assert first.requeue_after == pytest.approx(10)
+    history = fold({}, first)
+    again = decide(resource(), [pod(0), failed, pod(2)], history=history, now=at(5))
+    assert again.failures == () and again.deletions == () and again.requeue_after == pytest.approx(5)
+    due = decide(resource(), [pod(0), failed, pod(2)], history=history, now=at(10))
+    assert reasons(due) == [("bert-1", "PodFailed")] and due.failures == ()
+    assert due.prefer[1] == ("n1", CoreRange(6, 2))
+    gone = decide(resource(), [pod(0), pod(2)], history=history, now=at(11))
+    assert gone.create == (1,) and 1 not in gone.avoid
+
+
+def test_kubelet_rejection_avoids_the_node_and_backoff_doubles_to_five_minutes():
+    history: dict = {}
+    waits = []
+    for attempt in range(8):
+        rejected = pod(1, phase="Failed", created=f"2026-11-28T10:00:{attempt:02d}Z")
+        rejected["status"].update(reason="OutOfcpu", message="Node didn't have enough resource: cpu")
+        decision = decide(resource(), [pod(0), rejected, pod(2)], history=history)
+        history = fold(history, decision)
+        waits.append(decision.requeue_after)
+        (failure,) = decision.failures
+        assert failure.reason == "OutOfcpu" and failure.avoid_node
+    assert waits == [10, 20, 40, 80, 160, 300, 300, 300]
+    created = decide(resource(), [pod(0), pod(2)], history=history, now=at(300))
+    assert created.create == (1,) and created.avoid[1] == frozenset({"n1"})
+    assert 1 not in created.prefer
+
+
+def test_a_pod_that_ran_before_it_failed_keeps_its_node():
+    evicted = pod(1, phase="Failed")
+    evicted["status"].update(reason="Evicted", containerStatuses=[{"state": {"terminated": {"startedAt": "x"}}}])
+    (failure,) = decide(resource(), [pod(0), evicted, pod(2)]).failures
+    assert failure.reason == "Evicted" and not failure.avoid_node
+
+
+def test_one_failed_attempt_is_counted_once():
+    failed = pod(1, phase="Succeeded", created="2026-11-28T11:59:58Z")
+    history = fold({}, decide(resource(), [pod(0), failed, pod(2)]))
+    later = decide(resource(), [pod(0), failed, pod(2)], history=history, now=at(3))
+    assert later.failures == () and later.history == {} and history[1].failures == 1
+    assert history[1].last.reason == "Completed"
+
+
+def test_ten_minutes_of_running_forgive_the_failures():
+    failed = pod(1, phase="Failed", created="2026-11-28T11:00:00Z")
+    history = fold({}, decide(resource(), [pod(0), failed, pod(2)]))
+    young = pod(1, created="2026-11-28T12:00:00Z")
+    assert decide(resource(), [pod(0), young, pod(2)], history=history, now=at(599)).history == {}
+    assert decide(resource(), [pod(0), young, pod(2)], history=history, now=at(600)).history == {1: None}
+
+
+def test_a_changed_spec_does_not_wait_for_the_old_attempts_backoff():
+    failed = pod(1, phase="Failed", current=False)
+    decision = decide(resource(), [pod(0), failed, pod(2)])
+    assert reasons(decision) == [("bert-1", "PodFailed")] and decision.history[1].failures == 1
+
+
+def pinned(ordinal, *, created="2026-11-28T11:59:50Z", verdict=None):
+    unbound = pod(ordinal, created=created, phase="Pending", ready=False)
+    unbound["spec"] = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}
+                    ]
+                }
+            }
+        }
+    }
+    if verdict:
+        unbound["status"]["conditions"].append(
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": verdict}
+        )
+    return unbound
+
+
+SCHEDULER_SAYS = "0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports."
+
+
+def test_a_pinned_pod_is_on_its_node_before_it_is_bound():
+    decision = decide(resource(), [pod(0), pinned(1), pod(2)])
+    assert decision.deletions == () and decision.create == ()
+    assert decision.prefer[1] == ("n1", CoreRange(2, 2))
+    assert decision.requeue_after == pytest.approx(5), "looks again when the pod may be unschedulable"
+    gone = decide(resource(), [pod(0), pinned(1), pod(2)], nodes={})
+    assert ("bert-1", "NodeGone") in reasons(gone)
+
+
+def test_an_unschedulable_pinned_pod_goes_after_the_timeout_and_its_replica_avoids_the_node():
+    waiting = decide(resource(), [pod(0), pinned(1, verdict=SCHEDULER_SAYS), pod(2)], unschedulable_seconds=15)
+    assert waiting.deletions == () and waiting.requeue_after == pytest.approx(5)
+    decision = decide(resource(), [pod(0), pinned(1, verdict=SCHEDULER_SAYS), pod(2)], unschedulable_seconds=10)
+    (deletion,) = decision.deletions
+    assert (deletion.pod, deletion.reason) == ("bert-1", "PodUnschedulable") and SCHEDULER_SAYS in deletion.message
+    (failure,) = decision.failures
+    assert failure.reason == "Unschedulable" and failure.message == SCHEDULER_SAYS and failure.avoid_node
+    history = fold({}, decision)
+    again = decide(resource(), [pod(0), pod(2)], history=history, now=at(1))
+    assert again.create == (1,) and again.avoid == {1: frozenset({"n1"})}, "placed again at once, elsewhere"
+    assert decide(resource(), [pod(0), pod(2)], history=history, now=at(21)).avoid == {}
+
+
+def test_scaled_away_replicas_forget_their_failures():
+    failed = pod(2, phase="Failed")
+    history = fold({}, decide(resource(), [pod(0), pod(1), failed]))
+    assert decide(resource(replicas=2), [pod(0), pod(1)], history=history).history == {2: None}
+
+
+def test_avoiding_keeps_every_required_term_and_adds_the_nodes_to_each():
+    request = reconcile.placement_request(resource(), "device-local")
+    assert reconcile.avoiding(request, frozenset()) is request
+    away = reconcile.avoiding(request, frozenset({"n2", "n1"}))
+    terms = away.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1", "n2"]}]}]
+    zone = {"key": "zone", "operator": "In", "values": ["a"]}
+    both = resource()
+    both["spec"]["template"]["spec"]["affinity"] = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [zone]}, {}]}
+        }
+    }
+    away = reconcile.avoiding(reconcile.placement_request(both, "device-local"), frozenset({"n1"}))
+    terms = away.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    not_n1 = {"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}
+    assert terms == [{"matchExpressions": [zone], "matchFields": [not_n1]}, {}], "an empty term still matches nothing"
+
+
+def test_binding_must_be_a_known_mode():
+    bad = resource()
+    bad["spec"]["placement"] = {"binding": "Kubelet"}
+    assert "spec.placement.binding must be one of Scheduler, Direct" in decide(bad, []).invalid
 
 
 def test_deleted_pod_asks_for_its_last_known_cores():
