@@ -2,7 +2,9 @@
 
 Also a kubectl plugin: the package installs ``kubectl-neuronplace``, so ``kubectl neuronplace cores``
 works wherever it is on PATH. The map is rebuilt the way the operator rebuilds its ledger: from the
-nodes and the pods themselves.
+nodes and the pods themselves, with one difference: with no list of the NeuronInferences at hand,
+any pod whose controller is a NeuronInference counts as managed (the operator also checks that it
+knows that resource, by UID). Nodes whose claims do not add up get a line per pod saying why.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def collect(kubeconfig: str | None = None, selector: str = ""):
     nodes = api.sanitize_for_serialization(core.list_node(label_selector=selector or None))["items"]
     pods = api.sanitize_for_serialization(core.list_pod_for_all_namespaces())["items"]
     inventories = [inventory_from_node(node) for node in nodes]
-    ledger = Ledger.from_pods(pods)
+    ledger = Ledger.from_pods(pods, trust_any_inference=True)
     ledger.learn_nodes(inventories)
     return node_maps(inventories, ledger), ledger.foreign()
 

@@ -2,9 +2,11 @@
 
 The nodes come from a fleet spec (``--fleet inf2.48xlarge=2,trn1.32xlarge=1``: hypothetical, empty,
 Ready nodes) and/or a saved ``kubectl get nodes,pods -o yaml`` (``--cluster-state FILE``: its pods
-hold their cores exactly as the operator's ledger would count them). The NeuronInference files are
-placed in the order given, with the operator's own validation, request and placement engine, so
-the answer is the one the operator would reach from the same state. Replicas that already have a
+hold their cores as the operator's ledger would count them, except that any pod controlled by a
+NeuronInference counts as managed: the file holds no NeuronInferences whose UIDs could be checked).
+The NeuronInference files are placed in the order given, with the operator's own validation,
+request and placement engine, so the answer is the one the operator would reach from the same
+state. Replicas that already have a
 pod in the cluster state are shown where they are.
 
 Prints one row per replica (node, node-global cores, devices, ``NEURON_RT_VISIBLE_CORES`` per
@@ -39,7 +41,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fleet", metavar="SPEC", help="hypothetical empty nodes, e.g. inf2.48xlarge=2,trn1.32xlarge=1"
     )
-    parser.add_argument("--cluster-state", metavar="FILE", help="saved `kubectl get nodes,pods -o yaml`")
+    parser.add_argument(
+        "--cluster-state",
+        metavar="FILE",
+        help="saved `kubectl get nodes,pods -o yaml`; any pod controlled by a NeuronInference counts as managed",
+    )
     parser.add_argument(
         "--numbering",
         choices=NUMBERINGS,
@@ -132,7 +138,7 @@ def plan(inferences: list[dict], nodes: list[dict], pods: list[dict], numbering:
     from neuronplace.placement.reconcile import ordinal_of, placement_request, validate
 
     fleet = Fleet([inventory_from_node(node) for node in nodes])
-    ledger = Ledger.from_pods(pods)
+    ledger = Ledger.from_pods(pods, trust_any_inference=True)
     ledger.learn_nodes(fleet.nodes, token=fleet)
     rows = []
     for inference in inferences:

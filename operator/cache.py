@@ -213,8 +213,26 @@ class Cache:
         """The cached pods of one NeuronInference."""
         return [self.pods[(key[0], p)] for p in self.pods_of.get(key, ()) if (key[0], p) in self.pods]
 
-    def forget_inference(self, key: Key) -> None:
-        self.inferences.pop(key, None)
+    def remember_inference(self, body: dict) -> Key:
+        """Cache a NeuronInference; from now on the ledger counts its pods as ours. The trust is
+        by UID: pods of a deleted namesake stay foreign."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        old_uid = ((self.inferences.get(key) or {}).get("metadata") or {}).get("uid")
+        uid = meta.get("uid")
+        if old_uid and old_uid != uid:
+            self.ledger.distrust(old_uid)
+        self.inferences[key] = body
+        if uid:
+            self.ledger.trust(uid)
+        return key
+
+    def forget_inference(self, key: Key, uid: str | None = None) -> None:
+        """Drop a NeuronInference (``uid``: the deleted one's, when the cache may not hold it); its
+        pods' claims count as foreign from now on."""
+        inference = self.inferences.pop(key, None)
+        for gone in {uid, ((inference or {}).get("metadata") or {}).get("uid")} - {None}:
+            self.ledger.distrust(gone)
         self.last_known.pop(key, None)
         self.waiting_for_room.discard(key)
 
@@ -228,11 +246,11 @@ class Cache:
             return None
         with self.lock:
             if kind == DELETED:
-                self.forget_inference(key)
+                self.forget_inference(key, meta.get("uid"))
                 if self.deleted_during_resync is not None:
                     self.deleted_during_resync.add(key)
             else:
-                self.inferences[key] = copy.deepcopy(dict(body))
+                self.remember_inference(copy.deepcopy(dict(body)))
         return key
 
     def apply_pod(self, kind: str | None, body: Mapping[str, Any]) -> tuple[Key | None, list[Key]]:

@@ -15,10 +15,16 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
 - ``neuronplace_node_free_cores{node}``: NeuronCores nobody holds, per managed node.
 - ``neuronplace_ledger_pods{kind}``: pods holding cores in the ledger, ``managed`` (ours) or
   ``foreign`` (someone else's pods, accounted for conservatively).
+- ``neuronplace_node_inconsistent_claims{node,reason}``: pods on a managed node whose NeuronCore
+  claims do not add up, by reason: ``NotOwned`` (our inference label, but no known NeuronInference
+  controls the pod), ``CoresMismatch`` (its ``neuronplace.io/cores`` range or label disagrees with
+  its request or owner), ``NeuronIdsMismatch`` (``AWS_NEURON_IDS`` lists more or fewer ids than it
+  requests), ``Overlap`` (its cores are listed by another pod too). Such pods hold what they
+  request, never what they claim; a series exists only while its count is above zero.
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 
-The two ledger gauges are computed when scraped, from the live ledger and node inventory
+The ledger gauges are computed when scraped, from the live ledger and node inventory
 (:func:`snapshot_ledger`), so they can never drift from what placement sees and a deleted node's
 series simply disappears.
 """
@@ -28,7 +34,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -66,6 +72,7 @@ class LedgerSnapshot:
     free_cores: Mapping[str, int]  # managed node → cores nobody holds
     managed_pods: int
     foreign_pods: int
+    inconsistent: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (managed node, reason) → pods
 
 
 def failure_reason(status: int | None) -> str:
@@ -98,7 +105,11 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
                 managed += 1
             else:
                 foreign += 1
-    return LedgerSnapshot(free_cores_by_node(ledger, inventories), managed, foreign)
+    inconsistent: dict[tuple[str, str], int] = {}
+    for found in ledger.inconsistencies():
+        if found.node in inventories:
+            inconsistent[(found.node, found.reason)] = inconsistent.get((found.node, found.reason), 0) + 1
+    return LedgerSnapshot(free_cores_by_node(ledger, inventories), managed, foreign, inconsistent)
 
 
 class _LedgerCollector(Collector):
@@ -121,8 +132,16 @@ class _LedgerCollector(Collector):
         )
         pods.add_metric(["managed"], snapshot.managed_pods)
         pods.add_metric(["foreign"], snapshot.foreign_pods)
+        inconsistent = GaugeMetricFamily(
+            "neuronplace_node_inconsistent_claims",
+            "Pods on a managed node whose NeuronCore claims do not add up, by reason",
+            labels=["node", "reason"],
+        )
+        for node, reason in sorted(snapshot.inconsistent):
+            inconsistent.add_metric([node, reason], snapshot.inconsistent[(node, reason)])
         yield free
         yield pods
+        yield inconsistent
 
 
 class OperatorMetrics:

@@ -100,9 +100,10 @@ class Sync:
             pods += len(page)
         inferences = self.list_inferences()
         with cache.lock:
+            # The pods listed above are foreign until their NeuronInference is known; each one
+            # remembered here turns its pods' claims into ours.
             for inference in inferences:
-                meta = inference.get("metadata") or {}
-                cache.inferences[(meta.get("namespace"), meta.get("name"))] = inference
+                cache.remember_inference(inference)
         self.report_foreign()
         heap.return_free_memory()
         log.info(
@@ -168,8 +169,8 @@ class Sync:
             missing_inferences = [key for key in cache.inferences if key not in listed_inferences]
             deleted = cache.deleted_during_resync or set()
             for key, inference in listed_inferences.items():
-                if key not in deleted:
-                    cache.inferences.setdefault(key, inference)
+                if key not in deleted and key not in cache.inferences:
+                    cache.remember_inference(inference)
         for owner in missing_pods:
             namespace, name = owner.split("/", 1)
             if self._gone(self.core.read_namespaced_pod, name, namespace):
@@ -210,7 +211,8 @@ class Sync:
             self.reported_foreign |= {h.owner for h in foreign}
         for holding in foreign:
             log.warning(
-                "pod %s holds %d Neuron core(s) on %s without our annotation; they are treated as taken",
+                "pod %s holds %d Neuron core(s) on %s and is not controlled by a known NeuronInference; "
+                "they are treated as taken",
                 holding.owner,
                 holding.count,
                 holding.node,

@@ -1,12 +1,26 @@
 """What one pod claims of its node's NeuronCores, read from the pod alone. Pure; never raises on
 pod data.
 
-A pod we manage (label ``neuronplace.io/inference``) claims the range in its
-``neuronplace.io/cores`` annotation. Any other pod that requests neuron resources claims its
-request: exactly the ids in the AWS device plugin's ``AWS_NEURON_IDS`` annotation when it has one
-(core ids for ``aws.amazon.com/neuroncore`` requests, device ids for whole-device requests), else
-just a count that the ledger places conservatively. Finished pods (Succeeded, Failed) claim
-nothing, nor do pods that are neither bound to a node nor pinned to one (:func:`node_of`).
+Labels and annotations can be written by anyone who may create a pod, so they decide nothing on
+their own. A pod counts as ours (*managed*) only when all of these hold:
+
+- its controller ownerReference is a NeuronInference whose UID the caller trusts (the operator
+  trusts the resources it has seen; the UID tells a resource from a deleted namesake);
+- it carries the label ``neuronplace.io/inference`` naming that same resource;
+- its ``neuronplace.io/cores`` range parses and has as many cores as the pod requests of
+  ``aws.amazon.com/neuroncore``, and it requests no whole devices: the device plugin hands a pod
+  what it requests, so a range that disagrees would let two pods get the same cores.
+
+Every other pod that requests Neuron resources is *foreign* and holds what it requests: the ids
+in the AWS device plugin's ``AWS_NEURON_IDS`` annotation (core ids for ``aws.amazon.com/neuroncore``
+requests, device ids for whole-device requests) and, when those are fewer than the request (or
+absent), as many more as it lacks, which the ledger assumes. Listed ids beyond the request are held
+too: they may really be in use. A foreign pod that requests nothing holds nothing, whatever its
+labels say. Finished pods (Succeeded, Failed) claim nothing, nor do pods that are neither bound to a
+node nor pinned to one (:func:`node_of`).
+
+Because trust can change after a pod is read (a pod is often seen before its NeuronInference),
+:func:`read_pod` keeps both readings and :meth:`PodClaims.judge` picks one.
 """
 
 from __future__ import annotations
@@ -16,8 +30,13 @@ from dataclasses import dataclass
 
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
+    CLAIM_ANNOTATION_MISMATCH,
+    CLAIM_IDS_MISMATCH,
+    CLAIM_NOT_OWNED,
     CORES_ANNOTATION,
+    GROUP,
     INFERENCE_LABEL,
+    KIND,
     NEURON_DEVICE_RESOURCES,
     NEURONCORE_RESOURCE,
     TERMINAL_PHASES,
@@ -33,7 +52,7 @@ class Claim:
     owner: str
     managed: bool
     group: str | None
-    ids: tuple[int, ...] | None  # exact ids, in `ids_unit`
+    ids: tuple[int, ...] | None  # ids known to be held, in `ids_unit`; more are assumed up to the request
     ids_unit: str  # "core" or "device"
     core_count: int  # requested cores (0 if the pod requests devices)
     device_count: int  # requested devices
@@ -118,30 +137,79 @@ def _parse_ids(text) -> tuple[int, ...] | None:
     return tuple(ids)
 
 
-def claim_from_pod(pod: Mapping) -> Claim | None:
-    """The claim a live pod makes, or None when it holds no cores."""
+def controller_inference(pod: Mapping) -> tuple[str, str] | None:
+    """(name, UID) of the pod's controller ownerReference when it is a NeuronInference, else None."""
+    for ref in (pod.get("metadata") or {}).get("ownerReferences") or ():
+        if not isinstance(ref, Mapping) or ref.get("controller") is not True:
+            continue
+        api_version = ref.get("apiVersion")
+        if (
+            ref.get("kind") == KIND
+            and isinstance(api_version, str)
+            and api_version.split("/", 1)[0] == GROUP
+            and isinstance(ref.get("uid"), str)
+            and isinstance(ref.get("name"), str)
+        ):
+            return ref["name"], ref["uid"]
+        return None  # a pod has one controller
+    return None
+
+
+@dataclass(frozen=True)
+class PodClaims:
+    """Both readings of one live pod on its node: as ours (``ours``, None when the pod fails the
+    checks that need no trust) and as foreign (``theirs``, None when it requests nothing)."""
+
+    owner: str
+    node: str
+    inference_uid: str | None  # the controller NeuronInference's UID, if any
+    labelled: bool  # carries the inference label
+    ours: Claim | None
+    theirs: Claim | None
+    ids_agree: bool  # AWS_NEURON_IDS absent, or as many as the request
+
+    def judge(self, trusted: bool) -> tuple[Claim | None, str | None]:
+        """The claim that counts when the controller UID is (not) trusted, and the inconsistency
+        the pod shows (a ``CLAIM_*`` reason from names, None when consistent)."""
+        if trusted and self.ours is not None:
+            return self.ours, None
+        if self.labelled:
+            return self.theirs, CLAIM_ANNOTATION_MISMATCH if trusted else CLAIM_NOT_OWNED
+        return self.theirs, None if self.ids_agree else CLAIM_IDS_MISMATCH
+
+
+def read_pod(pod: Mapping) -> PodClaims | None:
+    """Both readings of a live pod, or None when it is finished or on no node."""
     metadata = pod.get("metadata") or {}
     status = pod.get("status") or {}
     node = node_of(pod)
     if not node or status.get("phase") in TERMINAL_PHASES:
         return None
     owner = owner_of(pod)
+    namespace = metadata.get("namespace") or "default"
     labels = metadata.get("labels") or {}
     annotations = metadata.get("annotations") or {}
     core_count = requested_amount(pod, NEURONCORE_RESOURCE)
     device_count = max(requested_amount(pod, resource) for resource in NEURON_DEVICE_RESOURCES)
+    controller = controller_inference(pod)
+    labelled = INFERENCE_LABEL in labels
 
-    if INFERENCE_LABEL in labels:
-        group = f"{metadata.get('namespace') or 'default'}/{labels[INFERENCE_LABEL]}"
+    ours = None
+    if labelled and controller is not None and labels[INFERENCE_LABEL] == controller[0]:
         try:
             cores = CoreRange.parse(annotations[CORES_ANNOTATION])
         except (KeyError, ValueError):
             cores = None
-        if cores is not None:
-            return Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0)
-        # Untrustworthy managed pod: fall through to the conservative foreign accounting.
-    if core_count == 0 and device_count == 0:
-        return None
-    ids = _parse_ids(annotations.get(AWS_NEURON_IDS))
-    unit = "core" if core_count else "device"
-    return Claim(node, owner, False, None, ids, unit, core_count, device_count)
+        if cores is not None and cores.count == core_count and device_count == 0:
+            group = f"{namespace}/{controller[0]}"
+            ours = Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0)
+
+    theirs = None
+    ids_agree = True
+    if core_count or device_count:
+        ids = _parse_ids(annotations.get(AWS_NEURON_IDS))
+        unit = "core" if core_count else "device"
+        ids_agree = ids is None or len(ids) == (core_count if core_count else device_count)
+        theirs = Claim(node, owner, False, None, ids, unit, core_count, device_count)
+    uid = controller[1] if controller is not None else None
+    return PodClaims(owner, node, uid, labelled, ours, theirs, ids_agree)

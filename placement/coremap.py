@@ -2,11 +2,13 @@
 
 One line per node, one character per core grouped by chip: a letter for the pod that holds the
 core (explained in a legend under the node), ``.`` for a free core, ``#`` for cores held by a pod
-we did not place (foreign) or whose ids are assumed. Example::
+we did not place (foreign) or whose ids are assumed. A node whose claims do not add up (see
+:meth:`Ledger.inconsistencies`) gets a line per pod that says why. Example::
 
     np-inf2-0  inf2.48xlarge  24 cores, 8 free
       AA AA BB BB CC .. .. .. DD DD .. ..
       A ml/bert-inf2-0 0-3   B ml/bert-inf2-1 4-7   C ml/whisper-spread-0 8-9   D default/x-0 16-19
+      inconsistent: ml/fake NotOwned (has the inference label, but no known NeuronInference controls it)
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from dataclasses import dataclass
 
 from neuronplace.placement.inventory import NodeInventory
 from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import CLAIM_ANNOTATION_MISMATCH, CLAIM_IDS_MISMATCH, CLAIM_NOT_OWNED, CLAIM_OVERLAP
 
 FREE = "."
 FOREIGN = "#"
 _SYMBOLS = string.ascii_uppercase + string.ascii_lowercase + string.digits
+_PROBLEMS = {
+    CLAIM_NOT_OWNED: "has the inference label, but no known NeuronInference controls it",
+    CLAIM_ANNOTATION_MISMATCH: "its cores annotation or label disagrees with its request or owner",
+    CLAIM_IDS_MISMATCH: "AWS_NEURON_IDS lists more or fewer ids than it requests",
+    CLAIM_OVERLAP: "another pod lists some of the same cores",
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class NodeMap:
     owners: tuple[str | None, ...]
     exact: tuple[bool, ...]
     problem: str | None
+    inconsistent: tuple[tuple[str, str], ...] = ()  # (pod, reason) of claims that do not add up
 
     @property
     def free(self) -> int:
@@ -42,6 +52,9 @@ class NodeMap:
 def node_maps(inventories: Iterable[NodeInventory], ledger: Ledger) -> list[NodeMap]:
     """Every node with Neuron cores, in name order, with who holds each core."""
     maps = []
+    inconsistent: dict[str, list[tuple[str, str]]] = {}
+    for found in ledger.inconsistencies():
+        inconsistent.setdefault(found.node, []).append((found.owner, found.reason))
     for node in sorted(inventories, key=lambda n: n.name):
         total = node.cores or (node.topology.cores if node.topology else 0)
         if not total:
@@ -55,7 +68,10 @@ def node_maps(inventories: Iterable[NodeInventory], ledger: Ledger) -> list[Node
                     owners[core] = label
                     exact[core] = holding.exact and holding.managed
         per_chip = node.topology.cores_per_chip if node.topology else total
-        maps.append(NodeMap(node.name, node.instance_type, per_chip, tuple(owners), tuple(exact), node.problem))
+        problems = tuple(inconsistent.get(node.name, ()))
+        maps.append(
+            NodeMap(node.name, node.instance_type, per_chip, tuple(owners), tuple(exact), node.problem, problems)
+        )
     return maps
 
 
@@ -104,6 +120,7 @@ def render(maps: Sequence[NodeMap]) -> str:
             legend.append(f"{FOREIGN} {owner} {_ranges(cores)}")
         if legend:
             lines.append("  " + "   ".join(legend))
+        lines.extend(f"  inconsistent: {pod} {reason} ({_PROBLEMS[reason]})" for pod, reason in node.inconsistent)
     return "\n".join(lines) + "\n"
 
 

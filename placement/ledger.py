@@ -1,24 +1,32 @@
 """Who holds which NeuronCores, rebuilt from live pods. Pure; never raises on pod data.
 
-The truth is the set of live pods: every pod we manage carries the label
-``neuronplace.io/inference`` and its node-global range in the annotation ``neuronplace.io/cores``
-("4-7"), so a restarted operator rebuilds the same ledger with :meth:`Ledger.from_pods`. Pods in a
-terminal phase (Succeeded, Failed) and pods not bound to a node hold nothing. A pod that is being
-deleted still holds its cores until it is gone: its process may still be running.
+The truth is the set of live pods. Every pod we manage is controlled by a NeuronInference and
+carries its node-global range in the annotation ``neuronplace.io/cores`` ("4-7"), so a restarted
+operator rebuilds the same ledger with :meth:`Ledger.from_pods`. Pods in a terminal phase
+(Succeeded, Failed) and pods not bound to a node hold nothing. A pod that is being deleted still
+holds its cores until it is gone: its process may still be running.
 
-Pods we did not create but which request neuron resources on a node ("foreign" pods, e.g. ones
-placed by the AWS device plugin) are accounted for conservatively and reported by
-:meth:`Ledger.foreign`:
+Labels prove nothing (anyone who may create a pod can write them), so the ledger counts a pod as
+managed only when its controller is a NeuronInference whose UID it trusts (:meth:`Ledger.trust`;
+the offline tools trust every NeuronInference reference) and its range agrees with its own request
+(the rules are in :mod:`.claims`). A pod is often seen before its NeuronInference, so the ledger
+remembers which pods name which UID and re-judges them when that UID is trusted or distrusted.
 
-- with the AWS annotation ``AWS_NEURON_IDS`` ("2,3"), exactly those ids are held (core ids when the
-  pod requests ``aws.amazon.com/neuroncore``, device ids when it requests whole devices);
-- otherwise their requested count (``neuroncore``, or devices × cores per chip) is held, and we
-  assume it sits on the **highest** cores that nothing else holds. That keeps the low end of each
-  node free for contiguous ranges, and it is deterministic (foreign pods take their cores in
-  owner-name order). The assumption is visible in ``Holding.core_ids`` with ``exact=False``.
+Every other pod that requests neuron resources is foreign, reported by :meth:`Ledger.foreign`, and
+holds what it requests:
 
-A managed-labelled pod whose annotation is missing or malformed cannot be trusted: it is accounted
-for like a foreign pod (by its requested count) and reported by :meth:`foreign` too.
+- the ids in the AWS annotation ``AWS_NEURON_IDS`` ("2,3"; core ids when the pod requests
+  ``aws.amazon.com/neuroncore``, device ids when it requests whole devices), all of them, even
+  beyond the request: they may really be in use;
+- plus, when those are fewer than its request (or absent), the missing count (``neuroncore``, or
+  devices × cores per chip), which we assume sits on the **highest** cores that nothing else holds.
+  That keeps the low end of each node free for contiguous ranges, and it is deterministic
+  (foreign pods take their cores in owner-name order). The assumption is visible in
+  ``Holding.core_ids`` with ``exact=False``.
+
+So a foreign pod never holds fewer cores than it requests, and an assumed core is never one that
+someone else holds. What does not add up (a labelled pod nobody trusted, a range or id list that
+disagrees with the request, two pods on one core) is reported by :meth:`Ledger.inconsistencies`.
 
 Alongside the holdings the ledger keeps, per node whose capacity it has learned
 (:meth:`learn_nodes`), a bitmask of held cores and an index of nodes by free core count, so the
@@ -31,7 +39,8 @@ from bisect import insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from neuronplace.placement.claims import Claim, claim_from_pod, owner_of
+from neuronplace.placement.claims import Claim, PodClaims, owner_of, read_pod
+from neuronplace.placement.names import CLAIM_OVERLAP
 from neuronplace.runtime.coreset import CoreRange
 
 # When a node's cores per chip is unknown, a device request is assumed to hold the most cores any
@@ -44,8 +53,8 @@ class Holding:
     """One pod's claim on one node's cores.
 
     ``cores`` is the range when the held ids are known and contiguous, else ``None`` (then
-    ``count`` says how many). ``core_ids`` lists the ids treated as unavailable: the exact ones, or
-    for a foreign pod with unknown ids the ones we assume (``exact=False``). ``group`` is the
+    ``count`` says how many). ``core_ids`` lists the ids treated as unavailable: the listed ones
+    and, for a foreign pod with fewer ids than it requests, the ones we assume (``exact=False``). ``group`` is the
     NeuronInference ("namespace/name") a managed pod belongs to.
     """
 
@@ -59,15 +68,25 @@ class Holding:
     exact: bool = True
 
 
+@dataclass(frozen=True)
+class Inconsistency:
+    """A pod whose claim on ``node`` does not add up, and why (a ``CLAIM_*`` reason from names)."""
+
+    node: str
+    owner: str
+    reason: str
+
+
 class _NodeState:
-    __slots__ = ("assumed", "capacity", "claims", "cores_per_chip", "mask", "slow")
+    __slots__ = ("assumed", "capacity", "claims", "cores_per_chip", "mask", "overlapping", "slow")
 
     def __init__(self) -> None:
         self.claims: dict[str, Claim] = {}
         self.capacity: int | None = None
         self.cores_per_chip: int | None = None
         self.mask = 0  # held cores (exact and assumed)
-        self.assumed: dict[str, tuple[int, ...]] = {}  # owner → assumed ids (unknown-id foreign pods)
+        self.assumed: dict[str, tuple[int, ...]] = {}  # owner → assumed ids (foreign pods short of ids)
+        self.overlapping: tuple[str, ...] = ()  # owners whose listed cores someone else lists too
         # Set when some claim's ids are not known exactly or two claims overlap: then the mask
         # cannot be updated incrementally and every change recomputes it.
         self.slow = False
@@ -97,7 +116,15 @@ def _ids_of(mask: int) -> list[int]:
 class Ledger:
     """Who holds which cores on which node. See the module docstring for the accounting rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, trusted: Iterable[str] = (), *, trust_any_inference: bool = False) -> None:
+        """``trusted``: the NeuronInference UIDs whose pods count as ours (more with :meth:`trust`);
+        ``trust_any_inference``: any NeuronInference controller counts, for tools with no list of
+        the resources."""
+        self._trusted = set(trusted)
+        self._trust_any = trust_any_inference
+        self._read: dict[str, PodClaims] = {}  # owner → both readings, for pods with a NeuronInference controller
+        self._owners_of_uid: dict[str, set[str]] = {}  # NeuronInference UID → owners in _read
+        self._problems: dict[str, tuple[str, str]] = {}  # owner → (node, reason) of an inconsistent pod
         self._nodes: dict[str, _NodeState] = {}
         self._node_of_owner: dict[str, str] = {}
         self._group_cores: dict[str, dict[str, int]] = {}  # group → node → cores held
@@ -109,34 +136,40 @@ class Ledger:
     # ---- building ----------------------------------------------------------------------------
 
     @classmethod
-    def from_pods(cls, pods: Iterable[dict]) -> Ledger:
-        ledger = cls()
+    def from_pods(
+        cls, pods: Iterable[dict], trusted: Iterable[str] = (), *, trust_any_inference: bool = False
+    ) -> Ledger:
+        ledger = cls(trusted, trust_any_inference=trust_any_inference)
         for pod in pods:
             ledger.observe(pod)
         return ledger
 
     def observe(self, pod: dict) -> None:
         """Add or update the claim of one pod (idempotent); a pod that holds nothing is forgotten."""
-        claim = claim_from_pod(pod)
         owner = owner_of(pod)
-        if claim is None:
-            self.forget(owner)
-            return
-        self._put(claim)
+        read = read_pod(pod)
+        self._index(owner, read)
+        self._judge(owner, read)
 
     def forget(self, owner: str) -> None:
         """The pod ``owner`` ("namespace/name") is gone or terminated: its cores are free."""
-        node = self._node_of_owner.pop(owner, None)
-        if node is None:
-            return
-        state = self._nodes[node]
-        claim = state.claims.pop(owner)
-        self._count_group(claim, node, -1)
-        if claim.ids is not None and claim.ids_unit == "core" and not state.slow:
-            state.mask &= ~_bits(claim.ids)
-            self._reindex(node)
-        else:
-            self._resolve(node)
+        self._index(owner, None)
+        self._judge(owner, None)
+
+    def trust(self, uid: str) -> None:
+        """Pods controlled by the NeuronInference ``uid`` count as ours from now on."""
+        if uid not in self._trusted:
+            self._trusted.add(uid)
+            self._rejudge(uid)
+
+    def distrust(self, uid: str) -> None:
+        """The NeuronInference ``uid`` is gone: pods it controlled are foreign from now on."""
+        if uid in self._trusted:
+            self._trusted.discard(uid)
+            self._rejudge(uid)
+
+    def trusts(self, uid: str | None) -> bool:
+        return uid is not None and (self._trust_any or uid in self._trusted)
 
     def reserve(self, node: str, cores: CoreRange, owner: str, group: str | None = None) -> None:
         """Hold ``cores`` on ``node`` for ``owner`` before its pod exists.
@@ -216,12 +249,20 @@ class Ledger:
         return set(_ids_of(state.mask)) if state is not None else set()
 
     def foreign(self) -> list[Holding]:
-        """Pods not ours (or ours but untrustworthy) that hold neuron resources, by node and owner."""
+        """Pods not ours (however they are labelled) that hold neuron resources, by node and owner."""
         result: list[Holding] = []
         for name in sorted(self._nodes):
             result.extend(h for h in self.holdings(name) if not h.managed)
         result.sort(key=lambda h: (h.node, h.owner))
         return result
+
+    def inconsistencies(self) -> list[Inconsistency]:
+        """Pods whose claims do not add up, by node and owner (see the module docstring)."""
+        found = [Inconsistency(node, owner, reason) for owner, (node, reason) in self._problems.items()]
+        for name, state in self._nodes.items():
+            found.extend(Inconsistency(name, owner, CLAIM_OVERLAP) for owner in state.overlapping)
+        found.sort(key=lambda i: (i.node, i.owner, i.reason))
+        return found
 
     def nodes(self) -> list[str]:
         """Nodes on which anything is held."""
@@ -252,22 +293,61 @@ class Ledger:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def _index(self, owner: str, read: PodClaims | None) -> None:
+        """Remember which NeuronInference UID the pod ``owner`` names, to re-judge it later."""
+        old = self._read.pop(owner, None)
+        if old is not None and old.inference_uid is not None:
+            owners = self._owners_of_uid[old.inference_uid]
+            owners.discard(owner)
+            if not owners:
+                del self._owners_of_uid[old.inference_uid]
+        if read is not None and read.inference_uid is not None:
+            self._read[owner] = read
+            self._owners_of_uid.setdefault(read.inference_uid, set()).add(owner)
+
+    def _rejudge(self, uid: str) -> None:
+        for owner in sorted(self._owners_of_uid.get(uid, ())):
+            self._judge(owner, self._read[owner])
+
+    def _judge(self, owner: str, read: PodClaims | None) -> None:
+        claim, problem = read.judge(self.trusts(read.inference_uid)) if read is not None else (None, None)
+        if problem is not None and read is not None:
+            self._problems[owner] = (read.node, problem)
+        else:
+            self._problems.pop(owner, None)
+        if claim is None:
+            self._drop(owner)
+        else:
+            self._put(claim)
+
+    def _drop(self, owner: str) -> None:
+        node = self._node_of_owner.pop(owner, None)
+        if node is None:
+            return
+        state = self._nodes[node]
+        claim = state.claims.pop(owner)
+        self._count_group(claim, node, -1)
+        bits = _complete_bits(claim)
+        if bits is not None and not state.slow:
+            state.mask &= ~bits
+            self._reindex(node)
+        else:
+            self._resolve(node)
+
     def _own_mask(self, owner: str) -> int:
         node = self._node_of_owner[owner]
         state = self._nodes[node]
         claim = state.claims[owner]
-        if claim.ids is not None and claim.ids_unit == "core":
-            return _bits(claim.ids)
-        return _bits(state.assumed.get(owner, ()))
+        return _bits(self._listed_core_ids(state, claim) or ()) | _bits(state.assumed.get(owner, ()))
 
     def _put(self, claim: Claim) -> None:
         if self._node_of_owner.get(claim.owner) is not None:
-            self.forget(claim.owner)
+            self._drop(claim.owner)
         state = self._nodes.setdefault(claim.node, _NodeState())
         state.claims[claim.owner] = claim
         self._node_of_owner[claim.owner] = claim.node
         self._count_group(claim, claim.node, +1)
-        bits = _bits(claim.ids) if claim.ids is not None and claim.ids_unit == "core" else None
+        bits = _complete_bits(claim)
         if bits is not None and not state.slow and not state.mask & bits:
             state.mask |= bits
             self._reindex(claim.node)
@@ -284,9 +364,11 @@ class Ledger:
             if not per_node:
                 del self._group_cores[claim.group]
 
-    def _exact_core_ids(self, state: _NodeState, claim: Claim) -> tuple[int, ...] | None:
+    def _listed_core_ids(self, state: _NodeState, claim: Claim) -> tuple[int, ...] | None:
+        """The core ids the claim lists (sorted); None when they are device ids and the node's
+        cores per chip is unknown."""
         if claim.ids is None:
-            return None
+            return ()
         if claim.ids_unit == "core":
             return claim.ids
         if state.cores_per_chip is None:
@@ -295,28 +377,29 @@ class Ledger:
         return tuple(device * per_chip + i for device in claim.ids for i in range(per_chip))
 
     def _claimed_count(self, state: _NodeState, claim: Claim) -> int:
+        """The cores the pod requests (devices count as whole chips)."""
         if claim.core_count:
             return claim.core_count
         return claim.device_count * (state.cores_per_chip or _UNKNOWN_CORES_PER_CHIP)
 
     def _resolve(self, node: str) -> None:
-        """Recompute the node's mask: exact ids first, then assume cores for the rest."""
+        """Recompute the node's mask: listed ids first, then assume cores for what is missing."""
         state = self._nodes[node]
-        mask = 0
-        overlapping = False
-        unresolved = []
+        mask = twice = 0
+        listed: dict[str, int] = {}
+        short = []
         for claim in state.claims.values():
-            ids = self._exact_core_ids(state, claim)
-            if ids is None:
-                unresolved.append(claim)
-            else:
-                bits = _bits(ids)
-                overlapping = overlapping or bool(mask & bits)
-                mask |= bits
+            ids = self._listed_core_ids(state, claim) or ()
+            bits = listed[claim.owner] = _bits(ids)
+            twice |= mask & bits
+            mask |= bits
+            if self._claimed_count(state, claim) > len(ids):
+                short.append(claim)
         state.assumed = {}
-        state.slow = overlapping or bool(unresolved)
-        for claim in sorted(unresolved, key=lambda c: c.owner):
-            wanted = self._claimed_count(state, claim)
+        state.overlapping = tuple(sorted(owner for owner, bits in listed.items() if bits & twice)) if twice else ()
+        state.slow = bool(twice) or bool(short)
+        for claim in sorted(short, key=lambda c: c.owner):
+            wanted = self._claimed_count(state, claim) - listed[claim.owner].bit_count()
             taken: list[int] = []
             if state.capacity is not None:
                 core = state.capacity - 1
@@ -354,13 +437,20 @@ class Ledger:
             del self._nodes[node]
 
     def _holding(self, state: _NodeState, claim: Claim) -> Holding:
-        ids = self._exact_core_ids(state, claim)
-        exact = ids is not None
-        if ids is None:
-            ids = state.assumed.get(claim.owner, ())
-            count = self._claimed_count(state, claim)
-        else:
-            count = len(ids)
+        listed = self._listed_core_ids(state, claim)
+        assumed = state.assumed.get(claim.owner, ())
+        claimed = self._claimed_count(state, claim)
+        exact = listed is not None and len(listed) >= claimed
+        ids = tuple(sorted({*(listed or ()), *assumed})) if assumed else tuple(listed or ())
+        count = max(len(listed or ()), claimed)
         contiguous = exact and bool(ids) and ids[-1] - ids[0] + 1 == len(ids)
         cores = CoreRange(ids[0], len(ids)) if contiguous else None
-        return Holding(claim.node, cores, count, claim.owner, claim.managed, claim.group, tuple(ids), exact)
+        return Holding(claim.node, cores, count, claim.owner, claim.managed, claim.group, ids, exact)
+
+
+def _complete_bits(claim: Claim) -> int | None:
+    """The claim's cores as a bitmask when its listed core ids cover its request (the common,
+    incremental case), else None."""
+    if claim.ids is None or claim.ids_unit != "core" or len(claim.ids) < claim.core_count:
+        return None
+    return _bits(claim.ids)

@@ -102,5 +102,15 @@ REASON_POD_FORBIDDEN = "PodForbidden"
 # A resource in the operator's own namespace, which the operator does not serve by default.
 REASON_NAMESPACE_NOT_SERVED = "NamespaceNotServed"
 
+# Why a node's NeuronCore claims are inconsistent (shown by ``neuronplace cores`` and the metric
+# ``neuronplace_node_inconsistent_claims``): a pod carries our inference label but its controller is
+# not a NeuronInference the operator knows; a pod of a known NeuronInference has a label or
+# ``neuronplace.io/cores`` range that disagrees with its owner or its own request; a pod's
+# ``AWS_NEURON_IDS`` list more or fewer ids than it requests; two pods' cores overlap.
+CLAIM_NOT_OWNED = "NotOwned"
+CLAIM_ANNOTATION_MISMATCH = "CoresMismatch"
+CLAIM_IDS_MISMATCH = "NeuronIdsMismatch"
+CLAIM_OVERLAP = "Overlap"
+
 # A pod in one of these phases has finished: it holds no cores and is not a live replica.
 TERMINAL_PHASES = ("Succeeded", "Failed")

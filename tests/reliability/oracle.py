@@ -8,9 +8,12 @@ obvious way, from the pods and nodes alone:
 
 - **free cores** of a node: its usable cores (the topology's, capped by the allocatable count),
   minus every core a live pod (bound, not Succeeded/Failed, terminating or not) holds: a managed
-  pod its ``neuronplace.io/cores`` range, another pod the ids of its ``AWS_NEURON_IDS`` annotation
-  (cores, or whole devices for device requests), and a pod with only a count that many cores taken
-  from the top of the node (the rule the README states for foreign pods);
+  pod (controlled by a NeuronInference its label names, with a range as long as its request) its
+  ``neuronplace.io/cores`` range; any other pod what it requests: the ids of its
+  ``AWS_NEURON_IDS`` annotation (cores, or whole devices for device requests), and as many cores
+  as those fall short of the request taken from the top of the node (the rule the README states
+  for foreign pods). Any NeuronInference controller counts, as in the offline tools: the checker
+  does not judge the UIDs;
 - **valid runs**: every start ``s`` of ``count`` consecutive free cores is tried and kept when
   the written-out rules hold: a replica that fits in one chip stays inside one chip, a larger one
   starts on a chip boundary; ``alignedStart`` needs ``s % count == 0``; under ``Strict`` on a
@@ -20,9 +23,10 @@ obvious way, from the pods and nodes alone:
   topology, no cores) as the node inventory reads them, then NoSchedule/NoExecute taints against
   the tolerations, the nodeSelector, and required node affinity.
 
-It never calls ``place_one``, ``allowed_starts``, ``best_start`` or the ledger. Two things are still
+It never calls ``place_one``, ``allowed_starts``, ``best_start`` or the ledger. Three things are still
 shared with the operator, on purpose: reading a node's topology and problems
-(``inventory_from_node``: data, not a decision) and required node affinity's match
+(``inventory_from_node``: data, not a decision), which node a pod is on or pinned to
+(``claims.node_of``: the same kind of reading) and required node affinity's match
 (``constraints.affinity_matches``: Kubernetes' expression semantics, which no scenario uses).
 """
 
@@ -32,12 +36,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from neuronplace.placement.allocator import PlacementRequest
+from neuronplace.placement.claims import node_of
 from neuronplace.placement.constraints import affinity_matches, required_terms
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
     CORES_ANNOTATION,
+    GROUP,
     INFERENCE_LABEL,
+    KIND,
     NEURON_DEVICE_RESOURCES,
     NEURONCORE_RESOURCE,
     TERMINAL_PHASES,
@@ -97,6 +104,15 @@ def _range_ids(text) -> list[int] | None:
     return list(range(first, last + 1)) if last >= first else None
 
 
+def _controlling_inference(meta: Mapping) -> str | None:
+    """The name of the NeuronInference that is the pod's controller, if one is."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") is True:
+            group = str(ref.get("apiVersion") or "").split("/")[0]
+            return ref.get("name") if ref.get("kind") == KIND and group == GROUP and ref.get("uid") else None
+    return None
+
+
 def held_cores(node: NodeInventory, pods: Sequence[Mapping]) -> set[int]:
     """Every core the live pods bound to ``node`` hold, as the README's ledger rules say."""
     per_chip = node.topology.cores_per_chip if node.topology else 1
@@ -104,32 +120,33 @@ def held_cores(node: NodeInventory, pods: Sequence[Mapping]) -> set[int]:
     counted: list[tuple[str, int]] = []
     for pod in pods:
         meta = pod.get("metadata") or {}
-        if (pod.get("spec") or {}).get("nodeName") != node.name:
+        if node_of(pod) != node.name:  # bound there, or pinned there while kube-scheduler binds it
             continue
         if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             continue
         annotations = meta.get("annotations") or {}
         owner = f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
-        if INFERENCE_LABEL in (meta.get("labels") or {}):
-            ids = _range_ids(annotations.get(CORES_ANNOTATION))
-            if ids is not None:
-                held.update(ids)
-                continue
-            # A managed pod whose range cannot be read is counted like a foreign pod (below).
         cores_asked = _asks(pod, (NEURONCORE_RESOURCE,))
         devices_asked = _asks(pod, NEURON_DEVICE_RESOURCES)
+        label = (meta.get("labels") or {}).get(INFERENCE_LABEL)
+        if label is not None and label == _controlling_inference(meta):
+            ids = _range_ids(annotations.get(CORES_ANNOTATION))
+            if ids is not None and len(ids) == cores_asked and not devices_asked:
+                held.update(ids)
+                continue
+        # Anything else holds what it requests, whatever its labels and annotations say.
         if not cores_asked and not devices_asked:
             continue
         raw = str(annotations.get(AWS_NEURON_IDS) or "")
         parts = [p.strip() for p in raw.split(",") if p.strip()]
+        listed: set[int] = set()
         if parts and all(p.isdigit() for p in parts):
             ids = [int(p) for p in parts]
-            if cores_asked:
-                held.update(ids)
-            else:
-                held.update(d * per_chip + c for d in ids for c in range(per_chip))
-            continue
-        counted.append((owner, cores_asked or devices_asked * per_chip))
+            listed = set(ids) if cores_asked else {d * per_chip + c for d in ids for c in range(per_chip)}
+            held.update(listed)
+        missing = (cores_asked or devices_asked * per_chip) - len(listed)
+        if missing > 0:
+            counted.append((owner, missing))
     # Pods with only a count: that many cores from the top of the node, owner by owner.
     for _owner, count in sorted(counted):
         wanted, core = count, node.cores - 1
@@ -200,7 +217,7 @@ def first_fit(request: PlacementRequest, nodes: Sequence[Mapping], pods: Sequenc
     the API's JSON dicts; pods of every namespace)."""
     by_node: dict[str, list[Mapping]] = {}
     for pod in pods:
-        name = (pod.get("spec") or {}).get("nodeName")
+        name = node_of(pod)
         if name:
             by_node.setdefault(name, []).append(pod)
     for node_obj in sorted(nodes, key=lambda n: (n.get("metadata") or {}).get("name") or ""):

@@ -21,9 +21,11 @@ from neuronplace.placement.allocator import Fleet, PlacementRequest, ReplicaPlac
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
+    API_VERSION,
     AWS_NEURON_IDS,
     CORES_ANNOTATION,
     INFERENCE_LABEL,
+    KIND,
     NEURONCORE_RESOURCE,
 )
 from neuronplace.placement.pods import build_pod
@@ -38,10 +40,15 @@ SIZES = [1, 1, 2, 2, 3, 4, 4, 6, 8, 8, 12, 16, 16, 24, 32]
 
 
 def _pod(name: str, node: str, cores: int, *, managed_range: str | None = None, ids: str | None = None) -> dict:
+    """A pod requesting ``cores``; with ``managed_range``, one the operator made (label, range and
+    its NeuronInference as controller)."""
     metadata: dict = {"name": name, "namespace": "ml", "annotations": {}}
     if managed_range is not None:
         metadata["labels"] = {INFERENCE_LABEL: "other"}
         metadata["annotations"][CORES_ANNOTATION] = managed_range
+        metadata["ownerReferences"] = [
+            {"apiVersion": API_VERSION, "kind": KIND, "name": "other", "uid": "uid-other", "controller": True}
+        ]
     if ids is not None:
         metadata["annotations"][AWS_NEURON_IDS] = ids
     amount = {NEURONCORE_RESOURCE: str(cores)}
@@ -89,11 +96,21 @@ def random_world(rng: random.Random) -> tuple[list[dict], list[dict]]:
                 pods.append(_pod(name, node["metadata"]["name"], len(taken), ids=",".join(map(str, taken))))
                 for core in taken:
                     free.remove(core)
-            elif kind < 0.9:  # foreign with only a count: the top free cores
+            elif kind < 0.85:  # foreign with only a count: the top free cores
                 count = rng.randint(1, min(4, len(free)))
                 pods.append(_pod(name, node["metadata"]["name"], count))
                 for core in sorted(free)[-count:]:
                     free.remove(core)
+            elif kind < 0.88:  # foreign with fewer ids than it requests: those, then the top free cores
+                taken = sorted(rng.sample(free, 1))
+                pods.append(_pod(name, node["metadata"]["name"], 3, ids=",".join(map(str, taken))))
+                free.remove(taken[0])
+                for core in sorted(free)[-2:]:
+                    free.remove(core)
+            elif kind < 0.9:  # hand-made: our label and a range, no owner, no request: holds nothing
+                fake = _pod(name, node["metadata"]["name"], 0, managed_range=f"0-{cores - 1}")
+                del fake["metadata"]["ownerReferences"]
+                pods.append(fake)
             else:  # finished: holds nothing
                 finished = _pod(name, node["metadata"]["name"], 2, managed_range="0-1")
                 finished["status"]["phase"] = "Succeeded"
@@ -114,7 +131,7 @@ def random_request(rng: random.Random) -> PlacementRequest:
 
 def engine_answer(request: PlacementRequest, nodes: list[dict], pods: list[dict]):
     fleet = Fleet(sorted((inventory_from_node(n) for n in nodes), key=lambda n: n.name))
-    return place_one(request, 0, fleet, Ledger.from_pods(pods), "ml/want-0")
+    return place_one(request, 0, fleet, Ledger.from_pods(pods, trust_any_inference=True), "ml/want-0")
 
 
 def disagreements(trials: int, seed: int) -> list[str]:

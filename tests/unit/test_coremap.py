@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from ledger_pods import managed_pod
 
 from neuronplace.cli import run as run_cli
 from neuronplace.operator.settings import OperatorSettings
@@ -25,15 +26,11 @@ def node(name, instance_type, cores):
 
 
 def pod(name, node_name, cores=None, foreign_count=None):
-    meta = {"name": name, "namespace": "ml", "labels": {}, "annotations": {}}
-    container = {"name": "c"}
     if cores is not None:
-        meta["labels"]["neuronplace.io/inference"] = name.rsplit("-", 1)[0]
-        meta["annotations"]["neuronplace.io/cores"] = cores
-    if foreign_count is not None:
-        container["resources"] = {"limits": {"aws.amazon.com/neuroncore": str(foreign_count)}}
+        return managed_pod(name, node_name, cores, inference=name.rsplit("-", 1)[0], namespace="ml")
+    container = {"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": str(foreign_count)}}}
     return {
-        "metadata": meta,
+        "metadata": {"name": name, "namespace": "ml", "labels": {}, "annotations": {}},
         "spec": {"nodeName": node_name, "containers": [container]},
         "status": {"phase": "Running"},
     }
@@ -50,7 +47,8 @@ def test_map_shows_owners_free_cores_and_foreign_pods():
             pod("bert-1", "inf2-b", "4-7"),
             pod("other", "inf2-b", foreign_count=2),
             pod("resnet-0", "inf1-a", "8-15"),
-        ]
+        ],
+        trust_any_inference=True,
     )
     ledger.learn_nodes(inventories)
     maps = node_maps(inventories, ledger)
@@ -64,6 +62,22 @@ def test_map_shows_owners_free_cores_and_foreign_pods():
     assert lines[4].strip().startswith("AA AA BB BB")
     assert lines[4].count("#") == 2 and lines[4].count(".") == 14
     assert "B ml/bert-1 4-7" in lines[5] and "# ml/other (not placed by neuronplace)" in lines[5]
+
+
+def test_map_says_why_a_node_is_inconsistent():
+    inventories = [inventory_from_node(node("inf2-b", "inf2.48xlarge", 24))]
+    fake = pod("fake-0", "inf2-b", "0-23")
+    del fake["metadata"]["ownerReferences"]
+    fake["spec"]["containers"] = [{"name": "c"}]  # claims the whole node and requests nothing
+    real = pod("bert-0", "inf2-b", "0-3")
+    ledger = Ledger.from_pods([fake, real], trust_any_inference=True)
+    ledger.learn_nodes(inventories)
+    [node_map] = node_maps(inventories, ledger)
+    assert node_map.free == 20 and node_map.inconsistent == (("ml/fake-0", "NotOwned"),)
+    last = render([node_map]).splitlines()[-1]
+    assert (
+        last == "  inconsistent: ml/fake-0 NotOwned (has the inference label, but no known NeuronInference controls it)"
+    )
 
 
 def test_empty_cluster():

@@ -1,11 +1,14 @@
 """The ledger rebuilt from pods: managed ranges, foreign pods, reservations, never two owners."""
 
 import pytest
+from ledger_pods import inference_uid, managed_pod
 
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
+from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION
 from neuronplace.runtime.coreset import CoreRange
+
+TRUSTED = [inference_uid("web")]
 
 
 def make_node(name, instance_type="inf2.48xlarge", cores="24"):
@@ -18,19 +21,6 @@ def make_node(name, instance_type="inf2.48xlarge", cores="24"):
             },
         }
     )
-
-
-def managed_pod(name, node, cores, inference="web", namespace="default", phase="Running"):
-    return {
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {INFERENCE_LABEL: inference},
-            "annotations": {CORES_ANNOTATION: cores},
-        },
-        "spec": {"nodeName": node, "containers": [{"name": "main"}]},
-        "status": {"phase": phase},
-    }
 
 
 def foreign_pod(name, node, cores=0, devices=0, ids=None, init_cores=0, phase="Running"):
@@ -54,7 +44,7 @@ def foreign_pod(name, node, cores=0, devices=0, ids=None, init_cores=0, phase="R
 
 
 def test_from_pods_reads_managed_ranges():
-    ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3"), managed_pod("web-1", "n1", "8-11")])
+    ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3"), managed_pod("web-1", "n1", "8-11")], TRUSTED)
     assert ledger.used_cores("n1") == set(range(4)) | set(range(8, 12))
     holdings = ledger.holdings("n1")
     assert [(h.owner, h.cores, h.managed, h.group) for h in holdings] == [
@@ -68,7 +58,7 @@ def test_from_pods_reads_managed_ranges():
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
 def test_terminated_pods_hold_nothing(phase):
     ledger = Ledger.from_pods(
-        [managed_pod("web-0", "n1", "0-3", phase=phase), foreign_pod("f", "n1", cores=2, phase=phase)]
+        [managed_pod("web-0", "n1", "0-3", phase=phase), foreign_pod("f", "n1", cores=2, phase=phase)], TRUSTED
     )
     assert ledger.used_cores("n1") == set()
 
@@ -76,7 +66,7 @@ def test_terminated_pods_hold_nothing(phase):
 def test_unbound_pods_hold_nothing():
     pod = managed_pod("web-0", "n1", "0-3")
     del pod["spec"]["nodeName"]
-    assert Ledger.from_pods([pod]).nodes() == []
+    assert Ledger.from_pods([pod], TRUSTED).nodes() == []
 
 
 def test_pods_without_neuron_resources_are_ignored():
@@ -84,7 +74,7 @@ def test_pods_without_neuron_resources_are_ignored():
 
 
 def test_observe_is_idempotent_and_forget_frees():
-    ledger = Ledger()
+    ledger = Ledger(TRUSTED)
     pod = managed_pod("web-0", "n1", "2-3")
     ledger.observe(pod)
     ledger.observe(pod)
@@ -102,7 +92,7 @@ def test_observe_is_idempotent_and_forget_frees():
 
 
 def test_reserve_refuses_a_second_owner():
-    ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3")])
+    ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3")], TRUSTED)
     with pytest.raises(ValueError, match=r"core\(s\) 2,3 held by default/web-0"):
         ledger.reserve("n1", CoreRange(2, 4), "default/web-1")
     # Nothing changed.
@@ -132,7 +122,7 @@ def test_reserve_beyond_capacity_is_refused():
 
 
 def test_observed_pod_replaces_its_reservation():
-    ledger = Ledger()
+    ledger = Ledger(TRUSTED)
     ledger.reserve("n1", CoreRange(0, 4), "default/web-0", group="default/web")
     ledger.observe(managed_pod("web-0", "n1", "0-3"))
     assert len(ledger.holdings("n1")) == 1
@@ -171,7 +161,7 @@ def test_foreign_pod_without_ids_takes_the_highest_free_cores():
         foreign_pod("b", "n1", cores=2),
         foreign_pod("a", "n1", cores=3),
     ]
-    ledger = Ledger.from_pods(pods)
+    ledger = Ledger.from_pods(pods, TRUSTED)
     ledger.learn_nodes([make_node("n1")])
     # Owner order: other/a takes 17-19 first, then other/b 15-16 (managed cores are never assumed).
     assert ledger.used_cores("n1") == set(range(15, 24))
@@ -181,7 +171,7 @@ def test_foreign_pod_without_ids_takes_the_highest_free_cores():
     assert foreign["other/a"].cores is None
     assert ledger.free_count("n1") == 15
     # The same pods in another order give the same ledger.
-    again = Ledger.from_pods(reversed(pods))
+    again = Ledger.from_pods(reversed(pods), TRUSTED)
     again.learn_nodes([make_node("n1")])
     assert again.foreign() == ledger.foreign()
 
@@ -198,19 +188,26 @@ def test_init_containers_count_by_the_maximum_rule():
 
 
 def test_managed_pod_with_a_bad_annotation_is_accounted_for_and_reported():
-    pod = managed_pod("web-0", "n1", "3,5")
-    pod["spec"]["containers"][0]["resources"] = {"limits": {"aws.amazon.com/neuroncore": "2"}}
-    ledger = Ledger.from_pods([pod])
+    pod = managed_pod("web-0", "n1", "0-1")
+    pod["metadata"]["annotations"][CORES_ANNOTATION] = "3,5"
+    del pod["metadata"]["annotations"][AWS_NEURON_IDS]
+    ledger = Ledger.from_pods([pod], TRUSTED)
     ledger.learn_nodes([make_node("n1")])
     [holding] = ledger.foreign()
     assert holding.owner == "default/web-0" and holding.count == 2 and not holding.exact
     assert ledger.used_cores("n1") == {22, 23}
+    assert [(i.node, i.owner, i.reason) for i in ledger.inconsistencies()] == [("n1", "default/web-0", "CoresMismatch")]
 
 
 def test_overlapping_pods_stay_held_until_both_are_gone():
-    ledger = Ledger.from_pods([managed_pod("a", "n1", "0-3"), managed_pod("b", "n1", "2-5")])
+    ledger = Ledger.from_pods([managed_pod("a", "n1", "0-3"), managed_pod("b", "n1", "2-5")], TRUSTED)
+    assert [(i.owner, i.reason) for i in ledger.inconsistencies()] == [
+        ("default/a", "Overlap"),
+        ("default/b", "Overlap"),
+    ]
     ledger.forget("default/a")
     assert ledger.used_cores("n1") == {2, 3, 4, 5}
+    assert ledger.inconsistencies() == []
     ledger.forget("default/b")
     assert ledger.used_cores("n1") == set()
 

@@ -5,6 +5,7 @@ import urllib.request
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ledger_pods import inference_uid, managed_pod
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,8 +18,10 @@ from neuronplace.operator.metrics import (
 )
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
+from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.runtime.coreset import CoreRange
+
+TRUSTED = [inference_uid("web")]
 
 
 def node(name, instance_type="inf2.48xlarge", cores="24"):
@@ -31,19 +34,6 @@ def node(name, instance_type="inf2.48xlarge", cores="24"):
             },
         }
     )
-
-
-def managed_pod(name, node_name, cores, namespace="default"):
-    return {
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {INFERENCE_LABEL: "web"},
-            "annotations": {CORES_ANNOTATION: cores},
-        },
-        "spec": {"nodeName": node_name, "containers": [{"name": "main"}]},
-        "status": {"phase": "Running"},
-    }
 
 
 def foreign_pod(name, node_name, cores):
@@ -70,7 +60,7 @@ def samples(registry):
 def test_free_cores_subtract_managed_and_foreign_holdings():
     inventories = {"a": node("a"), "b": node("b", "trn1.32xlarge", "32"), "c": node("c")}
     ledger = Ledger.from_pods(
-        [managed_pod("web-0", "a", "0-3"), managed_pod("web-1", "a", "8-11"), foreign_pod("x", "b", 2)]
+        [managed_pod("web-0", "a", "0-3"), managed_pod("web-1", "a", "8-11"), foreign_pod("x", "b", 2)], TRUSTED
     )
     ledger.learn_nodes(inventories.values())
     assert free_cores_by_node(ledger, inventories) == {"a": 16, "b": 30, "c": 24}
@@ -79,7 +69,7 @@ def test_free_cores_subtract_managed_and_foreign_holdings():
 def test_free_cores_ignore_holdings_beyond_the_usable_cores():
     # The device plugin advertises 20 of the 24 cores: a range on 20-23 takes nothing usable.
     inventories = {"a": node("a", cores="20")}
-    ledger = Ledger.from_pods([managed_pod("web-0", "a", "20-23"), managed_pod("web-1", "a", "0-1")])
+    ledger = Ledger.from_pods([managed_pod("web-0", "a", "20-23"), managed_pod("web-1", "a", "0-1")], TRUSTED)
     assert free_cores_by_node(ledger, inventories) == {"a": 18}
 
 
@@ -87,16 +77,42 @@ def test_unknown_nodes_report_zero_and_unmanaged_nodes_are_absent():
     unknown = inventory_from_node(
         {"metadata": {"name": "u", "labels": {}}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     )
-    ledger = Ledger.from_pods([managed_pod("web-0", "elsewhere", "0-1")])
+    ledger = Ledger.from_pods([managed_pod("web-0", "elsewhere", "0-1")], TRUSTED)
     assert free_cores_by_node(ledger, {"u": unknown}) == {"u": 0}
 
 
 def test_snapshot_counts_managed_and_foreign_pods():
     inventories = {"a": node("a")}
-    ledger = Ledger.from_pods([managed_pod("web-0", "a", "0-3"), foreign_pod("x", "a", 2), foreign_pod("y", "a", 1)])
+    ledger = Ledger.from_pods(
+        [managed_pod("web-0", "a", "0-3"), foreign_pod("x", "a", 2), foreign_pod("y", "a", 1)], TRUSTED
+    )
     ledger.learn_nodes(inventories.values())
     snapshot = snapshot_ledger(ledger, inventories)
     assert snapshot == LedgerSnapshot({"a": 24 - 4 - 3}, managed_pods=1, foreign_pods=2)
+
+
+def test_snapshot_counts_inconsistent_claims_on_managed_nodes_by_reason():
+    inventories = {"a": node("a")}
+    fake = {  # hand-made: our label and a whole node's range, no owner, no request
+        "metadata": {
+            "name": "fake",
+            "namespace": "x",
+            "labels": {INFERENCE_LABEL: "web"},
+            "annotations": {CORES_ANNOTATION: "0-23"},
+        },
+        "spec": {"nodeName": "a", "containers": [{"name": "c"}]},
+        "status": {"phase": "Running"},
+    }
+    short = foreign_pod("short", "a", 4)
+    short["metadata"]["annotations"] = {AWS_NEURON_IDS: "0,1"}
+    elsewhere = foreign_pod("elsewhere", "unmanaged", 4)
+    elsewhere["metadata"]["annotations"] = {AWS_NEURON_IDS: "0"}
+    ledger = Ledger.from_pods([fake, short, elsewhere], TRUSTED)
+    ledger.learn_nodes(inventories.values())
+    snapshot = snapshot_ledger(ledger, inventories)
+    assert snapshot.inconsistent == {("a", "NotOwned"): 1, ("a", "NeuronIdsMismatch"): 1}
+    # The fake claims 0-23 and requests nothing: it holds nothing; the short one holds 0,1 + 2 assumed.
+    assert snapshot.free_cores == {"a": 20}
 
 
 @settings(max_examples=60, deadline=None)
@@ -144,7 +160,7 @@ def test_counters_histogram_and_ledger_gauges_in_the_exposition():
         raise RuntimeError("a failed reconcile is timed too")
 
     inventories = {"a": node("a")}
-    ledger = Ledger.from_pods([managed_pod("web-0", "a", "0-3")])
+    ledger = Ledger.from_pods([managed_pod("web-0", "a", "0-3")], TRUSTED)
     metrics.watch_ledger(lambda: snapshot_ledger(ledger, inventories))
     first = samples(metrics.registry)
     assert first[("neuronplace_placements_total", frozenset())] == 3
@@ -154,6 +170,7 @@ def test_counters_histogram_and_ledger_gauges_in_the_exposition():
     assert first[("neuronplace_node_free_cores", frozenset({("node", "a")}))] == 20
     assert first[("neuronplace_ledger_pods", frozenset({("kind", "managed")}))] == 1
     assert first[("neuronplace_ledger_pods", frozenset({("kind", "foreign")}))] == 0
+    assert not [key for key in first if key[0] == "neuronplace_node_inconsistent_claims"]
     assert ("process_resident_memory_bytes", frozenset()) in first
 
     # Gauges are read at scrape time: the next scrape sees the ledger as it is then.
@@ -163,6 +180,12 @@ def test_counters_histogram_and_ledger_gauges_in_the_exposition():
     assert second[("neuronplace_node_free_cores", frozenset({("node", "a")}))] == 24
     assert second[("neuronplace_node_free_cores", frozenset({("node", "b")}))] == 32
     assert second[("neuronplace_ledger_pods", frozenset({("kind", "managed")}))] == 0
+
+    ledger.distrust(inference_uid("web"))
+    ledger.observe(managed_pod("web-0", "a", "0-3"))  # its NeuronInference is gone: not ours any more
+    third = samples(metrics.registry)
+    assert third[("neuronplace_node_inconsistent_claims", frozenset({("node", "a"), ("reason", "NotOwned")}))] == 1
+    assert third[("neuronplace_ledger_pods", frozenset({("kind", "foreign")}))] == 1
 
 
 def test_watch_ledger_replaces_the_previous_source_and_holds_the_lock():

@@ -1,6 +1,7 @@
 """The allocator's rules, one family and one rule at a time."""
 
 import pytest
+from ledger_pods import inference_uid, managed_pod
 
 from neuronplace.placement.allocator import (
     Fleet,
@@ -12,7 +13,6 @@ from neuronplace.placement.allocator import (
 )
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.placement.topology import topology_for
 from neuronplace.runtime.coreset import CoreRange
 
@@ -31,22 +31,10 @@ def node(name, instance_type="inf2.48xlarge", cores=None, labels=None, taints=No
     )
 
 
-def holding_pod(name, node_name, cores):
-    return {
-        "metadata": {
-            "name": name,
-            "namespace": "default",
-            "labels": {INFERENCE_LABEL: "old"},
-            "annotations": {CORES_ANNOTATION: cores},
-        },
-        "spec": {"nodeName": node_name},
-        "status": {"phase": "Running"},
-    }
-
-
 def ledger_with(*held):
     """held: (node, "a-b") pairs of cores already taken."""
-    return Ledger.from_pods([holding_pod(f"old-{i}", n, c) for i, (n, c) in enumerate(held)])
+    pods = [managed_pod(f"old-{i}", n, c, inference="old") for i, (n, c) in enumerate(held)]
+    return Ledger.from_pods(pods, [inference_uid("old")])
 
 
 def one(request, nodes, ledger, owner="default/web-0", **kw):
@@ -420,20 +408,8 @@ def test_restart_rebuilds_the_same_ledger_from_pods():
     nodes = [node("a"), node("b")]
     ledger = Ledger()
     placed = place(req(4), range(5), nodes, ledger, lambda i: f"default/web-{i}")
-    pods = [
-        {
-            "metadata": {
-                "name": f"web-{p.replica}",
-                "namespace": "default",
-                "labels": {INFERENCE_LABEL: "web"},
-                "annotations": {CORES_ANNOTATION: str(p.cores)},
-            },
-            "spec": {"nodeName": p.node},
-            "status": {"phase": "Running"},
-        }
-        for p in placed
-    ]
-    restarted = Ledger.from_pods(pods)
+    pods = [managed_pod(f"web-{p.replica}", p.node, str(p.cores)) for p in placed]
+    restarted = Ledger.from_pods(pods, [inference_uid("web")])
     for name in ("a", "b"):
         assert restarted.used_cores(name) == ledger.used_cores(name)
     # and the restarted operator continues exactly where the old one would have

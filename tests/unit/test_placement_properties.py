@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ledger_pods import managed_pod
 
 from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, Unplaceable, place, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 
 INSTANCE_TYPES = ["inf2.xlarge", "inf2.24xlarge", "inf1.xlarge", "inf1.6xlarge", "trn1.2xlarge", "trn1.32xlarge"]
 TOTAL_CORES = {
@@ -84,19 +84,6 @@ def fleets(draw):
                 )
             core += length
     return nodes, pods
-
-
-def managed_pod(name, node, cores, inference, namespace="default"):
-    return {
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {INFERENCE_LABEL: inference},
-            "annotations": {CORES_ANNOTATION: cores},
-        },
-        "spec": {"nodeName": node},
-        "status": {"phase": "Running"},
-    }
 
 
 requests = st.builds(
@@ -202,7 +189,7 @@ def oracle_choice(request, nodes, ledger, group_held):
 def run_sequence(node_dicts, pods, ops, check):
     nodes = [inventory_from_node(n) for n in node_dicts]
     by_name = {n.name: n for n in nodes}
-    ledger = Ledger.from_pods(pods)
+    ledger = Ledger.from_pods(pods, trust_any_inference=True)
     ledger.learn_nodes(nodes)  # so that foreign pods without ids have their assumed cores before the oracle looks
     # Pods that were there before may be deleted too (then foreign pods' assumed cores move).
     live: list[tuple[str, ReplicaPlacement | None, PlacementRequest | None]] = [
@@ -298,7 +285,7 @@ def test_ledger_rebuilt_from_pods_equals_the_live_one(fleet, ops):
         for owner, placement, request in live
         if placement is not None
     ]
-    rebuilt = Ledger.from_pods(kept + created)
+    rebuilt = Ledger.from_pods(kept + created, trust_any_inference=True)
     nodes = [inventory_from_node(n) for n in node_dicts]
     rebuilt.learn_nodes(nodes)
     for node in nodes:
@@ -314,7 +301,9 @@ def test_place_equals_place_one_in_order(fleet, size, replicas, strategy):
     request = PlacementRequest(
         owner="default/web", cores_per_replica=size, strategy=strategy, shape_policy="Permissive"
     )
-    together = place(request, range(replicas), nodes, Ledger.from_pods(pods), lambda i: f"default/web-{i}")
-    ledger = Ledger.from_pods(pods)
+    together = place(
+        request, range(replicas), nodes, Ledger.from_pods(pods, trust_any_inference=True), lambda i: f"default/web-{i}"
+    )
+    ledger = Ledger.from_pods(pods, trust_any_inference=True)
     one_by_one = [place_one(request, i, nodes, ledger, f"default/web-{i}") for i in range(replicas)]
     assert together == one_by_one

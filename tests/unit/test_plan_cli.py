@@ -1,9 +1,9 @@
 """`neuronplace plan`: dry-run placement from a fleet spec or a saved cluster state."""
 
 import yaml
+from ledger_pods import managed_pod
 
 from neuronplace.cli.main import main
-from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 
 
 def inference(name, replicas, cores, processes=1, **placement):
@@ -91,18 +91,7 @@ def cluster_state(tmp_path):
             "conditions": [{"type": "Ready", "status": "True"}],
         },
     }
-    running = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "bert-0",
-            "namespace": "default",
-            "labels": {INFERENCE_LABEL: "bert"},
-            "annotations": {CORES_ANNOTATION: "0-7"},
-        },
-        "spec": {"nodeName": "inf2-a", "containers": [{"name": "model"}]},
-        "status": {"phase": "Running"},
-    }
+    running = {"apiVersion": "v1", "kind": "Pod", **managed_pod("bert-0", "inf2-a", "0-7", inference="bert")}
     foreign = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -7,33 +7,24 @@ import json
 
 import pytest
 from kubernetes.client.rest import ApiException
+from ledger_pods import inference_uid, managed_pod
 
 from neuronplace.local.fleet import build_node
 from neuronplace.operator.cache import Cache
 from neuronplace.operator.sync import Sync
-from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 
 NAMESPACE = "default"
 
 
 def pod(name: str, node: str, cores: str, inference: str = "web") -> dict:
-    return {
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {INFERENCE_LABEL: inference},
-            "annotations": {CORES_ANNOTATION: cores},
-        },
-        "spec": {"nodeName": node, "containers": [{"name": "main"}]},
-        "status": {"phase": "Running"},
-    }
+    return managed_pod(name, node, cores, inference, NAMESPACE)
 
 
 def inference(name: str) -> dict:
     return {
         "apiVersion": "neuronplace.io/v1alpha1",
         "kind": "NeuronInference",
-        "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}", "generation": 1},
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": inference_uid(name, NAMESPACE), "generation": 1},
         "spec": {"replicas": 1, "coresPerReplica": 2},
     }
 
@@ -61,11 +52,19 @@ class ScriptedApi:
         self.during_pod_list()
         return snapshot
 
+    def list_persistent_volume_claim_for_all_namespaces(self, **_):
+        return _Response([])
+
+    def list_persistent_volume(self, **_):
+        return _Response([])
+
     def read_namespaced_pod(self, name, namespace, **_):
         if not any(p["metadata"]["name"] == name for p in self.pods):
             raise ApiException(status=404, reason="Not Found")
 
-    def list_cluster_custom_object(self, *args, **_):
+    def list_cluster_custom_object(self, group, *args, **_):
+        if group != "neuronplace.io":  # priority and storage classes: none here
+            return {"items": []}
         snapshot = {"items": list(self.inferences)}
         self.during_inference_list()
         return snapshot
