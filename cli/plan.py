@@ -26,6 +26,7 @@ from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import NUMBERINGS
+from neuronplace.placement.usage import Usage
 
 KIND = "NeuronInference"
 
@@ -139,6 +140,7 @@ def plan(inferences: list[dict], nodes: list[dict], pods: list[dict], numbering:
 
     fleet = Fleet([inventory_from_node(node) for node in nodes])
     ledger = Ledger.from_pods(pods, trust_any_inference=True)
+    usage = Usage.from_pods(pods)  # their cpu, memory and the rest count as the operator counts them
     ledger.learn_nodes(fleet.nodes, token=fleet)
     rows = []
     for inference in inferences:
@@ -171,7 +173,7 @@ def plan(inferences: list[dict], nodes: list[dict], pods: list[dict], numbering:
                 )
                 continue
             owner = f"{meta['namespace']}/{meta['name']}-{replica}"
-            result = place_one(request, replica, fleet, ledger, owner)
+            result = place_one(request, replica, fleet, ledger, owner, usage=usage)
             if isinstance(result, ReplicaPlacement):
                 rows.append(
                     {

@@ -35,6 +35,7 @@ from neuronplace.placement.names import (
     TERMINAL_PHASES,
 )
 from neuronplace.placement.selectors import selector_matches
+from neuronplace.placement.usage import Usage
 from neuronplace.runtime.coreset import CoreRange
 
 Key = tuple[str, str]  # (namespace, name) of a NeuronInference
@@ -121,6 +122,7 @@ class Cache:
         self.node_selector = node_selector  # the nodes this operator manages
         self.lock = threading.Lock()
         self.ledger = Ledger()
+        self.usage = Usage()  # what the pods on each node request (cpu, memory, ...), beside the cores
         self.inferences: dict[Key, dict] = {}
         self.pods: dict[tuple[str, str], dict] = {}  # managed pods by (namespace, name), slimmed
         self.pods_of: dict[Key, set[str]] = {}  # inference → its pods' names
@@ -154,10 +156,12 @@ class Cache:
         owner = f"{namespace}/{name}"
         if deleted:
             self.ledger.forget(owner)
+            self.usage.forget(owner)
             if self.deleted_during_resync is not None:
                 self.deleted_during_resync.add(owner)
         else:
             self.ledger.observe(dict(pod))
+            self.usage.observe(pod)
         inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)
         if not inference or not self.watches(namespace):
             return None

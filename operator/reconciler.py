@@ -119,7 +119,8 @@ class Reconciler:
             fleet = cache.fleet()
             for ordinal in decision.create:
                 owner = f"{meta['namespace']}/{pod_name(meta['name'], ordinal)}"
-                result = place_one(request, ordinal, fleet, cache.ledger, owner, prefer=decision.prefer.get(ordinal))
+                prefer = decision.prefer.get(ordinal)
+                result = place_one(request, ordinal, fleet, cache.ledger, owner, prefer=prefer, usage=cache.usage)
                 if isinstance(result, ReplicaPlacement):
                     placed.append(result)
                     cache.inflight.add(owner)
@@ -194,6 +195,7 @@ class Reconciler:
                 name = pod_name(meta["name"], placement.replica)
                 if (meta["namespace"], name) not in self.cache.pods:
                     self.cache.ledger.forget(f"{meta['namespace']}/{name}")
+                    self.cache.usage.forget(f"{meta['namespace']}/{name}")
 
     def _try_create(self, inference: dict, placement: ReplicaPlacement) -> Exception | None:
         meta = inference["metadata"]

@@ -164,7 +164,7 @@ class Sync:
                         cache.observe_pod(pod)
         listed_inferences = {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in self.list_inferences()}
         with cache.lock:
-            known = cache.ledger.owners() | {f"{ns}/{name}" for ns, name in cache.pods}
+            known = cache.ledger.owners() | cache.usage.owners() | {f"{ns}/{name}" for ns, name in cache.pods}
             missing_pods = sorted(known - listed_pods - cache.inflight)
             missing_inferences = [key for key in cache.inferences if key not in listed_inferences]
             deleted = cache.deleted_during_resync or set()

@@ -11,6 +11,10 @@ Pure and deterministic. The rules:
 - **Eligible nodes** have no problem (cordoned, NotReady, being deleted, unknown topology, no
   cores), and every NoSchedule/NoExecute taint is tolerated, the nodeSelector matches and the
   required node affinity matches (Kubernetes semantics).
+- **Resources fit.** Given a :class:`Usage`, a node takes a replica only when its allocatable
+  covers the replica pod's requests (``PlacementRequest.requests``) on top of what the pods there
+  already request, resource by resource, as kube-scheduler's NodeResourcesFit checks it; the
+  placed replica's requests are reserved in the usage at once, like its cores in the ledger.
 - **BinPack** (default): the node with the fewest free cores that fits (ties by name); inside it
   the smallest free run that fits, at its lowest valid start. **Spread**: nodes where the
   request's NeuronInference holds the fewest cores first, then the most free cores, then the name;
@@ -21,6 +25,7 @@ Pure and deterministic. The rules:
 
 Speed: node free-core bitmasks and a free-count index live in the ledger; eligibility per set of
 constraints is cached on a :class:`Fleet`. Pass the same ``Fleet`` to repeated calls to reuse it.
+Resource fit changes with every pod, so it is checked only on the nodes the core search reaches.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from neuronplace.placement.inventory import (
 )
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import NUMBERINGS, SHAPE_POLICIES, STRATEGIES
+from neuronplace.placement.resources import Amounts, Shortfall, check_items, format_amount, shortfall
+from neuronplace.placement.usage import Usage
 from neuronplace.runtime.coreset import CoreRange
 
 # Exclusion kinds beyond the node problems of `inventory`.
@@ -66,7 +73,10 @@ class PlacementRequest:
     tolerations: tuple[Mapping, ...] = ()
     affinity: Mapping | None = None
     numbering: str = "device-local"
+    requests: Mapping[str, int] = field(default_factory=dict)
+    """What one replica pod requests of its node (``resources.replica_requests``)."""
     _constraints: str = field(init=False, repr=False, compare=False, default="")
+    _checks: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         for name in ("cores_per_replica", "processes_per_replica"):
@@ -90,6 +100,12 @@ class PlacementRequest:
             validate_toleration(toleration)
         object.__setattr__(self, "tolerations", tolerations)
         required_terms(self.affinity)  # validates
+        if not isinstance(self.requests, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in self.requests.items()
+        ):
+            raise ValueError(f"requests must map resource names to whole amounts >= 0, got {self.requests!r}")
+        object.__setattr__(self, "_checks", check_items(self.requests))
         constraints = json.dumps(
             [sorted(self.node_selector.items()), list(tolerations), self.affinity], sort_keys=True, default=str
         )
@@ -208,13 +224,31 @@ def _free_mask(node: NodeInventory, ledger: Ledger) -> int:
     return ((1 << node.cores) - 1) & ~ledger.used_mask(node.name)
 
 
-def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], ledger: Ledger):
-    """The first node in the strategy's order with a valid start: (name, start) or None."""
+def _used(usage: Usage, node: str, owner: str) -> Amounts:
+    """What the pods on ``node`` request, less what ``owner`` itself already has counted there (a
+    retried placement must not be refused for its own reservation)."""
+    used = usage.used(node)
+    held = usage.held_by(owner)
+    if held is None or held[0] != node:
+        return used
+    own = held[1]
+    return {name: value - own.get(name, 0) for name, value in used.items()}
+
+
+def _shortfall(request: PlacementRequest, node: NodeInventory, usage: Usage, owner: str) -> Shortfall | None:
+    return shortfall(request._checks, node.allocatable, _used(usage, node.name, owner))
+
+
+def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], ledger: Ledger, usage, owner):
+    """The first node in the strategy's order with a valid start whose resources fit: (name, start) or None."""
     count = request.cores_per_replica
     by_name = fleet.by_name
 
     def fit(name: str) -> int | None:
-        return best_start(_free_mask(by_name[name], ledger), count, allowed[name])
+        start = best_start(_free_mask(by_name[name], ledger), count, allowed[name])
+        if start is not None and usage is not None and _shortfall(request, by_name[name], usage, owner) is not None:
+            return None
+        return start
 
     if request.strategy == "Spread":
         held = ledger.group_cores(request.owner)
@@ -247,12 +281,14 @@ def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], le
     return None
 
 
-def _preferred(request, fleet, allowed, ledger, owner, prefer) -> tuple[str, int] | None:
+def _preferred(request, fleet, allowed, ledger, usage, owner, prefer) -> tuple[str, int] | None:
     name, cores = prefer
     node = fleet.by_name.get(name)
     if node is None or name not in allowed or cores.count != request.cores_per_replica or cores.end >= node.cores:
         return None
     if not allowed[name] >> cores.start & 1:
+        return None
+    if usage is not None and _shortfall(request, node, usage, owner) is not None:
         return None
     holding = ledger.holding_of(owner)
     own = 0
@@ -282,11 +318,14 @@ def place_one(
     ledger: Ledger,
     owner: str,
     prefer: tuple[str, CoreRange] | None = None,
+    usage: Usage | None = None,
 ) -> ReplicaPlacement | Unplaceable:
-    """Place one replica for the pod ``owner`` and reserve its cores.
+    """Place one replica for the pod ``owner`` and reserve its cores (and, given ``usage``, its
+    requests).
 
     ``prefer`` keeps a recreated pod on the same cores when they are still free and valid. An
-    owner that already holds a matching range keeps it (retries are idempotent).
+    owner that already holds a matching range keeps it (retries are idempotent). Without ``usage``
+    only cores are placed: nothing else on the nodes is accounted for.
     """
     fleet = _fleet(nodes)
     ledger.learn_nodes(fleet.nodes, token=fleet)
@@ -295,14 +334,17 @@ def place_one(
         holding = ledger.holding_of(owner)
         if holding is not None and holding.managed and holding.cores is not None:
             prefer = (holding.node, holding.cores)
-    choice = _preferred(request, fleet, candidates.allowed, ledger, owner, prefer) if prefer is not None else None
+    allowed = candidates.allowed
+    choice = _preferred(request, fleet, allowed, ledger, usage, owner, prefer) if prefer is not None else None
     if choice is None:
-        choice = _search(request, fleet, candidates.allowed, ledger)
+        choice = _search(request, fleet, allowed, ledger, usage, owner)
     if choice is None:
-        return Unplaceable(replica, unplaceable_reason(request, fleet, ledger))
+        return Unplaceable(replica, unplaceable_reason(request, fleet, ledger, usage, owner))
     name, start = choice
     cores = CoreRange(start, request.cores_per_replica)
     ledger.reserve(name, cores, owner, group=request.owner)
+    if usage is not None:
+        usage.reserve(name, owner, request.requests)
     return _placement(request, replica, fleet.by_name[name], cores)
 
 
@@ -312,13 +354,14 @@ def place(
     nodes: Sequence[NodeInventory] | Fleet,
     ledger: Ledger,
     owner_of: Callable[[int], str],
+    usage: Usage | None = None,
 ) -> list[ReplicaPlacement | Unplaceable]:
     """Place each replica ordinal in order, reserving as it goes. Never raises for lack of room."""
     for replica in replicas:
         if not isinstance(replica, int) or isinstance(replica, bool) or replica < 0:
             raise ValueError(f"replica ordinals must be whole numbers >= 0, got {replica!r}")
     fleet = _fleet(nodes)
-    return [place_one(request, replica, fleet, ledger, owner_of(replica)) for replica in replicas]
+    return [place_one(request, replica, fleet, ledger, owner_of(replica), usage=usage) for replica in replicas]
 
 
 # ---- reasons -----------------------------------------------------------------------------------
@@ -359,7 +402,39 @@ def _exclusions(excluded: Counter, count: int, fleet: Fleet) -> str:
     return ", ".join(parts)
 
 
-def unplaceable_reason(request: PlacementRequest, nodes: Sequence[NodeInventory] | Fleet, ledger: Ledger) -> str:
+def _resource_exclusions(
+    request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], usage: Usage, owner: str
+) -> tuple[dict[str, int], str]:
+    """(the candidates whose resources fit, the others counted by the first resource they lack,
+    each kind with its first node's numbers)."""
+    fitting: dict[str, int] = {}
+    short: dict[str, list[tuple[str, Shortfall]]] = {}
+    for name, mask in allowed.items():
+        lack = _shortfall(request, fleet.by_name[name], usage, owner)
+        if lack is None:
+            fitting[name] = mask
+        else:
+            short.setdefault(lack.resource, []).append((name, lack))
+    parts = []
+    for resource, nodes in short.items():
+        name, lack = min(nodes)
+        free = max(lack.allocatable - lack.used, 0)
+        n = len(nodes)
+        parts.append(
+            f"{n} node{'' if n == 1 else 's'} with insufficient {resource} ({name}: requested "
+            f"{format_amount(resource, lack.requested)}, {format_amount(resource, free)} of "
+            f"{format_amount(resource, lack.allocatable)} free)"
+        )
+    return fitting, ", ".join(parts)
+
+
+def unplaceable_reason(
+    request: PlacementRequest,
+    nodes: Sequence[NodeInventory] | Fleet,
+    ledger: Ledger,
+    usage: Usage | None = None,
+    owner: str = "",
+) -> str:
     """One sentence saying why no node can take a replica of ``request`` now, with numbers."""
     fleet = _fleet(nodes)
     ledger.learn_nodes(fleet.nodes, token=fleet)
@@ -372,6 +447,9 @@ def unplaceable_reason(request: PlacementRequest, nodes: Sequence[NodeInventory]
     candidates = fleet.candidates(request)
     allowed = candidates.allowed
     excluded_text = _exclusions(candidates.excluded, count, fleet)
+    if usage is not None:
+        allowed, resource_text = _resource_exclusions(request, fleet, allowed, usage, owner)
+        excluded_text = ", ".join(text for text in (excluded_text, resource_text) if text)
     if not allowed:
         return f"{need}; no node can take it: {excluded_text}"
     # The longest free run: walk nodes from most free down and stop once no node can beat it

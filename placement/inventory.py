@@ -8,7 +8,8 @@ selectors and node affinity depend on the request, so placement checks them per 
 Usable cores are ``min(topology cores, allocatable aws.amazon.com/neuroncore)``: when the device
 plugin advertises fewer cores than the hardware has, the highest ids are the ones we leave alone.
 Without a ``neuroncore`` figure the ``aws.amazon.com/neuron`` device count times the cores per chip
-is used.
+is used. ``allocatable`` keeps every resource the scheduler checks (:mod:`.resources`), so that
+placement can tell whether a replica's cpu, memory and the rest fit beside the pods already there.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from neuronplace.placement.names import (
     NEURONCORE_RESOURCE,
     TOPOLOGY_OVERRIDE_KEY,
 )
+from neuronplace.placement.resources import node_allocatable
 from neuronplace.placement.topology import Topology, parse_topology_override, topology_for
 
 # Problem kinds, used to count excluded nodes in a placement failure reason.
@@ -50,6 +52,8 @@ class NodeInventory:
     problem_kind: str | None = None
     """One of the kinds above when ``problem`` is set (for counting excluded nodes)."""
     annotations: Mapping[str, str] = field(default_factory=dict)
+    allocatable: Mapping[str, int] = field(default_factory=dict)
+    """``status.allocatable`` as :func:`resources.node_allocatable` reads it (absent means 0)."""
 
 
 def _int_quantity(value) -> int | None:
@@ -134,4 +138,5 @@ def inventory_from_node(node: dict) -> NodeInventory:
         problem=problem,
         problem_kind=problem_kind,
         annotations=MappingProxyType(annotations),
+        allocatable=MappingProxyType(node_allocatable(node)),
     )

@@ -87,7 +87,7 @@ def cluster_state(tmp_path):
         "metadata": {"name": "inf2-a", "labels": {"node.kubernetes.io/instance-type": "inf2.48xlarge"}},
         "spec": {},
         "status": {
-            "allocatable": {"aws.amazon.com/neuroncore": "24"},
+            "allocatable": {"aws.amazon.com/neuroncore": "24", "cpu": "192", "memory": "768Gi", "pods": "110"},
             "conditions": [{"type": "Ready", "status": "True"}],
         },
     }

@@ -1,0 +1,89 @@
+"""Requested resources per node, summed over the pods there. Pure; never raises on pod data.
+
+The counterpart of the core ledger for everything else a pod asks of its node (cpu, memory,
+ephemeral-storage, hugepages, extended resources, one pod slot), counted as kube-scheduler counts a
+node's ``Requested``: every pod that is bound (``spec.nodeName``) or pinned to the node
+(:func:`claims.node_of`) and has not finished, ours and foreign alike, with
+:func:`resources.pod_requests`. A pod being deleted still counts until it is gone: its containers
+may still run. A replica placed but not yet seen as a pod counts through :meth:`Usage.reserve`
+until its pod's first event replaces the reservation (same owner) or it is forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from neuronplace.placement.claims import node_of, owner_of
+from neuronplace.placement.names import TERMINAL_PHASES
+from neuronplace.placement.resources import PODS, Amounts, pod_requests
+
+_NOTHING: Mapping[str, int] = {}
+
+
+class Usage:
+    """What the pods on each node request in total, kept up to date one pod event at a time."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str, Amounts]] = {}  # owner ("ns/pod") → (node, its requests)
+        self._used: dict[str, dict[str, int]] = {}  # node → resource → requested in total
+
+    @classmethod
+    def from_pods(cls, pods: Iterable[Mapping]) -> Usage:
+        usage = cls()
+        for pod in pods:
+            usage.observe(pod)
+        return usage
+
+    def observe(self, pod: Mapping) -> None:
+        """Add or update one pod (idempotent); a finished or unplaced pod is forgotten."""
+        node = node_of(pod)
+        owner = owner_of(pod)
+        if not node or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            self.forget(owner)
+            return
+        requests = pod_requests(pod.get("spec") or {})
+        requests[PODS] = 1
+        self._put(owner, node, requests)
+
+    def reserve(self, node: str, owner: str, requests: Amounts) -> None:
+        """Count ``requests`` (and one pod slot) on ``node`` for ``owner`` before its pod exists."""
+        self._put(owner, node, {**requests, PODS: 1})
+
+    def forget(self, owner: str) -> None:
+        """The pod ``owner`` is gone, finished, or its reservation was given back."""
+        held = self._held.pop(owner, None)
+        if held is None:
+            return
+        node, requests = held
+        used = self._used[node]
+        for name, value in requests.items():
+            left = used.get(name, 0) - value
+            if left:
+                used[name] = left
+            else:
+                used.pop(name, None)
+        if not used:
+            del self._used[node]
+
+    def used(self, node: str) -> Mapping[str, int]:
+        """Requested in total on ``node`` by resource, ``pods`` = the number of pods (do not modify)."""
+        return self._used.get(node, _NOTHING)
+
+    def held_by(self, owner: str) -> tuple[str, Amounts] | None:
+        """(node, requests) counted for ``owner``, or None."""
+        return self._held.get(owner)
+
+    def owners(self) -> set[str]:
+        """Every pod ("namespace/name") counted or reserved."""
+        return set(self._held)
+
+    def nodes(self) -> list[str]:
+        """Nodes on which anything is counted."""
+        return sorted(self._used)
+
+    def _put(self, owner: str, node: str, requests: Amounts) -> None:
+        self.forget(owner)
+        self._held[owner] = (node, dict(requests))
+        used = self._used.setdefault(node, {})
+        for name, value in requests.items():
+            used[name] = used.get(name, 0) + value
