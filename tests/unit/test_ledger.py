@@ -1,6 +1,8 @@
 """The ledger rebuilt from pods: managed ranges, foreign pods, reservations, never two owners."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ledger_pods import inference_uid, managed_pod
 
 from neuronplace.placement.inventory import inventory_from_node
@@ -223,3 +225,180 @@ def test_free_index_follows_changes():
     assert ledger.free_count("n2") == 32
     ledger.learn_nodes([make_node("n1")])  # n2 left the fleet
     assert ledger.free_count("n2") == 0 and ledger.max_free == 24
+
+
+# ---- trust: ownership, not labels --------------------------------------------------------------
+
+
+def reasons(ledger):
+    return [(i.node, i.owner, i.reason) for i in ledger.inconsistencies()]
+
+
+def test_a_hand_made_pod_with_our_label_and_no_request_holds_nothing():
+    fake = managed_pod("fake", "n1", "0-23")
+    del fake["metadata"]["ownerReferences"]
+    fake["spec"]["containers"] = [{"name": "c"}]
+    ledger = Ledger.from_pods([fake], TRUSTED)
+    ledger.learn_nodes([make_node("n1")])
+    assert ledger.used_cores("n1") == set() and ledger.free_count("n1") == 24
+    assert reasons(ledger) == [("n1", "default/fake", "NotOwned")]
+    ledger.forget("default/fake")
+    assert ledger.inconsistencies() == []
+
+
+def test_a_pod_is_ours_only_while_its_owner_uid_is_trusted():
+    pod = managed_pod("web-0", "n1", "0-3")
+    ledger = Ledger()
+    ledger.learn_nodes([make_node("n1")])
+    ledger.observe(pod)  # seen before its NeuronInference: foreign, held by its request and ids
+    assert [(h.managed, h.core_ids) for h in ledger.holdings("n1")] == [(False, (0, 1, 2, 3))]
+    assert reasons(ledger) == [("n1", "default/web-0", "NotOwned")] and ledger.group_cores("default/web") == {}
+    ledger.trust(inference_uid("web"))  # the resource arrives: the pod is re-judged
+    assert [(h.managed, h.group) for h in ledger.holdings("n1")] == [(True, "default/web")]
+    assert ledger.inconsistencies() == [] and ledger.group_cores("default/web") == {"n1": 4}
+    ledger.distrust(inference_uid("web"))  # the resource is deleted; its pod still runs
+    assert [(h.managed, h.core_ids) for h in ledger.holdings("n1")] == [(False, (0, 1, 2, 3))]
+    assert ledger.group_cores("default/web") == {} and ledger.free_count("n1") == 20
+    ledger.forget("default/web-0")
+    ledger.trust(inference_uid("web"))  # nothing left to re-judge
+    assert ledger.holdings("n1") == []
+
+
+def test_a_namesake_with_another_uid_is_not_trusted():
+    pod = managed_pod("web-0", "n1", "0-3")
+    pod["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-web"
+    ledger = Ledger.from_pods([pod], TRUSTED)
+    assert ledger.foreign()[0].owner == "default/web-0"
+    assert Ledger.from_pods([pod], trust_any_inference=True).foreign() == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda pod: pod["metadata"]["annotations"].update({CORES_ANNOTATION: "0-7"}),  # more than it requests
+        lambda pod: pod["metadata"]["labels"].update({"neuronplace.io/inference": "other"}),  # not its owner
+        lambda pod: pod["spec"]["containers"][0]["resources"]["limits"].update({"aws.amazon.com/neuron": "1"}),
+        lambda pod: pod["metadata"]["ownerReferences"][0].update({"controller": False}),
+        lambda pod: pod["metadata"]["ownerReferences"][0].update({"kind": "Deployment"}),
+    ],
+    ids=["range-beyond-request", "label-not-owner", "device-request", "not-controller", "other-kind"],
+)
+def test_a_pod_whose_claim_disagrees_is_held_by_its_request(change):
+    pod = managed_pod("web-0", "n1", "0-3")
+    change(pod)
+    ledger = Ledger.from_pods([pod], TRUSTED)
+    ledger.learn_nodes([make_node("n1")])
+    [holding] = ledger.foreign()
+    assert {0, 1, 2, 3} <= set(holding.core_ids)  # its AWS_NEURON_IDS, never fewer than it requests
+    assert ledger.group_cores("default/web") == {}
+    [(_, _, reason)] = reasons(ledger)
+    assert reason in ("CoresMismatch", "NotOwned")
+
+
+def test_fewer_ids_than_requested_hold_the_ids_plus_assumed_cores():
+    short = foreign_pod("short", "n1", cores=4, ids="0,1")
+    ledger = Ledger.from_pods([short])
+    ledger.learn_nodes([make_node("n1")])
+    [holding] = ledger.foreign()
+    assert holding.core_ids == (0, 1, 22, 23) and holding.count == 4 and not holding.exact
+    assert reasons(ledger) == [("n1", "other/short", "NeuronIdsMismatch")]
+    with pytest.raises(ValueError, match="held by other/short"):
+        ledger.reserve("n1", CoreRange(0, 2), "default/web-0")
+    with pytest.raises(ValueError, match="held by other/short"):
+        ledger.reserve("n1", CoreRange(20, 4), "default/web-0")
+
+
+def test_more_ids_than_requested_are_all_held():
+    ledger = Ledger.from_pods([foreign_pod("long", "n1", cores=1, ids="4,5,6")])
+    assert ledger.used_cores("n1") == {4, 5, 6}
+    assert ledger.foreign()[0].count == 3
+    assert reasons(ledger) == [("n1", "other/long", "NeuronIdsMismatch")]
+
+
+def test_device_ids_short_of_the_request_assume_whole_chips():
+    ledger = Ledger.from_pods([foreign_pod("d", "n1", devices=2, ids="0")])
+    ledger.learn_nodes([make_node("n1")])
+    assert ledger.used_cores("n1") == {0, 1, 22, 23}
+
+
+pod_shapes = st.fixed_dictionaries(
+    {
+        "node": st.sampled_from(["n1", "n2"]),
+        "request": st.integers(0, 6),
+        "devices": st.integers(0, 1),
+        "ids": st.none() | st.lists(st.integers(0, 23), max_size=8, unique=True),
+        "range": st.none() | st.tuples(st.integers(0, 23), st.integers(1, 8)),
+        "labelled": st.booleans(),
+        "owner": st.sampled_from([None, "trusted", "untrusted"]),
+    }
+)
+
+
+def pod_of(index, shape):
+    limits = {}
+    if shape["request"]:
+        limits["aws.amazon.com/neuroncore"] = str(shape["request"])
+    if shape["devices"]:
+        limits["aws.amazon.com/neuron"] = str(shape["devices"])
+    meta = {"name": f"p{index}", "namespace": "default", "labels": {}, "annotations": {}}
+    if shape["labelled"]:
+        meta["labels"]["neuronplace.io/inference"] = "web"
+    if shape["range"]:
+        start, count = shape["range"]
+        meta["annotations"][CORES_ANNOTATION] = str(CoreRange(start, min(count, 24 - start)))
+    if shape["ids"] is not None:
+        meta["annotations"][AWS_NEURON_IDS] = ",".join(map(str, sorted(shape["ids"])))
+    if shape["owner"]:
+        uid = inference_uid("web") if shape["owner"] == "trusted" else "uid-someone-else"
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "neuronplace.io/v1alpha1",
+                "kind": "NeuronInference",
+                "name": "web",
+                "uid": uid,
+                "controller": True,
+            }
+        ]
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": shape["node"], "containers": [{"name": "c", "resources": {"limits": limits}}]},
+    }
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(pod_shapes, max_size=12),
+    st.lists(st.tuples(st.sampled_from(["n1", "n2"]), st.integers(0, 23), st.integers(1, 6)), max_size=12),
+)
+def test_whatever_the_pods_say_no_core_gets_two_owners_and_nobody_holds_less_than_requested(shapes, wanted):
+    """Pods of every shape (fake labels, foreign owners, short or long id lists, ranges beyond the
+    request): a reservation never gets a core a pod holds, an untrusted pod holds exactly its
+    listed ids plus what they fall short of its request, and only trusted pods count as ours."""
+    pods = [pod_of(i, shape) for i, shape in enumerate(shapes)]
+    ledger = Ledger.from_pods(pods, TRUSTED)
+    ledger.learn_nodes([make_node("n1"), make_node("n2")])
+    for pod, shape in zip(pods, shapes):
+        holding = ledger.holding_of(f"default/{pod['metadata']['name']}")
+        asked = shape["request"] or shape["devices"] * 2  # inf2: 2 cores per chip
+        if holding is None:
+            assert asked == 0
+            continue
+        if holding.managed:
+            assert shape["owner"] == "trusted" and shape["labelled"] and holding.count == shape["request"]
+            continue
+        listed = set()
+        if shape["ids"]:
+            listed = set(shape["ids"]) if shape["request"] else {d * 2 + c for d in shape["ids"] for c in (0, 1)}
+        assert listed <= set(holding.core_ids)
+        assert holding.count == max(len(listed), asked)
+    for index, (node, start, count) in enumerate(wanted):
+        cores = CoreRange(start, min(count, 24 - start))
+        held = {c for h in ledger.holdings(node) if h.owner != f"default/r{index}" for c in h.core_ids}
+        if held & set(cores.ids):
+            with pytest.raises(ValueError):
+                ledger.reserve(node, cores, f"default/r{index}")
+        else:
+            ledger.reserve(node, cores, f"default/r{index}")
+            assert set(cores.ids) <= ledger.used_cores(node)
+    for node in ("n1", "n2"):
+        assert ledger.free_count(node) == 24 - len(ledger.used_cores(node) & set(range(24)))

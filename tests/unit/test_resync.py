@@ -134,3 +134,25 @@ def test_a_node_missing_from_the_list_is_forgotten(cache):
     assert set(cache.nodes) == {"n1"} and set(cache.inventories) == {"n1"}
     # The watch's late report of the deletion still names the resource whose pod ran there.
     assert cache.apply_node("DELETED", lost) == {("default", "web")}
+
+
+def test_pods_count_as_ours_once_their_resource_is_known_by_uid(cache):
+    node = build_node("n1", "inf2.48xlarge")
+    sync(
+        cache, ScriptedApi([node], [pod("web-0", "n1", "0-1"), pod("lost-0", "n1", "2-3", "lost")], [inference("web")])
+    ).initial_sync()
+    # The pods were listed before the resources; the known resource's pod is ours, the other is foreign.
+    assert cache.ledger.holding_of("default/web-0").managed
+    assert not cache.ledger.holding_of("default/lost-0").managed
+    assert [i.owner for i in cache.ledger.inconsistencies()] == ["default/lost-0"]
+    # Deleted: its pod still runs (the garbage collector deletes it soon) and is held as foreign.
+    cache.apply_inference("DELETED", inference("web"))
+    assert not cache.ledger.holding_of("default/web-0").managed
+    assert cache.ledger.used_cores("n1") == {0, 1, 2, 3}
+    # A namesake with a new UID does not adopt the old one's pods.
+    reborn = inference("web")
+    reborn["metadata"]["uid"] = "uid-reborn"
+    cache.apply_inference("ADDED", reborn)
+    assert not cache.ledger.holding_of("default/web-0").managed
+    cache.apply_inference("ADDED", inference("lost"))
+    assert cache.ledger.holding_of("default/lost-0").managed
