@@ -23,10 +23,13 @@ from typing import Any
 
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement.allocator import Fleet
+from neuronplace.placement.claims import node_of, pinned_node
 from neuronplace.placement.conditions import condition
+from neuronplace.placement.failures import started
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
+    CONDITION_POD_SCHEDULED,
     CONDITION_READY,
     CORES_ANNOTATION,
     INFERENCE_LABEL,
@@ -34,6 +37,8 @@ from neuronplace.placement.names import (
     TEMPLATE_HASH_ANNOTATION,
     TERMINAL_PHASES,
 )
+from neuronplace.placement.pods import pin_to_node
+from neuronplace.placement.priority import class_name, waiting_order
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.placement.usage import Usage
 from neuronplace.runtime.coreset import CoreRange
@@ -48,13 +53,28 @@ DELETED = "DELETED"  # the watch event type of a deletion
 
 def slim_pod(pod: Mapping[str, Any]) -> dict:
     """What reconcile and status read of a managed pod, and nothing else: name, our labels and
-    annotations, controller owner, deletion stamp, node, phase and Ready condition."""
+    annotations, controller owner, creation and deletion stamps, node (bound, or pinned while
+    kube-scheduler has yet to bind it), phase and Ready condition; while unbound, kube-scheduler's
+    PodScheduled verdict; once ended, why (reason, message, whether a container ever started)."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     status = pod.get("status") or {}
     ready = condition(pod, CONDITION_READY).get("status")
     controller = next((ref.get("uid") for ref in meta.get("ownerReferences") or () if ref.get("controller")), None)
+    bound = (pod.get("spec") or {}).get("nodeName")
+    slim_status = _pod_status(_intern(status.get("phase")), _intern(ready))
+    if not bound:
+        scheduled = condition(pod, CONDITION_POD_SCHEDULED)
+        if scheduled:
+            slim_status = {**slim_status, "conditions": [*slim_status["conditions"], _scheduled(scheduled)]}
+    if status.get("phase") in TERMINAL_PHASES:
+        slim_status = {
+            **slim_status,
+            "reason": status.get("reason"),
+            "message": status.get("message"),
+            "started": started(status.get("containerStatuses")),
+        }
     return {
         "metadata": {
             "name": meta.get("name"),
@@ -64,10 +84,20 @@ def slim_pod(pod: Mapping[str, Any]) -> dict:
                 key: annotations[key] for key in (CORES_ANNOTATION, TEMPLATE_HASH_ANNOTATION) if key in annotations
             },
             "ownerReferences": _controller_reference(controller),
+            "creationTimestamp": meta.get("creationTimestamp"),
             "deletionTimestamp": meta.get("deletionTimestamp"),
         },
-        "spec": _pod_spec(_intern((pod.get("spec") or {}).get("nodeName"))),
-        "status": _pod_status(_intern(status.get("phase")), _intern(ready)),
+        "spec": _pod_spec(_intern(bound), None if bound else _intern(pinned_node(pod))),
+        "status": slim_status,
+    }
+
+
+def _scheduled(scheduled: Mapping[str, Any]) -> dict:
+    return {
+        "type": CONDITION_POD_SCHEDULED,
+        "status": _intern(scheduled.get("status")),
+        "reason": _intern(scheduled.get("reason")),
+        "message": scheduled.get("message"),
     }
 
 
@@ -77,8 +107,11 @@ def _controller_reference(uid: str | None) -> list:
 
 
 @functools.lru_cache(maxsize=8192)
-def _pod_spec(node: str | None) -> dict:
-    return {"nodeName": node}
+def _pod_spec(node: str | None, pinned: str | None) -> dict:
+    """A bound pod's node, or the affinity that pins an unbound one (``claims.node_of`` reads both)."""
+    if pinned is None:
+        return {"nodeName": node}
+    return {"nodeName": None, "affinity": pin_to_node(None, pinned)}
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,6 +166,7 @@ class Cache:
         self.last_known: dict[Key, dict[int, tuple[str, CoreRange]]] = {}
         self.inflight: set[str] = set()  # "ns/pod" reserved, create under way
         self.waiting_for_room: set[Key] = set()  # resources with replicas that did not fit
+        self.priority_classes: dict[str, int] = {}  # PriorityClass name → value (cluster-scoped)
         # Pods ("ns/pod") and NeuronInferences ((ns, name)) deleted while a full resync reads its
         # lists (None when none runs): the lists may still show them, and they must not come back
         # as ghosts (a pod holding cores, a resource getting pods).
@@ -172,7 +206,7 @@ class Cache:
         else:
             self.pods[(namespace, name)] = slim_pod(pod)
             self.pods_of.setdefault(key, set()).add(name)
-            node = (pod.get("spec") or {}).get("nodeName")
+            node = node_of(pod)
             ordinal = rc.ordinal_of(pod, inference)
             try:
                 cores = CoreRange.parse((meta.get("annotations") or {}).get(CORES_ANNOTATION, ""))
@@ -257,14 +291,35 @@ class Cache:
                 self.remember_inference(copy.deepcopy(dict(body)))
         return key
 
+    def observe_priority_class(self, body: Mapping[str, Any], deleted: bool = False) -> str | None:
+        """Remember a PriorityClass's value (lock held); returns its name."""
+        name = (body.get("metadata") or {}).get("name")
+        value = body.get("value")
+        if deleted:
+            self.priority_classes.pop(name, None)
+        elif isinstance(name, str) and isinstance(value, int) and not isinstance(value, bool):
+            self.priority_classes[name] = value
+        return name
+
+    def in_waiting_order(self, keys) -> list[Key]:
+        """``keys`` in the order resources waiting for room are served (lock held): higher
+        priority first, then the older resource."""
+        return sorted(keys, key=lambda key: waiting_order(self.inferences.get(key) or {}, self.priority_classes))
+
+    def apply_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> list[Key]:
+        """A PriorityClass event; returns the resources whose template names that class."""
+        with self.lock:
+            name = self.observe_priority_class(body, deleted=kind == DELETED)
+            return [key for key, inference in self.inferences.items() if class_name(inference) == name]
+
     def apply_pod(self, kind: str | None, body: Mapping[str, Any]) -> tuple[Key | None, list[Key]]:
         """A pod event; returns the key of its NeuronInference (if any) and, when the pod freed
-        cores (deleted or finished), the resources waiting for room."""
+        cores (deleted or finished), the resources waiting for room, in the order to serve them."""
         deleted = kind == DELETED
         with self.lock:
             key = self.observe_pod(body, deleted=deleted)
             freed = deleted or (body.get("status") or {}).get("phase") in TERMINAL_PHASES
-            waiting = list(self.waiting_for_room) if freed else []
+            waiting = self.in_waiting_order(self.waiting_for_room) if freed else []
         return key, waiting
 
     def apply_node(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
@@ -281,7 +336,7 @@ class Cache:
                     key
                     for key, names in self.pods_of.items()
                     for pod in names
-                    if (self.pods.get((key[0], pod)) or {}).get("spec", {}).get("nodeName") == name
+                    if node_of(self.pods.get((key[0], pod)) or {}) == name
                 }
             if changed:
                 affected |= self.waiting_for_room

@@ -117,7 +117,15 @@ class Controller:
             self.queue.enqueue(other)
 
     def on_node(self, kind: str | None, body: Mapping[str, Any]) -> None:
-        for key in self.cache.apply_node(kind, body):
+        affected = self.cache.apply_node(kind, body)
+        with self.cache.lock:
+            ordered = self.cache.in_waiting_order(affected)
+        for key in ordered:
+            self.queue.enqueue(key)
+
+    def on_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        # A class's value decides whether templates naming it are refused: look at them again.
+        for key in self.cache.apply_priority_class(kind, body):
             self.queue.enqueue(key)
 
     # ---- running -------------------------------------------------------------------------------

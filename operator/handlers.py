@@ -1,6 +1,6 @@
 """The kopf wiring: start-up, clean-up, the health probe and the three watches. Nothing else.
 
-kopf watches NeuronInferences, Pods and Nodes with ``@kopf.on.event`` handlers only: no
+kopf watches NeuronInferences, Pods, Nodes and PriorityClasses with ``@kopf.on.event`` handlers only: no
 finalizers, no progress annotations, nothing written to the watched objects, and no change
 handlers (``on.create`` / ``on.update``), which is what lets :class:`_NoDiffBase` switch off
 kopf's per-event copy of every object. Each event goes to the :class:`~.controller.Controller`,
@@ -124,3 +124,10 @@ async def node_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
         controller.on_node(event.get("type"), event["object"])
+
+
+@kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")
+async def priority_class_event(event, memo: kopf.Memo, **_):
+    controller = _controller(memo)
+    if controller is not None:
+        controller.on_priority_class(event.get("type"), event["object"])

@@ -4,11 +4,15 @@ What to do is decided by the pure :func:`neuronplace.placement.reconcile.decide`
 of the cache; this module carries it out and reports it:
 
 1. a resource in the operator's own namespace (``NamespaceNotServed``) or with an invalid spec
-   (``InvalidSpec``) is reported in the status and nothing else happens;
-2. surplus, failed, outdated and stranded pods are deleted (an Event each);
+   (``InvalidSpec``, which includes a template naming a system priority class the settings do not
+   allow) is reported in the status and nothing else happens;
+2. surplus, failed, unschedulable, outdated and stranded pods are deleted (an Event each); each
+   replica's failed attempts (:mod:`neuronplace.placement.failures`) are remembered here, in
+   memory, and shown in the ``ReplicaFailure`` condition with an Event per failure;
 3. the missing replicas are placed one by one under the cache's lock, each reservation entered in
-   the ledger at once, so a concurrent reconcile of another resource sees those cores taken;
-4. their pods are created concurrently (a replica count of hundreds must not mean hundreds of
+   the ledger at once, so a concurrent reconcile of another resource sees those cores taken; a
+   replica avoids the nodes where its recent attempts were refused;
+4. their pods are created concurrently, bound or pinned to their node as the binding mode says (a replica count of hundreds must not mean hundreds of
    round trips in a row), outside the lock; a reservation whose pod was not created is given
    back, except after a 409, where the watch event for the existing pod replaces it;
 5. the status is written when it differs from what is there.
@@ -32,6 +36,7 @@ from neuronplace.operator.cache import Cache, Key
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import CONFLICT_RETRY, Permanent, Temporary, Writer
 from neuronplace.placement import events as ev
+from neuronplace.placement import failures as fl
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement import status as st
 from neuronplace.placement.allocator import ReplicaPlacement, place_one
@@ -44,6 +49,7 @@ from neuronplace.placement.names import (
     REASON_UNSCHEDULABLE,
 )
 from neuronplace.placement.pods import build_pod, pod_name
+from neuronplace.placement.priority import priority_refusal
 
 log = logging.getLogger("neuronplace.operator")
 
@@ -61,11 +67,20 @@ class Reconciler:
         # an Event (so that a problem that persists is posted once, not at every reconcile).
         self.permanent: dict[Key, tuple[int | None, st.Problem]] = {}
         self.reported: dict[Key, str] = {}
+        # Per resource, per replica: its failed attempts (backoff, nodes to avoid). Memory only: a
+        # restarted operator starts every replica's backoff afresh (see placement.failures).
+        self.history: dict[Key, dict[int, fl.ReplicaHistory]] = {}
 
     def forget(self, key: Key) -> None:
         """The resource is gone: what was remembered about it must not apply to a new one of its name."""
         self.permanent.pop(key, None)
         self.reported.pop(key, None)
+        self.history.pop(key, None)
+
+    def binding(self, inference: dict) -> str:
+        """The binding mode in effect: the resource's own, else the operator's setting."""
+        placement = (inference.get("spec") or {}).get("placement") or {}
+        return placement.get("binding") or self.settings.binding
 
     def reconcile(self, key: Key) -> float | None:
         """Bring one resource's pods and status in line with its spec; returns a requeue delay."""
@@ -86,12 +101,28 @@ class Reconciler:
             node_grace_seconds=self.settings.node_grace_seconds,
             last_known=last_known,
             policy=self.policy,
+            history=self.history.get(key),
+            unschedulable_seconds=self.settings.unschedulable_seconds,
         )
-        if decision.invalid is not None:
+        with self.cache.lock:
+            classes = dict(self.cache.priority_classes)
+        invalid = decision.invalid or priority_refusal(inference, classes, self.settings.allow_system_priority)
+        if invalid is not None:
             mx.METRICS.failed(REASON_INVALID_SPEC)
-            self._write_status(inference, st.Problem(REASON_INVALID_SPEC, decision.invalid))
+            self._write_status(inference, st.Problem(REASON_INVALID_SPEC, invalid))
             return None
 
+        histories = self.history.setdefault(key, {})
+        for ordinal, history in decision.history.items():
+            if history is None:
+                histories.pop(ordinal, None)
+            else:
+                histories[ordinal] = history
+        for failure in decision.failures:
+            where = f" on {failure.node}" if failure.node else ""
+            self.writer.post_event(
+                inference, failure.reason, f"replica {failure.replica}{where}: {failure.message}", ev.WARNING
+            )
         for deletion in decision.deletions:
             self._delete_pod(inference, deletion)
 
@@ -119,11 +150,17 @@ class Reconciler:
             fleet = cache.fleet()
             for ordinal in decision.create:
                 owner = f"{meta['namespace']}/{pod_name(meta['name'], ordinal)}"
+                avoid = decision.avoid.get(ordinal, frozenset())
                 prefer = decision.prefer.get(ordinal)
-                result = place_one(request, ordinal, fleet, cache.ledger, owner, prefer=prefer, usage=cache.usage)
+                result = place_one(
+                    rc.avoiding(request, avoid), ordinal, fleet, cache.ledger, owner, prefer=prefer, usage=cache.usage
+                )
                 if isinstance(result, ReplicaPlacement):
                     placed.append(result)
                     cache.inflight.add(owner)
+                elif avoid:
+                    avoided = ", ".join(sorted(avoid))
+                    unplaceable.append((result.replica, f"{result.reason}; avoiding {avoided} after failed attempts"))
                 else:
                     unplaceable.append((result.replica, result.reason))
             if unplaceable:
@@ -199,7 +236,7 @@ class Reconciler:
 
     def _try_create(self, inference: dict, placement: ReplicaPlacement) -> Exception | None:
         meta = inference["metadata"]
-        pod = build_pod(inference, placement, numbering=self.settings.numbering)
+        pod = build_pod(inference, placement, numbering=self.settings.numbering, binding=self.binding(inference))
         try:
             created = self.writer.create_pod(meta["namespace"], pod)
         except Exception as error:  # Temporary, Permanent, or a bug: the caller sorts them out
@@ -223,7 +260,14 @@ class Reconciler:
         with self.cache.lock:
             pods = self.cache.pods_of_inference(key)
             current = self.cache.inferences.get(key, inference)
-        wanted = st.build_status(current, pods, problem=problem)
+        failing = fl.summarize(self.history.get(key) or {}, dt.datetime.now(dt.UTC))
+        wanted = st.build_status(
+            current,
+            pods,
+            problem=problem,
+            replica_failure=st.Problem(*failing) if failing else None,
+            binding=self.binding(current),
+        )
         if not st.status_differs(current.get("status"), wanted):
             return
         if problem is not None and problem.reason in (REASON_INVALID_SPEC, REASON_NAMESPACE_NOT_SERVED):

@@ -72,6 +72,12 @@ class Sync:
         for namespace in self.cache.namespaces:
             yield from pages(self.core.list_namespaced_pod, namespace)
 
+    def list_priority_classes(self) -> list[dict]:
+        """Every PriorityClass (cluster-scoped; the custom-objects client reads any API group)."""
+        return self.custom.list_cluster_custom_object(
+            "scheduling.k8s.io", "v1", "priorityclasses", _request_timeout=API_TIMEOUT
+        )["items"]
+
     def list_inferences(self) -> list[dict]:
         if not self.cache.namespaces:
             return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=API_TIMEOUT)["items"]
@@ -98,8 +104,12 @@ class Sync:
                 for pod in page:
                     cache.observe_pod(pod)
             pods += len(page)
+        # Before any reconcile, so that no template naming a system class slips through meanwhile.
+        priority_classes = self.list_priority_classes()
         inferences = self.list_inferences()
         with cache.lock:
+            for priority_class in priority_classes:
+                cache.observe_priority_class(priority_class)
             # The pods listed above are foreign until their NeuronInference is known; each one
             # remembered here turns its pods' claims into ours.
             for inference in inferences:

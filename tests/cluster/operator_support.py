@@ -12,6 +12,7 @@ import yaml
 from neuronplace.local.examples import example_file
 from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
 from neuronplace.placement import conditions
+from neuronplace.placement.claims import node_of
 from neuronplace.placement.names import (
     API_VERSION,
     AWS_NEURON_IDS,
@@ -127,8 +128,8 @@ def assert_no_shared_cores(cluster) -> dict[str, dict[int, str]]:
     for pod in all_managed_pods(cluster):
         if pod["status"].get("phase") in TERMINAL_PHASES:
             continue
-        node = pod["spec"].get("nodeName")
-        assert node, f"managed pod {pod['metadata']['name']} is not bound"
+        node = node_of(pod)  # bound, or pinned there while kube-scheduler has yet to bind it
+        assert node, f"managed pod {pod['metadata']['name']} is neither bound nor pinned to a node"
         name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
         for core in parse_core_set(pod["metadata"]["annotations"][CORES_ANNOTATION]):
             assert core not in owner[node], f"core {core} on {node} held by both {owner[node][core]} and {name}"

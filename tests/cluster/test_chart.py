@@ -397,7 +397,12 @@ NEEDED_IN_WATCHED = [
     ("delete", "pods"),
     ("create", "events"),
 ]
-NEEDED_CLUSTER = [("list", "nodes"), ("watch", "nodes")]
+NEEDED_CLUSTER = [
+    ("list", "nodes"),
+    ("watch", "nodes"),
+    ("list", "priorityclasses.scheduling.k8s.io"),
+    ("watch", "priorityclasses.scheduling.k8s.io"),
+]
 FORBIDDEN_ANYWHERE = [
     ("get", "secrets"),
     ("list", "secrets"),
@@ -427,6 +432,8 @@ FORBIDDEN_CLUSTER = [
     ("delete", "nodes"),
     ("create", "nodes"),
     ("patch", "nodes/status"),
+    ("create", "priorityclasses.scheduling.k8s.io"),
+    ("delete", "priorityclasses.scheduling.k8s.io"),
     ("bind", "clusterroles.rbac.authorization.k8s.io"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
