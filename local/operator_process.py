@@ -28,6 +28,9 @@ from pathlib import Path
 
 from neuronplace.placement.names import CRD_NAME
 
+# The operator setting that chooses how replica pods are bound (Scheduler or Direct): tests and
+# benchmarks run an operator in either mode by setting it in the process's environment.
+BINDING_VARIABLE = "NEURONPLACE_BINDING"
 # What the operator logs once its ledger is built and it serves (its startup handler).
 STARTED_LINE = "neuronplace operator started"
 # Every operator process runs this module; a recorded pid is only trusted when its command line says so.

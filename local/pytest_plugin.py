@@ -35,11 +35,11 @@ import pytest
 from neuronplace.local import procs
 from neuronplace.local.cluster import LocalCluster, list_clusters, port_lock
 from neuronplace.local.fleet import POOL_LABEL
+from neuronplace.local.operator_process import BINDING_VARIABLE
 from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS
 
 _CLUSTER_KEY = pytest.StashKey["LocalCluster"]()
 _BINDING_KEY = pytest.StashKey[str]()
-BINDING_VARIABLE = "NEURONPLACE_BINDING"
 _TEST_CLUSTER = re.compile(r"^np-test-(\d+)$")
 
 
