@@ -98,3 +98,36 @@ def test_status_differs_only_on_real_changes():
     built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7")], now="2026-11-28T10:00:00Z")
     assert not status.status_differs(built, dict(built))
     assert status.status_differs(built, {**built, "readyReplicas": 1})
+
+
+def test_replica_failure_is_there_while_replicas_fail_and_gone_after():
+    failing = status.Problem("OutOfcpu", "replica 1: OutOfcpu on inf2-a: Node didn't have enough resource: cpu")
+    first = status.build_status(resource(), [pod(0, "0-3")], replica_failure=failing, now="2026-11-28T10:00:00Z")
+    shown = condition(first, names.CONDITION_REPLICA_FAILURE)
+    assert (shown["status"], shown["reason"], shown["message"]) == ("True", "OutOfcpu", failing.message)
+    again = status.build_status(
+        resource(previous=first), [pod(0, "0-3")], replica_failure=failing, now="2026-11-28T10:05:00Z"
+    )
+    assert condition(again, names.CONDITION_REPLICA_FAILURE)["lastTransitionTime"] == "2026-11-28T10:00:00Z"
+    healed = status.build_status(resource(previous=again), [pod(0, "0-3"), pod(1, "4-7")])
+    assert names.CONDITION_REPLICA_FAILURE not in {c["type"] for c in healed["conditions"]}
+    assert {c["type"] for c in healed["conditions"]} == {names.CONDITION_PLACED, names.CONDITION_READY}
+
+
+def test_binding_in_effect_and_a_pinned_pods_node():
+    pinned = pod(0, "0-3", node=None)
+    pinned["spec"] = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["inf2-b"]}]}
+                    ]
+                }
+            }
+        }
+    }
+    built = status.build_status(resource(replicas=1), [pinned], binding="Scheduler")
+    assert built["binding"] == "Scheduler"
+    assert built["placements"][0]["node"] == "inf2-b", "a pod waiting for kube-scheduler is shown on its node"
+    assert "binding" not in status.build_status(resource(replicas=1), [pinned])
