@@ -8,6 +8,10 @@ JSON dicts) and returns every :class:`Violation` it finds. The invariants, one f
   all the cores held there, foreign pods' bare counts included, fit in what the node has (two
   processes driving one NeuronCore, or more cores handed out than exist, is the failure this
   project exists to prevent).
+- ``node-resources``: on every node, what the live pods bound there request together (cpu, memory,
+  ephemeral-storage, hugepages, extended resources, one pod slot each; counted as kube-scheduler
+  counts them, by the oracle's own reading of each pod) stays within the node's allocatable (a real
+  kubelet rejects a pod that does not fit, OutOfcpu, and kwok does not, so only this check sees it).
 - ``pod-consistency``: every live managed pod's annotation, its process containers'
   ``NEURON_RT_VISIBLE_CORES`` (in the numbering the pod says), their ``aws.amazon.com/neuroncore``
   requests and the device plugin's ``AWS_NEURON_IDS`` all name the same cores, processes split the
@@ -68,7 +72,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.reconcile import placement_request
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
-from reliability.oracle import Fit, first_fit
+from reliability.oracle import Fit, allocatable_of, first_fit, requested_by
 
 NODE_CORES_ENV = ENV_NODE_CORES
 
@@ -80,6 +84,7 @@ EXPLAINED_REASONS = (UNSCHEDULABLE, INVALID_SPEC, POD_REJECTED, REASON_NAMESPACE
 
 INVARIANTS = (
     "exclusive-cores",
+    "node-resources",
     "pod-consistency",
     "no-orphans",
     "status-matches-pods",
@@ -260,6 +265,30 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
                     f"live pods hold {counted} cores but the node has {capacity}",
                 )
             )
+    return violations
+
+
+def check_node_resources(snapshot: Snapshot) -> list[Violation]:
+    violations: list[Violation] = []
+    nodes = {_meta(n).get("name"): n for n in snapshot.nodes}
+    by_node: dict[str, list[Mapping]] = {}
+    for pod in snapshot.pods:
+        if is_live(pod):
+            by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
+    for node_name, pods in sorted(by_node.items()):
+        node = nodes.get(node_name)
+        if node is None:
+            continue  # the node is gone: its pods run nowhere (pod GC removes them)
+        allocatable = allocatable_of(node)
+        for resource, requested in sorted(requested_by(pods).items()):
+            if requested > allocatable.get(resource, 0):
+                violations.append(
+                    Violation(
+                        "node-resources",
+                        f"node {node_name}",
+                        f"live pods request {requested} {resource} but {allocatable.get(resource, 0)} is allocatable",
+                    )
+                )
     return violations
 
 
@@ -526,6 +555,7 @@ def check(snapshot: Snapshot, node_selector: str = "") -> list[Violation]:
     """Every snapshot invariant (all but operator-healthy, which needs the process)."""
     return (
         check_exclusive_cores(snapshot)
+        + check_node_resources(snapshot)
         + check_pod_consistency(snapshot)
         + check_no_orphans(snapshot)
         + check_status(snapshot)

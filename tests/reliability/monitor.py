@@ -10,6 +10,8 @@ after every event re-checks what that event can change:
 - ``exclusive-cores`` on the event's node (a pod event: its node, before and after; a node event:
   that node): no core held by two live pods, terminating and foreign pods included, and no more
   cores held than the node has (:func:`~reliability.invariants.check_exclusive_cores` on that node);
+- ``node-resources`` on the same node: what its live pods request (cpu, memory and the rest, one
+  pod slot each) stays within its allocatable (:func:`~reliability.invariants.check_node_resources`);
 - ``pod-consistency`` of a live managed pod in scope: annotation = ``NEURON_RT_VISIBLE_CORES`` =
   requests = ``AWS_NEURON_IDS`` (:func:`~reliability.invariants.check_pod`);
 - ``pod-namespace``: a pod controlled by a NeuronInference lives in that resource's namespace
@@ -320,7 +322,10 @@ class InvariantMonitor:
         node = self._nodes.get(name)
         # In a fixed order, so that a violation reads the same at every check (it is counted once).
         pods = [self._pods[k] for k in sorted(self._pods_on.get(name, ()))]
-        found = inv.check_exclusive_cores(inv.Snapshot(pods, [node], [])) if node is not None else []
+        found = []
+        if node is not None:
+            snapshot = inv.Snapshot(pods, [node], [])
+            found = inv.check_exclusive_cores(snapshot) + inv.check_node_resources(snapshot)
         self._settle(("node", name), found)
 
     def _check_pod(self, key: tuple[str, str]) -> None:

@@ -21,13 +21,21 @@ obvious way, from the pods and nodes alone:
   the whole node must use one of those device counts;
 - **eligible nodes**: the node's own problems (cordoned, NotReady, being deleted, unknown
   topology, no cores) as the node inventory reads them, then NoSchedule/NoExecute taints against
-  the tolerations, the nodeSelector, and required node affinity.
+  the tolerations, the nodeSelector, and required node affinity;
+- **room for the pod**: for every resource, what the live pods on the node (bound or pinned there)
+  request plus the replica's request (``PlacementRequest.requests``) stays within the node's
+  allocatable, and one more pod fits under its ``pods``. A pod's request is worked out resource by
+  resource from its containers as the Kubernetes documentation states it: app containers and
+  sidecars (init containers with ``restartPolicy: Always``) together, or an init container with the
+  sidecars started before it when that is more; pod-level requests replace cpu, memory and
+  hugepages; the overhead is added.
 
-It never calls ``place_one``, ``allowed_starts``, ``best_start`` or the ledger. Three things are still
-shared with the operator, on purpose: reading a node's topology and problems
+It never calls ``place_one``, ``allowed_starts``, ``best_start``, the ledger or the usage. Four
+things are still shared with the operator, on purpose: reading a node's topology and problems
 (``inventory_from_node``: data, not a decision), which node a pod is on or pinned to
-(``claims.node_of``: the same kind of reading) and required node affinity's match
-(``constraints.affinity_matches``: Kubernetes' expression semantics, which no scenario uses).
+(``claims.node_of``: the same kind of reading), required node affinity's match
+(``constraints.affinity_matches``: Kubernetes' expression semantics, which no scenario uses) and
+reading a quantity (``resources.amount`` and ``resources.counted``: the API's number grammar).
 """
 
 from __future__ import annotations
@@ -45,10 +53,12 @@ from neuronplace.placement.names import (
     GROUP,
     INFERENCE_LABEL,
     KIND,
+    NEURON_DEVICE_RESOURCE,
     NEURON_DEVICE_RESOURCES,
     NEURONCORE_RESOURCE,
     TERMINAL_PHASES,
 )
+from neuronplace.placement.resources import amount, counted
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,86 @@ def valid_starts(node: NodeInventory, request: PlacementRequest, free: set[int])
     return starts
 
 
+def _listed(resources: Mapping | None) -> dict[str, int]:
+    out = {}
+    for name, quantity in (resources or {}).items():
+        if counted(name):
+            try:
+                out[name] = amount(name, quantity)
+            except ValueError:
+                continue
+    return out
+
+
+def _container_asks(container: Mapping) -> dict[str, int]:
+    resources = container.get("resources") or {}
+    return {**_listed(resources.get("limits")), **_listed(resources.get("requests"))}
+
+
+def _pod_level(name: str) -> bool:
+    return name in ("cpu", "memory") or name.startswith("hugepages-")
+
+
+def pod_asks(pod: Mapping) -> dict[str, int]:
+    """What one pod requests of its node, resource by resource (see the module docstring)."""
+    spec = pod.get("spec") or {}
+    apps = [_container_asks(c) for c in spec.get("containers") or []]
+    inits = [(c.get("restartPolicy") == "Always", _container_asks(c)) for c in spec.get("initContainers") or []]
+    pod_level = spec.get("resources") or {}
+    pod_requests, pod_limits = _listed(pod_level.get("requests")), _listed(pod_level.get("limits"))
+    overhead = _listed(spec.get("overhead"))
+    containers_ask = {n for asks in apps for n in asks} | {n for _, asks in inits for n in asks}
+    names = containers_ask | set(pod_requests) | set(pod_limits) | set(overhead)
+    out = {}
+    for name in names:
+        running = sum(asks.get(name, 0) for asks in apps) + sum(a.get(name, 0) for sidecar, a in inits if sidecar)
+        peak = sidecars = 0
+        for sidecar, asks in inits:
+            if sidecar:
+                sidecars += asks.get(name, 0)
+                peak = max(peak, sidecars)
+            else:
+                peak = max(peak, sidecars + asks.get(name, 0))
+        total = max(running, peak)
+        if _pod_level(name) and name in pod_requests:
+            total = pod_requests[name]
+        elif _pod_level(name) and name in pod_limits and (name not in containers_ask or name.startswith("hugepages-")):
+            total = pod_limits[name]  # the API server defaults the pod-level request to the limit
+        out[name] = total + overhead.get(name, 0)
+    return out
+
+
+def allocatable_of(node: Mapping) -> dict[str, int]:
+    """A node's allocatable of every counted resource, and ``pods``."""
+    listed = (node.get("status") or {}).get("allocatable") or {}
+    try:
+        pods = amount("pods", listed.get("pods", 0))
+    except ValueError:
+        pods = 0
+    return {**_listed(listed), "pods": pods}
+
+
+def requested_by(pods: Sequence[Mapping]) -> dict[str, int]:
+    """What the live ones of ``pods`` request together, Neuron resources aside (they are the cores
+    above, counted core by core), and ``pods``: how many there are."""
+    live = [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
+    total = {"pods": len(live)}
+    for pod in live:
+        for name, value in pod_asks(pod).items():
+            if not name.startswith(NEURON_DEVICE_RESOURCE):
+                total[name] = total.get(name, 0) + value
+    return total
+
+
+def room_for(node: Mapping, pods: Sequence[Mapping], asks: Mapping[str, int]) -> bool:
+    """Whether one more pod asking ``asks`` fits beside ``pods`` on ``node`` (an API dict)."""
+    allocatable = allocatable_of(node)
+    requested = requested_by(pods)
+    wanted = {name: value for name, value in asks.items() if value > 0 and not name.startswith(NEURON_DEVICE_RESOURCE)}
+    wanted["pods"] = 1
+    return all(requested.get(name, 0) + value <= allocatable.get(name, 0) for name, value in wanted.items())
+
+
 def first_fit(request: PlacementRequest, nodes: Sequence[Mapping], pods: Sequence[Mapping]) -> Fit | None:
     """Some node and run where one more replica of ``request`` could go now, or ``None`` (nodes as
     the API's JSON dicts; pods of every namespace)."""
@@ -223,6 +313,8 @@ def first_fit(request: PlacementRequest, nodes: Sequence[Mapping], pods: Sequenc
     for node_obj in sorted(nodes, key=lambda n: (n.get("metadata") or {}).get("name") or ""):
         node = inventory_from_node(dict(node_obj))
         if not eligible(node, request) or node.cores < request.cores_per_replica:
+            continue
+        if not room_for(node_obj, by_node.get(node.name, []), request.requests):
             continue
         free = set(range(node.cores)) - held_cores(node, by_node.get(node.name, []))
         starts = valid_starts(node, request, free)

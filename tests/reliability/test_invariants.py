@@ -101,6 +101,20 @@ def test_a_foreign_pod_overlapping_or_overfilling_a_node_is_caught():
     assert any(v.invariant == "exclusive-cores" and "hold 3 cores but the node has 2" in v.detail for v in found), found
 
 
+def test_pods_requesting_more_cpu_or_memory_than_a_node_has_are_caught():
+    snap = healthy()
+    for pod in snap.pods:  # two replicas of 150 CPU and 400Gi each on one 192-CPU, 768Gi node
+        pod["spec"]["nodeName"] = "n-0"
+        pod["spec"]["containers"][0]["resources"]["requests"].update({"cpu": "150", "memory": "400Gi"})
+    found = [v for v in check(snap) if v.invariant == "node-resources"]
+    assert [v.detail for v in found] == [
+        "live pods request 300000 cpu but 192000 is allocatable",
+        f"live pods request {800 * 2**30} memory but {768 * 2**30} is allocatable",
+    ], found
+    snap.pods[1]["status"]["phase"] = "Failed"  # a rejected pod runs nothing
+    assert [v for v in check(snap) if v.invariant == "node-resources"] == []
+
+
 def test_env_annotation_and_device_plugin_ids_must_agree():
     snap = healthy()
     pod = snap.pods[0]

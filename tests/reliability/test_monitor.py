@@ -41,6 +41,22 @@ def _offline_monitor() -> InvariantMonitor:
     return InvariantMonitor(lambda: None)
 
 
+def test_a_node_overfilled_with_cpu_is_seen_at_the_event_that_overfills_it():
+    node = build_node("n-0", "inf2.48xlarge")  # 192 CPUs
+    hungry = [_foreign(f"p{i}", "n-0", str(i)) for i in range(2)]
+    for pod in hungry:
+        pod["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "150"
+    monitor = _offline_monitor()
+    monitor._replace("nodes", [node])
+    monitor._replace("pods", [hungry[0]])
+    monitor._replace("inferences", [])
+    assert monitor.violations == 0
+    monitor._apply("pods", "ADDED", hungry[1])
+    assert [(v.invariant, v.subject) for v in monitor.active()] == [("node-resources", "node n-0")]
+    monitor._apply("pods", "DELETED", hungry[1])
+    assert monitor.active() == [] and monitor.violations == 1
+
+
 def test_a_double_booking_is_counted_once_with_how_long_it_lasted():
     node = build_node("n-0", "inf2.xlarge")  # 2 cores
     monitor = _offline_monitor()

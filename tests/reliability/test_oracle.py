@@ -30,7 +30,9 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import build_pod
 from neuronplace.placement.reconcile import placement_request
+from neuronplace.placement.resources import pod_requests
 from neuronplace.placement.status import Problem, build_status
+from neuronplace.placement.usage import Usage
 from reliability import oracle
 from reliability.invariants import Snapshot, check_fits_are_placed
 
@@ -39,9 +41,11 @@ TYPES = ["inf2.48xlarge", "inf2.24xlarge", "inf2.xlarge", "inf1.6xlarge", "trn1.
 SIZES = [1, 1, 2, 2, 3, 4, 4, 6, 8, 8, 12, 16, 16, 24, 32]
 
 
-def _pod(name: str, node: str, cores: int, *, managed_range: str | None = None, ids: str | None = None) -> dict:
-    """A pod requesting ``cores``; with ``managed_range``, one the operator made (label, range and
-    its NeuronInference as controller)."""
+def _pod(
+    name: str, node: str, cores: int, *, managed_range: str | None = None, ids: str | None = None, cpu: int = 0
+) -> dict:
+    """A pod requesting ``cores`` (and ``cpu`` whole CPUs); with ``managed_range``, one the operator
+    made (label, range and its NeuronInference as controller)."""
     metadata: dict = {"name": name, "namespace": "ml", "annotations": {}}
     if managed_range is not None:
         metadata["labels"] = {INFERENCE_LABEL: "other"}
@@ -52,6 +56,8 @@ def _pod(name: str, node: str, cores: int, *, managed_range: str | None = None, 
     if ids is not None:
         metadata["annotations"][AWS_NEURON_IDS] = ids
     amount = {NEURONCORE_RESOURCE: str(cores)}
+    if cpu:
+        amount["cpu"] = str(cpu)
     return {
         "metadata": metadata,
         "spec": {
@@ -75,6 +81,10 @@ def random_world(rng: random.Random) -> tuple[list[dict], list[dict]]:
         if rng.random() < 0.15:
             cores = rng.randint(1, cores)
             node["status"]["allocatable"][NEURONCORE_RESOURCE] = str(cores)
+        if rng.random() < 0.2:  # a node short of cpu or of pod slots
+            node["status"]["allocatable"]["cpu"] = str(rng.choice([2, 8, 40]))
+        if rng.random() < 0.1:
+            node["status"]["allocatable"]["pods"] = str(rng.randint(1, 4))
         nodes.append(node)
         free = list(range(cores))
         for number in range(rng.randint(0, 8)):
@@ -88,7 +98,8 @@ def random_world(rng: random.Random) -> tuple[list[dict], list[dict]]:
                 while length < rng.choice([1, 2, 4, 8]) and start + length in free:
                     length += 1
                 text = f"{start}-{start + length - 1}" if length > 1 else str(start)
-                pods.append(_pod(name, node["metadata"]["name"], length, managed_range=text))
+                cpu = rng.choice([0, 0, 1, 4, 16])
+                pods.append(_pod(name, node["metadata"]["name"], length, managed_range=text, cpu=cpu))
                 for core in range(start, start + length):
                     free.remove(core)
             elif kind < 0.8:  # foreign with the device plugin's exact ids
@@ -126,12 +137,14 @@ def random_request(rng: random.Random) -> PlacementRequest:
         shape_policy=rng.choice(["Strict", "Strict", "Permissive"]),
         aligned=rng.random() < 0.3,
         tolerations=(TOLERATION,),
+        requests=rng.choice([{}, {"cpu": 1000}, {"cpu": 8000, "memory": 2**30}, {"cpu": 30_000}]),
     )
 
 
 def engine_answer(request: PlacementRequest, nodes: list[dict], pods: list[dict]):
     fleet = Fleet(sorted((inventory_from_node(n) for n in nodes), key=lambda n: n.name))
-    return place_one(request, 0, fleet, Ledger.from_pods(pods, trust_any_inference=True), "ml/want-0")
+    ledger = Ledger.from_pods(pods, trust_any_inference=True)
+    return place_one(request, 0, fleet, ledger, "ml/want-0", usage=Usage.from_pods(pods))
 
 
 def disagreements(trials: int, seed: int) -> list[str]:
@@ -248,3 +261,48 @@ def test_counted_foreign_pods_take_the_top_cores(instance):
     node = inventory_from_node(build_node("n", instance))
     held = oracle.held_cores(node, [_pod("f", "n", 3)])
     assert held == {node.cores - 1, node.cores - 2, node.cores - 3}
+
+
+def _random_pod_spec(rng: random.Random) -> dict:
+    """Containers, sidecars, init containers, pod-level resources and overhead, in random mixes."""
+
+    def asks() -> dict:
+        resources: dict = {}
+        for kind in ("requests", "limits"):
+            chosen = {
+                r: rng.choice(["1", "250m", "2", "1Gi", "512Mi"]) for r in ("cpu", "memory") if rng.random() < 0.4
+            }
+            if rng.random() < 0.2:
+                chosen["hugepages-2Mi"] = "4Mi"
+            if chosen:
+                resources[kind] = chosen
+        return {"resources": resources}
+
+    spec: dict = {"containers": [{"name": f"c{i}", **asks()} for i in range(rng.randint(1, 3))]}
+    inits = []
+    for i in range(rng.randint(0, 4)):
+        init = {"name": f"i{i}", **asks()}
+        if rng.random() < 0.5:
+            init["restartPolicy"] = "Always"
+        inits.append(init)
+    if inits:
+        spec["initContainers"] = inits
+    if rng.random() < 0.3:
+        spec["resources"] = {rng.choice(["requests", "limits"]): {"cpu": "3", "hugepages-2Mi": "8Mi"}}
+    if rng.random() < 0.3:
+        spec["overhead"] = {"cpu": "100m", "memory": "120Mi"}
+    return spec
+
+
+def test_the_oracle_and_the_engine_agree_on_what_a_pod_requests():
+    rng = random.Random(5)
+    for trial in range(3000):
+        spec = _random_pod_spec(rng)
+        asked = {name: value for name, value in oracle.pod_asks({"spec": spec}).items() if value}
+        assert asked == pod_requests(spec), (trial, spec)
+
+
+def test_a_broken_resource_rule_is_caught_by_the_comparison(monkeypatch):
+    # An engine that forgets the pods already on a node: it overfills nodes short of cpu.
+    monkeypatch.setattr(allocator, "_used", lambda usage, node, owner: {})
+    assert disagreements(1500, seed=11), "the oracle agreed with an engine that ignores what nodes already run"
