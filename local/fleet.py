@@ -4,7 +4,8 @@ A fleet spec is ``"inf2.48xlarge=2,trn1.32xlarge=1"`` (instance type = count). :
 returns the Node object for one simulated instance: the instance-type and zone labels a real EKS node
 carries, capacity and allocatable for ``aws.amazon.com/neuroncore`` (cores) and
 ``aws.amazon.com/neuron`` (whole devices = chips) from the instance-type table of
-:mod:`neuronplace.placement.topology`, plus cpu, memory and pods. The annotation
+:mod:`neuronplace.placement.topology`, plus cpu, memory, ephemeral-storage and pods, with
+allocatable below capacity by what an EKS node reserves (:func:`host_resources`). The annotation
 ``kwok.x-k8s.io/node: fake`` hands the node to kwok (it then keeps the node Ready and runs the pods
 bound to it), and kwok's ``NoSchedule`` taint keeps pods that do not tolerate it away.
 """
@@ -31,6 +32,8 @@ REGION = "us-east-1"
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 # kubelet's default --max-pods; EKS derives a per-type limit from ENIs, which a simulation lacks.
 DEFAULT_MAX_PODS = 110
+# The EKS default root volume, where the kubelet keeps images, logs and emptyDirs.
+ROOT_VOLUME_GIB = 20
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,44 @@ HOST_SHAPES: dict[str, HostShape] = {
     "trn2.48xlarge": HostShape(192, 2048),
     "trn2u.48xlarge": HostShape(192, 2048),
 }
+
+
+def _reserved_millicpu(vcpus: int) -> int:
+    """The EKS AMIs' kube-reserved cpu: 6% of the first core, 1% of the second, 0.5% of the next
+    two and 0.25% of every core above four."""
+    shares = ((1, 60), (1, 10), (2, 5))
+    reserved, left = 0, vcpus
+    for cores, per_core in shares:
+        taken = min(left, cores)
+        reserved += taken * per_core
+        left -= taken
+    return reserved + left * 5 // 2
+
+
+def host_resources(instance_type: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(capacity, allocatable) of cpu, memory, ephemeral-storage and pods, as an EKS node reports them.
+
+    Allocatable is capacity less the EKS AMIs' kube-reserved (cpu above; 255Mi + 11Mi per pod of
+    memory; 1Gi of disk) and the kubelet's hard eviction thresholds (memory.available 100Mi,
+    nodefs.available 10%).
+    """
+    host = HOST_SHAPES[instance_type]
+    memory_mi = host.memory_gib * 1024
+    disk_mi = ROOT_VOLUME_GIB * 1024
+    capacity = {
+        "cpu": str(host.vcpus),
+        "memory": f"{host.memory_gib}Gi",
+        "ephemeral-storage": f"{ROOT_VOLUME_GIB}Gi",
+        "pods": str(DEFAULT_MAX_PODS),
+    }
+    allocatable = {
+        "cpu": f"{host.vcpus * 1000 - _reserved_millicpu(host.vcpus)}m",
+        "memory": f"{memory_mi - (255 + 11 * DEFAULT_MAX_PODS) - 100}Mi",
+        "ephemeral-storage": f"{disk_mi - 1024 - disk_mi // 10}Mi",
+        "pods": str(DEFAULT_MAX_PODS),
+    }
+    return capacity, allocatable
+
 
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _SPEC_ITEM = re.compile(r"^([a-z0-9]+(?:\.[a-z0-9]+)*)=(\d+)$")
@@ -128,7 +169,6 @@ def build_node(
     if not _NODE_NAME.match(name) or len(name) > 253:
         raise ValueError(f"node name {name!r} is not a DNS subdomain (lowercase letters, digits, '-', '.')")
     topology: Topology = topology_for(instance_type, lnc)
-    host = HOST_SHAPES[instance_type]
     extra = dict(labels or {})
     if extra.get(INSTANCE_TYPE_LABEL, instance_type) != instance_type:
         raise ValueError(
@@ -146,13 +186,8 @@ def build_node(
     if lnc is not None and instance_type.startswith("trn2"):
         node_labels[LNC_KEY] = str(lnc)
     node_labels.update(extra)
-    resources = {
-        "cpu": str(host.vcpus),
-        "memory": f"{host.memory_gib}Gi",
-        "pods": str(DEFAULT_MAX_PODS),
-        NEURONCORE_RESOURCE: str(topology.cores),
-        NEURON_DEVICE_RESOURCE: str(topology.chips),
-    }
+    neuron = {NEURONCORE_RESOURCE: str(topology.cores), NEURON_DEVICE_RESOURCE: str(topology.chips)}
+    capacity, allocatable = host_resources(instance_type)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -163,8 +198,8 @@ def build_node(
         },
         "spec": {"taints": [dict(KWOK_TAINT)]},
         "status": {
-            "capacity": dict(resources),
-            "allocatable": dict(resources),
+            "capacity": {**capacity, **neuron},
+            "allocatable": {**allocatable, **neuron},
             "phase": "Running",
         },
     }

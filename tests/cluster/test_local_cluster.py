@@ -88,7 +88,7 @@ def test_nodes_report_instance_labels_capacity_and_allocatable(local_cluster, fl
         for key in ("capacity", "allocatable"):
             assert node["status"][key][NEURONCORE_RESOURCE] == cores
             assert node["status"][key][NEURON_DEVICE_RESOURCE] == devices
-            assert node["status"][key]["cpu"] == str(HOST_SHAPES[instance_type].vcpus)
+        assert node["status"]["capacity"]["cpu"] == str(HOST_SHAPES[instance_type].vcpus)
         assert KWOK_TAINT in [{k: t[k] for k in ("key", "value", "effect")} for t in node["spec"]["taints"]]
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
         assert ready == "True"

@@ -12,11 +12,13 @@ from neuronplace.local.fleet import (
     KWOK_TAINT,
     build_fleet,
     build_node,
+    host_resources,
     node_name,
     normalize_fleet,
     parse_fleet,
 )
 from neuronplace.placement.names import NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
+from neuronplace.placement.resources import node_allocatable
 from neuronplace.placement.topology import INSTANCE_TOPOLOGIES
 
 KNOWN_TYPES = sorted(set(INSTANCE_TOPOLOGIES) & set(HOST_SHAPES))
@@ -81,9 +83,20 @@ def test_node_resources_match_the_instance_table(instance_type):
         resources = node["status"][key]
         assert resources[NEURONCORE_RESOURCE] == str(cores)
         assert resources[NEURON_DEVICE_RESOURCE] == str(devices)
-        assert resources["cpu"] == str(HOST_SHAPES[instance_type].vcpus)
-        assert resources["memory"] == f"{HOST_SHAPES[instance_type].memory_gib}Gi"
         assert int(resources["pods"]) > 0
+    capacity = node_allocatable({"status": {"allocatable": node["status"]["capacity"]}})
+    allocatable = node_allocatable(node)
+    assert capacity["cpu"] == HOST_SHAPES[instance_type].vcpus * 1000
+    assert capacity["memory"] == HOST_SHAPES[instance_type].memory_gib * 2**30
+    for resource in ("cpu", "memory", "ephemeral-storage"):  # the node keeps some for itself
+        assert 0.75 * capacity[resource] <= allocatable[resource] < capacity[resource]
+
+
+def test_allocatable_is_what_an_eks_node_reserves():
+    capacity, allocatable = host_resources("inf2.48xlarge")
+    assert (capacity["cpu"], allocatable["cpu"]) == ("192", "191450m")  # 60 + 10 + 2 x 5 + 188 x 2.5
+    assert (capacity["memory"], allocatable["memory"]) == ("768Gi", f"{768 * 1024 - 1465 - 100}Mi")
+    assert host_resources("inf1.xlarge")[1]["cpu"] == "3920m"  # 60 + 10 + 2 x 5
 
 
 def test_every_known_instance_type_has_a_host_shape():
