@@ -1,8 +1,9 @@
 """The operator's view of the cluster: slimmed copies of what the watches and lists report, and the ledger.
 
-One :class:`Cache` per operator process holds the NeuronInferences, the managed pods, every node
-and the core ledger, all behind one lock (``cache.lock``). Placement reads the ledger and reserves
-cores under the same lock, so two resources reconciled at once can never get the same cores.
+One :class:`Cache` per operator process holds the NeuronInferences, the managed pods, every node,
+the core ledger and the storage objects (:mod:`.storage`), all behind one lock (``cache.lock``).
+Placement reads the ledger and reserves cores under the same lock, so two resources reconciled at
+once can never get the same cores.
 
 The cache does no I/O: watch events (``apply_*``) and full lists (:mod:`.sync`) are folded in by
 the same methods, and each returns the resources it affects so that the caller can queue them.
@@ -21,6 +22,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement.allocator import Fleet
 from neuronplace.placement.claims import node_of, pinned_node
@@ -41,6 +43,7 @@ from neuronplace.placement.pods import pin_to_node
 from neuronplace.placement.priority import class_name, waiting_order
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.placement.usage import Usage
+from neuronplace.placement.volumes import claim_names
 from neuronplace.runtime.coreset import CoreRange
 
 Key = tuple[str, str]  # (namespace, name) of a NeuronInference
@@ -142,6 +145,10 @@ def _intern(text: Any) -> Any:
     return sys.intern(text) if type(text) is str else text
 
 
+def _template_spec(inference: Mapping[str, Any]) -> Mapping[str, Any]:
+    return ((inference.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+
 # ---- the cache -----------------------------------------------------------------------------------
 
 
@@ -166,6 +173,7 @@ class Cache:
         self.last_known: dict[Key, dict[int, tuple[str, CoreRange]]] = {}
         self.inflight: set[str] = set()  # "ns/pod" reserved, create under way
         self.waiting_for_room: set[Key] = set()  # resources with replicas that did not fit
+        self.storage = Storage()  # the claims, volumes and storage classes that decide where volumes go
         self.priority_classes: dict[str, int] = {}  # PriorityClass name → value (cluster-scoped)
         # Pods ("ns/pod") and NeuronInferences ((ns, name)) deleted while a full resync reads its
         # lists (None when none runs): the lists may still show them, and they must not come back
@@ -341,6 +349,25 @@ class Cache:
             if changed:
                 affected |= self.waiting_for_room
         return affected
+
+    def apply_storage(self, kind: str, event: str | None, body: Mapping[str, Any]) -> set[Key]:
+        """A PersistentVolumeClaim, PersistentVolume or StorageClass event (``kind``: ``storage.KINDS``);
+        returns the resources it may concern when what placement reads changed: those waiting for
+        room (all of them; for a claim, those in its namespace) and those naming the claim."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace"), meta.get("name")
+        if kind == CLAIMS and not self.watches(namespace):
+            return set()
+        with self.lock:
+            if not self.storage.observe(kind, body, deleted=event == DELETED):
+                return set()
+            if kind != CLAIMS:
+                return set(self.waiting_for_room)
+            return {key for key in self.waiting_for_room if key[0] == namespace} | {
+                key
+                for key, inference in self.inferences.items()
+                if key[0] == namespace and name in claim_names(_template_spec(inference))
+            }
 
     # ---- a snapshot for a reconcile ------------------------------------------------------------
 

@@ -128,6 +128,14 @@ class Controller:
         for key in self.cache.apply_priority_class(kind, body):
             self.queue.enqueue(key)
 
+    def on_storage(self, kind: str, event: str | None, body: Mapping[str, Any]) -> None:
+        """A claim, volume or storage class changed: where replicas' volumes can go may have too."""
+        affected = self.cache.apply_storage(kind, event, body)
+        with self.cache.lock:
+            ordered = self.cache.in_waiting_order(affected)
+        for key in ordered:
+            self.queue.enqueue(key)
+
     # ---- running -------------------------------------------------------------------------------
 
     async def _reconcile(self, key: Key) -> float | None:

@@ -1,11 +1,13 @@
-"""The kopf wiring: start-up, clean-up, the health probe and the three watches. Nothing else.
+"""The kopf wiring: start-up, clean-up, the health probe and the watches. Nothing else.
 
-kopf watches NeuronInferences, Pods, Nodes and PriorityClasses with ``@kopf.on.event`` handlers only: no
-finalizers, no progress annotations, nothing written to the watched objects, and no change
-handlers (``on.create`` / ``on.update``), which is what lets :class:`_NoDiffBase` switch off
-kopf's per-event copy of every object. Each event goes to the :class:`~.controller.Controller`,
-which kopf keeps in its ``memo`` (``memo.controller``, set once start-up has rebuilt the ledger):
-kopf hands ``memo`` to every handler, so no handler needs module state.
+kopf watches NeuronInferences, Pods, Nodes and PriorityClasses, and the PersistentVolumeClaims,
+PersistentVolumes and StorageClasses that decide where replicas' volumes can be used, with
+``@kopf.on.event`` handlers only: no finalizers, no progress annotations, nothing written to the
+watched objects, and no change handlers (``on.create`` / ``on.update``), which is what lets
+:class:`_NoDiffBase` switch off kopf's per-event copy of every object. Each event goes to the
+:class:`~.controller.Controller`, which kopf keeps in its ``memo`` (``memo.controller``, set once
+start-up has rebuilt the ledger): kopf hands ``memo`` to every handler, so no handler needs module
+state.
 
 Start-up lists every node and pod before any reconcile runs, so that a restarted operator hands
 out no core twice; until that has succeeded start-up is retried (``kopf.TemporaryError``) and the
@@ -23,6 +25,7 @@ from neuronplace.operator import heap
 from neuronplace.operator import metrics as mx
 from neuronplace.operator.controller import Controller, api_client
 from neuronplace.operator.settings import OperatorSettings
+from neuronplace.operator.storage import CLAIMS, CLASSES, VOLUMES
 from neuronplace.placement.names import GROUP, PLURAL, VERSION
 
 
@@ -131,3 +134,24 @@ async def priority_class_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
         controller.on_priority_class(event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", CLAIMS)
+async def claim_event(event, memo: kopf.Memo, **_):
+    controller = _controller(memo)
+    if controller is not None:
+        controller.on_storage(CLAIMS, event.get("type"), event["object"])
+
+
+@kopf.on.event("", "v1", VOLUMES)
+async def volume_event(event, memo: kopf.Memo, **_):
+    controller = _controller(memo)
+    if controller is not None:
+        controller.on_storage(VOLUMES, event.get("type"), event["object"])
+
+
+@kopf.on.event("storage.k8s.io", "v1", CLASSES)
+async def storage_class_event(event, memo: kopf.Memo, **_):
+    controller = _controller(memo)
+    if controller is not None:
+        controller.on_storage(CLASSES, event.get("type"), event["object"])

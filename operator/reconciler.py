@@ -142,10 +142,19 @@ class Reconciler:
     def _place_and_create(self, inference: dict, decision: rc.Decision) -> tuple[st.Problem | None, float | None]:
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
-        request = rc.placement_request(inference, self.settings.numbering)
+        cache = self.cache
+        with cache.lock:
+            template = inference["spec"].get("template") or {}
+            volumes = cache.storage.constraint(template.get("spec") or {}, key[0], self.binding(inference))
+            if volumes.problem is not None:
+                cache.waiting_for_room.add(key)  # a claim, volume or class event looks again
+        if volumes.problem is not None:
+            mx.METRICS.failed(volumes.reason, len(decision.create))
+            self._event_once(inference, volumes.reason, volumes.problem)
+            return st.Problem(volumes.reason, volumes.problem), None
+        request = rc.placement_request(inference, self.settings.numbering, volumes.node_terms)
         placed: list[ReplicaPlacement] = []
         unplaceable: list[tuple[int, str]] = []
-        cache = self.cache
         with cache.lock:
             fleet = cache.fleet()
             for ordinal in decision.create:

@@ -28,6 +28,7 @@ from kubernetes.client.rest import ApiException
 
 from neuronplace.operator import heap
 from neuronplace.operator.cache import Cache, Key
+from neuronplace.operator.storage import CLAIMS, CLASSES, KINDS, VOLUMES, slim
 from neuronplace.operator.writes import API_TIMEOUT
 from neuronplace.placement.names import GROUP, PLURAL, VERSION
 
@@ -51,7 +52,7 @@ def pages(list_call: Callable[..., Any], *args: Any) -> Iterator[list[dict]]:
 
 
 class Sync:
-    """Reads full lists of nodes, pods and NeuronInferences into ``cache``."""
+    """Reads full lists of nodes, pods, NeuronInferences and the storage objects into ``cache``."""
 
     def __init__(self, cache: Cache, core: Any, custom: Any) -> None:
         self.cache = cache
@@ -77,6 +78,29 @@ class Sync:
         return self.custom.list_cluster_custom_object(
             "scheduling.k8s.io", "v1", "priorityclasses", _request_timeout=API_TIMEOUT
         )["items"]
+
+    def storage_pages(self, kind: str) -> Iterator[list[dict]]:
+        """Claims (in the watched namespaces), volumes or storage classes (``storage.KINDS``), a page at a time."""
+        if kind == VOLUMES:
+            yield from pages(self.core.list_persistent_volume)
+        elif kind == CLASSES:  # a handful per cluster: one list (the custom-objects client reads any API group)
+            listed = self.custom.list_cluster_custom_object(
+                "storage.k8s.io", "v1", CLASSES, _request_timeout=API_TIMEOUT
+            )
+            yield listed["items"]
+        elif not self.cache.namespaces:
+            yield from pages(self.core.list_persistent_volume_claim_for_all_namespaces)
+        else:
+            assert kind == CLAIMS
+            for namespace in self.cache.namespaces:
+                yield from pages(self.core.list_namespaced_persistent_volume_claim, namespace)
+
+    def read_storage(self) -> None:
+        """Replace the cached claims, volumes and storage classes with full lists."""
+        for kind in KINDS:
+            slimmed = [slim(kind, body) for page in self.storage_pages(kind) for body in page]
+            with self.cache.lock:
+                self.cache.storage.replace(kind, slimmed)
 
     def list_inferences(self) -> list[dict]:
         if not self.cache.namespaces:
@@ -104,6 +128,7 @@ class Sync:
                 for pod in page:
                     cache.observe_pod(pod)
             pods += len(page)
+        self.read_storage()  # where replicas' volumes can be used, before any placement
         # Before any reconcile, so that no template naming a system class slips through meanwhile.
         priority_classes = self.list_priority_classes()
         inferences = self.list_inferences()
@@ -202,6 +227,7 @@ class Sync:
                 with cache.lock:
                     cache.forget_inference(key)
                 forgotten.append(key)
+        self.read_storage()
         self.report_foreign()
         return forgotten
 

@@ -57,6 +57,7 @@ NODE_SELECTOR = "nodeSelector"
 AFFINITY = "affinity"
 TOO_SMALL = "too small"
 SHAPE = "shape"
+VOLUMES = "volumes"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class PlacementRequest:
     numbering: str = "device-local"
     requests: Mapping[str, int] = field(default_factory=dict)
     """What one replica pod requests of its node (``resources.replica_requests``)."""
+    volume_terms: tuple[tuple[Mapping, ...], ...] = ()
+    """Node-selector term groups the replica's volumes add (``volumes.volume_constraint``): a node
+    must match one term of every group."""
     _constraints: str = field(init=False, repr=False, compare=False, default="")
     _checks: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False, default=())
 
@@ -106,8 +110,14 @@ class PlacementRequest:
         ):
             raise ValueError(f"requests must map resource names to whole amounts >= 0, got {self.requests!r}")
         object.__setattr__(self, "_checks", check_items(self.requests))
+        for group in self.volume_terms:  # validated as a pod's required node affinity is
+            required_terms(
+                {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(group)}}}
+            )
         constraints = json.dumps(
-            [sorted(self.node_selector.items()), list(tolerations), self.affinity], sort_keys=True, default=str
+            [sorted(self.node_selector.items()), list(tolerations), self.affinity, self.volume_terms],
+            sort_keys=True,
+            default=str,
         )
         object.__setattr__(self, "_constraints", constraints)
 
@@ -208,6 +218,8 @@ class Fleet:
                 excluded[NODE_SELECTOR] += 1
             elif terms is not None and not affinity_matches(terms, node):
                 excluded[AFFINITY] += 1
+            elif any(not affinity_matches(list(group), node) for group in request.volume_terms):
+                excluded[VOLUMES] += 1
             else:
                 names.append(node.name)
         return tuple(sorted(names)), excluded
@@ -370,6 +382,7 @@ _EXCLUSION_PHRASES = (
     (TAINTS, "{n} node{s} excluded by taints"),
     (NODE_SELECTOR, "{n} not matching the nodeSelector"),
     (AFFINITY, "{n} not matching the required node affinity"),
+    (VOLUMES, "{n} where its volumes cannot be used (volume node affinity or storage class topology)"),
     (CORDONED, "{n} cordoned"),
     (NOT_READY, "{n} NotReady"),
     (BEING_DELETED, "{n} being deleted"),

@@ -101,6 +101,9 @@ REASON_NOT_READY = "ReplicasNotReady"
 REASON_POD_FORBIDDEN = "PodForbidden"
 # A resource in the operator's own namespace, which the operator does not serve by default.
 REASON_NAMESPACE_NOT_SERVED = "NamespaceNotServed"
+# A replica with a claim only kube-scheduler can bind (WaitForFirstConsumer) while its pods are
+# bound directly (spec.nodeName), which skips the scheduler: no pod is made, it could never start.
+REASON_VOLUME_NEEDS_SCHEDULER = "VolumeNeedsScheduler"
 
 # Why a node's NeuronCore claims are inconsistent (shown by ``neuronplace cores`` and the metric
 # ``neuronplace_node_inconsistent_claims``): a pod carries our inference label but its controller is

@@ -428,11 +428,14 @@ def _next_rollout(current: Mapping[int, Mapping], desired: int, wanted_hash: str
     return Deletion(pod_name, OUTDATED, f"pod {pod_name} runs an older spec; replacing it (one replica at a time)")
 
 
-def placement_request(inference: Mapping[str, Any], numbering: str) -> PlacementRequest:
+def placement_request(
+    inference: Mapping[str, Any], numbering: str, volume_terms: tuple[tuple[Mapping, ...], ...] = ()
+) -> PlacementRequest:
     """The placement engine's request for a (validated) resource.
 
     The template's own nodeSelector, tolerations and required node affinity are honoured together
-    with ``spec.placement``'s: the pod carries both, so the node must satisfy both.
+    with ``spec.placement``'s: the pod carries both, so the node must satisfy both. ``volume_terms``
+    are the node terms its volumes add (``volumes.volume_constraint``).
     """
     meta = inference["metadata"]
     spec = inference["spec"]
@@ -453,6 +456,7 @@ def placement_request(inference: Mapping[str, Any], numbering: str) -> Placement
         affinity=pod_spec.get("affinity"),
         numbering=numbering,
         requests=replica_requests(pod_spec, spec["coresPerReplica"], spec.get("processesPerReplica", 1)),
+        volume_terms=volume_terms,
     )
 
 

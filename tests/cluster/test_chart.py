@@ -396,12 +396,18 @@ NEEDED_IN_WATCHED = [
     ("create", "pods"),
     ("delete", "pods"),
     ("create", "events"),
+    ("list", "persistentvolumeclaims"),
+    ("watch", "persistentvolumeclaims"),
 ]
 NEEDED_CLUSTER = [
     ("list", "nodes"),
     ("watch", "nodes"),
     ("list", "priorityclasses.scheduling.k8s.io"),
     ("watch", "priorityclasses.scheduling.k8s.io"),
+    ("list", "persistentvolumes"),
+    ("watch", "persistentvolumes"),
+    ("list", "storageclasses.storage.k8s.io"),
+    ("watch", "storageclasses.storage.k8s.io"),
 ]
 FORBIDDEN_ANYWHERE = [
     ("get", "secrets"),
@@ -425,6 +431,8 @@ FORBIDDEN_ANYWHERE = [
     ("bind", "roles.rbac.authorization.k8s.io"),
     ("escalate", "roles.rbac.authorization.k8s.io"),
     ("update", "events"),
+    ("update", "persistentvolumeclaims"),
+    ("delete", "persistentvolumeclaims"),
 ]
 FORBIDDEN_CLUSTER = [
     ("update", "nodes"),
@@ -432,6 +440,9 @@ FORBIDDEN_CLUSTER = [
     ("delete", "nodes"),
     ("create", "nodes"),
     ("patch", "nodes/status"),
+    ("update", "persistentvolumes"),
+    ("delete", "persistentvolumes"),
+    ("update", "storageclasses.storage.k8s.io"),
     ("create", "priorityclasses.scheduling.k8s.io"),
     ("delete", "priorityclasses.scheduling.k8s.io"),
     ("bind", "clusterroles.rbac.authorization.k8s.io"),

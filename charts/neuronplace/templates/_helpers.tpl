@@ -75,6 +75,12 @@ are @kopf.on.event: no finalizers, no progress annotations, nothing patched on w
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# PersistentVolumeClaims named by replica templates decide where a replica can use its volumes
+# (the volume they are bound to, or whether they wait for their first consumer); listed at startup
+# and at every full resync, then watched. Read-only: kube-scheduler and the volume controller bind them.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list", "watch"]
 # Events on NeuronInferences (placed, unschedulable, re-placed, pod rejected); kopf posts its own
 # warnings the same way. Created only, never updated.
 - apiGroups: [""]
