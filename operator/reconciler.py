@@ -12,9 +12,10 @@ of the cache; this module carries it out and reports it:
 3. the missing replicas are placed one by one under the cache's lock, each reservation entered in
    the ledger at once, so a concurrent reconcile of another resource sees those cores taken; a
    replica avoids the nodes where its recent attempts were refused;
-4. their pods are created concurrently, bound or pinned to their node as the binding mode says (a replica count of hundreds must not mean hundreds of
-   round trips in a row), outside the lock; a reservation whose pod was not created is given
-   back, except after a 409, where the watch event for the existing pod replaces it;
+4. their pods are created concurrently, bound or pinned to their node as the binding mode says
+   (a replica count of hundreds must not mean hundreds of round trips in a row), outside the lock;
+   a reservation whose pod was not created is given back, except after a 409, where the watch
+   event for the existing pod replaces it;
 5. the status is written when it differs from what is there.
 
 Failures follow the two kinds of :mod:`.writes`. A refused pod (400/422) is a problem of this
