@@ -5,11 +5,12 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
 
 - ``neuronplace_placements_total``: replicas placed (a pod created, bound, with its core range).
 - ``neuronplace_placement_failures_total{reason}``: replicas the operator tried to place and could
-  not, by reason: ``Unschedulable`` (no room, the engine's explanation is in the resource's
-  ``Placed`` condition), ``PodRejected`` (the API server refused the pod), ``PodForbidden`` (quota,
-  RBAC, terminating namespace), ``Throttled`` (429), ``Conflict`` (409), ``ApiError`` (anything
-  else). A replica waiting for room is counted again on every attempt, so the rate shows how often
-  placement fails, not how many replicas wait (that is in the resources' status).
+  not, by reason: ``Unschedulable`` (no room, or a volume claim to wait for; the explanation is in
+  the resource's ``Placed`` condition), ``VolumeNeedsScheduler`` (a claim only kube-scheduler can
+  bind, under Direct binding), ``PodRejected`` (the API server refused the pod), ``PodForbidden``
+  (quota, RBAC, terminating namespace), ``Throttled`` (429), ``Conflict`` (409), ``ApiError``
+  (anything else). A replica waiting for room is counted again on every attempt, so the rate shows
+  how often placement fails, not how many replicas wait (that is in the resources' status).
 - ``neuronplace_reconcile_duration_seconds``: histogram of one reconcile's wall time (read caches,
   decide, place, create/delete pods, write status), failed reconciles included.
 - ``neuronplace_node_free_cores{node}``: NeuronCores nobody holds, per managed node.
