@@ -118,6 +118,7 @@ def test_always_rejected_replica_backs_off_and_shows_replica_failure(local_clust
         creations.stop()
     first = times[0]
     in_two_minutes = [t for t in times if t - first <= 120]
+    print(f"always rejected: pods created at {[round(t - first, 1) for t in times]} s")
     assert 2 <= len(in_two_minutes) <= 7, f"pods created at {[round(t - first, 1) for t in times]} s"
     assert_rejection_reported(conditions)
     warnings = local_cluster.kubectl(
@@ -169,6 +170,7 @@ def test_container_exiting_under_restart_policy_never_is_recreated_with_backoff(
         creations.stop()
     first = times[0]
     in_a_minute = [t - first for t in times if t - first <= 60]
+    print(f"exiting: pods created at {[round(t, 1) for t in in_a_minute]} s")
     # Each pod lives about a second: a loop would make dozens. The backoff (10 s, 20 s, 40 s ...)
     # allows three or four.
     assert 2 <= len(in_a_minute) <= 5, f"pods created at {[round(t, 1) for t in in_a_minute]} s"
