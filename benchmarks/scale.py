@@ -7,19 +7,25 @@ Run (the local control plane's binaries are built on first use, ~8 min cold):
     python benchmarks/scale.py --nodes 200 --memory   # also: operator RSS with 10,000 managed pods
     python benchmarks/scale.py --rounds 3             # 3 rounds, each side first once; medians and spread
     python benchmarks/scale.py --quick                # 10 nodes, 20 pods, one round (the CI smoke test)
+    python benchmarks/scale.py --binding Direct       # only one of the operator's binding modes
 
 One run, one cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok started
 by ``neuronplace.local``), a simulated fleet of N kwok nodes, half inf2.48xlarge (24 cores), half
-trn1.32xlarge (32 cores). Then, one after the other on the same nodes, three sides per round
-(``--kube`` chooses the kube sides), in an order that rotates every round so that each side goes
-first once in three rounds (the side that goes first starts on a quieter cluster; every other
-side starts right after the previous side's namespace, with all its pods, was deleted):
+trn1.32xlarge (32 cores). Then, one after the other on the same nodes, four sides per round
+(``--binding`` chooses our sides, ``--kube`` the kube sides), in an order that rotates every round
+so that each side goes first once in four rounds (the side that goes first starts on a quieter
+cluster; every other side starts right after the previous side's namespace, with all its pods, was
+deleted):
 
-1. **ours**: the operator runs as a real subprocess (``python -m neuronplace.cli run``, default
-   settings) authenticated as the service account ``neuronplace-bench/neuronplace-operator``. The
-   benchmark creates NeuronInference resources (a fixed mix of 1–16 cores per replica, 10 replicas
-   each, K replicas in all) from 8 threads, and a watch in this process records when every pod is
-   bound and Running. Then the operator is stopped and the namespace deleted (all pods gone).
+1. **ours**, once per binding mode: the operator runs as a real subprocess (``python -m
+   neuronplace.cli run``, default settings but ``NEURONPLACE_BINDING``) authenticated as the service
+   account ``neuronplace-bench/neuronplace-operator``. The benchmark creates NeuronInference
+   resources (a fixed mix of 1–16 cores per replica, 10 replicas each, K replicas in all) from 8
+   threads, and a watch in this process records when every pod is bound and Running. Then the
+   operator is stopped and the namespace deleted (all pods gone). **Scheduler mode** creates each
+   pod unbound, pinned to its node by required node affinity on ``metadata.name``, and the
+   cluster's kube-scheduler checks and binds it (one more write per pod, by the scheduler);
+   **Direct mode** creates it bound (``spec.nodeName``).
 2. **kube: ReplicaSets (controller-manager + scheduler)**: the same groups as ReplicaSets (one per
    NeuronInference, same replicas, same node selector, pods requesting the same
    ``aws.amazon.com/neuroncore`` count), created from 8 threads; kube-controller-manager creates the
@@ -43,9 +49,9 @@ annotation, env, requests and ``AWS_NEURON_IDS`` agree; its line follows the tab
 Figures (the same definitions for both):
 
 - **pods/s**: K / (last pod bound − first create call issued), end to end: "K replicas wanted" to
-  "K pods bound". Ours: K/10 resource creates plus the operator's work (one pod create, already
-  bound, per replica). kube-scheduler: K/10 ReplicaSet creates, kube-controller-manager's pod creates
-  and kube-scheduler's binds. **created s** says when the benchmark's last create call returned
+  "K pods bound". Ours: K/10 resource creates plus the operator's work (one pod create per
+  replica; in Scheduler mode kube-scheduler's bind after it). kube-scheduler: K/10 ReplicaSet
+  creates, kube-controller-manager's pod creates and kube-scheduler's binds. **created s** says when the benchmark's last create call returned
   (for the scheduler-alone side, when it is close to "bound s" this client set the pace).
 - **group p50/p99**: per group (a NeuronInference or its ReplicaSet twin), from the group's creation
   (its create call returning; for the scheduler-alone side its first pod's) to the moment all of its pods
@@ -93,9 +99,9 @@ from neuronplace.local.bench.podwatch import PodWatch
 from neuronplace.local.bench.procstats import cpu_seconds, status_kb
 from neuronplace.local.bench.prometheus import scrape
 from neuronplace.local.bench.results import (
-    KUBE_DIRECT,
+    KUBE_ALONE,
     KUBE_REPLICASETS,
-    OURS,
+    OURS_SIDES,
     PhaseResult,
     group_latencies,
     median_round,
@@ -114,9 +120,9 @@ from neuronplace.local.bench.workload import (
     replicaset_manifest,
     workload,
 )
-from neuronplace.local.operator_process import OperatorProcess, free_port, install_crd
+from neuronplace.local.operator_process import BINDING_VARIABLE, OperatorProcess, free_port, install_crd
 from neuronplace.placement.conditions import is_ready
-from neuronplace.placement.names import GROUP, INFERENCE_LABEL, PLURAL, VERSION
+from neuronplace.placement.names import BINDINGS, GROUP, INFERENCE_LABEL, PLURAL, VERSION
 
 DEFAULT_PLOT = Path(__file__).resolve().parent.parent / "out" / "scale.png"
 
@@ -187,10 +193,15 @@ class Bench:
             "delete", "namespace", name, "--wait=true", f"--timeout={timeout:.0f}s", timeout=timeout + 30
         )
 
-    def start_operator(self, log_name: str, metrics_port: int | None = None) -> OperatorProcess:
-        """The operator with default settings (plus ``--operator-env``), as the service account,
-        without a liveness endpoint (nothing but the operator's own work runs in the process)."""
+    def start_operator(
+        self, log_name: str, metrics_port: int | None = None, binding: str | None = None
+    ) -> OperatorProcess:
+        """The operator with default settings (plus ``--operator-env``; ``binding`` sets its binding
+        mode), as the service account, without a liveness endpoint (nothing but the operator's own
+        work runs in the process)."""
         env = dict(self.operator_env)
+        if binding:
+            env[BINDING_VARIABLE] = binding
         if metrics_port:
             env["NEURONPLACE_METRICS_PORT"] = str(metrics_port)
         operator = OperatorProcess(
@@ -220,19 +231,22 @@ class Bench:
                 done[key] = finished
         return done
 
-    def run_ours(self, groups: Sequence[Group], namespace: str, timeout: float) -> PhaseResult:
+    def run_ours(self, groups: Sequence[Group], namespace: str, timeout: float, binding: str) -> PhaseResult:
         pods = sum(g.replicas for g in groups)
         self.create_namespace(namespace)
         watch = PodWatch(self.core, namespace, INFERENCE_LABEL, say)
         watch.start()
-        operator = self.start_operator("operator-scale.log")
+        operator = self.start_operator(f"operator-scale-{binding.lower()}.log", binding=binding)
         try:
-            say(f"ours: operator pid {operator.pid} started; creating {len(groups)} NeuronInferences ({pods} replicas)")
+            say(
+                f"ours, {binding} mode: operator pid {operator.pid} started; "
+                f"creating {len(groups)} NeuronInferences ({pods} replicas)"
+            )
             all_before, ours_before = self.request_counts()
             cpu_before = cpu_of(operator)
             start = time.monotonic()
             created = self._create_all(groups, lambda group: self.create_inference(namespace, group))
-            watch.wait_running(pods, timeout, "ours")
+            watch.wait_running(pods, timeout, f"ours ({binding})")
             cpu = cpu_of(operator) - cpu_before
             peak_kb = status_kb(operator.pid, "VmHWM")
             all_after, ours_after = self.request_counts()
@@ -240,7 +254,7 @@ class Bench:
             watch.stop()
             operator.stop()
         return PhaseResult(
-            OURS,
+            OURS_SIDES[binding],
             pods,
             start,
             dict(watch.bound),
@@ -254,15 +268,15 @@ class Bench:
         )
 
     def run_kube_scheduler(
-        self, groups: Sequence[Group], namespace: str, timeout: float, direct: bool = False
+        self, groups: Sequence[Group], namespace: str, timeout: float, alone: bool = False
     ) -> PhaseResult:
         """The twins: one ReplicaSet per group (kube-controller-manager creates the pods), or with
-        ``direct`` every pod created by this benchmark; kube-scheduler binds them."""
+        ``alone`` every pod created by this benchmark; kube-scheduler binds them."""
         pods = sum(g.replicas for g in groups)
         self.create_namespace(namespace)
         watch = PodWatch(self.core, namespace, PLAIN_GROUP_LABEL, say)
         watch.start()
-        if direct:
+        if alone:
             say(f"kube-scheduler: creating {pods} plain pods in {len(groups)} groups")
             jobs = [(group, index) for group in groups for index in range(group.replicas)]
         else:
@@ -290,7 +304,7 @@ class Bench:
         created: dict[str, float] = {}
         for (group, _index), finished in done.items():
             created[group] = min(created.get(group, finished), finished)
-        label = KUBE_DIRECT if direct else KUBE_REPLICASETS
+        label = KUBE_ALONE if alone else KUBE_REPLICASETS
         return PhaseResult(
             label,
             pods,
@@ -348,14 +362,22 @@ class Bench:
             operator.stop()
 
 
-KUBE_SIDES = {"both": (KUBE_REPLICASETS, KUBE_DIRECT), "replicasets": (KUBE_REPLICASETS,), "direct": (KUBE_DIRECT,)}
-SLUGS = {OURS: "ours", KUBE_REPLICASETS: "kube-rs", KUBE_DIRECT: "kube-direct"}
+KUBE_SIDES = {"both": (KUBE_REPLICASETS, KUBE_ALONE), "replicasets": (KUBE_REPLICASETS,), "alone": (KUBE_ALONE,)}
+OUR_SIDES = {"both": BINDINGS, **{binding: (binding,) for binding in BINDINGS}}
+BINDING_OF = {label: binding for binding, label in OURS_SIDES.items()}
+SLUGS = {
+    **{label: f"ours-{binding.lower()}" for binding, label in OURS_SIDES.items()},
+    KUBE_REPLICASETS: "kube-rs",
+    KUBE_ALONE: "kube-alone",
+}
 
 
 def _setting(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
         raise ValueError(f"--operator-env {item!r} is not NAME=VALUE (e.g. NEURONPLACE_WORKERS=8)")
+    if key == BINDING_VARIABLE:
+        raise ValueError(f"--operator-env {key}: the binding mode is a side of the benchmark; use --binding")
     return key, value
 
 
@@ -374,6 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="both",
         help="the kube sides: ReplicaSets (controller-manager + scheduler), pods created directly "
         "(the scheduler alone), or both (default)",
+    )
+    parser.add_argument(
+        "--binding",
+        choices=sorted(OUR_SIDES),
+        default="both",
+        help="our sides: the operator in Scheduler mode (kube-scheduler binds its pinned pods), in "
+        "Direct mode (it binds them itself), or both (default)",
     )
     parser.add_argument(
         "--rounds",
@@ -439,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 monitor = monitor_for(cluster.kubeconfig).start()
                 say("invariant monitor: following pods, nodes and NeuronInferences")
-            sides = [OURS, *KUBE_SIDES[args.kube]]
+            sides = [OURS_SIDES[binding] for binding in OUR_SIDES[args.binding]] + list(KUBE_SIDES[args.kube])
             rounds = []
             for number in range(1, args.rounds + 1):
                 results = []
@@ -447,10 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"round {number}: {' -> '.join(order)}")
                 for position, side in enumerate(order):
                     namespace = f"scale-{SLUGS[side]}-{number}"
-                    if side == OURS:
-                        result = bench.run_ours(groups, namespace, args.timeout)
+                    if side in BINDING_OF:
+                        result = bench.run_ours(groups, namespace, args.timeout, BINDING_OF[side])
                     else:
-                        result = bench.run_kube_scheduler(groups, namespace, args.timeout, direct=side == KUBE_DIRECT)
+                        result = bench.run_kube_scheduler(groups, namespace, args.timeout, alone=side == KUBE_ALONE)
                     say(f"{side}: {result.pods} pods bound in {result.bound_seconds:.1f} s")
                     results.append(result)
                     if number < args.rounds or position < len(order) - 1 or args.memory:
@@ -480,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if operator_env
             else "; operator default settings"
         )
+        + f" but {BINDING_VARIABLE} as its side says"
     )
     print()
     print(report(rounds, memory, header))

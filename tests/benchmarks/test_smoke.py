@@ -80,10 +80,12 @@ def test_scale_benchmark(tmp_path):
     )
     assert_table(
         output,
-        "ours (operator)",
+        "ours: Scheduler mode (operator pins, kube-scheduler binds)",
+        "ours: Direct mode (operator binds)",
         "kube: ReplicaSets (controller-manager + scheduler)",
         "kube: scheduler alone (pods created directly)",
-        "ratio pods/s ours /",
+        "ratio pods/s ours: Scheduler mode",
+        "ratio pods/s ours: Direct mode",
         "invariant monitor over the whole run",
         "violations at any moment: 0",
     )

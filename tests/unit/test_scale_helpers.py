@@ -111,25 +111,38 @@ def phase(label, pods, seconds):
 
 
 def test_median_round_and_report():
-    ours, rs, direct = results.OURS, results.KUBE_REPLICASETS, results.KUBE_DIRECT
+    ours, rs, alone = results.OURS_SCHEDULER, results.KUBE_REPLICASETS, results.KUBE_ALONE
     rounds = [
-        [phase(ours, 10, 1.0), phase(rs, 10, 2.0), phase(direct, 10, 0.5)],  # ratios 2.0 / 0.5
-        [phase(rs, 10, 2.0), phase(direct, 10, 1.0), phase(ours, 10, 4.0)],  # ratios 0.5 / 0.25
-        [phase(direct, 10, 1.0), phase(ours, 10, 2.0), phase(rs, 10, 2.0)],  # ratios 1.0 / 0.5
+        [phase(ours, 10, 1.0), phase(rs, 10, 2.0), phase(alone, 10, 0.5)],  # ratios 2.0 / 0.5
+        [phase(rs, 10, 2.0), phase(alone, 10, 1.0), phase(ours, 10, 4.0)],  # ratios 0.5 / 0.25
+        [phase(alone, 10, 1.0), phase(ours, 10, 2.0), phase(rs, 10, 2.0)],  # ratios 1.0 / 0.5
     ]
     assert results.median_round(rounds) == 2  # by ours / the first kube side (ReplicaSets)
     assert results.median_round(rounds[:2]) == 1  # the lower of two
-    assert results.ratios(rounds, direct) == [0.5, 0.25, 0.5]
+    assert results.ratios(rounds, ours, alone) == [0.5, 0.25, 0.5]
     text = results.report(rounds, None, "header")
-    assert f"ours / {rs}: 1.00 (median of 3 rounds: 2.00, 0.50, 1.00)" in text
-    assert f"ours / {direct}: 0.50 (median of 3 rounds: 0.50, 0.25, 0.50)" in text
+    assert f"{ours} / {rs}: 1.00 (median of 3 rounds: 2.00, 0.50, 1.00)" in text
+    assert f"{ours} / {alone}: 0.50 (median of 3 rounds: 0.50, 0.25, 0.50)" in text
     assert "goal >= 1.0: met" in text and "goal >= 1.0: NOT met" in text
     # The summary: the median pods/s of each side with the spread of the rounds.
     summary = text.split("min-max) of the rounds:")[1]
     assert any(line.startswith(ours) and "5.0 (2.5-10.0)" in line for line in summary.splitlines())
-    assert any(line.startswith(direct) and "10.0 (10.0-20.0)" in line for line in summary.splitlines())
+    assert any(line.startswith(alone) and "10.0 (10.0-20.0)" in line for line in summary.splitlines())
     # Every phase has its row, with when it ran in its round.
     assert "3 of 3" in text and text.count(ours) >= 4
+
+
+def test_report_compares_both_binding_modes_with_their_own_goals():
+    scheduler, direct, alone = results.OURS_SCHEDULER, results.OURS_DIRECT, results.KUBE_ALONE
+    rounds = [
+        [phase(scheduler, 10, 1.0), phase(direct, 10, 0.8), phase(alone, 10, 1.0)],  # 1.0 / 1.25
+        [phase(direct, 10, 0.5), phase(alone, 10, 1.0), phase(scheduler, 10, 1.25)],  # 0.8 / 2.0
+    ]
+    assert results.ours_labels(rounds) == [scheduler, direct]
+    assert results.kube_labels(rounds) == [alone]
+    text = results.report(rounds, None, "header")
+    assert f"{scheduler} / {alone}: 0.90 (median of 2 rounds: 1.00, 0.80)  (goal >= 1.0: NOT met)" in text
+    assert f"{direct} / {alone}: 1.63 (median of 2 rounds: 1.25, 2.00)  (goal >= 1.3: met)" in text
 
 
 def test_phase_order_rotates_so_every_side_goes_first():
@@ -168,6 +181,7 @@ def test_the_benchmark_script_still_answers_help():
         "--pods",
         "--plot",
         "--kube",
+        "--binding",
         "--rounds",
         "--quick",
         "--no-monitor",
