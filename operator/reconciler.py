@@ -31,6 +31,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from dataclasses import replace
 
 from neuronplace.operator import metrics as mx
 from neuronplace.operator.cache import Cache, Key
@@ -51,6 +52,7 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import build_pod, pod_name
 from neuronplace.placement.priority import priority_refusal
+from neuronplace.placement.volumes import consumer_node
 
 log = logging.getLogger("neuronplace.operator")
 
@@ -149,6 +151,8 @@ class Reconciler:
             volumes = cache.storage.constraint(template.get("spec") or {}, key[0], self.binding(inference))
             if volumes.problem is not None:
                 cache.waiting_for_room.add(key)  # a claim, volume or class event looks again
+            # Where the replicas' shared claim, still unbound, is going to be bound (if anywhere yet).
+            follow = consumer_node(cache.pods_of_inference(key)) if volumes.first_consumer else None
         if volumes.problem is not None:
             mx.METRICS.failed(volumes.reason, len(decision.create))
             self._event_once(inference, volumes.reason, volumes.problem)
@@ -162,12 +166,14 @@ class Reconciler:
                 owner = f"{meta['namespace']}/{pod_name(meta['name'], ordinal)}"
                 avoid = decision.avoid.get(ordinal, frozenset())
                 prefer = decision.prefer.get(ordinal)
+                placing = request if follow is None else replace(request, volume_terms=volumes.on_node(follow))
                 result = place_one(
-                    rc.avoiding(request, avoid), ordinal, fleet, cache.ledger, owner, prefer=prefer, usage=cache.usage
+                    rc.avoiding(placing, avoid), ordinal, fleet, cache.ledger, owner, prefer=prefer, usage=cache.usage
                 )
                 if isinstance(result, ReplicaPlacement):
                     placed.append(result)
                     cache.inflight.add(owner)
+                    follow = result.node if volumes.first_consumer else None
                 elif avoid:
                     avoided = ", ".join(sorted(avoid))
                     unplaceable.append((result.replica, f"{result.reason}; avoiding {avoided} after failed attempts"))

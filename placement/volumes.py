@@ -25,12 +25,18 @@ for the same Available volume (the scheduler then reports the pod Unschedulable 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from neuronplace.placement.claims import NODE_NAME_FIELD, node_of
 from neuronplace.placement.constraints import required_terms
-from neuronplace.placement.names import BINDING_DIRECT, REASON_UNSCHEDULABLE, REASON_VOLUME_NEEDS_SCHEDULER
+from neuronplace.placement.names import (
+    BINDING_DIRECT,
+    REASON_UNSCHEDULABLE,
+    REASON_VOLUME_NEEDS_SCHEDULER,
+    TERMINAL_PHASES,
+)
 from neuronplace.placement.resources import parse_quantity
 
 NO_PROVISIONER = "kubernetes.io/no-provisioner"
@@ -47,11 +53,20 @@ class VolumeConstraint:
     ``node_terms``: groups of node-selector terms; a node must match one term of every group.
     ``problem``: why no node can take the replica now (``reason`` is the status reason for it);
     ``None`` when the volumes allow placement.
+    ``first_consumer``: a claim every replica shares waits for its first consumer on pre-made local
+    volumes. kube-scheduler binds it to a volume on the node of the first replica it binds, and
+    then no other node can use it: every replica goes where the first one went (:meth:`on_node`),
+    rather than to another node with a free volume, where it could never be bound.
     """
 
     node_terms: tuple[Terms, ...] = ()
     problem: str | None = None
     reason: str = REASON_UNSCHEDULABLE
+    first_consumer: bool = False
+
+    def on_node(self, node: str) -> tuple[Terms, ...]:
+        """``node_terms`` narrowed to ``node``."""
+        return (*self.node_terms, ({"matchFields": [{"key": NODE_NAME_FIELD, "operator": "In", "values": [node]}]},))
 
 
 def claim_names(pod_spec: Mapping[str, Any]) -> frozenset[str]:
@@ -80,6 +95,7 @@ def volume_constraint(
     names to PersistentVolumes and StorageClasses.
     """
     groups: list[Terms] = []
+    first_consumer = False
     for volume in pod_spec.get("volumes") or ():
         if not isinstance(volume, Mapping):
             continue
@@ -91,6 +107,7 @@ def volume_constraint(
             if (claim.get("metadata") or {}).get("deletionTimestamp"):
                 return _waiting(f'persistentvolumeclaim "{name}" is being deleted')
             outcome = _claim(claim, f'persistentvolumeclaim "{name}"', (namespace, name), volumes, classes, binding)
+            first_consumer = first_consumer or _waits_on_local_volume(claim, classes)
         elif isinstance(volume.get("ephemeral"), Mapping):
             template = volume["ephemeral"].get("volumeClaimTemplate") or {}
             label = f'ephemeral volume "{volume.get("name")}"'
@@ -101,7 +118,18 @@ def volume_constraint(
             return outcome
         if outcome is not None:
             groups.append(outcome)
-    return VolumeConstraint(node_terms=tuple(groups))
+    return VolumeConstraint(node_terms=tuple(groups), first_consumer=first_consumer)
+
+
+def consumer_node(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """The node of a live pod among ``pods`` (bound, or pinned while kube-scheduler has yet to bind
+    it): where a claim they share that waits for its first consumer is going to be bound."""
+    for pod in pods:
+        ended = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+        node = None if ended or (pod.get("metadata") or {}).get("deletionTimestamp") else node_of(pod)
+        if node:
+            return node
+    return None
 
 
 def _waiting(problem: str) -> VolumeConstraint:
@@ -171,6 +199,17 @@ def _claim(
             return None  # a volume usable on any node: no restriction
         terms.extend(term for term in outcome if term not in terms)
     return tuple(terms)
+
+
+def _waits_on_local_volume(claim: Mapping[str, Any], classes: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether an unbound claim's class binds it at first consumer to a pre-made (local) volume."""
+    if (claim.get("status") or {}).get("phase") == "Bound":
+        return False
+    storage_class = classes.get(_class_name(claim.get("spec") or {}, classes)) or {}
+    return (
+        storage_class.get("volumeBindingMode") == WAIT_FOR_FIRST_CONSUMER
+        and storage_class.get("provisioner") == NO_PROVISIONER
+    )
 
 
 def _class_name(spec: Mapping[str, Any], classes: Mapping[str, Mapping[str, Any]]) -> str:

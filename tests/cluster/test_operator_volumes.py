@@ -12,6 +12,7 @@ and StorageClasses are cluster-wide: each test names its own after its namespace
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from operator_support import (
@@ -115,7 +116,7 @@ def placed_on(cluster, namespace: str, name: str) -> set[str]:
     listed = cluster.kubectl(
         "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name},reason=Placed", "-o", "json"
     ).stdout
-    return {message.split(" on ")[1].split()[0] for message in (e["message"] for e in json.loads(listed)["items"])}
+    return {node for event in json.loads(listed)["items"] for node in re.findall(r" on (\S+) cores ", event["message"])}
 
 
 def placed_condition(cluster, namespace: str, name: str, reason: str) -> dict | None:
@@ -141,6 +142,28 @@ def test_a_claim_waiting_for_its_first_consumer_is_bound_with_the_pod_on_the_vol
     assert placed_on(local_cluster, namespace, "wffc") == {disk_node}
     assert claim_state(local_cluster, namespace, "data") == ("Bound", f"{namespace}-disk")
     assert_no_shared_cores(local_cluster)
+
+
+def test_replicas_sharing_a_claim_that_waits_for_its_first_consumer_all_go_where_it_is_bound(
+    local_cluster, operator, namespace, fleet, wait_for, cluster_objects
+):
+    nodes = fleet({"inf2.48xlarge": 2})
+    # A free volume on each node, and Spread: without following the first replica, the second
+    # would go to the other node, where the claim (bound by then to the first node's volume) can
+    # never be used.
+    cluster_objects(
+        local_class(namespace),
+        *(local_volume(f"{namespace}-disk-{i}", node, storage_class=namespace) for i, node in enumerate(sorted(nodes))),
+    )
+    apply(local_cluster, namespace, claim("data", storage_class=namespace))
+    resource = inference("shared", cores=2, replicas=2, pool=nodes.pool, strategy="Spread", binding=BINDING_SCHEDULER)
+    apply(local_cluster, namespace, using(resource, "data"))
+
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "shared", 2), 60, "both replicas placed and ready")
+    (where,) = {pod["spec"]["nodeName"] for pod in pods_of(local_cluster, namespace, "shared")}
+    phase, volume = claim_state(local_cluster, namespace, "data")
+    assert phase == "Bound" and volume == f"{namespace}-disk-{sorted(nodes).index(where)}"
+    assert placed_on(local_cluster, namespace, "shared") == {where}
 
 
 @pytest.mark.parametrize("binding", [BINDING_SCHEDULER, BINDING_DIRECT])

@@ -13,7 +13,13 @@ from neuronplace.placement.names import (
     REASON_UNSCHEDULABLE,
     REASON_VOLUME_NEEDS_SCHEDULER,
 )
-from neuronplace.placement.volumes import NO_PROVISIONER, claim_names, volume_constraint
+from neuronplace.placement.volumes import (
+    NO_PROVISIONER,
+    VolumeConstraint,
+    claim_names,
+    consumer_node,
+    volume_constraint,
+)
 
 NS = "team"
 NODES = ("inf2-a", "inf2-b", "inf2-c")
@@ -337,6 +343,47 @@ def test_an_unset_class_means_the_default_class():
         uses("data"), claims=[claim], volumes=[pv("on-b", affinity=on_hosts("inf2-b"))], classes=classes
     )
     assert allowed_nodes(result) == {"inf2-b"}
+
+
+def test_replicas_sharing_a_claim_that_waits_for_a_local_volume_follow_the_first_one():
+    volumes = [pv("on-a", affinity=on_hosts("inf2-a")), pv("on-b", affinity=on_hosts("inf2-b"))]
+    result = constraint(uses("data"), claims=[pvc("data")], volumes=volumes, classes=[storage_class("local")])
+    assert result.first_consumer
+    assert allowed_nodes(result) == {"inf2-a", "inf2-b"}
+    # Once a replica went to inf2-b, the claim will be bound to the volume there: the others follow.
+    followed = VolumeConstraint(node_terms=result.on_node("inf2-b"))
+    assert allowed_nodes(followed) == {"inf2-b"}
+    assert allowed_nodes(VolumeConstraint(node_terms=result.on_node("inf2-c"))) == set()  # no volume there
+
+
+def test_only_unbound_claims_of_pre_made_local_volumes_make_replicas_follow():
+    local = [storage_class("local")]
+    bound = constraint(
+        uses("data"), claims=[pvc("data", bound_to="pv")], volumes=[pv("pv", phase="Bound")], classes=local
+    )
+    provisioned = constraint(
+        uses("data"), claims=[pvc("data", storage_class="gp3")], classes=[storage_class("gp3", provisioner="ebs")]
+    )
+    template = {"storageClassName": "local", "accessModes": ["ReadWriteOnce"]}
+    ephemeral = constraint(uses(ephemeral=template), volumes=[pv("on-a", affinity=on_hosts("inf2-a"))], classes=local)
+    assert not bound.first_consumer and not provisioned.first_consumer and not ephemeral.first_consumer
+
+
+def test_the_consumer_node_is_a_live_pods_node_bound_or_pinned():
+    def pod(node=None, pinned=None, phase="Pending", deleting=False):
+        spec = {"nodeName": node}
+        if pinned:
+            term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [pinned]}]}
+            spec["affinity"] = {
+                "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+            }
+        meta = {"deletionTimestamp": "2026-11-30T12:00:00Z"} if deleting else {}
+        return {"metadata": meta, "spec": spec, "status": {"phase": phase}}
+
+    assert consumer_node([]) is None
+    assert consumer_node([pod(pinned="inf2-c")]) == "inf2-c"
+    assert consumer_node([pod(node="inf2-a", phase="Failed"), pod(node="inf2-b", deleting=True)]) is None
+    assert consumer_node([pod(node="inf2-a", phase="Failed"), pod(node="inf2-b", phase="Running")]) == "inf2-b"
 
 
 # ---- generic ephemeral volumes ----------------------------------------------------------------------
