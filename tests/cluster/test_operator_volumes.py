@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from operator_support import (
@@ -50,6 +51,23 @@ def cluster_objects(local_cluster):
     yield make
     for name in reversed(created):
         local_cluster.kubectl("delete", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def operator_admitting_ephemeral(local_cluster, operator_process):
+    """An operator whose pod-template policy admits generic ephemeral volumes (refused by default),
+    in place of the session's operator for one test."""
+    operator_process.stop()
+    process = type(operator_process)(
+        local_cluster,
+        Path(local_cluster.logs_dir) / "neuronplace-operator-ephemeral.log",
+        extra_args=("--resync-seconds", "10"),
+        env={"NEURONPLACE_ALLOW_VOLUME_TYPES": "ephemeral"},
+    )
+    process.start()
+    yield process
+    process.stop()
+    operator_process.start()
 
 
 def local_class(name: str) -> dict:
@@ -220,3 +238,28 @@ def test_direct_binding_refuses_a_claim_only_the_scheduler_can_bind_until_the_bi
     assert pod["spec"]["nodeName"] == disk_node
     assert placed_on(local_cluster, namespace, "direct") == {disk_node}
     assert claim_state(local_cluster, namespace, "data") == ("Bound", f"{namespace}-disk")
+
+
+def test_a_generic_ephemeral_volume_goes_where_a_local_volume_can_take_its_claim(
+    local_cluster, operator_admitting_ephemeral, namespace, fleet, wait_for, cluster_objects
+):
+    nodes = fleet({"inf2.48xlarge": 2})
+    disk_node = sorted(nodes)[1]
+    cluster_objects(local_class(namespace), local_volume(f"{namespace}-disk", disk_node, storage_class=namespace))
+    resource = inference("scratch", cores=2, pool=nodes.pool, binding=BINDING_SCHEDULER)
+    template = {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": namespace,
+        "resources": {"requests": {"storage": "1Gi"}},
+    }
+    resource["spec"]["template"]["spec"]["volumes"] = [
+        {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": template}}}
+    ]
+    apply(local_cluster, namespace, resource)
+
+    wait_for(lambda: placed_and_ready(local_cluster, namespace, "scratch", 1), 60, "the replica placed and ready")
+    (pod,) = pods_of(local_cluster, namespace, "scratch")
+    assert pod["spec"]["nodeName"] == disk_node
+    # kube-controller-manager made the pod's claim; kube-scheduler bound it to the volume on that node.
+    assert claim_state(local_cluster, namespace, "scratch-0-scratch") == ("Bound", f"{namespace}-disk")
+    assert placed_on(local_cluster, namespace, "scratch") == {disk_node}
