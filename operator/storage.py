@@ -4,7 +4,8 @@ StorageClasses. No I/O; the :class:`~.cache.Cache` holds one :class:`Storage` be
 A replica's claims decide which nodes it can use (:mod:`neuronplace.placement.volumes`), so the
 operator watches all three. Only what that decision reads is kept, in the API's own shape (so the
 pure code reads a cached object as it would a fetched one): a cluster may hold thousands of claims
-and volumes, each several KB as the API sends it and about 0.5 KB slimmed.
+and volumes. Measured as JSON on the local control plane, a bound claim is 961 bytes as the API
+sends it and 278 slimmed, a local volume 1,454 and 440, a storage class 726 and 222.
 """
 
 from __future__ import annotations
