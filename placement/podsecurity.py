@@ -228,7 +228,7 @@ def _restricted_violations(spec: Mapping) -> list[str]:
         added = sorted(
             str(c)
             for c in _list(capabilities.get("add"))
-            if str(c).removeprefix("CAP_") in BASELINE_CAPABILITIES - RESTRICTED_ADDABLE_CAPABILITIES
+            if str(c) in BASELINE_CAPABILITIES - RESTRICTED_ADDABLE_CAPABILITIES
         )
         if added:
             violations.append(
@@ -304,13 +304,13 @@ def _container_violations(path: str, container: Mapping) -> list[str]:
         violations.append(f"{where}.procMount: {context['procMount']!r} unmasks /proc; only 'Default' is allowed")
     capabilities = context.get("capabilities") or {}
     if isinstance(capabilities, Mapping):
-        extra = sorted(
-            str(c) for c in _list(capabilities.get("add")) if str(c).removeprefix("CAP_") not in BASELINE_CAPABILITIES
-        )
+        # Names are compared exactly, as Pod Security admission compares them: "CAP_CHOWN" is not
+        # "CHOWN" there, and a pod we built with it would be refused in an enforcing namespace.
+        extra = sorted(str(c) for c in _list(capabilities.get("add")) if str(c) not in BASELINE_CAPABILITIES)
         if extra:
             violations.append(
                 f"{where}.capabilities.add: {', '.join(extra)} beyond the baseline set "
-                f"({', '.join(sorted(BASELINE_CAPABILITIES))}); {PRIVILEGED_HINT}"
+                f"({', '.join(sorted(BASELINE_CAPABILITIES))}, written without CAP_); {PRIVILEGED_HINT}"
             )
     return violations + _security_context_violations(where, context)
 

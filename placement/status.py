@@ -110,6 +110,11 @@ def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:
     return "; ".join(parts)
 
 
+def _controlled_by(pod: Mapping[str, Any], uid: str) -> bool:
+    references = (pod.get("metadata") or {}).get("ownerReferences") or ()
+    return any(isinstance(ref, Mapping) and ref.get("controller") and ref.get("uid") == uid for ref in references)
+
+
 def build_status(
     inference: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
@@ -135,7 +140,14 @@ def build_status(
     desired = spec.get("replicas", 1) if isinstance(spec.get("replicas", 1), int) else 0
     processes = spec.get("processesPerReplica", 1) if isinstance(spec.get("processesPerReplica", 1), int) else 1
 
-    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    # Labels prove nothing (anyone who may create a pod can copy them): once the resource has a UID,
+    # only the pods it controls are its replicas.
+    uid = meta.get("uid")
+    live = [
+        p
+        for p in pods
+        if not (p.get("metadata") or {}).get("deletionTimestamp") and (uid is None or _controlled_by(p, uid))
+    ]
     placements = sorted(
         (entry for entry in (placement_entry(p, max(processes, 1)) for p in live) if entry is not None),
         key=lambda e: e["replica"],

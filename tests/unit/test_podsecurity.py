@@ -69,6 +69,13 @@ UNSAFE_CHANGES = [
         "SYS_PTRACE",
     ),
     (
+        # Pod Security admission compares names exactly: it refuses CAP_CHOWN though CHOWN is allowed.
+        "CAP_ prefixed baseline capability",
+        ["spec", "containers", 0, "securityContext", "capabilities", "add"],
+        ["CAP_CHOWN"],
+        "CAP_CHOWN",
+    ),
+    (
         "privilege escalation",
         ["spec", "containers", 0, "securityContext", "allowPrivilegeEscalation"],
         True,

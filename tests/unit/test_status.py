@@ -131,3 +131,15 @@ def test_binding_in_effect_and_a_pinned_pods_node():
     assert built["binding"] == "Scheduler"
     assert built["placements"][0]["node"] == "inf2-b", "a pod waiting for kube-scheduler is shown on its node"
     assert "binding" not in status.build_status(resource(replicas=1), [pinned])
+
+
+def test_only_pods_the_resource_controls_count_once_it_has_a_uid():
+    owned = resource()
+    owned["metadata"]["uid"] = "uid-bert"
+    mine = [pod(0, "0-3"), pod(1, "4-7")]
+    for p in mine:
+        p["metadata"]["ownerReferences"] = [{"kind": "NeuronInference", "uid": "uid-bert", "controller": True}]
+    hand_made = pod(2, "0-23")  # the same labels, no owner: not a replica
+    built = status.build_status(owned, [*mine, hand_made], now="2026-11-28T10:00:00Z")
+    assert built["replicas"] == 2 and built["readyReplicas"] == 2
+    assert [p["pod"] for p in built["placements"]] == ["bert-0", "bert-1"]
