@@ -14,6 +14,10 @@ import os
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Pods controlled by any NeuronInference count as placed by neuronplace (the operator also checks "
+        "that it knows the resource's UID); nodes whose claims do not add up get an 'inconsistent:' line per pod."
+    )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument(
         "--selector", "-l", default="", help="only nodes with these labels, e.g. 'neuronplace.io/pool=a'"
