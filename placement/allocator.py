@@ -160,12 +160,17 @@ class Fleet:
     """
 
     _CACHE_LIMIT = 1024
+    _SHORT_LIMIT = 65536
 
     def __init__(self, nodes: Sequence[NodeInventory]) -> None:
         self.nodes: tuple[NodeInventory, ...] = tuple(nodes)
         self.by_name: dict[str, NodeInventory] = {node.name: node for node in self.nodes}
         self._eligibility: dict[str, tuple[tuple[str, ...], Counter]] = {}
         self._candidates: dict[tuple, Candidates] = {}
+        # (node, resource checks) → (usage, its version of the node) when that node lacked room:
+        # a node short of cpu stays short until a pod there changes, and the search would
+        # otherwise reach it again on every call.
+        self.short: dict[tuple[str, tuple], tuple[Usage, int]] = {}
 
     def eligible(self, request: PlacementRequest) -> tuple[tuple[str, ...], Counter]:
         """(names of nodes the request's constraints allow, excluded nodes counted by reason)."""
@@ -255,11 +260,31 @@ def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], le
     """The first node in the strategy's order with a valid start whose resources fit: (name, start) or None."""
     count = request.cores_per_replica
     by_name = fleet.by_name
+    checks = request._checks
+    own = usage.held_by(owner) if usage is not None else None
+    own_node = own[0] if own is not None else None
+    short = fleet.short
 
     def fit(name: str) -> int | None:
-        start = best_start(_free_mask(by_name[name], ledger), count, allowed[name])
-        if start is not None and usage is not None and _shortfall(request, by_name[name], usage, owner) is not None:
-            return None
+        if usage is not None and name != own_node:
+            known = short.get((name, checks))
+            if known is not None and known[0] is usage and known[1] == usage.version(name):
+                return None
+        node = by_name[name]
+        start = best_start(_free_mask(node, ledger), count, allowed[name])
+        if start is None or usage is None:
+            return start
+        if name == own_node:
+            return None if _shortfall(request, node, usage, owner) is not None else start
+        # The common case, inline: this runs for every node the search reaches.
+        used = usage.used(name)
+        allocatable = node.allocatable
+        for resource, value in checks:
+            if value > allocatable.get(resource, 0) - used.get(resource, 0):
+                if len(short) >= Fleet._SHORT_LIMIT:
+                    short.clear()
+                short[(name, checks)] = (usage, usage.version(name))
+                return None
         return start
 
     if request.strategy == "Spread":
@@ -416,18 +441,26 @@ def _exclusions(excluded: Counter, count: int, fleet: Fleet) -> str:
 
 
 def _resource_exclusions(
-    request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], usage: Usage, owner: str
+    request: PlacementRequest, fleet: Fleet, ledger: Ledger, allowed: dict[str, int], usage: Usage, owner: str
 ) -> tuple[dict[str, int], str]:
-    """(the candidates whose resources fit, the others counted by the first resource they lack,
-    each kind with its first node's numbers)."""
-    fitting: dict[str, int] = {}
+    """(the candidates left once the nodes with a valid free run but too few resources are taken
+    out, those nodes counted by the first resource they lack, each kind with its first node's
+    numbers). Nodes without the cores are left to the core sentence: that is what they lack first,
+    and only nodes with enough free cores are looked at, so a refusal on a full fleet stays cheap."""
+    count = request.cores_per_replica
     short: dict[str, list[tuple[str, Shortfall]]] = {}
-    for name, mask in allowed.items():
-        lack = _shortfall(request, fleet.by_name[name], usage, owner)
-        if lack is None:
-            fitting[name] = mask
-        else:
-            short.setdefault(lack.resource, []).append((name, lack))
+    for free in range(count, ledger.max_free + 1):
+        for name in ledger.nodes_with_free(free):
+            if name not in allowed:
+                continue
+            node = fleet.by_name[name]
+            if best_start(_free_mask(node, ledger), count, allowed[name]) is None:
+                continue
+            lack = _shortfall(request, node, usage, owner)
+            if lack is not None:
+                short.setdefault(lack.resource, []).append((name, lack))
+    lacking = {name for nodes in short.values() for name, _ in nodes}
+    fitting = {name: mask for name, mask in allowed.items() if name not in lacking} if lacking else allowed
     parts = []
     for resource, nodes in short.items():
         name, lack = min(nodes)
@@ -461,7 +494,7 @@ def unplaceable_reason(
     allowed = candidates.allowed
     excluded_text = _exclusions(candidates.excluded, count, fleet)
     if usage is not None:
-        allowed, resource_text = _resource_exclusions(request, fleet, allowed, usage, owner)
+        allowed, resource_text = _resource_exclusions(request, fleet, ledger, allowed, usage, owner)
         excluded_text = ", ".join(text for text in (excluded_text, resource_text) if text)
     if not allowed:
         return f"{need}; no node can take it: {excluded_text}"

@@ -26,6 +26,7 @@ class Usage:
     def __init__(self) -> None:
         self._held: dict[str, tuple[str, Amounts]] = {}  # owner ("ns/pod") → (node, its requests)
         self._used: dict[str, dict[str, int]] = {}  # node → resource → requested in total
+        self._versions: dict[str, int] = {}  # node → how many times what it holds has changed
 
     @classmethod
     def from_pods(cls, pods: Iterable[Mapping]) -> Usage:
@@ -55,6 +56,7 @@ class Usage:
         if held is None:
             return
         node, requests = held
+        self._versions[node] += 1
         used = self._used[node]
         for name, value in requests.items():
             left = used.get(name, 0) - value
@@ -68,6 +70,10 @@ class Usage:
     def used(self, node: str) -> Mapping[str, int]:
         """Requested in total on ``node`` by resource, ``pods`` = the number of pods (do not modify)."""
         return self._used.get(node, _NOTHING)
+
+    def version(self, node: str) -> int:
+        """Changes whenever what is counted on ``node`` changes (lets a caller remember a refusal)."""
+        return self._versions.get(node, 0)
 
     def held_by(self, owner: str) -> tuple[str, Amounts] | None:
         """(node, requests) counted for ``owner``, or None."""
@@ -84,6 +90,7 @@ class Usage:
     def _put(self, owner: str, node: str, requests: Amounts) -> None:
         self.forget(owner)
         self._held[owner] = (node, dict(requests))
+        self._versions[node] = self._versions.get(node, 0) + 1
         used = self._used.setdefault(node, {})
         for name, value in requests.items():
             used[name] = used.get(name, 0) + value

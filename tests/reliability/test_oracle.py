@@ -304,5 +304,5 @@ def test_the_oracle_and_the_engine_agree_on_what_a_pod_requests():
 
 def test_a_broken_resource_rule_is_caught_by_the_comparison(monkeypatch):
     # An engine that forgets the pods already on a node: it overfills nodes short of cpu.
-    monkeypatch.setattr(allocator, "_used", lambda usage, node, owner: {})
+    monkeypatch.setattr(Usage, "used", lambda usage, node: {})
     assert disagreements(1500, seed=11), "the oracle agreed with an engine that ignores what nodes already run"

@@ -96,3 +96,14 @@ def test_spread_skips_nodes_without_room():
     spread = PlacementRequest(owner="ns/web", cores_per_replica=2, strategy="Spread", requests={CPU: 2000})
     results = place(spread, [0, 1, 2], fleet, Ledger(), lambda i: f"ns/web-{i}", usage=usage)
     assert sorted(r.node for r in results) == ["a", "a", "c"]
+
+
+def test_a_node_remembered_as_short_is_used_again_once_a_pod_there_goes():
+    fleet = Fleet([node("a")])
+    usage = Usage.from_pods([foreign("big", "a", "100")])
+    assert isinstance(place_one(req(cpu=100_000), 0, fleet, Ledger(), "ns/web-0", usage=usage), Unplaceable)
+    assert isinstance(place_one(req(cpu=100_000), 0, fleet, Ledger(), "ns/web-0", usage=usage), Unplaceable)
+    usage.forget("other/big")
+    assert place_one(req(cpu=100_000), 0, fleet, Ledger(), "ns/web-0", usage=usage).node == "a"
+    # Another usage on the same fleet is judged on its own.
+    assert place_one(req(cpu=100_000), 0, fleet, Ledger(), "ns/web-0", usage=Usage()).node == "a"
