@@ -239,3 +239,15 @@ def test_a_reservation_is_replaced_by_its_pod_and_can_be_given_back():
     usage.forget("ns/a")
     usage.forget("ns/a")  # idempotent
     assert usage.used("n1") == {}
+
+
+def test_the_operator_cache_feeds_every_pod_event_to_the_usage():
+    from neuronplace.operator.cache import DELETED, Cache
+
+    cache = Cache()
+    cache.apply_pod("ADDED", pod("a", cpu="2"))
+    cache.apply_pod("ADDED", pod("b", cpu="3", pinned=True))  # pinned, not yet bound: counts there
+    assert cache.usage.used("n1") == {CPU: 5000, PODS: 2}
+    cache.apply_pod("MODIFIED", pod("a", cpu="2", phase="Failed"))
+    cache.apply_pod(DELETED, pod("b"))
+    assert cache.usage.used("n1") == {}
