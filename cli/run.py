@@ -104,6 +104,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="admit templates whose priorityClassName has a value >= 1000000000 (the system classes)",
     )
     parser.add_argument(
+        "--capacity-requests",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.capacity_requests,
+        help="keep a capacity-request pod for every replica that fits on no node, so that a cluster "
+        "autoscaler adds a node for it (default: on; --no-capacity-requests for fleets without one)",
+    )
+    parser.add_argument(
+        "--capacity-request-image",
+        default=defaults.capacity_request_image,
+        metavar="IMAGE",
+        help="the pause image capacity-request pods run",
+    )
+    parser.add_argument(
         "--liveness",
         metavar="URL",
         default=os.environ.get("NEURONPLACE_LIVENESS"),
@@ -132,6 +145,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             "binding": args.binding,
             "unschedulable_seconds": args.unschedulable_seconds,
             "allow_system_priority": args.allow_system_priority,
+            "capacity_requests": args.capacity_requests,
+            "capacity_request_image": args.capacity_request_image,
         },
     )
 

@@ -22,15 +22,17 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from neuronplace.operator.capacity import slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement.allocator import Fleet
-from neuronplace.placement.claims import node_of, pinned_node
+from neuronplace.placement.claims import capacity_request, node_of, pinned_node
 from neuronplace.placement.conditions import condition
 from neuronplace.placement.failures import started
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
+    CAPACITY_REQUEST_LABEL,
     CONDITION_POD_SCHEDULED,
     CONDITION_READY,
     CORES_ANNOTATION,
@@ -175,6 +177,8 @@ class Cache:
         self.waiting_for_room: set[Key] = set()  # resources with replicas that did not fit
         self.storage = Storage()  # the claims, volumes and storage classes that decide where volumes go
         self.priority_classes: dict[str, int] = {}  # PriorityClass name → value (cluster-scoped)
+        # Capacity-request pods (operator.capacity) by NeuronInference, then pod name; slimmed.
+        self.capacity_requests: dict[Key, dict[str, dict]] = {}
         # Pods ("ns/pod") and NeuronInferences ((ns, name)) deleted while a full resync reads its
         # lists (None when none runs): the lists may still show them, and they must not come back
         # as ghosts (a pod holding cores, a resource getting pods).
@@ -204,6 +208,8 @@ class Cache:
         else:
             self.ledger.observe(dict(pod))
             self.usage.observe(pod)
+        if capacity_request(pod) and self.watches(namespace):
+            return self._observe_request(pod, deleted)
         inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)
         if not inference or not self.watches(namespace):
             return None
@@ -223,6 +229,31 @@ class Cache:
             if node and cores is not None and ordinal is not None:
                 self.last_known.setdefault(key, {})[ordinal] = (node, cores)
         return key
+
+    def _observe_request(self, pod: Mapping[str, Any], deleted: bool) -> Key:
+        meta = pod.get("metadata") or {}
+        key = (meta["namespace"], meta["labels"][CAPACITY_REQUEST_LABEL])
+        if deleted:
+            self.forget_request(meta["namespace"], meta["name"])
+        else:
+            self.capacity_requests.setdefault(key, {})[meta["name"]] = slim_request(pod)
+        return key
+
+    def forget_request(self, namespace: str, name: str) -> None:
+        """A capacity request is gone (lock held)."""
+        for key in [key for key in self.capacity_requests if key[0] == namespace]:
+            requests = self.capacity_requests[key]
+            if requests.pop(name, None) is not None and not requests:
+                del self.capacity_requests[key]
+
+    def requests_on(self, node: str) -> list[dict]:
+        """The capacity requests kube-scheduler bound to ``node`` (lock held)."""
+        return [
+            request
+            for requests in self.capacity_requests.values()
+            for request in requests.values()
+            if request["spec"]["nodeName"] == node
+        ]
 
     def observe_node(self, node: Mapping[str, Any], deleted: bool = False) -> bool:
         """Update the node caches; True when what placement sees has changed."""

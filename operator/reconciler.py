@@ -13,10 +13,13 @@ of the cache; this module carries it out and reports it:
    the ledger at once, so a concurrent reconcile of another resource sees those cores taken; a
    replica avoids the nodes where its recent attempts were refused;
 4. their pods are created concurrently, bound or pinned to their node as the binding mode says
-   (a replica count of hundreds must not mean hundreds of round trips in a row), outside the lock;
-   a reservation whose pod was not created is given back, except after a 409, where the watch
-   event for the existing pod replaces it;
-5. the status is written when it differs from what is there.
+   (a replica count of hundreds must not mean hundreds of round trips in a row), outside the lock,
+   right after their capacity requests, and those they displace on the same nodes, are deleted
+   (:mod:`.capacity`); a reservation whose pod was not created is given back, except after a 409,
+   where the watch event for the existing pod replaces it;
+5. every replica that fits nowhere keeps one capacity request (none when the resource is refused or
+   has nothing waiting), so that an autoscaler adds a node for it;
+6. the status is written when it differs from what is there.
 
 Failures follow the two kinds of :mod:`.writes`. A refused pod (400/422) is a problem of this
 generation of the spec: it is remembered, reported in ``Placed`` and an Event, and no pod is
@@ -35,6 +38,7 @@ from dataclasses import replace
 
 from neuronplace.operator import metrics as mx
 from neuronplace.operator.cache import Cache, Key
+from neuronplace.operator.capacity import CapacityRequests
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import CONFLICT_RETRY, Permanent, Temporary, Writer
 from neuronplace.placement import events as ev
@@ -66,6 +70,7 @@ class Reconciler:
         self.writer = writer
         self.api_pool = api_pool  # pod creates fan out here
         self.policy = settings.template_policy()
+        self.capacity = CapacityRequests(settings, cache, writer)
         # Per resource: the permanent problem of a spec generation, and the last warning posted as
         # an Event (so that a problem that persists is posted once, not at every reconcile).
         self.permanent: dict[Key, tuple[int | None, st.Problem]] = {}
@@ -94,6 +99,7 @@ class Reconciler:
         refusal = rc.namespace_refusal(key[0], self.settings.operator_namespace, self.settings.serve_operator_namespace)
         if refusal is not None:
             mx.METRICS.failed(REASON_NAMESPACE_NOT_SERVED)
+            self.capacity.keep(inference, ())
             self._write_status(inference, st.Problem(REASON_NAMESPACE_NOT_SERVED, refusal))
             return None
         decision = rc.decide(
@@ -112,6 +118,7 @@ class Reconciler:
         invalid = decision.invalid or priority_refusal(inference, classes, self.settings.allow_system_priority)
         if invalid is not None:
             mx.METRICS.failed(REASON_INVALID_SPEC)
+            self.capacity.keep(inference, ())
             self._write_status(inference, st.Problem(REASON_INVALID_SPEC, invalid))
             return None
 
@@ -133,16 +140,22 @@ class Reconciler:
         known = self.permanent.get(key)
         problem = known[1] if known and known[0] == generation else None
         retry: float | None = decision.requeue_after
+        waiting: set[int] = set()  # replicas that fit on no node
         if decision.create and problem is None:
-            problem, retry_create = self._place_and_create(inference, decision)
+            problem, retry_create, waiting = self._place_and_create(inference, decision)
             if retry_create is not None:
                 retry = retry_create if retry is None else min(retry, retry_create)
-        self._write_status(inference, problem)
+        capacity = self.capacity.keep(inference, waiting)
+        self._write_status(inference, problem, capacity)
         return retry
 
     # ---- placing and creating ------------------------------------------------------------------
 
-    def _place_and_create(self, inference: dict, decision: rc.Decision) -> tuple[st.Problem | None, float | None]:
+    def _place_and_create(
+        self, inference: dict, decision: rc.Decision
+    ) -> tuple[st.Problem | None, float | None, set[int]]:
+        """Place and create the missing replicas; returns the problem, a requeue delay and the
+        replicas that fit on no node."""
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
         cache = self.cache
@@ -156,7 +169,7 @@ class Reconciler:
         if volumes.problem is not None:
             mx.METRICS.failed(volumes.reason, len(decision.create))
             self._event_once(inference, volumes.reason, volumes.problem)
-            return st.Problem(volumes.reason, volumes.problem), None
+            return st.Problem(volumes.reason, volumes.problem), None, set()
         request = rc.placement_request(inference, self.settings.numbering, volumes.node_terms)
         placed: list[ReplicaPlacement] = []
         unplaceable: list[tuple[int, str]] = []
@@ -185,7 +198,7 @@ class Reconciler:
                 cache.waiting_for_room.discard(key)
 
         try:
-            return self._create_all(inference, placed, unplaceable)
+            return (*self._create_all(inference, placed, unplaceable), {replica for replica, _ in unplaceable})
         finally:
             with cache.lock:
                 for placement in placed:
@@ -198,6 +211,8 @@ class Reconciler:
         key = (meta["namespace"], meta["name"])
         retry: float | None = None
         mx.METRICS.failed(REASON_UNSCHEDULABLE, len(unplaceable))
+        if placed:
+            self.capacity.make_room(inference, placed)
         # Each outcome is None or the error its create raised.
         outcomes = list(self.api_pool.map(lambda placement: self._try_create(inference, placement), placed))
         created = [p for p, error in zip(placed, outcomes) if error is None]
@@ -270,7 +285,7 @@ class Reconciler:
         kind = ev.NORMAL if deletion.reason in (rc.SURPLUS, rc.OUTDATED) else ev.WARNING
         self.writer.post_event(inference, deletion.reason, deletion.message, kind)
 
-    def _write_status(self, inference: dict, problem: st.Problem | None) -> None:
+    def _write_status(self, inference: dict, problem: st.Problem | None, capacity: st.Problem | None = None) -> None:
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
         with self.cache.lock:
@@ -282,6 +297,7 @@ class Reconciler:
             pods,
             problem=problem,
             replica_failure=st.Problem(*failing) if failing else None,
+            waiting_for_capacity=capacity,
             binding=self.binding(current),
         )
         if not st.status_differs(current.get("status"), wanted):

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, NUMBERINGS
+from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, CAPACITY_PRIORITY_CLASS, NUMBERINGS
 from neuronplace.placement.podsecurity import TemplatePolicy
 from neuronplace.placement.selectors import parse_node_selector
 
@@ -59,6 +59,14 @@ class OperatorSettings:
     allow_system_priority: admit templates whose priorityClassName has a value of 1,000,000,000 or
         more (system-cluster-critical, system-node-critical): such pods preempt, and a kubelet evicts
         other tenants' pods to admit them.
+    capacity_requests: for every replica that fits on no node keep one capacity-request pod
+        (``placement.capacity``): unbound, asking kube-scheduler for what the replica needs, so that
+        a cluster autoscaler (Karpenter, cluster-autoscaler) adds a node for it. Off for fleets
+        without an autoscaler (the requests would only stay Pending).
+    capacity_request_image: the image of the capacity requests' one container; it never runs
+        anything but the pause process (kwok runs no image at all).
+    capacity_priority_class: the PriorityClass of capacity requests (the chart and ``neuronplace
+        local up`` install it: negative value, ``preemptionPolicy: Never``).
     """
 
     namespaces: tuple[str, ...] = ()
@@ -83,6 +91,9 @@ class OperatorSettings:
     binding: str = BINDING_SCHEDULER
     unschedulable_seconds: float = 10.0
     allow_system_priority: bool = False
+    capacity_requests: bool = True
+    capacity_request_image: str = "registry.k8s.io/pause:3.10"
+    capacity_priority_class: str = CAPACITY_PRIORITY_CLASS
 
     def __post_init__(self) -> None:
         if self.numbering not in NUMBERINGS:
@@ -114,6 +125,8 @@ class OperatorSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.capacity_request_image.strip() or not self.capacity_priority_class.strip():
+            raise ValueError("capacity_request_image and capacity_priority_class must not be empty")
         parse_node_selector(self.node_selector)  # fail early on a malformed selector
         self.template_policy()  # fail early on an unknown level or volume type
 

@@ -17,7 +17,10 @@ requests, device ids for whole-device requests) and, when those are fewer than t
 absent), as many more as it lacks, which the ledger assumes. Listed ids beyond the request are held
 too: they may really be in use. A foreign pod that requests nothing holds nothing, whatever its
 labels say. Finished pods (Succeeded, Failed) claim nothing, nor do pods that are neither bound to a
-node nor pinned to one (:func:`node_of`).
+node nor pinned to one (:func:`node_of`). A capacity request (:func:`capacity_request`) of a trusted
+NeuronInference claims nothing either, wherever kube-scheduler bound it: it only stands in for a
+replica that fits nowhere, and is deleted before that replica's pod is made; untrusted, it is
+foreign like any other pod.
 
 Because trust can change after a pod is read (a pod is often seen before its NeuronInference),
 :func:`read_pod` keeps both readings and :meth:`PodClaims.judge` picks one.
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
+    CAPACITY_REQUEST_LABEL,
     CLAIM_ANNOTATION_MISMATCH,
     CLAIM_IDS_MISMATCH,
     CLAIM_NOT_OWNED,
@@ -155,6 +159,14 @@ def controller_inference(pod: Mapping) -> tuple[str, str] | None:
     return None
 
 
+def capacity_request(pod: Mapping) -> bool:
+    """Whether the pod is shaped as a capacity request: labelled with the name of the
+    NeuronInference that is its controller (whose UID the caller must still trust)."""
+    controller = controller_inference(pod)
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return controller is not None and labels.get(CAPACITY_REQUEST_LABEL) == controller[0]
+
+
 @dataclass(frozen=True)
 class PodClaims:
     """Both readings of one live pod on its node: as ours (``ours``, None when the pod fails the
@@ -167,10 +179,13 @@ class PodClaims:
     ours: Claim | None
     theirs: Claim | None
     ids_agree: bool  # AWS_NEURON_IDS absent, or as many as the request
+    capacity: bool = False  # a capacity request: holds nothing once its controller is trusted
 
     def judge(self, trusted: bool) -> tuple[Claim | None, str | None]:
         """The claim that counts when the controller UID is (not) trusted, and the inconsistency
         the pod shows (a ``CLAIM_*`` reason from names, None when consistent)."""
+        if trusted and self.capacity:
+            return None, None
         if trusted and self.ours is not None:
             return self.ours, None
         if self.labelled:
@@ -212,4 +227,4 @@ def read_pod(pod: Mapping) -> PodClaims | None:
         ids_agree = ids is None or len(ids) == (core_count if core_count else device_count)
         theirs = Claim(node, owner, False, None, ids, unit, core_count, device_count)
     uid = controller[1] if controller is not None else None
-    return PodClaims(owner, node, uid, labelled, ours, theirs, ids_agree)
+    return PodClaims(owner, node, uid, labelled, ours, theirs, ids_agree, capacity_request(pod))

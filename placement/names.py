@@ -62,6 +62,12 @@ TEMPLATE_HASH_ANNOTATION = "neuronplace.io/template-hash"
 NUMBERING_ANNOTATION = "neuronplace.io/numbering"
 TOPOLOGY_OVERRIDE_KEY = "neuronplace.io/topology"  # node label or annotation: "<chips>x<cores>[,ring|torus]"
 LNC_KEY = "neuronplace.io/lnc"  # node label: trn2 logical NeuronCore size, "1" or "2"
+# On a capacity-request pod (a placeholder that asks the cluster's autoscaler for a node for a
+# replica that fits nowhere): the NeuronInference it asks for. It never carries INFERENCE_LABEL.
+CAPACITY_REQUEST_LABEL = "neuronplace.io/capacity-request"
+# The PriorityClass of capacity-request pods (installed by the chart and the local control plane):
+# negative, so that any replica preempts them, and never preempting anything itself.
+CAPACITY_PRIORITY_CLASS = "neuronplace-capacity-request"
 
 # The AWS Neuron scheduler extension's pod annotations, so that the stock device plugin would mount
 # exactly these cores. NEURON_ALLOCATED is "false" when the scheduler side writes it; the plugin
@@ -89,6 +95,9 @@ CONDITION_PLACED = "Placed"
 CONDITION_READY = "Ready"  # also the type of a Pod's and a Node's readiness condition
 CONDITION_REPLICA_FAILURE = "ReplicaFailure"  # as a Deployment's: replica pods keep failing
 CONDITION_POD_SCHEDULED = "PodScheduled"  # a Pod's condition; kube-scheduler's verdict
+# True while replicas that fit on no node have capacity requests out for the autoscaler.
+CONDITION_WAITING_FOR_CAPACITY = "WaitingForCapacity"
+REASON_CAPACITY_REQUESTED = "CapacityRequested"
 REASON_PLACED = "Placed"
 REASON_UNSCHEDULABLE = "Unschedulable"
 REASON_INVALID_SPEC = "InvalidSpec"

@@ -18,6 +18,7 @@ from neuronplace.placement.names import (
     CONDITION_PLACED,
     CONDITION_READY,
     CONDITION_REPLICA_FAILURE,
+    CONDITION_WAITING_FOR_CAPACITY,
     CORES_ANNOTATION,
     REASON_NOT_READY,
     REASON_PENDING,
@@ -121,6 +122,7 @@ def build_status(
     *,
     problem: Problem | None = None,
     replica_failure: Problem | None = None,
+    waiting_for_capacity: Problem | None = None,
     binding: str | None = None,
     now: str | None = None,
 ) -> dict:
@@ -128,8 +130,11 @@ def build_status(
 
     ``pods`` are the resource's own pods (terminating ones included: they still hold cores).
     ``replica_failure`` is why replica pods keep failing: the ``ReplicaFailure`` condition is there
-    while it is given and gone once they stop failing (as a Deployment's). ``binding`` is the mode
-    in effect.
+    while it is given and gone once they stop failing (as a Deployment's). ``waiting_for_capacity``
+    says which replicas that fit nowhere have asked the autoscaler for a node (capacity requests): the
+    ``WaitingForCapacity`` condition is there while it is given, so a replica waiting for a node
+    being made is told apart from one nothing is done for (``Placed`` keeps the engine's reason).
+    ``binding`` is the mode in effect.
     """
     now = now or now_rfc3339()
     meta = inference.get("metadata") or {}
@@ -192,6 +197,18 @@ def build_status(
             "True",
             replica_failure.reason,
             replica_failure.message,
+            generation,
+            now,
+        )
+    if waiting_for_capacity is None:
+        conditions = [c for c in conditions if c.get("type") != CONDITION_WAITING_FOR_CAPACITY]
+    else:
+        conditions = set_condition(
+            conditions,
+            CONDITION_WAITING_FOR_CAPACITY,
+            "True",
+            waiting_for_capacity.reason,
+            waiting_for_capacity.message,
             generation,
             now,
         )

@@ -6,14 +6,17 @@ node's ``Requested``: every pod that is bound (``spec.nodeName``) or pinned to t
 (:func:`claims.node_of`) and has not finished, ours and foreign alike, with
 :func:`resources.pod_requests`. A pod being deleted still counts until it is gone: its containers
 may still run. A replica placed but not yet seen as a pod counts through :meth:`Usage.reserve`
-until its pod's first event replaces the reservation (same owner) or it is forgotten.
+until its pod's first event replaces the reservation (same owner) or it is forgotten. Capacity
+requests (:func:`claims.capacity_request`) count nowhere: kube-scheduler counts one where it bound
+it, but it is deleted before the replica it stands for is created there, and any other capacity
+request in the way is deleted (or preempted: its priority is below every replica's) before it matters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from neuronplace.placement.claims import node_of, owner_of
+from neuronplace.placement.claims import capacity_request, node_of, owner_of
 from neuronplace.placement.names import TERMINAL_PHASES
 from neuronplace.placement.resources import PODS, Amounts, pod_requests
 
@@ -36,10 +39,11 @@ class Usage:
         return usage
 
     def observe(self, pod: Mapping) -> None:
-        """Add or update one pod (idempotent); a finished or unplaced pod is forgotten."""
+        """Add or update one pod (idempotent); a finished or unplaced pod, or a capacity request, is
+        forgotten."""
         node = node_of(pod)
         owner = owner_of(pod)
-        if not node or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        if not node or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES or capacity_request(pod):
             self.forget(owner)
             return
         requests = pod_requests(pod.get("spec") or {})

@@ -1,0 +1,352 @@
+"""Capacity requests: the pod built for a replica that fits nowhere, which requests to create and
+delete, that the ledger and the usage never count them, and one reconcile against a fake API (the
+order of deletes and creates, scale-down, the setting, the WaitingForCapacity condition)."""
+
+import argparse
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from neuronplace.cli import run as run_cli
+from neuronplace.local.fleet import KWOK_TOLERATION, build_node
+from neuronplace.operator.cache import Cache
+from neuronplace.operator.reconciler import Reconciler
+from neuronplace.operator.settings import OperatorSettings
+from neuronplace.operator.writes import Writer
+from neuronplace.placement import capacity as cp
+from neuronplace.placement.claims import node_of, pinned_node
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import (
+    CAPACITY_PRIORITY_CLASS,
+    CAPACITY_REQUEST_LABEL,
+    CONDITION_PLACED,
+    CONDITION_WAITING_FOR_CAPACITY,
+    INFERENCE_LABEL,
+    NEURONCORE_RESOURCE,
+    REASON_CAPACITY_REQUESTED,
+    REASON_UNSCHEDULABLE,
+    TEMPLATE_HASH_ANNOTATION,
+)
+from neuronplace.placement.podsecurity import TemplatePolicy, check_template
+from neuronplace.placement.reconcile import ordinal_of
+from neuronplace.placement.usage import Usage
+
+NAMESPACE = "ml"
+KEY = (NAMESPACE, "bert")
+IMAGE = "registry.k8s.io/pause:3.10"
+SELECTOR_TERM = {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}
+
+
+def inference(replicas=2, cores=2, processes=1, uid="uid-1", template_spec=None, placement=None):
+    spec = template_spec or {"containers": [{"name": "model", "image": "bert:1"}]}
+    return {
+        "apiVersion": "neuronplace.io/v1alpha1",
+        "kind": "NeuronInference",
+        "metadata": {"name": "bert", "namespace": NAMESPACE, "uid": uid, "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "coresPerReplica": cores,
+            "processesPerReplica": processes,
+            "placement": placement if placement is not None else {"tolerations": [KWOK_TOLERATION]},
+            "template": {"spec": spec},
+        },
+    }
+
+
+def request(replica, uid="uid-1", node=None, wanted_hash="h", deleting=False, name=None):
+    pod = cp.build_capacity_request(inference(uid=uid), replica, image=IMAGE)
+    pod["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = wanted_hash
+    if name:
+        pod["metadata"]["name"] = name
+    if node:
+        pod["spec"]["nodeName"] = node
+    if deleting:
+        pod["metadata"]["deletionTimestamp"] = "2026-11-30T12:00:00Z"
+    return pod
+
+
+# ---- the pod ---------------------------------------------------------------------------------------
+
+
+def test_the_request_asks_what_the_replica_needs_where_it_may_go():
+    template = {
+        "nodeSelector": {"team": "ml"},
+        "tolerations": [{"key": "gpu", "operator": "Exists"}],
+        "affinity": {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [SELECTOR_TERM]}}
+        },
+        "containers": [
+            {"name": "model", "image": "bert:1", "resources": {"requests": {"cpu": "3", "memory": "8Gi"}}},
+            {"name": "sidecar", "image": "log:1", "resources": {"requests": {"cpu": "500m"}}},
+        ],
+    }
+    placement = {
+        "nodeSelector": {"node.kubernetes.io/instance-type": "inf2.48xlarge"},
+        "tolerations": [KWOK_TOLERATION],
+    }
+    inf = inference(cores=8, processes=2, template_spec=template, placement=placement)
+    pod = cp.build_capacity_request(inf, 1, image=IMAGE)
+    spec = pod["spec"]
+    (container,) = spec["containers"]
+    # The replica runs its first container once per process: 2 x 3 cpu + the sidecar's 0.5.
+    assert container["resources"]["requests"] == {
+        "cpu": "6500m",
+        "memory": "16Gi",
+        NEURONCORE_RESOURCE: "8",
+    }
+    assert container["resources"]["limits"] == {NEURONCORE_RESOURCE: "8"}
+    assert container["image"] == IMAGE
+    assert spec["nodeSelector"] == {"team": "ml", "node.kubernetes.io/instance-type": "inf2.48xlarge"}
+    assert spec["tolerations"] == [{"key": "gpu", "operator": "Exists"}, KWOK_TOLERATION]
+    assert spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == {
+        "nodeSelectorTerms": [SELECTOR_TERM]
+    }
+    assert spec["priorityClassName"] == CAPACITY_PRIORITY_CLASS
+    assert spec["terminationGracePeriodSeconds"] == 0
+    # Unbound and not pinned: kube-scheduler and the autoscaler may put it on any matching node.
+    assert "nodeName" not in spec and pinned_node(pod) is None and node_of(pod) is None
+    assert "matchFields" not in json.dumps(spec)  # Karpenter ignores pods that use matchFields
+
+
+def test_the_request_is_labelled_owned_and_no_replica_pod():
+    pod = cp.build_capacity_request(inference(), 3, image=IMAGE)
+    meta = pod["metadata"]
+    assert meta["name"] == "bert-3-capacity"
+    assert meta["labels"][CAPACITY_REQUEST_LABEL] == "bert" and INFERENCE_LABEL not in meta["labels"]
+    (owner,) = meta["ownerReferences"]
+    assert owner["uid"] == "uid-1" and owner["controller"] and owner["kind"] == "NeuronInference"
+    # No NeuronInference's replica can have its name (replica names end in the ordinal).
+    assert ordinal_of(pod, "bert") is None and ordinal_of(pod, "bert-3") is None
+
+
+def test_the_request_passes_the_restricted_pod_security_level():
+    pod = cp.build_capacity_request(inference(), 0, image=IMAGE)
+    assert (
+        check_template({"metadata": {}, "spec": pod["spec"]}, TemplatePolicy(level="restricted"), namespace=NAMESPACE)
+        == []
+    )
+
+
+def test_the_priority_class_is_negative_and_never_preempts():
+    klass = cp.build_priority_class()
+    assert klass["metadata"]["name"] == CAPACITY_PRIORITY_CLASS
+    assert -10 <= klass["value"] < 0  # below any replica; cluster-autoscaler ignores pods under -10
+    assert klass["preemptionPolicy"] == "Never" and klass["globalDefault"] is False
+
+
+def test_a_changed_spec_changes_the_hash():
+    one = cp.build_capacity_request(inference(cores=2), 0, image=IMAGE)
+    two = cp.build_capacity_request(inference(cores=4), 0, image=IMAGE)
+    again = cp.build_capacity_request(inference(cores=2), 1, image=IMAGE)
+    hashes = [p["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] for p in (one, two, again)]
+    assert hashes[0] != hashes[1] and hashes[0] == hashes[2]
+
+
+# ---- which to create and delete ------------------------------------------------------------------
+
+
+def test_exactly_one_request_per_waiting_replica():
+    assert cp.plan("uid-1", {0, 1}, [], "h") == cp.Plan(create=(0, 1))
+    existing = [request(0), request(1), request(1, name="bert-1-capacity-dup"), request(2)]
+    plan = cp.plan("uid-1", {0, 1}, existing, "h")
+    assert plan.create == () and sorted(plan.delete) == ["bert-1-capacity-dup", "bert-2-capacity"]
+
+
+def test_requests_go_when_placed_scaled_down_or_outdated():
+    existing = [request(0), request(1, wanted_hash="old")]
+    assert cp.plan("uid-1", set(), existing, "h") == cp.Plan(delete=("bert-0-capacity", "bert-1-capacity"))
+    assert cp.plan("uid-1", {1}, existing, "h") == cp.Plan(create=(1,), delete=("bert-0-capacity", "bert-1-capacity"))
+
+
+def test_an_older_namesakes_and_deleting_requests_are_left_alone():
+    existing = [request(0, uid="old-uid"), request(1, deleting=True)]
+    assert cp.plan("uid-1", {0, 1}, existing, "h") == cp.Plan(create=(0, 1))
+
+
+def test_displaced_requests_are_the_newest_that_do_not_fit():
+    bound = [("a", 8), ("b", 8), ("c", 4)]
+    assert cp.displaced(24, bound) == []
+    assert cp.displaced(16, bound) == ["c"]
+    assert cp.displaced(10, bound) == ["c", "b"]
+    assert cp.displaced(0, bound) == ["c", "b", "a"]
+
+
+# ---- never counted -------------------------------------------------------------------------------
+
+
+def test_a_bound_request_holds_no_cores_once_its_owner_is_trusted():
+    node = build_node("n1", "inf2.48xlarge")
+    pod = request(0, node="n1")
+    ledger = Ledger()
+    ledger.learn_nodes([inventory_from_node(node)])
+    ledger.observe(pod)
+    assert ledger.free_count("n1") == 24 - 2  # unknown owner: foreign, held conservatively
+    ledger.trust("uid-1")
+    assert ledger.free_count("n1") == 24 and not ledger.holdings("n1")
+
+
+def test_a_pod_that_only_looks_like_a_request_still_holds_cores():
+    node = build_node("n1", "inf2.48xlarge")
+    pod = request(0, node="n1")
+    pod["metadata"]["labels"][CAPACITY_REQUEST_LABEL] = "someone-else"  # not its controller's name
+    ledger = Ledger(["uid-1"])
+    ledger.learn_nodes([inventory_from_node(node)])
+    ledger.observe(pod)
+    assert ledger.free_count("n1") == 22
+
+
+def test_the_usage_never_counts_a_request():
+    usage = Usage.from_pods([request(0, node="n1")])
+    assert usage.used("n1") == {} and usage.owners() == set()
+
+
+# ---- one reconcile against a fake API ------------------------------------------------------------
+
+
+class FakeApi:
+    """Records creates and deletes in order; every call succeeds."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.statuses: list[dict] = []
+
+    def create_namespaced_pod(self, namespace, body, **_):
+        self.calls.append(("create", body["metadata"]["name"]))
+
+        class Response:
+            data = json.dumps({**body, "metadata": {**body["metadata"], "creationTimestamp": "2026-11-30T12:00:00Z"}})
+
+        return Response()
+
+    def delete_namespaced_pod(self, name, namespace, body=None, **_):
+        self.calls.append(("delete", name))
+        assert body.grace_period_seconds == 0 or not name.endswith("-capacity")
+
+    def patch_namespaced_custom_object_status(self, *args, **_):
+        self.statuses.append(args[-1]["status"])
+
+    def create_namespaced_event(self, namespace, body, **_):
+        class Response:
+            def drain_conn(self):
+                pass
+
+        return Response()
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def ready_node(name, instance_type="inf2.xlarge"):
+    node = build_node(name, instance_type)
+    node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
+    return node
+
+
+def setup(pool, resource, nodes=("n1",), settings=None):
+    api = FakeApi()
+    cache = Cache()
+    for name in nodes:
+        cache.observe_node(ready_node(name))
+    cache.apply_inference("ADDED", resource)
+    return api, cache, Reconciler(settings or OperatorSettings(), cache, Writer(core=api, custom=api), pool)
+
+
+def conditions(api):
+    return {c["type"]: c for c in api.statuses[-1]["conditions"]}
+
+
+def test_a_replica_that_fits_nowhere_gets_one_request_and_the_status_says_so(pool):
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2))  # one 2-core node: room for one
+    reconciler.reconcile(KEY)
+    assert api.calls == [("create", "bert-0"), ("create", "bert-1-capacity")]
+    assert conditions(api)[CONDITION_PLACED]["reason"] == REASON_UNSCHEDULABLE
+    waiting = conditions(api)[CONDITION_WAITING_FOR_CAPACITY]
+    assert waiting["status"] == "True" and waiting["reason"] == REASON_CAPACITY_REQUESTED
+    assert waiting["message"].startswith("replica 1: waiting for a new node")
+    # The request is cached for its resource and counted nowhere.
+    assert set(cache.capacity_requests[KEY]) == {"bert-1-capacity"}
+    assert cache.ledger.free_count("n1") == 0 and not cache.usage.held_by("ml/bert-1-capacity")
+    reconciler.reconcile(KEY)  # nothing new: the request is there
+    assert len(api.calls) == 2
+
+
+def test_when_a_node_comes_the_request_goes_before_the_replica_is_created(pool):
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2))
+    reconciler.reconcile(KEY)
+    # kube-scheduler binds the request to the node the autoscaler made; the node appears.
+    cache.apply_pod("MODIFIED", request_as_bound(cache, "n2"))
+    cache.apply_node("ADDED", ready_node("n2"))
+    api.calls.clear()
+    reconciler.reconcile(KEY)
+    assert api.calls == [("delete", "bert-1-capacity"), ("create", "bert-1")]
+    assert KEY not in cache.capacity_requests
+    assert CONDITION_WAITING_FOR_CAPACITY not in conditions(api)
+
+
+def test_a_replica_placed_on_a_node_deletes_the_requests_there_that_no_longer_fit(pool):
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), nodes=())
+    reconciler.reconcile(KEY)
+    assert sorted(cache.capacity_requests[KEY]) == ["bert-0-capacity", "bert-1-capacity"]
+    # Both requests were bound to a new 2-core node; only one replica fits there, the other's
+    # request must go too, or kube-scheduler would count 4 cores on a 2-core node.
+    for name in ("bert-0-capacity", "bert-1-capacity"):
+        cache.apply_pod("MODIFIED", request_as_bound(cache, "n2", name))
+    cache.apply_node("ADDED", ready_node("n2"))
+    api.calls.clear()
+    reconciler.reconcile(KEY)
+    deleted = [name for call, name in api.calls if call == "delete"]
+    assert sorted(deleted) == ["bert-0-capacity", "bert-1-capacity"]
+    assert api.calls.index(("create", "bert-0")) > max(api.calls.index(("delete", n)) for n in deleted)
+    assert api.calls[-1] == ("create", "bert-1-capacity")  # still waiting: asks again
+
+
+def test_scaling_to_zero_or_an_invalid_spec_leaves_no_request(pool):
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2))
+    reconciler.reconcile(KEY)
+    cache.apply_inference("MODIFIED", inference(replicas=1, cores=2))
+    reconciler.reconcile(KEY)
+    assert ("delete", "bert-1-capacity") in api.calls and KEY not in cache.capacity_requests
+    cache.apply_inference("MODIFIED", inference(replicas=3, cores=2))
+    reconciler.reconcile(KEY)
+    assert len(cache.capacity_requests[KEY]) == 2
+    bad = inference(replicas=3, cores=2)
+    bad["spec"]["template"]["spec"]["nodeName"] = "n1"
+    cache.apply_inference("MODIFIED", bad)
+    reconciler.reconcile(KEY)
+    assert KEY not in cache.capacity_requests
+
+
+def test_with_the_setting_off_no_request_is_made(pool):
+    api, _, reconciler = setup(pool, inference(replicas=2, cores=2), settings=OperatorSettings(capacity_requests=False))
+    reconciler.reconcile(KEY)
+    assert api.calls == [("create", "bert-0")]
+    assert CONDITION_WAITING_FOR_CAPACITY not in conditions(api)
+
+
+def request_as_bound(cache, node, name="bert-1-capacity"):
+    pod = cp.build_capacity_request(cache.inferences[KEY], int(name.split("-")[1]), image=IMAGE)
+    pod["spec"]["nodeName"] = node
+    return pod
+
+
+# ---- the setting -----------------------------------------------------------------------------------
+
+
+def test_the_setting_from_env_and_flag():
+    assert OperatorSettings().capacity_requests is True
+    assert OperatorSettings.from_env({"NEURONPLACE_CAPACITY_REQUESTS": "false"}).capacity_requests is False
+    env = OperatorSettings(capacity_request_image="example/pause:1").to_env()
+    assert OperatorSettings.from_env(env).capacity_request_image == "example/pause:1"
+    parser = argparse.ArgumentParser()
+    run_cli.configure(parser)
+    settings = run_cli.settings_from_args(
+        parser.parse_args(["--no-capacity-requests", "--capacity-request-image", "x/pause:2"])
+    )
+    assert settings.capacity_requests is False and settings.capacity_request_image == "x/pause:2"
+    with pytest.raises(ValueError):
+        OperatorSettings(capacity_request_image=" ")
