@@ -37,6 +37,7 @@ import yaml
 
 from neuronplace.local import build, procs
 from neuronplace.local.fleet import build_fleet, normalize_fleet
+from neuronplace.placement.capacity import build_priority_class
 
 CONTROL_PLANE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 RESTARTABLE = ("kube-apiserver", "etcd")
@@ -232,6 +233,8 @@ class LocalCluster:
                 if missing:
                     raise RuntimeError(f"cluster {self.name!r} started without {', '.join(sorted(missing))}")
                 self._ports = self.listening_ports()
+            # As the chart does: the operator's capacity requests name this class.
+            self.kubectl("apply", "-f", "-", input=json.dumps(build_priority_class()))
             if fleet:
                 say(f"creating nodes {', '.join(f'{t}={n}' for t, n in fleet.items())} ...")
                 self.create_nodes(fleet)

@@ -5,8 +5,10 @@ order of deletes and creates, scale-down, the setting, the WaitingForCapacity co
 import argparse
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+import yaml
 
 from neuronplace.cli import run as run_cli
 from neuronplace.local.fleet import KWOK_TOLERATION, build_node
@@ -350,3 +352,15 @@ def test_the_setting_from_env_and_flag():
     assert settings.capacity_requests is False and settings.capacity_request_image == "x/pause:2"
     with pytest.raises(ValueError):
         OperatorSettings(capacity_request_image=" ")
+
+
+def test_the_chart_installs_the_same_priority_class():
+    template = (Path(__file__).parents[2] / "charts/neuronplace/templates/priorityclass.yaml").read_text()
+    klass = cp.build_priority_class()
+    assert f"\nvalue: {klass['value']}\n" in template
+    assert f"\npreemptionPolicy: {klass['preemptionPolicy']}\n" in template
+    values = yaml.safe_load((Path(__file__).parents[2] / "charts/neuronplace/values.yaml").read_text())["operator"]
+    defaults = OperatorSettings()
+    assert values["capacityPriorityClass"] == defaults.capacity_priority_class == klass["metadata"]["name"]
+    assert values["capacityRequestImage"] == defaults.capacity_request_image
+    assert values["capacityRequests"] is defaults.capacity_requests
