@@ -8,7 +8,11 @@ source of truth.
 
 Binaries land in ``<cache root>/<pins>/bin`` (default root ``~/.cache/neuronplace``, override with
 ``NEURONPLACE_CACHE``); the folder name carries the versions and a hash of the module files and
-build recipe, so changing a pin builds into a new folder and an unchanged one is reused. Each
+build recipe, so changing a pin builds into a new folder and an unchanged one is reused. The
+autoscaler (Karpenter with its kwok cloud provider, :data:`AUTOSCALER`) is a separate set with a
+folder of its own keyed by its own pin: adding or bumping it never rebuilds the control plane, which
+takes minutes cold. A module whose ``go.mod`` names a ``toolchain`` newer than the machine's Go is
+built with that toolchain (``GOTOOLCHAIN``; the go command fetches it from the module proxy). Each
 binary is written under a temporary name and renamed into place, so an interrupted build never
 leaves a half-written binary that a later run would trust. A file lock serialises concurrent builds
 of the same pins (two test sessions, ``.ci/run`` and ``neuronplace local up``).
@@ -53,6 +57,16 @@ class Component:
     # How to ask the built binary its version, and what its answer must contain (templated too).
     version_args: tuple[str, ...] = ("--version",)
     version_expect: str = "{bare}"
+
+
+# Short names of the upstreams in cache folder names, in the order they appear there.
+_CACHE_LABELS = {
+    "k8s.io/kubernetes": "k8s",
+    "go.etcd.io/etcd/server/v3": "etcd",
+    "sigs.k8s.io/kwok": "kwok",
+    "helm.sh/helm/v3": "helm",
+    "sigs.k8s.io/karpenter": "karpenter",
+}
 
 
 def _kube_stamps() -> tuple[tuple[str, str], ...]:
@@ -128,6 +142,18 @@ COMPONENTS: tuple[Component, ...] = (
 )
 
 
+# Karpenter's own entry point for its kwok cloud provider (it creates kwok Nodes for its NodeClaims).
+# It has no version flag; the version it reports in its metrics is stamped the same way.
+KARPENTER = Component(
+    "karpenter",
+    "karpenter",
+    "sigs.k8s.io/karpenter/kwok",
+    "sigs.k8s.io/karpenter",
+    stamps=(("sigs.k8s.io/karpenter/pkg/operator.Version", "{version}"),),
+)
+AUTOSCALER: tuple[Component, ...] = (KARPENTER,)
+
+
 class BuildError(RuntimeError):
     """A binary could not be built; the message carries the command and the tail of its output."""
 
@@ -151,29 +177,27 @@ def pinned_version(module: str, upstream: str) -> str:
     return match.group(1)
 
 
-def pins() -> dict[str, str]:
-    """Upstream module → pinned version, for every component (e.g. ``{"k8s.io/kubernetes": "v1.36.3", ...}``)."""
-    return {c.upstream: pinned_version(c.module, c.upstream) for c in COMPONENTS}
+def pins(components: tuple[Component, ...] | None = None) -> dict[str, str]:
+    """Upstream module → pinned version, for every component (e.g. ``{"k8s.io/kubernetes": "v1.36.3", ...}``).
+
+    ``components`` is one set that shares a cache folder: the control plane (default) or :data:`AUTOSCALER`.
+    """
+    return {c.upstream: pinned_version(c.module, c.upstream) for c in components or COMPONENTS}
 
 
-def pins_key() -> str:
+def pins_key(components: tuple[Component, ...] | None = None) -> str:
     """The cache folder name: readable versions plus a hash of every input of the build."""
+    components = components or COMPONENTS
     digest = hashlib.sha256()
-    for module in sorted({c.module for c in COMPONENTS}):
+    for module in sorted({c.module for c in components}):
         for path in sorted((CONTROLPLANE_DIR / module).iterdir()):
             if path.is_file() and path.suffix in (".mod", ".sum", ".go"):
                 digest.update(f"{module}/{path.name}\0".encode())
                 digest.update(path.read_bytes())
-    digest.update(repr(COMPONENTS).encode())
-    versions = pins()
+    digest.update(repr(components).encode())
+    versions = pins(components)
     label = "-".join(
-        f"{short}{versions[upstream].lstrip('v')}"
-        for short, upstream in (
-            ("k8s", "k8s.io/kubernetes"),
-            ("etcd", "go.etcd.io/etcd/server/v3"),
-            ("kwok", "sigs.k8s.io/kwok"),
-            ("helm", "helm.sh/helm/v3"),
-        )
+        f"{short}{versions[upstream].lstrip('v')}" for upstream, short in _CACHE_LABELS.items() if upstream in versions
     )
     return f"{label}-{digest.hexdigest()[:10]}"
 
@@ -182,18 +206,30 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "neuronplace").expanduser()
 
 
-def bin_dir() -> Path:
+def bin_dir(components: tuple[Component, ...] | None = None) -> Path:
     """Where the binaries for the current pins live (whether or not they are built yet)."""
-    return cache_root() / pins_key() / "bin"
+    return cache_root() / pins_key(components) / "bin"
 
 
-def missing_binaries(directory: Path | None = None) -> list[str]:
-    directory = directory or bin_dir()
-    return [c.binary for c in COMPONENTS if not os.access(directory / c.binary, os.X_OK)]
+def missing_binaries(directory: Path | None = None, components: tuple[Component, ...] | None = None) -> list[str]:
+    directory = directory or bin_dir(components)
+    return [c.binary for c in components or COMPONENTS if not os.access(directory / c.binary, os.X_OK)]
 
 
-def _go_env() -> dict[str, str]:
+def go_toolchain(module: str) -> str | None:
+    """The ``toolchain`` directive of ``controlplane/<module>/go.mod`` (e.g. ``go1.27.3``), if any."""
+    match = re.search(r"^toolchain\s+(go\S+)", (CONTROLPLANE_DIR / module / "go.mod").read_text(), re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def go_env(module: str) -> dict[str, str]:
+    """The environment every go command in ``controlplane/<module>`` runs with."""
     env = dict(os.environ)
+    # A module that needs a newer Go than the machine's names it in go.mod; the go command then
+    # fetches exactly that toolchain (checked against the checksum database) and runs it.
+    toolchain = go_toolchain(module)
+    if toolchain:
+        env["GOTOOLCHAIN"] = toolchain
     env["CGO_ENABLED"] = "0"
     # -mod=readonly: go.mod/go.sum are the pins; a build must never rewrite or re-resolve them.
     # -buildvcs=false: the module folders sit inside this repository's git tree.
@@ -207,7 +243,7 @@ def _module_info(module: str, path: str) -> dict:
         ["go", "list", "-m", "-json", path],
         check=False,
         cwd=CONTROLPLANE_DIR / module,
-        env=_go_env(),
+        env=go_env(module),
         capture_output=True,
         text=True,
     )
@@ -235,7 +271,7 @@ def _stamp_values(component: Component, versions: dict[str, str]) -> dict[str, s
         "bare": version.lstrip("v"),
         "major": major,
         "minor": minor,
-        "kube_bare": versions["k8s.io/kubernetes"].lstrip("v"),
+        "kube_bare": versions.get("k8s.io/kubernetes", "").lstrip("v"),
         "date": _module_time(component.module, component.upstream) if "{date}" in repr(component.stamps) else "",
     }
     if "{client_go_" in repr(component.stamps):
@@ -260,7 +296,7 @@ def _build_one(component: Component, target: Path, versions: dict[str, str]) -> 
             command,
             check=False,
             cwd=CONTROLPLANE_DIR / component.module,
-            env=_go_env(),
+            env=go_env(component.module),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -275,30 +311,34 @@ def _build_one(component: Component, target: Path, versions: dict[str, str]) -> 
         partial.unlink(missing_ok=True)
 
 
-def ensure_binaries(progress: Callable[[str], None] | None = None) -> BuildReport:
+def ensure_binaries(
+    progress: Callable[[str], None] | None = None, components: tuple[Component, ...] | None = None
+) -> BuildReport:
     """Build whatever binary the cache lacks for the current pins; return where they are.
 
     With everything cached this only hashes a few small files and checks the folder. ``progress``
-    receives one line per component (default: stderr).
+    receives one line per component (default: stderr). ``components``: the control plane (default)
+    or :data:`AUTOSCALER`.
     """
+    components = components or COMPONENTS
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     if not CONTROLPLANE_DIR.is_dir():
         raise BuildError(
             f"{CONTROLPLANE_DIR} not found: the control plane builds from a source checkout of neuronplace"
         )
-    target_dir = bin_dir()
+    target_dir = bin_dir(components)
     report = BuildReport(target_dir)
-    if not missing_binaries(target_dir):
-        report.cached = [c.binary for c in COMPONENTS]
+    if not missing_binaries(target_dir, components):
+        report.cached = [c.binary for c in components]
         return report
     if shutil.which("go") is None:
         raise BuildError("the Go toolchain (`go`) is not on PATH; it is needed once to build the control plane")
     target_dir.mkdir(parents=True, exist_ok=True)
-    versions = pins()
+    versions = pins(components)
     with open(target_dir.parent / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same pins
-        total = len(COMPONENTS)
-        for index, component in enumerate(COMPONENTS, start=1):
+        total = len(components)
+        for index, component in enumerate(components, start=1):
             target = target_dir / component.binary
             label = f"[{index}/{total}] {component.binary} {versions[component.upstream]}"
             if os.access(target, os.X_OK):

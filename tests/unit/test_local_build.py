@@ -93,6 +93,7 @@ def test_helm_assumes_the_kubernetes_of_its_client_go_offline():
     assert int(values["client_go_minor"]) >= 30, "the chart's kubeVersion (>=1.30) must render offline"
 
 
-def test_builds_never_rewrite_the_pins():
-    assert "-mod=readonly" in build._go_env()["GOFLAGS"].split()
-    assert build._go_env()["CGO_ENABLED"] == "0"
+@pytest.mark.parametrize("module", ["kubernetes", "karpenter"])
+def test_builds_never_rewrite_the_pins(module):
+    assert "-mod=readonly" in build.go_env(module)["GOFLAGS"].split()
+    assert build.go_env(module)["CGO_ENABLED"] == "0"
