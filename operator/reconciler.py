@@ -46,6 +46,7 @@ from neuronplace.placement import failures as fl
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement import status as st
 from neuronplace.placement.allocator import ReplicaPlacement, place_one
+from neuronplace.placement.capacity import counted_room, no_request_reason
 from neuronplace.placement.names import (
     REASON_INVALID_SPEC,
     REASON_NAMESPACE_NOT_SERVED,
@@ -140,7 +141,7 @@ class Reconciler:
         known = self.permanent.get(key)
         problem = known[1] if known and known[0] == generation else None
         retry: float | None = decision.requeue_after
-        waiting: set[int] = set()  # replicas that fit on no node
+        waiting: set[int] = set()  # replicas that fit on no node and would on a new one
         if decision.create and problem is None:
             problem, retry_create, waiting = self._place_and_create(inference, decision)
             if retry_create is not None:
@@ -155,7 +156,7 @@ class Reconciler:
         self, inference: dict, decision: rc.Decision
     ) -> tuple[st.Problem | None, float | None, set[int]]:
         """Place and create the missing replicas; returns the problem, a requeue delay and the
-        replicas that fit on no node."""
+        replicas that fit on no node and would fit on a new one."""
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
         cache = self.cache
@@ -173,6 +174,7 @@ class Reconciler:
         request = rc.placement_request(inference, self.settings.numbering, volumes.node_terms)
         placed: list[ReplicaPlacement] = []
         unplaceable: list[tuple[int, str]] = []
+        waiting: set[int] = set()  # unplaceable replicas a new node would take: they get capacity requests
         with cache.lock:
             fleet = cache.fleet()
             for ordinal in decision.create:
@@ -187,18 +189,23 @@ class Reconciler:
                     placed.append(result)
                     cache.inflight.add(owner)
                     follow = result.node if volumes.first_consumer else None
-                elif avoid:
+                elif avoid:  # its own failures keep it off nodes: no new node is asked for it
                     avoided = ", ".join(sorted(avoid))
                     unplaceable.append((result.replica, f"{result.reason}; avoiding {avoided} after failed attempts"))
+                elif not self.settings.capacity_requests:
+                    unplaceable.append((result.replica, result.reason))
+                elif (room := counted_room(placing, fleet, cache.usage)) is not None:
+                    unplaceable.append((result.replica, f"{result.reason}; {no_request_reason(room)}"))
                 else:
                     unplaceable.append((result.replica, result.reason))
+                    waiting.add(result.replica)
             if unplaceable:
                 cache.waiting_for_room.add(key)
             else:
                 cache.waiting_for_room.discard(key)
 
         try:
-            return (*self._create_all(inference, placed, unplaceable), {replica for replica, _ in unplaceable})
+            return (*self._create_all(inference, placed, unplaceable), waiting)
         finally:
             with cache.lock:
                 for placement in placed:

@@ -19,8 +19,10 @@ affinity and tolerations, so that a node made for it can take the replica.
   it; and an autoscaler counts it as demand (cluster-autoscaler ignores pods below -10).
 - The NeuronCore count is the replica's own, not rounded: kube-scheduler and the autoscaler count
   cores, not ranges, and on a node made for the request any count the replica's shape rule allows
-  has a free contiguous range. (A replica kept off an existing node only by how that node's free
-  cores are spread gets its request bound to that node instead: counting cannot express ranges.)
+  has a free contiguous range. Counting has a blind spot: a replica kept off an existing node only
+  by how that node's free cores lie (no free range of the right shape, though enough cores are
+  free) would have its request bound to that node, and no node would be added. Such a replica gets
+  no request (:func:`counted_room` finds that node), and its status says so.
 - It carries no pinning and no ``matchFields``: Karpenter ignores pods whose node affinity uses
   ``matchFields`` ("node selector term with matchFields is not supported").
 - It is labelled :data:`CAPACITY_REQUEST_LABEL` (never the inference label, so it is no replica of
@@ -38,6 +40,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from neuronplace.placement.allocator import Fleet, PlacementRequest
 from neuronplace.placement.names import (
     API_VERSION,
     CAPACITY_PRIORITY_CLASS,
@@ -49,7 +52,8 @@ from neuronplace.placement.names import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from neuronplace.placement.pods import merge_tolerations
-from neuronplace.placement.resources import PODS, format_amount, replica_requests
+from neuronplace.placement.resources import PODS, check_items, format_amount, replica_requests, shortfall
+from neuronplace.placement.usage import Usage
 
 # Below every replica (priority 0 unless the template names a class), at or above
 # cluster-autoscaler's default expendable-pods cutoff (-10), so it still scales up for it.
@@ -158,6 +162,30 @@ def replica_of(request: Mapping[str, Any]) -> int | None:
     labels = (request.get("metadata") or {}).get("labels") or {}
     text = labels.get(REPLICA_LABEL)
     return int(text) if isinstance(text, str) and text.isdigit() else None
+
+
+def counted_room(request: PlacementRequest, fleet: Fleet, usage: Usage) -> str | None:
+    """A node where kube-scheduler would find room for the replica's capacity request, or None.
+
+    kube-scheduler counts a node's NeuronCores as it counts cpu: allocatable less what the pods
+    bound there request (``usage`` counts the same pods, pinned ones included, capacity requests
+    excluded). Call it for a replica placement refused: a node named here has the cores by count
+    but no free range the replica may use, so its request would be bound there, and no node added.
+    """
+    items = (*check_items(request.requests), (NEURONCORE_RESOURCE, request.cores_per_replica))
+    names, _ = fleet.eligible(request)
+    for name in names:
+        if shortfall(items, fleet.by_name[name].allocatable, usage.used(name)) is None:
+            return name
+    return None
+
+
+def no_request_reason(node: str) -> str:
+    """Why a replica :func:`counted_room` placed on ``node`` gets no capacity request."""
+    return (
+        f"no capacity request: kube-scheduler counts enough free NeuronCores on {node}, where no free range "
+        "fits the replica, so an autoscaler would add no node for it"
+    )
 
 
 @dataclass(frozen=True)

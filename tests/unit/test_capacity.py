@@ -364,3 +364,27 @@ def test_the_chart_installs_the_same_priority_class():
     assert values["capacityPriorityClass"] == defaults.capacity_priority_class == klass["metadata"]["name"]
     assert values["capacityRequestImage"] == defaults.capacity_request_image
     assert values["capacityRequests"] is defaults.capacity_requests
+
+
+def test_a_replica_kept_off_a_node_only_by_how_its_free_cores_lie_gets_no_request(pool):
+    api, cache, reconciler = setup(pool, inference(replicas=1, cores=2), nodes=())
+    cache.observe_node(ready_node("big", "inf2.48xlarge"))
+    # A foreign pod holds every odd core: 12 cores are free by count, no two of them side by side.
+    odd = ",".join(str(core) for core in range(1, 24, 2))
+    foreign = {
+        "metadata": {"name": "other", "namespace": "tenant", "annotations": {"AWS_NEURON_IDS": odd}},
+        "spec": {
+            "nodeName": "big",
+            "containers": [{"name": "c", "image": "x", "resources": {"limits": {NEURONCORE_RESOURCE: "12"}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+    cache.apply_pod("ADDED", foreign)
+    reconciler.reconcile(KEY)
+    assert api.calls == []  # kube-scheduler would bind a request to "big": no node would be added
+    placed = conditions(api)[CONDITION_PLACED]
+    assert placed["reason"] == REASON_UNSCHEDULABLE and "no capacity request" in placed["message"]
+    assert "big" in placed["message"] and CONDITION_WAITING_FOR_CAPACITY not in conditions(api)
+    cache.apply_pod("DELETED", foreign)  # now the replica fits there
+    reconciler.reconcile(KEY)
+    assert api.calls == [("create", "bert-0")]
