@@ -49,6 +49,7 @@ from neuronplace.placement.conditions import condition
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
+    CAPACITY_REQUEST_LABEL,
     CONDITION_PLACED,
     CONDITION_READY,
     CORES_ANNOTATION,
@@ -432,11 +433,15 @@ def check_pod_namespaces(snapshot: Snapshot) -> list[Violation]:
 
 
 def _own_pods(inference: Mapping, pods: Iterable[Mapping]) -> list[Mapping]:
+    """The resource's replica pods: controlled by it, and not its capacity requests (placeholders
+    that ask an autoscaler for a node, no replicas)."""
     meta = _meta(inference)
     return [
         p
         for p in pods
-        if _meta(p).get("namespace") == meta.get("namespace") and (owner_of(p) or {}).get("uid") == meta.get("uid")
+        if _meta(p).get("namespace") == meta.get("namespace")
+        and (owner_of(p) or {}).get("uid") == meta.get("uid")
+        and CAPACITY_REQUEST_LABEL not in (_meta(p).get("labels") or {})
     ]
 
 
