@@ -136,8 +136,37 @@ def _ref(obj: Mapping) -> str:
     return f"{meta.get('namespace')}/{meta.get('name')}" if meta.get("namespace") else str(meta.get("name"))
 
 
+def pod_node(pod: Mapping) -> str | None:
+    """The node a pod is bound to, or, while unbound, the one node its required node affinity pins
+    it to (``matchFields metadata.name In [<node>]`` in every term; Scheduler binding): written
+    here from the Kubernetes rules, not taken from the operator, so the checker stays independent."""
+    spec = pod.get("spec") or {}
+    if spec.get("nodeName"):
+        return spec["nodeName"]
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    named = set()
+    for term in required.get("nodeSelectorTerms") or []:
+        values = [
+            tuple(e.get("values") or ())
+            for e in term.get("matchFields") or []
+            if e.get("key") == "metadata.name" and e.get("operator") == "In"
+        ]
+        if len(values) != 1 or len(values[0]) != 1:
+            return None
+        named.add(values[0][0])
+    return named.pop() if len(named) == 1 else None
+
+
 def is_live(pod: Mapping) -> bool:
-    """Bound and not finished: such a pod may be running a process that holds its cores."""
+    """Bound, or pinned and waiting to be bound, and not finished: such a pod holds its cores (a
+    pinned pod from its creation, since kube-scheduler can put it nowhere else)."""
+    return pod_node(pod) is not None and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+
+
+def is_running_there(pod: Mapping) -> bool:
+    """Bound and not finished: the kubelet counts its requests against the node's allocatable."""
     bound = bool((pod.get("spec") or {}).get("nodeName"))
     return bound and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
 
@@ -215,7 +244,7 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
     by_node: dict[str, list[Mapping]] = {}
     for pod in snapshot.pods:
         if is_live(pod):
-            by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
+            by_node.setdefault(pod_node(pod), []).append(pod)
     for node_name, pods in sorted(by_node.items()):
         node = nodes.get(node_name)
         if node is None:
@@ -281,7 +310,7 @@ def check_node_resources(snapshot: Snapshot) -> list[Violation]:
     nodes = {_meta(n).get("name"): n for n in snapshot.nodes}
     by_node: dict[str, list[Mapping]] = {}
     for pod in snapshot.pods:
-        if is_live(pod):
+        if is_running_there(pod):
             by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
     for node_name, pods in sorted(by_node.items()):
         node = nodes.get(node_name)
@@ -324,7 +353,7 @@ def check_pod(pod: Mapping, nodes: Mapping[str, Mapping]) -> list[Violation]:
     if spec.get("schedulerName") not in (None, "default-scheduler"):
         bad(f"schedulerName {spec.get('schedulerName')!r}: the operator binds pods itself")
     numbering = annotations.get(NUMBERING_ANNOTATION, "device-local")
-    node = nodes.get(spec.get("nodeName"))
+    node = nodes.get(pod_node(pod))
     per_chip = node_capacity(node)[1] if node is not None else None
     if numbering == "global":
         offset = 0
@@ -477,7 +506,7 @@ def check_status(snapshot: Snapshot) -> list[Violation]:
             (
                 _whole((_meta(p).get("labels") or {}).get(REPLICA_LABEL)),
                 _meta(p).get("name"),
-                (p.get("spec") or {}).get("nodeName"),
+                pod_node(p),
                 (_meta(p).get("annotations") or {}).get(CORES_ANNOTATION),
             )
             for p in pods

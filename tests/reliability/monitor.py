@@ -266,11 +266,11 @@ class InvariantMonitor:
     def _put_pod(self, pod: dict) -> str | None:
         key = _key(pod)
         old = self._pods.get(key)
-        old_node = ((old or {}).get("spec") or {}).get("nodeName")
+        old_node = inv.pod_node(old or {})
         if old_node:
             self._pods_on.get(old_node, set()).discard(key)
         self._pods[key] = pod
-        node = (pod.get("spec") or {}).get("nodeName")
+        node = inv.pod_node(pod)
         if node:
             self._pods_on.setdefault(node, set()).add(key)
         return old_node if old_node != node else None
@@ -282,7 +282,7 @@ class InvariantMonitor:
                 key = _key(obj)
                 if kind_of_event == "DELETED":
                     old = self._pods.pop(key, None)
-                    node = ((old or {}).get("spec") or {}).get("nodeName")
+                    node = inv.pod_node(old or {})
                     if node:
                         self._pods_on.get(node, set()).discard(key)
                         self._check_node(node)
@@ -291,7 +291,7 @@ class InvariantMonitor:
                 moved_from = self._put_pod(obj)
                 if moved_from:
                     self._check_node(moved_from)
-                node = (obj.get("spec") or {}).get("nodeName")
+                node = inv.pod_node(obj)
                 if node:
                     self._check_node(node)
                 self._check_pod(key)
