@@ -3,9 +3,11 @@
 :func:`check` is pure: it reads a :class:`Snapshot` (pods, nodes and NeuronInferences as the API's
 JSON dicts) and returns every :class:`Violation` it finds. The invariants, one function each:
 
-- ``exclusive-cores``: on every node, no two live pods hold the same core (managed pods by their
-  ``neuronplace.io/cores`` annotation, foreign pods by ``AWS_NEURON_IDS`` when they carry it), and
-  all the cores held there, foreign pods' bare counts included, fit in what the node has (two
+- ``exclusive-cores``: on every node, no two live pods hold the same core (managed pods, those a
+  NeuronInference controls whose range is as long as their request, by their
+  ``neuronplace.io/cores`` annotation; any other pod by ``AWS_NEURON_IDS`` when it carries it, and
+  never less than it requests), and all the cores held there, foreign pods' bare counts included,
+  fit in what the node has (two
   processes driving one NeuronCore, or more cores handed out than exist, is the failure this
   project exists to prevent).
 - ``node-resources``: on every node, what the live pods bound there request together (cpu, memory,
@@ -256,12 +258,16 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
             meta = _meta(pod)
             annotations = meta.get("annotations") or {}
             ids: list[int] | None = None
-            if is_managed(pod):
+            asked = pod_amount(pod, NEURONCORE_RESOURCE) + pod_amount(pod, NEURON_DEVICE_RESOURCE) * (per_chip or 1)
+            controller = owner_of(pod) or {}
+            if is_managed(pod) and controller.get("kind") == "NeuronInference":
                 try:
                     ids = list(CoreRange.parse(annotations.get(CORES_ANNOTATION, "")).ids)
                 except (ValueError, TypeError):
                     ids = None  # reported by pod-consistency; counted by request below
-            elif annotations.get(AWS_NEURON_IDS):
+                if ids is not None and len(ids) != asked:
+                    ids = None  # a range that disagrees with the request holds the request, as in the ledger
+            if ids is None and annotations.get(AWS_NEURON_IDS):
                 try:
                     raw = [int(x) for x in str(annotations[AWS_NEURON_IDS]).split(",")]
                 except ValueError:
@@ -271,10 +277,9 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
                 elif raw is not None and per_chip and pod_amount(pod, NEURON_DEVICE_RESOURCE):
                     ids = [d * per_chip + c for d in raw for c in range(per_chip)]
             if ids is None:
-                count = pod_amount(pod, NEURONCORE_RESOURCE) + pod_amount(pod, NEURON_DEVICE_RESOURCE) * (per_chip or 1)
-                counted += count
+                counted += asked  # a labelled pod nobody controls and that asks nothing holds nothing
                 continue
-            counted += len(ids)
+            counted += max(len(ids), asked)  # listed ids short of the request hold the request
             for core in ids:
                 if core >= capacity:
                     violations.append(

@@ -101,6 +101,34 @@ def test_a_foreign_pod_overlapping_or_overfilling_a_node_is_caught():
     assert any(v.invariant == "exclusive-cores" and "hold 3 cores but the node has 2" in v.detail for v in found), found
 
 
+def test_cores_are_counted_as_the_ledger_holds_them():
+    """A hand-made pod with our label and a whole node's range, asking nothing, holds nothing; a
+    foreign pod listing fewer ids than it asks holds what it asks."""
+    snap = healthy(inferences=[inference(replicas=1, cores=4, processes=1)])  # 24 cores, 4 held
+    fake = {
+        "metadata": {
+            "name": "fake",
+            "namespace": "x",
+            "labels": {"neuronplace.io/inference": "bert"},
+            "annotations": {"neuronplace.io/cores": "0-23"},
+        },
+        "spec": {"nodeName": "n-0", "containers": [{"name": "c"}]},
+        "status": {"phase": "Running"},
+    }
+    found = check(Snapshot([*snap.pods, fake], snap.nodes, snap.inferences, ("ml",)))
+    assert not [v for v in found if v.invariant == "exclusive-cores"], found
+    short = {
+        "metadata": {"name": "short", "namespace": "x", "annotations": {"AWS_NEURON_IDS": "23"}},
+        "spec": {
+            "nodeName": "n-0",
+            "containers": [{"name": "c", "resources": {"requests": {"aws.amazon.com/neuroncore": "21"}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+    found = check(Snapshot([*snap.pods, short], snap.nodes, snap.inferences, ("ml",)))
+    assert any(v.invariant == "exclusive-cores" and "hold 25 cores but the node has 24" in v.detail for v in found)
+
+
 def test_pods_requesting_more_cpu_or_memory_than_a_node_has_are_caught():
     snap = healthy()
     for pod in snap.pods:  # two replicas of 150 CPU and 400Gi each on one 192-CPU, 768Gi node
