@@ -133,3 +133,17 @@ def test_taints_are_carried_for_the_request_to_check():
     inventory = inventory_from_node(make_node(spec__taints=taints))
     assert inventory.problem is None
     assert [dict(t) for t in inventory.taints] == taints
+
+
+def test_inventory_carries_the_allocatable_of_every_checked_resource():
+    node = make_node()
+    node["status"]["allocatable"].update({"memory": "700Gi", "pods": "110", "hugepages-2Mi": "1Gi", "x": "5"})
+    allocatable = inventory_from_node(node).allocatable
+    assert dict(allocatable) == {
+        "aws.amazon.com/neuroncore": 24,
+        "cpu": 192_000,
+        "memory": 700 * 2**30,
+        "hugepages-2Mi": 2**30,
+        "pods": 110,
+    }
+    assert inventory_from_node(make_node()).allocatable["pods"] == 0  # no pods allocatable: no pod fits
