@@ -1,7 +1,8 @@
 """``neuronplace local``: build, start, stop and list local control planes with simulated Neuron nodes.
 
-neuronplace local build                      # build the pinned binaries (cached)
-neuronplace local up [--name N] [--fleet inf2.48xlarge=2,trn1.32xlarge=1]
+neuronplace local build                      # build the pinned binaries, Karpenter included (cached)
+neuronplace local up [--name N] [--fleet inf2.48xlarge=2,trn1.32xlarge=1] [--autoscaler]
+neuronplace local up --fleet "" --autoscaler # no Neuron node: Karpenter adds them for Pending pods
 neuronplace local status                     # clusters, their components and nodes
 neuronplace local down [--name N]
 neuronplace local image [--tag T] [--base IMAGE]  # build the operator image; prints its reference
@@ -22,13 +23,21 @@ MAX_NODES_LISTED = 20  # beyond this, status shows counts per instance type only
 
 def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("build", help="build the pinned control-plane binaries into the cache (seconds when cached)")
+    actions.add_parser(
+        "build", help="build the pinned control-plane binaries and Karpenter into the cache (seconds when cached)"
+    )
     up = actions.add_parser("up", help="start a cluster and its simulated fleet; print the kubeconfig")
     up.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
     up.add_argument(
         "--fleet",
         default=DEFAULT_FLEET,
-        help=f"instances to simulate, TYPE=COUNT[,TYPE=COUNT...] (default {DEFAULT_FLEET})",
+        help=f'instances to simulate, TYPE=COUNT[,TYPE=COUNT...] (default {DEFAULT_FLEET}); "" for none',
+    )
+    up.add_argument(
+        "--autoscaler",
+        action="store_true",
+        help="also run Karpenter (kwok provider) with a NodePool of the Neuron instance types: it adds a "
+        "node for Pending pods that fit one and removes nodes 10 s after they are empty",
     )
     down = actions.add_parser("down", help="stop a cluster and remove its state")
     down.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
@@ -60,12 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from neuronplace.local.fleet import parse_fleet
 
     if args.action == "build":
-        started = time.monotonic()
-        report = build.ensure_binaries(_say)
-        print(
-            f"binaries in {report.bin_dir} ({len(report.built)} built, {len(report.cached)} cached, "
-            f"{time.monotonic() - started:.1f} s)"
-        )
+        for components in (build.COMPONENTS, build.AUTOSCALER):
+            started = time.monotonic()
+            report = build.ensure_binaries(_say, components)
+            print(
+                f"binaries in {report.bin_dir} ({len(report.built)} built, {len(report.cached)} cached, "
+                f"{time.monotonic() - started:.1f} s)"
+            )
         return 0
 
     if args.action == "image":
@@ -82,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         try:
-            fleet = parse_fleet(args.fleet)
+            fleet = parse_fleet(args.fleet) if args.fleet.strip() else {}
             cluster = LocalCluster(args.name)
         except ValueError as error:
             _say(f"neuronplace local up: {error}")
@@ -90,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         try:
             cluster.up(fleet=fleet, progress=_say)
+            if args.autoscaler:
+                from neuronplace.local.autoscaler import Autoscaler
+
+                try:
+                    Autoscaler(cluster).start(progress=_say)
+                except BaseException:
+                    cluster.down()
+                    raise
         except (RuntimeError, build.BuildError, subprocess.SubprocessError, TimeoutError) as error:
             _say(f"neuronplace local up: {error}")
             for note in getattr(error, "__notes__", ()):
@@ -97,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         nodes = sum(fleet.values())
         print(f"cluster {cluster.name} is up with {nodes} Ready node(s) in {time.monotonic() - started:.1f} s")
+        if args.autoscaler:
+            print("autoscaler: Karpenter, NodePool 'neuron' (kubectl get nodepools,nodeclaims)")
         print(f"kubeconfig: {cluster.kubeconfig}")
         print(
             f"try:        {cluster.bin_dir / 'kubectl'} --kubeconfig {cluster.kubeconfig} get nodes -L node.kubernetes.io/instance-type"
@@ -130,12 +150,14 @@ def _print_status(cluster) -> None:
     running = cluster.running_components()
     rss_mb = sum(cluster.rss_bytes().values()) / 2**20
     print(
-        f"{cluster.name}: {len(running)}/{len(CONTROL_PLANE_COMPONENTS)} components running ({rss_mb:.0f} MB RSS); "
+        f"{cluster.name}: {sum(c in running for c in CONTROL_PLANE_COMPONENTS)}/{len(CONTROL_PLANE_COMPONENTS)} components running ({rss_mb:.0f} MB RSS); "
         f"kubeconfig {cluster.kubeconfig}"
     )
     missing = [c for c in CONTROL_PLANE_COMPONENTS if c not in running]
     if missing:
         print(f"  not running: {', '.join(missing)}")
+    if "karpenter" in running:
+        print(f"  autoscaler: Karpenter (pid {running['karpenter']}, log {cluster.logs_dir / 'karpenter.log'})")
     if "kube-apiserver" not in running:
         return
     result = cluster.kubectl("get", "nodes", "-o", "json", check=False, timeout=20)

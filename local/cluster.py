@@ -389,6 +389,36 @@ class LocalCluster:
         self.wait_healthy(timeout)
         return child.pid
 
+    def start_process(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
+        """Run one more process as part of this cluster (the autoscaler); return its pid.
+
+        Its log and pid file sit beside the components', so :meth:`down` stops it, :meth:`log_tail`
+        shows it and :meth:`running_components` lists it (it runs in the cluster's folder).
+        """
+        with open(self.logs_dir / f"{name}.log", "ab") as log:
+            child = subprocess.Popen(
+                list(argv),
+                cwd=self.cluster_dir,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._spawned.append(child)
+        (self.cluster_dir / "pids" / f"{name}.pid").write_text(str(child.pid))
+        return child.pid
+
+    def stop_process(self, name: str, timeout: float = 30) -> None:
+        """Stop a process started by :meth:`start_process` (SIGTERM, SIGKILL after ``timeout``)."""
+        pid = self.running_components().get(name)
+        if pid is not None:
+            _kill(pid, signal.SIGTERM, timeout)
+        for child in [c for c in self._spawned if c.pid == pid]:
+            child.wait()
+            self._spawned.remove(child)
+        (self.cluster_dir / "pids" / f"{name}.pid").unlink(missing_ok=True)
+
     def restart_component(self, component: str, hard: bool = False, downtime: float = 0.0, timeout: float = 60) -> int:
         """Restart kube-apiserver or etcd alone (kwok and the pods keep running); return the new pid.
 

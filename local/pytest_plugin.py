@@ -9,6 +9,12 @@
   they are Ready, and returns a :class:`Fleet` (a list of the node names, with ``.nodes`` and
   ``.pool``); ``fleet.pool`` gives the same pool. Every node of the pool is deleted afterwards.
 
+- ``autoscaler`` (module): a cluster of its own (``np-test-<pid>-autoscaled``) with no node at all
+  and Karpenter running (:class:`neuronplace.local.autoscaler.Autoscaler`, default NodePool of the
+  Neuron instance types); ``autoscaled_cluster`` is its :class:`LocalCluster`. A cluster of its own,
+  because Karpenter would add nodes for any Pending pod of the session's other tests. Torn down and
+  checked like ``local_cluster``.
+
 When a test that used the cluster fails, the tail of every component's log is attached to its
 report (shown under "control plane logs").
 
@@ -28,19 +34,21 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
 from neuronplace.local import procs
+from neuronplace.local.autoscaler import Autoscaler
 from neuronplace.local.cluster import LocalCluster, list_clusters, port_lock
 from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.local.operator_process import BINDING_VARIABLE
 from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS
 
 _CLUSTER_KEY = pytest.StashKey["LocalCluster"]()
+_AUTOSCALED_KEY = pytest.StashKey["LocalCluster"]()
 _BINDING_KEY = pytest.StashKey[str]()
-_TEST_CLUSTER = re.compile(r"^np-test-(\d+)$")
+_TEST_CLUSTER = re.compile(r"^np-test-(\d+)(?:-autoscaled)?$")
 
 
 class Fleet(list):
@@ -137,33 +145,69 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
         if signal.getsignal(sig) in (signal.SIG_DFL, None):
             signal.signal(sig, _raise_keyboard_interrupt)
     atexit.register(cluster.down)
+    try:
+        cluster.up(progress=_progress(request))
+        request.config.stash[_CLUSTER_KEY] = cluster
+        yield cluster
+    finally:
+        left, ours = _down_and_check(cluster)
+        if _CLUSTER_KEY in request.config.stash:
+            del request.config.stash[_CLUSTER_KEY]
+    assert not left, f"components still running after teardown: {left}"
+    assert not ours, f"ports still listening after teardown: {ours}"
+
+
+def _progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Report a line live even under output capture: a cold build takes minutes."""
     plugins = request.config.pluginmanager
     reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
 
     def progress(line: str) -> None:
-        # Shown live even under output capture: a cold build takes minutes.
         if reporter is None:
             return
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             reporter.write_line(f"[local control plane] {line}")
 
+    return progress
+
+
+def _down_and_check(cluster: LocalCluster) -> tuple[dict[str, int], dict[int, list]]:
+    """Remove the cluster; return the processes and listening ports of it that outlived that."""
+    # Under the port lock no other cluster can be created (and take our freed ports) between
+    # the teardown and the check that nothing of ours still listens.
+    with port_lock():
+        # The ports it came up with, and those of processes started since (the autoscaler).
+        ports, components = cluster.ports | cluster.listening_ports(), cluster.running_components()
+        cluster.down()
+        left = {name: pid for name, pid in components.items() if procs.is_alive(pid)}
+        ours = _our_listeners(cluster, ports)
+    atexit.unregister(cluster.down)
+    return left, ours
+
+
+@pytest.fixture(scope="module")
+def autoscaler(request: pytest.FixtureRequest) -> Iterator[Autoscaler]:
+    _remove_orphaned_test_clusters()
+    cluster = LocalCluster(f"np-test-{os.getpid()}-autoscaled")
+    atexit.register(cluster.down)
+    progress = _progress(request)
     try:
         cluster.up(progress=progress)
-        request.config.stash[_CLUSTER_KEY] = cluster
-        yield cluster
+        request.config.stash[_AUTOSCALED_KEY] = cluster
+        autoscaler = Autoscaler(cluster)
+        autoscaler.start(progress=progress)
+        yield autoscaler
     finally:
-        # Under the port lock no other cluster can be created (and take our freed ports) between
-        # the teardown and the check that nothing of ours still listens.
-        with port_lock():
-            ports, components = cluster.ports, cluster.running_components()
-            cluster.down()
-            left = {name: pid for name, pid in components.items() if procs.is_alive(pid)}
-            ours = _our_listeners(cluster, ports)
-        atexit.unregister(cluster.down)
-        if _CLUSTER_KEY in request.config.stash:
-            del request.config.stash[_CLUSTER_KEY]
+        left, ours = _down_and_check(cluster)
+        if _AUTOSCALED_KEY in request.config.stash:
+            del request.config.stash[_AUTOSCALED_KEY]
     assert not left, f"components still running after teardown: {left}"
     assert not ours, f"ports still listening after teardown: {ours}"
+
+
+@pytest.fixture(scope="module")
+def autoscaled_cluster(autoscaler: Autoscaler) -> LocalCluster:
+    return autoscaler.cluster
 
 
 def _our_listeners(cluster: LocalCluster, ports: set[int], settle: float = 15) -> dict[int, list]:
@@ -209,7 +253,8 @@ def fleet(local_cluster: LocalCluster) -> Iterator[FleetFactory]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and "local_cluster" in getattr(item, "fixturenames", ()):
-        cluster = item.config.stash.get(_CLUSTER_KEY, None)
+    fixtures = getattr(item, "fixturenames", ())
+    for fixture, key in (("local_cluster", _CLUSTER_KEY), ("autoscaler", _AUTOSCALED_KEY)):
+        cluster = item.config.stash.get(key, None) if report.failed and fixture in fixtures else None
         if cluster is not None:
-            report.sections.append(("control plane logs", cluster.log_tail()))
+            report.sections.append((f"control plane logs ({cluster.name})", cluster.log_tail()))

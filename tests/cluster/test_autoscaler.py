@@ -1,0 +1,146 @@
+"""Karpenter (kwok provider) in the local control plane: a Pending Neuron pod gets a node of a
+Neuron instance type, and the node goes away once it is empty.
+
+The cluster starts with no node at all (the ``autoscaler`` fixture), so every node here is one
+Karpenter made. While waiting, every poll checks that Karpenter never asked for more nodes than the
+pods need.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from neuronplace.local.autoscaler import DEFAULT_NODE_POOL, NODE_POOL_LABEL, build_node_pool
+from neuronplace.local.cluster import LocalCluster
+from neuronplace.local.fleet import KWOK_TAINT, KWOK_TOLERATION
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.names import INSTANCE_TYPE_LABEL, NEURONCORE_RESOURCE
+
+
+@pytest.fixture(scope="module")
+def namespace(autoscaled_cluster: LocalCluster) -> str:
+    name = f"autoscale-{uuid.uuid4().hex[:6]}"
+    autoscaled_cluster.kubectl("create", "namespace", name)
+    autoscaled_cluster.kubectl("-n", name, "wait", "--for=create", "serviceaccount/default", "--timeout=60s")
+    return name
+
+
+def _pod(name: str, cores: int, node_selector: dict[str, str] | None = None) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.k8s.io/pause:3.10",
+                    "resources": {
+                        "requests": {NEURONCORE_RESOURCE: str(cores)},
+                        "limits": {NEURONCORE_RESOURCE: str(cores)},
+                    },
+                }
+            ],
+            "tolerations": [dict(KWOK_TOLERATION)],
+            "nodeSelector": dict(node_selector or {}),
+        },
+    }
+
+
+def _names(cluster: LocalCluster, kind: str) -> list[str]:
+    return [item["metadata"]["name"] for item in cluster.get_json(kind)["items"]]
+
+
+def _wait(what: str, check, timeout: float, invariant=lambda: None):
+    deadline = time.monotonic() + timeout
+    while True:
+        invariant()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def test_a_pending_neuron_pod_gets_a_node_and_the_empty_node_is_removed(autoscaled_cluster, namespace, record_property):
+    cluster = autoscaled_cluster
+    assert _names(cluster, "nodes") == [], "the autoscaled cluster starts with no node"
+
+    def at_most_one_claim() -> None:
+        claims = _names(cluster, "nodeclaims")
+        assert len(claims) <= 1, f"one pod of 8 cores needs one node; Karpenter claimed {claims}"
+
+    started = time.monotonic()
+    cluster.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(_pod("wants-8-cores", 8)))
+
+    def running() -> dict | None:
+        pod = cluster.get_json("-n", namespace, "pod", "wants-8-cores")
+        return pod if pod["status"].get("phase") == "Running" else None
+
+    pod = _wait("the pod Running on a new node", running, timeout=180, invariant=at_most_one_claim)
+    to_running = time.monotonic() - started
+    record_property("seconds_pending_to_running", round(to_running, 1))
+
+    node = cluster.get_json("node", pod["spec"]["nodeName"])
+    labels = node["metadata"]["labels"]
+    assert labels[NODE_POOL_LABEL] == DEFAULT_NODE_POOL
+    assert KWOK_TAINT in node["spec"]["taints"], "Karpenter's nodes carry the fleet's taint"
+    inventory = inventory_from_node(node)
+    assert inventory.problem is None, inventory.problem
+    assert inventory.topology is not None and inventory.instance_type == labels[INSTANCE_TYPE_LABEL]
+    assert inventory.cores >= 8
+    assert labels["topology.kubernetes.io/zone"].startswith("us-east-1")
+
+    cluster.kubectl("-n", namespace, "delete", "pod", "wants-8-cores", "--wait=true", "--timeout=60s")
+    emptied = time.monotonic()
+    _wait(
+        "the empty node removed",
+        lambda: not _names(cluster, "nodes") and not _names(cluster, "nodeclaims"),
+        timeout=180,
+        invariant=at_most_one_claim,
+    )
+    to_removed = time.monotonic() - emptied
+    record_property("seconds_empty_to_removed", round(to_removed, 1))
+    print(
+        f"Pending -> Running on a new {labels[INSTANCE_TYPE_LABEL]}: {to_running:.1f} s; empty -> removed: {to_removed:.1f} s"
+    )
+
+
+def test_a_pod_no_node_pool_can_satisfy_creates_no_node(autoscaler, autoscaled_cluster, namespace):
+    cluster = autoscaled_cluster
+    autoscaler.apply(build_node_pool(instance_types=["inf2.24xlarge", "inf2.48xlarge"]))
+    try:
+        cluster.kubectl(
+            "-n",
+            namespace,
+            "create",
+            "-f",
+            "-",
+            input=json.dumps(_pod("wants-trn1", 8, {INSTANCE_TYPE_LABEL: "trn1.32xlarge"})),
+        )
+
+        def refused() -> bool:
+            events = cluster.get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=wants-trn1")
+            return any(
+                e.get("source", {}).get("component") == "karpenter" or e.get("reportingComponent") == "karpenter"
+                for e in events["items"]
+            )
+
+        def no_claim() -> None:
+            assert _names(cluster, "nodeclaims") == []
+
+        _wait("Karpenter's event on the pod", refused, timeout=60, invariant=no_claim)
+        # A few more batch windows: still nothing.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            no_claim()
+            time.sleep(0.5)
+        assert _names(cluster, "nodes") == []
+    finally:
+        cluster.kubectl("-n", namespace, "delete", "pod", "wants-trn1", "--wait=true", check=False)
+        autoscaler.apply(build_node_pool())
