@@ -16,9 +16,10 @@ import pytest
 
 from neuronplace.local.autoscaler import DEFAULT_NODE_POOL, NODE_POOL_LABEL, build_node_pool
 from neuronplace.local.cluster import LocalCluster
-from neuronplace.local.fleet import KWOK_TAINT, KWOK_TOLERATION
+from neuronplace.local.fleet import KWOK_TAINT, KWOK_TOLERATION, build_node
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.names import INSTANCE_TYPE_LABEL, NEURONCORE_RESOURCE
+from neuronplace.placement.resources import parse_quantity
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,11 @@ def test_a_pending_neuron_pod_gets_a_node_and_the_empty_node_is_removed(autoscal
     assert inventory.problem is None, inventory.problem
     assert inventory.topology is not None and inventory.instance_type == labels[INSTANCE_TYPE_LABEL]
     assert inventory.cores >= 8
+    # What kube-scheduler and the operator fit pods against is what a fleet node of the type has.
+    fleet_node = build_node("n", labels[INSTANCE_TYPE_LABEL])
+    assert {k: parse_quantity(v) for k, v in node["status"]["allocatable"].items()} == {
+        k: parse_quantity(v) for k, v in fleet_node["status"]["allocatable"].items()
+    }
     assert labels["topology.kubernetes.io/zone"].startswith("us-east-1")
 
     cluster.kubectl("-n", namespace, "delete", "pod", "wants-8-cores", "--wait=true", "--timeout=60s")
