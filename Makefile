@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:
 #
-#   make demo    # virtualenv + the project with its extras, the local control plane (built once,
-#                # ~8 min cold), then the operator placing examples/ on simulated Neuron nodes
+#   make demo    # virtualenv + the project with its extras, the local control plane and Karpenter
+#                # (built once, ~8 + ~4 min cold on idle cores), then the operator placing examples/
+#                # on simulated Neuron nodes
 #   make test    # the same setup, the layering/lint/type checks, then the full test suite (binding
 #                # mode Scheduler), then the operator suites again in binding mode Direct
 #
