@@ -9,13 +9,17 @@ pods need.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
-from neuronplace.local.autoscaler import DEFAULT_NODE_POOL, NODE_POOL_LABEL, build_node_pool
-from neuronplace.local.cluster import LocalCluster
+from neuronplace.local import procs
+from neuronplace.local.autoscaler import COMPONENT, DEFAULT_NODE_POOL, NODE_POOL_LABEL, build_node_pool
+from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS, LocalCluster, port_lock
 from neuronplace.local.fleet import KWOK_TAINT, KWOK_TOLERATION, build_node
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.names import INSTANCE_TYPE_LABEL, NEURONCORE_RESOURCE
@@ -150,3 +154,39 @@ def test_a_pod_no_node_pool_can_satisfy_creates_no_node(autoscaler, autoscaled_c
     finally:
         cluster.kubectl("-n", namespace, "delete", "pod", "wants-trn1", "--wait=true", check=False)
         autoscaler.apply(build_node_pool())
+
+
+def test_cli_up_with_the_autoscaler_and_no_fleet_then_down_leaves_nothing():
+    name = f"np-cli-{uuid.uuid4().hex[:6]}"
+    cluster = LocalCluster(name)
+    cli = [sys.executable, "-m", "neuronplace.cli", "local"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        up = subprocess.run(
+            [*cli, "up", "--name", name, "--fleet", "", "--autoscaler"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert up.returncode == 0, up.stderr
+        assert "up with 0 Ready node(s)" in up.stdout and "autoscaler: Karpenter" in up.stdout
+        pids = cluster.running_components()
+        assert set(pids) == {*CONTROL_PLANE_COMPONENTS, COMPONENT}
+        assert (cluster.logs_dir / f"{COMPONENT}.log").stat().st_size > 0
+        assert cluster.get_json("nodes")["items"] == []
+        assert [p["metadata"]["name"] for p in cluster.get_json("nodepools")["items"]] == [DEFAULT_NODE_POOL]
+        ports = cluster.listening_ports()
+
+        status = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=60, env=env)
+        assert f"{name}: 5/5 components running" in status.stdout
+        assert f"autoscaler: Karpenter (pid {pids[COMPONENT]}" in status.stdout
+
+        with port_lock():  # no other cluster may take the freed ports before we look
+            down = subprocess.run([*cli, "down", "--name", name], capture_output=True, text=True, timeout=120, env=env)
+            assert down.returncode == 0, down.stderr
+            assert not any(procs.is_alive(pid) for pid in pids.values()), "Karpenter outlived local down"
+            assert not ports & procs.listening_ports()
+        assert not cluster.cluster_dir.exists()
+    finally:
+        cluster.down()
