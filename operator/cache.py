@@ -179,6 +179,9 @@ class Cache:
         self.priority_classes: dict[str, int] = {}  # PriorityClass name → value (cluster-scoped)
         # Capacity-request pods (operator.capacity) by NeuronInference, then pod name; slimmed.
         self.capacity_requests: dict[Key, dict[str, dict]] = {}
+        # Managed pods pinned to a node and not bound yet: kube-scheduler does not count them on
+        # their node until it binds them, so a capacity request made meanwhile could be bound there.
+        self.unbound: set[tuple[str, str]] = set()
         # Pods ("ns/pod") and NeuronInferences ((ns, name)) deleted while a full resync reads its
         # lists (None when none runs): the lists may still show them, and they must not come back
         # as ghosts (a pod holding cores, a resource getting pods).
@@ -217,8 +220,14 @@ class Cache:
         if deleted:
             self.pods.pop((namespace, name), None)
             self.pods_of.get(key, set()).discard(name)
+            self.unbound.discard((namespace, name))
         else:
             self.pods[(namespace, name)] = slim_pod(pod)
+            live = (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+            if live and not (pod.get("spec") or {}).get("nodeName") and pinned_node(pod):
+                self.unbound.add((namespace, name))
+            else:
+                self.unbound.discard((namespace, name))
             self.pods_of.setdefault(key, set()).add(name)
             node = node_of(pod)
             ordinal = rc.ordinal_of(pod, inference)

@@ -40,6 +40,10 @@ if TYPE_CHECKING:  # the cache imports this module for slim_request
 
 log = logging.getLogger("neuronplace.operator")
 
+# How soon to look again when requests wait for replica pods to be bound (kube-scheduler binds a
+# pinned pod within a scheduling cycle).
+SETTLE_SECONDS = 1.0
+
 
 def slim_request(pod: Mapping[str, Any]) -> dict:
     """What is read of a capacity request: name, labels, hash, controller, stamps, the node
@@ -111,9 +115,10 @@ class CapacityRequests:
                 # the caller; kube-scheduler preempts a request left in the way (lower priority).
                 log.warning("capacity request %s/%s not deleted: %s", namespace, name, error)
 
-    def keep(self, inference: Mapping[str, Any], waiting: Collection[int]) -> Problem | None:
+    def keep(self, inference: Mapping[str, Any], waiting: Collection[int]) -> tuple[Problem | None, float | None]:
         """Create and delete requests so that exactly the replicas in ``waiting`` have one (none when
-        the setting is off); returns the ``WaitingForCapacity`` condition's reason and message."""
+        the setting is off); returns the ``WaitingForCapacity`` condition's reason and message, and
+        when to look again (requests not made yet while replica pods settle on their nodes)."""
         meta = inference["metadata"]
         key: Key = (meta["namespace"], meta["name"])
         if not self.settings.capacity_requests:
@@ -121,26 +126,31 @@ class CapacityRequests:
         with self.cache.lock:
             existing = list(self.cache.capacity_requests.get(key, {}).values())
         if not waiting and not existing:
-            return None
+            return None, None
         wanted = {replica: self._build(inference, replica) for replica in waiting}
         wanted_hash = next(iter(wanted.values()))["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] if wanted else ""
         todo = cp.plan(meta.get("uid"), waiting, existing, wanted_hash)
         for name in todo.delete:
             self._delete(key[0], name)
+        with self.cache.lock:
+            # Replica pods being created, or pinned and not bound yet, are not counted on their
+            # node by kube-scheduler: a request made now could be bound into the room they take.
+            settling = bool(self.cache.inflight or self.cache.unbound)
+        retry = SETTLE_SECONDS if settling and todo.create else None
         refused: dict[int, str] = {}
-        for replica in todo.create:
+        for replica in () if settling else todo.create:
             error = self._create(wanted[replica])
             if error is not None:
                 refused[replica] = error
         if not waiting:
-            return None
+            return None, None
         with self.cache.lock:
             mine = self.cache.capacity_requests.get(key, {})
             states: dict[int, Mapping[str, Any] | str] = {}
             for replica in waiting:
                 request = mine.get(cp.request_name(meta["name"], replica))
-                states[replica] = refused.get(replica) or request or "not created yet"
-        return Problem(REASON_CAPACITY_REQUESTED, cp.describe(states))
+                states[replica] = refused.get(replica) or request or "asked once the placed replica pods are bound"
+        return Problem(REASON_CAPACITY_REQUESTED, cp.describe(states)), retry
 
     def _build(self, inference: Mapping[str, Any], replica: int) -> dict:
         return cp.build_capacity_request(

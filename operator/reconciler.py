@@ -146,7 +146,9 @@ class Reconciler:
             problem, retry_create, waiting = self._place_and_create(inference, decision)
             if retry_create is not None:
                 retry = retry_create if retry is None else min(retry, retry_create)
-        capacity = self.capacity.keep(inference, waiting)
+        capacity, retry_capacity = self.capacity.keep(inference, waiting)
+        if retry_capacity is not None:
+            retry = retry_capacity if retry is None else min(retry, retry_capacity)
         self._write_status(inference, problem, capacity)
         return retry
 

@@ -13,10 +13,12 @@ import yaml
 from neuronplace.cli import run as run_cli
 from neuronplace.local.fleet import KWOK_TOLERATION, build_node
 from neuronplace.operator.cache import Cache
+from neuronplace.operator.capacity import SETTLE_SECONDS
 from neuronplace.operator.reconciler import Reconciler
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import Writer
 from neuronplace.placement import capacity as cp
+from neuronplace.placement.allocator import place_one
 from neuronplace.placement.claims import node_of, pinned_node
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
@@ -31,8 +33,9 @@ from neuronplace.placement.names import (
     REASON_UNSCHEDULABLE,
     TEMPLATE_HASH_ANNOTATION,
 )
+from neuronplace.placement.pods import build_pod
 from neuronplace.placement.podsecurity import TemplatePolicy, check_template
-from neuronplace.placement.reconcile import ordinal_of
+from neuronplace.placement.reconcile import ordinal_of, placement_request
 from neuronplace.placement.usage import Usage
 
 NAMESPACE = "ml"
@@ -249,13 +252,17 @@ def ready_node(name, instance_type="inf2.xlarge"):
     return node
 
 
-def setup(pool, resource, nodes=("n1",), settings=None):
+# Pods bound at creation: kube-scheduler counts them on their node at once (see the settle test).
+DIRECT = OperatorSettings(binding="Direct")
+
+
+def setup(pool, resource, nodes=("n1",), settings=DIRECT):
     api = FakeApi()
     cache = Cache()
     for name in nodes:
         cache.observe_node(ready_node(name))
     cache.apply_inference("ADDED", resource)
-    return api, cache, Reconciler(settings or OperatorSettings(), cache, Writer(core=api, custom=api), pool)
+    return api, cache, Reconciler(settings, cache, Writer(core=api, custom=api), pool)
 
 
 def conditions(api):
@@ -324,7 +331,9 @@ def test_scaling_to_zero_or_an_invalid_spec_leaves_no_request(pool):
 
 
 def test_with_the_setting_off_no_request_is_made(pool):
-    api, _, reconciler = setup(pool, inference(replicas=2, cores=2), settings=OperatorSettings(capacity_requests=False))
+    api, _, reconciler = setup(
+        pool, inference(replicas=2, cores=2), settings=OperatorSettings(binding="Direct", capacity_requests=False)
+    )
     reconciler.reconcile(KEY)
     assert api.calls == [("create", "bert-0")]
     assert CONDITION_WAITING_FOR_CAPACITY not in conditions(api)
@@ -388,3 +397,27 @@ def test_a_replica_kept_off_a_node_only_by_how_its_free_cores_lie_gets_no_reques
     cache.apply_pod("DELETED", foreign)  # now the replica fits there
     reconciler.reconcile(KEY)
     assert api.calls == [("create", "bert-0")]
+
+
+def test_no_request_is_made_while_a_pinned_replica_pod_waits_to_be_bound(pool):
+    # kube-scheduler does not count a pinned pod on its node until it binds it: a request made
+    # meanwhile could be bound into the room that pod is about to take.
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), settings=OperatorSettings())
+    assert reconciler.reconcile(KEY) == SETTLE_SECONDS
+    assert api.calls == [("create", "bert-0")]
+    assert "asked once the placed replica pods are bound" in conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
+    bound = build_pod(
+        cache.inferences[KEY],
+        place_one(
+            placement_request(cache.inferences[KEY], "device-local"),
+            0,
+            [inventory_from_node(ready_node("n1"))],
+            Ledger(),
+            "ml/bert-0",
+        ),
+        binding="Direct",
+    )
+    cache.apply_pod("MODIFIED", bound)
+    assert not cache.unbound
+    reconciler.reconcile(KEY)
+    assert api.calls == [("create", "bert-0"), ("create", "bert-1-capacity")]

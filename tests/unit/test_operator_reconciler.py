@@ -180,7 +180,7 @@ def test_no_room_is_reported_and_the_resource_waits_for_room(pool):
     api = FakeApi()
     cache, reconciler = setup(api, pool, inference(replicas=2, cores=2))  # one 2-core node: room for one
     reconciler.reconcile(KEY)
-    assert api.created == ["bert-0", "bert-1-capacity"]  # the replica that fits nowhere asks for a node
+    assert api.created == ["bert-0"]
     assert KEY in cache.waiting_for_room
     assert placed_condition(api)["reason"] == REASON_UNSCHEDULABLE
     # A node appearing wakes it up.
