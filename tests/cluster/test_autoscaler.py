@@ -18,7 +18,13 @@ import uuid
 import pytest
 
 from neuronplace.local import procs
-from neuronplace.local.autoscaler import COMPONENT, DEFAULT_NODE_POOL, NODE_POOL_LABEL, build_node_pool
+from neuronplace.local.autoscaler import (
+    COMPONENT,
+    DEFAULT_NODE_POOL,
+    NODE_POOL_LABEL,
+    AutoscalerError,
+    build_node_pool,
+)
 from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS, LocalCluster, port_lock
 from neuronplace.local.fleet import KWOK_TAINT, KWOK_TOLERATION, build_node
 from neuronplace.placement.inventory import inventory_from_node
@@ -154,6 +160,17 @@ def test_a_pod_no_node_pool_can_satisfy_creates_no_node(autoscaler, autoscaled_c
     finally:
         cluster.kubectl("-n", namespace, "delete", "pod", "wants-trn1", "--wait=true", check=False)
         autoscaler.apply(build_node_pool())
+
+
+def test_karpenter_stops_and_starts_again(autoscaler):
+    pid = autoscaler.pid()
+    assert pid is not None
+    autoscaler.stop()
+    assert autoscaler.pid() is None and not procs.is_alive(pid)
+    again = autoscaler.start()
+    assert again != pid and autoscaler.pid() == again
+    with pytest.raises(AutoscalerError, match="already runs"):
+        autoscaler.start()
 
 
 def test_cli_up_with_the_autoscaler_and_no_fleet_then_down_leaves_nothing():
