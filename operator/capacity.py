@@ -72,6 +72,10 @@ def slim_request(pod: Mapping[str, Any]) -> dict:
     }
 
 
+def _alive(request: Mapping[str, Any]) -> bool:
+    return not request["metadata"]["deletionTimestamp"]
+
+
 class CapacityRequests:
     """Keeps one capacity request per replica that fits nowhere (several threads at once, one
     resource each: the work queue never reconciles a resource twice at the same time)."""
@@ -82,38 +86,41 @@ class CapacityRequests:
         self.writer = writer
 
     def make_room(self, inference: Mapping[str, Any], placed: Sequence[ReplicaPlacement]) -> None:
-        """Before the pods of ``placed`` are created: delete those replicas' requests, and on each
-        node they go to the requests kube-scheduler bound there that the ledger's free cores no
-        longer cover (the newest first), so kube-scheduler never sees the node's NeuronCores
-        over-requested and never keeps a replica waiting behind a request."""
-        key: Key = (inference["metadata"]["namespace"], inference["metadata"]["name"])
-        replicas = {p.replica for p in placed}
+        """Before the pods of ``placed`` are created, delete the requests they make unneeded.
+
+        On each node they go to, the requests kube-scheduler bound there that the ledger's free cores
+        no longer cover go (this resource's first: its replicas take their room; then the newest),
+        so kube-scheduler never sees the node's NeuronCores over-requested and never keeps a replica
+        waiting behind a request. For each placed replica that took no request's room that way, one
+        of the resource's Pending requests goes too (its own first), before kube-scheduler can bind it
+        into room the new pods are about to take. :meth:`keep` then settles who keeps which."""
+        namespace, name = inference["metadata"]["namespace"], inference["metadata"]["name"]
         doomed: list[tuple[str, str]] = []
         with self.cache.lock:
-            for request in self.cache.capacity_requests.get(key, {}).values():
-                if cp.replica_of(request) in replicas:
-                    doomed.append((key[0], request["metadata"]["name"]))
+            mine = [r for r in self.cache.capacity_requests.get((namespace, name), {}).values() if _alive(r)]
             for node in sorted({p.node for p in placed}):
                 bound = sorted(
-                    (
-                        r
-                        for r in self.cache.requests_on(node)
-                        if not r["metadata"]["deletionTimestamp"]
-                        and (r["metadata"]["namespace"], r["metadata"]["name"]) not in doomed
-                    ),
-                    key=lambda r: (r["metadata"]["creationTimestamp"] or "", r["metadata"]["name"]),
+                    (r for r in self.cache.requests_on(node) if _alive(r)),
+                    key=lambda r: (r in mine, r["metadata"]["creationTimestamp"] or "", r["metadata"]["name"]),
                 )
-                names = {r["metadata"]["name"]: r["metadata"]["namespace"] for r in bound}
+                ids = {id(r): r for r in bound}
                 free = self.cache.ledger.free_count(node)
-                for name in cp.displaced(free, [(r["metadata"]["name"], r["cores"]) for r in bound]):
-                    doomed.append((names[name], name))
-        for namespace, name in doomed:
+                for gone in cp.displaced(free, [(id(r), r["cores"]) for r in bound]):
+                    doomed.append((ids[gone]["metadata"]["namespace"], ids[gone]["metadata"]["name"]))
+            taken = sum(1 for r in mine if (namespace, r["metadata"]["name"]) in doomed)
+            replicas = {p.replica for p in placed}
+            pending = sorted(
+                (r for r in mine if not r["spec"]["nodeName"] and (namespace, r["metadata"]["name"]) not in doomed),
+                key=lambda r: (cp.replica_of(r) not in replicas, r["metadata"]["name"]),
+            )
+            doomed.extend((namespace, r["metadata"]["name"]) for r in pending[: max(len(placed) - taken, 0)])
+        for request_namespace, request in doomed:
             try:
-                self._delete(namespace, name)
+                self._delete(request_namespace, request)
             except Temporary as error:
                 # The replicas are reserved already and must still be created (or given back) by
                 # the caller; kube-scheduler preempts a request left in the way (lower priority).
-                log.warning("capacity request %s/%s not deleted: %s", namespace, name, error)
+                log.warning("capacity request %s/%s not deleted: %s", request_namespace, request, error)
 
     def keep(self, inference: Mapping[str, Any], waiting: Collection[int]) -> tuple[Problem | None, float | None]:
         """Create and delete requests so that exactly the replicas in ``waiting`` have one (none when
@@ -148,7 +155,7 @@ class CapacityRequests:
             mine = self.cache.capacity_requests.get(key, {})
             states: dict[int, Mapping[str, Any] | str] = {}
             for replica in waiting:
-                request = mine.get(cp.request_name(meta["name"], replica))
+                request = mine.get(todo.assigned.get(replica) or cp.request_name(meta["name"], replica))
                 states[replica] = refused.get(replica) or request or "asked once the placed replica pods are bound"
         return Problem(REASON_CAPACITY_REQUESTED, cp.describe(states)), retry
 

@@ -37,8 +37,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from neuronplace.placement.allocator import Fleet, PlacementRequest
 from neuronplace.placement.names import (
@@ -58,6 +58,7 @@ from neuronplace.placement.usage import Usage
 # Below every replica (priority 0 unless the template names a class), at or above
 # cluster-autoscaler's default expendable-pods cutoff (-10), so it still scales up for it.
 CAPACITY_PRIORITY = -1
+T = TypeVar("T")
 PAUSE_CONTAINER = "pause"
 _SUFFIX = "-capacity"
 
@@ -192,36 +193,59 @@ def no_request_reason(node: str) -> str:
 class Plan:
     create: tuple[int, ...] = ()  # replicas that need a request
     delete: tuple[str, ...] = ()  # request pods to delete
+    # Which kept request stands for which waiting replica.
+    assigned: Mapping[int, str] = field(default_factory=dict)
 
 
 def plan(uid: str | None, waiting: Collection[int], existing: Iterable[Mapping[str, Any]], wanted_hash: str) -> Plan:
-    """Exactly one request for each replica in ``waiting``, none for any other replica.
+    """Exactly one request for each replica in ``waiting``, none more.
 
-    ``existing`` are the capacity requests of the resource's name. A request is kept when it is
-    controlled by this ``uid``, not being deleted, for a waiting replica, asks what ``wanted_hash``
-    says, and is the first such one for its replica; every other request of this ``uid`` is deleted.
-    Requests of an older namesake (another UID) are left to garbage collection.
+    ``existing`` are the capacity requests of the resource's name. A request is usable when it is
+    controlled by this ``uid``, not being deleted, and asks what ``wanted_hash`` says; other requests
+    of this ``uid`` are deleted, those of an older namesake (another UID) left to garbage collection.
+    Usable requests ask for the same thing, so any of them stands for any waiting replica: its own
+    first, then the others, those kube-scheduler has bound before those still Pending (oldest
+    first). A request an autoscaler is making a node for is thus kept when another replica's
+    request took the room (a replica placed where another's request was bound), and no second node
+    is asked for. What is left over is deleted; replicas left without one get a new request.
     """
-    kept: set[int] = set()
+    usable: list[Mapping[str, Any]] = []
     delete: list[str] = []
-    for request in sorted(existing, key=lambda r: (r.get("metadata") or {}).get("name") or ""):
+    for request in existing:
         meta = request.get("metadata") or {}
         owned = any(ref.get("controller") and ref.get("uid") == uid for ref in meta.get("ownerReferences") or ())
         if not owned or meta.get("deletionTimestamp"):
             continue
-        replica = replica_of(request)
-        fits = (meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION) == wanted_hash
-        if replica is not None and replica in waiting and replica not in kept and fits:
-            kept.add(replica)
+        if (meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION) == wanted_hash:
+            usable.append(request)
         else:
             delete.append(meta.get("name") or "")
-    return Plan(create=tuple(sorted(set(waiting) - kept)), delete=tuple(delete))
+    usable.sort(key=_keep_order)
+    assigned: dict[int, str] = {}
+    spare: list[str] = []
+    for request in usable:
+        replica, name = replica_of(request), (request.get("metadata") or {}).get("name") or ""
+        if replica is not None and replica in waiting and replica not in assigned:
+            assigned[replica] = name
+        else:
+            spare.append(name)
+    for replica in sorted(set(waiting) - set(assigned)):
+        if spare:
+            assigned[replica] = spare.pop(0)
+    delete.extend(spare)
+    return Plan(create=tuple(sorted(set(waiting) - set(assigned))), delete=tuple(delete), assigned=assigned)
 
 
-def displaced(free_cores: int, bound: Sequence[tuple[str, int]]) -> list[str]:
+def _keep_order(request: Mapping[str, Any]) -> tuple:
+    meta = request.get("metadata") or {}
+    bound = bool((request.get("spec") or {}).get("nodeName"))
+    return (not bound, meta.get("creationTimestamp") or "", meta.get("name") or "")
+
+
+def displaced(free_cores: int, bound: Sequence[tuple[T, int]]) -> list[T]:
     """Which of the capacity requests kube-scheduler bound to a node must go so that they fit in
-    the ``free_cores`` the ledger leaves there: ``bound`` is (name, cores) oldest first, and the
-    newest go first (the oldest have waited longest)."""
+    the ``free_cores`` the ledger leaves there: ``bound`` is (request, cores) in the order to keep
+    them, and the last go first."""
     total = sum(cores for _, cores in bound)
     out = []
     for name, cores in reversed(bound):

@@ -279,7 +279,7 @@ def test_a_replica_no_node_pool_can_satisfy_says_so_and_makes_no_node(autoscaler
 
         resource, (request,) = poll("the request and WaitingForCapacity", reported, 60, no_claim)
         placed = condition(resource, CONDITION_PLACED)
-        assert placed["reason"] == REASON_UNSCHEDULABLE and "nodeSelector" in placed["message"], placed
+        assert placed["reason"] == REASON_UNSCHEDULABLE and "8 contiguous cores" in placed["message"], placed
 
         def karpenter_refused():
             events = cluster.get_json(

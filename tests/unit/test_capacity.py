@@ -157,12 +157,21 @@ def test_exactly_one_request_per_waiting_replica():
     existing = [request(0), request(1), request(1, name="bert-1-capacity-dup"), request(2)]
     plan = cp.plan("uid-1", {0, 1}, existing, "h")
     assert plan.create == () and sorted(plan.delete) == ["bert-1-capacity-dup", "bert-2-capacity"]
+    assert plan.assigned == {0: "bert-0-capacity", 1: "bert-1-capacity"}
 
 
 def test_requests_go_when_placed_scaled_down_or_outdated():
     existing = [request(0), request(1, wanted_hash="old")]
-    assert cp.plan("uid-1", set(), existing, "h") == cp.Plan(delete=("bert-0-capacity", "bert-1-capacity"))
-    assert cp.plan("uid-1", {1}, existing, "h") == cp.Plan(create=(1,), delete=("bert-0-capacity", "bert-1-capacity"))
+    gone = cp.plan("uid-1", set(), existing, "h")
+    assert gone.create == () and sorted(gone.delete) == ["bert-0-capacity", "bert-1-capacity"]
+    # Any request asking the right thing stands for any waiting replica; the outdated one goes.
+    swapped = cp.plan("uid-1", {1}, existing, "h")
+    assert swapped == cp.Plan(delete=("bert-1-capacity",), assigned={1: "bert-0-capacity"})
+
+
+def test_a_bound_request_is_kept_before_a_pending_one():
+    existing = [request(3), request(2, node="n9")]
+    assert cp.plan("uid-1", {0}, existing, "h") == cp.Plan(delete=("bert-3-capacity",), assigned={0: "bert-2-capacity"})
 
 
 def test_an_older_namesakes_and_deleting_requests_are_left_alone():
@@ -421,3 +430,20 @@ def test_no_request_is_made_while_a_pinned_replica_pod_waits_to_be_bound(pool):
     assert not cache.unbound
     reconciler.reconcile(KEY)
     assert api.calls == [("create", "bert-0"), ("create", "bert-1-capacity")]
+
+
+def test_a_replica_placed_where_another_replicas_request_was_bound_keeps_the_pending_one(pool):
+    # Karpenter makes two nodes for two requests; the first node appears with replica 1's request
+    # bound there, and replica 0 is placed on it. Replica 1's request goes (replica 0 takes its
+    # room); replica 0's, still Pending for the node being made, now stands for replica 1: no new
+    # request, so no third node.
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), nodes=())
+    reconciler.reconcile(KEY)
+    cache.apply_pod("MODIFIED", request_as_bound(cache, "n2", "bert-1-capacity"))
+    cache.apply_node("ADDED", ready_node("n2"))
+    api.calls.clear()
+    reconciler.reconcile(KEY)
+    assert api.calls == [("delete", "bert-1-capacity"), ("create", "bert-0")]
+    assert set(cache.capacity_requests[KEY]) == {"bert-0-capacity"}
+    waiting = conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
+    assert waiting.startswith("replica 1: waiting for a new node"), waiting
