@@ -272,10 +272,12 @@ def describe(waiting: Mapping[int, Mapping[str, Any] | str]) -> str:
 def _state(request: Mapping[str, Any] | str) -> str:
     if isinstance(request, str):
         return f"no capacity request ({request})"
+    name = (request.get("metadata") or {}).get("name")
     node = (request.get("spec") or {}).get("nodeName")
     if node:
-        return f"capacity request bound to node {node}, not usable for the replica yet"
+        return f"capacity request {name} bound to node {node}, not usable for the replica yet"
     for condition in (request.get("status") or {}).get("conditions") or ():
         if condition.get("type") == CONDITION_POD_SCHEDULED and condition.get("status") == "False":
-            return f"waiting for a new node (capacity request Pending: {condition.get('message') or 'unschedulable'})"
-    return "waiting for a new node (capacity request Pending)"
+            said = condition.get("message") or "unschedulable"
+            return f"waiting for a new node (capacity request {name} Pending: {said})"
+    return f"waiting for a new node (capacity request {name} Pending)"

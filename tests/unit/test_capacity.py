@@ -446,4 +446,4 @@ def test_a_replica_placed_where_another_replicas_request_was_bound_keeps_the_pen
     assert api.calls == [("delete", "bert-1-capacity"), ("create", "bert-0")]
     assert set(cache.capacity_requests[KEY]) == {"bert-0-capacity"}
     waiting = conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
-    assert waiting.startswith("replica 1: waiting for a new node"), waiting
+    assert waiting.startswith("replica 1: waiting for a new node (capacity request bert-0-capacity"), waiting
