@@ -45,6 +45,7 @@ from neuronplace.placement import events as ev
 from neuronplace.placement import failures as fl
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement import status as st
+from neuronplace.placement import validation as vd
 from neuronplace.placement.allocator import ReplicaPlacement, place_one
 from neuronplace.placement.capacity import counted_room, no_request_reason
 from neuronplace.placement.names import (
@@ -97,7 +98,7 @@ class Reconciler:
         if snapshot is None:
             return None
         inference, pods, nodes, last_known = snapshot
-        refusal = rc.namespace_refusal(key[0], self.settings.operator_namespace, self.settings.serve_operator_namespace)
+        refusal = vd.namespace_refusal(key[0], self.settings.operator_namespace, self.settings.serve_operator_namespace)
         if refusal is not None:
             mx.METRICS.failed(REASON_NAMESPACE_NOT_SERVED)
             self.capacity.keep(inference, ())

@@ -29,21 +29,18 @@ from neuronplace.placement import failures as fl
 from neuronplace.placement.allocator import PlacementRequest
 from neuronplace.placement.claims import NODE_NAME_FIELD, node_of
 from neuronplace.placement.conditions import condition
-from neuronplace.placement.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS
 from neuronplace.placement.names import (
-    BINDINGS,
     CONDITION_POD_SCHEDULED,
     CONDITION_READY,
     CORES_ANNOTATION,
     REASON_UNSCHEDULABLE,
-    SHAPE_POLICIES,
-    STRATEGIES,
     TEMPLATE_HASH_ANNOTATION,
 )
 from neuronplace.placement.pods import template_hash
-from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy, check_template
+from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.resources import replica_requests
 from neuronplace.placement.status import pod_is_ready
+from neuronplace.placement.validation import validate
 from neuronplace.runtime.coreset import CoreRange
 
 # Deletion reasons (also the Event reasons the handlers post).
@@ -75,85 +72,6 @@ class Decision:
     failures: tuple[fl.Failure, ...] = ()  # attempts that failed since the last look (an Event each)
     # Replica histories as they are after this pass: ordinal → history, or None to forget it.
     history: Mapping[int, fl.ReplicaHistory | None] = field(default_factory=dict)
-
-
-def _int(value: Any, default: int | None = None) -> int | None:
-    if value is None:
-        return default
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) -> str | None:
-    """Why the resource cannot be acted on, or None.
-
-    Mirrors the CRD's rules for objects that got past them (an older CRD, a CRD installed without
-    validation, a hand-edited stored object), then applies the pod-template safety policy
-    (``podsecurity.check_template``): the operator never creates a pod its user could not.
-    """
-    spec = inference.get("spec")
-    if not isinstance(spec, Mapping):
-        return "spec is missing or not an object"
-    replicas = _int(spec.get("replicas"), 1)
-    if replicas is None or not 0 <= replicas <= MAX_REPLICAS:
-        return f"spec.replicas must be an integer in 0..{MAX_REPLICAS}, got {spec.get('replicas')!r}"
-    cores = _int(spec.get("coresPerReplica"))
-    if cores is None or not 1 <= cores <= MAX_CORES_PER_REPLICA:
-        return f"spec.coresPerReplica must be an integer in 1..{MAX_CORES_PER_REPLICA}, got {spec.get('coresPerReplica')!r}"
-    processes = _int(spec.get("processesPerReplica"), 1)
-    if processes is None or processes < 1 or cores % processes:
-        return (
-            f"spec.processesPerReplica must be a positive integer dividing coresPerReplica={cores}, "
-            f"got {spec.get('processesPerReplica')!r}"
-        )
-    placement = spec.get("placement", {}) or {}
-    if not isinstance(placement, Mapping):
-        return "spec.placement must be an object"
-    if placement.get("strategy", "BinPack") not in STRATEGIES:
-        return f"spec.placement.strategy must be one of {', '.join(STRATEGIES)}, got {placement.get('strategy')!r}"
-    if placement.get("binding", BINDINGS[0]) not in BINDINGS:
-        return f"spec.placement.binding must be one of {', '.join(BINDINGS)}, got {placement.get('binding')!r}"
-    if placement.get("shapePolicy", "Strict") not in SHAPE_POLICIES:
-        return f"spec.placement.shapePolicy must be one of {', '.join(SHAPE_POLICIES)}, got {placement.get('shapePolicy')!r}"
-    selector = placement.get("nodeSelector", {}) or {}
-    if not isinstance(selector, Mapping) or not all(isinstance(v, str) for v in selector.values()):
-        return "spec.placement.nodeSelector must map label keys to string values"
-    tolerations = placement.get("tolerations", []) or []
-    if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
-        return "spec.placement.tolerations must be a list of tolerations"
-    template = spec.get("template")
-    pod_spec = template.get("spec") if isinstance(template, Mapping) else None
-    if not isinstance(pod_spec, Mapping):
-        return "spec.template.spec.containers must list at least one container"
-    containers = pod_spec.get("containers")
-    if not isinstance(containers, list) or not containers:
-        return "spec.template.spec.containers must list at least one container"
-    if not all(isinstance(c, Mapping) and isinstance(c.get("name"), str) and c.get("name") for c in containers):
-        return "every container in spec.template.spec.containers needs a name"
-    if pod_spec.get("nodeName") or pod_spec.get("schedulerName"):
-        return "spec.template.spec must not set nodeName or schedulerName: the operator binds pods itself"
-    violations = check_template(template, policy, namespace=(inference.get("metadata") or {}).get("namespace"))
-    if violations:
-        return "pod template refused: " + "; ".join(violations)
-    return None
-
-
-def namespace_refusal(namespace: str | None, operator_namespace: str, serve_operator_namespace: bool) -> str | None:
-    """Why a resource in ``namespace`` gets no pods, or None.
-
-    The operator's own namespace holds its ServiceAccount token, which may create pods in every
-    served namespace: a pod made there from a user's template could mount that token (every
-    ServiceAccount and Secret of a namespace is open to the pods created in it). So that namespace
-    is not served unless the setting says so; an empty ``operator_namespace`` (an operator run
-    outside the cluster) refuses nothing.
-    """
-    if not operator_namespace or namespace != operator_namespace or serve_operator_namespace:
-        return None
-    return (
-        f"namespace {namespace} is the operator's own namespace, where its ServiceAccount's credentials live; "
-        "the operator creates no pods here. Create the NeuronInference in another namespace (or, if every user "
-        "who may create NeuronInferences here may also act as the operator, set "
-        "NEURONPLACE_SERVE_OPERATOR_NAMESPACE=true)"
-    )
 
 
 _ORDINAL = re.compile(r"^(0|[1-9][0-9]*)$")
@@ -230,7 +148,8 @@ def decide(
     meta = inference["metadata"]
     spec = inference["spec"]
     name, uid = meta["name"], meta.get("uid")
-    desired = _int(spec.get("replicas"), 1) or 0  # validate() refused anything but a whole number ≥ 0
+    # validate() refused anything but a whole number ≥ 0, or no number at all (one replica).
+    desired: int = 1 if spec.get("replicas") is None else spec["replicas"]
     cores_per_replica = spec["coresPerReplica"]
     wanted_hash = template_hash(spec)
     histories = dict(history or {})
