@@ -11,6 +11,10 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
   (quota, RBAC, terminating namespace), ``Throttled`` (429), ``Conflict`` (409), ``ApiError``
   (anything else). A replica waiting for room is counted again on every attempt, so the rate shows
   how often placement fails, not how many replicas wait (that is in the resources' status).
+- ``neuronplace_scheduler_silent_pods``: replica pods pinned to their node (Scheduler binding)
+  that kube-scheduler has given no verdict at all for longer than the operator waits for one
+  (``SchedulerNotResponding`` in the resource's Ready condition); above zero, kube-scheduler is
+  stopped or wedged and binds nothing.
 - ``neuronplace_reconcile_duration_seconds``: histogram of one reconcile's wall time (read caches,
   decide, place, create/delete pods, write status), failed reconciles included.
 - ``neuronplace_node_free_cores{node}``: NeuronCores nobody holds, per managed node.
@@ -37,7 +41,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -168,6 +172,12 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,
         )
+        self.silent_pods = Gauge(
+            "neuronplace_scheduler_silent_pods",
+            "Pinned replica pods kube-scheduler has given no verdict on for longer than the operator waits",
+            registry=self.registry,
+        )
+        self._silent: dict[tuple[str, str], int] = {}  # per resource (namespace, name)
         self._ledger_collector: _LedgerCollector | None = None
         self._server = None
         self._guard = threading.Lock()
@@ -181,6 +191,15 @@ class OperatorMetrics:
     def failed(self, reason: str, count: int = 1) -> None:
         if count:
             self.failures.labels(reason=reason).inc(count)
+
+    def scheduler_silent(self, resource: tuple[str, str], count: int) -> None:
+        """``resource`` has ``count`` pinned pods kube-scheduler is silent about (0: none, or gone)."""
+        with self._guard:
+            if count:
+                self._silent[resource] = count
+            else:
+                self._silent.pop(resource, None)
+            self.silent_pods.set(sum(self._silent.values()))
 
     def time_reconcile(self):
         """Context manager timing one reconcile (also when it raises)."""

@@ -8,7 +8,9 @@ of the cache; this module carries it out and reports it:
    allow) is reported in the status and nothing else happens;
 2. surplus, failed, unschedulable, outdated and stranded pods are deleted (an Event each); each
    replica's failed attempts (:mod:`neuronplace.placement.failures`) are remembered here, in
-   memory, and shown in the ``ReplicaFailure`` condition with an Event per failure;
+   memory, and shown in the ``ReplicaFailure`` condition with an Event per failure; pinned pods
+   kube-scheduler gives no verdict on are kept, and said in Ready (``SchedulerNotResponding``), one
+   Event and a metric;
 3. the missing replicas are placed one by one under the cache's lock, each reservation entered in
    the ledger at once, so a concurrent reconcile of another resource sees those cores taken; a
    replica avoids the nodes where its recent attempts were refused;
@@ -86,6 +88,7 @@ class Reconciler:
         self.permanent.pop(key, None)
         self.reported.pop(key, None)
         self.history.pop(key, None)
+        mx.METRICS.scheduler_silent(key, 0)
 
     def binding(self, inference: dict) -> str:
         """The binding mode in effect: the resource's own, else the operator's setting."""
@@ -115,6 +118,7 @@ class Reconciler:
             history=self.history.get(key),
             unschedulable_seconds=self.settings.unschedulable_seconds,
         )
+        mx.METRICS.scheduler_silent(key, len(decision.unheard))
         with self.cache.lock:
             classes = dict(self.cache.priority_classes)
         invalid = decision.invalid or priority_refusal(inference, classes, self.settings.allow_system_priority)
@@ -137,6 +141,10 @@ class Reconciler:
             )
         for deletion in decision.deletions:
             self._delete_pod(inference, deletion)
+        # Pinned pods kube-scheduler ignores are kept (a new one would be ignored too): said once.
+        silence = st.scheduler_silence(decision.unheard)
+        if silence is not None:
+            self._event_once(inference, silence.reason, silence.message)
 
         generation = (inference.get("metadata") or {}).get("generation")
         known = self.permanent.get(key)
@@ -150,7 +158,7 @@ class Reconciler:
         capacity, retry_capacity = self.capacity.keep(inference, waiting)
         if retry_capacity is not None:
             retry = retry_capacity if retry is None else min(retry, retry_capacity)
-        self._write_status(inference, problem, capacity)
+        self._write_status(inference, problem, capacity, silence)
         return retry
 
     # ---- placing and creating ------------------------------------------------------------------
@@ -295,7 +303,13 @@ class Reconciler:
         kind = ev.NORMAL if deletion.reason in (rc.SURPLUS, rc.OUTDATED) else ev.WARNING
         self.writer.post_event(inference, deletion.reason, deletion.message, kind)
 
-    def _write_status(self, inference: dict, problem: st.Problem | None, capacity: st.Problem | None = None) -> None:
+    def _write_status(
+        self,
+        inference: dict,
+        problem: st.Problem | None,
+        capacity: st.Problem | None = None,
+        not_ready: st.Problem | None = None,
+    ) -> None:
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
         with self.cache.lock:
@@ -308,6 +322,7 @@ class Reconciler:
             problem=problem,
             replica_failure=st.Problem(*failing) if failing else None,
             waiting_for_capacity=capacity,
+            not_ready=not_ready,
             binding=self.binding(current),
         )
         if not st.status_differs(current.get("status"), wanted):

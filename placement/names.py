@@ -105,6 +105,9 @@ REASON_POD_REJECTED = "PodRejected"
 REASON_PENDING = "Pending"
 REASON_READY = "AllReplicasReady"
 REASON_NOT_READY = "ReplicasNotReady"
+# Ready is False because kube-scheduler has given no verdict on pinned replica pods for a long
+# while (stopped, or wedged): it binds nothing, and without this nothing would say why.
+REASON_SCHEDULER_NOT_RESPONDING = "SchedulerNotResponding"
 # The Event reason (and failure metric reason) of a pod creation the API server forbids (403: quota,
 # a terminating namespace, RBAC); the status keeps REASON_POD_REJECTED for it.
 REASON_POD_FORBIDDEN = "PodForbidden"

@@ -11,6 +11,9 @@ Rules:
   backoff is over (on the same cores when still free, on another node when the kubelet refused it);
 - a pinned pod kube-scheduler still finds Unschedulable ``unschedulable_seconds`` after its
   creation is deleted and its replica placed again, avoiding that node for a while;
+- a pinned pod kube-scheduler has said nothing at all about for :func:`scheduler_silence_seconds`
+  is reported (``Decision.unheard``) and kept: a scheduler that does not look at pods (stopped, or
+  wedged) would not look at a new one either, and it would come back under the same name;
 - a pod whose node is gone, or NotReady for longer than the grace period, is deleted and re-placed;
 - a pod from an older spec (template hash) is replaced one replica at a time, and only while every
   other replica is available; a not-ready outdated pod may go at once (it serves nothing).
@@ -72,6 +75,19 @@ class Decision:
     failures: tuple[fl.Failure, ...] = ()  # attempts that failed since the last look (an Event each)
     # Replica histories as they are after this pass: ordinal → history, or None to forget it.
     history: Mapping[int, fl.ReplicaHistory | None] = field(default_factory=dict)
+    # One line per pinned pod kube-scheduler has given no verdict on for scheduler_silence_seconds.
+    unheard: tuple[str, ...] = ()
+
+
+def scheduler_silence_seconds(unschedulable_seconds: float) -> float:
+    """How long a pinned pod may wait for any word from kube-scheduler before that is reported.
+
+    kube-scheduler looks at a new pod within a second or so, and says so in its PodScheduled
+    condition (a bind, or why not). Silence three times as long as an Unschedulable pod is given,
+    and never under half a minute (a busy scheduler's queue, its own restart), means it is not
+    looking at pods at all.
+    """
+    return max(3 * unschedulable_seconds, 30.0)
 
 
 _ORDINAL = re.compile(r"^(0|[1-9][0-9]*)$")
@@ -162,6 +178,8 @@ def decide(
             prefer[known_ordinal] = (known_node, known_cores)
 
     deletions: list[Deletion] = []
+    unheard: list[str] = []
+    silence = scheduler_silence_seconds(unschedulable_seconds)
     occupied: set[int] = set()  # ordinals whose pod name is taken (by any pod, ours or not)
     current: dict[int, Mapping] = {}  # live, kept pods of ours by ordinal
     requeue: float | None = None
@@ -248,8 +266,15 @@ def decide(
                 )
                 prefer.pop(ordinal, None)
                 continue
-            if refused is not None:
-                look_again(refused)
+            quiet = _silent_for(pod, now)
+            if quiet is not None and quiet >= silence:
+                # No requeue: whatever kube-scheduler writes next is a pod event.
+                unheard.append(
+                    f"pod {this_pod} pinned to node {node_name} has not been looked at by kube-scheduler "
+                    f"for more than {int(silence)}s"
+                )
+            elif refused is not None:
+                look_again(refused if quiet is None else min(refused, silence - quiet))
         elif histories.get(ordinal) is not None and _ran_long_enough(pod, now):
             histories.pop(ordinal)
             updates[ordinal] = None
@@ -289,6 +314,7 @@ def decide(
         avoid=avoid,
         failures=tuple(failures),
         history=updates,
+        unheard=tuple(unheard),
     )
 
 
@@ -317,6 +343,15 @@ def _unschedulable(
     message = scheduled.get("message") or "kube-scheduler found no room for it"
     attempt = (pod.get("metadata") or {}).get("creationTimestamp")
     return fl.Failure(ordinal, attempt, node, REASON_UNSCHEDULABLE, message, avoid_node=True, wait=False)
+
+
+def _silent_for(pod: Mapping[str, Any], now: dt.datetime) -> float | None:
+    """Seconds since an unbound pod's creation while kube-scheduler has written no PodScheduled
+    condition on it; None once it has (any verdict), or when the creation time is unknown."""
+    created = _created(pod)
+    if created is None or condition(pod, CONDITION_POD_SCHEDULED):
+        return None
+    return (now - created).total_seconds()
 
 
 def _ran_long_enough(pod: Mapping[str, Any], now: dt.datetime) -> bool:

@@ -24,6 +24,7 @@ from neuronplace.placement.names import (
     REASON_PENDING,
     REASON_PLACED,
     REASON_READY,
+    REASON_SCHEDULER_NOT_RESPONDING,
     REPLICA_LABEL,
 )
 from neuronplace.placement.pods import pod_name, selector_for
@@ -111,6 +112,14 @@ def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:
     return "; ".join(parts)
 
 
+def scheduler_silence(unheard: Sequence[str]) -> Problem | None:
+    """Why replicas are not ready when kube-scheduler has said nothing about their pinned pods
+    (``reconcile.Decision.unheard``); None when it has spoken about all of them."""
+    if not unheard:
+        return None
+    return Problem(REASON_SCHEDULER_NOT_RESPONDING, "; ".join(unheard) + "; is kube-scheduler running?")
+
+
 def _controlled_by(pod: Mapping[str, Any], uid: str) -> bool:
     references = (pod.get("metadata") or {}).get("ownerReferences") or ()
     return any(isinstance(ref, Mapping) and ref.get("controller") and ref.get("uid") == uid for ref in references)
@@ -123,6 +132,7 @@ def build_status(
     problem: Problem | None = None,
     replica_failure: Problem | None = None,
     waiting_for_capacity: Problem | None = None,
+    not_ready: Problem | None = None,
     binding: str | None = None,
     now: str | None = None,
 ) -> dict:
@@ -134,6 +144,8 @@ def build_status(
     says which replicas that fit nowhere have asked the autoscaler for a node (capacity requests): the
     ``WaitingForCapacity`` condition is there while it is given, so a replica waiting for a node
     being made is told apart from one nothing is done for (``Placed`` keeps the engine's reason).
+    ``not_ready`` is why replicas are not ready when the operator knows better than the pods do
+    (:func:`scheduler_silence`): while Ready is False it gives Ready's reason and ends its message.
     ``binding`` is the mode in effect.
     """
     now = now or now_rfc3339()
@@ -185,9 +197,10 @@ def build_status(
             conditions, CONDITION_READY, "True", REASON_READY, f"{ready}/{desired} replicas ready", generation, now
         )
     else:
-        conditions = set_condition(
-            conditions, CONDITION_READY, "False", REASON_NOT_READY, f"{ready}/{desired} replicas ready", generation, now
-        )
+        reason, message = REASON_NOT_READY, f"{ready}/{desired} replicas ready"
+        if not_ready is not None:
+            reason, message = not_ready.reason, f"{message}; {not_ready.message}"
+        conditions = set_condition(conditions, CONDITION_READY, "False", reason, message, generation, now)
     if replica_failure is None:
         conditions = [c for c in conditions if c.get("type") != CONDITION_REPLICA_FAILURE]
     else:

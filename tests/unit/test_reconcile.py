@@ -209,6 +209,36 @@ def test_an_unschedulable_pinned_pod_goes_after_the_timeout_and_its_replica_avoi
     assert decide(resource(), [pod(0), pod(2)], history=history, now=at(21)).avoid == {}
 
 
+def test_a_pinned_pod_kube_scheduler_never_looked_at_is_reported_and_kept():
+    assert reconcile.scheduler_silence_seconds(10) == 30 and reconcile.scheduler_silence_seconds(5) == 30
+    assert reconcile.scheduler_silence_seconds(20) == 60
+    pods = [pod(0), pinned(1, created="2026-11-28T11:59:40Z"), pod(2)]  # no PodScheduled at all
+    early = decide(resource(), pods, now=at(-15))  # 5 s old
+    assert early.unheard == () and early.requeue_after == pytest.approx(5)
+    almost = decide(resource(), pods, now=at(8))  # 28 s old: looks again when the silence is long enough
+    assert almost.unheard == () and almost.requeue_after == pytest.approx(2)
+    silent = decide(resource(), pods, now=at(11))  # 31 s old
+    assert silent.unheard == (
+        "pod bert-1 pinned to node n1 has not been looked at by kube-scheduler for more than 30s",
+    )
+    assert silent.deletions == () and silent.create == () and silent.failures == (), "kept: no loop, no Direct"
+    assert silent.requeue_after is None, "kube-scheduler's next word is a pod event"
+    assert decide(resource(), pods, now=at(300)).unheard == silent.unheard, "the message stays put"
+    longer = decide(resource(), pods, now=at(31), unschedulable_seconds=20)  # 51 s old, threshold 60 s
+    assert longer.unheard == () and longer.requeue_after == pytest.approx(9)
+
+
+def test_any_verdict_is_word_from_kube_scheduler():
+    refused = pinned(1, created="2026-11-28T11:58:00Z", verdict=SCHEDULER_SAYS)
+    decision = decide(resource(), [pod(0), refused, pod(2)], unschedulable_seconds=600)
+    assert decision.unheard == () and decision.deletions == ()
+    gated = pinned(1, created="2026-11-28T11:58:00Z")
+    gated["status"]["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"})
+    assert decide(resource(), [pod(0), gated, pod(2)]).unheard == ()
+    bound = pod(1, created="2026-11-28T11:58:00Z")  # bound pods carry no PodScheduled in the cache
+    assert decide(resource(), [pod(0), bound, pod(2)]).unheard == ()
+
+
 def test_scaled_away_replicas_forget_their_failures():
     failed = pod(2, phase="Failed")
     history = fold({}, decide(resource(), [pod(0), pod(1), failed]))

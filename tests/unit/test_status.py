@@ -143,3 +143,17 @@ def test_only_pods_the_resource_controls_count_once_it_has_a_uid():
     built = status.build_status(owned, [*mine, hand_made], now="2026-11-28T10:00:00Z")
     assert built["replicas"] == 2 and built["readyReplicas"] == 2
     assert [p["pod"] for p in built["placements"]] == ["bert-0", "bert-1"]
+
+
+def test_scheduler_silence_is_why_replicas_are_not_ready():
+    assert status.scheduler_silence(()) is None
+    silence = status.scheduler_silence(("pod bert-1 pinned to node inf2-a has not been looked at", "pod bert-2 ..."))
+    assert silence is not None and silence.reason == names.REASON_SCHEDULER_NOT_RESPONDING == "SchedulerNotResponding"
+    assert silence.message.endswith("; is kube-scheduler running?") and "bert-1" in silence.message
+    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", ready=False)], not_ready=silence)
+    ready = condition(built, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "SchedulerNotResponding")
+    assert ready["message"] == "1/2 replicas ready; " + silence.message
+    assert condition(built, "Placed")["status"] == "True", "the pods are where they belong; they are not bound"
+    all_ready = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7")], not_ready=silence)
+    assert condition(all_ready, "Ready")["reason"] == "AllReplicasReady"
