@@ -1,7 +1,8 @@
 """Binding modes on the real control plane: in Scheduler mode kube-scheduler binds each pod to the
 node and range placement chose, and a pinned pod it cannot bind is taken back after the timeout and
-its replica placed on another node, quoting the scheduler; a template naming a system priority
-class is refused unless the operator allows it.
+its replica placed on another node, quoting the scheduler; a pinned pod a frozen kube-scheduler
+never looks at is kept and reported until it wakes; a template naming a system priority class is
+refused unless the operator allows it.
 
 Each resource names its binding mode itself (``spec.placement.binding``), so these run the same
 under either session ``--binding``; the status shows the mode in effect.
@@ -10,6 +11,8 @@ under either session ``--binding``; the status shows the mode in effect.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -29,9 +32,11 @@ from operator_support import (
 from neuronplace.placement.claims import pinned_node
 from neuronplace.placement.names import (
     CONDITION_PLACED,
+    CONDITION_READY,
     CONDITION_REPLICA_FAILURE,
     CORES_ANNOTATION,
     REASON_INVALID_SPEC,
+    REASON_SCHEDULER_NOT_RESPONDING,
     REASON_UNSCHEDULABLE,
 )
 
@@ -118,6 +123,51 @@ def test_an_unschedulable_pinned_pod_is_taken_back_and_its_replica_placed_elsewh
     taken_back = events(local_cluster, namespace, "apart", "PodUnschedulable")
     assert taken_back and all("anti-affinity" in e["message"] for e in taken_back), taken_back
     assert_no_shared_cores(local_cluster)
+
+
+def test_a_pinned_pod_a_silent_kube_scheduler_ignores_is_reported_and_kept(
+    local_cluster, operator, namespace, fleet, wait_for
+):
+    """kube-scheduler frozen (SIGSTOP: alive, its watches open, binding nothing and writing no
+    PodScheduled verdict, as the wedged 1.36.3 does): after 30 s (3 x the 10 s unschedulable
+    timeout) Ready says so, once as an Event; the pod is never replaced meanwhile. Woken, it binds
+    that same pod and the resource is Ready."""
+    nodes = fleet({"inf2.xlarge": 1})
+    scheduler = local_cluster.running_components()["kube-scheduler"]
+    os.kill(scheduler, signal.SIGSTOP)
+    try:
+        apply(local_cluster, namespace, inference("unheard", cores=1, pool=nodes.pool, binding="Scheduler"))
+        (pod,) = wait_for(lambda: live(pods_of(local_cluster, namespace, "unheard")), 30, "the pinned pod")
+        uid = pod["metadata"]["uid"]
+
+        def reported():
+            (now,) = pods_of(local_cluster, namespace, "unheard")
+            assert now["metadata"]["uid"] == uid and not now["metadata"].get("deletionTimestamp"), "pod replaced"
+            assert not now["spec"].get("nodeName"), "bound while kube-scheduler was frozen"
+            ready = condition(get_inference(local_cluster, namespace, "unheard"), CONDITION_READY)
+            return ready if ready.get("reason") == REASON_SCHEDULER_NOT_RESPONDING else None
+
+        ready = wait_for(reported, 75, "SchedulerNotResponding")
+        assert ready["status"] == "False", ready
+        assert (
+            f"pod unheard-0 pinned to node {pinned_node(pod)} has not been looked at by kube-scheduler"
+            in (ready["message"])
+        ), ready
+        assert ready["message"].endswith("is kube-scheduler running?"), ready
+        # Two resyncs (10 s each) later: still the same pod, still one Event.
+        deadline = time.monotonic() + 22
+        while time.monotonic() < deadline:
+            assert reported(), "the report went away while kube-scheduler was still frozen"
+            time.sleep(1)
+        warned = events(local_cluster, namespace, "unheard", REASON_SCHEDULER_NOT_RESPONDING)
+        assert len(warned) == 1 and warned[0]["type"] == "Warning", warned
+        assert not events(local_cluster, namespace, "unheard", "PodUnschedulable")
+    finally:
+        os.kill(scheduler, signal.SIGCONT)
+    resource = wait_for(lambda: placed_and_ready(local_cluster, namespace, "unheard", 1), 90, "bound once woken")
+    assert condition(resource, CONDITION_READY)["reason"] != REASON_SCHEDULER_NOT_RESPONDING
+    (bound,) = live(pods_of(local_cluster, namespace, "unheard"))
+    assert bound["metadata"]["uid"] == uid and bound["spec"]["nodeName"] == pinned_node(bound)
 
 
 @pytest.fixture
