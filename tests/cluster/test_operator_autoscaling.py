@@ -86,6 +86,29 @@ def poll(what: str, check: Callable, timeout: float, invariant: Callable[[], Non
         time.sleep(0.25)
 
 
+def assert_never_overbooked(report) -> None:
+    """At every pod and node event: no node's bound pods requested more than it has (kube-scheduler's
+    accounting, NeuronCores included) and no two pods' core ranges overlapped.
+
+    One thing may show for an instant: a capacity request kube-scheduler bound into room a replica
+    pod pinned there has taken but not yet been bound to (kube-scheduler counts a pinned pod on its
+    node only once it binds it). The monitor, which counts the pinned pod on its node, then sees the
+    node hold more cores than it has by count, until the replica preempts the request (its priority
+    is higher): allowed, printed, and it must be gone within 2 s.
+    """
+    assert report.events > 0, "the monitor saw no events"
+    assert report.violations == len(report.first), "more violations than the monitor kept"
+    transient = [
+        seen
+        for seen in report.first
+        if seen.violation.invariant == "exclusive-cores" and "live pods hold" in seen.violation.detail
+    ]
+    for seen in transient:
+        print("preempted capacity request:", seen)
+    assert [str(seen) for seen in report.first if seen not in transient] == []
+    assert all(seen.lasted is not None and seen.lasted < 2 for seen in transient), [str(s) for s in transient]
+
+
 # ---- without an autoscaler (the session's cluster) -------------------------------------------------
 
 
@@ -102,7 +125,10 @@ def test_without_an_autoscaler_the_request_waits_and_goes_before_the_replica_is_
             requests = requests_of(local_cluster, namespace)
             resource = get_inference(local_cluster, namespace, "big")
             said = condition(resource, CONDITION_WAITING_FOR_CAPACITY)
-            return (requests, resource) if len(requests) == 1 and said.get("status") == "True" else None
+            scheduled = [condition(r, CONDITION_POD_SCHEDULED).get("reason") for r in requests]
+            if scheduled == ["Unschedulable"] and said.get("status") == "True":
+                return requests, resource
+            return None
 
         (request,), resource = wait_for(waiting, 60, "one capacity request and WaitingForCapacity")
         assert request["metadata"]["name"] == "big-1-capacity"
@@ -136,8 +162,7 @@ def test_without_an_autoscaler_the_request_waits_and_goes_before_the_replica_is_
         wait_for(lambda: not requests_of(local_cluster, namespace), 60, "no request after scaling down")
     finally:
         report = monitor.stop()
-    assert report.events > 0, "the monitor saw no events"
-    assert report.violations == 0, [str(seen) for seen in report.first]
+    assert_never_overbooked(report)
 
 
 # ---- with Karpenter (a cluster of their own) -------------------------------------------------------
@@ -205,7 +230,7 @@ def test_from_no_node_two_replicas_get_a_node_and_it_goes_after_scaling_to_zero(
         assert requests_of(cluster, namespace) == []
     finally:
         report = monitor.stop()
-    assert report.violations == 0, [str(seen) for seen in report.first]
+    assert_never_overbooked(report)
     record_property("seconds_apply_to_running", round(to_running, 1))
     record_property("seconds_scaled_to_zero_to_node_removed", round(to_removed, 1))
     print(
@@ -250,7 +275,7 @@ def test_three_resources_get_the_nodes_they_need_and_no_more(autoscaled_cluster,
         assert requests_of(cluster, namespace) == []
     finally:
         report = monitor.stop()
-    assert report.violations == 0, [str(seen) for seen in report.first]
+    assert_never_overbooked(report)
     record_property("seconds_apply_to_running_3_nodes", round(to_running, 1))
     record_property("seconds_deleted_to_3_nodes_removed", round(to_removed, 1))
     print(
@@ -337,6 +362,6 @@ def test_an_operator_killed_while_nodes_are_made_leaves_one_request_per_replica_
         assert_no_shared_cores(cluster)
     finally:
         report = monitor.stop()
-    assert report.violations == 0, [str(seen) for seen in report.first]
+    assert_never_overbooked(report)
     placements = get_inference(cluster, namespace, "kill")["status"]["placements"]
     assert sorted(p["node"] for p in placements) == names(cluster, "nodes"), placements
