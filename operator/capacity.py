@@ -90,8 +90,8 @@ class CapacityRequests:
 
         On each node they go to, the requests kube-scheduler bound there that the ledger's free cores
         no longer cover go (this resource's first: its replicas take their room; then the newest),
-        so kube-scheduler never sees the node's NeuronCores over-requested and never keeps a replica
-        waiting behind a request. For each placed replica that took no request's room that way, one
+        so kube-scheduler never sees the node's NeuronCores over-requested and a replica never waits
+        behind a request but for a request bound there before its pod is (it preempts it). For each placed replica that took no request's room that way, one
         of the resource's Pending requests goes too (its own first), before kube-scheduler can bind it
         into room the new pods are about to take. :meth:`keep` then settles who keeps which."""
         namespace, name = inference["metadata"]["namespace"], inference["metadata"]["name"]

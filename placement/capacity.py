@@ -13,7 +13,9 @@ affinity and tolerations, so that a node made for it can take the replica.
   deleted (with no grace period) before the replica's pod is created, and so are the requests
   kube-scheduler bound to that node that no longer fit beside the cores the ledger now holds
   there (:func:`displaced`), so kube-scheduler never counts more NeuronCores on a node than it
-  has and a replica never waits behind a placeholder.
+  has. Between that deletion and the replica pod's binding, kube-scheduler (which counts a
+  pinned pod on its node only once it binds it) may still bind another Pending request there;
+  the replica then preempts it, and waits that long.
 - Its PriorityClass (:func:`build_priority_class`) is negative and never preempts: any replica
   preempts it, which covers the moment between two events in which kube-scheduler would still see
   it; and an autoscaler counts it as demand (cluster-autoscaler ignores pods below -10).
