@@ -4,9 +4,9 @@ exit under ``restartPolicy: Never``. The operator must recreate such a replica w
 backoff, never in a create/delete loop; move a rejected replica to a node that takes it; and say why
 in a ``ReplicaFailure`` condition.
 
-Pod creations are counted from a watch of the test's namespace (every pod ADDED, by uid: a recreated
-replica keeps its pod name). While the counting runs, every second checks that a replica never has
-two live pods at once."""
+Pod creations are counted from a watch of the test's replica pods (every pod ADDED, by uid: a
+recreated replica keeps its pod name). While the counting runs, every second checks that a replica
+never has two live pods at once."""
 
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ import pytest
 from operator_support import apply, condition, get_inference, inference, live, pods_of
 
 from neuronplace.local import kubelet_faults as faults
-from neuronplace.placement.names import CONDITION_REPLICA_FAILURE, TERMINAL_PHASES
+from neuronplace.placement.names import CONDITION_REPLICA_FAILURE, INFERENCE_LABEL, TERMINAL_PHASES
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 class PodCreations(threading.Thread):
-    """Every pod ADDED to a namespace, as a watch sees it: uid -> monotonic time first seen."""
+    """Every replica pod (``INFERENCE_LABEL``; not the capacity requests the operator may make for
+    a replica that fits nowhere) ADDED to a namespace, as a watch sees it: uid -> monotonic time
+    first seen."""
 
     def __init__(self, cluster, namespace: str) -> None:
         super().__init__(daemon=True, name=f"creations-{namespace}")
@@ -49,7 +51,11 @@ class PodCreations(threading.Thread):
                 resume = {"resource_version": version} if version else {}
                 try:
                     for event in stream.stream(
-                        self.core.list_namespaced_pod, self.namespace, timeout_seconds=5, **resume
+                        self.core.list_namespaced_pod,
+                        self.namespace,
+                        label_selector=INFERENCE_LABEL,
+                        timeout_seconds=5,
+                        **resume,
                     ):
                         if event["type"] == "ADDED":
                             with self.lock:
