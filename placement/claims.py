@@ -161,10 +161,15 @@ def controller_inference(pod: Mapping) -> tuple[str, str] | None:
 
 def capacity_request(pod: Mapping) -> bool:
     """Whether the pod is shaped as a capacity request: labelled with the name of the
-    NeuronInference that is its controller (whose UID the caller must still trust)."""
+    NeuronInference that is its controller (whose UID the caller must still trust), and of a
+    negative priority once the API server has resolved it (``spec.priority``), as the operator's
+    requests are: a pod made to look like one, to hold what it asks unseen, can then be preempted by
+    any replica kube-scheduler finds in its way."""
     controller = controller_inference(pod)
     labels = (pod.get("metadata") or {}).get("labels") or {}
-    return controller is not None and labels.get(CAPACITY_REQUEST_LABEL) == controller[0]
+    priority = (pod.get("spec") or {}).get("priority")
+    low = priority is None or (isinstance(priority, int) and priority < 0)
+    return controller is not None and labels.get(CAPACITY_REQUEST_LABEL) == controller[0] and low
 
 
 @dataclass(frozen=True)

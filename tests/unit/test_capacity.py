@@ -447,3 +447,18 @@ def test_a_replica_placed_where_another_replicas_request_was_bound_keeps_the_pen
     assert set(cache.capacity_requests[KEY]) == {"bert-0-capacity"}
     waiting = conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
     assert waiting.startswith("replica 1: waiting for a new node (capacity request bert-0-capacity"), waiting
+
+
+def test_a_look_alike_of_higher_priority_is_no_request():
+    # The API server resolves every pod's priority; a pod shaped as a request but that no replica
+    # could preempt holds what it asks, like any foreign pod.
+    node = build_node("n1", "inf2.48xlarge")
+    pod = request(0, node="n1")
+    pod["spec"]["priority"] = 1000
+    ledger = Ledger(["uid-1"])
+    ledger.learn_nodes([inventory_from_node(node)])
+    ledger.observe(pod)
+    assert ledger.free_count("n1") == 22
+    assert Usage.from_pods([pod]).used("n1")
+    pod["spec"]["priority"] = -1  # as the operator's own requests resolve
+    assert not Usage.from_pods([pod]).used("n1")
