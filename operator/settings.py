@@ -66,7 +66,8 @@ class OperatorSettings:
     capacity_request_image: the image of the capacity requests' one container; it never runs
         anything but the pause process (kwok runs no image at all).
     capacity_priority_class: the PriorityClass of capacity requests (the chart and ``neuronplace
-        local up`` install it: negative value, ``preemptionPolicy: Never``).
+        local up`` install it: negative value, ``preemptionPolicy: Never``). Its value must be
+        negative: a pod of priority 0 or more is no capacity request to the ledger.
     """
 
     namespaces: tuple[str, ...] = ()
