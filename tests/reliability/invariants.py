@@ -240,73 +240,98 @@ def _in_scope(obj: Mapping, namespaces: tuple[str, ...] | None) -> bool:
 # ---- the invariants ------------------------------------------------------------------------------
 
 
+def is_capacity_request(pod: Mapping) -> bool:
+    return CAPACITY_REQUEST_LABEL in (_meta(pod).get("labels") or {})
+
+
 def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
-    violations: list[Violation] = []
+    """No core has two holders and no node has more held than it has, in two views:
+
+    - **bound**: the pods the kubelet runs (capacity requests included: the device plugin gives
+      them cores too). kube-scheduler counts only these.
+    - **reserved**: the operator's view: our replica pods bound or pinned (a pinned pod's cores
+      are promised from its creation) and every other bound pod, except capacity requests. A
+      request kube-scheduler binds into room a pinned replica already took is not counted here:
+      the replica preempts it before it is bound, so the two never run together.
+    """
     nodes = {_meta(n).get("name"): n for n in snapshot.nodes}
-    by_node: dict[str, list[Mapping]] = {}
+    bound: dict[str, list[Mapping]] = {}
+    reserved: dict[str, list[Mapping]] = {}
     for pod in snapshot.pods:
-        if is_live(pod):
-            by_node.setdefault(pod_node(pod), []).append(pod)
-    for node_name, pods in sorted(by_node.items()):
-        node = nodes.get(node_name)
-        if node is None:
-            continue  # the node is gone: its pods hold nothing anywhere (pod GC removes them)
-        capacity, per_chip = node_capacity(node)
-        holder_of: dict[int, str] = {}
-        counted = 0
-        for pod in pods:
-            meta = _meta(pod)
-            annotations = meta.get("annotations") or {}
-            ids: list[int] | None = None
-            asked = pod_amount(pod, NEURONCORE_RESOURCE) + pod_amount(pod, NEURON_DEVICE_RESOURCE) * (per_chip or 1)
-            controller = owner_of(pod) or {}
-            if is_managed(pod) and controller.get("kind") == "NeuronInference":
-                try:
-                    ids = list(CoreRange.parse(annotations.get(CORES_ANNOTATION, "")).ids)
-                except (ValueError, TypeError):
-                    ids = None  # reported by pod-consistency; counted by request below
-                if ids is not None and len(ids) != asked:
-                    ids = None  # a range that disagrees with the request holds the request, as in the ledger
-            if ids is None and annotations.get(AWS_NEURON_IDS):
-                try:
-                    raw = [int(x) for x in str(annotations[AWS_NEURON_IDS]).split(",")]
-                except ValueError:
-                    raw = None
-                if raw is not None and pod_amount(pod, NEURONCORE_RESOURCE):
-                    ids = raw
-                elif raw is not None and per_chip and pod_amount(pod, NEURON_DEVICE_RESOURCE):
-                    ids = [d * per_chip + c for d in raw for c in range(per_chip)]
-            if ids is None:
-                counted += asked  # a labelled pod nobody controls and that asks nothing holds nothing
-                continue
-            counted += max(len(ids), asked)  # listed ids short of the request hold the request
-            for core in ids:
-                if core >= capacity:
-                    violations.append(
-                        Violation(
-                            "exclusive-cores",
-                            _ref(pod),
-                            f"holds core {core} but node {node_name} has only {capacity} usable cores",
-                        )
+        if is_running_there(pod):
+            bound.setdefault(pod["spec"]["nodeName"], []).append(pod)
+        if is_live(pod) and not is_capacity_request(pod):
+            reserved.setdefault(pod_node(pod), []).append(pod)
+    violations: list[Violation] = []
+    for view in (bound, reserved):
+        for node_name, pods in sorted(view.items()):
+            node = nodes.get(node_name)
+            if node is None:
+                continue  # the node is gone: its pods hold nothing anywhere (pod GC removes them)
+            for violation in _holders_on(node, node_name, pods):
+                if violation not in violations:
+                    violations.append(violation)
+    return violations
+
+
+def _holders_on(node: Mapping, node_name: str, pods: Sequence[Mapping]) -> list[Violation]:
+    violations: list[Violation] = []
+    capacity, per_chip = node_capacity(node)
+    holder_of: dict[int, str] = {}
+    counted = 0
+    for pod in pods:
+        meta = _meta(pod)
+        annotations = meta.get("annotations") or {}
+        ids: list[int] | None = None
+        asked = pod_amount(pod, NEURONCORE_RESOURCE) + pod_amount(pod, NEURON_DEVICE_RESOURCE) * (per_chip or 1)
+        controller = owner_of(pod) or {}
+        if is_managed(pod) and controller.get("kind") == "NeuronInference":
+            try:
+                ids = list(CoreRange.parse(annotations.get(CORES_ANNOTATION, "")).ids)
+            except (ValueError, TypeError):
+                ids = None  # reported by pod-consistency; counted by request below
+            if ids is not None and len(ids) != asked:
+                ids = None  # a range that disagrees with the request holds the request, as in the ledger
+        if ids is None and annotations.get(AWS_NEURON_IDS):
+            try:
+                raw = [int(x) for x in str(annotations[AWS_NEURON_IDS]).split(",")]
+            except ValueError:
+                raw = None
+            if raw is not None and pod_amount(pod, NEURONCORE_RESOURCE):
+                ids = raw
+            elif raw is not None and per_chip and pod_amount(pod, NEURON_DEVICE_RESOURCE):
+                ids = [d * per_chip + c for d in raw for c in range(per_chip)]
+        if ids is None:
+            counted += asked  # a labelled pod nobody controls and that asks nothing holds nothing
+            continue
+        counted += max(len(ids), asked)  # listed ids short of the request hold the request
+        for core in ids:
+            if core >= capacity:
+                violations.append(
+                    Violation(
+                        "exclusive-cores",
+                        _ref(pod),
+                        f"holds core {core} but node {node_name} has only {capacity} usable cores",
                     )
-                if core in holder_of:
-                    violations.append(
-                        Violation(
-                            "exclusive-cores",
-                            f"node {node_name} core {core}",
-                            f"held by both {holder_of[core]} and {_ref(pod)}",
-                        )
-                    )
-                else:
-                    holder_of[core] = _ref(pod)
-        if counted > capacity:
-            violations.append(
-                Violation(
-                    "exclusive-cores",
-                    f"node {node_name}",
-                    f"live pods hold {counted} cores but the node has {capacity}",
                 )
+            if core in holder_of:
+                violations.append(
+                    Violation(
+                        "exclusive-cores",
+                        f"node {node_name} core {core}",
+                        f"held by both {holder_of[core]} and {_ref(pod)}",
+                    )
+                )
+            else:
+                holder_of[core] = _ref(pod)
+    if counted > capacity:
+        violations.append(
+            Violation(
+                "exclusive-cores",
+                f"node {node_name}",
+                f"live pods hold {counted} cores but the node has {capacity}",
             )
+        )
     return violations
 
 
