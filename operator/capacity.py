@@ -99,14 +99,7 @@ class CapacityRequests:
         with self.cache.lock:
             mine = [r for r in self.cache.capacity_requests.get((namespace, name), {}).values() if _alive(r)]
             for node in sorted({p.node for p in placed}):
-                bound = sorted(
-                    (r for r in self.cache.requests_on(node) if _alive(r)),
-                    key=lambda r: (r in mine, r["metadata"]["creationTimestamp"] or "", r["metadata"]["name"]),
-                )
-                ids = {id(r): r for r in bound}
-                free = self.cache.ledger.free_count(node)
-                for gone in cp.displaced(free, [(id(r), r["cores"]) for r in bound]):
-                    doomed.append((ids[gone]["metadata"]["namespace"], ids[gone]["metadata"]["name"]))
+                doomed.extend(self._displaced_on(node, first=mine))
             taken = sum(1 for r in mine if (namespace, r["metadata"]["name"]) in doomed)
             replicas = {p.replica for p in placed}
             pending = sorted(
@@ -132,6 +125,19 @@ class CapacityRequests:
             waiting = ()
         with self.cache.lock:
             existing = list(self.cache.capacity_requests.get(key, {}).values())
+            # A request kube-scheduler bound where the ledger's free cores no longer cover it (bound
+            # while a replica pod there was being created or not yet bound) goes now, whoever's it
+            # is: under Direct binding the kubelet would otherwise turn one of the two away.
+            crowded = [
+                gone
+                for node in sorted({r["spec"]["nodeName"] for r in existing if r["spec"]["nodeName"] and _alive(r)})
+                for gone in self._displaced_on(node)
+            ]
+        for request_namespace, request in crowded:
+            self._delete(request_namespace, request)
+        if crowded:
+            with self.cache.lock:
+                existing = list(self.cache.capacity_requests.get(key, {}).values())
         if not waiting and not existing:
             return None, None
         wanted = {replica: self._build(inference, replica) for replica in waiting}
@@ -158,6 +164,20 @@ class CapacityRequests:
                 request = mine.get(todo.assigned.get(replica) or cp.request_name(meta["name"], replica))
                 states[replica] = refused.get(replica) or request or "asked once the placed replica pods are bound"
         return Problem(REASON_CAPACITY_REQUESTED, cp.describe(states)), retry
+
+    def _displaced_on(self, node: str, first: Collection[Mapping[str, Any]] = ()) -> list[tuple[str, str]]:
+        """(namespace, name) of the requests bound to ``node`` that the ledger's free cores there do
+        not cover (lock held): those in ``first`` go first, then the newest."""
+        bound = sorted(
+            (r for r in self.cache.requests_on(node) if _alive(r)),
+            key=lambda r: (r in first, r["metadata"]["creationTimestamp"] or "", r["metadata"]["name"]),
+        )
+        ids = {id(r): r for r in bound}
+        free = self.cache.ledger.free_count(node)
+        return [
+            (ids[gone]["metadata"]["namespace"], ids[gone]["metadata"]["name"])
+            for gone in cp.displaced(free, [(id(r), r["cores"]) for r in bound])
+        ]
 
     def _build(self, inference: Mapping[str, Any], replica: int) -> dict:
         return cp.build_capacity_request(

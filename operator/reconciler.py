@@ -51,6 +51,7 @@ from neuronplace.placement import validation as vd
 from neuronplace.placement.allocator import ReplicaPlacement, place_one
 from neuronplace.placement.capacity import counted_room, no_request_reason
 from neuronplace.placement.names import (
+    BINDING_DIRECT,
     REASON_INVALID_SPEC,
     REASON_NAMESPACE_NOT_SERVED,
     REASON_PLACED,
@@ -155,6 +156,12 @@ class Reconciler:
             problem, retry_create, waiting = self._place_and_create(inference, decision)
             if retry_create is not None:
                 retry = retry_create if retry is None else min(retry, retry_create)
+        if self.binding(inference) == BINDING_DIRECT:
+            # Direct binding promises that nothing else places pods on these nodes, and a capacity
+            # request is a pod kube-scheduler places: between a request's deletion and the bound
+            # replica pod's creation it could bind another request into the same room, and a
+            # kubelet would turn one of the two away. Autoscaling needs Scheduler binding.
+            waiting = set()
         capacity, retry_capacity = self.capacity.keep(inference, waiting)
         if retry_capacity is not None:
             retry = retry_capacity if retry is None else min(retry, retry_capacity)

@@ -119,7 +119,7 @@ def test_without_an_autoscaler_the_request_waits_and_goes_before_the_replica_is_
     monitor = monitor_for(local_cluster.kubeconfig, node_selector=f"neuronplace.io/pool={nodes.pool}", keep=1000)
     monitor.start()
     try:
-        apply(local_cluster, namespace, inference("big", cores=16, replicas=2, pool=nodes.pool))
+        apply(local_cluster, namespace, inference("big", cores=16, replicas=2, pool=nodes.pool, binding="Scheduler"))
 
         def waiting():
             requests = requests_of(local_cluster, namespace)
@@ -215,7 +215,7 @@ def test_from_no_node_two_replicas_get_a_node_and_it_goes_after_scaling_to_zero(
     monitor.start()
     try:
         started = time.monotonic()
-        apply(cluster, namespace, inference("first", cores=8, replicas=2, nodeSelector=INF2_48))
+        apply(cluster, namespace, inference("first", cores=8, replicas=2, nodeSelector=INF2_48, binding="Scheduler"))
         poll("both replicas Running", lambda: placed_and_ready(cluster, namespace, "first", 2), 180, bounded)
         to_running = time.monotonic() - started
         poll("no capacity request left", lambda: not requests_of(cluster, namespace), 30, bounded)
@@ -253,7 +253,10 @@ def test_three_resources_get_the_nodes_they_need_and_no_more(autoscaled_cluster,
         apply(
             cluster,
             namespace,
-            *(inference(name, cores=12, replicas=2, nodeSelector=INF2_48) for name in ("a", "b", "c")),
+            *(
+                inference(name, cores=12, replicas=2, nodeSelector=INF2_48, binding="Scheduler")
+                for name in ("a", "b", "c")
+            ),
         )
         for name in ("a", "b", "c"):
             poll(f"{name}'s replicas Running", lambda n=name: placed_and_ready(cluster, namespace, n, 2), 240, bounded)
@@ -290,7 +293,7 @@ def test_a_replica_no_node_pool_can_satisfy_says_so_and_makes_no_node(autoscaler
         apply(
             cluster,
             namespace,
-            inference("trn", cores=8, nodeSelector={INSTANCE_TYPE_LABEL: "trn1.32xlarge"}),
+            inference("trn", cores=8, nodeSelector={INSTANCE_TYPE_LABEL: "trn1.32xlarge"}, binding="Scheduler"),
         )
 
         def no_claim() -> None:
@@ -340,7 +343,7 @@ def test_an_operator_killed_while_nodes_are_made_leaves_one_request_per_replica_
     monitor = monitor_for(cluster.kubeconfig, keep=1000)
     monitor.start()
     try:
-        apply(cluster, namespace, inference("kill", cores=16, replicas=2, nodeSelector=INF2_48))
+        apply(cluster, namespace, inference("kill", cores=16, replicas=2, nodeSelector=INF2_48, binding="Scheduler"))
         poll(
             "two requests and a node claimed",
             lambda: len(requests_of(cluster, namespace)) == 2 and names(cluster, "nodeclaims"),

@@ -220,17 +220,23 @@ def test_the_usage_never_counts_a_request():
 
 
 class FakeApi:
-    """Records creates and deletes in order; every call succeeds."""
+    """Records creates and deletes in order; every call succeeds. With ``binds`` a pinned pod comes
+    back bound to its node, as if kube-scheduler had bound it at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, binds: bool = True) -> None:
         self.calls: list[tuple[str, str]] = []
         self.statuses: list[dict] = []
+        self.binds = binds
 
     def create_namespaced_pod(self, namespace, body, **_):
         self.calls.append(("create", body["metadata"]["name"]))
+        spec = dict(body.get("spec") or {})
+        if self.binds and pinned_node(body):
+            spec["nodeName"] = pinned_node(body)
+        created = {**body, "spec": spec, "metadata": {**body["metadata"], "creationTimestamp": "2026-11-30T12:00:00Z"}}
 
         class Response:
-            data = json.dumps({**body, "metadata": {**body["metadata"], "creationTimestamp": "2026-11-30T12:00:00Z"}})
+            data = json.dumps(created)
 
         return Response()
 
@@ -261,12 +267,11 @@ def ready_node(name, instance_type="inf2.xlarge"):
     return node
 
 
-# Pods bound at creation: kube-scheduler counts them on their node at once (see the settle test).
-DIRECT = OperatorSettings(binding="Direct")
-
-
-def setup(pool, resource, nodes=("n1",), settings=DIRECT):
-    api = FakeApi()
+def setup(pool, resource, nodes=("n1",), settings=None, binds=True):
+    """A reconciler in Scheduler binding (capacity requests need it) whose replica pods kube-scheduler
+    binds at once (``binds``), so they count on their node at once (see the settle test)."""
+    settings = settings or OperatorSettings()
+    api = FakeApi(binds)
     cache = Cache()
     for name in nodes:
         cache.observe_node(ready_node(name))
@@ -411,7 +416,7 @@ def test_a_replica_kept_off_a_node_only_by_how_its_free_cores_lie_gets_no_reques
 def test_no_request_is_made_while_a_pinned_replica_pod_waits_to_be_bound(pool):
     # kube-scheduler does not count a pinned pod on its node until it binds it: a request made
     # meanwhile could be bound into the room that pod is about to take.
-    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), settings=OperatorSettings())
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), binds=False)
     assert reconciler.reconcile(KEY) == SETTLE_SECONDS
     assert api.calls == [("create", "bert-0")]
     assert "asked once the placed replica pods are bound" in conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
@@ -430,6 +435,27 @@ def test_no_request_is_made_while_a_pinned_replica_pod_waits_to_be_bound(pool):
     assert not cache.unbound
     reconciler.reconcile(KEY)
     assert api.calls == [("create", "bert-0"), ("create", "bert-1-capacity")]
+
+
+def test_a_request_bound_where_the_ledger_has_no_room_goes_at_the_next_reconcile(pool):
+    # kube-scheduler bound the request into room a replica pod took before it counted that pod:
+    # the request goes (the replica keeps its cores) and a Pending one replaces it.
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2))  # one 2-core node: room for one
+    reconciler.reconcile(KEY)
+    assert api.calls == [("create", "bert-0"), ("create", "bert-1-capacity")]
+    cache.apply_pod("MODIFIED", request_as_bound(cache, "n1"))
+    reconciler.reconcile(KEY)
+    assert api.calls[2:] == [("delete", "bert-1-capacity"), ("create", "bert-1-capacity")]
+
+
+def test_direct_binding_makes_no_capacity_request(pool):
+    # Direct binding promises nothing else places pods on the nodes; a request is a pod
+    # kube-scheduler places, and could be bound into room a bound replica pod is about to take.
+    api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), settings=OperatorSettings(binding="Direct"))
+    reconciler.reconcile(KEY)
+    assert api.calls == [("create", "bert-0")]
+    assert conditions(api)[CONDITION_PLACED]["reason"] == REASON_UNSCHEDULABLE
+    assert CONDITION_WAITING_FOR_CAPACITY not in conditions(api) and not cache.capacity_requests.get(KEY)
 
 
 def test_a_replica_placed_where_another_replicas_request_was_bound_keeps_the_pending_one(pool):
