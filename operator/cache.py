@@ -1,49 +1,42 @@
 """The operator's view of the cluster: slimmed copies of what the watches and lists report, and the ledger.
 
 One :class:`Cache` per operator process holds the NeuronInferences, the managed pods, every node,
-the core ledger and the storage objects (:mod:`.storage`), all behind one lock (``cache.lock``).
-Placement reads the ledger and reserves cores under the same lock, so two resources reconciled at
-once can never get the same cores.
+the core ledger, the capacity requests and the storage objects (:mod:`.storage`), all behind one
+lock. A ruling (:meth:`Cache.rule`) reads this view and reserves cores under the same lock, so two
+inferences reconciled at once can never get the same cores.
 
 The cache does no I/O: watch events (``apply_*``) and full lists (:mod:`.sync`) are folded in by
-the same methods, and each returns the resources it affects so that the caller can queue them.
-
-Memory is what shapes it. With 10,000 managed pods a cached pod must be small, so only what
-reconcile and status read is kept (:func:`slim_pod`, about 1 KB), with repeated strings interned
-and the parts many pods share stored once. Cached objects are read-only.
+the same methods, and each returns the inferences it affects so that the caller can queue them.
+What it keeps of each object is slimmed (:mod:`.slim`): memory is what shapes it.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import sys
+import datetime as dt
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from neuronplace.operator.capacity import slim_request
+from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement.allocator import Fleet
 from neuronplace.placement.claims import capacity_request, node_of, pinned_node
-from neuronplace.placement.conditions import condition
-from neuronplace.placement.failures import started
+from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
-    CONDITION_POD_SCHEDULED,
-    CONDITION_READY,
     CORES_ANNOTATION,
     INFERENCE_LABEL,
-    REPLICA_LABEL,
-    TEMPLATE_HASH_ANNOTATION,
     TERMINAL_PHASES,
 )
-from neuronplace.placement.pods import pin_to_node
+from neuronplace.placement.pods import pod_name
 from neuronplace.placement.priority import class_name, waiting_order
+from neuronplace.placement.ruling import Rules, Ruling, View, rule
 from neuronplace.placement.selectors import selector_matches
+from neuronplace.placement.status import Problem
 from neuronplace.placement.usage import Usage
 from neuronplace.placement.volumes import claim_names
 from neuronplace.runtime.coreset import CoreRange
@@ -51,100 +44,6 @@ from neuronplace.runtime.coreset import CoreRange
 Key = tuple[str, str]  # (namespace, name) of a NeuronInference
 
 DELETED = "DELETED"  # the watch event type of a deletion
-
-
-# ---- slimming ------------------------------------------------------------------------------------
-
-
-def slim_pod(pod: Mapping[str, Any]) -> dict:
-    """What reconcile and status read of a managed pod, and nothing else: name, our labels and
-    annotations, controller owner, creation and deletion stamps, node (bound, or pinned while
-    kube-scheduler has yet to bind it), phase and Ready condition; while unbound, kube-scheduler's
-    PodScheduled verdict; once ended, why (reason, message, whether a container ever started)."""
-    meta = pod.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
-    status = pod.get("status") or {}
-    ready = condition(pod, CONDITION_READY).get("status")
-    controller = next((ref.get("uid") for ref in meta.get("ownerReferences") or () if ref.get("controller")), None)
-    bound = (pod.get("spec") or {}).get("nodeName")
-    slim_status = _pod_status(_intern(status.get("phase")), _intern(ready))
-    if not bound:
-        scheduled = condition(pod, CONDITION_POD_SCHEDULED)
-        if scheduled:
-            slim_status = {**slim_status, "conditions": [*slim_status["conditions"], _scheduled(scheduled)]}
-    if status.get("phase") in TERMINAL_PHASES:
-        slim_status = {
-            **slim_status,
-            "reason": status.get("reason"),
-            "message": status.get("message"),
-            "started": started(status.get("containerStatuses")),
-        }
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "namespace": _intern(meta.get("namespace")),
-            "labels": {key: _intern(labels[key]) for key in (INFERENCE_LABEL, REPLICA_LABEL) if key in labels},
-            "annotations": {
-                key: annotations[key] for key in (CORES_ANNOTATION, TEMPLATE_HASH_ANNOTATION) if key in annotations
-            },
-            "ownerReferences": _controller_reference(controller),
-            "creationTimestamp": meta.get("creationTimestamp"),
-            "deletionTimestamp": meta.get("deletionTimestamp"),
-        },
-        "spec": _pod_spec(_intern(bound), None if bound else _intern(pinned_node(pod))),
-        "status": slim_status,
-    }
-
-
-def _scheduled(scheduled: Mapping[str, Any]) -> dict:
-    return {
-        "type": CONDITION_POD_SCHEDULED,
-        "status": _intern(scheduled.get("status")),
-        "reason": _intern(scheduled.get("reason")),
-        "message": scheduled.get("message"),
-    }
-
-
-@functools.lru_cache(maxsize=1024)
-def _controller_reference(uid: str | None) -> list:
-    return [] if uid is None else [{"controller": True, "uid": uid}]
-
-
-@functools.lru_cache(maxsize=8192)
-def _pod_spec(node: str | None, pinned: str | None) -> dict:
-    """A bound pod's node, or the affinity that pins an unbound one (``claims.node_of`` reads both)."""
-    if pinned is None:
-        return {"nodeName": node}
-    return {"nodeName": None, "affinity": pin_to_node(None, pinned)}
-
-
-@functools.lru_cache(maxsize=64)
-def _pod_status(phase: str | None, ready: str | None) -> dict:
-    return {"phase": phase, "conditions": [] if ready is None else [{"type": CONDITION_READY, "status": ready}]}
-
-
-def slim_node(node: Mapping[str, Any]) -> dict:
-    """What reconcile reads of a node: its name and Ready condition (readiness and since when)."""
-    ready = condition(node, CONDITION_READY)
-    return {
-        "metadata": {"name": _intern((node.get("metadata") or {}).get("name"))},
-        "status": {
-            "conditions": [
-                {
-                    "type": CONDITION_READY,
-                    "status": _intern(ready.get("status")),
-                    "lastTransitionTime": ready.get("lastTransitionTime"),
-                }
-            ]
-            if ready
-            else []
-        },
-    }
-
-
-def _intern(text: Any) -> Any:
-    return sys.intern(text) if type(text) is str else text
 
 
 def _template_spec(inference: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -243,19 +142,23 @@ class Cache:
         meta = pod.get("metadata") or {}
         key = (meta["namespace"], meta["labels"][CAPACITY_REQUEST_LABEL])
         if deleted:
-            self.forget_request(meta["namespace"], meta["name"])
+            self._forget_request(meta["namespace"], meta["name"])
         else:
             self.capacity_requests.setdefault(key, {})[meta["name"]] = slim_request(pod)
         return key
 
     def forget_request(self, namespace: str, name: str) -> None:
-        """A capacity request is gone (lock held)."""
+        """A capacity request the operator deleted is gone."""
+        with self.lock:
+            self._forget_request(namespace, name)
+
+    def _forget_request(self, namespace: str, name: str) -> None:
         for key in [key for key in self.capacity_requests if key[0] == namespace]:
             requests = self.capacity_requests[key]
             if requests.pop(name, None) is not None and not requests:
                 del self.capacity_requests[key]
 
-    def requests_on(self, node: str) -> list[dict]:
+    def _requests_on(self, node: str) -> list[dict]:
         """The capacity requests kube-scheduler bound to ``node`` (lock held)."""
         return [
             request
@@ -409,13 +312,80 @@ class Cache:
                 if key[0] == namespace and name in claim_names(_template_spec(inference))
             }
 
-    # ---- a snapshot for a reconcile ------------------------------------------------------------
+    # ---- a ruling, and what its writes change ------------------------------------------------------
 
-    def snapshot(self, key: Key) -> tuple[dict, list[dict], dict[str, dict], dict[int, tuple[str, CoreRange]]] | None:
-        """What one reconcile reads: the resource, its pods, all nodes and where its replicas last
-        ran; None when the resource is gone."""
+    def rule(
+        self,
+        key: Key,
+        rules: Rules,
+        now: dt.datetime,
+        history: Mapping[int, ReplicaHistory],
+        refused: tuple[int | None, Problem] | None,
+    ) -> tuple[dict, Ruling] | None:
+        """The ruling for one inference on this view of the cluster, with its replicas reserved
+        and marked as being created (:meth:`settle` ends that); None when the inference is gone."""
         with self.lock:
             inference = self.inferences.get(key)
             if inference is None:
                 return None
-            return inference, self.pods_of_inference(key), dict(self.nodes), dict(self.last_known.get(key, {}))
+            view = View(
+                pods=self.pods_of_inference(key),
+                nodes=self.nodes,
+                fleet=self.fleet(),
+                ledger=self.ledger,
+                usage=self.usage,
+                claims=self.storage.claims,
+                volumes=self.storage.volumes,
+                classes=self.storage.classes,
+                priority_classes=self.priority_classes,
+                requests=self.capacity_requests.get(key, {}),
+                requests_on=self._requests_on,
+                last_known=self.last_known.get(key, {}),
+                history=history,
+                refused=refused,
+            )
+            ruling = rule(inference, view, rules, now)
+            self.inflight.update(f"{key[0]}/{c.pod['metadata']['name']}" for c in ruling.creations)
+            if ruling.waiting_for_room is True:
+                self.waiting_for_room.add(key)
+            elif ruling.waiting_for_room is False:
+                self.waiting_for_room.discard(key)
+            return inference, ruling
+
+    def created(self, pod: Mapping[str, Any]) -> None:
+        """A pod the operator created, as the API server returned it (unless its watch event came first)."""
+        meta = pod.get("metadata") or {}
+        with self.lock:
+            if (meta.get("namespace"), meta.get("name")) not in self.pods:
+                self.observe_pod(pod)
+
+    def settle(self, key: Key, replicas: Iterable[int]) -> None:
+        """The creates of these replicas' pods are over (created or not)."""
+        with self.lock:
+            for replica in replicas:
+                self.inflight.discard(f"{key[0]}/{pod_name(key[1], replica)}")
+
+    def release(self, key: Key, replicas: Iterable[int]) -> None:
+        """Give back the reservations of replicas whose pods were not created."""
+        with self.lock:
+            for replica in replicas:
+                name = pod_name(key[1], replica)
+                if (key[0], name) not in self.pods:
+                    self.ledger.forget(f"{key[0]}/{name}")
+                    self.usage.forget(f"{key[0]}/{name}")
+
+    def settling(self) -> bool:
+        """Whether replica pods are being created, or pinned and not bound yet: kube-scheduler does
+        not count them on their node until it binds them."""
+        with self.lock:
+            return bool(self.inflight or self.unbound)
+
+    def requests_of(self, key: Key) -> dict[str, dict]:
+        """The inference's capacity requests by name, as they are now."""
+        with self.lock:
+            return dict(self.capacity_requests.get(key, {}))
+
+    def status_view(self, key: Key, inference: dict) -> tuple[dict, list[dict]]:
+        """What a status is built from: the inference as cached now (else ``inference``) and its pods."""
+        with self.lock:
+            return self.inferences.get(key, inference), self.pods_of_inference(key)

@@ -1,328 +1,237 @@
-"""One reconcile of one NeuronInference: decide → place → create/delete pods → write status.
+"""One reconcile of one inference: read the ruling, carry it out, write the status.
 
-What to do is decided by the pure :func:`neuronplace.placement.reconcile.decide` from a snapshot
-of the cache; this module carries it out and reports it:
+What to do is decided by the pure :func:`neuronplace.placement.ruling.rule`, called by the cache
+under its lock on its view of the cluster (:meth:`.cache.Cache.rule`); this module only carries the
+actions out, in the ruling's order, and reports them:
 
-1. a resource in the operator's own namespace (``NamespaceNotServed``) or with an invalid spec
-   (``InvalidSpec``, which includes a template naming a system priority class the settings do not
-   allow) is reported in the status and nothing else happens;
-2. surplus, failed, unschedulable, outdated and stranded pods are deleted (an Event each); each
-   replica's failed attempts (:mod:`neuronplace.placement.failures`) are remembered here, in
-   memory, and shown in the ``ReplicaFailure`` condition with an Event per failure; pinned pods
-   kube-scheduler gives no verdict on are kept, and said in Ready (``SchedulerNotResponding``), one
-   Event and a metric;
-3. the missing replicas are placed one by one under the cache's lock, each reservation entered in
-   the ledger at once, so a concurrent reconcile of another resource sees those cores taken; a
-   replica avoids the nodes where its recent attempts were refused;
-4. their pods are created concurrently, bound or pinned to their node as the binding mode says
-   (a replica count of hundreds must not mean hundreds of round trips in a row), outside the lock,
-   right after their capacity requests, and those they displace on the same nodes, are deleted
-   (:mod:`.capacity`); a reservation whose pod was not created is given back, except after a 409,
-   where the watch event for the existing pod replaces it;
-5. every replica that fits nowhere keeps one capacity request (none when the resource is refused or
-   has nothing waiting), so that an autoscaler adds a node for it;
-6. the status is written when it differs from what is there.
+1. a refused inference: its capacity requests go and the status says why;
+2. failed attempts get an Event each; pods to delete go (an Event each); kube-scheduler's silence
+   is said once;
+3. the capacity requests in the way go, then the replica pods are created concurrently (a replica
+   count of hundreds must not mean hundreds of round trips in a row); what the API server answered
+   is judged by :func:`neuronplace.placement.creation.judge` (reservations given back, a problem
+   remembered for the spec's generation, Events, a retry or an error for the work queue);
+4. capacity requests are deleted and created as the ruling says;
+5. the status is written when it differs from what is there.
 
-Failures follow the two kinds of :mod:`.writes`. A refused pod (400/422) is a problem of this
-generation of the spec: it is remembered, reported in ``Placed`` and an Event, and no pod is
-created again until the generation changes. A 403 (quota, a terminating namespace, RBAC) is
-reported the same way but retried slowly. Anything else temporary is raised to the work queue,
-which retries it. Runs in a worker thread: the Kubernetes client is synchronous.
+Memory kept here, per inference: each replica's failed attempts (the ruling says how they change;
+memory only, so a restarted operator starts every replica's backoff afresh), the problem of a spec
+generation whose pod the API server refused, and the last Warning posted (posted once, not at every
+reconcile). Runs in a worker thread: the Kubernetes client is synchronous.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
-from dataclasses import replace
 
 from neuronplace.operator import metrics as mx
 from neuronplace.operator.cache import Cache, Key
-from neuronplace.operator.capacity import CapacityRequests
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import CONFLICT_RETRY, Permanent, Temporary, Writer
+from neuronplace.placement import capacity as cp
 from neuronplace.placement import events as ev
 from neuronplace.placement import failures as fl
-from neuronplace.placement import reconcile as rc
 from neuronplace.placement import status as st
-from neuronplace.placement import validation as vd
-from neuronplace.placement.allocator import ReplicaPlacement, place_one
-from neuronplace.placement.capacity import counted_room, no_request_reason
-from neuronplace.placement.names import (
-    BINDING_DIRECT,
-    REASON_INVALID_SPEC,
-    REASON_NAMESPACE_NOT_SERVED,
-    REASON_PLACED,
-    REASON_POD_FORBIDDEN,
-    REASON_POD_REJECTED,
-    REASON_UNSCHEDULABLE,
-)
-from neuronplace.placement.pods import build_pod, pod_name
-from neuronplace.placement.priority import priority_refusal
-from neuronplace.placement.volumes import consumer_node
+from neuronplace.placement.capacity_upkeep import RequestKey, to_create_now, waiting_states
+from neuronplace.placement.creation import Answer, Judgement, judge
+from neuronplace.placement.names import REASON_CAPACITY_REQUESTED
+from neuronplace.placement.reconcile import OUTDATED, SURPLUS, Deletion
+from neuronplace.placement.ruling import Creation, Ruling, binding_of
 
 log = logging.getLogger("neuronplace.operator")
 
 
 class Reconciler:
-    """Carries out decide()'s decisions for one resource at a time (several threads at once)."""
+    """Carries out rulings for one inference at a time (several threads at once)."""
 
     def __init__(self, settings: OperatorSettings, cache: Cache, writer: Writer, api_pool: Executor) -> None:
         self.settings = settings
+        self.rules = settings.rules()
         self.cache = cache
         self.writer = writer
         self.api_pool = api_pool  # pod creates fan out here
-        self.policy = settings.template_policy()
-        self.capacity = CapacityRequests(settings, cache, writer)
-        # Per resource: the permanent problem of a spec generation, and the last warning posted as
-        # an Event (so that a problem that persists is posted once, not at every reconcile).
-        self.permanent: dict[Key, tuple[int | None, st.Problem]] = {}
+        self.refused: dict[Key, tuple[int | None, st.Problem]] = {}
         self.reported: dict[Key, str] = {}
-        # Per resource, per replica: its failed attempts (backoff, nodes to avoid). Memory only: a
-        # restarted operator starts every replica's backoff afresh (see placement.failures).
         self.history: dict[Key, dict[int, fl.ReplicaHistory]] = {}
 
     def forget(self, key: Key) -> None:
-        """The resource is gone: what was remembered about it must not apply to a new one of its name."""
-        self.permanent.pop(key, None)
+        """The inference is gone: what was remembered about it must not apply to a new one of its name."""
+        self.refused.pop(key, None)
         self.reported.pop(key, None)
         self.history.pop(key, None)
         mx.METRICS.scheduler_silent(key, 0)
 
-    def binding(self, inference: dict) -> str:
-        """The binding mode in effect: the resource's own, else the operator's setting."""
-        placement = (inference.get("spec") or {}).get("placement") or {}
-        return placement.get("binding") or self.settings.binding
-
     def reconcile(self, key: Key) -> float | None:
-        """Bring one resource's pods and status in line with its spec; returns a requeue delay."""
-        snapshot = self.cache.snapshot(key)
-        if snapshot is None:
+        """Bring one inference's pods and status in line with its spec; returns a requeue delay."""
+        now = dt.datetime.now(dt.UTC)
+        ruled = self.cache.rule(key, self.rules, now, self.history.get(key) or {}, self.refused.get(key))
+        if ruled is None:
             return None
-        inference, pods, nodes, last_known = snapshot
-        refusal = vd.namespace_refusal(key[0], self.settings.operator_namespace, self.settings.serve_operator_namespace)
-        if refusal is not None:
-            mx.METRICS.failed(REASON_NAMESPACE_NOT_SERVED)
-            self.capacity.keep(inference, ())
-            self._write_status(inference, st.Problem(REASON_NAMESPACE_NOT_SERVED, refusal))
-            return None
-        decision = rc.decide(
-            inference,
-            pods,
-            nodes,
-            now=dt.datetime.now(dt.UTC),
-            node_grace_seconds=self.settings.node_grace_seconds,
-            last_known=last_known,
-            policy=self.policy,
-            history=self.history.get(key),
-            unschedulable_seconds=self.settings.unschedulable_seconds,
-        )
-        mx.METRICS.scheduler_silent(key, len(decision.unheard))
-        with self.cache.lock:
-            classes = dict(self.cache.priority_classes)
-        invalid = decision.invalid or priority_refusal(inference, classes, self.settings.allow_system_priority)
-        if invalid is not None:
-            mx.METRICS.failed(REASON_INVALID_SPEC)
-            self.capacity.keep(inference, ())
-            self._write_status(inference, st.Problem(REASON_INVALID_SPEC, invalid))
-            return None
+        inference, ruling = ruled
+        return self._carry_out(key, inference, ruling, now)
 
+    def _carry_out(self, key: Key, inference: dict, ruling: Ruling, now: dt.datetime) -> float | None:
+        mx.METRICS.scheduler_silent(key, ruling.unheard)
+        if ruling.refusal is not None:
+            mx.METRICS.failed(ruling.refusal.reason)
+            self._delete_requests(ruling.request_deletions)
+            self._write_status(inference, ruling.refusal, now, announce=True)
+            return None
+        try:
+            self._before_creates(key, inference, ruling)
+        except BaseException:
+            # The ruling reserved its replicas' cores: none of their pods will be created now.
+            replicas = [c.placement.replica for c in ruling.creations]
+            self.cache.settle(key, replicas)
+            self.cache.release(key, replicas)
+            raise
+
+        problem, retry = ruling.problem, ruling.requeue_after
+        if ruling.creations or ruling.unplaceable:
+            judgement = self._create_all(key, inference, ruling)
+            problem = judgement.problem
+            if judgement.retry is not None:
+                retry = judgement.retry if retry is None else min(retry, judgement.retry)
+
+        self._delete_requests(ruling.request_deletions)
+        requests, settle_retry = to_create_now(ruling.request_creations, self.cache.settling())
+        if settle_retry is not None:
+            retry = settle_retry if retry is None else min(retry, settle_retry)
+        refused = {}
+        for replica, pod in requests.items():
+            error = self._create_request(pod)
+            if error is not None:
+                refused[replica] = error
+        capacity = None
+        if ruling.waiting:
+            states = waiting_states(key[1], ruling.waiting, ruling.assigned, self.cache.requests_of(key), refused)
+            capacity = st.Problem(REASON_CAPACITY_REQUESTED, cp.describe(states))
+        self._write_status(inference, problem, now, capacity, ruling.silence)
+        return retry
+
+    def _before_creates(self, key: Key, inference: dict, ruling: Ruling) -> None:
+        """Histories, failure Events, pod deletions and kube-scheduler's silence."""
         histories = self.history.setdefault(key, {})
-        for ordinal, history in decision.history.items():
+        for ordinal, history in ruling.history.items():
             if history is None:
                 histories.pop(ordinal, None)
             else:
                 histories[ordinal] = history
-        for failure in decision.failures:
+        for failure in ruling.failures:
             where = f" on {failure.node}" if failure.node else ""
             self.writer.post_event(
                 inference, failure.reason, f"replica {failure.replica}{where}: {failure.message}", ev.WARNING
             )
-        for deletion in decision.deletions:
+        for deletion in ruling.deletions:
             self._delete_pod(inference, deletion)
-        # Pinned pods kube-scheduler ignores are kept (a new one would be ignored too): said once.
-        silence = st.scheduler_silence(decision.unheard)
-        if silence is not None:
-            self._event_once(inference, silence.reason, silence.message)
+        if ruling.silence is not None:
+            self._event_once(inference, ruling.silence.reason, ruling.silence.message)
 
-        generation = (inference.get("metadata") or {}).get("generation")
-        known = self.permanent.get(key)
-        problem = known[1] if known and known[0] == generation else None
-        retry: float | None = decision.requeue_after
-        waiting: set[int] = set()  # replicas that fit on no node and would on a new one
-        if decision.create and problem is None:
-            problem, retry_create, waiting = self._place_and_create(inference, decision)
-            if retry_create is not None:
-                retry = retry_create if retry is None else min(retry, retry_create)
-        if self.binding(inference) == BINDING_DIRECT:
-            # Direct binding promises that nothing else places pods on these nodes, and a capacity
-            # request is a pod kube-scheduler places: between a request's deletion and the bound
-            # replica pod's creation it could bind another request into the same room, and a
-            # kubelet would turn one of the two away. Autoscaling needs Scheduler binding.
-            waiting = set()
-        capacity, retry_capacity = self.capacity.keep(inference, waiting)
-        if retry_capacity is not None:
-            retry = retry_capacity if retry is None else min(retry, retry_capacity)
-        self._write_status(inference, problem, capacity, silence)
-        return retry
+    # ---- creating ------------------------------------------------------------------------------
 
-    # ---- placing and creating ------------------------------------------------------------------
-
-    def _place_and_create(
-        self, inference: dict, decision: rc.Decision
-    ) -> tuple[st.Problem | None, float | None, set[int]]:
-        """Place and create the missing replicas; returns the problem, a requeue delay and the
-        replicas that fit on no node and would fit on a new one."""
-        meta = inference["metadata"]
-        key = (meta["namespace"], meta["name"])
-        cache = self.cache
-        with cache.lock:
-            template = inference["spec"].get("template") or {}
-            volumes = cache.storage.constraint(template.get("spec") or {}, key[0], self.binding(inference))
-            if volumes.problem is not None:
-                cache.waiting_for_room.add(key)  # a claim, volume or class event looks again
-            # Where the replicas' shared claim, still unbound, is going to be bound (if anywhere yet).
-            follow = consumer_node(cache.pods_of_inference(key)) if volumes.first_consumer else None
-        if volumes.problem is not None:
-            mx.METRICS.failed(volumes.reason, len(decision.create))
-            self._event_once(inference, volumes.reason, volumes.problem)
-            return st.Problem(volumes.reason, volumes.problem), None, set()
-        request = rc.placement_request(inference, self.settings.numbering, volumes.node_terms)
-        placed: list[ReplicaPlacement] = []
-        unplaceable: list[tuple[int, str]] = []
-        waiting: set[int] = set()  # unplaceable replicas a new node would take: they get capacity requests
-        with cache.lock:
-            fleet = cache.fleet()
-            for ordinal in decision.create:
-                owner = f"{meta['namespace']}/{pod_name(meta['name'], ordinal)}"
-                avoid = decision.avoid.get(ordinal, frozenset())
-                prefer = decision.prefer.get(ordinal)
-                placing = request if follow is None else replace(request, volume_terms=volumes.on_node(follow))
-                result = place_one(
-                    rc.avoiding(placing, avoid), ordinal, fleet, cache.ledger, owner, prefer=prefer, usage=cache.usage
-                )
-                if isinstance(result, ReplicaPlacement):
-                    placed.append(result)
-                    cache.inflight.add(owner)
-                    follow = result.node if volumes.first_consumer else None
-                elif avoid:  # its own failures keep it off nodes: no new node is asked for it
-                    avoided = ", ".join(sorted(avoid))
-                    unplaceable.append((result.replica, f"{result.reason}; avoiding {avoided} after failed attempts"))
-                elif not self.settings.capacity_requests:
-                    unplaceable.append((result.replica, result.reason))
-                elif (room := counted_room(placing, fleet, cache.usage)) is not None:
-                    unplaceable.append((result.replica, f"{result.reason}; {no_request_reason(room)}"))
-                else:
-                    unplaceable.append((result.replica, result.reason))
-                    waiting.add(result.replica)
-            if unplaceable:
-                cache.waiting_for_room.add(key)
-            else:
-                cache.waiting_for_room.discard(key)
-
+    def _create_all(self, key: Key, inference: dict, ruling: Ruling) -> Judgement:
+        """Make room, create the ruling's pods, and act on what the API server answered."""
+        if ruling.problem is not None:
+            mx.METRICS.failed(ruling.problem.reason, len(ruling.unplaceable))
+        for namespace, name in ruling.make_room:
+            try:
+                self._delete_request(namespace, name)
+            except Temporary as error:
+                # The replicas are reserved already and must still be created (or given back);
+                # kube-scheduler preempts a request left in the way (it has a lower priority).
+                log.warning("capacity request %s/%s not deleted: %s", namespace, name, error)
         try:
-            return (*self._create_all(inference, placed, unplaceable), waiting)
+            errors = list(self.api_pool.map(lambda creation: self._try_create(key[0], creation), ruling.creations))
         finally:
-            with cache.lock:
-                for placement in placed:
-                    cache.inflight.discard(f"{meta['namespace']}/{pod_name(meta['name'], placement.replica)}")
+            self.cache.settle(key, [c.placement.replica for c in ruling.creations])
+        answers = [_answer(c.placement.replica, error) for c, error in zip(ruling.creations, errors)]
+        mx.METRICS.placed(sum(1 for a in answers if not a.failed))
+        for answer in answers:
+            if answer.failed:
+                mx.METRICS.failed(mx.failure_reason(answer.status))
+        judgement = judge(
+            key[1],
+            ruling,
+            answers,
+            conflict_retry=CONFLICT_RETRY,
+            forbidden_retry=self.settings.max_backoff_seconds,
+        )
+        self.cache.release(key, judgement.release)
+        for event in judgement.events:
+            if event.once:
+                self._event_once(inference, event.reason, event.message)
+            else:
+                self.writer.post_event(inference, event.reason, event.message, event.type_)
+        if judgement.generation_problem and judgement.problem is not None:
+            self.refused[key] = (inference["metadata"].get("generation"), judgement.problem)
+        if judgement.all_placed:
+            self.reported.pop(key, None)
+        if judgement.raise_answer is not None:
+            error = errors[judgement.raise_answer]
+            assert error is not None
+            raise error
+        return judgement
 
-    def _create_all(
-        self, inference: dict, placed: list[ReplicaPlacement], unplaceable: list[tuple[int, str]]
-    ) -> tuple[st.Problem | None, float | None]:
-        meta = inference["metadata"]
-        key = (meta["namespace"], meta["name"])
-        retry: float | None = None
-        mx.METRICS.failed(REASON_UNSCHEDULABLE, len(unplaceable))
-        if placed:
-            self.capacity.make_room(inference, placed)
-        # Each outcome is None or the error its create raised.
-        outcomes = list(self.api_pool.map(lambda placement: self._try_create(inference, placement), placed))
-        created = [p for p, error in zip(placed, outcomes) if error is None]
-        failed = [(p, error) for p, error in zip(placed, outcomes) if error is not None]
-        mx.METRICS.placed(len(created))
-        for _, error in failed:
-            mx.METRICS.failed(mx.failure_reason(_status(error)))
-        if created:
-            self.writer.post_event(inference, REASON_PLACED, "; ".join(_describe(meta["name"], p) for p in created))
-        # 409: the name is still taken (our cache is behind). Keep the reservation: the watch event
-        # for that pod replaces it with what the pod really holds.
-        if any(_status(error) == 409 for _, error in failed):
-            retry = CONFLICT_RETRY
-        failed = [(p, error) for p, error in failed if _status(error) != 409]
-        self._release(inference, [p for p, _ in failed])
-        rejected = [(p, error) for p, error in failed if isinstance(error, Permanent)]
-        if rejected:
-            placement, error = rejected[0]
-            problem = st.Problem(
-                REASON_POD_REJECTED,
-                f"the API server refused pod {pod_name(meta['name'], placement.replica)}: {_message(error)}",
-            )
-            self.permanent[key] = (meta.get("generation"), problem)
-            self.writer.post_event(inference, REASON_POD_REJECTED, problem.message, ev.WARNING)
-            return problem, retry
-        throttled = [error for _, error in failed if _status(error) == 429]
-        if throttled:
-            raise throttled[0]
-        forbidden = [error for _, error in failed if _status(error) == 403]
-        if forbidden:  # quota, a terminating namespace, or RBAC: report it and retry slowly
-            problem = st.Problem(REASON_POD_REJECTED, f"pod creation forbidden: {_message(forbidden[0])}")
-            self._event_once(inference, REASON_POD_FORBIDDEN, problem.message)
-            return problem, self.settings.max_backoff_seconds
-        if failed:
-            raise failed[0][1]
-        if unplaceable:
-            problem = st.Problem(REASON_UNSCHEDULABLE, st.summarize_unplaceable(unplaceable))
-            self._event_once(inference, REASON_UNSCHEDULABLE, problem.message)
-            return problem, retry
-        self.reported.pop(key, None)
-        return None, retry
-
-    def _release(self, inference: dict, placements: Sequence[ReplicaPlacement]) -> None:
-        """Give back reservations whose pods were not created."""
-        meta = inference["metadata"]
-        with self.cache.lock:
-            for placement in placements:
-                name = pod_name(meta["name"], placement.replica)
-                if (meta["namespace"], name) not in self.cache.pods:
-                    self.cache.ledger.forget(f"{meta['namespace']}/{name}")
-                    self.cache.usage.forget(f"{meta['namespace']}/{name}")
-
-    def _try_create(self, inference: dict, placement: ReplicaPlacement) -> Exception | None:
-        meta = inference["metadata"]
-        pod = build_pod(inference, placement, numbering=self.settings.numbering, binding=self.binding(inference))
+    def _try_create(self, namespace: str, creation: Creation) -> Exception | None:
         try:
-            created = self.writer.create_pod(meta["namespace"], pod)
-        except Exception as error:  # Temporary, Permanent, or a bug: the caller sorts them out
+            created = self.writer.create_pod(namespace, creation.pod)
+        except Exception as error:  # Temporary, Permanent, or a bug: judged by the caller
             return error
-        with self.cache.lock:
-            if (meta["namespace"], pod["metadata"]["name"]) not in self.cache.pods:
-                self.cache.observe_pod(created)
+        self.cache.created(created)
         return None
+
+    # ---- capacity requests ---------------------------------------------------------------------
+
+    def _create_request(self, pod: dict) -> str | None:
+        """Create one capacity request; None when it exists now, else why not (reported, and tried
+        again at the next reconcile)."""
+        namespace = pod["metadata"]["namespace"]
+        try:
+            created = self.writer.create_pod(namespace, pod)
+        except Exception as error:  # Temporary, Permanent or a bug: reported, tried again next reconcile
+            if getattr(error, "status", None) == 409:
+                return None  # made before; its watch event brings it
+            log.warning("capacity request %s/%s not created: %s", namespace, pod["metadata"]["name"], error)
+            return f"capacity request refused: {getattr(error, 'message', None) or error}"
+        self.cache.created(created)
+        return None
+
+    def _delete_requests(self, requests: Iterable[RequestKey]) -> None:
+        for namespace, name in requests:
+            self._delete_request(namespace, name)
+
+    def _delete_request(self, namespace: str, name: str) -> None:
+        # No grace period: the pod runs only a pause container, and kube-scheduler must stop
+        # counting its NeuronCores before the replica that replaces it is checked.
+        self.writer.delete_pod(namespace, name, force=True)
+        self.cache.forget_request(namespace, name)
 
     # ---- deleting, status, events --------------------------------------------------------------
 
-    def _delete_pod(self, inference: dict, deletion: rc.Deletion) -> None:
+    def _delete_pod(self, inference: dict, deletion: Deletion) -> None:
         if not self.writer.delete_pod(inference["metadata"]["namespace"], deletion.pod, force=deletion.force):
             return  # already gone
-        kind = ev.NORMAL if deletion.reason in (rc.SURPLUS, rc.OUTDATED) else ev.WARNING
+        kind = ev.NORMAL if deletion.reason in (SURPLUS, OUTDATED) else ev.WARNING
         self.writer.post_event(inference, deletion.reason, deletion.message, kind)
 
     def _write_status(
         self,
         inference: dict,
         problem: st.Problem | None,
+        now: dt.datetime,
         capacity: st.Problem | None = None,
         not_ready: st.Problem | None = None,
+        *,
+        announce: bool = False,
     ) -> None:
+        """Write the status when it differs; ``announce``: post ``problem`` as a Warning then (once)."""
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
-        with self.cache.lock:
-            pods = self.cache.pods_of_inference(key)
-            current = self.cache.inferences.get(key, inference)
-        failing = fl.summarize(self.history.get(key) or {}, dt.datetime.now(dt.UTC))
+        current, pods = self.cache.status_view(key, inference)
+        failing = fl.summarize(self.history.get(key) or {}, now)
         wanted = st.build_status(
             current,
             pods,
@@ -330,16 +239,17 @@ class Reconciler:
             replica_failure=st.Problem(*failing) if failing else None,
             waiting_for_capacity=capacity,
             not_ready=not_ready,
-            binding=self.binding(current),
+            binding=binding_of(current, self.rules),
+            now=st.now_rfc3339(now),
         )
         if not st.status_differs(current.get("status"), wanted):
             return
-        if problem is not None and problem.reason in (REASON_INVALID_SPEC, REASON_NAMESPACE_NOT_SERVED):
+        if announce and problem is not None:
             self._event_once(current, problem.reason, problem.message)
         self.writer.patch_status(meta["namespace"], meta["name"], wanted)
 
-    def _event_once(self, inference: dict, reason: str, message: str) -> None:
-        """A Warning event, unless the same message was the last one posted for this resource."""
+    def _event_once(self, inference: Mapping, reason: str, message: str) -> None:
+        """A Warning event, unless the same message was the last one posted for this inference."""
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
         if self.reported.get(key) != message:
@@ -347,19 +257,10 @@ class Reconciler:
             self.writer.post_event(inference, reason, message, ev.WARNING)
 
 
-def _status(error: Exception) -> int | None:
-    """The HTTP status of a failed create (None: no HTTP answer, or not an API error at all)."""
-    return error.status if isinstance(error, (Temporary, Permanent)) else None
-
-
-def _message(error: Exception) -> str:
-    return error.message if isinstance(error, (Temporary, Permanent)) else str(error)
-
-
-def _describe(name: str, placement: ReplicaPlacement) -> str:
-    text = (
-        f"replica {placement.replica} → {pod_name(name, placement.replica)} on {placement.node} cores {placement.cores}"
-    )
-    if len(placement.process_cores) > 1:
-        text += " (processes " + ", ".join(str(r) for r in placement.process_cores) + ")"
-    return text
+def _answer(replica: int, error: Exception | None) -> Answer:
+    """The API server's answer to one create, as :func:`judge` reads it."""
+    if error is None:
+        return Answer(replica)
+    if isinstance(error, (Temporary, Permanent)):
+        return Answer(replica, True, error.status, error.message, isinstance(error, Permanent))
+    return Answer(replica, True, None, str(error))

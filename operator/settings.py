@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 
 from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, CAPACITY_PRIORITY_CLASS, NUMBERINGS
 from neuronplace.placement.podsecurity import TemplatePolicy
+from neuronplace.placement.ruling import Rules
 from neuronplace.placement.selectors import parse_node_selector
 
 LOG_FORMATS = ("text", "json")
@@ -130,6 +131,22 @@ class OperatorSettings:
             raise ValueError("capacity_request_image and capacity_priority_class must not be empty")
         parse_node_selector(self.node_selector)  # fail early on a malformed selector
         self.template_policy()  # fail early on an unknown level or volume type
+
+    def rules(self) -> Rules:
+        """The settings a ruling depends on (``neuronplace.placement.ruling``)."""
+        return Rules(
+            numbering=self.numbering,
+            binding=self.binding,
+            node_grace_seconds=self.node_grace_seconds,
+            unschedulable_seconds=self.unschedulable_seconds,
+            operator_namespace=self.operator_namespace,
+            serve_operator_namespace=self.serve_operator_namespace,
+            allow_system_priority=self.allow_system_priority,
+            policy=self.template_policy(),
+            capacity_requests=self.capacity_requests,
+            capacity_request_image=self.capacity_request_image,
+            capacity_priority_class=self.capacity_priority_class,
+        )
 
     def template_policy(self) -> TemplatePolicy:
         """The pod-template policy these settings ask for."""

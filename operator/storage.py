@@ -1,92 +1,23 @@
-"""The storage objects placement reads, slimmed: PersistentVolumeClaims, PersistentVolumes and
-StorageClasses. No I/O; the :class:`~.cache.Cache` holds one :class:`Storage` behind its lock.
+"""The storage objects placement reads: PersistentVolumeClaims, PersistentVolumes and
+StorageClasses, slimmed (:mod:`.slim`). No I/O; the :class:`~.cache.Cache` holds one
+:class:`Storage` behind its lock.
 
 A replica's claims decide which nodes it can use (:mod:`neuronplace.placement.volumes`), so the
-operator watches all three. Only what that decision reads is kept, in the API's own shape (so the
-pure code reads a cached object as it would a fetched one): a cluster may hold thousands of claims
-and volumes. Measured as JSON on the local control plane, a bound claim is 961 bytes as the API
-sends it and 278 slimmed, a local volume 1,454 and 440, a storage class 726 and 222.
+operator watches all three.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from neuronplace.placement.volumes import DEFAULT_CLASS_ANNOTATION, VolumeConstraint, volume_constraint
+from neuronplace.operator.slim import slim_claim, slim_class, slim_volume
 
 # The kinds, by their API resource names (also the names the watches and lists use).
 CLAIMS = "persistentvolumeclaims"
 VOLUMES = "persistentvolumes"
 CLASSES = "storageclasses"
 KINDS = (CLAIMS, VOLUMES, CLASSES)
-
-
-def _intern(text: Any) -> Any:
-    return sys.intern(text) if type(text) is str else text
-
-
-def _storage(resources: Mapping[str, Any] | None, key: str) -> dict:
-    value = (resources or {}).get(key) or {}
-    return {"storage": value["storage"]} if "storage" in value else {}
-
-
-def slim_claim(claim: Mapping[str, Any]) -> dict:
-    """Name, deletion stamp, class (unset and "" differ), access and volume modes, requested
-    storage, the volume it names, phase."""
-    meta = claim.get("metadata") or {}
-    spec = claim.get("spec") or {}
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "namespace": _intern(meta.get("namespace")),
-            "deletionTimestamp": meta.get("deletionTimestamp"),
-        },
-        "spec": {
-            "storageClassName": _intern(spec.get("storageClassName")),
-            "accessModes": [_intern(mode) for mode in spec.get("accessModes") or ()],
-            "volumeMode": _intern(spec.get("volumeMode")),
-            "resources": {"requests": _storage(spec.get("resources"), "requests")},
-            "volumeName": spec.get("volumeName"),
-        },
-        "status": {"phase": _intern((claim.get("status") or {}).get("phase"))},
-    }
-
-
-def slim_volume(volume: Mapping[str, Any]) -> dict:
-    """Name, deletion stamp, class, capacity, access and volume modes, the claim it is kept for,
-    required node affinity, phase."""
-    meta = volume.get("metadata") or {}
-    spec = volume.get("spec") or {}
-    reference = spec.get("claimRef") or {}
-    return {
-        "metadata": {"name": meta.get("name"), "deletionTimestamp": meta.get("deletionTimestamp")},
-        "spec": {
-            "storageClassName": _intern(spec.get("storageClassName")),
-            "capacity": _storage(spec, "capacity"),
-            "accessModes": [_intern(mode) for mode in spec.get("accessModes") or ()],
-            "volumeMode": _intern(spec.get("volumeMode")),
-            "claimRef": {"namespace": reference.get("namespace"), "name": reference.get("name")} if reference else None,
-            "nodeAffinity": spec.get("nodeAffinity"),
-        },
-        "status": {"phase": _intern((volume.get("status") or {}).get("phase"))},
-    }
-
-
-def slim_class(storage_class: Mapping[str, Any]) -> dict:
-    """Name, whether it is the default class, provisioner, binding mode, allowed topologies."""
-    meta = storage_class.get("metadata") or {}
-    default = (meta.get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION)
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "annotations": {DEFAULT_CLASS_ANNOTATION: default} if default is not None else {},
-        },
-        "provisioner": _intern(storage_class.get("provisioner")),
-        "volumeBindingMode": _intern(storage_class.get("volumeBindingMode")),
-        "allowedTopologies": storage_class.get("allowedTopologies"),
-    }
 
 
 _SLIM = {CLAIMS: slim_claim, VOLUMES: slim_volume, CLASSES: slim_class}
@@ -130,7 +61,3 @@ class Storage:
         objects.clear()
         for body in slimmed:
             objects[_key(kind, body)] = body
-
-    def constraint(self, pod_spec: Mapping[str, Any], namespace: str, binding: str) -> VolumeConstraint:
-        """What a pod spec's volumes ask of its node (:func:`~neuronplace.placement.volumes.volume_constraint`)."""
-        return volume_constraint(pod_spec, namespace, self.claims, self.volumes, self.classes, binding=binding)

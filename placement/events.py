@@ -8,6 +8,7 @@ story without reading operator logs.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from neuronplace.placement.names import API_VERSION, KIND
@@ -16,6 +17,18 @@ from neuronplace.placement.status import now_rfc3339
 COMPONENT = "neuronplace-operator"
 NORMAL = "Normal"
 WARNING = "Warning"
+
+
+@dataclass(frozen=True)
+class Event:
+    """An Event to post about the inference a decision is for. ``once``: not when the last Warning
+    posted for it said the same (a problem that persists is posted once, not at every reconcile)."""
+
+    reason: str
+    message: str
+    type_: str = NORMAL
+    once: bool = False
+
 
 # Kubernetes caps an event message at 1 KiB; longer ones are refused.
 MAX_MESSAGE = 1024

@@ -40,10 +40,8 @@ from neuronplace.placement.names import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from neuronplace.placement.pods import template_hash
-from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.resources import replica_requests
 from neuronplace.placement.status import pod_is_ready
-from neuronplace.placement.validation import validate
 from neuronplace.runtime.coreset import CoreRange
 
 # Deletion reasons (also the Event reasons the handlers post).
@@ -66,7 +64,6 @@ class Deletion:
 
 @dataclass(frozen=True)
 class Decision:
-    invalid: str | None = None  # spec problem: no pods are created, condition says why
     deletions: tuple[Deletion, ...] = ()
     create: tuple[int, ...] = ()  # ordinals that need a pod, in order
     prefer: Mapping[int, tuple[str, CoreRange]] = field(default_factory=dict)  # keep these cores if free
@@ -148,19 +145,16 @@ def decide(
     now: dt.datetime,
     node_grace_seconds: float,
     last_known: Mapping[int, tuple[str, CoreRange]] | None = None,
-    policy: TemplatePolicy = BASELINE,
     history: Mapping[int, fl.ReplicaHistory] | None = None,
     unschedulable_seconds: float = 10.0,
 ) -> Decision:
-    """What to do next for ``inference`` given the pods labelled with its name and all known nodes.
+    """What to do next for a valid ``inference`` (:func:`.validation.validate` said so) given the
+    pods labelled with its name and all known nodes.
 
     ``last_known`` maps ordinals to the (node, cores) their previous pod held, so a recreated replica
     asks for the same cores. ``history`` holds each replica's failed attempts (:mod:`.failures`);
     the Decision says how it changes.
     """
-    problem = validate(inference, policy)
-    if problem is not None:
-        return Decision(invalid=problem)
     meta = inference["metadata"]
     spec = inference["spec"]
     name, uid = meta["name"], meta.get("uid")

@@ -10,8 +10,9 @@ import datetime as dt
 import pytest
 
 from neuronplace.cli import run as run_cli
-from neuronplace.operator.cache import Cache, slim_pod
+from neuronplace.operator.cache import Cache
 from neuronplace.operator.settings import OperatorSettings
+from neuronplace.operator.slim import slim_pod
 from neuronplace.placement import failures, priority
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.pods import pin_to_node

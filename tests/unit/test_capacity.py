@@ -13,12 +13,12 @@ import yaml
 from neuronplace.cli import run as run_cli
 from neuronplace.local.fleet import KWOK_TOLERATION, build_node
 from neuronplace.operator.cache import Cache
-from neuronplace.operator.capacity import SETTLE_SECONDS
 from neuronplace.operator.reconciler import Reconciler
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import Writer
 from neuronplace.placement import capacity as cp
 from neuronplace.placement.allocator import place_one
+from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS
 from neuronplace.placement.claims import node_of, pinned_node
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger

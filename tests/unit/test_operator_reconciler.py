@@ -223,7 +223,7 @@ def test_forget_drops_what_was_remembered(pool):
     api = FakeApi(refused)
     cache, reconciler = setup(api, pool, inference(replicas=1))
     reconciler.reconcile(KEY)
-    assert KEY in reconciler.permanent
+    assert KEY in reconciler.refused
     # The resource is deleted and created again under the same name (generation 1 again).
     cache.apply_inference("DELETED", inference())
     reconciler.forget(KEY)

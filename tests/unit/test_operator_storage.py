@@ -12,6 +12,7 @@ from neuronplace.operator.controller import Controller
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.storage import CLAIMS, CLASSES, VOLUMES, Storage, slim
 from neuronplace.placement.names import BINDING_DIRECT, BINDING_SCHEDULER
+from neuronplace.placement.volumes import volume_constraint
 
 
 def fatten(body: dict) -> dict:
@@ -43,6 +44,10 @@ CASES = [
 ]
 
 
+def constraint(storage: Storage, pod_spec: dict, binding: str):
+    return volume_constraint(pod_spec, NS, storage.claims, storage.volumes, storage.classes, binding=binding)
+
+
 def test_slimmed_objects_give_the_same_constraint_as_whole_ones():
     for claims, volumes, classes, binding in CASES:
         whole, slimmed = Storage(), Storage()
@@ -50,7 +55,7 @@ def test_slimmed_objects_give_the_same_constraint_as_whole_ones():
             for body in objects:
                 whole.observe(kind, body)
                 slimmed.observe(kind, fatten(body))
-        assert slimmed.constraint(uses("data"), NS, binding) == whole.constraint(uses("data"), NS, binding)
+        assert constraint(slimmed, uses("data"), binding) == constraint(whole, uses("data"), binding)
         for kind, objects in ((CLAIMS, claims), (VOLUMES, volumes), (CLASSES, classes)):
             for body in objects:
                 once = slim(kind, fatten(body))

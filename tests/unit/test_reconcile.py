@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from neuronplace.placement import reconcile
 from neuronplace.placement.pods import template_hash
-from neuronplace.placement.podsecurity import TemplatePolicy
 from neuronplace.runtime.coreset import CoreRange
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.UTC)
@@ -76,7 +75,7 @@ def reasons(decision):
 
 def test_creates_every_missing_ordinal():
     decision = decide(resource(), [pod(1)])
-    assert decision.create == (0, 2) and decision.deletions == () and decision.invalid is None
+    assert decision.create == (0, 2) and decision.deletions == ()
 
 
 def test_scale_down_deletes_highest_ordinals_first():
@@ -264,12 +263,6 @@ def test_avoiding_keeps_every_required_term_and_adds_the_nodes_to_each():
     assert terms == [{"matchExpressions": [zone], "matchFields": [not_n1]}, {}], "an empty term still matches nothing"
 
 
-def test_binding_must_be_a_known_mode():
-    bad = resource()
-    bad["spec"]["placement"] = {"binding": "Kubelet"}
-    assert "spec.placement.binding must be one of Scheduler, Direct" in decide(bad, []).invalid
-
-
 def test_deleted_pod_asks_for_its_last_known_cores():
     decision = decide(resource(), [pod(0), pod(2)], last_known={1: ("n1", CoreRange(10, 2))})
     assert decision.create == (1,) and decision.prefer[1] == ("n1", CoreRange(10, 2))
@@ -336,35 +329,6 @@ def test_an_older_incarnations_pod_blocks_its_name_but_is_not_ours_to_delete():
 def test_stray_pod_is_deleted():
     decision = decide(resource(), [pod(0), pod(1), pod(2), pod(9, name="bert-x")])
     assert reasons(decision) == [("bert-x", "StrayPod")]
-
-
-def test_invalid_specs_get_no_pods():
-    cases = [
-        ({"spec": None}, "spec is missing"),
-        ({"spec": {**spec(), "coresPerReplica": 0}}, "coresPerReplica"),
-        ({"spec": {**spec(), "coresPerReplica": "8"}}, "coresPerReplica"),
-        ({"spec": {**spec(), "processesPerReplica": 3}}, "processesPerReplica"),
-        ({"spec": {**spec(), "replicas": -1}}, "replicas"),
-        ({"spec": {**spec(), "placement": {"strategy": "Random"}}}, "strategy"),
-        ({"spec": {**spec(), "template": {"spec": {"containers": []}}}}, "containers"),
-        ({"spec": {**spec(), "template": {"spec": {"nodeName": "x", "containers": [{"name": "m"}]}}}}, "nodeName"),
-        (
-            {"spec": {**spec(), "template": {"spec": {"hostNetwork": True, "containers": [{"name": "m"}]}}}},
-            "hostNetwork",
-        ),
-    ]
-    for override, expected in cases:
-        res = {**resource(), **override}
-        decision = decide(res, [])
-        assert decision.invalid and expected in decision.invalid, (override, decision.invalid)
-        assert decision.create == () and decision.deletions == ()
-
-
-def test_privileged_templates_pass_when_allowed():
-    res = resource()
-    res["spec"]["template"]["spec"]["hostNetwork"] = True
-    assert decide(res, []).invalid
-    assert decide(res, [], policy=TemplatePolicy(allow_privileged=True)).create == (0, 1, 2)
 
 
 pod_strategy = st.builds(

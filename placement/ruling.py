@@ -1,0 +1,282 @@
+"""The ruling for one inference: its spec and the cluster view → every action and the status (pure).
+
+:func:`rule` is the whole decision. The operator reads the API into a :class:`View`, calls it under
+its cache lock, carries the actions out in order and writes the status; ``neuronplace plan`` calls it
+on a saved cluster state, so its answer is the operator's. In order:
+
+1. an inference in the operator's own namespace (``NamespaceNotServed``) or with an invalid spec
+   (``InvalidSpec``: the schema's rules, the pod-template policy, a system priority class the rules
+   do not allow) is refused: its capacity requests go, the status says why, nothing else happens;
+2. which replica pods go and which replicas need one (:func:`.reconcile.decide`: failures and
+   their backoff, unschedulable and outdated pods, lost nodes, kube-scheduler's silence);
+3. the missing replicas are placed one by one, each reservation entered in the view's ledger and
+   usage at once (so the next ruling, for any inference, sees those cores taken), avoiding the nodes
+   where their recent attempts were refused and following their volumes; their pods are built;
+4. every replica that fits nowhere, and would on a new node, keeps one capacity request
+   (:mod:`.capacity_upkeep`); none under Direct binding (a capacity request is a pod kube-scheduler
+   places, and nothing but the operator may place pods on Direct-bound nodes).
+
+What the API server then says to the creates is judged by :func:`.creation.judge`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuronplace.placement import capacity as cp
+from neuronplace.placement import failures as fl
+from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
+from neuronplace.placement.capacity_upkeep import RequestKey, make_room, upkeep
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import (
+    BINDING_DIRECT,
+    BINDING_SCHEDULER,
+    CAPACITY_PRIORITY_CLASS,
+    REASON_INVALID_SPEC,
+    REASON_NAMESPACE_NOT_SERVED,
+    REASON_UNSCHEDULABLE,
+    TEMPLATE_HASH_ANNOTATION,
+)
+from neuronplace.placement.pods import build_pod, pod_name
+from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
+from neuronplace.placement.priority import priority_refusal
+from neuronplace.placement.reconcile import Deletion, avoiding, decide, placement_request
+from neuronplace.placement.status import Problem, scheduler_silence, summarize_unplaceable
+from neuronplace.placement.usage import Usage
+from neuronplace.placement.validation import namespace_refusal, validate
+from neuronplace.placement.volumes import consumer_node, volume_constraint
+from neuronplace.runtime.coreset import CoreRange
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The operator settings a ruling depends on (``OperatorSettings.rules()``; the other settings
+    say how the operator runs, not what it decides)."""
+
+    numbering: str = "device-local"
+    binding: str = BINDING_SCHEDULER  # the mode when the inference's spec.placement.binding says none
+    node_grace_seconds: float = 60.0
+    unschedulable_seconds: float = 10.0
+    operator_namespace: str = ""
+    serve_operator_namespace: bool = False
+    allow_system_priority: bool = False
+    policy: TemplatePolicy = BASELINE
+    capacity_requests: bool = True
+    capacity_request_image: str = "registry.k8s.io/pause:3.10"
+    capacity_priority_class: str = CAPACITY_PRIORITY_CLASS
+
+
+@dataclass
+class View:
+    """What one ruling reads of the cluster. ``ledger`` and ``usage`` are live: the ruling reserves
+    the replicas it places in them; everything else is only read."""
+
+    pods: Sequence[Mapping[str, Any]]  # the inference's pods (labelled with its name)
+    nodes: Mapping[str, Mapping[str, Any]]  # every node by name
+    fleet: Fleet  # the managed nodes as placement sees them
+    ledger: Ledger
+    usage: Usage
+    claims: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)  # PVCs by (namespace, name)
+    volumes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # PVs by name
+    classes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # StorageClasses by name
+    priority_classes: Mapping[str, int] = field(default_factory=dict)  # PriorityClass name → value
+    requests: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # the inference's capacity requests by name
+    requests_on: Callable[[str], Iterable[Mapping[str, Any]]] = lambda node: ()  # capacity requests bound to a node
+    last_known: Mapping[int, tuple[str, CoreRange]] = field(default_factory=dict)  # where each replica last ran
+    history: Mapping[int, fl.ReplicaHistory] = field(default_factory=dict)  # each replica's failed attempts
+    # (generation, problem): the API server refused the pod of that spec generation; no pod is
+    # created again until the generation changes.
+    refused: tuple[int | None, Problem] | None = None
+
+
+@dataclass(frozen=True)
+class Creation:
+    """A replica placed (its cores reserved) and the pod to create for it."""
+
+    placement: ReplicaPlacement
+    pod: dict
+
+
+@dataclass(frozen=True)
+class Ruling:
+    """Every action for one inference, in the order to carry them out, and what the status says."""
+
+    binding: str  # the binding mode in effect
+    refusal: Problem | None = None  # NamespaceNotServed or InvalidSpec: nothing but the requests' deletion
+    failures: tuple[fl.Failure, ...] = ()  # attempts that failed since the last look (an Event each)
+    history: Mapping[int, fl.ReplicaHistory | None] = field(default_factory=dict)  # ordinal → history, None: forget
+    deletions: tuple[Deletion, ...] = ()  # replica pods to delete (an Event each)
+    silence: Problem | None = None  # kube-scheduler says nothing of pinned pods: Ready's reason, a Warning once
+    make_room: tuple[RequestKey, ...] = ()  # capacity requests to delete before the pods are created
+    creations: tuple[Creation, ...] = ()  # replica pods to create (concurrently)
+    unplaceable: tuple[tuple[int, str], ...] = ()  # (replica, why it has no node)
+    problem: Problem | None = None  # why replicas lack pods before any create is tried (Placed's reason)
+    waiting_for_room: bool | None = None  # whether to look again when room frees (None: as before)
+    request_deletions: tuple[RequestKey, ...] = ()  # capacity requests to delete after the creates
+    # replica → capacity request pod to create (:func:`.capacity_upkeep.to_create_now` says when)
+    request_creations: Mapping[int, dict] = field(default_factory=dict)
+    waiting: frozenset[int] = frozenset()  # replicas waiting for a new node (WaitingForCapacity names them)
+    assigned: Mapping[int, str] = field(default_factory=dict)  # waiting replica → the request standing for it
+    requeue_after: float | None = None  # look again then, even without events
+    unheard: int = 0  # pinned pods kube-scheduler has said nothing of (a gauge)
+
+
+def binding_of(inference: Mapping[str, Any], rules: Rules) -> str:
+    """The binding mode in effect: the inference's own, else the rules'."""
+    placement = (inference.get("spec") or {}).get("placement") or {}
+    return placement.get("binding") or rules.binding
+
+
+def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetime) -> Ruling:
+    """The ruling for ``inference`` on ``view`` at ``now`` (reserves the placed replicas in the view)."""
+    meta = inference["metadata"]
+    namespace = meta["namespace"]
+    binding = binding_of(inference, rules)
+    refusal = namespace_refusal(namespace, rules.operator_namespace, rules.serve_operator_namespace)
+    if refusal is not None:
+        return _refused(inference, view, rules, binding, Problem(REASON_NAMESPACE_NOT_SERVED, refusal))
+    invalid = validate(inference, rules.policy) or priority_refusal(
+        inference, view.priority_classes, rules.allow_system_priority
+    )
+    if invalid is not None:
+        return _refused(inference, view, rules, binding, Problem(REASON_INVALID_SPEC, invalid))
+
+    refused = view.refused[1] if view.refused and view.refused[0] == meta.get("generation") else None
+    decision = decide(
+        inference,
+        view.pods,
+        view.nodes,
+        now=now,
+        node_grace_seconds=rules.node_grace_seconds,
+        last_known=view.last_known,
+        history=view.history,
+        unschedulable_seconds=rules.unschedulable_seconds,
+    )
+    ruling = Ruling(
+        binding=binding,
+        failures=decision.failures,
+        history=decision.history,
+        deletions=decision.deletions,
+        silence=scheduler_silence(decision.unheard),
+        problem=refused,
+        requeue_after=decision.requeue_after,
+        unheard=len(decision.unheard),
+    )
+    if decision.create and refused is None:
+        ruling = _place(inference, view, rules, ruling, decision.create, decision.avoid, decision.prefer)
+    waiting = ruling.waiting if binding != BINDING_DIRECT else frozenset()
+    return _keep_requests(inference, view, rules, dataclasses.replace(ruling, waiting=waiting))
+
+
+def _refused(inference: Mapping[str, Any], view: View, rules: Rules, binding: str, refusal: Problem) -> Ruling:
+    """A refused inference: no pod is touched, none waits (so its capacity requests go)."""
+    return _keep_requests(inference, view, rules, Ruling(binding=binding, refusal=refusal))
+
+
+def _place(
+    inference: Mapping[str, Any],
+    view: View,
+    rules: Rules,
+    ruling: Ruling,
+    create: Sequence[int],
+    avoid: Mapping[int, frozenset[str]],
+    prefer: Mapping[int, tuple[str, CoreRange]],
+) -> Ruling:
+    """Place the replicas in ``create`` (reserving them in the view) and build their pods."""
+    meta = inference["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    template = inference["spec"].get("template") or {}
+    volumes = volume_constraint(
+        template.get("spec") or {}, namespace, view.claims, view.volumes, view.classes, binding=ruling.binding
+    )
+    if volumes.problem is not None:
+        return dataclasses.replace(
+            ruling,
+            problem=Problem(volumes.reason, volumes.problem),
+            unplaceable=tuple((replica, volumes.problem) for replica in create),
+            waiting_for_room=True,  # a claim, volume or class event looks again
+        )
+    # Where the replicas' shared claim, still unbound, is going to be bound (if anywhere yet).
+    follow = consumer_node(view.pods) if volumes.first_consumer else None
+    request = placement_request(inference, rules.numbering, volumes.node_terms)
+    creations: list[Creation] = []
+    unplaceable: list[tuple[int, str]] = []
+    waiting: set[int] = set()  # replicas a new node would take: they get capacity requests
+    for replica in create:
+        pod = f"{namespace}/{pod_name(name, replica)}"
+        kept_off = avoid.get(replica, frozenset())
+        placing = request if follow is None else dataclasses.replace(request, volume_terms=volumes.on_node(follow))
+        result = place_one(
+            avoiding(placing, kept_off),
+            replica,
+            view.fleet,
+            view.ledger,
+            pod,
+            prefer=prefer.get(replica),
+            usage=view.usage,
+        )
+        if isinstance(result, ReplicaPlacement):
+            built = build_pod(inference, result, numbering=rules.numbering, binding=ruling.binding)
+            creations.append(Creation(result, built))
+            follow = result.node if volumes.first_consumer else None
+        elif kept_off:  # its own failures keep it off nodes: no new node is asked for it
+            unplaceable.append(
+                (replica, f"{result.reason}; avoiding {', '.join(sorted(kept_off))} after failed attempts")
+            )
+        elif not rules.capacity_requests:
+            unplaceable.append((replica, result.reason))
+        elif (room := cp.counted_room(placing, view.fleet, view.usage)) is not None:
+            unplaceable.append((replica, f"{result.reason}; {cp.no_request_reason(room)}"))
+        else:
+            unplaceable.append((replica, result.reason))
+            waiting.add(replica)
+    problem = None
+    if unplaceable:
+        problem = Problem(REASON_UNSCHEDULABLE, summarize_unplaceable(unplaceable))
+    return dataclasses.replace(
+        ruling,
+        creations=tuple(creations),
+        unplaceable=tuple(unplaceable),
+        problem=problem,
+        waiting_for_room=bool(unplaceable),
+        waiting=frozenset(waiting),
+    )
+
+
+def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling) -> Ruling:
+    """Add the capacity requests to delete and to create around the ruling's replica pods."""
+    meta = inference["metadata"]
+    waiting = ruling.waiting if rules.capacity_requests else frozenset()
+    mine = list(view.requests.values())
+    placed = [(c.placement.replica, c.placement.node) for c in ruling.creations]
+    room = make_room(mine, placed, view.requests_on, view.ledger.free_count) if placed else []
+    built = {replica: _request_pod(inference, rules, replica) for replica in sorted(waiting)}
+    wanted_hash = next(iter(built.values()))["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] if built else ""
+    todo = upkeep(
+        meta["namespace"],
+        meta.get("uid"),
+        waiting,
+        mine,
+        view.requests_on,
+        view.ledger.free_count,
+        wanted_hash,
+        gone=room,
+    )
+    return dataclasses.replace(
+        ruling,
+        make_room=tuple(room),
+        request_deletions=todo.delete,
+        request_creations={replica: built[replica] for replica in todo.create},
+        waiting=waiting,
+        assigned=todo.assigned,
+    )
+
+
+def _request_pod(inference: Mapping[str, Any], rules: Rules, replica: int) -> dict:
+    return cp.build_capacity_request(
+        inference, replica, image=rules.capacity_request_image, priority_class=rules.capacity_priority_class
+    )
