@@ -36,7 +36,7 @@ from neuronplace.placement.status import Problem
 
 if TYPE_CHECKING:  # the cache imports this module for slim_request
     from neuronplace.operator.cache import Cache, Key
-    from neuronplace.placement.allocator import ReplicaPlacement
+    from neuronplace.placement.request import ReplicaPlacement
 
 log = logging.getLogger("neuronplace.operator")
 

@@ -48,7 +48,6 @@ from neuronplace.placement import failures as fl
 from neuronplace.placement import reconcile as rc
 from neuronplace.placement import status as st
 from neuronplace.placement import validation as vd
-from neuronplace.placement.allocator import ReplicaPlacement, place_one
 from neuronplace.placement.capacity import counted_room, no_request_reason
 from neuronplace.placement.names import (
     BINDING_DIRECT,
@@ -61,6 +60,8 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import build_pod, pod_name
 from neuronplace.placement.priority import priority_refusal
+from neuronplace.placement.request import ReplicaPlacement
+from neuronplace.placement.search import place_one
 from neuronplace.placement.volumes import consumer_node
 
 log = logging.getLogger("neuronplace.operator")
