@@ -14,6 +14,7 @@ One concept per module:
 - ``topology``: instance types → chips and cores per chip.
 - ``inventory``: Node objects → eligible nodes with their topology and usable cores.
 - ``ledger``: who holds which cores, rebuilt from pods.
+- ``trust``: which pods count as ours (trusted NeuronInference UIDs), and the claims that do not add up.
 - ``request``: what a NeuronInference asks of every replica; a placement or a reason per replica.
 - ``fleet``: the nodes, which of them a request may use (cached), and what room each has.
 - ``search``: request + nodes + ledger → placements (``place``, ``place_one``).
