@@ -27,10 +27,12 @@ import random
 import sys
 import time
 
-from neuronplace.placement.allocator import Fleet, PlacementRequest, ReplicaPlacement, place_one
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import CONDITION_READY, INSTANCE_TYPE_LABEL, NEURONCORE_RESOURCE
+from neuronplace.placement.request import PlacementRequest, ReplicaPlacement
+from neuronplace.placement.search import place_one
 from neuronplace.placement.topology import topology_for
 
 

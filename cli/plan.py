@@ -22,10 +22,12 @@ from collections.abc import Iterable
 
 import yaml
 
-from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import NUMBERINGS
+from neuronplace.placement.request import ReplicaPlacement
+from neuronplace.placement.search import place_one
 from neuronplace.placement.usage import Usage
 
 KIND = "NeuronInference"

@@ -21,9 +21,9 @@ from typing import Any
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import reconcile as rc
-from neuronplace.placement.allocator import Fleet
 from neuronplace.placement.claims import capacity_request, node_of, pinned_node
 from neuronplace.placement.failures import ReplicaHistory
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (

@@ -14,7 +14,11 @@ One concept per module:
 - ``topology``: instance types → chips and cores per chip.
 - ``inventory``: Node objects → eligible nodes with their topology and usable cores.
 - ``ledger``: who holds which cores, rebuilt from pods.
-- ``allocator``: request + nodes + ledger → placements, or a reason per replica.
+- ``trust``: which pods count as ours (trusted NeuronInference UIDs), and the claims that do not add up.
+- ``request``: what a NeuronInference asks of every replica; a placement or a reason per replica.
+- ``fleet``: the nodes, which of them a request may use (cached), and what room each has.
+- ``search``: request + nodes + ledger → placements (``place``, ``place_one``).
+- ``reasons``: why no node can take a replica now, in one sentence.
 - ``reconcile``: spec + live pods → a frozen ``Decision`` (what to create, delete, requeue).
 - ``status`` / ``events`` / ``pods`` / ``crd``: ``build_*`` functions returning manifests.
 - ``podsecurity``: the pod-template safety policy.

@@ -42,7 +42,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from neuronplace.placement.allocator import Fleet, PlacementRequest
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.names import (
     API_VERSION,
     CAPACITY_PRIORITY_CLASS,
@@ -54,6 +54,7 @@ from neuronplace.placement.names import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from neuronplace.placement.pods import merge_tolerations
+from neuronplace.placement.request import PlacementRequest
 from neuronplace.placement.resources import PODS, check_items, format_amount, replica_requests, shortfall
 from neuronplace.placement.usage import Usage
 

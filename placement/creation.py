@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from neuronplace.placement.allocator import ReplicaPlacement
 from neuronplace.placement.events import WARNING, Event
 from neuronplace.placement.names import REASON_PLACED, REASON_POD_FORBIDDEN, REASON_POD_REJECTED
 from neuronplace.placement.pods import pod_name
+from neuronplace.placement.request import ReplicaPlacement
 from neuronplace.placement.ruling import Ruling
 from neuronplace.placement.status import Problem
 

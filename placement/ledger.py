@@ -1,16 +1,17 @@
 """Who holds which NeuronCores, rebuilt from live pods. Pure; never raises on pod data.
 
+Over 300 lines: every change updates the holdings, the per-node bitmasks and the free-core index
+together, so they stay one class.
+
 The truth is the set of live pods. Every pod we manage is controlled by a NeuronInference and
 carries its node-global range in the annotation ``neuronplace.io/cores`` ("4-7"), so a restarted
 operator rebuilds the same ledger with :meth:`Ledger.from_pods`. Pods in a terminal phase
 (Succeeded, Failed) and pods not bound to a node hold nothing. A pod that is being deleted still
 holds its cores until it is gone: its process may still be running.
 
-Labels prove nothing (anyone who may create a pod can write them), so the ledger counts a pod as
-managed only when its controller is a NeuronInference whose UID it trusts (:meth:`Ledger.trust`;
-the offline tools trust every NeuronInference reference) and its range agrees with its own request
-(the rules are in :mod:`.claims`). A pod is often seen before its NeuronInference, so the ledger
-remembers which pods name which UID and re-judges them when that UID is trusted or distrusted.
+A pod counts as managed only when its controller is a NeuronInference whose UID the ledger trusts
+and its range agrees with its own request: which pods count as ours is kept by the trust index
+(:mod:`.trust`), which the ledger asks whenever a pod or a trusted UID changes.
 
 Every other pod that requests neuron resources is foreign, reported by :meth:`Ledger.foreign`, and
 holds what it requests:
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 
 from neuronplace.placement.claims import Claim, PodClaims, owner_of, read_pod
 from neuronplace.placement.names import CLAIM_OVERLAP
+from neuronplace.placement.trust import Inconsistency, TrustIndex
 from neuronplace.runtime.coreset import CoreRange
 
 # When a node's cores per chip is unknown, a device request is assumed to hold the most cores any
@@ -66,15 +68,6 @@ class Holding:
     group: str | None = None
     core_ids: tuple[int, ...] = ()
     exact: bool = True
-
-
-@dataclass(frozen=True)
-class Inconsistency:
-    """A pod whose claim on ``node`` does not add up, and why (a ``CLAIM_*`` reason from names)."""
-
-    node: str
-    owner: str
-    reason: str
 
 
 class _NodeState:
@@ -120,11 +113,7 @@ class Ledger:
         """``trusted``: the NeuronInference UIDs whose pods count as ours (more with :meth:`trust`);
         ``trust_any_inference``: any NeuronInference controller counts, for tools with no list of
         the resources."""
-        self._trusted = set(trusted)
-        self._trust_any = trust_any_inference
-        self._read: dict[str, PodClaims] = {}  # owner → both readings, for pods with a NeuronInference controller
-        self._owners_of_uid: dict[str, set[str]] = {}  # NeuronInference UID → owners in _read
-        self._problems: dict[str, tuple[str, str]] = {}  # owner → (node, reason) of an inconsistent pod
+        self._trust = TrustIndex(trusted, trust_any_inference=trust_any_inference)
         self._nodes: dict[str, _NodeState] = {}
         self._node_of_owner: dict[str, str] = {}
         self._group_cores: dict[str, dict[str, int]] = {}  # group → node → cores held
@@ -148,28 +137,26 @@ class Ledger:
         """Add or update the claim of one pod (idempotent); a pod that holds nothing is forgotten."""
         owner = owner_of(pod)
         read = read_pod(pod)
-        self._index(owner, read)
+        self._trust.index(owner, read)
         self._judge(owner, read)
 
     def forget(self, owner: str) -> None:
         """The pod ``owner`` ("namespace/name") is gone or terminated: its cores are free."""
-        self._index(owner, None)
+        self._trust.index(owner, None)
         self._judge(owner, None)
 
     def trust(self, uid: str) -> None:
         """Pods controlled by the NeuronInference ``uid`` count as ours from now on."""
-        if uid not in self._trusted:
-            self._trusted.add(uid)
+        if self._trust.trust(uid):
             self._rejudge(uid)
 
     def distrust(self, uid: str) -> None:
         """The NeuronInference ``uid`` is gone: pods it controlled are foreign from now on."""
-        if uid in self._trusted:
-            self._trusted.discard(uid)
+        if self._trust.distrust(uid):
             self._rejudge(uid)
 
     def trusts(self, uid: str | None) -> bool:
-        return uid is not None and (self._trust_any or uid in self._trusted)
+        return self._trust.trusts(uid)
 
     def reserve(self, node: str, cores: CoreRange, owner: str, group: str | None = None) -> None:
         """Hold ``cores`` on ``node`` for ``owner`` before its pod exists.
@@ -258,7 +245,7 @@ class Ledger:
 
     def inconsistencies(self) -> list[Inconsistency]:
         """Pods whose claims do not add up, by node and owner (see the module docstring)."""
-        found = [Inconsistency(node, owner, reason) for owner, (node, reason) in self._problems.items()]
+        found = self._trust.problems()
         for name, state in self._nodes.items():
             found.extend(Inconsistency(name, owner, CLAIM_OVERLAP) for owner in state.overlapping)
         found.sort(key=lambda i: (i.node, i.owner, i.reason))
@@ -293,28 +280,12 @@ class Ledger:
 
     # ---- internals ---------------------------------------------------------------------------
 
-    def _index(self, owner: str, read: PodClaims | None) -> None:
-        """Remember which NeuronInference UID the pod ``owner`` names, to re-judge it later."""
-        old = self._read.pop(owner, None)
-        if old is not None and old.inference_uid is not None:
-            owners = self._owners_of_uid[old.inference_uid]
-            owners.discard(owner)
-            if not owners:
-                del self._owners_of_uid[old.inference_uid]
-        if read is not None and read.inference_uid is not None:
-            self._read[owner] = read
-            self._owners_of_uid.setdefault(read.inference_uid, set()).add(owner)
-
     def _rejudge(self, uid: str) -> None:
-        for owner in sorted(self._owners_of_uid.get(uid, ())):
-            self._judge(owner, self._read[owner])
+        for owner, read in self._trust.pods_of(uid):
+            self._judge(owner, read)
 
     def _judge(self, owner: str, read: PodClaims | None) -> None:
-        claim, problem = read.judge(self.trusts(read.inference_uid)) if read is not None else (None, None)
-        if problem is not None and read is not None:
-            self._problems[owner] = (read.node, problem)
-        else:
-            self._problems.pop(owner, None)
+        claim = self._trust.judge(owner, read)
         if claim is None:
             self._drop(owner)
         else:

@@ -53,7 +53,7 @@ from neuronplace.placement.names import (
 )
 
 if TYPE_CHECKING:  # the placement engine's result type; only its attributes are used here
-    from neuronplace.placement.allocator import ReplicaPlacement
+    from neuronplace.placement.request import ReplicaPlacement
 
 
 def pod_name(inference_name: str, replica: int) -> str:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuronplace.placement import failures as fl
-from neuronplace.placement.allocator import PlacementRequest
 from neuronplace.placement.claims import NODE_NAME_FIELD, node_of
 from neuronplace.placement.conditions import condition
 from neuronplace.placement.names import (
@@ -40,6 +39,7 @@ from neuronplace.placement.names import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from neuronplace.placement.pods import template_hash
+from neuronplace.placement.request import PlacementRequest
 from neuronplace.placement.resources import replica_requests
 from neuronplace.placement.status import pod_is_ready
 from neuronplace.runtime.coreset import CoreRange

@@ -29,8 +29,8 @@ from typing import Any
 
 from neuronplace.placement import capacity as cp
 from neuronplace.placement import failures as fl
-from neuronplace.placement.allocator import Fleet, ReplicaPlacement, place_one
 from neuronplace.placement.capacity_upkeep import RequestKey, make_room, upkeep
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     BINDING_DIRECT,
@@ -45,6 +45,8 @@ from neuronplace.placement.pods import build_pod, pod_name
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.priority import priority_refusal
 from neuronplace.placement.reconcile import Deletion, avoiding, decide, placement_request
+from neuronplace.placement.request import ReplicaPlacement
+from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, scheduler_silence, summarize_unplaceable
 from neuronplace.placement.usage import Usage
 from neuronplace.placement.validation import namespace_refusal, validate

@@ -1,10 +1,10 @@
 """An independent answer to "would a missing replica fit right now?", for the ``fits-are-placed`` invariant.
 
-The operator's placement engine (``neuronplace.placement.allocator`` with ``fitting``) answers that
-question with bitmasks, caches and a best-fit search. Using it as the checker's oracle would make
-a bug in the engine a bug in the checker too: the operator would say Unschedulable, the engine-based
-oracle would agree, and nothing would be reported. This module answers it again, the slow and
-obvious way, from the pods and nodes alone:
+The operator's placement engine (``neuronplace.placement.search`` with ``fleet`` and ``fitting``)
+answers that question with bitmasks, caches and a best-fit search. Using it as the checker's oracle
+would make a bug in the engine a bug in the checker too: the operator would say Unschedulable, the
+engine-based oracle would agree, and nothing would be reported. This module answers it again, the
+slow and obvious way, from the pods and nodes alone:
 
 - **free cores** of a node: its usable cores (the topology's, capped by the allocatable count),
   minus every core a live pod (bound, not Succeeded/Failed, terminating or not) holds: a managed
@@ -43,7 +43,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from neuronplace.placement.allocator import PlacementRequest
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.constraints import affinity_matches, required_terms
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
@@ -58,6 +57,7 @@ from neuronplace.placement.names import (
     NEURONCORE_RESOURCE,
     TERMINAL_PHASES,
 )
+from neuronplace.placement.request import PlacementRequest
 from neuronplace.placement.resources import amount, counted
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 
 from neuronplace.local.fleet import build_node
-from neuronplace.placement.allocator import ReplicaPlacement, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.pods import build_pod
 from neuronplace.placement.reconcile import placement_request
+from neuronplace.placement.request import ReplicaPlacement
 from neuronplace.placement.resources import node_allocatable
+from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status
 from reliability.invariants import Snapshot, Violation, check, operator_health
 

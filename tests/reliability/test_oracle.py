@@ -16,8 +16,7 @@ import random
 import pytest
 
 from neuronplace.local.fleet import build_node
-from neuronplace.placement import allocator
-from neuronplace.placement.allocator import Fleet, PlacementRequest, ReplicaPlacement, place_one
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
@@ -30,7 +29,9 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import build_pod
 from neuronplace.placement.reconcile import placement_request
+from neuronplace.placement.request import PlacementRequest, ReplicaPlacement
 from neuronplace.placement.resources import pod_requests
+from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status
 from neuronplace.placement.usage import Usage
 from reliability import oracle
@@ -197,7 +198,7 @@ def _chip_blind(cores, topology, count, aligned, strict):
 
 
 def test_a_broken_engine_rule_is_caught_by_the_comparison(monkeypatch):
-    monkeypatch.setattr(allocator, "allowed_starts", _chip_blind)
+    monkeypatch.setattr("neuronplace.placement.fleet.allowed_starts", _chip_blind)
     assert disagreements(400, seed=11), "the oracle agreed with an engine that refuses valid runs"
 
 
@@ -228,7 +229,7 @@ def test_fits_are_placed_reports_room_a_broken_engine_left_unused(monkeypatch):
     node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
     foreign = _pod("foreign", "n-0", 1, ids="0")
     inference = _inference(replicas=1, cores=1)
-    monkeypatch.setattr(allocator, "allowed_starts", _chip_blind)
+    monkeypatch.setattr("neuronplace.placement.fleet.allowed_starts", _chip_blind)
     request = placement_request(inference, "global")
     refused = engine_answer(request, [node], [foreign])
     assert not isinstance(refused, ReplicaPlacement), "the broken rule should refuse core 1"

@@ -17,7 +17,6 @@ from neuronplace.operator.reconciler import Reconciler
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import Writer
 from neuronplace.placement import capacity as cp
-from neuronplace.placement.allocator import place_one
 from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS
 from neuronplace.placement.claims import node_of, pinned_node
 from neuronplace.placement.inventory import inventory_from_node
@@ -36,6 +35,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.pods import build_pod
 from neuronplace.placement.podsecurity import TemplatePolicy, check_template
 from neuronplace.placement.reconcile import ordinal_of, placement_request
+from neuronplace.placement.search import place_one
 from neuronplace.placement.usage import Usage
 
 NAMESPACE = "ml"

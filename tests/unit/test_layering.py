@@ -39,7 +39,7 @@ def test_the_block_really_blocks():
 
 def test_every_placement_module_imports_without_kopf_kubernetes_prometheus_or_torch():
     modules = placement_modules()
-    assert "neuronplace.placement.allocator" in modules and "neuronplace.placement.names" in modules
+    assert "neuronplace.placement.search" in modules and "neuronplace.placement.names" in modules
     code = (
         BLOCK.format(blocked=(*OPERATOR_SIDE, "torch"))
         + "".join(f"import {m}\n" for m in modules)

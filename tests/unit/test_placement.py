@@ -3,16 +3,11 @@
 import pytest
 from ledger_pods import inference_uid, managed_pod
 
-from neuronplace.placement.allocator import (
-    Fleet,
-    PlacementRequest,
-    ReplicaPlacement,
-    Unplaceable,
-    place,
-    place_one,
-)
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.request import PlacementRequest, ReplicaPlacement, Unplaceable
+from neuronplace.placement.search import place, place_one
 from neuronplace.placement.topology import topology_for
 from neuronplace.runtime.coreset import CoreRange
 

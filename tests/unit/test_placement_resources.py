@@ -1,10 +1,12 @@
 """The allocator's resource fit: cpu, memory and the rest checked beside the cores, in both reasons
 and reservations."""
 
-from neuronplace.placement.allocator import Fleet, PlacementRequest, ReplicaPlacement, Unplaceable, place, place_one
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.request import PlacementRequest, ReplicaPlacement, Unplaceable
 from neuronplace.placement.resources import CPU, MEMORY, PODS
+from neuronplace.placement.search import place, place_one
 from neuronplace.placement.usage import Usage
 from neuronplace.runtime.coreset import CoreRange
 

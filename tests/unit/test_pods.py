@@ -7,9 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronplace.placement import claims, pods
-from neuronplace.placement.allocator import PlacementRequest, ReplicaPlacement, place_one
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.request import PlacementRequest, ReplicaPlacement
+from neuronplace.placement.search import place_one
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}

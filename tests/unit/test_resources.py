@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neuronplace.placement.allocator import ReplicaPlacement
 from neuronplace.placement.pods import build_pod
+from neuronplace.placement.request import ReplicaPlacement
 from neuronplace.placement.resources import (
     CPU,
     EPHEMERAL_STORAGE,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neuronplace.placement.allocator import Fleet, PlacementRequest, ReplicaPlacement, Unplaceable, place_one
+from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
@@ -13,6 +13,8 @@ from neuronplace.placement.names import (
     REASON_UNSCHEDULABLE,
     REASON_VOLUME_NEEDS_SCHEDULER,
 )
+from neuronplace.placement.request import PlacementRequest, ReplicaPlacement, Unplaceable
+from neuronplace.placement.search import place_one
 from neuronplace.placement.volumes import (
     NO_PROVISIONER,
     VolumeConstraint,
