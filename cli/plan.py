@@ -1,13 +1,19 @@
 """``neuronplace plan``: where would these NeuronInference replicas go? A dry run with no cluster.
 
-The nodes come from a fleet spec (``--fleet inf2.48xlarge=2,trn1.32xlarge=1``: hypothetical, empty,
-Ready nodes) and/or a saved ``kubectl get nodes,pods -o yaml`` (``--cluster-state FILE``: its pods
-hold their cores as the operator's ledger would count them, except that any pod controlled by a
-NeuronInference counts as managed: the file holds no NeuronInferences whose UIDs could be checked).
-The NeuronInference files are placed in the order given, with the operator's own validation,
-request and placement engine, so the answer is the one the operator would reach from the same
-state. Replicas that already have a
-pod in the cluster state are shown where they are.
+The answer is the operator's: the objects are folded into the operator's own cache and each
+NeuronInference is ruled by the same function the operator calls (``placement.ruling.rule``), in the
+order the operator serves inferences waiting for room (higher priority first, then older, then the
+order given).
+
+The cluster comes from a fleet spec (``--fleet inf2.48xlarge=2,trn1.32xlarge=1``: hypothetical,
+empty, Ready nodes) and/or a saved cluster state (``--cluster-state FILE``: ``kubectl get
+nodes,pods,priorityclasses,pvc,pv,storageclasses -A -o yaml``). Its pods hold their cores as the
+operator's ledger counts them, except that any pod controlled by a NeuronInference counts as
+managed (the file need not hold the NeuronInferences whose UIDs would be checked); its
+PriorityClasses refuse system priorities and order the inferences; its claims, volumes and storage
+classes keep replicas on the nodes their volumes allow. What the plan cannot know: each replica's
+failed attempts (the operator remembers them in memory, to back off and avoid nodes), so every
+replica is placed as on a first try. Replicas that already have a pod are shown where they are.
 
 Prints one row per replica (node, node-global cores, devices, ``NEURON_RT_VISIBLE_CORES`` per
 process) and the reason for every replica that cannot be placed. Exit status: 0 when every replica
@@ -17,18 +23,17 @@ has a place, 1 when some cannot be placed, 2 for unusable input.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Iterable
 
 import yaml
 
-from neuronplace.placement.fleet import Fleet
-from neuronplace.placement.inventory import inventory_from_node
-from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import NUMBERINGS
-from neuronplace.placement.request import ReplicaPlacement
-from neuronplace.placement.search import place_one
-from neuronplace.placement.usage import Usage
+from neuronplace.operator.cache import Cache
+from neuronplace.operator.storage import CLAIMS, CLASSES, VOLUMES
+from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, NUMBERINGS
+from neuronplace.placement.pods import pod_name
+from neuronplace.placement.ruling import Rules, Ruling
 
 KIND = "NeuronInference"
 
@@ -47,13 +52,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster-state",
         metavar="FILE",
-        help="saved `kubectl get nodes,pods -o yaml`; any pod controlled by a NeuronInference counts as managed",
+        help="saved `kubectl get nodes,pods,priorityclasses,pvc,pv,storageclasses -A -o yaml`; any pod "
+        "controlled by a NeuronInference counts as managed",
     )
     parser.add_argument(
         "--numbering",
         choices=NUMBERINGS,
         default="device-local",
         help="container-visible core numbering (device-local: AWS device plugin >= 2.16)",
+    )
+    parser.add_argument(
+        "--binding",
+        choices=BINDINGS,
+        default=BINDING_SCHEDULER,
+        help="the operator's binding mode for resources whose spec.placement.binding names none",
     )
     parser.add_argument("--namespace", "-n", default="default", help="namespace for resources that name none")
 
@@ -95,29 +107,31 @@ def fleet_nodes(spec: str) -> list[dict]:
     return nodes
 
 
-def load_state(fleet: str | None, cluster_state: str | None) -> tuple[list[dict], list[dict]]:
-    """(node objects, pod objects) from the fleet spec and/or the saved cluster state."""
+# The kinds a saved cluster state may hold that the ruling reads (NeuronInferences come from FILEs).
+STATE_KINDS = ("Node", "Pod", "PriorityClass", "PersistentVolumeClaim", "PersistentVolume", "StorageClass")
+_STORAGE = {"PersistentVolumeClaim": CLAIMS, "PersistentVolume": VOLUMES, "StorageClass": CLASSES}
+
+
+def load_state(fleet: str | None, cluster_state: str | None) -> dict[str, list[dict]]:
+    """The cluster's objects by kind (:data:`STATE_KINDS`) from the fleet spec and/or the saved state."""
     if not fleet and not cluster_state:
         raise PlanInputError("give the nodes: --fleet TYPE=COUNT[,...] and/or --cluster-state FILE")
-    nodes: list[dict] = []
-    pods: list[dict] = []
+    state: dict[str, list[dict]] = {kind: [] for kind in STATE_KINDS}
     if cluster_state:
         for obj in _documents(cluster_state):
-            if obj.get("kind") == "Node":
-                nodes.append(obj)
-            elif obj.get("kind") == "Pod":
-                pods.append(obj)
-        if not nodes and not fleet:
+            if obj.get("kind") in state:
+                state[obj["kind"]].append(obj)
+        if not state["Node"] and not fleet:
             raise PlanInputError(f"{cluster_state} has no Node objects (save it with `kubectl get nodes,pods -o yaml`)")
     if fleet:
-        taken = {(n.get("metadata") or {}).get("name") for n in nodes}
+        taken = {(n.get("metadata") or {}).get("name") for n in state["Node"]}
         for node in fleet_nodes(fleet):
             if node["metadata"]["name"] in taken:
                 raise PlanInputError(
                     f"--fleet node {node['metadata']['name']} has the name of a node in the cluster state"
                 )
-            nodes.append(node)
-    return nodes, pods
+            state["Node"].append(node)
+    return state
 
 
 def load_inferences(paths: Iterable[str], namespace: str) -> list[dict]:
@@ -131,67 +145,77 @@ def load_inferences(paths: Iterable[str], namespace: str) -> list[dict]:
             if not metadata.get("name"):
                 raise PlanInputError(f"{path}: a {KIND} without metadata.name")
             metadata.setdefault("namespace", namespace)
+            # Not created yet: a stand-in UID, which pods in the cluster state are not controlled by.
+            metadata.setdefault("uid", f"neuronplace-plan:{metadata['namespace']}/{metadata['name']}")
             inference["metadata"] = metadata
         inferences.extend(found)
     return inferences
 
 
-def plan(inferences: list[dict], nodes: list[dict], pods: list[dict], numbering: str) -> list[dict]:
-    """One row per replica: where it goes (or already is), or why it cannot be placed."""
-    from neuronplace.placement.reconcile import ordinal_of, placement_request
-    from neuronplace.placement.validation import validate
+def operator_view(state: dict[str, list[dict]]) -> Cache:
+    """The operator's cache, fed the cluster state as its watches would feed it."""
+    cache = Cache(trust_any_inference=True)
+    for node in state["Node"]:
+        cache.apply_node(None, node)
+    for priority_class in state["PriorityClass"]:
+        cache.apply_priority_class(None, priority_class)
+    for kind, storage_kind in _STORAGE.items():
+        for body in state[kind]:
+            cache.apply_storage(storage_kind, None, body)
+    for pod in state["Pod"]:
+        pod.setdefault("metadata", {}).setdefault("namespace", "default")
+        cache.apply_pod(None, pod)
+    return cache
 
-    fleet = Fleet([inventory_from_node(node) for node in nodes])
-    ledger = Ledger.from_pods(pods, trust_any_inference=True)
-    usage = Usage.from_pods(pods)  # their cpu, memory and the rest count as the operator counts them
-    ledger.learn_nodes(fleet.nodes, token=fleet)
-    rows = []
+
+def plan(inferences: list[dict], state: dict[str, list[dict]], rules: Rules, now: dt.datetime) -> list[dict]:
+    """One row per replica: where it goes (or already is), or why it cannot be placed."""
+    cache = operator_view(state)
+    keys = []
     for inference in inferences:
-        meta = inference["metadata"]
-        label = f"{meta['namespace']}/{meta['name']}"
-        problem = validate(inference)
-        if problem:
-            rows.append({"inference": label, "replica": "-", "status": "invalid", "reason": problem})
-            continue
-        request = placement_request(inference, numbering)
-        existing = {}
-        for pod in pods:
-            pod_meta = pod.get("metadata") or {}
-            ordinal = (
-                ordinal_of(pod, meta["name"]) if pod_meta.get("namespace", "default") == meta["namespace"] else None
-            )
-            if ordinal is not None:
-                existing[ordinal] = ledger.holding_of(f"{meta['namespace']}/{pod_meta['name']}")
-        for replica in range(inference["spec"].get("replicas", 1)):
-            holding = existing.get(replica)
-            if holding is not None:
-                rows.append(
-                    {
-                        "inference": label,
-                        "replica": replica,
-                        "status": "existing",
-                        "node": holding.node,
-                        "cores": str(holding.cores) if holding.cores else ",".join(map(str, holding.core_ids)),
-                    }
-                )
-                continue
-            owner = f"{meta['namespace']}/{meta['name']}-{replica}"
-            result = place_one(request, replica, fleet, ledger, owner, usage=usage)
-            if isinstance(result, ReplicaPlacement):
-                rows.append(
-                    {
-                        "inference": label,
-                        "replica": replica,
-                        "status": "placed",
-                        "node": result.node,
-                        "cores": str(result.cores),
-                        "devices": ",".join(map(str, result.devices)),
-                        "visible": " ".join(result.visible_cores),
-                    }
-                )
-            else:
-                rows.append({"inference": label, "replica": replica, "status": "unplaceable", "reason": result.reason})
+        key = cache.apply_inference(None, inference)
+        if key is not None and key not in keys:
+            keys.append(key)
+    rows = []
+    for key in cache.serving_order(keys):
+        ruled = cache.rule(key, rules, now, history={}, refused=None)
+        assert ruled is not None, "the inference was just cached"
+        rows.extend(_rows(cache, *ruled))
     return rows
+
+
+def _rows(cache: Cache, inference: dict, ruling: Ruling) -> list[dict]:
+    meta = inference["metadata"]
+    label = f"{meta['namespace']}/{meta['name']}"
+    if ruling.refusal is not None:
+        return [{"inference": label, "replica": "-", "status": "invalid", "reason": ruling.refusal.message}]
+    by_replica: dict[int, dict] = {}
+    for creation in ruling.creations:
+        placed = creation.placement
+        by_replica[placed.replica] = {
+            "status": "placed",
+            "node": placed.node,
+            "cores": str(placed.cores),
+            "devices": ",".join(map(str, placed.devices)),
+            "visible": " ".join(placed.visible_cores),
+        }
+    for replica, message in ruling.unplaceable:
+        waits = "; the operator keeps a capacity request for it, so that an autoscaler adds a node"
+        by_replica[replica] = {
+            "status": "unplaceable",
+            "reason": message + (waits if replica in ruling.waiting else ""),
+        }
+    replicas = inference["spec"].get("replicas")
+    for replica in range(1 if replicas is None else replicas):
+        if replica in by_replica:
+            continue
+        holding = cache.holding_of(meta["namespace"], pod_name(meta["name"], replica))
+        if holding is not None:
+            cores = str(holding.cores) if holding.cores else ",".join(map(str, holding.core_ids))
+            by_replica[replica] = {"status": "existing", "node": holding.node, "cores": cores}
+        else:  # its pod is ending or backing off: the operator creates it later
+            by_replica[replica] = {"status": "pending", "reason": "its pod is being replaced"}
+    return [{"inference": label, "replica": replica, **row} for replica, row in sorted(by_replica.items())]
 
 
 def render(rows: list[dict]) -> str:
@@ -217,11 +241,12 @@ def render(rows: list[dict]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        nodes, pods = load_state(args.fleet, args.cluster_state)
+        state = load_state(args.fleet, args.cluster_state)
         inferences = load_inferences(args.files, args.namespace)
     except PlanInputError as error:
         print(f"neuronplace plan: {error}", file=sys.stderr)
         return 2
-    rows = plan(inferences, nodes, pods, args.numbering)
+    rules = Rules(numbering=args.numbering, binding=args.binding)
+    rows = plan(inferences, state, rules, dt.datetime.now(dt.UTC))
     print(render(rows), end="")
     return 1 if any(row["status"] in ("unplaceable", "invalid") for row in rows) else 0

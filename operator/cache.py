@@ -25,7 +25,7 @@ from neuronplace.placement.claims import capacity_request, node_of, pinned_node
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
-from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.ledger import Holding, Ledger
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
     CORES_ANNOTATION,
@@ -58,11 +58,15 @@ class Cache:
     ``apply_*`` and ``snapshot`` take it, the other methods that touch state expect the caller to
     hold it (a full list folds a whole page in under one acquisition)."""
 
-    def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
+    def __init__(
+        self, namespaces: tuple[str, ...] = (), node_selector: str = "", *, trust_any_inference: bool = False
+    ) -> None:
         self.namespaces = namespaces  # watched namespaces; empty: all
         self.node_selector = node_selector  # the nodes this operator manages
         self.lock = threading.Lock()
-        self.ledger = Ledger()
+        # trust_any_inference: count every pod a NeuronInference controls as managed, whether or not
+        # that NeuronInference is known (``neuronplace plan``, whose saved state may lack them).
+        self.ledger = Ledger(trust_any_inference=trust_any_inference)
         self.usage = Usage()  # what the pods on each node request (cpu, memory, ...), beside the cores
         self.inferences: dict[Key, dict] = {}
         self.pods: dict[tuple[str, str], dict] = {}  # managed pods by (namespace, name), slimmed
@@ -251,6 +255,16 @@ class Cache:
         elif isinstance(name, str) and isinstance(value, int) and not isinstance(value, bool):
             self.priority_classes[name] = value
         return name
+
+    def serving_order(self, keys: Iterable[Key]) -> list[Key]:
+        """``keys`` in the order inferences waiting for room are served (ties keep their order)."""
+        with self.lock:
+            return self.in_waiting_order(keys)
+
+    def holding_of(self, namespace: str, name: str) -> Holding | None:
+        """What the ledger holds for a pod."""
+        with self.lock:
+            return self.ledger.holding_of(f"{namespace}/{name}")
 
     def in_waiting_order(self, keys) -> list[Key]:
         """``keys`` in the order resources waiting for room are served (lock held): higher
