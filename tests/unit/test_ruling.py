@@ -227,7 +227,7 @@ def operated(objects, inferences) -> tuple[dict, list[dict], list[tuple[str, str
         else:
             cache.apply_storage(kinds[obj["kind"]], "ADDED", obj)
     keys = [cache.apply_inference("ADDED", body) for body in inferences]
-    api = FakeApi(binds=False)  # kube-scheduler has bound nothing yet
+    api = FakeApi(binds=True)  # kube-scheduler binds each pinned pod at once
     with ThreadPoolExecutor(max_workers=4) as pool:
         reconciler = Reconciler(OperatorSettings(), cache, Writer(core=api, custom=api), pool)
         for key in cache.serving_order(keys):
