@@ -5,12 +5,14 @@ the API server. Every decision is made by the pure :mod:`neuronplace.placement`.
   registers them, which is what ``kopf run -m neuronplace.operator`` relies on. The controller
   lives in kopf's ``memo``.
 - ``controller``: puts the parts below together and runs the periodic resync.
-- ``cache``: the watch-fed caches (slimmed pods and nodes) and the core ledger, behind one lock.
+- ``cache``: the watch-fed caches and the core ledger, behind one lock; it calls the ruling
+  (``neuronplace.placement.ruling``) under that lock. ``slim``: what it keeps of each object.
+- ``storage``: the cached claims, volumes and storage classes.
 - ``sync``: full lists a page at a time: the start-up rebuild and the full resync.
 - ``workqueue``: keys of resources to reconcile, coalesced, retried with backoff (no Kubernetes types).
 - ``writes``: API writes (pods, status, events) and the mapping of API errors to temporary or
   permanent outcomes; the API clients are injected.
-- ``reconciler``: one reconcile: ``decide`` → place under the lock → create → delete → status.
+- ``reconciler``: one reconcile: the ruling, carried out in its order, then the status.
 - ``settings``: the operator's settings dataclass and its environment variables.
 - ``metrics``: the Prometheus metrics; ``heap``: the process's C heap (arenas, free pages).
 """
