@@ -38,7 +38,8 @@ help:
 	@echo "make demo     set up, build the local control plane if needed, run the demo"
 	@echo "make test     set up, build the control plane if needed, lint, run the full test suite, then the"
 	@echo "              operator suites again in the other binding mode (--binding Direct)"
-	@echo "make lint     import contracts (lint-imports), ruff check, ruff format --check, mypy"
+	@echo "make lint     import contracts (lint-imports), no clock read in placement, ruff check,"
+	@echo "              ruff format --check, mypy"
 	@echo "make clean    remove $(VENV) and build/ (the control plane cache stays in ~/.cache/neuronplace)"
 
 install: $(VENV)/.installed
@@ -63,6 +64,7 @@ $(LINT_TREE)/neuronplace: Makefile
 
 lint: install $(LINT_TREE)/neuronplace
 	PYTHONPATH=$(abspath $(LINT_TREE)) $(BIN)/lint-imports
+	PYTHONPATH=$(abspath $(LINT_TREE)) $(PY) -m neuronplace.local.purity placement
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd $(LINT_TREE) && $(PY) -m mypy --config-file $(CURDIR)/pyproject.toml -p neuronplace.placement -p neuronplace.runtime

@@ -5,12 +5,20 @@ works wherever it is on PATH. The map is rebuilt the way the operator rebuilds i
 nodes and the pods themselves, with one difference: with no list of the NeuronInferences at hand,
 any pod whose controller is a NeuronInference counts as managed (the operator also checks that it
 knows that resource, by UID). Nodes whose claims do not add up get a line per pod saying why.
+
+The PNG is drawn here, not in ``neuronplace.placement.coremap`` beside the text map: placement is
+the pure decision core and never imports matplotlib (an import contract in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neuronplace.placement.coremap import NodeMap
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +53,7 @@ def collect(kubeconfig: str | None = None, selector: str = ""):
 
 
 def run(args: argparse.Namespace) -> int:
-    from neuronplace.placement.coremap import render, render_png
+    from neuronplace.placement.coremap import render
 
     maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector)
     print(render(maps), end="")
@@ -53,3 +61,49 @@ def run(args: argparse.Namespace) -> int:
         render_png(maps, args.png)
         print(f"wrote {args.png}")
     return 0
+
+
+def render_png(maps: Sequence[NodeMap], path: str) -> None:
+    """The same map as a PNG (one row per node, one cell per core, a colour per pod)."""
+    # Imported here: matplotlib comes with the test extra only, and only --png needs it.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    widest = max((len(m.owners) for m in maps), default=1)
+    fig, ax = plt.subplots(figsize=(max(6, widest * 0.35 + 3), max(2, len(maps) * 0.6 + 1)))
+    palette = plt.get_cmap("tab20")
+    colours: dict[str, object] = {}
+    for row, node in enumerate(maps):
+        y = len(maps) - 1 - row
+        for core, (owner, exact) in enumerate(zip(node.owners, node.exact)):
+            face: object
+            if owner is None:
+                face = "white"
+            elif not exact:
+                face = "lightgrey"
+            else:
+                face = colours.setdefault(owner, palette(len(colours) % 20))
+            gap = 0.15 if core and core % node.cores_per_chip == 0 else 0
+            ax.add_patch(
+                Rectangle(
+                    (core + gap * (core // node.cores_per_chip), y),
+                    0.9,
+                    0.8,
+                    facecolor=face,
+                    edgecolor="black",
+                    linewidth=0.5,
+                )
+            )
+        ax.text(-0.5, y + 0.4, node.name, ha="right", va="center", fontsize=8)
+    ax.set_xlim(-0.5, widest * 1.2)
+    ax.set_ylim(-0.2, len(maps))
+    ax.axis("off")
+    handles = [Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black") for c in colours.values()]
+    if handles:
+        ax.legend(handles, list(colours), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -22,6 +22,7 @@ never fails a reconcile.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from urllib3.exceptions import HTTPError
 from neuronplace.operator.workqueue import Retry
 from neuronplace.placement import events as ev
 from neuronplace.placement.names import GROUP, PLURAL, VERSION
+from neuronplace.placement.status import now_rfc3339
 
 log = logging.getLogger("neuronplace.operator")
 
@@ -149,7 +151,7 @@ class Writer:
         try:
             response = self.core.create_namespaced_event(
                 meta["namespace"],
-                ev.build_event(inference, reason, message, type_),
+                ev.build_event(inference, reason, message, type_, now=now_rfc3339(dt.datetime.now(dt.UTC))),
                 _request_timeout=API_TIMEOUT,
                 _preload_content=False,
             )

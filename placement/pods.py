@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -179,10 +178,11 @@ def build_pod(
     *,
     numbering: str = "device-local",
     binding: str = BINDING_SCHEDULER,
-    now_ns: int | None = None,
+    now_ns: int,
 ) -> dict:
     """The pod for one placed replica of ``inference`` (the API's JSON dict of the resource), bound
-    (``Direct``) or pinned (``Scheduler``) to the placement's node."""
+    (``Direct``) or pinned (``Scheduler``) to the placement's node. ``now_ns`` (Unix nanoseconds,
+    from the caller's clock) is its NEURON_ALLOC_TIME."""
     if binding not in BINDINGS:
         raise ValueError(f"binding {binding!r} is not one of {', '.join(BINDINGS)}")
     meta = inference["metadata"]
@@ -238,7 +238,7 @@ def build_pod(
             AWS_NEURON_IDS: ",".join(str(i) for i in cores.ids),
             NEURON_RESOURCE_TYPE: NEURONCORE_RESOURCE,
             NEURON_ALLOCATED: "false",
-            NEURON_ALLOC_TIME: str(time.time_ns() if now_ns is None else now_ns),
+            NEURON_ALLOC_TIME: str(now_ns),
         }
     )
     return {

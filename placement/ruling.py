@@ -169,7 +169,8 @@ def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetim
         unheard=len(decision.unheard),
     )
     if decision.create and refused is None:
-        ruling = _place(inference, view, rules, ruling, decision.create, decision.avoid, decision.prefer)
+        now_ns = int(now.timestamp()) * 1_000_000_000 + now.microsecond * 1_000
+        ruling = _place(inference, view, rules, ruling, decision.create, decision.avoid, decision.prefer, now_ns)
     waiting = ruling.waiting if binding != BINDING_DIRECT else frozenset()
     return _keep_requests(inference, view, rules, dataclasses.replace(ruling, waiting=waiting))
 
@@ -187,8 +188,10 @@ def _place(
     create: Sequence[int],
     avoid: Mapping[int, frozenset[str]],
     prefer: Mapping[int, tuple[str, CoreRange]],
+    now_ns: int,
 ) -> Ruling:
-    """Place the replicas in ``create`` (reserving them in the view) and build their pods."""
+    """Place the replicas in ``create`` (reserving them in the view) and build their pods
+    (``now_ns``: the allocation time they carry, Unix nanoseconds)."""
     meta = inference["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     template = inference["spec"].get("template") or {}
@@ -222,7 +225,7 @@ def _place(
             usage=view.usage,
         )
         if isinstance(result, ReplicaPlacement):
-            built = build_pod(inference, result, numbering=rules.numbering, binding=ruling.binding)
+            built = build_pod(inference, result, numbering=rules.numbering, binding=ruling.binding, now_ns=now_ns)
             creations.append(Creation(result, built))
             follow = result.node if volumes.first_consumer else None
         elif kept_off:  # its own failures keep it off nodes: no new node is asked for it

@@ -39,9 +39,9 @@ class Problem:
     message: str
 
 
-def now_rfc3339(clock: dt.datetime | None = None) -> str:
-    moment = clock or dt.datetime.now(dt.UTC)
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now_rfc3339(clock: dt.datetime) -> str:
+    """``clock`` (an aware time the caller read) as Kubernetes writes times; placement reads no clock."""
+    return clock.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
@@ -134,7 +134,7 @@ def build_status(
     waiting_for_capacity: Problem | None = None,
     not_ready: Problem | None = None,
     binding: str | None = None,
-    now: str | None = None,
+    now: str,
 ) -> dict:
     """The full ``status`` for ``inference`` given its live pods and what keeps the rest from existing.
 
@@ -146,9 +146,9 @@ def build_status(
     being made is told apart from one nothing is done for (``Placed`` keeps the engine's reason).
     ``not_ready`` is why replicas are not ready when the operator knows better than the pods do
     (:func:`scheduler_silence`): while Ready is False it gives Ready's reason and ends its message.
-    ``binding`` is the mode in effect.
+    ``binding`` is the mode in effect. ``now`` (:func:`now_rfc3339` of the caller's clock) stamps
+    the conditions whose status changes.
     """
-    now = now or now_rfc3339()
     meta = inference.get("metadata") or {}
     spec = _mapping(inference.get("spec"))
     previous = _mapping(inference.get("status"))

@@ -20,6 +20,10 @@ from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status
 from reliability.invariants import Snapshot, Violation, check, operator_health
 
+# The caller's clock: placement reads none, it is given the time.
+NOW = "2026-11-28T10:00:00Z"
+NOW_NS = 1_795_860_000_000_000_000
+
 TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -59,12 +63,12 @@ def healthy(numbering="device-local", nodes=("n-0",), instance="inf2.48xlarge", 
         for ordinal in range(inf["spec"]["replicas"]):
             result = place_one(request, ordinal, fleet, ledger, f"ml/{inf['metadata']['name']}-{ordinal}")
             if isinstance(result, ReplicaPlacement):
-                pods.append(ready(build_pod(inf, result, numbering=numbering)))
+                pods.append(ready(build_pod(inf, result, numbering=numbering, now_ns=NOW_NS)))
     for inf in infs:
         own = [p for p in pods if p["metadata"]["ownerReferences"][0]["uid"] == inf["metadata"]["uid"]]
         missing = len(own) < inf["spec"]["replicas"]
         problem = Problem("Unschedulable", "needs more cores") if missing else None
-        inf["status"] = build_status(inf, own, problem=problem)
+        inf["status"] = build_status(inf, own, problem=problem, now=NOW)
     return Snapshot(pods, node_objs, infs, ("ml",))
 
 
@@ -222,7 +226,7 @@ def test_missing_replicas_without_a_reason_are_caught():
     snap = healthy()
     pods = snap.pods[:1]
     inf = snap.inferences[0]
-    inf["status"] = build_status(inf, pods)  # Pending: no reason that explains it
+    inf["status"] = build_status(inf, pods, now=NOW)  # Pending: no reason that explains it
     found = check(Snapshot(pods, snap.nodes, [inf], ("ml",)))
     assert any(v.invariant == "fits-are-placed" and "Pending" in v.detail for v in found), found
 

@@ -37,6 +37,10 @@ from neuronplace.placement.usage import Usage
 from reliability import oracle
 from reliability.invariants import Snapshot, check_fits_are_placed
 
+# The caller's clock: placement reads none, it is given the time.
+NOW = "2026-11-28T10:00:00Z"
+NOW_NS = 1_795_860_000_000_000_000
+
 TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
 TYPES = ["inf2.48xlarge", "inf2.24xlarge", "inf2.xlarge", "inf1.6xlarge", "trn1.32xlarge", "trn1.2xlarge"]
 SIZES = [1, 1, 2, 2, 3, 4, 4, 6, 8, 8, 12, 16, 16, 24, 32]
@@ -234,7 +238,7 @@ def test_fits_are_placed_reports_room_a_broken_engine_left_unused(monkeypatch):
     refused = engine_answer(request, [node], [foreign])
     assert not isinstance(refused, ReplicaPlacement), "the broken rule should refuse core 1"
     # The operator (running this engine) would then report Unschedulable with no pod.
-    inference["status"] = build_status(inference, [], problem=Problem("Unschedulable", refused.reason))
+    inference["status"] = build_status(inference, [], problem=Problem("Unschedulable", refused.reason), now=NOW)
     snapshot = Snapshot([foreign], [node], [inference], ("ml",))
     assert not _engine_oracle_finds_room(snapshot), "an engine-based oracle shares the bug"
     found = check_fits_are_placed(snapshot)
@@ -248,9 +252,9 @@ def test_fits_are_placed_accepts_an_honest_unschedulable():
     inference = _inference(replicas=2, cores=2)
     placement = engine_answer(placement_request(inference, "global"), [node], [])
     assert isinstance(placement, ReplicaPlacement)
-    pod = build_pod(inference, placement, numbering="global")
+    pod = build_pod(inference, placement, numbering="global", now_ns=NOW_NS)
     pod["status"] = {"phase": "Running"}
-    inference["status"] = build_status(inference, [pod], problem=Problem("Unschedulable", "needs 2 cores"))
+    inference["status"] = build_status(inference, [pod], problem=Problem("Unschedulable", "needs 2 cores"), now=NOW)
     assert check_fits_are_placed(Snapshot([pod], [node], [inference], ("ml",))) == []
     # The same status with the node's cores free again: now a replica fits and it is reported.
     stale = copy.deepcopy(inference)

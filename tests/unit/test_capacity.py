@@ -38,6 +38,9 @@ from neuronplace.placement.reconcile import ordinal_of, placement_request
 from neuronplace.placement.search import place_one
 from neuronplace.placement.usage import Usage
 
+# The caller's clock: placement reads none, it is given the time.
+NOW_NS = 1_795_860_000_000_000_000
+
 NAMESPACE = "ml"
 KEY = (NAMESPACE, "bert")
 IMAGE = "registry.k8s.io/pause:3.10"
@@ -430,6 +433,7 @@ def test_no_request_is_made_while_a_pinned_replica_pod_waits_to_be_bound(pool):
             "ml/bert-0",
         ),
         binding="Direct",
+        now_ns=NOW_NS,
     )
     cache.apply_pod("MODIFIED", bound)
     assert not cache.unbound

@@ -1,4 +1,5 @@
-"""The text core map shared by `neuronplace demo` and `neuronplace cores`, and the operator settings."""
+"""The text core map shared by `neuronplace demo` and `neuronplace cores`, its PNG (drawn by the CLI,
+not by placement), and the operator settings."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from ledger_pods import managed_pod
 
 from neuronplace.cli import run as run_cli
+from neuronplace.cli.cores import render_png
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.placement.coremap import node_maps, render
 from neuronplace.placement.inventory import inventory_from_node
@@ -36,7 +38,7 @@ def pod(name, node_name, cores=None, foreign_count=None):
     }
 
 
-def test_map_shows_owners_free_cores_and_foreign_pods():
+def two_nodes():
     inventories = [
         inventory_from_node(node("inf2-b", "inf2.48xlarge", 24)),
         inventory_from_node(node("inf1-a", "inf1.6xlarge", 16)),
@@ -51,7 +53,11 @@ def test_map_shows_owners_free_cores_and_foreign_pods():
         trust_any_inference=True,
     )
     ledger.learn_nodes(inventories)
-    maps = node_maps(inventories, ledger)
+    return node_maps(inventories, ledger)
+
+
+def test_map_shows_owners_free_cores_and_foreign_pods():
+    maps = two_nodes()
     assert [m.name for m in maps] == ["inf1-a", "inf2-b"]
     assert maps[0].free == 8 and maps[1].free == 24 - 8 - 2
     text = render(maps)
@@ -78,6 +84,12 @@ def test_map_says_why_a_node_is_inconsistent():
     assert (
         last == "  inconsistent: ml/fake-0 NotOwned (has the inference label, but no known NeuronInference controls it)"
     )
+
+
+def test_png_of_the_map(tmp_path):
+    path = tmp_path / "cores.png"
+    render_png(two_nodes(), str(path))
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_empty_cluster():

@@ -1,14 +1,25 @@
-"""The layering holds at run time, not only in import-linter's static view: the placement core and
+"""The layering: import-linter's contracts (pyproject.toml) break on a deliberate violation of each,
+and the layering holds at run time, not only in import-linter's static view: the placement core and
 the dry run work on a machine where kopf, the kubernetes client and prometheus_client are missing."""
 
 from __future__ import annotations
 
+import os
 import pkgutil
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("cli", "local", "operator", "placement", "runtime")
+CONTRACTS = {
+    contract["id"]: contract["name"]
+    for contract in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+}
 
 # Makes every import of the named top-level packages fail, as on a machine without them.
 BLOCK = """
@@ -29,6 +40,82 @@ def run_python(code: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def placement_modules() -> list[str]:
     return sorted(f"neuronplace.placement.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "placement")]))
+
+
+def lint_imports(tmp_path: Path, appended: dict[str, str]) -> tuple[set[str], str]:
+    """The ids of the contracts lint-imports finds broken in a copy of the packages with ``appended``
+    (path under neuronplace/ → source added to the end of that module, made if new), and its output."""
+    tree = tmp_path / "neuronplace"
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for path, source in appended.items():
+        with open(tree / path, "a") as module:
+            module.write("\n" + source)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    result = subprocess.run(
+        [Path(sys.executable).with_name("lint-imports"), "--no-cache", "--config", "pyproject.toml"],
+        cwd=tmp_path,
+        # COLUMNS: one line per contract, however long its name.
+        env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "500"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    broken = {id_ for id_, name in CONTRACTS.items() if f"{name} BROKEN" in result.stdout}
+    kept = {id_ for id_, name in CONTRACTS.items() if f"{name} KEPT" in result.stdout}
+    assert broken | kept == set(CONTRACTS), result.stdout + result.stderr
+    assert (result.returncode != 0) == bool(broken)
+    return broken, result.stdout
+
+
+def test_the_contracts_hold_on_an_unchanged_copy(tmp_path):
+    # So what breaks below is the violation added, not the copy.
+    broken, output = lint_imports(tmp_path, {})
+    assert broken == set(), output
+
+
+@pytest.mark.parametrize(
+    ("appended", "contract", "chain"),
+    [
+        # local sits below cli and above the operator.
+        (
+            {"local/fleet.py": "import neuronplace.cli.main"},
+            "layers",
+            "neuronplace.local.fleet -> neuronplace.cli.main",
+        ),
+        (
+            {"operator/cache.py": "import neuronplace.local.fleet"},
+            "layers",
+            "neuronplace.operator.cache -> neuronplace.local.fleet",
+        ),
+        (
+            {"placement/coremap.py": "import matplotlib.pyplot"},
+            "placement-pure",
+            "neuronplace.placement.coremap -> matplotlib",
+        ),
+        # A runtime module nobody has listed yet is forbidden to placement and to the operator...
+        (
+            {"runtime/later.py": "", "placement/names.py": "import neuronplace.runtime.later"},
+            "runtime-grammar-only",
+            "neuronplace.placement.names -> neuronplace.runtime.later",
+        ),
+        (
+            {"runtime/later.py": "", "operator/cache.py": "import neuronplace.runtime.later"},
+            "runtime-grammar-only",
+            "neuronplace.operator.cache -> neuronplace.runtime.later",
+        ),
+        # ... and to the grammar, through which both may import it.
+        (
+            {"runtime/later.py": "", "runtime/coreset.py": "import neuronplace.runtime.later"},
+            "grammar-alone",
+            "neuronplace.runtime.coreset -> neuronplace.runtime.later",
+        ),
+    ],
+)
+def test_a_violation_breaks_its_contract_and_no_other(tmp_path, appended, contract, chain):
+    broken, output = lint_imports(tmp_path, appended)
+    assert broken == {contract}, output
+    assert chain in output
 
 
 def test_the_block_really_blocks():

@@ -13,6 +13,9 @@ from neuronplace.placement.request import PlacementRequest, ReplicaPlacement
 from neuronplace.placement.search import place_one
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
+# The caller's clock: placement reads none, it is given the time.
+NOW_NS = 1_795_860_000_000_000_000
+
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -97,7 +100,7 @@ def test_name_labels_owner_and_binding():
     direct = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2), binding="Direct", now_ns=123)
     assert direct["spec"]["nodeName"] == "inf2-a" and "affinity" not in direct["spec"]
     with pytest.raises(ValueError, match="binding 'Bound'"):
-        pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2), binding="Bound")
+        pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2), binding="Bound", now_ns=NOW_NS)
 
 
 def _term(*expressions, fields=()):
@@ -129,7 +132,7 @@ def test_pin_merges_the_node_into_every_required_term_as_the_daemonset_controlle
     }
     spec = inference()
     spec["spec"]["template"]["spec"]["affinity"] = template_affinity
-    pod = pods.build_pod(spec, placement_on(CoreRange(4, 8), 2))
+    pod = pods.build_pod(spec, placement_on(CoreRange(4, 8), 2), now_ns=NOW_NS)
     affinity = pod["spec"]["affinity"]
     terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [_term(ZONE, fields=[PIN]), _term(GPU, fields=[PIN])]
@@ -193,7 +196,7 @@ def test_annotations_keep_the_templates_and_add_the_device_plugins():
 
 
 def test_one_container_per_process_with_its_own_cores_in_device_local_numbering():
-    pod = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2))
+    pod = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2), now_ns=NOW_NS)
     containers = pod["spec"]["containers"]
     assert [c["name"] for c in containers] == ["model-0", "model-1", "sidecar"]
     first, second = env_of(containers[0]), env_of(containers[1])
@@ -214,14 +217,16 @@ def test_one_container_per_process_with_its_own_cores_in_device_local_numbering(
 
 
 def test_global_numbering_uses_node_ids():
-    pod = pods.build_pod(inference(), placement_on(CoreRange(4, 8), 2, numbering="global"), numbering="global")
+    pod = pods.build_pod(
+        inference(), placement_on(CoreRange(4, 8), 2, numbering="global"), numbering="global", now_ns=NOW_NS
+    )
     visible = [env_of(c)["NEURON_RT_VISIBLE_CORES"] for c in pod["spec"]["containers"][:2]]
     assert visible == ["4-7", "8-11"]
     assert pod["metadata"]["annotations"]["neuronplace.io/numbering"] == "global"
 
 
 def test_single_process_keeps_the_container_name():
-    pod = pods.build_pod(inference(cores=2, processes=1), placement_on(CoreRange(6, 2), 1))
+    pod = pods.build_pod(inference(cores=2, processes=1), placement_on(CoreRange(6, 2), 1), now_ns=NOW_NS)
     assert [c["name"] for c in pod["spec"]["containers"]] == ["model", "sidecar"]
     assert env_of(pod["spec"]["containers"][0])["NEURON_RT_VISIBLE_CORES"] == "0-1"
 
@@ -230,7 +235,7 @@ def test_tolerations_are_merged_without_duplicates():
     spec_tolerations = inference()["spec"]["template"]["spec"]["tolerations"]
     resource = inference()
     resource["spec"]["placement"]["tolerations"] = [KWOK_TOLERATION, spec_tolerations[0]]
-    pod = pods.build_pod(resource, placement_on(CoreRange(0, 8), 2))
+    pod = pods.build_pod(resource, placement_on(CoreRange(0, 8), 2), now_ns=NOW_NS)
     assert pod["spec"]["tolerations"] == [spec_tolerations[0], KWOK_TOLERATION]
 
 
@@ -240,7 +245,7 @@ def test_hand_set_neuron_env_and_resources_are_replaced():
     model = resource["spec"]["template"]["spec"]["containers"][0]
     model["env"].append({"name": "NEURON_RT_VISIBLE_CORES", "value": "0-31"})
     model["resources"]["limits"]["aws.amazon.com/neuron"] = "16"
-    pod = pods.build_pod(resource, placement_on(CoreRange(0, 2), 1))
+    pod = pods.build_pod(resource, placement_on(CoreRange(0, 2), 1), now_ns=NOW_NS)
     container = pod["spec"]["containers"][0]
     assert [e["value"] for e in container["env"] if e["name"] == "NEURON_RT_VISIBLE_CORES"] == ["0-1"]
     assert "aws.amazon.com/neuron" not in container["resources"]["limits"]
@@ -249,7 +254,7 @@ def test_hand_set_neuron_env_and_resources_are_replaced():
 def test_build_pod_does_not_modify_the_resource():
     resource = inference()
     before = repr(resource)
-    pods.build_pod(resource, placement_on(CoreRange(0, 8), 2))
+    pods.build_pod(resource, placement_on(CoreRange(0, 8), 2), now_ns=NOW_NS)
     assert repr(resource) == before
 
 
@@ -272,7 +277,7 @@ def test_process_ranges_partition_the_replica_range(data):
     numbering = data.draw(st.sampled_from(["device-local", "global"]))
     placement = placement_on(CoreRange(start, count), processes, numbering=numbering, exact=False)
     start = placement.cores.start
-    pod = pods.build_pod(inference(cores=count, processes=processes), placement, numbering=numbering)
+    pod = pods.build_pod(inference(cores=count, processes=processes), placement, numbering=numbering, now_ns=NOW_NS)
     annotations = pod["metadata"]["annotations"]
     node_ids = parse_core_set(annotations["neuronplace.io/cores"])
     assert node_ids == list(range(start, start + count))

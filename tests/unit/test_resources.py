@@ -26,6 +26,9 @@ from neuronplace.placement.resources import (
 from neuronplace.placement.usage import Usage
 from neuronplace.runtime.coreset import CoreRange
 
+# The caller's clock: placement reads none, it is given the time.
+NOW_NS = 1_795_860_000_000_000_000
+
 GI = 2**30
 NEURONCORE = "aws.amazon.com/neuroncore"
 
@@ -172,7 +175,7 @@ def test_replica_requests_are_those_of_the_pod_that_is_built(processes):
     }
     cores = CoreRange(0, 4)
     placement = ReplicaPlacement(0, "n1", cores, tuple(cores.split(processes)), ("0",) * processes, (0, 1))
-    pod = build_pod(inference(template_spec, 4, processes), placement)
+    pod = build_pod(inference(template_spec, 4, processes), placement, now_ns=NOW_NS)
     expected = replica_requests(template_spec, 4, processes)
     assert expected == pod_requests(pod["spec"])
     assert expected[CPU] == 8000 * processes + 200 and expected[NEURONCORE] == 4

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from neuronplace.placement import names, status
 
+# The caller's clock: placement reads none, it is given the time.
+NOW = "2026-11-28T10:00:00Z"
+
 
 def resource(replicas=2, processes=2, previous=None):
     return {
@@ -34,7 +37,7 @@ def condition(built, type_):
 
 
 def test_all_placed_and_ready():
-    built = status.build_status(resource(), [pod(1, "4-7"), pod(0, "0-3")], now="2026-11-28T10:00:00Z")
+    built = status.build_status(resource(), [pod(1, "4-7"), pod(0, "0-3")], now=NOW)
     assert built["observedGeneration"] == 3
     assert built["replicas"] == 2 and built["readyReplicas"] == 2
     assert built["selector"] == "neuronplace.io/inference=bert"
@@ -52,7 +55,7 @@ def test_unschedulable_carries_the_engines_message():
         names.REASON_UNSCHEDULABLE,
         status.summarize_unplaceable([(1, "needs 8 contiguous cores; largest free run is 6 on inf2-a")]),
     )
-    built = status.build_status(resource(), [pod(0, "0-3")], problem=problem)
+    built = status.build_status(resource(), [pod(0, "0-3")], problem=problem, now=NOW)
     placed = condition(built, "Placed")
     assert placed["status"] == "False" and placed["reason"] == "Unschedulable"
     assert placed["message"] == "replica 1: needs 8 contiguous cores; largest free run is 6 on inf2-a"
@@ -65,14 +68,14 @@ def test_grouped_unplaceable_message():
 
 
 def test_terminating_pods_are_neither_replicas_nor_placements():
-    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", deleting=True)])
+    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", deleting=True)], now=NOW)
     assert built["replicas"] == 1 and built["readyReplicas"] == 1
     assert [p["replica"] for p in built["placements"]] == [0]
     assert condition(built, "Placed")["reason"] == "Pending"
 
 
 def test_transition_time_moves_only_when_status_flips():
-    first = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", ready=False)], now="2026-11-28T10:00:00Z")
+    first = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", ready=False)], now=NOW)
     second = status.build_status(
         resource(previous=first), [pod(0, "0-3"), pod(1, "4-7", ready=False)], now="2026-11-28T10:05:00Z"
     )
@@ -83,33 +86,33 @@ def test_transition_time_moves_only_when_status_flips():
 
 
 def test_zero_replicas_is_placed_and_ready():
-    built = status.build_status(resource(replicas=0), [])
+    built = status.build_status(resource(replicas=0), [], now=NOW)
     assert condition(built, "Placed")["status"] == "True" and condition(built, "Ready")["status"] == "True"
     assert built["replicas"] == 0 and built["placements"] == []
 
 
 def test_pods_with_broken_annotations_do_not_break_status():
     broken = pod(0, "7-3")
-    built = status.build_status(resource(replicas=1), [broken])
+    built = status.build_status(resource(replicas=1), [broken], now=NOW)
     assert built["placements"] == [] and built["replicas"] == 1
 
 
 def test_status_differs_only_on_real_changes():
-    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7")], now="2026-11-28T10:00:00Z")
+    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7")], now=NOW)
     assert not status.status_differs(built, dict(built))
     assert status.status_differs(built, {**built, "readyReplicas": 1})
 
 
 def test_replica_failure_is_there_while_replicas_fail_and_gone_after():
     failing = status.Problem("OutOfcpu", "replica 1: OutOfcpu on inf2-a: Node didn't have enough resource: cpu")
-    first = status.build_status(resource(), [pod(0, "0-3")], replica_failure=failing, now="2026-11-28T10:00:00Z")
+    first = status.build_status(resource(), [pod(0, "0-3")], replica_failure=failing, now=NOW)
     shown = condition(first, names.CONDITION_REPLICA_FAILURE)
     assert (shown["status"], shown["reason"], shown["message"]) == ("True", "OutOfcpu", failing.message)
     again = status.build_status(
         resource(previous=first), [pod(0, "0-3")], replica_failure=failing, now="2026-11-28T10:05:00Z"
     )
     assert condition(again, names.CONDITION_REPLICA_FAILURE)["lastTransitionTime"] == "2026-11-28T10:00:00Z"
-    healed = status.build_status(resource(previous=again), [pod(0, "0-3"), pod(1, "4-7")])
+    healed = status.build_status(resource(previous=again), [pod(0, "0-3"), pod(1, "4-7")], now=NOW)
     assert names.CONDITION_REPLICA_FAILURE not in {c["type"] for c in healed["conditions"]}
     assert {c["type"] for c in healed["conditions"]} == {names.CONDITION_PLACED, names.CONDITION_READY}
 
@@ -127,10 +130,10 @@ def test_binding_in_effect_and_a_pinned_pods_node():
             }
         }
     }
-    built = status.build_status(resource(replicas=1), [pinned], binding="Scheduler")
+    built = status.build_status(resource(replicas=1), [pinned], binding="Scheduler", now=NOW)
     assert built["binding"] == "Scheduler"
     assert built["placements"][0]["node"] == "inf2-b", "a pod waiting for kube-scheduler is shown on its node"
-    assert "binding" not in status.build_status(resource(replicas=1), [pinned])
+    assert "binding" not in status.build_status(resource(replicas=1), [pinned], now=NOW)
 
 
 def test_only_pods_the_resource_controls_count_once_it_has_a_uid():
@@ -140,7 +143,7 @@ def test_only_pods_the_resource_controls_count_once_it_has_a_uid():
     for p in mine:
         p["metadata"]["ownerReferences"] = [{"kind": "NeuronInference", "uid": "uid-bert", "controller": True}]
     hand_made = pod(2, "0-23")  # the same labels, no owner: not a replica
-    built = status.build_status(owned, [*mine, hand_made], now="2026-11-28T10:00:00Z")
+    built = status.build_status(owned, [*mine, hand_made], now=NOW)
     assert built["replicas"] == 2 and built["readyReplicas"] == 2
     assert [p["pod"] for p in built["placements"]] == ["bert-0", "bert-1"]
 
@@ -150,10 +153,10 @@ def test_scheduler_silence_is_why_replicas_are_not_ready():
     silence = status.scheduler_silence(("pod bert-1 pinned to node inf2-a has not been looked at", "pod bert-2 ..."))
     assert silence is not None and silence.reason == names.REASON_SCHEDULER_NOT_RESPONDING == "SchedulerNotResponding"
     assert silence.message.endswith("; is kube-scheduler running?") and "bert-1" in silence.message
-    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", ready=False)], not_ready=silence)
+    built = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7", ready=False)], not_ready=silence, now=NOW)
     ready = condition(built, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "SchedulerNotResponding")
     assert ready["message"] == "1/2 replicas ready; " + silence.message
     assert condition(built, "Placed")["status"] == "True", "the pods are where they belong; they are not bound"
-    all_ready = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7")], not_ready=silence)
+    all_ready = status.build_status(resource(), [pod(0, "0-3"), pod(1, "4-7")], not_ready=silence, now=NOW)
     assert condition(all_ready, "Ready")["reason"] == "AllReplicasReady"
