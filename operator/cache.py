@@ -1,5 +1,8 @@
 """The operator's view of the cluster: slimmed copies of what the watches and lists report, and the ledger.
 
+Over 300 lines because every method is one step of folding objects in or reading them under the
+one lock (the lock must not leave this module).
+
 One :class:`Cache` per operator process holds the NeuronInferences, the managed pods, every node,
 the core ledger, the capacity requests and the storage objects (:mod:`.storage`), all behind one
 lock. A ruling (:meth:`Cache.rule`) reads this view and reserves cores under the same lock, so two

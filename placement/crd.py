@@ -1,5 +1,7 @@
 """The NeuronInference resource model → its CustomResourceDefinition manifest (pure; never imports kopf).
 
+Over 300 lines because it is one schema: every field, its bounds and its CEL rules read together.
+
 The committed ``crds/neuronplace.io_neuroninferences.yaml`` is generated from ``build_crd()``
 (``python -m neuronplace.placement.crd > crds/neuronplace.io_neuroninferences.yaml``) and a unit test
 checks that they are equal, so the schema has one source of truth.

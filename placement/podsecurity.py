@@ -1,5 +1,7 @@
 """Pod-template safety policy: what a NeuronInference's template may ask the operator to create.
 
+Over 300 lines because it is one policy: the Pod Security Standards' checks, each a few lines, in one place.
+
 The operator creates pods with its own ServiceAccount, so anyone allowed to create a
 NeuronInference could otherwise borrow the operator's power to make pods that they could not make
 themselves (privileged containers, host namespaces, host paths...). Before building pods, the
