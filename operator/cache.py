@@ -21,7 +21,7 @@ from typing import Any
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import reconcile as rc
-from neuronplace.placement.claims import capacity_request, node_of, pinned_node
+from neuronplace.placement.claims import capacity_request, node_of, pinned_node, pod_key
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
@@ -101,7 +101,7 @@ class Cache:
         ours in a watched namespace, in the pod caches; returns its NeuronInference's key."""
         meta = pod.get("metadata") or {}
         namespace, name = meta.get("namespace"), meta.get("name")
-        owner = f"{namespace}/{name}"
+        owner = pod_key(namespace, name)
         if deleted:
             self.ledger.forget(owner)
             self.usage.forget(owner)
@@ -192,7 +192,7 @@ class Cache:
         return self._fleet
 
     def knows_pod(self, namespace: str, name: str) -> bool:
-        return (namespace, name) in self.pods or self.ledger.holds(f"{namespace}/{name}")
+        return (namespace, name) in self.pods or self.ledger.holds(pod_key(namespace, name))
 
     def labels_of(self, namespace: str, name: str) -> dict:
         cached = self.pods.get((namespace, name))
@@ -345,7 +345,7 @@ class Cache:
                 refused=refused,
             )
             ruling = rule(inference, view, rules, now)
-            self.inflight.update(f"{key[0]}/{c.pod['metadata']['name']}" for c in ruling.creations)
+            self.inflight.update(pod_key(key[0], c.pod["metadata"]["name"]) for c in ruling.creations)
             if ruling.waiting_for_room is True:
                 self.waiting_for_room.add(key)
             elif ruling.waiting_for_room is False:
@@ -363,7 +363,7 @@ class Cache:
         """The creates of these replicas' pods are over (created or not)."""
         with self.lock:
             for replica in replicas:
-                self.inflight.discard(f"{key[0]}/{pod_name(key[1], replica)}")
+                self.inflight.discard(pod_key(key[0], pod_name(key[1], replica)))
 
     def release(self, key: Key, replicas: Iterable[int]) -> None:
         """Give back the reservations of replicas whose pods were not created."""
@@ -371,8 +371,8 @@ class Cache:
             for replica in replicas:
                 name = pod_name(key[1], replica)
                 if (key[0], name) not in self.pods:
-                    self.ledger.forget(f"{key[0]}/{name}")
-                    self.usage.forget(f"{key[0]}/{name}")
+                    self.ledger.forget(pod_key(key[0], name))
+                    self.usage.forget(pod_key(key[0], name))
 
     def settling(self) -> bool:
         """Whether replica pods are being created, or pinned and not bound yet: kube-scheduler does

@@ -30,6 +30,7 @@ from neuronplace.operator import heap
 from neuronplace.operator.cache import Cache, Key
 from neuronplace.operator.storage import CLAIMS, CLASSES, KINDS, VOLUMES, slim
 from neuronplace.operator.writes import API_TIMEOUT
+from neuronplace.placement.claims import pod_key
 from neuronplace.placement.names import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("neuronplace.operator")
@@ -187,7 +188,7 @@ class Sync:
                 deleted = cache.deleted_during_resync or set()
                 for pod in page:
                     meta = pod["metadata"]
-                    owner = f"{meta['namespace']}/{meta['name']}"
+                    owner = pod_key(meta["namespace"], meta["name"])
                     listed_pods.add(owner)
                     # Pods already known are kept fresh by the watch; only what it missed is taken,
                     # never a pod whose deletion the watch reported after this page was read.
@@ -199,7 +200,7 @@ class Sync:
                         cache.observe_pod(pod)
         listed_inferences = {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in self.list_inferences()}
         with cache.lock:
-            known = cache.ledger.owners() | cache.usage.owners() | {f"{ns}/{name}" for ns, name in cache.pods}
+            known = cache.ledger.owners() | cache.usage.owners() | {pod_key(ns, name) for ns, name in cache.pods}
             missing_pods = sorted(known - listed_pods - cache.inflight)
             missing_inferences = [key for key in cache.inferences if key not in listed_inferences]
             deleted = cache.deleted_during_resync or set()

@@ -62,9 +62,14 @@ class Claim:
     device_count: int  # requested devices
 
 
+def pod_key(namespace: str, name: str) -> str:
+    """The "namespace/name" a pod is known by in the ledger, the usage and the operator's sets."""
+    return f"{namespace}/{name}"
+
+
 def owner_of(pod: Mapping) -> str:
     metadata = pod.get("metadata") or {}
-    return f"{metadata.get('namespace') or 'default'}/{metadata.get('name') or ''}"
+    return pod_key(metadata.get("namespace") or "default", metadata.get("name") or "")
 
 
 # The node field a required node-affinity term names to pin a pod to one node (as the DaemonSet

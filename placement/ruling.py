@@ -30,6 +30,7 @@ from typing import Any
 from neuronplace.placement import capacity as cp
 from neuronplace.placement import failures as fl
 from neuronplace.placement.capacity_upkeep import RequestKey, make_room, upkeep
+from neuronplace.placement.claims import pod_key
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
@@ -209,7 +210,7 @@ def _place(
     unplaceable: list[tuple[int, str]] = []
     waiting: set[int] = set()  # replicas a new node would take: they get capacity requests
     for replica in create:
-        pod = f"{namespace}/{pod_name(name, replica)}"
+        pod = pod_key(namespace, pod_name(name, replica))
         kept_off = avoid.get(replica, frozenset())
         placing = request if follow is None else dataclasses.replace(request, volume_terms=volumes.on_node(follow))
         result = place_one(
