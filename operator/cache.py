@@ -21,14 +21,13 @@ from typing import Any
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import reconcile as rc
-from neuronplace.placement.claims import capacity_request, node_of, pinned_node, pod_key
+from neuronplace.placement.claims import capacity_request, cores_of, node_of, pinned_node, pod_key
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
-    CORES_ANNOTATION,
     INFERENCE_LABEL,
     TERMINAL_PHASES,
 )
@@ -130,10 +129,7 @@ class Cache:
             self.pods_of.setdefault(key, set()).add(name)
             node = node_of(pod)
             ordinal = rc.ordinal_of(pod, inference)
-            try:
-                cores = CoreRange.parse((meta.get("annotations") or {}).get(CORES_ANNOTATION, ""))
-            except ValueError:
-                cores = None
+            cores = cores_of(pod)
             if node and cores is not None and ordinal is not None:
                 self.last_known.setdefault(key, {})[ordinal] = (node, cores)
         return key

@@ -12,14 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from neuronplace.placement.claims import node_of
+from neuronplace.placement.claims import cores_of, node_of
 from neuronplace.placement.conditions import is_ready
 from neuronplace.placement.names import (
     CONDITION_PLACED,
     CONDITION_READY,
     CONDITION_REPLICA_FAILURE,
     CONDITION_WAITING_FOR_CAPACITY,
-    CORES_ANNOTATION,
     REASON_NOT_READY,
     REASON_PENDING,
     REASON_PLACED,
@@ -28,7 +27,6 @@ from neuronplace.placement.names import (
     REPLICA_LABEL,
 )
 from neuronplace.placement.pods import pod_name, selector_for
-from neuronplace.runtime.coreset import CoreRange
 
 
 @dataclass(frozen=True)
@@ -84,8 +82,10 @@ def placement_entry(pod: Mapping[str, Any], processes: int) -> dict | None:
     meta = pod.get("metadata") or {}
     try:
         replica = int((meta.get("labels") or {})[REPLICA_LABEL])
-        cores = CoreRange.parse((meta.get("annotations") or {})[CORES_ANNOTATION])
     except (KeyError, ValueError, TypeError):
+        return None
+    cores = cores_of(pod)
+    if cores is None:
         return None
     try:
         process_cores = [str(r) for r in cores.split(processes)]
