@@ -138,7 +138,7 @@ def load_inferences(paths: Iterable[str], namespace: str) -> list[dict]:
 
 def plan(inferences: list[dict], nodes: list[dict], pods: list[dict], numbering: str) -> list[dict]:
     """One row per replica: where it goes (or already is), or why it cannot be placed."""
-    from neuronplace.placement.reconcile import ordinal_of, placement_request
+    from neuronplace.placement.replica_pods import ordinal_of, placement_request
     from neuronplace.placement.validation import validate
 
     fleet = Fleet([inventory_from_node(node) for node in nodes])

@@ -20,7 +20,7 @@ from typing import Any
 
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
-from neuronplace.placement import reconcile as rc
+from neuronplace.placement import replica_pods
 from neuronplace.placement.claims import capacity_request, cores_of, node_of, pinned_node, pod_key
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
@@ -128,7 +128,7 @@ class Cache:
                 self.unbound.discard((namespace, name))
             self.pods_of.setdefault(key, set()).add(name)
             node = node_of(pod)
-            ordinal = rc.ordinal_of(pod, inference)
+            ordinal = replica_pods.ordinal_of(pod, inference)
             cores = cores_of(pod)
             if node and cores is not None and ordinal is not None:
                 self.last_known.setdefault(key, {})[ordinal] = (node, cores)
@@ -274,9 +274,9 @@ class Cache:
         or changed readiness, and those waiting for room when what placement sees changed."""
         name = (body.get("metadata") or {}).get("name")
         with self.lock:
-            was_ready = rc.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+            was_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
             changed = self.observe_node(body, deleted=kind == DELETED)
-            is_ready = rc.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+            is_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
             affected: set[Key] = set()
             if kind == DELETED or was_ready != is_ready:
                 affected = {

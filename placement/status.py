@@ -114,7 +114,7 @@ def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:
 
 def scheduler_silence(unheard: Sequence[str]) -> Problem | None:
     """Why replicas are not ready when kube-scheduler has said nothing about their pinned pods
-    (``reconcile.Decision.unheard``); None when it has spoken about all of them."""
+    (``replica_pods.Decision.unheard``); None when it has spoken about all of them."""
     if not unheard:
         return None
     return Problem(REASON_SCHEDULER_NOT_RESPONDING, "; ".join(unheard) + "; is kube-scheduler running?")
