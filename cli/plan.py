@@ -190,7 +190,7 @@ def plan(inferences: list[dict], nodes: list[dict], pods: list[dict], numbering:
                     }
                 )
             else:
-                rows.append({"inference": label, "replica": replica, "status": "unplaceable", "reason": result.reason})
+                rows.append({"inference": label, "replica": replica, "status": "unplaceable", "reason": result.message})
     return rows
 
 

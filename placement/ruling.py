@@ -228,14 +228,14 @@ def _place(
             follow = result.node if volumes.first_consumer else None
         elif kept_off:  # its own failures keep it off nodes: no new node is asked for it
             unplaceable.append(
-                (replica, f"{result.reason}; avoiding {', '.join(sorted(kept_off))} after failed attempts")
+                (replica, f"{result.message}; avoiding {', '.join(sorted(kept_off))} after failed attempts")
             )
         elif not rules.capacity_requests:
-            unplaceable.append((replica, result.reason))
+            unplaceable.append((replica, result.message))
         elif (room := cp.counted_room(placing, view.fleet, view.usage)) is not None:
-            unplaceable.append((replica, f"{result.reason}; {cp.no_request_reason(room)}"))
+            unplaceable.append((replica, f"{result.message}; {cp.no_request_message(room)}"))
         else:
-            unplaceable.append((replica, result.reason))
+            unplaceable.append((replica, result.message))
             waiting.add(replica)
     problem = None
     if unplaceable:

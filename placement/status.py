@@ -101,14 +101,14 @@ def placement_entry(pod: Mapping[str, Any], processes: int) -> dict | None:
 
 
 def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:
-    """One message for the replicas that could not be placed, grouping identical reasons."""
-    by_reason: dict[str, list[int]] = {}
-    for replica, reason in unplaceable:
-        by_reason.setdefault(reason, []).append(replica)
+    """One message for the replicas that could not be placed, grouping identical messages."""
+    by_message: dict[str, list[int]] = {}
+    for replica, message in unplaceable:
+        by_message.setdefault(message, []).append(replica)
     parts = []
-    for reason, replicas in by_reason.items():
+    for message, replicas in by_message.items():
         label = f"replica {replicas[0]}" if len(replicas) == 1 else f"replicas {', '.join(map(str, sorted(replicas)))}"
-        parts.append(f"{label}: {reason}")
+        parts.append(f"{label}: {message}")
     return "; ".join(parts)
 
 

@@ -234,7 +234,7 @@ def test_fits_are_placed_reports_room_a_broken_engine_left_unused(monkeypatch):
     refused = engine_answer(request, [node], [foreign])
     assert not isinstance(refused, ReplicaPlacement), "the broken rule should refuse core 1"
     # The operator (running this engine) would then report Unschedulable with no pod.
-    inference["status"] = build_status(inference, [], problem=Problem("Unschedulable", refused.reason))
+    inference["status"] = build_status(inference, [], problem=Problem("Unschedulable", refused.message))
     snapshot = Snapshot([foreign], [node], [inference], ("ml",))
     assert not _engine_oracle_finds_room(snapshot), "an engine-based oracle shares the bug"
     found = check_fits_are_placed(snapshot)
