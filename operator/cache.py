@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
@@ -25,7 +25,7 @@ from neuronplace.placement.claims import capacity_request, cores_of, node_of, pi
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
-from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.ledger import Holding, Ledger
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
     INFERENCE_LABEL,
@@ -41,6 +41,7 @@ from neuronplace.placement.volumes import claim_names
 from neuronplace.runtime.coreset import CoreRange
 
 Key = tuple[str, str]  # (namespace, name) of a NeuronInference
+T = TypeVar("T")
 
 DELETED = "DELETED"  # the watch event type of a deletion
 
@@ -53,9 +54,9 @@ def _template_spec(inference: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 class Cache:
-    """Caches and ledger of one operator process. Every attribute is guarded by ``lock``:
-    ``apply_*`` and ``snapshot`` take it, the other methods that touch state expect the caller to
-    hold it (a full list folds a whole page in under one acquisition)."""
+    """Caches and ledger of one operator process. Every attribute is guarded by ``lock``: the
+    public methods under "watch events", "full lists" and "a ruling" take it (a full list folds a
+    whole page in under one acquisition); the others that touch state expect the caller to hold it."""
 
     def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
         self.namespaces = namespaces  # watched namespaces; empty: all
@@ -249,8 +250,13 @@ class Cache:
         return name
 
     def in_waiting_order(self, keys) -> list[Key]:
-        """``keys`` in the order resources waiting for room are served (lock held): higher
-        priority first, then the older resource."""
+        """``keys`` in the order resources waiting for room are served: higher priority first,
+        then the older resource."""
+        with self.lock:
+            return self._in_waiting_order(keys)
+
+    def _in_waiting_order(self, keys) -> list[Key]:
+        """:meth:`in_waiting_order` with the lock held."""
         return sorted(keys, key=lambda key: waiting_order(self.inferences.get(key) or {}, self.priority_classes))
 
     def apply_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> list[Key]:
@@ -266,7 +272,7 @@ class Cache:
         with self.lock:
             key = self.observe_pod(body, deleted=deleted)
             freed = deleted or (body.get("status") or {}).get("phase") in TERMINAL_PHASES
-            waiting = self.in_waiting_order(self.waiting_for_room) if freed else []
+            waiting = self._in_waiting_order(self.waiting_for_room) if freed else []
         return key, waiting
 
     def apply_node(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
@@ -307,6 +313,117 @@ class Cache:
                 for key, inference in self.inferences.items()
                 if key[0] == namespace and name in claim_names(_template_spec(inference))
             }
+
+    def read_ledger(self, read: Callable[[Ledger, Mapping[str, NodeInventory]], T]) -> T:
+        """``read(ledger, inventories)`` under the lock: a consistent view of the cores (the
+        metrics scrape reads the ledger gauges this way, from its own thread)."""
+        with self.lock:
+            return read(self.ledger, self.inventories)
+
+    def inference_keys(self) -> list[Key]:
+        """The keys of every cached NeuronInference."""
+        with self.lock:
+            return list(self.inferences)
+
+    # ---- full lists (take the lock; each page or step under one acquisition) ----------------------
+
+    def observe_nodes(self, page: Iterable[Mapping[str, Any]]) -> None:
+        """Fold in a page of a full node list."""
+        with self.lock:
+            for node in page:
+                self.observe_node(node)
+
+    def observe_pods(self, page: Iterable[Mapping[str, Any]]) -> None:
+        """Fold in a page of the start-up pod list (nothing is known yet, so every pod is taken)."""
+        with self.lock:
+            for pod in page:
+                self.observe_pod(pod)
+
+    def replace_storage(self, kind: str, slimmed: list[dict]) -> None:
+        """Replace the cached objects of one storage kind with a full list."""
+        with self.lock:
+            self.storage.replace(kind, slimmed)
+
+    def remember_start_up(self, priority_classes: Iterable[Mapping[str, Any]], inferences: Iterable[dict]) -> None:
+        """Fold in the start-up lists of PriorityClasses and NeuronInferences together. The pods
+        already folded in are foreign until their NeuronInference is known; each one remembered
+        here turns its pods' claims into ours."""
+        with self.lock:
+            for priority_class in priority_classes:
+                self.observe_priority_class(priority_class)
+            for inference in inferences:
+                self.remember_inference(inference)
+
+    def begin_resync(self) -> set[str]:
+        """Start recording what the watches delete while a full resync reads its lists; returns the
+        nodes known now (one of them absent from the node list was deleted)."""
+        with self.lock:
+            self.deleted_during_resync = set()
+            return set(self.nodes)
+
+    def end_resync(self) -> None:
+        with self.lock:
+            self.deleted_during_resync = None
+
+    def forget_nodes(self, names: Iterable[str]) -> None:
+        """Drop the nodes a full list no longer shows (those still cached)."""
+        with self.lock:
+            for name in names:
+                if name in self.nodes:
+                    self.observe_node({"metadata": {"name": name}}, deleted=True)
+
+    def observe_missed_pods(self, page: Iterable[Mapping[str, Any]]) -> None:
+        """Fold in what a page of a resync's pod list shows that the watch missed. Pods already
+        known are kept fresh by the watch, and a reservation whose create is under way is not a
+        pod to take; never take a pod whose deletion the watch reported after this page was read."""
+        with self.lock:
+            deleted = self.deleted_during_resync or set()
+            for pod in page:
+                meta = pod["metadata"]
+                owner = pod_key(meta["namespace"], meta["name"])
+                if (
+                    not self.knows_pod(meta["namespace"], meta["name"])
+                    and owner not in self.inflight
+                    and owner not in deleted
+                ):
+                    self.observe_pod(pod)
+
+    def compare_with_lists(
+        self, listed_pods: set[str], listed_inferences: Mapping[Key, dict]
+    ) -> tuple[list[str], list[Key]]:
+        """What a resync's full lists lack: the pods ("ns/pod", sorted) and NeuronInferences cached
+        but not listed, to be confirmed gone; the listed NeuronInferences the watch missed (and did
+        not see deleted meanwhile) are remembered, in the same acquisition."""
+        with self.lock:
+            known = self.ledger.owners() | self.usage.owners() | {pod_key(ns, name) for ns, name in self.pods}
+            missing_pods = sorted(known - listed_pods - self.inflight)
+            missing_inferences = [key for key in self.inferences if key not in listed_inferences]
+            deleted = self.deleted_during_resync or set()
+            for key, inference in listed_inferences.items():
+                if key not in deleted and key not in self.inferences:
+                    self.remember_inference(inference)
+        return missing_pods, missing_inferences
+
+    def forget_vanished_pod(self, namespace: str, name: str) -> None:
+        """Drop a pod confirmed gone that the watch never reported deleted; its cores are free."""
+        with self.lock:
+            self.observe_pod(
+                {"metadata": {"namespace": namespace, "name": name, "labels": self.labels_of(namespace, name)}},
+                deleted=True,
+            )
+
+    def forget_vanished_inference(self, key: Key) -> None:
+        """Drop a NeuronInference confirmed gone that the watch never reported deleted."""
+        with self.lock:
+            self.forget_inference(key)
+
+    def unreported_foreign(self, reported: set[str]) -> list[Holding]:
+        """The foreign holdings whose pod is not in ``reported``, which gets them, in one acquisition:
+        each foreign pod is reported once."""
+        with self.lock:
+            foreign = [h for h in self.ledger.foreign() if h.owner not in reported]
+            reported |= {h.owner for h in foreign}
+        return foreign
 
     # ---- a ruling, and what its writes change ------------------------------------------------------
 
