@@ -54,14 +54,14 @@ def _template_spec(inference: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 class Cache:
-    """Caches and ledger of one operator process. Every attribute is guarded by ``lock``: the
+    """Caches and ledger of one operator process. Every attribute is guarded by ``_lock``: the
     public methods under "watch events", "full lists" and "a ruling" take it (a full list folds a
     whole page in under one acquisition); the others that touch state expect the caller to hold it."""
 
     def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
         self.namespaces = namespaces  # watched namespaces; empty: all
         self.node_selector = node_selector  # the nodes this operator manages
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()
         self.ledger = Ledger()
         self.usage = Usage()  # what the pods on each node request (cpu, memory, ...), beside the cores
         self.inferences: dict[Key, dict] = {}
@@ -146,7 +146,7 @@ class Cache:
 
     def forget_request(self, namespace: str, name: str) -> None:
         """A capacity request the operator deleted is gone."""
-        with self.lock:
+        with self._lock:
             self._forget_request(namespace, name)
 
     def _forget_request(self, namespace: str, name: str) -> None:
@@ -230,7 +230,7 @@ class Cache:
         key = (meta.get("namespace"), meta.get("name"))
         if not self.watches(key[0]):
             return None
-        with self.lock:
+        with self._lock:
             if kind == DELETED:
                 self.forget_inference(key, meta.get("uid"))
                 if self.deleted_during_resync is not None:
@@ -252,7 +252,7 @@ class Cache:
     def in_waiting_order(self, keys) -> list[Key]:
         """``keys`` in the order resources waiting for room are served: higher priority first,
         then the older resource."""
-        with self.lock:
+        with self._lock:
             return self._in_waiting_order(keys)
 
     def _in_waiting_order(self, keys) -> list[Key]:
@@ -261,7 +261,7 @@ class Cache:
 
     def apply_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> list[Key]:
         """A PriorityClass event; returns the resources whose template names that class."""
-        with self.lock:
+        with self._lock:
             name = self.observe_priority_class(body, deleted=kind == DELETED)
             return [key for key, inference in self.inferences.items() if class_name(inference) == name]
 
@@ -269,7 +269,7 @@ class Cache:
         """A pod event; returns the key of its NeuronInference (if any) and, when the pod freed
         cores (deleted or finished), the resources waiting for room, in the order to serve them."""
         deleted = kind == DELETED
-        with self.lock:
+        with self._lock:
             key = self.observe_pod(body, deleted=deleted)
             freed = deleted or (body.get("status") or {}).get("phase") in TERMINAL_PHASES
             waiting = self._in_waiting_order(self.waiting_for_room) if freed else []
@@ -279,7 +279,7 @@ class Cache:
         """A node event; returns the resources it affects: those with pods on it when it went away
         or changed readiness, and those waiting for room when what placement sees changed."""
         name = (body.get("metadata") or {}).get("name")
-        with self.lock:
+        with self._lock:
             was_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
             changed = self.observe_node(body, deleted=kind == DELETED)
             is_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
@@ -303,7 +303,7 @@ class Cache:
         namespace, name = meta.get("namespace"), meta.get("name")
         if kind == CLAIMS and not self.watches(namespace):
             return set()
-        with self.lock:
+        with self._lock:
             if not self.storage.observe(kind, body, deleted=event == DELETED):
                 return set()
             if kind != CLAIMS:
@@ -317,38 +317,38 @@ class Cache:
     def read_ledger(self, read: Callable[[Ledger, Mapping[str, NodeInventory]], T]) -> T:
         """``read(ledger, inventories)`` under the lock: a consistent view of the cores (the
         metrics scrape reads the ledger gauges this way, from its own thread)."""
-        with self.lock:
+        with self._lock:
             return read(self.ledger, self.inventories)
 
     def inference_keys(self) -> list[Key]:
         """The keys of every cached NeuronInference."""
-        with self.lock:
+        with self._lock:
             return list(self.inferences)
 
     # ---- full lists (take the lock; each page or step under one acquisition) ----------------------
 
     def observe_nodes(self, page: Iterable[Mapping[str, Any]]) -> None:
         """Fold in a page of a full node list."""
-        with self.lock:
+        with self._lock:
             for node in page:
                 self.observe_node(node)
 
     def observe_pods(self, page: Iterable[Mapping[str, Any]]) -> None:
         """Fold in a page of the start-up pod list (nothing is known yet, so every pod is taken)."""
-        with self.lock:
+        with self._lock:
             for pod in page:
                 self.observe_pod(pod)
 
     def replace_storage(self, kind: str, slimmed: list[dict]) -> None:
         """Replace the cached objects of one storage kind with a full list."""
-        with self.lock:
+        with self._lock:
             self.storage.replace(kind, slimmed)
 
     def remember_start_up(self, priority_classes: Iterable[Mapping[str, Any]], inferences: Iterable[dict]) -> None:
         """Fold in the start-up lists of PriorityClasses and NeuronInferences together. The pods
         already folded in are foreign until their NeuronInference is known; each one remembered
         here turns its pods' claims into ours."""
-        with self.lock:
+        with self._lock:
             for priority_class in priority_classes:
                 self.observe_priority_class(priority_class)
             for inference in inferences:
@@ -357,17 +357,17 @@ class Cache:
     def begin_resync(self) -> set[str]:
         """Start recording what the watches delete while a full resync reads its lists; returns the
         nodes known now (one of them absent from the node list was deleted)."""
-        with self.lock:
+        with self._lock:
             self.deleted_during_resync = set()
             return set(self.nodes)
 
     def end_resync(self) -> None:
-        with self.lock:
+        with self._lock:
             self.deleted_during_resync = None
 
     def forget_nodes(self, names: Iterable[str]) -> None:
         """Drop the nodes a full list no longer shows (those still cached)."""
-        with self.lock:
+        with self._lock:
             for name in names:
                 if name in self.nodes:
                     self.observe_node({"metadata": {"name": name}}, deleted=True)
@@ -376,7 +376,7 @@ class Cache:
         """Fold in what a page of a resync's pod list shows that the watch missed. Pods already
         known are kept fresh by the watch, and a reservation whose create is under way is not a
         pod to take; never take a pod whose deletion the watch reported after this page was read."""
-        with self.lock:
+        with self._lock:
             deleted = self.deleted_during_resync or set()
             for pod in page:
                 meta = pod["metadata"]
@@ -394,7 +394,7 @@ class Cache:
         """What a resync's full lists lack: the pods ("ns/pod", sorted) and NeuronInferences cached
         but not listed, to be confirmed gone; the listed NeuronInferences the watch missed (and did
         not see deleted meanwhile) are remembered, in the same acquisition."""
-        with self.lock:
+        with self._lock:
             known = self.ledger.owners() | self.usage.owners() | {pod_key(ns, name) for ns, name in self.pods}
             missing_pods = sorted(known - listed_pods - self.inflight)
             missing_inferences = [key for key in self.inferences if key not in listed_inferences]
@@ -406,7 +406,7 @@ class Cache:
 
     def forget_vanished_pod(self, namespace: str, name: str) -> None:
         """Drop a pod confirmed gone that the watch never reported deleted; its cores are free."""
-        with self.lock:
+        with self._lock:
             self.observe_pod(
                 {"metadata": {"namespace": namespace, "name": name, "labels": self.labels_of(namespace, name)}},
                 deleted=True,
@@ -414,13 +414,13 @@ class Cache:
 
     def forget_vanished_inference(self, key: Key) -> None:
         """Drop a NeuronInference confirmed gone that the watch never reported deleted."""
-        with self.lock:
+        with self._lock:
             self.forget_inference(key)
 
     def unreported_foreign(self, reported: set[str]) -> list[Holding]:
         """The foreign holdings whose pod is not in ``reported``, which gets them, in one acquisition:
         each foreign pod is reported once."""
-        with self.lock:
+        with self._lock:
             foreign = [h for h in self.ledger.foreign() if h.owner not in reported]
             reported |= {h.owner for h in foreign}
         return foreign
@@ -437,7 +437,7 @@ class Cache:
     ) -> tuple[dict, Ruling] | None:
         """The ruling for one inference on this view of the cluster, with its replicas reserved
         and marked as being created (:meth:`settle` ends that); None when the inference is gone."""
-        with self.lock:
+        with self._lock:
             inference = self.inferences.get(key)
             if inference is None:
                 return None
@@ -468,19 +468,19 @@ class Cache:
     def created(self, pod: Mapping[str, Any]) -> None:
         """A pod the operator created, as the API server returned it (unless its watch event came first)."""
         meta = pod.get("metadata") or {}
-        with self.lock:
+        with self._lock:
             if (meta.get("namespace"), meta.get("name")) not in self.pods:
                 self.observe_pod(pod)
 
     def settle(self, key: Key, replicas: Iterable[int]) -> None:
         """The creates of these replicas' pods are over (created or not)."""
-        with self.lock:
+        with self._lock:
             for replica in replicas:
                 self.inflight.discard(pod_key(key[0], pod_name(key[1], replica)))
 
     def release(self, key: Key, replicas: Iterable[int]) -> None:
         """Give back the reservations of replicas whose pods were not created."""
-        with self.lock:
+        with self._lock:
             for replica in replicas:
                 name = pod_name(key[1], replica)
                 if (key[0], name) not in self.pods:
@@ -490,15 +490,15 @@ class Cache:
     def settling(self) -> bool:
         """Whether replica pods are being created, or pinned and not bound yet: kube-scheduler does
         not count them on their node until it binds them."""
-        with self.lock:
+        with self._lock:
             return bool(self.inflight or self.unbound)
 
     def requests_of(self, key: Key) -> dict[str, dict]:
         """The inference's capacity requests by name, as they are now."""
-        with self.lock:
+        with self._lock:
             return dict(self.capacity_requests.get(key, {}))
 
     def status_view(self, key: Key, inference: dict) -> tuple[dict, list[dict]]:
         """What a status is built from: the inference as cached now (else ``inference``) and its pods."""
-        with self.lock:
+        with self._lock:
             return self.inferences.get(key, inference), self.pods_of_inference(key)

@@ -59,7 +59,7 @@ class Sync:
         self.cache = cache
         self.core = core
         self.custom = custom
-        self.reported_foreign: set[str] = set()  # foreign pods already logged (changed under cache.lock)
+        self.reported_foreign: set[str] = set()  # foreign pods already logged (changed under the cache's lock)
 
     # ---- lists ---------------------------------------------------------------------------------
 
