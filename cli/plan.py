@@ -177,7 +177,7 @@ def plan(inferences: list[dict], state: dict[str, list[dict]], rules: Rules, now
         if key is not None and key not in keys:
             keys.append(key)
     rows = []
-    for key in cache.serving_order(keys):
+    for key in cache.in_waiting_order(keys):
         ruled = cache.rule(key, rules, now, history={}, refused=None)
         assert ruled is not None, "the inference was just cached"
         rows.extend(_rows(cache, *ruled))

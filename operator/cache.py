@@ -18,20 +18,19 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
-from neuronplace.placement import reconcile as rc
-from neuronplace.placement.claims import capacity_request, node_of, pinned_node
+from neuronplace.placement import replica_pods
+from neuronplace.placement.claims import capacity_request, cores_of, node_of, pinned_node, pod_key
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Holding, Ledger
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
-    CORES_ANNOTATION,
     INFERENCE_LABEL,
     TERMINAL_PHASES,
 )
@@ -45,6 +44,7 @@ from neuronplace.placement.volumes import claim_names
 from neuronplace.runtime.coreset import CoreRange
 
 Key = tuple[str, str]  # (namespace, name) of a NeuronInference
+T = TypeVar("T")
 
 DELETED = "DELETED"  # the watch event type of a deletion
 
@@ -57,16 +57,16 @@ def _template_spec(inference: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 class Cache:
-    """Caches and ledger of one operator process. Every attribute is guarded by ``lock``:
-    ``apply_*`` and ``snapshot`` take it, the other methods that touch state expect the caller to
-    hold it (a full list folds a whole page in under one acquisition)."""
+    """Caches and ledger of one operator process. Every attribute is guarded by ``_lock``: the
+    public methods under "watch events", "full lists" and "a ruling" take it (a full list folds a
+    whole page in under one acquisition); the others that touch state expect the caller to hold it."""
 
     def __init__(
         self, namespaces: tuple[str, ...] = (), node_selector: str = "", *, trust_any_inference: bool = False
     ) -> None:
         self.namespaces = namespaces  # watched namespaces; empty: all
         self.node_selector = node_selector  # the nodes this operator manages
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()
         # trust_any_inference: count every pod a NeuronInference controls as managed, whether or not
         # that NeuronInference is known (``neuronplace plan``, whose saved state may lack them).
         self.ledger = Ledger(trust_any_inference=trust_any_inference)
@@ -108,7 +108,7 @@ class Cache:
         ours in a watched namespace, in the pod caches; returns its NeuronInference's key."""
         meta = pod.get("metadata") or {}
         namespace, name = meta.get("namespace"), meta.get("name")
-        owner = f"{namespace}/{name}"
+        owner = pod_key(namespace, name)
         if deleted:
             self.ledger.forget(owner)
             self.usage.forget(owner)
@@ -136,11 +136,8 @@ class Cache:
                 self.unbound.discard((namespace, name))
             self.pods_of.setdefault(key, set()).add(name)
             node = node_of(pod)
-            ordinal = rc.ordinal_of(pod, inference)
-            try:
-                cores = CoreRange.parse((meta.get("annotations") or {}).get(CORES_ANNOTATION, ""))
-            except ValueError:
-                cores = None
+            ordinal = replica_pods.ordinal_of(pod, inference)
+            cores = cores_of(pod)
             if node and cores is not None and ordinal is not None:
                 self.last_known.setdefault(key, {})[ordinal] = (node, cores)
         return key
@@ -156,7 +153,7 @@ class Cache:
 
     def forget_request(self, namespace: str, name: str) -> None:
         """A capacity request the operator deleted is gone."""
-        with self.lock:
+        with self._lock:
             self._forget_request(namespace, name)
 
     def _forget_request(self, namespace: str, name: str) -> None:
@@ -199,7 +196,7 @@ class Cache:
         return self._fleet
 
     def knows_pod(self, namespace: str, name: str) -> bool:
-        return (namespace, name) in self.pods or self.ledger.holds(f"{namespace}/{name}")
+        return (namespace, name) in self.pods or self.ledger.holds(pod_key(namespace, name))
 
     def labels_of(self, namespace: str, name: str) -> dict:
         cached = self.pods.get((namespace, name))
@@ -240,7 +237,7 @@ class Cache:
         key = (meta.get("namespace"), meta.get("name"))
         if not self.watches(key[0]):
             return None
-        with self.lock:
+        with self._lock:
             if kind == DELETED:
                 self.forget_inference(key, meta.get("uid"))
                 if self.deleted_during_resync is not None:
@@ -259,24 +256,24 @@ class Cache:
             self.priority_classes[name] = value
         return name
 
-    def serving_order(self, keys: Iterable[Key]) -> list[Key]:
-        """``keys`` in the order inferences waiting for room are served (ties keep their order)."""
-        with self.lock:
-            return self.in_waiting_order(keys)
-
     def holding_of(self, namespace: str, name: str) -> Holding | None:
         """What the ledger holds for a pod."""
-        with self.lock:
-            return self.ledger.holding_of(f"{namespace}/{name}")
+        with self._lock:
+            return self.ledger.holding_of(pod_key(namespace, name))
 
     def in_waiting_order(self, keys) -> list[Key]:
-        """``keys`` in the order resources waiting for room are served (lock held): higher
-        priority first, then the older resource."""
+        """``keys`` in the order inferences waiting for room are served: higher priority first,
+        then the older one (ties keep their order)."""
+        with self._lock:
+            return self._in_waiting_order(keys)
+
+    def _in_waiting_order(self, keys) -> list[Key]:
+        """:meth:`in_waiting_order` with the lock held."""
         return sorted(keys, key=lambda key: waiting_order(self.inferences.get(key) or {}, self.priority_classes))
 
     def apply_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> list[Key]:
         """A PriorityClass event; returns the resources whose template names that class."""
-        with self.lock:
+        with self._lock:
             name = self.observe_priority_class(body, deleted=kind == DELETED)
             return [key for key, inference in self.inferences.items() if class_name(inference) == name]
 
@@ -284,20 +281,20 @@ class Cache:
         """A pod event; returns the key of its NeuronInference (if any) and, when the pod freed
         cores (deleted or finished), the resources waiting for room, in the order to serve them."""
         deleted = kind == DELETED
-        with self.lock:
+        with self._lock:
             key = self.observe_pod(body, deleted=deleted)
             freed = deleted or (body.get("status") or {}).get("phase") in TERMINAL_PHASES
-            waiting = self.in_waiting_order(self.waiting_for_room) if freed else []
+            waiting = self._in_waiting_order(self.waiting_for_room) if freed else []
         return key, waiting
 
     def apply_node(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
         """A node event; returns the resources it affects: those with pods on it when it went away
         or changed readiness, and those waiting for room when what placement sees changed."""
         name = (body.get("metadata") or {}).get("name")
-        with self.lock:
-            was_ready = rc.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+        with self._lock:
+            was_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
             changed = self.observe_node(body, deleted=kind == DELETED)
-            is_ready = rc.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+            is_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
             affected: set[Key] = set()
             if kind == DELETED or was_ready != is_ready:
                 affected = {
@@ -318,7 +315,7 @@ class Cache:
         namespace, name = meta.get("namespace"), meta.get("name")
         if kind == CLAIMS and not self.watches(namespace):
             return set()
-        with self.lock:
+        with self._lock:
             if not self.storage.observe(kind, body, deleted=event == DELETED):
                 return set()
             if kind != CLAIMS:
@@ -328,6 +325,117 @@ class Cache:
                 for key, inference in self.inferences.items()
                 if key[0] == namespace and name in claim_names(_template_spec(inference))
             }
+
+    def read_ledger(self, read: Callable[[Ledger, Mapping[str, NodeInventory]], T]) -> T:
+        """``read(ledger, inventories)`` under the lock: a consistent view of the cores (the
+        metrics scrape reads the ledger gauges this way, from its own thread)."""
+        with self._lock:
+            return read(self.ledger, self.inventories)
+
+    def inference_keys(self) -> list[Key]:
+        """The keys of every cached NeuronInference."""
+        with self._lock:
+            return list(self.inferences)
+
+    # ---- full lists (take the lock; each page or step under one acquisition) ----------------------
+
+    def observe_nodes(self, page: Iterable[Mapping[str, Any]]) -> None:
+        """Fold in a page of a full node list."""
+        with self._lock:
+            for node in page:
+                self.observe_node(node)
+
+    def observe_pods(self, page: Iterable[Mapping[str, Any]]) -> None:
+        """Fold in a page of the start-up pod list (nothing is known yet, so every pod is taken)."""
+        with self._lock:
+            for pod in page:
+                self.observe_pod(pod)
+
+    def replace_storage(self, kind: str, slimmed: list[dict]) -> None:
+        """Replace the cached objects of one storage kind with a full list."""
+        with self._lock:
+            self.storage.replace(kind, slimmed)
+
+    def remember_start_up(self, priority_classes: Iterable[Mapping[str, Any]], inferences: Iterable[dict]) -> None:
+        """Fold in the start-up lists of PriorityClasses and NeuronInferences together. The pods
+        already folded in are foreign until their NeuronInference is known; each one remembered
+        here turns its pods' claims into ours."""
+        with self._lock:
+            for priority_class in priority_classes:
+                self.observe_priority_class(priority_class)
+            for inference in inferences:
+                self.remember_inference(inference)
+
+    def begin_resync(self) -> set[str]:
+        """Start recording what the watches delete while a full resync reads its lists; returns the
+        nodes known now (one of them absent from the node list was deleted)."""
+        with self._lock:
+            self.deleted_during_resync = set()
+            return set(self.nodes)
+
+    def end_resync(self) -> None:
+        with self._lock:
+            self.deleted_during_resync = None
+
+    def forget_nodes(self, names: Iterable[str]) -> None:
+        """Drop the nodes a full list no longer shows (those still cached)."""
+        with self._lock:
+            for name in names:
+                if name in self.nodes:
+                    self.observe_node({"metadata": {"name": name}}, deleted=True)
+
+    def observe_missed_pods(self, page: Iterable[Mapping[str, Any]]) -> None:
+        """Fold in what a page of a resync's pod list shows that the watch missed. Pods already
+        known are kept fresh by the watch, and a reservation whose create is under way is not a
+        pod to take; never take a pod whose deletion the watch reported after this page was read."""
+        with self._lock:
+            deleted = self.deleted_during_resync or set()
+            for pod in page:
+                meta = pod["metadata"]
+                owner = pod_key(meta["namespace"], meta["name"])
+                if (
+                    not self.knows_pod(meta["namespace"], meta["name"])
+                    and owner not in self.inflight
+                    and owner not in deleted
+                ):
+                    self.observe_pod(pod)
+
+    def compare_with_lists(
+        self, listed_pods: set[str], listed_inferences: Mapping[Key, dict]
+    ) -> tuple[list[str], list[Key]]:
+        """What a resync's full lists lack: the pods ("ns/pod", sorted) and NeuronInferences cached
+        but not listed, to be confirmed gone; the listed NeuronInferences the watch missed (and did
+        not see deleted meanwhile) are remembered, in the same acquisition."""
+        with self._lock:
+            known = self.ledger.owners() | self.usage.owners() | {pod_key(ns, name) for ns, name in self.pods}
+            missing_pods = sorted(known - listed_pods - self.inflight)
+            missing_inferences = [key for key in self.inferences if key not in listed_inferences]
+            deleted = self.deleted_during_resync or set()
+            for key, inference in listed_inferences.items():
+                if key not in deleted and key not in self.inferences:
+                    self.remember_inference(inference)
+        return missing_pods, missing_inferences
+
+    def forget_vanished_pod(self, namespace: str, name: str) -> None:
+        """Drop a pod confirmed gone that the watch never reported deleted; its cores are free."""
+        with self._lock:
+            self.observe_pod(
+                {"metadata": {"namespace": namespace, "name": name, "labels": self.labels_of(namespace, name)}},
+                deleted=True,
+            )
+
+    def forget_vanished_inference(self, key: Key) -> None:
+        """Drop a NeuronInference confirmed gone that the watch never reported deleted."""
+        with self._lock:
+            self.forget_inference(key)
+
+    def unreported_foreign(self, reported: set[str]) -> list[Holding]:
+        """The foreign holdings whose pod is not in ``reported``, which gets them, in one acquisition:
+        each foreign pod is reported once."""
+        with self._lock:
+            foreign = [h for h in self.ledger.foreign() if h.owner not in reported]
+            reported |= {h.owner for h in foreign}
+        return foreign
 
     # ---- a ruling, and what its writes change ------------------------------------------------------
 
@@ -341,7 +449,7 @@ class Cache:
     ) -> tuple[dict, Ruling] | None:
         """The ruling for one inference on this view of the cluster, with its replicas reserved
         and marked as being created (:meth:`settle` ends that); None when the inference is gone."""
-        with self.lock:
+        with self._lock:
             inference = self.inferences.get(key)
             if inference is None:
                 return None
@@ -362,7 +470,7 @@ class Cache:
                 refused=refused,
             )
             ruling = rule(inference, view, rules, now)
-            self.inflight.update(f"{key[0]}/{c.pod['metadata']['name']}" for c in ruling.creations)
+            self.inflight.update(pod_key(key[0], c.pod["metadata"]["name"]) for c in ruling.creations)
             if ruling.waiting_for_room is True:
                 self.waiting_for_room.add(key)
             elif ruling.waiting_for_room is False:
@@ -372,37 +480,37 @@ class Cache:
     def created(self, pod: Mapping[str, Any]) -> None:
         """A pod the operator created, as the API server returned it (unless its watch event came first)."""
         meta = pod.get("metadata") or {}
-        with self.lock:
+        with self._lock:
             if (meta.get("namespace"), meta.get("name")) not in self.pods:
                 self.observe_pod(pod)
 
     def settle(self, key: Key, replicas: Iterable[int]) -> None:
         """The creates of these replicas' pods are over (created or not)."""
-        with self.lock:
+        with self._lock:
             for replica in replicas:
-                self.inflight.discard(f"{key[0]}/{pod_name(key[1], replica)}")
+                self.inflight.discard(pod_key(key[0], pod_name(key[1], replica)))
 
     def release(self, key: Key, replicas: Iterable[int]) -> None:
         """Give back the reservations of replicas whose pods were not created."""
-        with self.lock:
+        with self._lock:
             for replica in replicas:
                 name = pod_name(key[1], replica)
                 if (key[0], name) not in self.pods:
-                    self.ledger.forget(f"{key[0]}/{name}")
-                    self.usage.forget(f"{key[0]}/{name}")
+                    self.ledger.forget(pod_key(key[0], name))
+                    self.usage.forget(pod_key(key[0], name))
 
     def settling(self) -> bool:
         """Whether replica pods are being created, or pinned and not bound yet: kube-scheduler does
         not count them on their node until it binds them."""
-        with self.lock:
+        with self._lock:
             return bool(self.inflight or self.unbound)
 
     def requests_of(self, key: Key) -> dict[str, dict]:
         """The inference's capacity requests by name, as they are now."""
-        with self.lock:
+        with self._lock:
             return dict(self.capacity_requests.get(key, {}))
 
     def status_view(self, key: Key, inference: dict) -> tuple[dict, list[dict]]:
         """What a status is built from: the inference as cached now (else ``inference``) and its pods."""
-        with self.lock:
+        with self._lock:
             return self.inferences.get(key, inference), self.pods_of_inference(key)

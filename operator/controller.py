@@ -117,10 +117,7 @@ class Controller:
             self.queue.enqueue(other)
 
     def on_node(self, kind: str | None, body: Mapping[str, Any]) -> None:
-        affected = self.cache.apply_node(kind, body)
-        with self.cache.lock:
-            ordered = self.cache.in_waiting_order(affected)
-        for key in ordered:
+        for key in self.cache.in_waiting_order(self.cache.apply_node(kind, body)):
             self.queue.enqueue(key)
 
     def on_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> None:
@@ -130,10 +127,7 @@ class Controller:
 
     def on_storage(self, kind: str, event: str | None, body: Mapping[str, Any]) -> None:
         """A claim, volume or storage class changed: where replicas' volumes can go may have too."""
-        affected = self.cache.apply_storage(kind, event, body)
-        with self.cache.lock:
-            ordered = self.cache.in_waiting_order(affected)
-        for key in ordered:
+        for key in self.cache.in_waiting_order(self.cache.apply_storage(kind, event, body)):
             self.queue.enqueue(key)
 
     # ---- running -------------------------------------------------------------------------------
@@ -190,9 +184,7 @@ class Controller:
         }
 
     def _enqueue_all(self) -> None:
-        with self.cache.lock:
-            keys = list(self.cache.inferences)
-        for key in keys:
+        for key in self.cache.inference_keys():
             self.queue.enqueue(key)
 
     def _in_thread(self, function, *args):

@@ -86,10 +86,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     controller.start(asyncio.get_running_loop())
     memo.controller = controller
     if ours.metrics_port:
-        mx.METRICS.watch_ledger(
-            lambda: mx.snapshot_ledger(controller.cache.ledger, controller.cache.inventories),
-            lock=controller.cache.lock,
-        )
+        mx.METRICS.watch_ledger(lambda: controller.cache.read_ledger(mx.snapshot_ledger))
         mx.METRICS.serve(ours.metrics_port, ours.metrics_address)
     logger.info("neuronplace operator started: %s", ours)
 

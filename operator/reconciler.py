@@ -38,7 +38,7 @@ from neuronplace.placement import status as st
 from neuronplace.placement.capacity_upkeep import RequestKey, to_create_now, waiting_states
 from neuronplace.placement.creation import Answer, Judgement, judge
 from neuronplace.placement.names import REASON_CAPACITY_REQUESTED
-from neuronplace.placement.reconcile import OUTDATED, SURPLUS, Deletion
+from neuronplace.placement.replica_pods import OUTDATED, SURPLUS, Deletion
 from neuronplace.placement.ruling import Creation, Ruling, binding_of
 
 log = logging.getLogger("neuronplace.operator")

@@ -30,6 +30,7 @@ from neuronplace.operator import heap
 from neuronplace.operator.cache import Cache, Key
 from neuronplace.operator.storage import CLAIMS, CLASSES, KINDS, VOLUMES, slim
 from neuronplace.operator.writes import API_TIMEOUT
+from neuronplace.placement.claims import pod_key
 from neuronplace.placement.names import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("neuronplace.operator")
@@ -58,7 +59,7 @@ class Sync:
         self.cache = cache
         self.core = core
         self.custom = custom
-        self.reported_foreign: set[str] = set()  # foreign pods already logged (guarded by cache.lock)
+        self.reported_foreign: set[str] = set()  # foreign pods already logged (changed under the cache's lock)
 
     # ---- lists ---------------------------------------------------------------------------------
 
@@ -99,8 +100,7 @@ class Sync:
         """Replace the cached claims, volumes and storage classes with full lists."""
         for kind in KINDS:
             slimmed = [slim(kind, body) for page in self.storage_pages(kind) for body in page]
-            with self.cache.lock:
-                self.cache.storage.replace(kind, slimmed)
+            self.cache.replace_storage(kind, slimmed)
 
     def list_inferences(self) -> list[dict]:
         if not self.cache.namespaces:
@@ -119,26 +119,16 @@ class Sync:
         cache = self.cache
         nodes = pods = 0
         for page in self.node_pages():
-            with cache.lock:
-                for node in page:
-                    cache.observe_node(node)
+            cache.observe_nodes(page)
             nodes += len(page)
         for page in self.pod_pages():
-            with cache.lock:
-                for pod in page:
-                    cache.observe_pod(pod)
+            cache.observe_pods(page)
             pods += len(page)
         self.read_storage()  # where replicas' volumes can be used, before any placement
         # Before any reconcile, so that no template naming a system class slips through meanwhile.
         priority_classes = self.list_priority_classes()
         inferences = self.list_inferences()
-        with cache.lock:
-            for priority_class in priority_classes:
-                cache.observe_priority_class(priority_class)
-            # The pods listed above are foreign until their NeuronInference is known; each one
-            # remembered here turns its pods' claims into ours.
-            for inference in inferences:
-                cache.remember_inference(inference)
+        cache.remember_start_up(priority_classes, inferences)
         self.report_foreign()
         heap.return_free_memory()
         log.info(
@@ -160,72 +150,34 @@ class Sync:
         resource whose deletion the watch reports while the lists are read stays deleted, though
         the (older) list still shows it. The caller then reconciles every resource.
         """
-        with self.cache.lock:
-            nodes_before = set(self.cache.nodes)
-            self.cache.deleted_during_resync = set()
+        nodes_before = self.cache.begin_resync()
         try:
             return self._full_resync(nodes_before)
         finally:
-            with self.cache.lock:
-                self.cache.deleted_during_resync = None
+            self.cache.end_resync()
 
     def _full_resync(self, nodes_before: set[str]) -> list[Key]:
         cache = self.cache
         listed_nodes: set[str] = set()
         for page in self.node_pages():
-            with cache.lock:
-                for node in page:
-                    listed_nodes.add(node["metadata"]["name"])
-                    cache.observe_node(node)
-        with cache.lock:
-            for name in nodes_before - listed_nodes:
-                if name in cache.nodes:
-                    cache.observe_node({"metadata": {"name": name}}, deleted=True)
+            listed_nodes.update(node["metadata"]["name"] for node in page)
+            cache.observe_nodes(page)
+        cache.forget_nodes(nodes_before - listed_nodes)
         listed_pods: set[str] = set()
         for page in self.pod_pages():
-            with cache.lock:
-                deleted = cache.deleted_during_resync or set()
-                for pod in page:
-                    meta = pod["metadata"]
-                    owner = f"{meta['namespace']}/{meta['name']}"
-                    listed_pods.add(owner)
-                    # Pods already known are kept fresh by the watch; only what it missed is taken,
-                    # never a pod whose deletion the watch reported after this page was read.
-                    if (
-                        not cache.knows_pod(meta["namespace"], meta["name"])
-                        and owner not in cache.inflight
-                        and owner not in deleted
-                    ):
-                        cache.observe_pod(pod)
+            listed_pods.update(pod_key(pod["metadata"]["namespace"], pod["metadata"]["name"]) for pod in page)
+            cache.observe_missed_pods(page)
         listed_inferences = {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in self.list_inferences()}
-        with cache.lock:
-            known = cache.ledger.owners() | cache.usage.owners() | {f"{ns}/{name}" for ns, name in cache.pods}
-            missing_pods = sorted(known - listed_pods - cache.inflight)
-            missing_inferences = [key for key in cache.inferences if key not in listed_inferences]
-            deleted = cache.deleted_during_resync or set()
-            for key, inference in listed_inferences.items():
-                if key not in deleted and key not in cache.inferences:
-                    cache.remember_inference(inference)
+        missing_pods, missing_inferences = cache.compare_with_lists(listed_pods, listed_inferences)
         for owner in missing_pods:
             namespace, name = owner.split("/", 1)
             if self._gone(self.core.read_namespaced_pod, name, namespace):
-                with cache.lock:
-                    cache.observe_pod(
-                        {
-                            "metadata": {
-                                "namespace": namespace,
-                                "name": name,
-                                "labels": cache.labels_of(namespace, name),
-                            }
-                        },
-                        deleted=True,
-                    )
+                cache.forget_vanished_pod(namespace, name)
                 log.info("pod %s vanished while unwatched; its cores are free", owner)
         forgotten: list[Key] = []
         for key in missing_inferences:
             if self._gone(self.custom.get_namespaced_custom_object, GROUP, VERSION, key[0], PLURAL, key[1]):
-                with cache.lock:
-                    cache.forget_inference(key)
+                cache.forget_vanished_inference(key)
                 forgotten.append(key)
         self.read_storage()
         self.report_foreign()
@@ -242,9 +194,7 @@ class Sync:
 
     def report_foreign(self) -> None:
         """Log each pod we did not place that holds Neuron cores on a node (once per pod)."""
-        with self.cache.lock:
-            foreign = [h for h in self.cache.ledger.foreign() if h.owner not in self.reported_foreign]
-            self.reported_foreign |= {h.owner for h in foreign}
+        foreign = self.cache.unreported_foreign(self.reported_foreign)
         for holding in foreign:
             log.warning(
                 "pod %s holds %d Neuron core(s) on %s and is not controlled by a known NeuronInference; "

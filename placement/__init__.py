@@ -19,7 +19,7 @@ One concept per module:
 - ``fleet``: the nodes, which of them a request may use (cached), and what room each has.
 - ``search``: request + nodes + ledger → placements (``place``, ``place_one``).
 - ``reasons``: why no node can take a replica now, in one sentence.
-- ``reconcile``: spec + live pods → a frozen ``Decision`` (what to create, delete, requeue).
+- ``replica_pods``: spec + live pods → a frozen ``Decision`` (what to create, delete, requeue).
 - ``status`` / ``events`` / ``pods`` / ``crd``: ``build_*`` functions returning manifests.
 - ``podsecurity``: the pod-template safety policy.
 - ``coremap``: the core map that ``neuronplace cores`` prints and draws.

@@ -184,7 +184,7 @@ def counted_room(request: PlacementRequest, fleet: Fleet, usage: Usage) -> str |
     return None
 
 
-def no_request_reason(node: str) -> str:
+def no_request_message(node: str) -> str:
     """Why a replica :func:`counted_room` placed on ``node`` gets no capacity request."""
     return (
         f"no capacity request: kube-scheduler counts enough free NeuronCores on {node}, where no free range "

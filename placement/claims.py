@@ -62,9 +62,23 @@ class Claim:
     device_count: int  # requested devices
 
 
+def pod_key(namespace: str, name: str) -> str:
+    """The "namespace/name" a pod is known by in the ledger, the usage and the operator's sets."""
+    return f"{namespace}/{name}"
+
+
 def owner_of(pod: Mapping) -> str:
     metadata = pod.get("metadata") or {}
-    return f"{metadata.get('namespace') or 'default'}/{metadata.get('name') or ''}"
+    return pod_key(metadata.get("namespace") or "default", metadata.get("name") or "")
+
+
+def cores_of(pod: Mapping) -> CoreRange | None:
+    """The node-global cores a replica pod's ``CORES_ANNOTATION`` names, or None when the pod has no
+    such annotation or its value is not a core range: either way the pod says nothing usable."""
+    try:
+        return CoreRange.parse(((pod.get("metadata") or {}).get("annotations") or {})[CORES_ANNOTATION])
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 # The node field a required node-affinity term names to pin a pod to one node (as the DaemonSet
@@ -216,10 +230,7 @@ def read_pod(pod: Mapping) -> PodClaims | None:
 
     ours = None
     if labelled and controller is not None and labels[INFERENCE_LABEL] == controller[0]:
-        try:
-            cores = CoreRange.parse(annotations[CORES_ANNOTATION])
-        except (KeyError, ValueError):
-            cores = None
+        cores = cores_of(pod)
         if cores is not None and cores.count == core_count and device_count == 0:
             group = f"{namespace}/{controller[0]}"
             ours = Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0)

@@ -37,7 +37,7 @@ COMPLETED = "Completed"  # Succeeded: a server is not meant to exit, so it is re
 
 @dataclass(frozen=True)
 class Failure:
-    """One failed attempt of a replica, as ``reconcile.decide`` saw it."""
+    """One failed attempt of a replica, as ``replica_pods.decide`` saw it."""
 
     replica: int
     attempt: str | None  # the pod's creationTimestamp: one attempt is counted once, however often it is seen

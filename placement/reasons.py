@@ -51,7 +51,7 @@ _EXCLUSION_PHRASES = (
 )
 
 
-# Node problems a person must fix on the node itself: the reason names the first such node and its
+# Node problems a person must fix on the node itself: the message names the first such node and its
 # problem ("unknown instance type 'x1.foo' (set label neuronplace.io/topology)"), not just a count.
 _NODE_FIXES = (UNKNOWN_TOPOLOGY, NO_CORES)
 
@@ -107,7 +107,7 @@ def _resource_exclusions(
     return fitting, ", ".join(parts)
 
 
-def unplaceable_reason(
+def unplaceable_message(
     request: PlacementRequest,
     nodes: Sequence[NodeInventory] | Fleet,
     ledger: Ledger,

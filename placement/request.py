@@ -2,7 +2,7 @@
 
 A :class:`PlacementRequest` is validated when built (a malformed one raises ``ValueError``); placing
 a replica (:mod:`.search`) gives a :class:`ReplicaPlacement` (a node and a core range) or an
-:class:`Unplaceable` (a reason, :mod:`.reasons`).
+:class:`Unplaceable` (a sentence saying why not, :mod:`.reasons`).
 """
 
 from __future__ import annotations
@@ -92,4 +92,4 @@ class ReplicaPlacement:
 @dataclass(frozen=True)
 class Unplaceable:
     replica: int
-    reason: str
+    message: str  # one sentence saying why no node can take the replica now

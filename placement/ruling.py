@@ -7,7 +7,7 @@ on a saved cluster state, so its answer is the operator's. In order:
 1. an inference in the operator's own namespace (``NamespaceNotServed``) or with an invalid spec
    (``InvalidSpec``: the schema's rules, the pod-template policy, a system priority class the rules
    do not allow) is refused: its capacity requests go, the status says why, nothing else happens;
-2. which replica pods go and which replicas need one (:func:`.reconcile.decide`: failures and
+2. which replica pods go and which replicas need one (:func:`.replica_pods.decide`: failures and
    their backoff, unschedulable and outdated pods, lost nodes, kube-scheduler's silence);
 3. the missing replicas are placed one by one, each reservation entered in the view's ledger and
    usage at once (so the next ruling, for any inference, sees those cores taken), avoiding the nodes
@@ -30,6 +30,7 @@ from typing import Any
 from neuronplace.placement import capacity as cp
 from neuronplace.placement import failures as fl
 from neuronplace.placement.capacity_upkeep import RequestKey, make_room, upkeep
+from neuronplace.placement.claims import pod_key
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
@@ -44,7 +45,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.pods import build_pod, pod_name
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.priority import priority_refusal
-from neuronplace.placement.reconcile import Deletion, avoiding, decide, placement_request
+from neuronplace.placement.replica_pods import Deletion, avoiding, decide, placement_request
 from neuronplace.placement.request import ReplicaPlacement
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, scheduler_silence, summarize_unplaceable
@@ -212,7 +213,7 @@ def _place(
     unplaceable: list[tuple[int, str]] = []
     waiting: set[int] = set()  # replicas a new node would take: they get capacity requests
     for replica in create:
-        pod = f"{namespace}/{pod_name(name, replica)}"
+        pod = pod_key(namespace, pod_name(name, replica))
         kept_off = avoid.get(replica, frozenset())
         placing = request if follow is None else dataclasses.replace(request, volume_terms=volumes.on_node(follow))
         result = place_one(
@@ -230,14 +231,14 @@ def _place(
             follow = result.node if volumes.first_consumer else None
         elif kept_off:  # its own failures keep it off nodes: no new node is asked for it
             unplaceable.append(
-                (replica, f"{result.reason}; avoiding {', '.join(sorted(kept_off))} after failed attempts")
+                (replica, f"{result.message}; avoiding {', '.join(sorted(kept_off))} after failed attempts")
             )
         elif not rules.capacity_requests:
-            unplaceable.append((replica, result.reason))
+            unplaceable.append((replica, result.message))
         elif (room := cp.counted_room(placing, view.fleet, view.usage)) is not None:
-            unplaceable.append((replica, f"{result.reason}; {cp.no_request_reason(room)}"))
+            unplaceable.append((replica, f"{result.message}; {cp.no_request_message(room)}"))
         else:
-            unplaceable.append((replica, result.reason))
+            unplaceable.append((replica, result.message))
             waiting.add(replica)
     problem = None
     if unplaceable:

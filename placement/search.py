@@ -1,4 +1,4 @@
-"""The search: a request + nodes + the ledger → a node and a core range per replica, or a reason.
+"""The search: a request + nodes + the ledger → a node and a core range per replica, or why not.
 
 Pure and deterministic. The rules:
 
@@ -34,7 +34,7 @@ from neuronplace.placement.fitting import best_start
 from neuronplace.placement.fleet import Fleet, _fleet, _free_mask, _shortfall
 from neuronplace.placement.inventory import NodeInventory
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.reasons import unplaceable_reason
+from neuronplace.placement.reasons import unplaceable_message
 from neuronplace.placement.request import PlacementRequest, ReplicaPlacement, Unplaceable
 from neuronplace.placement.usage import Usage
 from neuronplace.runtime.coreset import CoreRange
@@ -160,7 +160,7 @@ def place_one(
     if choice is None:
         choice = _search(request, fleet, allowed, ledger, usage, owner)
     if choice is None:
-        return Unplaceable(replica, unplaceable_reason(request, fleet, ledger, usage, owner))
+        return Unplaceable(replica, unplaceable_message(request, fleet, ledger, usage, owner))
     name, start = choice
     cores = CoreRange(start, request.cores_per_replica)
     ledger.reserve(name, cores, owner, group=request.owner)

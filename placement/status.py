@@ -12,14 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from neuronplace.placement.claims import node_of
+from neuronplace.placement.claims import cores_of, node_of
 from neuronplace.placement.conditions import is_ready
 from neuronplace.placement.names import (
     CONDITION_PLACED,
     CONDITION_READY,
     CONDITION_REPLICA_FAILURE,
     CONDITION_WAITING_FOR_CAPACITY,
-    CORES_ANNOTATION,
     REASON_NOT_READY,
     REASON_PENDING,
     REASON_PLACED,
@@ -28,7 +27,6 @@ from neuronplace.placement.names import (
     REPLICA_LABEL,
 )
 from neuronplace.placement.pods import pod_name, selector_for
-from neuronplace.runtime.coreset import CoreRange
 
 
 @dataclass(frozen=True)
@@ -84,8 +82,10 @@ def placement_entry(pod: Mapping[str, Any], processes: int) -> dict | None:
     meta = pod.get("metadata") or {}
     try:
         replica = int((meta.get("labels") or {})[REPLICA_LABEL])
-        cores = CoreRange.parse((meta.get("annotations") or {})[CORES_ANNOTATION])
     except (KeyError, ValueError, TypeError):
+        return None
+    cores = cores_of(pod)
+    if cores is None:
         return None
     try:
         process_cores = [str(r) for r in cores.split(processes)]
@@ -101,20 +101,20 @@ def placement_entry(pod: Mapping[str, Any], processes: int) -> dict | None:
 
 
 def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:
-    """One message for the replicas that could not be placed, grouping identical reasons."""
-    by_reason: dict[str, list[int]] = {}
-    for replica, reason in unplaceable:
-        by_reason.setdefault(reason, []).append(replica)
+    """One message for the replicas that could not be placed, grouping identical messages."""
+    by_message: dict[str, list[int]] = {}
+    for replica, message in unplaceable:
+        by_message.setdefault(message, []).append(replica)
     parts = []
-    for reason, replicas in by_reason.items():
+    for message, replicas in by_message.items():
         label = f"replica {replicas[0]}" if len(replicas) == 1 else f"replicas {', '.join(map(str, sorted(replicas)))}"
-        parts.append(f"{label}: {reason}")
+        parts.append(f"{label}: {message}")
     return "; ".join(parts)
 
 
 def scheduler_silence(unheard: Sequence[str]) -> Problem | None:
     """Why replicas are not ready when kube-scheduler has said nothing about their pinned pods
-    (``reconcile.Decision.unheard``); None when it has spoken about all of them."""
+    (``replica_pods.Decision.unheard``); None when it has spoken about all of them."""
     if not unheard:
         return None
     return Problem(REASON_SCHEDULER_NOT_RESPONDING, "; ".join(unheard) + "; is kube-scheduler running?")

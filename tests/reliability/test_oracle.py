@@ -28,7 +28,7 @@ from neuronplace.placement.names import (
     NEURONCORE_RESOURCE,
 )
 from neuronplace.placement.pods import build_pod
-from neuronplace.placement.reconcile import placement_request
+from neuronplace.placement.replica_pods import placement_request
 from neuronplace.placement.request import PlacementRequest, ReplicaPlacement
 from neuronplace.placement.resources import pod_requests
 from neuronplace.placement.search import place_one
@@ -238,7 +238,7 @@ def test_fits_are_placed_reports_room_a_broken_engine_left_unused(monkeypatch):
     refused = engine_answer(request, [node], [foreign])
     assert not isinstance(refused, ReplicaPlacement), "the broken rule should refuse core 1"
     # The operator (running this engine) would then report Unschedulable with no pod.
-    inference["status"] = build_status(inference, [], problem=Problem("Unschedulable", refused.reason), now=NOW)
+    inference["status"] = build_status(inference, [], problem=Problem("Unschedulable", refused.message), now=NOW)
     snapshot = Snapshot([foreign], [node], [inference], ("ml",))
     assert not _engine_oracle_finds_room(snapshot), "an engine-based oracle shares the bug"
     found = check_fits_are_placed(snapshot)

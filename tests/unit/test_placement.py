@@ -58,7 +58,7 @@ def test_small_replica_never_straddles_a_chip():
     ledger = ledger_with(("a", "0"), ("a", "3-23"))
     result = one(req(2), [node("a")], ledger)
     assert isinstance(result, Unplaceable)
-    assert "largest free run is 2 on a" in result.reason and "chip" in result.reason
+    assert "largest free run is 2 on a" in result.message and "chip" in result.message
     assert one(req(1), [node("a")], ledger).cores == CoreRange(1, 1)
 
 
@@ -92,8 +92,8 @@ def test_aligned_start_is_a_multiple_of_the_count():
     assert one(req(4, aligned=True), [node("a")], ledger).cores == CoreRange(4, 4)
     assert one(req(4), [node("a")], ledger_with(("a", "0-1"))).cores == CoreRange(2, 4)
     result = one(req(8, aligned=True), [node("a")], ledger_with(("a", "0-1"), ("a", "12-23")))
-    assert isinstance(result, Unplaceable) and "multiple of 8" in result.reason
-    assert "largest free run is 10 on a, but no free run fits" in result.reason
+    assert isinstance(result, Unplaceable) and "multiple of 8" in result.message
+    assert "largest free run is 10 on a, but no free run fits" in result.message
 
 
 # ---- trn1 torus shapes ------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_trn1_strict_accepts_device_group_shapes(cores):
 def test_trn1_strict_refuses_other_shapes_and_permissive_allows_them(cores, devices):
     strict = one(req(cores), [node("t", "trn1.32xlarge")], Ledger())
     assert isinstance(strict, Unplaceable)
-    assert "1 trn1 torus node" in strict.reason and "Strict" in strict.reason
+    assert "1 trn1 torus node" in strict.message and "Strict" in strict.message
     permissive = one(req(cores, shape_policy="Permissive"), [node("t", "trn1.32xlarge")], Ledger())
     assert permissive.cores == CoreRange(0, cores) and len(permissive.devices) == devices
 
@@ -179,7 +179,7 @@ def test_taints_need_tolerations():
     soft = node("b", taints=[{"key": "x", "effect": "PreferNoSchedule"}])
     assert one(req(1), [tainted, soft], Ledger()).node == "b"
     result = one(req(1), [tainted], Ledger())
-    assert isinstance(result, Unplaceable) and "1 node excluded by taints" in result.reason
+    assert isinstance(result, Unplaceable) and "1 node excluded by taints" in result.message
     for toleration in (
         {"key": "dedicated", "operator": "Equal", "value": "ml"},
         {"key": "dedicated", "operator": "Exists"},
@@ -204,7 +204,7 @@ def test_node_selector():
     nodes = [node("a", labels={"pool": "x"}), node("b", labels={"pool": "y"})]
     assert one(req(1, node_selector={"pool": "y"}), nodes, Ledger()).node == "b"
     result = one(req(1, node_selector={"pool": "z"}), nodes, Ledger())
-    assert "2 not matching the nodeSelector" in result.reason
+    assert "2 not matching the nodeSelector" in result.message
 
 
 def affinity(*terms):
@@ -248,7 +248,7 @@ def test_affinity_terms_are_ored_and_fields_match_the_name():
     )
     assert one(req(1, affinity=terms), nodes, Ledger()).node == "b"
     empty_term = one(req(1, affinity=affinity({})), nodes, Ledger())
-    assert isinstance(empty_term, Unplaceable) and "2 not matching the required node affinity" in empty_term.reason
+    assert isinstance(empty_term, Unplaceable) and "2 not matching the required node affinity" in empty_term.message
 
 
 def test_ineligible_nodes_are_counted_in_the_reason():
@@ -264,7 +264,7 @@ def test_ineligible_nodes_are_counted_in_the_reason():
     ledger = ledger_with(("a", "0-5"), ("a", "12-17"))
     result = one(req(8), nodes, ledger)
     assert isinstance(result, Unplaceable)
-    assert result.reason == (
+    assert result.message == (
         "needs 8 contiguous cores; largest free run is 6 on a; "
         "3 nodes excluded by taints, 1 cordoned, 1 NotReady, "
         "1 of unknown topology (unk: unknown instance type 'x1.foo' (set label neuronplace.io/topology, e.g. '12x2')); "
@@ -274,14 +274,14 @@ def test_ineligible_nodes_are_counted_in_the_reason():
 
 def test_too_small_nodes_and_no_nodes():
     result = one(req(4), [node("small", "inf2.xlarge")], Ledger())
-    assert "1 with fewer than 4 cores" in result.reason
-    assert one(req(4), [], Ledger()).reason == "needs 4 contiguous cores; there are no nodes"
+    assert "1 with fewer than 4 cores" in result.message
+    assert one(req(4), [], Ledger()).message == "needs 4 contiguous cores; there are no nodes"
 
 
 def test_allocatable_below_topology_limits_the_cores():
     result = place(req(8), range(3), [node("a", cores=20)], Ledger(), lambda i: f"default/web-{i}")
     assert [type(r).__name__ for r in result] == ["ReplicaPlacement", "ReplicaPlacement", "Unplaceable"]
-    assert "largest free run is 4 on a" in result[2].reason
+    assert "largest free run is 4 on a" in result[2].message
 
 
 # ---- foreign pods, recreate, retries, determinism ------------------------------------------------

@@ -215,8 +215,8 @@ def run_sequence(node_dicts, pods, ops, check):
         outcomes.append(result)
         if check:
             if isinstance(result, Unplaceable):
-                assert not options, f"refused although {expected} is valid: {result.reason}"
-                assert result.reason.startswith(f"needs {request.cores_per_replica} contiguous core")
+                assert not options, f"refused although {expected} is valid: {result.message}"
+                assert result.message.startswith(f"needs {request.cores_per_replica} contiguous core")
             else:
                 assert expected == (result.node, result.cores.start), (expected, result)
                 check_placement(result, request, by_name[result.node])

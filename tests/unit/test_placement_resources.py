@@ -42,7 +42,7 @@ def test_three_cpu_heavy_replicas_never_share_a_node_beyond_its_cpu():
     assert [r.node for r in results[:2]] == ["a", "b"]
     third = results[2]
     assert isinstance(third, Unplaceable)
-    assert "2 nodes with insufficient cpu (a: requested 150, 42 of 192 free)" in third.reason
+    assert "2 nodes with insufficient cpu (a: requested 150, 42 of 192 free)" in third.message
     assert all(usage.used(n)[CPU] <= 192_000 for n in ("a", "b"))
 
 
@@ -57,7 +57,7 @@ def test_foreign_pods_count_and_the_reason_names_each_resource_with_its_count():
     usage = Usage.from_pods([foreign("big", "a", "100"), foreign("full", "b", "191500m")])
     result = place_one(req(cpu=100_000, memory=2 * GI), 0, fleet, Ledger(), "ns/web-0", usage=usage)
     assert isinstance(result, Unplaceable)
-    assert result.reason == (
+    assert result.message == (
         "needs 2 contiguous cores; no node can take it: 2 nodes with insufficient cpu "
         "(a: requested 100, 92 of 192 free), 1 node with insufficient memory (c: requested 2Gi, 1Gi of 1Gi free)"
     )
@@ -67,8 +67,8 @@ def test_a_full_node_takes_no_more_pods_even_for_a_pod_that_requests_nothing():
     fleet = Fleet([node("a", pods="1"), node("b", pods="2")])
     usage = Usage.from_pods([foreign("x", "a", "1"), foreign("y", "b", "1")])
     assert place_one(req(), 0, fleet, Ledger(), "ns/web-0", usage=usage).node == "b"
-    reason = place_one(req(), 1, fleet, Ledger(), "ns/web-1", usage=usage).reason
-    assert "2 nodes with insufficient pods (a: requested 1, 0 of 1 free)" in reason
+    message = place_one(req(), 1, fleet, Ledger(), "ns/web-1", usage=usage).message
+    assert "2 nodes with insufficient pods (a: requested 1, 0 of 1 free)" in message
 
 
 def test_an_extended_resource_the_node_lacks_excludes_it():

@@ -230,7 +230,7 @@ def operated(objects, inferences) -> tuple[dict, list[dict], list[tuple[str, str
     api = FakeApi(binds=True)  # kube-scheduler binds each pinned pod at once
     with ThreadPoolExecutor(max_workers=4) as pool:
         reconciler = Reconciler(OperatorSettings(), cache, Writer(core=api, custom=api), pool)
-        for key in cache.serving_order(keys):
+        for key in cache.in_waiting_order(keys):
             reconciler.reconcile(key)
     placed = {}
     for key in keys:

@@ -186,7 +186,7 @@ def test_claims_whose_volumes_share_no_node_place_nowhere_and_say_why():
     request = PlacementRequest(owner=f"{NS}/web", cores_per_replica=2, volume_terms=result.node_terms)
     placed = place_one(request, 0, fleet(), Ledger(), f"{NS}/web-0")
     assert isinstance(placed, Unplaceable)
-    assert "no node can take it: 3 where its volumes cannot be used" in placed.reason, placed.reason
+    assert "no node can take it: 3 where its volumes cannot be used" in placed.message, placed.message
 
 
 def test_a_bound_volume_without_node_affinity_restricts_nothing():

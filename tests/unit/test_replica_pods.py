@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuronplace.placement import reconcile
+from neuronplace.placement import replica_pods
 from neuronplace.placement.pods import template_hash
 from neuronplace.runtime.coreset import CoreRange
 
@@ -64,7 +64,7 @@ def pod(
 
 
 def decide(res, pods, nodes=None, now=NOW, **kwargs):
-    return reconcile.decide(
+    return replica_pods.decide(
         res, pods, {"n1": READY_NODE} if nodes is None else nodes, now=now, node_grace_seconds=60, **kwargs
     )
 
@@ -209,8 +209,8 @@ def test_an_unschedulable_pinned_pod_goes_after_the_timeout_and_its_replica_avoi
 
 
 def test_a_pinned_pod_kube_scheduler_never_looked_at_is_reported_and_kept():
-    assert reconcile.scheduler_silence_seconds(10) == 30 and reconcile.scheduler_silence_seconds(5) == 30
-    assert reconcile.scheduler_silence_seconds(20) == 60
+    assert replica_pods.scheduler_silence_seconds(10) == 30 and replica_pods.scheduler_silence_seconds(5) == 30
+    assert replica_pods.scheduler_silence_seconds(20) == 60
     pods = [pod(0), pinned(1, created="2026-11-28T11:59:40Z"), pod(2)]  # no PodScheduled at all
     early = decide(resource(), pods, now=at(-15))  # 5 s old
     assert early.unheard == () and early.requeue_after == pytest.approx(5)
@@ -245,9 +245,9 @@ def test_scaled_away_replicas_forget_their_failures():
 
 
 def test_avoiding_keeps_every_required_term_and_adds_the_nodes_to_each():
-    request = reconcile.placement_request(resource(), "device-local")
-    assert reconcile.avoiding(request, frozenset()) is request
-    away = reconcile.avoiding(request, frozenset({"n2", "n1"}))
+    request = replica_pods.placement_request(resource(), "device-local")
+    assert replica_pods.avoiding(request, frozenset()) is request
+    away = replica_pods.avoiding(request, frozenset({"n2", "n1"}))
     terms = away.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1", "n2"]}]}]
     zone = {"key": "zone", "operator": "In", "values": ["a"]}
@@ -257,7 +257,7 @@ def test_avoiding_keeps_every_required_term_and_adds_the_nodes_to_each():
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [zone]}, {}]}
         }
     }
-    away = reconcile.avoiding(reconcile.placement_request(both, "device-local"), frozenset({"n1"}))
+    away = replica_pods.avoiding(replica_pods.placement_request(both, "device-local"), frozenset({"n1"}))
     terms = away.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     not_n1 = {"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}
     assert terms == [{"matchExpressions": [zone], "matchFields": [not_n1]}, {}], "an empty term still matches nothing"
@@ -372,7 +372,7 @@ def test_placement_request_merges_the_templates_constraints():
     }
     res["spec"]["template"]["spec"]["nodeSelector"] = {"zone": "z1", "pool": "ignored"}
     res["spec"]["template"]["spec"]["tolerations"] = [{"key": "ml", "operator": "Exists"}]
-    request = reconcile.placement_request(res, "global")
+    request = replica_pods.placement_request(res, "global")
     assert request.owner == "ml/bert" and request.cores_per_replica == 2 and request.processes_per_replica == 1
     assert (request.strategy, request.shape_policy, request.aligned, request.numbering) == (
         "Spread",
@@ -389,4 +389,4 @@ def test_not_ready_since_reads_every_rfc3339_spelling(stamp):
     # Watches deliver "...Z"; lists re-serialised by the client library give "+00:00". Both are the
     # same instant: misreading one as "NotReady forever" would skip the NotReady grace period.
     node = {"status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": stamp}]}}
-    assert reconcile.node_not_ready_since(node) == dt.datetime(2026, 11, 28, 16, 18, 33, tzinfo=dt.UTC)
+    assert replica_pods.node_not_ready_since(node) == dt.datetime(2026, 11, 28, 16, 18, 33, tzinfo=dt.UTC)

@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuronplace.placement import failures as fl
-from neuronplace.placement.claims import NODE_NAME_FIELD, node_of
+from neuronplace.placement.claims import NODE_NAME_FIELD, cores_of, node_of
 from neuronplace.placement.conditions import condition
 from neuronplace.placement.names import (
     CONDITION_POD_SCHEDULED,
     CONDITION_READY,
-    CORES_ANNOTATION,
     REASON_UNSCHEDULABLE,
     TEMPLATE_HASH_ANNOTATION,
 )
@@ -130,13 +129,6 @@ def _owned_by(pod: Mapping[str, Any], uid: str | None) -> bool:
     return False
 
 
-def _cores_of(pod: Mapping[str, Any]) -> CoreRange | None:
-    try:
-        return CoreRange.parse(((pod.get("metadata") or {}).get("annotations") or {})[CORES_ANNOTATION])
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
 def decide(
     inference: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
@@ -209,7 +201,7 @@ def decide(
             deletions.append(Deletion(this_pod, SURPLUS, f"replica {ordinal} is beyond replicas={desired}"))
             continue
         node_name = node_of(pod)
-        cores = _cores_of(pod)
+        cores = cores_of(pod)
         ended = fl.failed_pod(pod, ordinal, node_name)
         if ended is not None:
             # The ended pod stays until the backoff is over (it holds no cores; its status says why).
