@@ -1,9 +1,11 @@
 """``neuronplace plan``: where would these NeuronInference replicas go? A dry run with no cluster.
 
-The answer is the operator's: the objects are folded into the operator's own cache and each
-NeuronInference is ruled by the same function the operator calls (``placement.ruling.rule``), in the
-order the operator serves inferences waiting for room (higher priority first, then older, then the
-order given).
+The answer is the operator's: each NeuronInference is ruled by the same function the operator
+calls (``placement.ruling.rule``), on a view of the cluster read as the operator reads it (a ledger
+and usage from the pods, the managed nodes, storage and priority classes), in the order the
+operator serves inferences waiting for room (higher priority first, then older, then the order
+given). Capacity requests already in the state are not read (they hold nothing); each replica that
+fits nowhere says whether the operator would keep one for it.
 
 The cluster comes from a fleet spec (``--fleet inf2.48xlarge=2,trn1.32xlarge=1``: hypothetical,
 empty, Ready nodes) and/or a saved cluster state (``--cluster-state FILE``: ``kubectl get
@@ -29,11 +31,15 @@ from collections.abc import Iterable
 
 import yaml
 
-from neuronplace.operator.cache import Cache
-from neuronplace.operator.storage import CLAIMS, CLASSES, VOLUMES
-from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, NUMBERINGS
+from neuronplace.placement.claims import pod_key
+from neuronplace.placement.fleet import Fleet
+from neuronplace.placement.inventory import inventory_from_node
+from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, INFERENCE_LABEL, NUMBERINGS
 from neuronplace.placement.pods import pod_name
-from neuronplace.placement.ruling import Rules, Ruling
+from neuronplace.placement.priority import waiting_order
+from neuronplace.placement.ruling import Rules, Ruling, View, rule
+from neuronplace.placement.usage import Usage
 
 KIND = "NeuronInference"
 
@@ -109,7 +115,6 @@ def fleet_nodes(spec: str) -> list[dict]:
 
 # The kinds a saved cluster state may hold that the ruling reads (NeuronInferences come from FILEs).
 STATE_KINDS = ("Node", "Pod", "PriorityClass", "PersistentVolumeClaim", "PersistentVolume", "StorageClass")
-_STORAGE = {"PersistentVolumeClaim": CLAIMS, "PersistentVolume": VOLUMES, "StorageClass": CLASSES}
 
 
 def load_state(fleet: str | None, cluster_state: str | None) -> dict[str, list[dict]]:
@@ -152,39 +157,45 @@ def load_inferences(paths: Iterable[str], namespace: str) -> list[dict]:
     return inferences
 
 
-def operator_view(state: dict[str, list[dict]]) -> Cache:
-    """The operator's cache, fed the cluster state as its watches would feed it."""
-    cache = Cache(trust_any_inference=True)
-    for node in state["Node"]:
-        cache.apply_node(None, node)
-    for priority_class in state["PriorityClass"]:
-        cache.apply_priority_class(None, priority_class)
-    for kind, storage_kind in _STORAGE.items():
-        for body in state[kind]:
-            cache.apply_storage(storage_kind, None, body)
-    for pod in state["Pod"]:
-        pod.setdefault("metadata", {}).setdefault("namespace", "default")
-        cache.apply_pod(None, pod)
-    return cache
-
-
 def plan(inferences: list[dict], state: dict[str, list[dict]], rules: Rules, now: dt.datetime) -> list[dict]:
     """One row per replica: where it goes (or already is), or why it cannot be placed."""
-    cache = operator_view(state)
-    keys = []
-    for inference in inferences:
-        key = cache.apply_inference(None, inference)
-        if key is not None and key not in keys:
-            keys.append(key)
+    for pod in state["Pod"]:
+        pod.setdefault("metadata", {}).setdefault("namespace", "default")
+    nodes = {node["metadata"]["name"]: node for node in state["Node"]}
+    fleet = Fleet([inventory_from_node(node) for _, node in sorted(nodes.items())])
+    ledger = Ledger.from_pods(state["Pod"], trust_any_inference=True)
+    usage = Usage.from_pods(state["Pod"])  # their cpu, memory and the rest count as the operator counts them
+    claims = {
+        (c["metadata"].get("namespace", "default"), c["metadata"]["name"]): c for c in state["PersistentVolumeClaim"]
+    }
+    volumes = {v["metadata"]["name"]: v for v in state["PersistentVolume"]}
+    classes = {c["metadata"]["name"]: c for c in state["StorageClass"]}
+    priorities = {c["metadata"]["name"]: c["value"] for c in state["PriorityClass"] if isinstance(c.get("value"), int)}
     rows = []
-    for key in cache.in_waiting_order(keys):
-        ruled = cache.rule(key, rules, now, history={}, refused=None)
-        assert ruled is not None, "the inference was just cached"
-        rows.extend(_rows(cache, *ruled))
+    # The order the operator serves inferences waiting for room; ties keep the order given.
+    for inference in sorted(inferences, key=lambda inference: waiting_order(inference, priorities)):
+        meta = inference["metadata"]
+        view = View(
+            pods=[
+                pod
+                for pod in state["Pod"]
+                if pod["metadata"]["namespace"] == meta["namespace"]
+                and (pod["metadata"].get("labels") or {}).get(INFERENCE_LABEL) == meta["name"]
+            ],
+            nodes=nodes,
+            fleet=fleet,
+            ledger=ledger,
+            usage=usage,
+            claims=claims,
+            volumes=volumes,
+            classes=classes,
+            priority_classes=priorities,
+        )
+        rows.extend(_rows(ledger, inference, rule(inference, view, rules, now)))
     return rows
 
 
-def _rows(cache: Cache, inference: dict, ruling: Ruling) -> list[dict]:
+def _rows(ledger: Ledger, inference: dict, ruling: Ruling) -> list[dict]:
     meta = inference["metadata"]
     label = f"{meta['namespace']}/{meta['name']}"
     if ruling.refusal is not None:
@@ -209,7 +220,7 @@ def _rows(cache: Cache, inference: dict, ruling: Ruling) -> list[dict]:
     for replica in range(1 if replicas is None else replicas):
         if replica in by_replica:
             continue
-        holding = cache.holding_of(meta["namespace"], pod_name(meta["name"], replica))
+        holding = ledger.holding_of(pod_key(meta["namespace"], pod_name(meta["name"], replica)))
         if holding is not None:
             cores = str(holding.cores) if holding.cores else ",".join(map(str, holding.core_ids))
             by_replica[replica] = {"status": "existing", "node": holding.node, "cores": cores}

@@ -61,15 +61,11 @@ class Cache:
     public methods under "watch events", "full lists" and "a ruling" take it (a full list folds a
     whole page in under one acquisition); the others that touch state expect the caller to hold it."""
 
-    def __init__(
-        self, namespaces: tuple[str, ...] = (), node_selector: str = "", *, trust_any_inference: bool = False
-    ) -> None:
+    def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
         self.namespaces = namespaces  # watched namespaces; empty: all
         self.node_selector = node_selector  # the nodes this operator manages
         self._lock = threading.Lock()
-        # trust_any_inference: count every pod a NeuronInference controls as managed, whether or not
-        # that NeuronInference is known (``neuronplace plan``, whose saved state may lack them).
-        self.ledger = Ledger(trust_any_inference=trust_any_inference)
+        self.ledger = Ledger()
         self.usage = Usage()  # what the pods on each node request (cpu, memory, ...), beside the cores
         self.inferences: dict[Key, dict] = {}
         self.pods: dict[tuple[str, str], dict] = {}  # managed pods by (namespace, name), slimmed
@@ -255,11 +251,6 @@ class Cache:
         elif isinstance(name, str) and isinstance(value, int) and not isinstance(value, bool):
             self.priority_classes[name] = value
         return name
-
-    def holding_of(self, namespace: str, name: str) -> Holding | None:
-        """What the ledger holds for a pod."""
-        with self._lock:
-            return self.ledger.holding_of(pod_key(namespace, name))
 
     def in_waiting_order(self, keys) -> list[Key]:
         """``keys`` in the order inferences waiting for room are served: higher priority first,
