@@ -37,7 +37,7 @@ import yaml
 
 from neuronplace.local import build, procs
 from neuronplace.local.fleet import build_fleet, normalize_fleet
-from neuronplace.placement.capacity import build_priority_class
+from neuronplace.placement.capacity_requests import build_priority_class
 
 CONTROL_PLANE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 RESTARTABLE = ("kube-apiserver", "etcd")

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -120,13 +119,11 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
 class _LedgerCollector(Collector):
     """Reads a fresh :class:`LedgerSnapshot` on every scrape."""
 
-    def __init__(self, read: Callable[[], LedgerSnapshot], lock: AbstractContextManager | None) -> None:
-        self._read = read
-        self._lock = lock if lock is not None else nullcontext()
+    def __init__(self, read: Callable[[], LedgerSnapshot]) -> None:
+        self._read = read  # takes whatever lock the ledger needs (``Cache.read_ledger``)
 
     def collect(self):
-        with self._lock:
-            snapshot = self._read()
+        snapshot = self._read()
         free = GaugeMetricFamily(
             "neuronplace_node_free_cores", "NeuronCores nobody holds, per managed node", labels=["node"]
         )
@@ -205,12 +202,12 @@ class OperatorMetrics:
         """Context manager timing one reconcile (also when it raises)."""
         return self.reconcile_seconds.time()
 
-    def watch_ledger(self, read: Callable[[], LedgerSnapshot], lock: AbstractContextManager | None = None) -> None:
-        """Report the ledger gauges from ``read()``, called under ``lock`` at every scrape."""
+    def watch_ledger(self, read: Callable[[], LedgerSnapshot]) -> None:
+        """Report the ledger gauges from ``read()``, called at every scrape."""
         with self._guard:
             if self._ledger_collector is not None:
                 self.registry.unregister(self._ledger_collector)
-            self._ledger_collector = _LedgerCollector(read, lock)
+            self._ledger_collector = _LedgerCollector(read)
             self.registry.register(self._ledger_collector)
 
     # ---- serving -------------------------------------------------------------------------------

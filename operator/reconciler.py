@@ -31,7 +31,7 @@ from neuronplace.operator import metrics as mx
 from neuronplace.operator.cache import Cache, Key
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import CONFLICT_RETRY, Permanent, Temporary, Writer
-from neuronplace.placement import capacity as cp
+from neuronplace.placement import capacity_requests as cp
 from neuronplace.placement import events as ev
 from neuronplace.placement import failures as fl
 from neuronplace.placement import status as st
@@ -105,11 +105,11 @@ class Reconciler:
             error = self._create_request(pod)
             if error is not None:
                 refused[replica] = error
-        capacity = None
+        waiting_for_capacity = None
         if ruling.waiting:
             states = waiting_states(key[1], ruling.waiting, ruling.assigned, self.cache.requests_of(key), refused)
-            capacity = st.Problem(REASON_CAPACITY_REQUESTED, cp.describe(states))
-        self._write_status(inference, problem, now, capacity, ruling.silence)
+            waiting_for_capacity = st.Problem(REASON_CAPACITY_REQUESTED, cp.describe(states))
+        self._write_status(inference, problem, now, waiting_for_capacity, ruling.silence)
         return retry
 
     def _before_creates(self, key: Key, inference: dict, ruling: Ruling) -> None:
@@ -222,7 +222,7 @@ class Reconciler:
         inference: dict,
         problem: st.Problem | None,
         now: dt.datetime,
-        capacity: st.Problem | None = None,
+        waiting_for_capacity: st.Problem | None = None,
         not_ready: st.Problem | None = None,
         *,
         announce: bool = False,
@@ -237,7 +237,7 @@ class Reconciler:
             pods,
             problem=problem,
             replica_failure=st.Problem(*failing) if failing else None,
-            waiting_for_capacity=capacity,
+            waiting_for_capacity=waiting_for_capacity,
             not_ready=not_ready,
             binding=binding_of(current, self.rules),
             now=st.now_rfc3339(now),

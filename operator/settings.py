@@ -61,7 +61,7 @@ class OperatorSettings:
         more (system-cluster-critical, system-node-critical): such pods preempt, and a kubelet evicts
         other tenants' pods to admit them.
     capacity_requests: for every replica that fits on no node keep one capacity-request pod
-        (``placement.capacity``): unbound, asking kube-scheduler for what the replica needs, so that
+        (``placement.capacity_requests``): unbound, asking kube-scheduler for what the replica needs, so that
         a cluster autoscaler (Karpenter, cluster-autoscaler) adds a node for it. Off for fleets
         without an autoscaler (the requests would only stay Pending).
     capacity_request_image: the image of the capacity requests' one container; it never runs

@@ -1,6 +1,6 @@
 """Which capacity requests to delete and to create, around a ruling's replica pods (pure).
 
-A capacity request (:mod:`.capacity`) stands for a replica that fits on no node, so that an
+A capacity request (:mod:`.capacity_requests`) stands for a replica that fits on no node, so that an
 autoscaler adds one. Two moments matter:
 
 - **Room** (:func:`make_room`), before replica pods are created on nodes: on each of those nodes
@@ -12,7 +12,7 @@ autoscaler adds one. Two moments matter:
   kube-scheduler can bind it into room the new pods are about to take.
 - **Upkeep** (:func:`upkeep`), then: a request bound where the ledger's free cores no longer cover
   it goes, whoever's it is (under Direct binding a kubelet would otherwise turn one of the two
-  away); then exactly the waiting replicas keep one request each (:func:`.capacity.plan`).
+  away); then exactly the waiting replicas keep one request each (:func:`.capacity_requests.plan`).
 - **Settling** (:func:`to_create_now`), after the replica pods' creates: no request is made while
   replica pods are being created or are pinned and not yet bound: kube-scheduler counts them on
   their node only once bound, so a request made then could be bound into their room.
@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from neuronplace.placement import capacity as cp
+from neuronplace.placement import capacity_requests as cp
 
 # How soon to look again when capacity requests wait for replica pods to be bound (kube-scheduler
 # binds a pinned pod within a scheduling cycle).
@@ -135,7 +135,7 @@ def waiting_states(
     mine: Mapping[str, Request],
     refused: Mapping[int, str],
 ) -> dict[int, Request | str]:
-    """Where each waiting replica's request stands after the writes (:func:`.capacity.describe`):
+    """Where each waiting replica's request stands after the writes (:func:`.capacity_requests.describe`):
     ``mine`` are the inference's requests by name as they are now, ``refused`` why a create failed."""
     states: dict[int, Request | str] = {}
     for replica in waiting:

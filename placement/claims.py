@@ -198,12 +198,12 @@ class PodClaims:
     ours: Claim | None
     theirs: Claim | None
     ids_agree: bool  # AWS_NEURON_IDS absent, or as many as the request
-    capacity: bool = False  # a capacity request: holds nothing once its controller is trusted
+    capacity_request: bool = False  # holds nothing once its controller is trusted
 
     def judge(self, trusted: bool) -> tuple[Claim | None, str | None]:
         """The claim that counts when the controller UID is (not) trusted, and the inconsistency
         the pod shows (a ``CLAIM_*`` reason from names, None when consistent)."""
-        if trusted and self.capacity:
+        if trusted and self.capacity_request:
             return None, None
         if trusted and self.ours is not None:
             return self.ours, None

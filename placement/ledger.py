@@ -29,7 +29,7 @@ So a foreign pod never holds fewer cores than it requests, and an assumed core i
 someone else holds. What does not add up (a labelled pod nobody trusted, a range or id list that
 disagrees with the request, two pods on one core) is reported by :meth:`Ledger.inconsistencies`.
 
-Alongside the holdings the ledger keeps, per node whose capacity it has learned
+Alongside the holdings the ledger keeps, per node whose core count it has learned
 (:meth:`learn_nodes`), a bitmask of held cores and an index of nodes by free core count, so the
 allocator can find candidates without scanning the whole fleet.
 """
@@ -71,11 +71,11 @@ class Holding:
 
 
 class _NodeState:
-    __slots__ = ("assumed", "capacity", "claims", "cores_per_chip", "mask", "overlapping", "slow")
+    __slots__ = ("assumed", "claims", "core_count", "cores_per_chip", "mask", "overlapping", "slow")
 
     def __init__(self) -> None:
         self.claims: dict[str, Claim] = {}
-        self.capacity: int | None = None
+        self.core_count: int | None = None
         self.cores_per_chip: int | None = None
         self.mask = 0  # held cores (exact and assumed)
         self.assumed: dict[str, tuple[int, ...]] = {}  # owner → assumed ids (foreign pods short of ids)
@@ -168,8 +168,8 @@ class Ledger:
         state = self._nodes.get(node)
         wanted = _bits(cores.ids)
         if state is not None:
-            if state.capacity is not None and cores.end >= state.capacity:
-                raise ValueError(f"cannot reserve {cores} on {node}: it has cores 0-{state.capacity - 1}")
+            if state.core_count is not None and cores.end >= state.core_count:
+                raise ValueError(f"cannot reserve {cores} on {node}: it has cores 0-{state.core_count - 1}")
             own = self._own_mask(owner) if self._node_of_owner.get(owner) == node else 0
             clash = state.mask & wanted & ~own
             if clash:
@@ -196,13 +196,13 @@ class Ledger:
                 continue
             seen.add(inventory.name)
             state = self._nodes.setdefault(inventory.name, _NodeState())
-            if state.capacity != inventory.cores or state.cores_per_chip != inventory.topology.cores_per_chip:
-                state.capacity = inventory.cores
+            if state.core_count != inventory.cores or state.cores_per_chip != inventory.topology.cores_per_chip:
+                state.core_count = inventory.cores
                 state.cores_per_chip = inventory.topology.cores_per_chip
                 self._resolve(inventory.name)
         for name, state in list(self._nodes.items()):
-            if name not in seen and state.capacity is not None:
-                state.capacity = None
+            if name not in seen and state.core_count is not None:
+                state.core_count = None
                 state.cores_per_chip = None
                 self._resolve(name)
         self._learned_token = token
@@ -372,8 +372,8 @@ class Ledger:
         for claim in sorted(short, key=lambda c: c.owner):
             wanted = self._claimed_count(state, claim) - listed[claim.owner].bit_count()
             taken: list[int] = []
-            if state.capacity is not None:
-                core = state.capacity - 1
+            if state.core_count is not None:
+                core = state.core_count - 1
                 while core >= 0 and len(taken) < wanted:
                     if not mask >> core & 1:
                         taken.append(core)
@@ -386,10 +386,10 @@ class Ledger:
     def _reindex(self, node: str) -> None:
         state = self._nodes[node]
         old = self._free.get(node)
-        if state.capacity is None:
+        if state.core_count is None:
             new = None
         else:
-            new = state.capacity - (state.mask & ((1 << state.capacity) - 1)).bit_count()
+            new = state.core_count - (state.mask & ((1 << state.core_count) - 1)).bit_count()
         if old == new:
             return
         if old is not None:
@@ -404,7 +404,7 @@ class Ledger:
             self._max_free = max(self._max_free, new)
         if self._max_free not in self._by_free:
             self._max_free = max(self._by_free, default=0)
-        if not state.claims and state.capacity is None:
+        if not state.claims and state.core_count is None:
             del self._nodes[node]
 
     def _holding(self, state: _NodeState, claim: Claim) -> Holding:

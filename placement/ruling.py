@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from neuronplace.placement import capacity as cp
+from neuronplace.placement import capacity_requests as cp
 from neuronplace.placement import failures as fl
 from neuronplace.placement.capacity_upkeep import RequestKey, make_room, upkeep
 from neuronplace.placement.claims import pod_key

@@ -188,22 +188,28 @@ def test_counters_histogram_and_ledger_gauges_in_the_exposition():
     assert third[("neuronplace_ledger_pods", frozenset({("kind", "foreign")}))] == 1
 
 
-def test_watch_ledger_replaces_the_previous_source_and_holds_the_lock():
-    import threading
-
-    lock = threading.Lock()
-    seen_locked = []
+def test_watch_ledger_replaces_the_previous_source():
     metrics = OperatorMetrics()
     metrics.watch_ledger(lambda: LedgerSnapshot({"old": 1}, 0, 0))
-
-    def read():
-        seen_locked.append(lock.locked())
-        return LedgerSnapshot({"new": 2}, 0, 0)
-
-    metrics.watch_ledger(read, lock=lock)
+    metrics.watch_ledger(lambda: LedgerSnapshot({"new": 2}, 0, 0))
     values = samples(metrics.registry)
     assert values[("neuronplace_node_free_cores", frozenset({("node", "new")}))] == 2
     assert ("neuronplace_node_free_cores", frozenset({("node", "old")})) not in values
+
+
+def test_the_operator_reads_the_ledger_under_the_cache_lock():
+    from neuronplace.operator.cache import Cache
+
+    cache = Cache()
+    seen_locked = []
+
+    def read(ledger, inventories):
+        seen_locked.append(cache._lock.locked())
+        return snapshot_ledger(ledger, inventories)
+
+    metrics = OperatorMetrics()
+    metrics.watch_ledger(lambda: cache.read_ledger(read))
+    samples(metrics.registry)
     assert seen_locked == [True]
 
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from test_capacity import FakeApi
+from test_capacity_requests import FakeApi
 from test_volumes import on_hosts
 
 from neuronplace.cli.main import main

@@ -16,7 +16,7 @@ from neuronplace.operator.cache import Cache
 from neuronplace.operator.reconciler import Reconciler
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import Writer
-from neuronplace.placement import capacity as cp
+from neuronplace.placement import capacity_requests as cp
 from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS
 from neuronplace.placement.claims import node_of, pinned_node
 from neuronplace.placement.inventory import inventory_from_node
