@@ -81,17 +81,17 @@ def decision_rate(node_count: int, requests: int, seed: int) -> list[tuple[str, 
     held = 0
     placed = refused = 0
     elapsed = 0.0
-    for request, owner in plans:
+    for request, pod in plans:
         while held > 0.8 * capacity:
             victim, size = live.pop(rng.randrange(len(live)))
             ledger.forget(victim)
             held -= size
         start = time.perf_counter()
-        result = place_one(request, 0, fleet, ledger, owner)
+        result = place_one(request, 0, fleet, ledger, pod)
         elapsed += time.perf_counter() - start
         if isinstance(result, ReplicaPlacement):
             placed += 1
-            live.append((owner, request.cores_per_replica))
+            live.append((pod, request.cores_per_replica))
             held += request.cores_per_replica
         else:
             refused += 1
@@ -101,8 +101,8 @@ def decision_rate(node_count: int, requests: int, seed: int) -> list[tuple[str, 
     sample = plans[: max(1, requests // 50)]
     ledger = Ledger()
     start = time.perf_counter()
-    for request, owner in sample:
-        place_one(request, 0, nodes, ledger, owner)
+    for request, pod in sample:
+        place_one(request, 0, nodes, ledger, pod)
     rate = len(sample) / (time.perf_counter() - start)
     rows.append(("nodes as a list per call", len(sample), rate, "fresh Fleet each call"))
     return rows

@@ -72,20 +72,20 @@ def render_png(maps: Sequence[NodeMap], path: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    widest = max((len(m.owners) for m in maps), default=1)
+    widest = max((len(m.pods) for m in maps), default=1)
     fig, ax = plt.subplots(figsize=(max(6, widest * 0.35 + 3), max(2, len(maps) * 0.6 + 1)))
     palette = plt.get_cmap("tab20")
     colours: dict[str, object] = {}
     for row, node in enumerate(maps):
         y = len(maps) - 1 - row
-        for core, (owner, exact) in enumerate(zip(node.owners, node.exact)):
+        for core, (pod, exact) in enumerate(zip(node.pods, node.exact)):
             face: object
-            if owner is None:
+            if pod is None:
                 face = "white"
             elif not exact:
                 face = "lightgrey"
             else:
-                face = colours.setdefault(owner, palette(len(colours) % 20))
+                face = colours.setdefault(pod, palette(len(colours) % 20))
             gap = 0.15 if core and core % node.cores_per_chip == 0 else 0
             ax.add_patch(
                 Rectangle(

@@ -104,12 +104,12 @@ class Cache:
         ours in a watched namespace, in the pod caches; returns its NeuronInference's key."""
         meta = pod.get("metadata") or {}
         namespace, name = meta.get("namespace"), meta.get("name")
-        owner = pod_key(namespace, name)
         if deleted:
-            self.ledger.forget(owner)
-            self.usage.forget(owner)
+            gone = pod_key(namespace, name)
+            self.ledger.forget(gone)
+            self.usage.forget(gone)
             if self.deleted_during_resync is not None:
-                self.deleted_during_resync.add(owner)
+                self.deleted_during_resync.add(gone)
         else:
             self.ledger.observe(dict(pod))
             self.usage.observe(pod)
@@ -383,11 +383,11 @@ class Cache:
             deleted = self.deleted_during_resync or set()
             for pod in page:
                 meta = pod["metadata"]
-                owner = pod_key(meta["namespace"], meta["name"])
+                key = pod_key(meta["namespace"], meta["name"])
                 if (
                     not self.knows_pod(meta["namespace"], meta["name"])
-                    and owner not in self.inflight
-                    and owner not in deleted
+                    and key not in self.inflight
+                    and key not in deleted
                 ):
                     self.observe_pod(pod)
 
@@ -398,7 +398,7 @@ class Cache:
         but not listed, to be confirmed gone; the listed NeuronInferences the watch missed (and did
         not see deleted meanwhile) are remembered, in the same acquisition."""
         with self._lock:
-            known = self.ledger.owners() | self.usage.owners() | {pod_key(ns, name) for ns, name in self.pods}
+            known = self.ledger.pods() | self.usage.pods() | {pod_key(ns, name) for ns, name in self.pods}
             missing_pods = sorted(known - listed_pods - self.inflight)
             missing_inferences = [key for key in self.inferences if key not in listed_inferences]
             deleted = self.deleted_during_resync or set()
@@ -424,8 +424,8 @@ class Cache:
         """The foreign holdings whose pod is not in ``reported``, which gets them, in one acquisition:
         each foreign pod is reported once."""
         with self._lock:
-            foreign = [h for h in self.ledger.foreign() if h.owner not in reported]
-            reported |= {h.owner for h in foreign}
+            foreign = [h for h in self.ledger.foreign() if h.pod not in reported]
+            reported |= {h.pod for h in foreign}
         return foreign
 
     # ---- a ruling, and what its writes change ------------------------------------------------------

@@ -169,11 +169,11 @@ class Sync:
             cache.observe_missed_pods(page)
         listed_inferences = {(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in self.list_inferences()}
         missing_pods, missing_inferences = cache.compare_with_lists(listed_pods, listed_inferences)
-        for owner in missing_pods:
-            namespace, name = owner.split("/", 1)
+        for pod in missing_pods:
+            namespace, name = pod.split("/", 1)
             if self._gone(self.core.read_namespaced_pod, name, namespace):
                 cache.forget_vanished_pod(namespace, name)
-                log.info("pod %s vanished while unwatched; its cores are free", owner)
+                log.info("pod %s vanished while unwatched; its cores are free", pod)
         forgotten: list[Key] = []
         for key in missing_inferences:
             if self._gone(self.custom.get_namespaced_custom_object, GROUP, VERSION, key[0], PLURAL, key[1]):
@@ -199,7 +199,7 @@ class Sync:
             log.warning(
                 "pod %s holds %d Neuron core(s) on %s and is not controlled by a known NeuronInference; "
                 "they are treated as taken",
-                holding.owner,
+                holding.pod,
                 holding.count,
                 holding.node,
             )

@@ -53,7 +53,7 @@ class Claim:
     """What a pod says it holds, before it is resolved against the node's topology."""
 
     node: str
-    owner: str
+    pod: str
     managed: bool
     group: str | None
     ids: tuple[int, ...] | None  # ids known to be held, in `ids_unit`; more are assumed up to the request
@@ -67,7 +67,8 @@ def pod_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def owner_of(pod: Mapping) -> str:
+def key_of(pod: Mapping) -> str:
+    """The pod key of a pod object (:func:`pod_key`; a pod with no namespace is in "default")."""
     metadata = pod.get("metadata") or {}
     return pod_key(metadata.get("namespace") or "default", metadata.get("name") or "")
 
@@ -191,7 +192,7 @@ class PodClaims:
     """Both readings of one live pod on its node: as ours (``ours``, None when the pod fails the
     checks that need no trust) and as foreign (``theirs``, None when it requests nothing)."""
 
-    owner: str
+    pod: str
     node: str
     inference_uid: str | None  # the controller NeuronInference's UID, if any
     labelled: bool  # carries the inference label
@@ -219,7 +220,7 @@ def read_pod(pod: Mapping) -> PodClaims | None:
     node = node_of(pod)
     if not node or status.get("phase") in TERMINAL_PHASES:
         return None
-    owner = owner_of(pod)
+    key = key_of(pod)
     namespace = metadata.get("namespace") or "default"
     labels = metadata.get("labels") or {}
     annotations = metadata.get("annotations") or {}
@@ -233,7 +234,7 @@ def read_pod(pod: Mapping) -> PodClaims | None:
         cores = cores_of(pod)
         if cores is not None and cores.count == core_count and device_count == 0:
             group = f"{namespace}/{controller[0]}"
-            ours = Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0)
+            ours = Claim(node, key, True, group, tuple(cores.ids), "core", cores.count, 0)
 
     theirs = None
     ids_agree = True
@@ -241,6 +242,6 @@ def read_pod(pod: Mapping) -> PodClaims | None:
         ids = _parse_ids(annotations.get(AWS_NEURON_IDS))
         unit = "core" if core_count else "device"
         ids_agree = ids is None or len(ids) == (core_count if core_count else device_count)
-        theirs = Claim(node, owner, False, None, ids, unit, core_count, device_count)
+        theirs = Claim(node, key, False, None, ids, unit, core_count, device_count)
     uid = controller[1] if controller is not None else None
-    return PodClaims(owner, node, uid, labelled, ours, theirs, ids_agree, capacity_request(pod))
+    return PodClaims(key, node, uid, labelled, ours, theirs, ids_agree, capacity_request(pod))

@@ -34,19 +34,19 @@ _PROBLEMS = {
 
 @dataclass(frozen=True)
 class NodeMap:
-    """One node's cores: ``owners[c]`` is the pod holding core ``c`` (None when free)."""
+    """One node's cores: ``pods[c]`` is the pod holding core ``c`` (None when free)."""
 
     name: str
     instance_type: str | None
     cores_per_chip: int
-    owners: tuple[str | None, ...]
+    pods: tuple[str | None, ...]
     exact: tuple[bool, ...]
     problem: str | None
     inconsistent: tuple[tuple[str, str], ...] = ()  # (pod, reason) of claims that do not add up
 
     @property
     def free(self) -> int:
-        return sum(owner is None for owner in self.owners)
+        return sum(pod is None for pod in self.pods)
 
 
 def node_maps(inventories: Iterable[NodeInventory], ledger: Ledger) -> list[NodeMap]:
@@ -54,24 +54,22 @@ def node_maps(inventories: Iterable[NodeInventory], ledger: Ledger) -> list[Node
     maps = []
     inconsistent: dict[str, list[tuple[str, str]]] = {}
     for found in ledger.inconsistencies():
-        inconsistent.setdefault(found.node, []).append((found.owner, found.reason))
+        inconsistent.setdefault(found.node, []).append((found.pod, found.reason))
     for node in sorted(inventories, key=lambda n: n.name):
         total = node.cores or (node.topology.cores if node.topology else 0)
         if not total:
             continue
-        owners: list[str | None] = [None] * total
+        pods: list[str | None] = [None] * total
         exact = [True] * total
         for holding in ledger.holdings(node.name):
-            label = holding.owner if holding.managed else f"{holding.owner} (not placed by neuronplace)"
+            label = holding.pod if holding.managed else f"{holding.pod} (not placed by neuronplace)"
             for core in holding.core_ids:
                 if 0 <= core < total:
-                    owners[core] = label
+                    pods[core] = label
                     exact[core] = holding.exact and holding.managed
         per_chip = node.topology.cores_per_chip if node.topology else total
         problems = tuple(inconsistent.get(node.name, ()))
-        maps.append(
-            NodeMap(node.name, node.instance_type, per_chip, tuple(owners), tuple(exact), node.problem, problems)
-        )
+        maps.append(NodeMap(node.name, node.instance_type, per_chip, tuple(pods), tuple(exact), node.problem, problems))
     return maps
 
 
@@ -95,29 +93,29 @@ def render(maps: Sequence[NodeMap]) -> str:
     for node in maps:
         symbols: dict[str, str] = {}
         cells = []
-        for owner, exact in zip(node.owners, node.exact):
-            if owner is None:
+        for pod, exact in zip(node.pods, node.exact):
+            if pod is None:
                 cells.append(FREE)
             elif not exact:
                 cells.append(FOREIGN)
             else:
-                if owner not in symbols:
-                    symbols[owner] = _SYMBOLS[len(symbols) % len(_SYMBOLS)]
-                cells.append(symbols[owner])
+                if pod not in symbols:
+                    symbols[pod] = _SYMBOLS[len(symbols) % len(_SYMBOLS)]
+                cells.append(symbols[pod])
         chips = ["".join(cells[i : i + node.cores_per_chip]) for i in range(0, len(cells), node.cores_per_chip)]
         note = f"  ({node.problem})" if node.problem else ""
         lines.append(
-            f"{node.name:<{width}}  {node.instance_type or '?'}  {len(node.owners)} cores, {node.free} free{note}"
+            f"{node.name:<{width}}  {node.instance_type or '?'}  {len(node.pods)} cores, {node.free} free{note}"
         )
         lines.append("  " + " ".join(chips))
         legend = []
-        for owner, symbol in symbols.items():
-            cores = [c for c, o in enumerate(node.owners) if o == owner]
-            legend.append(f"{symbol} {owner} {_ranges(cores)}")
-        foreign = sorted({o for o, e in zip(node.owners, node.exact) if o is not None and not e})
-        for owner in foreign:
-            cores = [c for c, o in enumerate(node.owners) if o == owner]
-            legend.append(f"{FOREIGN} {owner} {_ranges(cores)}")
+        for pod, symbol in symbols.items():
+            cores = [c for c, o in enumerate(node.pods) if o == pod]
+            legend.append(f"{symbol} {pod} {_ranges(cores)}")
+        foreign = sorted({o for o, e in zip(node.pods, node.exact) if o is not None and not e})
+        for pod in foreign:
+            cores = [c for c, o in enumerate(node.pods) if o == pod]
+            legend.append(f"{FOREIGN} {pod} {_ranges(cores)}")
         if legend:
             lines.append("  " + "   ".join(legend))
         lines.extend(f"  inconsistent: {pod} {reason} ({_PROBLEMS[reason]})" for pod, reason in node.inconsistent)

@@ -132,16 +132,16 @@ def _free_mask(node: NodeInventory, ledger: Ledger) -> int:
     return ((1 << node.cores) - 1) & ~ledger.used_mask(node.name)
 
 
-def _used(usage: Usage, node: str, owner: str) -> Amounts:
-    """What the pods on ``node`` request, less what ``owner`` itself already has counted there (a
+def _used(usage: Usage, node: str, pod: str) -> Amounts:
+    """What the pods on ``node`` request, less what ``pod`` itself already has counted there (a
     retried placement must not be refused for its own reservation)."""
     used = usage.used(node)
-    held = usage.held_by(owner)
+    held = usage.held_by(pod)
     if held is None or held[0] != node:
         return used
     own = held[1]
     return {name: value - own.get(name, 0) for name, value in used.items()}
 
 
-def _shortfall(request: PlacementRequest, node: NodeInventory, usage: Usage, owner: str) -> Shortfall | None:
-    return shortfall(request._checks, node.allocatable, _used(usage, node.name, owner))
+def _shortfall(request: PlacementRequest, node: NodeInventory, usage: Usage, pod: str) -> Shortfall | None:
+    return shortfall(request._checks, node.allocatable, _used(usage, node.name, pod))

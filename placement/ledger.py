@@ -22,7 +22,7 @@ holds what it requests:
 - plus, when those are fewer than its request (or absent), the missing count (``neuroncore``, or
   devices × cores per chip), which we assume sits on the **highest** cores that nothing else holds.
   That keeps the low end of each node free for contiguous ranges, and it is deterministic
-  (foreign pods take their cores in owner-name order). The assumption is visible in
+  (foreign pods take their cores in pod-key order). The assumption is visible in
   ``Holding.core_ids`` with ``exact=False``.
 
 So a foreign pod never holds fewer cores than it requests, and an assumed core is never one that
@@ -40,7 +40,7 @@ from bisect import insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from neuronplace.placement.claims import Claim, PodClaims, owner_of, read_pod
+from neuronplace.placement.claims import Claim, PodClaims, key_of, read_pod
 from neuronplace.placement.names import CLAIM_OVERLAP
 from neuronplace.placement.trust import Inconsistency, TrustIndex
 from neuronplace.runtime.coreset import CoreRange
@@ -63,7 +63,7 @@ class Holding:
     node: str
     cores: CoreRange | None
     count: int
-    owner: str
+    pod: str
     managed: bool
     group: str | None = None
     core_ids: tuple[int, ...] = ()
@@ -78,8 +78,8 @@ class _NodeState:
         self.core_count: int | None = None
         self.cores_per_chip: int | None = None
         self.mask = 0  # held cores (exact and assumed)
-        self.assumed: dict[str, tuple[int, ...]] = {}  # owner → assumed ids (foreign pods short of ids)
-        self.overlapping: tuple[str, ...] = ()  # owners whose listed cores someone else lists too
+        self.assumed: dict[str, tuple[int, ...]] = {}  # pod → assumed ids (foreign pods short of ids)
+        self.overlapping: tuple[str, ...] = ()  # pods whose listed cores someone else lists too
         # Set when some claim's ids are not known exactly or two claims overlap: then the mask
         # cannot be updated incrementally and every change recomputes it.
         self.slow = False
@@ -115,7 +115,7 @@ class Ledger:
         the resources."""
         self._trust = TrustIndex(trusted, trust_any_inference=trust_any_inference)
         self._nodes: dict[str, _NodeState] = {}
-        self._node_of_owner: dict[str, str] = {}
+        self._node_of_pod: dict[str, str] = {}
         self._group_cores: dict[str, dict[str, int]] = {}  # group → node → cores held
         self._free: dict[str, int] = {}  # learned node → free cores
         self._by_free: dict[int, list[str]] = {}  # free count → sorted node names
@@ -135,15 +135,15 @@ class Ledger:
 
     def observe(self, pod: dict) -> None:
         """Add or update the claim of one pod (idempotent); a pod that holds nothing is forgotten."""
-        owner = owner_of(pod)
+        key = key_of(pod)
         read = read_pod(pod)
-        self._trust.index(owner, read)
-        self._judge(owner, read)
+        self._trust.index(key, read)
+        self._judge(key, read)
 
-    def forget(self, owner: str) -> None:
-        """The pod ``owner`` ("namespace/name") is gone or terminated: its cores are free."""
-        self._trust.index(owner, None)
-        self._judge(owner, None)
+    def forget(self, pod: str) -> None:
+        """The pod ``pod`` ("namespace/name") is gone or terminated: its cores are free."""
+        self._trust.index(pod, None)
+        self._judge(pod, None)
 
     def trust(self, uid: str) -> None:
         """Pods controlled by the NeuronInference ``uid`` count as ours from now on."""
@@ -158,29 +158,29 @@ class Ledger:
     def trusts(self, uid: str | None) -> bool:
         return self._trust.trusts(uid)
 
-    def reserve(self, node: str, cores: CoreRange, owner: str, group: str | None = None) -> None:
-        """Hold ``cores`` on ``node`` for ``owner`` before its pod exists.
+    def reserve(self, node: str, cores: CoreRange, pod: str, group: str | None = None) -> None:
+        """Hold ``cores`` on ``node`` for the pod ``pod`` (its pod key) before the pod exists.
 
-        Raises ``ValueError`` when any of the cores is held by someone else (never two owners for
+        Raises ``ValueError`` when any of the cores is held by someone else (never two pods on
         one core) or lies beyond the node's usable cores. Re-reserving the same range for the same
-        owner changes nothing; a different range for the same owner replaces the old one.
+        pod changes nothing; a different range for the same pod replaces the old one.
         """
         state = self._nodes.get(node)
         wanted = _bits(cores.ids)
         if state is not None:
             if state.core_count is not None and cores.end >= state.core_count:
                 raise ValueError(f"cannot reserve {cores} on {node}: it has cores 0-{state.core_count - 1}")
-            own = self._own_mask(owner) if self._node_of_owner.get(owner) == node else 0
+            own = self._own_mask(pod) if self._node_of_pod.get(pod) == node else 0
             clash = state.mask & wanted & ~own
             if clash:
-                holders = sorted(h.owner for h in self.holdings(node) if _bits(h.core_ids) & clash)
+                holders = sorted(h.pod for h in self.holdings(node) if _bits(h.core_ids) & clash)
                 raise ValueError(
-                    f"cannot reserve {cores} on {node} for {owner}: core(s) "
+                    f"cannot reserve {cores} on {node} for {pod}: core(s) "
                     f"{','.join(map(str, _ids_of(clash)))} held by {', '.join(holders)}"
                 )
         if group is None:
-            group = owner
-        self._put(Claim(node, owner, True, group, tuple(cores.ids), "core", cores.count, 0))
+            group = pod
+        self._put(Claim(node, pod, True, group, tuple(cores.ids), "core", cores.count, 0))
 
     def learn_nodes(self, nodes: Iterable, token: object | None = None) -> None:
         """Learn each node's usable cores and cores per chip (from ``NodeInventory`` objects).
@@ -214,41 +214,41 @@ class Ledger:
         if state is None:
             return []
         result = [self._holding(state, claim) for claim in state.claims.values()]
-        result.sort(key=lambda h: (h.core_ids[0] if h.core_ids else -1, h.owner))
+        result.sort(key=lambda h: (h.core_ids[0] if h.core_ids else -1, h.pod))
         return result
 
-    def owners(self) -> set[str]:
+    def pods(self) -> set[str]:
         """Every pod ("namespace/name") holding or reserving cores."""
-        return set(self._node_of_owner)
+        return set(self._node_of_pod)
 
-    def holds(self, owner: str) -> bool:
-        return owner in self._node_of_owner
+    def holds(self, pod: str) -> bool:
+        return pod in self._node_of_pod
 
-    def holding_of(self, owner: str) -> Holding | None:
-        node = self._node_of_owner.get(owner)
+    def holding_of(self, pod: str) -> Holding | None:
+        node = self._node_of_pod.get(pod)
         if node is None:
             return None
         state = self._nodes[node]
-        return self._holding(state, state.claims[owner])
+        return self._holding(state, state.claims[pod])
 
     def used_cores(self, node: str) -> set[int]:
         state = self._nodes.get(node)
         return set(_ids_of(state.mask)) if state is not None else set()
 
     def foreign(self) -> list[Holding]:
-        """Pods not ours (however they are labelled) that hold neuron resources, by node and owner."""
+        """Pods not ours (however they are labelled) that hold neuron resources, by node and pod."""
         result: list[Holding] = []
         for name in sorted(self._nodes):
             result.extend(h for h in self.holdings(name) if not h.managed)
-        result.sort(key=lambda h: (h.node, h.owner))
+        result.sort(key=lambda h: (h.node, h.pod))
         return result
 
     def inconsistencies(self) -> list[Inconsistency]:
-        """Pods whose claims do not add up, by node and owner (see the module docstring)."""
+        """Pods whose claims do not add up, by node and pod (see the module docstring)."""
         found = self._trust.problems()
         for name, state in self._nodes.items():
-            found.extend(Inconsistency(name, owner, CLAIM_OVERLAP) for owner in state.overlapping)
-        found.sort(key=lambda i: (i.node, i.owner, i.reason))
+            found.extend(Inconsistency(name, pod, CLAIM_OVERLAP) for pod in state.overlapping)
+        found.sort(key=lambda i: (i.node, i.pod, i.reason))
         return found
 
     def nodes(self) -> list[str]:
@@ -281,22 +281,22 @@ class Ledger:
     # ---- internals ---------------------------------------------------------------------------
 
     def _rejudge(self, uid: str) -> None:
-        for owner, read in self._trust.pods_of(uid):
-            self._judge(owner, read)
+        for pod, read in self._trust.pods_of(uid):
+            self._judge(pod, read)
 
-    def _judge(self, owner: str, read: PodClaims | None) -> None:
-        claim = self._trust.judge(owner, read)
+    def _judge(self, pod: str, read: PodClaims | None) -> None:
+        claim = self._trust.judge(pod, read)
         if claim is None:
-            self._drop(owner)
+            self._drop(pod)
         else:
             self._put(claim)
 
-    def _drop(self, owner: str) -> None:
-        node = self._node_of_owner.pop(owner, None)
+    def _drop(self, pod: str) -> None:
+        node = self._node_of_pod.pop(pod, None)
         if node is None:
             return
         state = self._nodes[node]
-        claim = state.claims.pop(owner)
+        claim = state.claims.pop(pod)
         self._count_group(claim, node, -1)
         bits = _complete_bits(claim)
         if bits is not None and not state.slow:
@@ -305,18 +305,18 @@ class Ledger:
         else:
             self._resolve(node)
 
-    def _own_mask(self, owner: str) -> int:
-        node = self._node_of_owner[owner]
+    def _own_mask(self, pod: str) -> int:
+        node = self._node_of_pod[pod]
         state = self._nodes[node]
-        claim = state.claims[owner]
-        return _bits(self._listed_core_ids(state, claim) or ()) | _bits(state.assumed.get(owner, ()))
+        claim = state.claims[pod]
+        return _bits(self._listed_core_ids(state, claim) or ()) | _bits(state.assumed.get(pod, ()))
 
     def _put(self, claim: Claim) -> None:
-        if self._node_of_owner.get(claim.owner) is not None:
-            self._drop(claim.owner)
+        if self._node_of_pod.get(claim.pod) is not None:
+            self._drop(claim.pod)
         state = self._nodes.setdefault(claim.node, _NodeState())
-        state.claims[claim.owner] = claim
-        self._node_of_owner[claim.owner] = claim.node
+        state.claims[claim.pod] = claim
+        self._node_of_pod[claim.pod] = claim.node
         self._count_group(claim, claim.node, +1)
         bits = _complete_bits(claim)
         if bits is not None and not state.slow and not state.mask & bits:
@@ -361,16 +361,16 @@ class Ledger:
         short = []
         for claim in state.claims.values():
             ids = self._listed_core_ids(state, claim) or ()
-            bits = listed[claim.owner] = _bits(ids)
+            bits = listed[claim.pod] = _bits(ids)
             twice |= mask & bits
             mask |= bits
             if self._claimed_count(state, claim) > len(ids):
                 short.append(claim)
         state.assumed = {}
-        state.overlapping = tuple(sorted(owner for owner, bits in listed.items() if bits & twice)) if twice else ()
+        state.overlapping = tuple(sorted(pod for pod, bits in listed.items() if bits & twice)) if twice else ()
         state.slow = bool(twice) or bool(short)
-        for claim in sorted(short, key=lambda c: c.owner):
-            wanted = self._claimed_count(state, claim) - listed[claim.owner].bit_count()
+        for claim in sorted(short, key=lambda c: c.pod):
+            wanted = self._claimed_count(state, claim) - listed[claim.pod].bit_count()
             taken: list[int] = []
             if state.core_count is not None:
                 core = state.core_count - 1
@@ -379,7 +379,7 @@ class Ledger:
                         taken.append(core)
                         mask |= 1 << core
                     core -= 1
-            state.assumed[claim.owner] = tuple(sorted(taken))
+            state.assumed[claim.pod] = tuple(sorted(taken))
         state.mask = mask
         self._reindex(node)
 
@@ -409,14 +409,14 @@ class Ledger:
 
     def _holding(self, state: _NodeState, claim: Claim) -> Holding:
         listed = self._listed_core_ids(state, claim)
-        assumed = state.assumed.get(claim.owner, ())
+        assumed = state.assumed.get(claim.pod, ())
         claimed = self._claimed_count(state, claim)
         exact = listed is not None and len(listed) >= claimed
         ids = tuple(sorted({*(listed or ()), *assumed})) if assumed else tuple(listed or ())
         count = max(len(listed or ()), claimed)
         contiguous = exact and bool(ids) and ids[-1] - ids[0] + 1 == len(ids)
         cores = CoreRange(ids[0], len(ids)) if contiguous else None
-        return Holding(claim.node, cores, count, claim.owner, claim.managed, claim.group, ids, exact)
+        return Holding(claim.node, cores, count, claim.pod, claim.managed, claim.group, ids, exact)
 
 
 def _complete_bits(claim: Claim) -> int | None:

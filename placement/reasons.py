@@ -74,7 +74,7 @@ def _exclusions(excluded: Counter, count: int, fleet: Fleet) -> str:
 
 
 def _resource_exclusions(
-    request: PlacementRequest, fleet: Fleet, ledger: Ledger, allowed: dict[str, int], usage: Usage, owner: str
+    request: PlacementRequest, fleet: Fleet, ledger: Ledger, allowed: dict[str, int], usage: Usage, pod: str
 ) -> tuple[dict[str, int], str]:
     """(the candidates left once the nodes with a valid free run but too few resources are taken
     out, those nodes counted by the first resource they lack, each kind with its first node's
@@ -89,7 +89,7 @@ def _resource_exclusions(
             node = fleet.by_name[name]
             if best_start(_free_mask(node, ledger), count, allowed[name]) is None:
                 continue
-            lack = _shortfall(request, node, usage, owner)
+            lack = _shortfall(request, node, usage, pod)
             if lack is not None:
                 short.setdefault(lack.resource, []).append((name, lack))
     lacking = {name for nodes in short.values() for name, _ in nodes}
@@ -112,7 +112,7 @@ def unplaceable_message(
     nodes: Sequence[NodeInventory] | Fleet,
     ledger: Ledger,
     usage: Usage | None = None,
-    owner: str = "",
+    pod: str = "",
 ) -> str:
     """One sentence saying why no node can take a replica of ``request`` now, with numbers."""
     fleet = _fleet(nodes)
@@ -127,7 +127,7 @@ def unplaceable_message(
     allowed = candidates.allowed
     excluded_text = _exclusions(candidates.excluded, count, fleet)
     if usage is not None:
-        allowed, resource_text = _resource_exclusions(request, fleet, ledger, allowed, usage, owner)
+        allowed, resource_text = _resource_exclusions(request, fleet, ledger, allowed, usage, pod)
         excluded_text = ", ".join(text for text in (excluded_text, resource_text) if text)
     if not allowed:
         return f"{need}; no node can take it: {excluded_text}"

@@ -17,7 +17,7 @@ Pure and deterministic. The rules:
   the smallest free run that fits, at its lowest valid start. **Spread**: nodes where the
   request's NeuronInference holds the fewest cores first, then the most free cores, then the name;
   inside the node the same best fit.
-- **Never two owners.** Each placement is reserved in the ledger at once.
+- **Never two pods on one core.** Each placement is reserved in the ledger at once.
 - **Reasons, not exceptions.** A replica that cannot be placed gets an :class:`Unplaceable` with one
   sentence carrying the numbers (:mod:`.reasons`); only a malformed request raises ``ValueError``.
 
@@ -40,12 +40,12 @@ from neuronplace.placement.usage import Usage
 from neuronplace.runtime.coreset import CoreRange
 
 
-def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], ledger: Ledger, usage, owner):
+def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], ledger: Ledger, usage, pod):
     """The first node in the strategy's order with a valid start whose resources fit: (name, start) or None."""
     count = request.cores_per_replica
     by_name = fleet.by_name
     checks = request._checks
-    own = usage.held_by(owner) if usage is not None else None
+    own = usage.held_by(pod) if usage is not None else None
     own_node = own[0] if own is not None else None
     short = fleet.short
 
@@ -59,7 +59,7 @@ def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], le
         if start is None or usage is None:
             return start
         if name == own_node:
-            return None if _shortfall(request, node, usage, owner) is not None else start
+            return None if _shortfall(request, node, usage, pod) is not None else start
         # The common case, inline: this runs for every node the search reaches.
         used = usage.used(name)
         allocatable = node.allocatable
@@ -102,16 +102,16 @@ def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], le
     return None
 
 
-def _preferred(request, fleet, allowed, ledger, usage, owner, prefer) -> tuple[str, int] | None:
+def _preferred(request, fleet, allowed, ledger, usage, pod, prefer) -> tuple[str, int] | None:
     name, cores = prefer
     node = fleet.by_name.get(name)
     if node is None or name not in allowed or cores.count != request.cores_per_replica or cores.end >= node.cores:
         return None
     if not allowed[name] >> cores.start & 1:
         return None
-    if usage is not None and _shortfall(request, node, usage, owner) is not None:
+    if usage is not None and _shortfall(request, node, usage, pod) is not None:
         return None
-    holding = ledger.holding_of(owner)
+    holding = ledger.holding_of(pod)
     own = 0
     if holding is not None and holding.node == name:
         for core in holding.core_ids:
@@ -137,35 +137,35 @@ def place_one(
     replica: int,
     nodes: Sequence[NodeInventory] | Fleet,
     ledger: Ledger,
-    owner: str,
+    pod: str,
     prefer: tuple[str, CoreRange] | None = None,
     usage: Usage | None = None,
 ) -> ReplicaPlacement | Unplaceable:
-    """Place one replica for the pod ``owner`` and reserve its cores (and, given ``usage``, its
-    requests).
+    """Place one replica as the pod ``pod`` (its pod key) and reserve its cores (and, given
+    ``usage``, its requests).
 
-    ``prefer`` keeps a recreated pod on the same cores when they are still free and valid. An
-    owner that already holds a matching range keeps it (retries are idempotent). Without ``usage``
-    only cores are placed: nothing else on the nodes is accounted for.
+    ``prefer`` keeps a recreated pod on the same cores when they are still free and valid. A pod
+    that already holds a matching range keeps it (retries are idempotent). Without ``usage`` only
+    cores are placed: nothing else on the nodes is accounted for.
     """
     fleet = _fleet(nodes)
     ledger.learn_nodes(fleet.nodes, token=fleet)
     candidates = fleet.candidates(request)
     if prefer is None:
-        holding = ledger.holding_of(owner)
+        holding = ledger.holding_of(pod)
         if holding is not None and holding.managed and holding.cores is not None:
             prefer = (holding.node, holding.cores)
     allowed = candidates.allowed
-    choice = _preferred(request, fleet, allowed, ledger, usage, owner, prefer) if prefer is not None else None
+    choice = _preferred(request, fleet, allowed, ledger, usage, pod, prefer) if prefer is not None else None
     if choice is None:
-        choice = _search(request, fleet, allowed, ledger, usage, owner)
+        choice = _search(request, fleet, allowed, ledger, usage, pod)
     if choice is None:
-        return Unplaceable(replica, unplaceable_message(request, fleet, ledger, usage, owner))
+        return Unplaceable(replica, unplaceable_message(request, fleet, ledger, usage, pod))
     name, start = choice
     cores = CoreRange(start, request.cores_per_replica)
-    ledger.reserve(name, cores, owner, group=request.owner)
+    ledger.reserve(name, cores, pod, group=request.owner)
     if usage is not None:
-        usage.reserve(name, owner, request.requests)
+        usage.reserve(name, pod, request.requests)
     return _placement(request, replica, fleet.by_name[name], cores)
 
 
@@ -174,7 +174,7 @@ def place(
     replicas: Sequence[int],
     nodes: Sequence[NodeInventory] | Fleet,
     ledger: Ledger,
-    owner_of: Callable[[int], str],
+    pod_of: Callable[[int], str],
     usage: Usage | None = None,
 ) -> list[ReplicaPlacement | Unplaceable]:
     """Place each replica ordinal in order, reserving as it goes. Never raises for lack of room."""
@@ -182,4 +182,4 @@ def place(
         if not isinstance(replica, int) or isinstance(replica, bool) or replica < 0:
             raise ValueError(f"replica ordinals must be whole numbers >= 0, got {replica!r}")
     fleet = _fleet(nodes)
-    return [place_one(request, replica, fleet, ledger, owner_of(replica), usage=usage) for replica in replicas]
+    return [place_one(request, replica, fleet, ledger, pod_of(replica), usage=usage) for replica in replicas]

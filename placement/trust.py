@@ -24,7 +24,7 @@ class Inconsistency:
     """A pod whose claim on ``node`` does not add up, and why (a ``CLAIM_*`` reason from names)."""
 
     node: str
-    owner: str
+    pod: str
     reason: str
 
 
@@ -34,9 +34,9 @@ class TrustIndex:
     def __init__(self, trusted: Iterable[str] = (), *, trust_any_inference: bool = False) -> None:
         self._trusted = set(trusted)
         self._trust_any = trust_any_inference
-        self._read: dict[str, PodClaims] = {}  # owner → both readings, for pods with a NeuronInference controller
-        self._owners_of_uid: dict[str, set[str]] = {}  # NeuronInference UID → owners in _read
-        self._problems: dict[str, tuple[str, str]] = {}  # owner → (node, reason) of an inconsistent pod
+        self._read: dict[str, PodClaims] = {}  # pod → both readings, for pods with a NeuronInference controller
+        self._pods_of_uid: dict[str, set[str]] = {}  # NeuronInference UID → pod keys in _read
+        self._problems: dict[str, tuple[str, str]] = {}  # pod → (node, reason) of an inconsistent pod
 
     def trust(self, uid: str) -> bool:
         """Trust ``uid``; True when it was not trusted (then its pods must be re-judged)."""
@@ -55,31 +55,31 @@ class TrustIndex:
     def trusts(self, uid: str | None) -> bool:
         return uid is not None and (self._trust_any or uid in self._trusted)
 
-    def index(self, owner: str, read: PodClaims | None) -> None:
-        """Remember which NeuronInference UID the pod ``owner`` names, to re-judge it later."""
-        old = self._read.pop(owner, None)
+    def index(self, pod: str, read: PodClaims | None) -> None:
+        """Remember which NeuronInference UID the pod ``pod`` names, to re-judge it later."""
+        old = self._read.pop(pod, None)
         if old is not None and old.inference_uid is not None:
-            owners = self._owners_of_uid[old.inference_uid]
-            owners.discard(owner)
-            if not owners:
-                del self._owners_of_uid[old.inference_uid]
+            pods = self._pods_of_uid[old.inference_uid]
+            pods.discard(pod)
+            if not pods:
+                del self._pods_of_uid[old.inference_uid]
         if read is not None and read.inference_uid is not None:
-            self._read[owner] = read
-            self._owners_of_uid.setdefault(read.inference_uid, set()).add(owner)
+            self._read[pod] = read
+            self._pods_of_uid.setdefault(read.inference_uid, set()).add(pod)
 
     def pods_of(self, uid: str) -> list[tuple[str, PodClaims]]:
-        """The pods that name ``uid`` (owner and reading), by owner."""
-        return [(owner, self._read[owner]) for owner in sorted(self._owners_of_uid.get(uid, ()))]
+        """The pods that name ``uid`` (pod key and reading), by pod key."""
+        return [(pod, self._read[pod]) for pod in sorted(self._pods_of_uid.get(uid, ()))]
 
-    def judge(self, owner: str, read: PodClaims | None) -> Claim | None:
-        """The claim the pod ``owner`` holds as now trusted (None: nothing), remembering its problem."""
+    def judge(self, pod: str, read: PodClaims | None) -> Claim | None:
+        """The claim the pod ``pod`` holds as now trusted (None: nothing), remembering its problem."""
         claim, problem = read.judge(self.trusts(read.inference_uid)) if read is not None else (None, None)
         if problem is not None and read is not None:
-            self._problems[owner] = (read.node, problem)
+            self._problems[pod] = (read.node, problem)
         else:
-            self._problems.pop(owner, None)
+            self._problems.pop(pod, None)
         return claim
 
     def problems(self) -> list[Inconsistency]:
         """The pods judged inconsistent, unsorted."""
-        return [Inconsistency(node, owner, reason) for owner, (node, reason) in self._problems.items()]
+        return [Inconsistency(node, pod, reason) for pod, (node, reason) in self._problems.items()]

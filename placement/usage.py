@@ -6,7 +6,7 @@ node's ``Requested``: every pod that is bound (``spec.nodeName``) or pinned to t
 (:func:`claims.node_of`) and has not finished, ours and foreign alike, with
 :func:`resources.pod_requests`. A pod being deleted still counts until it is gone: its containers
 may still run. A replica placed but not yet seen as a pod counts through :meth:`Usage.reserve`
-until its pod's first event replaces the reservation (same owner) or it is forgotten. Capacity
+until its pod's first event replaces the reservation (same pod) or it is forgotten. Capacity
 requests (:func:`claims.capacity_request`) count nowhere: kube-scheduler counts one where it bound
 it, but it is deleted before the replica it stands for is created there, and any other capacity
 request in the way is deleted (or preempted: its priority is below every replica's) before it matters.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from neuronplace.placement.claims import capacity_request, node_of, owner_of
+from neuronplace.placement.claims import capacity_request, key_of, node_of
 from neuronplace.placement.names import TERMINAL_PHASES
 from neuronplace.placement.resources import PODS, Amounts, pod_requests
 
@@ -27,7 +27,7 @@ class Usage:
     """What the pods on each node request in total, kept up to date one pod event at a time."""
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[str, Amounts]] = {}  # owner ("ns/pod") → (node, its requests)
+        self._held: dict[str, tuple[str, Amounts]] = {}  # pod key ("ns/name") → (node, its requests)
         self._used: dict[str, dict[str, int]] = {}  # node → resource → requested in total
         self._versions: dict[str, int] = {}  # node → how many times what it holds has changed
 
@@ -42,21 +42,21 @@ class Usage:
         """Add or update one pod (idempotent); a finished or unplaced pod, or a capacity request, is
         forgotten."""
         node = node_of(pod)
-        owner = owner_of(pod)
+        key = key_of(pod)
         if not node or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES or capacity_request(pod):
-            self.forget(owner)
+            self.forget(key)
             return
         requests = pod_requests(pod.get("spec") or {})
         requests[PODS] = 1
-        self._put(owner, node, requests)
+        self._put(key, node, requests)
 
-    def reserve(self, node: str, owner: str, requests: Amounts) -> None:
-        """Count ``requests`` (and one pod slot) on ``node`` for ``owner`` before its pod exists."""
-        self._put(owner, node, {**requests, PODS: 1})
+    def reserve(self, node: str, pod: str, requests: Amounts) -> None:
+        """Count ``requests`` (and one pod slot) on ``node`` for the pod ``pod`` before it exists."""
+        self._put(pod, node, {**requests, PODS: 1})
 
-    def forget(self, owner: str) -> None:
-        """The pod ``owner`` is gone, finished, or its reservation was given back."""
-        held = self._held.pop(owner, None)
+    def forget(self, pod: str) -> None:
+        """The pod ``pod`` is gone, finished, or its reservation was given back."""
+        held = self._held.pop(pod, None)
         if held is None:
             return
         node, requests = held
@@ -79,11 +79,11 @@ class Usage:
         """Changes whenever what is counted on ``node`` changes (lets a caller remember a refusal)."""
         return self._versions.get(node, 0)
 
-    def held_by(self, owner: str) -> tuple[str, Amounts] | None:
-        """(node, requests) counted for ``owner``, or None."""
-        return self._held.get(owner)
+    def held_by(self, pod: str) -> tuple[str, Amounts] | None:
+        """(node, requests) counted for ``pod``, or None."""
+        return self._held.get(pod)
 
-    def owners(self) -> set[str]:
+    def pods(self) -> set[str]:
         """Every pod ("namespace/name") counted or reserved."""
         return set(self._held)
 
@@ -91,9 +91,9 @@ class Usage:
         """Nodes on which anything is counted."""
         return sorted(self._used)
 
-    def _put(self, owner: str, node: str, requests: Amounts) -> None:
-        self.forget(owner)
-        self._held[owner] = (node, dict(requests))
+    def _put(self, pod: str, node: str, requests: Amounts) -> None:
+        self.forget(pod)
+        self._held[pod] = (node, dict(requests))
         self._versions[node] = self._versions.get(node, 0) + 1
         used = self._used.setdefault(node, {})
         for name, value in requests.items():

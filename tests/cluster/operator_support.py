@@ -124,7 +124,7 @@ def all_managed_pods(cluster) -> list[dict]:
 
 def assert_no_shared_cores(cluster) -> dict[str, dict[int, str]]:
     """No two live pods hold the same core on any node; returns node → core → pod."""
-    owner: dict[str, dict[int, str]] = defaultdict(dict)
+    held_by: dict[str, dict[int, str]] = defaultdict(dict)
     for pod in all_managed_pods(cluster):
         if pod["status"].get("phase") in TERMINAL_PHASES:
             continue
@@ -132,9 +132,9 @@ def assert_no_shared_cores(cluster) -> dict[str, dict[int, str]]:
         assert node, f"managed pod {pod['metadata']['name']} is neither bound nor pinned to a node"
         name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
         for core in parse_core_set(pod["metadata"]["annotations"][CORES_ANNOTATION]):
-            assert core not in owner[node], f"core {core} on {node} held by both {owner[node][core]} and {name}"
-            owner[node][core] = name
-    return owner
+            assert core not in held_by[node], f"core {core} on {node} held by both {held_by[node][core]} and {name}"
+            held_by[node][core] = name
+    return held_by
 
 
 def env_of(container: dict) -> dict[str, str]:

@@ -20,7 +20,7 @@ from neuronplace.runtime.coreset import CoreRange
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-OWNER = re.compile(r"\b[A-Za-z] (\S+)/(\S+)-(\d+) (\d+(?:-\d+)?)")
+LEGEND_POD = re.compile(r"\b[A-Za-z] (\S+)/(\S+)-(\d+) (\d+(?:-\d+)?)")
 
 
 def test_demo_places_every_example_and_tears_down():
@@ -49,12 +49,12 @@ def test_demo_places_every_example_and_tears_down():
         assert (int(row.group(1)), int(row.group(2))) == (replicas, replicas)
 
     # The core map names every replica once, and no two replicas share a core on a node.
-    owners = OWNER.findall(output)
-    placed = {(pod, int(ordinal)) for _, pod, ordinal, _ in owners}
+    legend = LEGEND_POD.findall(output)
+    placed = {(pod, int(ordinal)) for _, pod, ordinal, _ in legend}
     assert placed == {(example, i) for example, replicas in expected.items() for i in range(replicas)}
     sections = re.split(r"^(?=\S+\s+\S+\s+\d+ cores, \d+ free$)", output, flags=re.MULTILINE)
     for section in sections:
-        ranges = [CoreRange.parse(cores) for *_, cores in OWNER.findall(section)]
+        ranges = [CoreRange.parse(cores) for *_, cores in LEGEND_POD.findall(section)]
         for i, first in enumerate(ranges):
             assert not any(first.overlaps(second) for second in ranges[i + 1 :]), section
 

@@ -226,7 +226,8 @@ def node_capacity(node: Mapping) -> tuple[int, int | None]:
     return cores, topology.cores_per_chip
 
 
-def owner_of(obj: Mapping) -> Mapping | None:
+def controller_of(obj: Mapping) -> Mapping | None:
+    """The object's controller ownerReference, or None."""
     for ref in _meta(obj).get("ownerReferences") or []:
         if ref.get("controller"):
             return ref
@@ -284,7 +285,7 @@ def _holders_on(node: Mapping, node_name: str, pods: Sequence[Mapping]) -> list[
         annotations = meta.get("annotations") or {}
         ids: list[int] | None = None
         asked = pod_amount(pod, NEURONCORE_RESOURCE) + pod_amount(pod, NEURON_DEVICE_RESOURCE) * (per_chip or 1)
-        controller = owner_of(pod) or {}
+        controller = controller_of(pod) or {}
         if is_managed(pod) and controller.get("kind") == "NeuronInference":
             try:
                 ids = list(CoreRange.parse(annotations.get(CORES_ANNOTATION, "")).ids)
@@ -447,22 +448,22 @@ def check_no_orphans(snapshot: Snapshot) -> list[Violation]:
     for pod in snapshot.pods:
         if not _in_scope(pod, snapshot.namespaces) or is_terminating(pod):
             continue  # a terminating pod is on its way out (garbage collection deletes dependents so)
-        owner = owner_of(pod)
+        controller = controller_of(pod)
         labelled = is_managed(pod)
-        if not labelled and not (owner and owner.get("kind") == "NeuronInference"):
+        if not labelled and not (controller and controller.get("kind") == "NeuronInference"):
             continue
-        if owner is None or owner.get("kind") != "NeuronInference":
+        if controller is None or controller.get("kind") != "NeuronInference":
             out.append(
                 Violation("no-orphans", _ref(pod), "labelled as a replica but has no NeuronInference controller")
             )
             continue
-        inference = inferences.get((_meta(pod).get("namespace"), owner.get("name")))
-        if inference is None or _meta(inference).get("uid") != owner.get("uid"):
+        inference = inferences.get((_meta(pod).get("namespace"), controller.get("name")))
+        if inference is None or _meta(inference).get("uid") != controller.get("uid"):
             out.append(
                 Violation(
                     "no-orphans",
                     _ref(pod),
-                    f"its owner NeuronInference {owner.get('name')} (uid {owner.get('uid')}) is gone",
+                    f"its owner NeuronInference {controller.get('name')} (uid {controller.get('uid')}) is gone",
                 )
             )
     return out
@@ -471,17 +472,17 @@ def check_no_orphans(snapshot: Snapshot) -> list[Violation]:
 def check_pod_namespace(pod: Mapping, inference_namespaces: Mapping[str, str]) -> list[Violation]:
     """``pod-namespace`` for one pod, given the namespace of every NeuronInference by uid. A pod whose
     owner is not known (yet, or any more) says nothing here; ``no-orphans`` covers that."""
-    owner = owner_of(pod)
-    if owner is None or owner.get("kind") != "NeuronInference":
+    controller = controller_of(pod)
+    if controller is None or controller.get("kind") != "NeuronInference":
         return []
-    home = inference_namespaces.get(owner.get("uid"))
+    home = inference_namespaces.get(controller.get("uid"))
     if home is None or home == _meta(pod).get("namespace"):
         return []
     return [
         Violation(
             "pod-namespace",
             _ref(pod),
-            f"controlled by NeuronInference {home}/{owner.get('name')} (uid {owner.get('uid')}) of another namespace",
+            f"controlled by NeuronInference {home}/{controller.get('name')} (uid {controller.get('uid')}) of another namespace",
         )
     ]
 
@@ -499,7 +500,7 @@ def _own_pods(inference: Mapping, pods: Iterable[Mapping]) -> list[Mapping]:
         p
         for p in pods
         if _meta(p).get("namespace") == meta.get("namespace")
-        and (owner_of(p) or {}).get("uid") == meta.get("uid")
+        and (controller_of(p) or {}).get("uid") == meta.get("uid")
         and CAPACITY_REQUEST_LABEL not in (_meta(p).get("labels") or {})
     ]
 

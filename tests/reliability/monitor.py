@@ -311,7 +311,7 @@ class InvariantMonitor:
                     return  # nothing a pod-namespace check reads has changed
                 self._inference_ns[meta.get("uid")] = meta.get("namespace")
                 for key, pod in self._pods.items():
-                    if (inv.owner_of(pod) or {}).get("uid") == meta.get("uid"):
+                    if (inv.controller_of(pod) or {}).get("uid") == meta.get("uid"):
                         self._check_pod(key)
 
     def _count(self, kind: str) -> None:

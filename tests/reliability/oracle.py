@@ -135,7 +135,7 @@ def held_cores(node: NodeInventory, pods: Sequence[Mapping]) -> set[int]:
         if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             continue
         annotations = meta.get("annotations") or {}
-        owner = f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
+        key = f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
         cores_asked = _asks(pod, (NEURONCORE_RESOURCE,))
         devices_asked = _asks(pod, NEURON_DEVICE_RESOURCES)
         label = (meta.get("labels") or {}).get(INFERENCE_LABEL)
@@ -156,9 +156,9 @@ def held_cores(node: NodeInventory, pods: Sequence[Mapping]) -> set[int]:
             held.update(listed)
         missing = (cores_asked or devices_asked * per_chip) - len(listed)
         if missing > 0:
-            counted.append((owner, missing))
-    # Pods with only a count: that many cores from the top of the node, owner by owner.
-    for _owner, count in sorted(counted):
+            counted.append((key, missing))
+    # Pods with only a count: that many cores from the top of the node, pod by pod in pod-key order.
+    for _key, count in sorted(counted):
         wanted, core = count, node.cores - 1
         while wanted and core >= 0:
             if core not in held:

@@ -216,7 +216,7 @@ def test_a_pod_that_only_looks_like_a_request_still_holds_cores():
 
 def test_the_usage_never_counts_a_request():
     usage = Usage.from_pods([request(0, node="n1")])
-    assert usage.used("n1") == {} and usage.owners() == set()
+    assert usage.used("n1") == {} and usage.pods() == set()
 
 
 # ---- one reconcile against a fake API ------------------------------------------------------------

@@ -56,7 +56,7 @@ def two_nodes():
     return node_maps(inventories, ledger)
 
 
-def test_map_shows_owners_free_cores_and_foreign_pods():
+def test_map_shows_pods_free_cores_and_foreign_pods():
     maps = two_nodes()
     assert [m.name for m in maps] == ["inf1-a", "inf2-b"]
     assert maps[0].free == 8 and maps[1].free == 24 - 8 - 2

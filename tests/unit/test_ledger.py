@@ -1,4 +1,4 @@
-"""The ledger rebuilt from pods: managed ranges, foreign pods, reservations, never two owners."""
+"""The ledger rebuilt from pods: managed ranges, foreign pods, reservations, never two pods on one core."""
 
 import pytest
 from hypothesis import given, settings
@@ -49,7 +49,7 @@ def test_from_pods_reads_managed_ranges():
     ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3"), managed_pod("web-1", "n1", "8-11")], TRUSTED)
     assert ledger.used_cores("n1") == set(range(4)) | set(range(8, 12))
     holdings = ledger.holdings("n1")
-    assert [(h.owner, h.cores, h.managed, h.group) for h in holdings] == [
+    assert [(h.pod, h.cores, h.managed, h.group) for h in holdings] == [
         ("default/web-0", CoreRange(0, 4), True, "default/web"),
         ("default/web-1", CoreRange(8, 4), True, "default/web"),
     ]
@@ -93,7 +93,7 @@ def test_observe_is_idempotent_and_forget_frees():
     assert ledger.used_cores("n1") == set()
 
 
-def test_reserve_refuses_a_second_owner():
+def test_reserve_refuses_a_second_pod_on_a_core():
     ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3")], TRUSTED)
     with pytest.raises(ValueError, match=r"core\(s\) 2,3 held by default/web-0"):
         ledger.reserve("n1", CoreRange(2, 4), "default/web-1")
@@ -135,7 +135,7 @@ def test_foreign_pod_with_exact_core_ids():
     ledger = Ledger.from_pods([foreign_pod("aws", "n1", cores=2, ids="2,3")])
     assert ledger.used_cores("n1") == {2, 3}
     [holding] = ledger.foreign()
-    assert (holding.owner, holding.cores, holding.count, holding.managed, holding.exact) == (
+    assert (holding.pod, holding.cores, holding.count, holding.managed, holding.exact) == (
         "other/aws",
         CoreRange(2, 2),
         2,
@@ -165,9 +165,9 @@ def test_foreign_pod_without_ids_takes_the_highest_free_cores():
     ]
     ledger = Ledger.from_pods(pods, TRUSTED)
     ledger.learn_nodes([make_node("n1")])
-    # Owner order: other/a takes 17-19 first, then other/b 15-16 (managed cores are never assumed).
+    # Pod-key order: other/a takes 17-19 first, then other/b 15-16 (managed cores are never assumed).
     assert ledger.used_cores("n1") == set(range(15, 24))
-    foreign = {h.owner: h for h in ledger.foreign()}
+    foreign = {h.pod: h for h in ledger.foreign()}
     assert foreign["other/a"].core_ids == (17, 18, 19) and not foreign["other/a"].exact
     assert foreign["other/b"].core_ids == (15, 16) and foreign["other/b"].count == 2
     assert foreign["other/a"].cores is None
@@ -196,14 +196,14 @@ def test_managed_pod_with_a_bad_annotation_is_accounted_for_and_reported():
     ledger = Ledger.from_pods([pod], TRUSTED)
     ledger.learn_nodes([make_node("n1")])
     [holding] = ledger.foreign()
-    assert holding.owner == "default/web-0" and holding.count == 2 and not holding.exact
+    assert holding.pod == "default/web-0" and holding.count == 2 and not holding.exact
     assert ledger.used_cores("n1") == {22, 23}
-    assert [(i.node, i.owner, i.reason) for i in ledger.inconsistencies()] == [("n1", "default/web-0", "CoresMismatch")]
+    assert [(i.node, i.pod, i.reason) for i in ledger.inconsistencies()] == [("n1", "default/web-0", "CoresMismatch")]
 
 
 def test_overlapping_pods_stay_held_until_both_are_gone():
     ledger = Ledger.from_pods([managed_pod("a", "n1", "0-3"), managed_pod("b", "n1", "2-5")], TRUSTED)
-    assert [(i.owner, i.reason) for i in ledger.inconsistencies()] == [
+    assert [(i.pod, i.reason) for i in ledger.inconsistencies()] == [
         ("default/a", "Overlap"),
         ("default/b", "Overlap"),
     ]
@@ -231,7 +231,7 @@ def test_free_index_follows_changes():
 
 
 def reasons(ledger):
-    return [(i.node, i.owner, i.reason) for i in ledger.inconsistencies()]
+    return [(i.node, i.pod, i.reason) for i in ledger.inconsistencies()]
 
 
 def test_a_hand_made_pod_with_our_label_and_no_request_holds_nothing():
@@ -268,7 +268,7 @@ def test_a_namesake_with_another_uid_is_not_trusted():
     pod = managed_pod("web-0", "n1", "0-3")
     pod["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-web"
     ledger = Ledger.from_pods([pod], TRUSTED)
-    assert ledger.foreign()[0].owner == "default/web-0"
+    assert ledger.foreign()[0].pod == "default/web-0"
     assert Ledger.from_pods([pod], trust_any_inference=True).foreign() == []
 
 
@@ -370,7 +370,7 @@ def pod_of(index, shape):
     st.lists(pod_shapes, max_size=12),
     st.lists(st.tuples(st.sampled_from(["n1", "n2"]), st.integers(0, 23), st.integers(1, 6)), max_size=12),
 )
-def test_whatever_the_pods_say_no_core_gets_two_owners_and_nobody_holds_less_than_requested(shapes, wanted):
+def test_whatever_the_pods_say_no_core_gets_two_pods_and_nobody_holds_less_than_requested(shapes, wanted):
     """Pods of every shape (fake labels, foreign owners, short or long id lists, ranges beyond the
     request): a reservation never gets a core a pod holds, an untrusted pod holds exactly its
     listed ids plus what they fall short of its request, and only trusted pods count as ours."""
@@ -393,7 +393,7 @@ def test_whatever_the_pods_say_no_core_gets_two_owners_and_nobody_holds_less_tha
         assert holding.count == max(len(listed), asked)
     for index, (node, start, count) in enumerate(wanted):
         cores = CoreRange(start, min(count, 24 - start))
-        held = {c for h in ledger.holdings(node) if h.owner != f"default/r{index}" for c in h.core_ids}
+        held = {c for h in ledger.holdings(node) if h.pod != f"default/r{index}" for c in h.core_ids}
         if held & set(cores.ids):
             with pytest.raises(ValueError):
                 ledger.reserve(node, cores, f"default/r{index}")

@@ -211,7 +211,7 @@ def test_the_operators_own_namespace_gets_no_pods_unless_served(pool, operator_n
     if served:
         assert api.created == ["bert-0"]
     else:
-        assert api.created == [] and not cache.ledger.owners()
+        assert api.created == [] and not cache.ledger.pods()
         placed = placed_condition(api)
         assert placed["status"] == "False" and placed["reason"] == REASON_NAMESPACE_NOT_SERVED
         assert "the operator's own namespace" in placed["message"]

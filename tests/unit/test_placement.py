@@ -32,8 +32,8 @@ def ledger_with(*held):
     return Ledger.from_pods(pods, [inference_uid("old")])
 
 
-def one(request, nodes, ledger, owner="default/web-0", **kw):
-    return place_one(request, 0, nodes, ledger, owner, **kw)
+def one(request, nodes, ledger, pod="default/web-0", **kw):
+    return place_one(request, 0, nodes, ledger, pod, **kw)
 
 
 def req(cores, **kw):
@@ -50,7 +50,7 @@ def test_inf2_ranges_are_contiguous_and_chip_aligned():
     assert results[1].devices == (4, 5, 6, 7)
     assert results[1].process_cores == (CoreRange(8, 4), CoreRange(12, 4))
     assert ledger.used_cores("a") == set(range(24))
-    assert isinstance(one(req(1), [node("a")], ledger, owner="default/x"), Unplaceable)
+    assert isinstance(one(req(1), [node("a")], ledger, pod="default/x"), Unplaceable)
 
 
 def test_small_replica_never_straddles_a_chip():
@@ -132,10 +132,10 @@ def test_trn2_lnc1_has_eight_cores_per_chip():
 
 def test_visible_cores_device_local_and_global():
     ledger = ledger_with(("a", "0-5"))
-    local = one(req(4, processes_per_replica=2), [node("a")], ledger, owner="default/w-0")
+    local = one(req(4, processes_per_replica=2), [node("a")], ledger, pod="default/w-0")
     assert local.cores == CoreRange(6, 4)
     assert local.visible_cores == ("0-1", "2-3")  # devices 3 and 4 are mounted as 0 and 1
-    glob = one(req(4, processes_per_replica=4, numbering="global"), [node("a")], ledger, owner="default/w-1")
+    glob = one(req(4, processes_per_replica=4, numbering="global"), [node("a")], ledger, pod="default/w-1")
     assert glob.cores == CoreRange(10, 4)
     assert glob.visible_cores == ("10", "11", "12", "13")
     # device-local numbering of a range that starts mid-chip keeps its offset inside the chip
@@ -232,7 +232,7 @@ def test_required_node_affinity(expression, expected):
     request = req(1, affinity=affinity({"matchExpressions": [expression]}))
     ledger = Ledger()
     for i in range(4):
-        result = one(request, nodes, ledger, owner=f"default/p{i}")
+        result = one(request, nodes, ledger, pod=f"default/p{i}")
         if isinstance(result, ReplicaPlacement):
             chosen.add(result.node)
             ledger.forget(f"default/p{i}")
@@ -302,18 +302,18 @@ def test_foreign_pods_are_avoided():
     results = place(req(2), range(9), [node("a")], ledger, lambda i: f"default/web-{i}")
     placed = [r.cores for r in results if isinstance(r, ReplicaPlacement)]
     assert placed == [CoreRange(s, 2) for s in range(2, 20, 2)]
-    assert isinstance(one(req(2), [node("a")], ledger, owner="default/more"), Unplaceable)
+    assert isinstance(one(req(2), [node("a")], ledger, pod="default/more"), Unplaceable)
 
 
 def test_prefer_keeps_the_same_cores_on_recreate():
     ledger = Ledger()
-    first = one(req(4), [node("a"), node("b")], ledger, owner="default/web-0")
+    first = one(req(4), [node("a"), node("b")], ledger, pod="default/web-0")
     ledger.forget("default/web-0")  # the pod was deleted; recreate it
     ledger.reserve("a", CoreRange(0, 2), "default/other")  # but its old place is now partly taken
-    again = one(req(4), [node("a"), node("b")], ledger, owner="default/web-0", prefer=(first.node, first.cores))
+    again = one(req(4), [node("a"), node("b")], ledger, pod="default/web-0", prefer=(first.node, first.cores))
     assert again.cores != first.cores or again.node != first.node
     ledger.forget("default/web-0")
-    kept = one(req(4), [node("a"), node("b")], ledger, owner="default/web-0", prefer=("b", CoreRange(8, 4)))
+    kept = one(req(4), [node("a"), node("b")], ledger, pod="default/web-0", prefer=("b", CoreRange(8, 4)))
     assert (kept.node, kept.cores) == ("b", CoreRange(8, 4))
 
 
@@ -323,7 +323,7 @@ def test_prefer_that_breaks_a_rule_is_ignored():
     assert result.cores == CoreRange(0, 2)
 
 
-def test_placing_the_same_owner_again_returns_its_cores():
+def test_placing_the_same_pod_again_returns_its_cores():
     ledger = ledger_with(("a", "0-1"))
     first = one(req(4), [node("a")], ledger)
     second = one(req(4), [node("a")], ledger)
@@ -348,7 +348,7 @@ def test_a_fleet_can_be_reused_and_gives_the_same_answers():
     fleet = Fleet(nodes)
     l1, l2 = Ledger(), Ledger()
     for i, size in enumerate((2, 8, 3, 16, 1)):
-        assert one(req(size), fleet, l1, owner=f"default/{i}") == one(req(size), nodes, l2, owner=f"default/{i}")
+        assert one(req(size), fleet, l1, pod=f"default/{i}") == one(req(size), nodes, l2, pod=f"default/{i}")
 
 
 # ---- malformed requests ------------------------------------------------------------------------
@@ -408,7 +408,7 @@ def test_restart_rebuilds_the_same_ledger_from_pods():
     for name in ("a", "b"):
         assert restarted.used_cores(name) == ledger.used_cores(name)
     # and the restarted operator continues exactly where the old one would have
-    assert one(req(4), nodes, restarted, owner="default/web-5") == one(req(4), nodes, ledger, owner="default/web-5")
+    assert one(req(4), nodes, restarted, pod="default/web-5") == one(req(4), nodes, ledger, pod="default/web-5")
 
 
 def test_scale_to_zero_releases_every_core():
@@ -419,7 +419,7 @@ def test_scale_to_zero_releases_every_core():
     for i in range(3):
         ledger.forget(f"default/web-{i}")
     assert ledger.used_cores("a") == set() and ledger.free_count("a") == 24
-    assert one(req(24), [node("a")], ledger, owner="default/big").cores == CoreRange(0, 24)
+    assert one(req(24), [node("a")], ledger, pod="default/big").cores == CoreRange(0, 24)
 
 
 def test_processes_of_one_replica_never_share_cores():

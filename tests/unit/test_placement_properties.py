@@ -1,6 +1,6 @@
 """Property tests: random fleets, existing pods and request sequences (creates and deletes).
 
-After every step: no core has two owners, ranges are contiguous and within the node, the chip,
+After every step: no core is held by two pods, ranges are contiguous and within the node, the chip,
 shape and alignment rules hold, only eligible nodes are used, and a replica is refused exactly when
 a brute-force search over every node and start finds no valid placement. When one exists, the
 choice is the one the strategy's ordering names (checked by the same brute force). The same
@@ -201,17 +201,17 @@ def run_sequence(node_dicts, pods, ops, check):
     for step, op in enumerate(ops):
         if op[0] == "delete":
             if live:
-                owner, placement, request = live.pop(op[1] % len(live))
-                ledger.forget(owner)
+                pod, placement, request = live.pop(op[1] % len(live))
+                ledger.forget(pod)
                 if placement is not None:
                     group_held[(request.owner, placement.node)] -= placement.cores.count
             outcomes.append(("deleted", op[1]))
             continue
         request = op[1]
-        owner = f"default/p{step}"
+        pod = f"default/p{step}"
         if check:
             options, expected = oracle_choice(request, nodes, ledger, group_held)
-        result = place_one(request, 0, nodes, ledger, owner)
+        result = place_one(request, 0, nodes, ledger, pod)
         outcomes.append(result)
         if check:
             if isinstance(result, Unplaceable):
@@ -221,7 +221,7 @@ def run_sequence(node_dicts, pods, ops, check):
                 assert expected == (result.node, result.cores.start), (expected, result)
                 check_placement(result, request, by_name[result.node])
         if isinstance(result, ReplicaPlacement):
-            live.append((owner, result, request))
+            live.append((pod, result, request))
             key = (request.owner, result.node)
             group_held[key] = group_held.get(key, 0) + result.cores.count
         if check:
@@ -249,8 +249,8 @@ def check_ledger(ledger, nodes):
         seen: dict[int, str] = {}
         for holding in ledger.holdings(node.name):
             for core in holding.core_ids:
-                assert core not in seen, f"core {core} on {node.name} held by {seen[core]} and {holding.owner}"
-                seen[core] = holding.owner
+                assert core not in seen, f"core {core} on {node.name} held by {seen[core]} and {holding.pod}"
+                seen[core] = holding.pod
             if holding.managed:
                 assert holding.cores is not None and holding.cores.end < node.cores
         # The incrementally kept mask agrees with the holdings it summarises.
@@ -279,11 +279,11 @@ def test_same_inputs_same_placements(fleet, ops):
 def test_ledger_rebuilt_from_pods_equals_the_live_one(fleet, ops):
     node_dicts, pods = fleet
     _, ledger, live = run_sequence(node_dicts, pods, ops, check=False)
-    remaining = {owner for owner, _, _ in live}
+    remaining = {pod for pod, _, _ in live}
     kept = [p for p in pods if f"{p['metadata']['namespace']}/{p['metadata']['name']}" in remaining]
     created = [
-        managed_pod(owner.split("/")[1], placement.node, str(placement.cores), request.owner.split("/")[1])
-        for owner, placement, request in live
+        managed_pod(pod.split("/")[1], placement.node, str(placement.cores), request.owner.split("/")[1])
+        for pod, placement, request in live
         if placement is not None
     ]
     rebuilt = Ledger.from_pods(kept + created, trust_any_inference=True)

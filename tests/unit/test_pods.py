@@ -69,7 +69,7 @@ def placement_on(cores: CoreRange, processes: int, numbering="device-local", rep
         numbering=numbering,
     )
     result = place_one(
-        request, replica, [inventory_from_node(node)], Ledger(), owner=f"ml/bert-{replica}", prefer=("inf2-a", cores)
+        request, replica, [inventory_from_node(node)], Ledger(), pod=f"ml/bert-{replica}", prefer=("inf2-a", cores)
     )
     assert isinstance(result, ReplicaPlacement), result
     assert result.cores == cores or not exact, result

@@ -144,7 +144,7 @@ def test_pods_count_as_ours_once_their_resource_is_known_by_uid(cache):
     # The pods were listed before the resources; the known resource's pod is ours, the other is foreign.
     assert cache.ledger.holding_of("default/web-0").managed
     assert not cache.ledger.holding_of("default/lost-0").managed
-    assert [i.owner for i in cache.ledger.inconsistencies()] == ["default/lost-0"]
+    assert [i.pod for i in cache.ledger.inconsistencies()] == ["default/lost-0"]
     # Deleted: its pod still runs (the garbage collector deletes it soon) and is held as foreign.
     cache.apply_inference("DELETED", inference("web"))
     assert not cache.ledger.holding_of("default/web-0").managed
