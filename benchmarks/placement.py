@@ -73,8 +73,8 @@ def decision_rate(node_count: int, requests: int, seed: int) -> list[tuple[str, 
         size = rng.choice(MIXED_SIZES)
         strategy = "Spread" if rng.random() < 0.25 else "BinPack"
         aligned = size in (2, 8, 16, 32) and rng.random() < 0.2
-        group = f"bench/inference-{rng.randrange(200)}"
-        plans.append((PlacementRequest(group, size, strategy=strategy, aligned=aligned), f"bench/pod-{index}"))
+        inference = f"bench/inference-{rng.randrange(200)}"
+        plans.append((PlacementRequest(inference, size, strategy=strategy, aligned=aligned), f"bench/pod-{index}"))
 
     ledger = Ledger()
     live: list[tuple[str, int]] = []

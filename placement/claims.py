@@ -55,7 +55,7 @@ class Claim:
     node: str
     pod: str
     managed: bool
-    group: str | None
+    inference: str | None  # the NeuronInference ("namespace/name") of a managed pod
     ids: tuple[int, ...] | None  # ids known to be held, in `ids_unit`; more are assumed up to the request
     ids_unit: str  # "core" or "device"
     core_count: int  # requested cores (0 if the pod requests devices)
@@ -233,8 +233,8 @@ def read_pod(pod: Mapping) -> PodClaims | None:
     if labelled and controller is not None and labels[INFERENCE_LABEL] == controller[0]:
         cores = cores_of(pod)
         if cores is not None and cores.count == core_count and device_count == 0:
-            group = f"{namespace}/{controller[0]}"
-            ours = Claim(node, key, True, group, tuple(cores.ids), "core", cores.count, 0)
+            inference = f"{namespace}/{controller[0]}"
+            ours = Claim(node, key, True, inference, tuple(cores.ids), "core", cores.count, 0)
 
     theirs = None
     ids_agree = True

@@ -56,8 +56,8 @@ class Holding:
 
     ``cores`` is the range when the held ids are known and contiguous, else ``None`` (then
     ``count`` says how many). ``core_ids`` lists the ids treated as unavailable: the listed ones
-    and, for a foreign pod with fewer ids than it requests, the ones we assume (``exact=False``). ``group`` is the
-    NeuronInference ("namespace/name") a managed pod belongs to.
+    and, for a foreign pod with fewer ids than it requests, the ones we assume (``exact=False``).
+    ``inference`` is the NeuronInference ("namespace/name") a managed pod belongs to.
     """
 
     node: str
@@ -65,7 +65,7 @@ class Holding:
     count: int
     pod: str
     managed: bool
-    group: str | None = None
+    inference: str | None = None
     core_ids: tuple[int, ...] = ()
     exact: bool = True
 
@@ -116,7 +116,7 @@ class Ledger:
         self._trust = TrustIndex(trusted, trust_any_inference=trust_any_inference)
         self._nodes: dict[str, _NodeState] = {}
         self._node_of_pod: dict[str, str] = {}
-        self._group_cores: dict[str, dict[str, int]] = {}  # group → node → cores held
+        self._inference_cores: dict[str, dict[str, int]] = {}  # inference → node → cores held
         self._free: dict[str, int] = {}  # learned node → free cores
         self._by_free: dict[int, list[str]] = {}  # free count → sorted node names
         self._max_free = 0
@@ -158,8 +158,9 @@ class Ledger:
     def trusts(self, uid: str | None) -> bool:
         return self._trust.trusts(uid)
 
-    def reserve(self, node: str, cores: CoreRange, pod: str, group: str | None = None) -> None:
-        """Hold ``cores`` on ``node`` for the pod ``pod`` (its pod key) before the pod exists.
+    def reserve(self, node: str, cores: CoreRange, pod: str, inference: str | None = None) -> None:
+        """Hold ``cores`` on ``node`` for the pod ``pod`` (its pod key) before the pod exists, as a
+        replica of ``inference`` ("namespace/name"; the pod itself when not given).
 
         Raises ``ValueError`` when any of the cores is held by someone else (never two pods on
         one core) or lies beyond the node's usable cores. Re-reserving the same range for the same
@@ -178,9 +179,9 @@ class Ledger:
                     f"cannot reserve {cores} on {node} for {pod}: core(s) "
                     f"{','.join(map(str, _ids_of(clash)))} held by {', '.join(holders)}"
                 )
-        if group is None:
-            group = pod
-        self._put(Claim(node, pod, True, group, tuple(cores.ids), "core", cores.count, 0))
+        if inference is None:
+            inference = pod
+        self._put(Claim(node, pod, True, inference, tuple(cores.ids), "core", cores.count, 0))
 
     def learn_nodes(self, nodes: Iterable, token: object | None = None) -> None:
         """Learn each node's usable cores and cores per chip (from ``NodeInventory`` objects).
@@ -274,9 +275,9 @@ class Ledger:
         """Learned nodes with exactly ``free`` free cores, sorted by name (do not modify)."""
         return self._by_free.get(free, [])
 
-    def group_cores(self, group: str) -> Mapping[str, int]:
-        """Cores held by the pods of ``group`` (a NeuronInference "namespace/name"), by node."""
-        return self._group_cores.get(group, {})
+    def inference_cores(self, inference: str) -> Mapping[str, int]:
+        """Cores held by the pods of ``inference`` (a NeuronInference "namespace/name"), by node."""
+        return self._inference_cores.get(inference, {})
 
     # ---- internals ---------------------------------------------------------------------------
 
@@ -297,7 +298,7 @@ class Ledger:
             return
         state = self._nodes[node]
         claim = state.claims.pop(pod)
-        self._count_group(claim, node, -1)
+        self._count_inference(claim, node, -1)
         bits = _complete_bits(claim)
         if bits is not None and not state.slow:
             state.mask &= ~bits
@@ -317,7 +318,7 @@ class Ledger:
         state = self._nodes.setdefault(claim.node, _NodeState())
         state.claims[claim.pod] = claim
         self._node_of_pod[claim.pod] = claim.node
-        self._count_group(claim, claim.node, +1)
+        self._count_inference(claim, claim.node, +1)
         bits = _complete_bits(claim)
         if bits is not None and not state.slow and not state.mask & bits:
             state.mask |= bits
@@ -325,15 +326,15 @@ class Ledger:
         else:
             self._resolve(claim.node)
 
-    def _count_group(self, claim: Claim, node: str, sign: int) -> None:
-        if claim.group is None:
+    def _count_inference(self, claim: Claim, node: str, sign: int) -> None:
+        if claim.inference is None:
             return
-        per_node = self._group_cores.setdefault(claim.group, {})
+        per_node = self._inference_cores.setdefault(claim.inference, {})
         per_node[node] = per_node.get(node, 0) + sign * claim.core_count
         if per_node[node] <= 0:
             del per_node[node]
             if not per_node:
-                del self._group_cores[claim.group]
+                del self._inference_cores[claim.inference]
 
     def _listed_core_ids(self, state: _NodeState, claim: Claim) -> tuple[int, ...] | None:
         """The core ids the claim lists (sorted); None when they are device ids and the node's
@@ -416,7 +417,7 @@ class Ledger:
         count = max(len(listed or ()), claimed)
         contiguous = exact and bool(ids) and ids[-1] - ids[0] + 1 == len(ids)
         cores = CoreRange(ids[0], len(ids)) if contiguous else None
-        return Holding(claim.node, cores, count, claim.pod, claim.managed, claim.group, ids, exact)
+        return Holding(claim.node, cores, count, claim.pod, claim.managed, claim.inference, ids, exact)
 
 
 def _complete_bits(claim: Claim) -> int | None:

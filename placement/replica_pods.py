@@ -385,7 +385,7 @@ def placement_request(
     selector.update(placement.get("nodeSelector") or {})
     tolerations = tuple(pod_spec.get("tolerations") or ()) + tuple(placement.get("tolerations") or ())
     return PlacementRequest(
-        owner=f"{meta['namespace']}/{meta['name']}",
+        inference=f"{meta['namespace']}/{meta['name']}",
         cores_per_replica=spec["coresPerReplica"],
         processes_per_replica=spec.get("processesPerReplica", 1),
         strategy=placement.get("strategy", "BinPack"),

@@ -21,7 +21,8 @@ from neuronplace.runtime.coreset import CoreRange
 class PlacementRequest:
     """What one NeuronInference asks of every replica. Raises ``ValueError`` when malformed."""
 
-    owner: str
+    inference: str
+    """The NeuronInference's key, "namespace/name"."""
     cores_per_replica: int
     processes_per_replica: int = 1
     strategy: str = "BinPack"

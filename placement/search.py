@@ -72,7 +72,7 @@ def _search(request: PlacementRequest, fleet: Fleet, allowed: dict[str, int], le
         return start
 
     if request.strategy == "Spread":
-        held = ledger.group_cores(request.owner)
+        held = ledger.inference_cores(request.inference)
         for free in range(ledger.max_free, count - 1, -1):
             for name in ledger.nodes_with_free(free):
                 if name in allowed and name not in held:
@@ -163,7 +163,7 @@ def place_one(
         return Unplaceable(replica, unplaceable_message(request, fleet, ledger, usage, pod))
     name, start = choice
     cores = CoreRange(start, request.cores_per_replica)
-    ledger.reserve(name, cores, pod, group=request.owner)
+    ledger.reserve(name, cores, pod, inference=request.inference)
     if usage is not None:
         usage.reserve(name, pod, request.requests)
     return _placement(request, replica, fleet.by_name[name], cores)

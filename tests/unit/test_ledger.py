@@ -49,7 +49,7 @@ def test_from_pods_reads_managed_ranges():
     ledger = Ledger.from_pods([managed_pod("web-0", "n1", "0-3"), managed_pod("web-1", "n1", "8-11")], TRUSTED)
     assert ledger.used_cores("n1") == set(range(4)) | set(range(8, 12))
     holdings = ledger.holdings("n1")
-    assert [(h.pod, h.cores, h.managed, h.group) for h in holdings] == [
+    assert [(h.pod, h.cores, h.managed, h.inference) for h in holdings] == [
         ("default/web-0", CoreRange(0, 4), True, "default/web"),
         ("default/web-1", CoreRange(8, 4), True, "default/web"),
     ]
@@ -100,9 +100,9 @@ def test_reserve_refuses_a_second_pod_on_a_core():
     # Nothing changed.
     assert ledger.used_cores("n1") == set(range(4))
     assert ledger.holding_of("default/web-1") is None
-    ledger.reserve("n1", CoreRange(4, 4), "default/web-1", group="default/web")
+    ledger.reserve("n1", CoreRange(4, 4), "default/web-1", inference="default/web")
     assert ledger.used_cores("n1") == set(range(8))
-    assert ledger.group_cores("default/web") == {"n1": 8}
+    assert ledger.inference_cores("default/web") == {"n1": 8}
 
 
 def test_reserve_again_is_a_no_op_and_a_new_range_replaces():
@@ -125,10 +125,10 @@ def test_reserve_beyond_capacity_is_refused():
 
 def test_observed_pod_replaces_its_reservation():
     ledger = Ledger(TRUSTED)
-    ledger.reserve("n1", CoreRange(0, 4), "default/web-0", group="default/web")
+    ledger.reserve("n1", CoreRange(0, 4), "default/web-0", inference="default/web")
     ledger.observe(managed_pod("web-0", "n1", "0-3"))
     assert len(ledger.holdings("n1")) == 1
-    assert ledger.group_cores("default/web") == {"n1": 4}
+    assert ledger.inference_cores("default/web") == {"n1": 4}
 
 
 def test_foreign_pod_with_exact_core_ids():
@@ -252,13 +252,13 @@ def test_a_pod_is_ours_only_while_its_owner_uid_is_trusted():
     ledger.learn_nodes([make_node("n1")])
     ledger.observe(pod)  # seen before its NeuronInference: foreign, held by its request and ids
     assert [(h.managed, h.core_ids) for h in ledger.holdings("n1")] == [(False, (0, 1, 2, 3))]
-    assert reasons(ledger) == [("n1", "default/web-0", "NotOwned")] and ledger.group_cores("default/web") == {}
+    assert reasons(ledger) == [("n1", "default/web-0", "NotOwned")] and ledger.inference_cores("default/web") == {}
     ledger.trust(inference_uid("web"))  # the resource arrives: the pod is re-judged
-    assert [(h.managed, h.group) for h in ledger.holdings("n1")] == [(True, "default/web")]
-    assert ledger.inconsistencies() == [] and ledger.group_cores("default/web") == {"n1": 4}
+    assert [(h.managed, h.inference) for h in ledger.holdings("n1")] == [(True, "default/web")]
+    assert ledger.inconsistencies() == [] and ledger.inference_cores("default/web") == {"n1": 4}
     ledger.distrust(inference_uid("web"))  # the resource is deleted; its pod still runs
     assert [(h.managed, h.core_ids) for h in ledger.holdings("n1")] == [(False, (0, 1, 2, 3))]
-    assert ledger.group_cores("default/web") == {} and ledger.free_count("n1") == 20
+    assert ledger.inference_cores("default/web") == {} and ledger.free_count("n1") == 20
     ledger.forget("default/web-0")
     ledger.trust(inference_uid("web"))  # nothing left to re-judge
     assert ledger.holdings("n1") == []
@@ -290,7 +290,7 @@ def test_a_pod_whose_claim_disagrees_is_held_by_its_request(change):
     ledger.learn_nodes([make_node("n1")])
     [holding] = ledger.foreign()
     assert {0, 1, 2, 3} <= set(holding.core_ids)  # its AWS_NEURON_IDS, never fewer than it requests
-    assert ledger.group_cores("default/web") == {}
+    assert ledger.inference_cores("default/web") == {}
     [(_, _, reason)] = reasons(ledger)
     assert reason in ("CoresMismatch", "NotOwned")
 

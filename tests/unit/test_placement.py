@@ -37,7 +37,7 @@ def one(request, nodes, ledger, pod="default/web-0", **kw):
 
 
 def req(cores, **kw):
-    return PlacementRequest(owner="default/web", cores_per_replica=cores, **kw)
+    return PlacementRequest(inference="default/web", cores_per_replica=cores, **kw)
 
 
 # ---- chips and contiguity ---------------------------------------------------------------------
@@ -385,7 +385,7 @@ def test_a_fleet_can_be_reused_and_gives_the_same_answers():
 )
 def test_malformed_requests_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        PlacementRequest(owner="default/web", **kwargs)
+        PlacementRequest(inference="default/web", **kwargs)
 
 
 def test_bad_replica_ordinal_raises_and_places_nothing():

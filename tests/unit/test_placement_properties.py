@@ -88,10 +88,10 @@ def fleets(draw):
 
 
 requests = st.builds(
-    lambda size, procs, strategy, policy, aligned, tolerate, group: (
+    lambda size, procs, strategy, policy, aligned, tolerate, name: (
         "create",
         PlacementRequest(
-            owner=f"default/{group}",
+            inference=f"default/{name}",
             cores_per_replica=size,
             processes_per_replica=procs if size % procs == 0 else 1,
             strategy=strategy,
@@ -160,7 +160,7 @@ def run_length(node, used, start):
     return high - low + 1
 
 
-def oracle_choice(request, nodes, ledger, group_held):
+def oracle_choice(request, nodes, ledger, inference_held):
     """Every valid (node, start), and the one the strategy's ordering prefers."""
     options = {}
     for node in nodes:
@@ -178,7 +178,7 @@ def oracle_choice(request, nodes, ledger, group_held):
     if request.strategy == "BinPack":
         name = min(options, key=lambda n: (free(n), n))
     else:
-        name = min(options, key=lambda n: (group_held.get((request.owner, n), 0), -free(n), n))
+        name = min(options, key=lambda n: (inference_held.get((request.inference, n), 0), -free(n), n))
     node, used, starts = options[name]
     start = min(starts, key=lambda s: (run_length(node, used, s), s))
     return options, (name, start)
@@ -196,7 +196,7 @@ def run_sequence(node_dicts, pods, ops, check):
     live: list[tuple[str, ReplicaPlacement | None, PlacementRequest | None]] = [
         (f"{p['metadata']['namespace']}/{p['metadata']['name']}", None, None) for p in pods
     ]
-    group_held: dict[tuple[str, str], int] = {}
+    inference_held: dict[tuple[str, str], int] = {}
     outcomes = []
     for step, op in enumerate(ops):
         if op[0] == "delete":
@@ -204,13 +204,13 @@ def run_sequence(node_dicts, pods, ops, check):
                 pod, placement, request = live.pop(op[1] % len(live))
                 ledger.forget(pod)
                 if placement is not None:
-                    group_held[(request.owner, placement.node)] -= placement.cores.count
+                    inference_held[(request.inference, placement.node)] -= placement.cores.count
             outcomes.append(("deleted", op[1]))
             continue
         request = op[1]
         pod = f"default/p{step}"
         if check:
-            options, expected = oracle_choice(request, nodes, ledger, group_held)
+            options, expected = oracle_choice(request, nodes, ledger, inference_held)
         result = place_one(request, 0, nodes, ledger, pod)
         outcomes.append(result)
         if check:
@@ -222,8 +222,8 @@ def run_sequence(node_dicts, pods, ops, check):
                 check_placement(result, request, by_name[result.node])
         if isinstance(result, ReplicaPlacement):
             live.append((pod, result, request))
-            key = (request.owner, result.node)
-            group_held[key] = group_held.get(key, 0) + result.cores.count
+            key = (request.inference, result.node)
+            inference_held[key] = inference_held.get(key, 0) + result.cores.count
         if check:
             check_ledger(ledger, nodes)
     return outcomes, ledger, live
@@ -282,7 +282,7 @@ def test_ledger_rebuilt_from_pods_equals_the_live_one(fleet, ops):
     remaining = {pod for pod, _, _ in live}
     kept = [p for p in pods if f"{p['metadata']['namespace']}/{p['metadata']['name']}" in remaining]
     created = [
-        managed_pod(pod.split("/")[1], placement.node, str(placement.cores), request.owner.split("/")[1])
+        managed_pod(pod.split("/")[1], placement.node, str(placement.cores), request.inference.split("/")[1])
         for pod, placement, request in live
         if placement is not None
     ]
@@ -300,7 +300,7 @@ def test_place_equals_place_one_in_order(fleet, size, replicas, strategy):
     node_dicts, pods = fleet
     nodes = [inventory_from_node(n) for n in node_dicts]
     request = PlacementRequest(
-        owner="default/web", cores_per_replica=size, strategy=strategy, shape_policy="Permissive"
+        inference="default/web", cores_per_replica=size, strategy=strategy, shape_policy="Permissive"
     )
     together = place(
         request, range(replicas), nodes, Ledger.from_pods(pods, trust_any_inference=True), lambda i: f"default/web-{i}"

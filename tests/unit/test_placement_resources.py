@@ -24,7 +24,7 @@ def node(name, cpu="192", memory="768Gi", pods="110", **extra):
 
 
 def req(cores=2, **requests):
-    return PlacementRequest(owner="ns/web", cores_per_replica=cores, requests=requests)
+    return PlacementRequest(inference="ns/web", cores_per_replica=cores, requests=requests)
 
 
 def foreign(name, node_name, cpu):
@@ -95,7 +95,7 @@ def test_a_retried_placement_is_not_refused_for_its_own_reservation():
 def test_spread_skips_nodes_without_room():
     fleet = Fleet([node("a"), node("b"), node("c")])
     usage = Usage.from_pods([foreign("big", "b", "191")])
-    spread = PlacementRequest(owner="ns/web", cores_per_replica=2, strategy="Spread", requests={CPU: 2000})
+    spread = PlacementRequest(inference="ns/web", cores_per_replica=2, strategy="Spread", requests={CPU: 2000})
     results = place(spread, [0, 1, 2], fleet, Ledger(), lambda i: f"ns/web-{i}", usage=usage)
     assert sorted(r.node for r in results) == ["a", "a", "c"]
 

@@ -62,7 +62,7 @@ def placement_on(cores: CoreRange, processes: int, numbering="device-local", rep
         },
     }
     request = PlacementRequest(
-        owner="ml/bert",
+        inference="ml/bert",
         cores_per_replica=cores.count,
         processes_per_replica=processes,
         shape_policy="Permissive",

@@ -373,7 +373,7 @@ def test_placement_request_merges_the_templates_constraints():
     res["spec"]["template"]["spec"]["nodeSelector"] = {"zone": "z1", "pool": "ignored"}
     res["spec"]["template"]["spec"]["tolerations"] = [{"key": "ml", "operator": "Exists"}]
     request = replica_pods.placement_request(res, "global")
-    assert request.owner == "ml/bert" and request.cores_per_replica == 2 and request.processes_per_replica == 1
+    assert request.inference == "ml/bert" and request.cores_per_replica == 2 and request.processes_per_replica == 1
     assert (request.strategy, request.shape_policy, request.aligned, request.numbering) == (
         "Spread",
         "Permissive",

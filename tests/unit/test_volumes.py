@@ -113,7 +113,7 @@ def constraint(pod_spec, claims=(), volumes=(), classes=(), binding=BINDING_SCHE
 def allowed_nodes(result):
     """The nodes of ``fleet()`` that would take a replica with this constraint, each tried alone."""
     assert result.problem is None, result.problem
-    request = PlacementRequest(owner=f"{NS}/web", cores_per_replica=2, volume_terms=result.node_terms)
+    request = PlacementRequest(inference=f"{NS}/web", cores_per_replica=2, volume_terms=result.node_terms)
     return {
         candidate.name
         for candidate in fleet()
@@ -183,7 +183,7 @@ def test_claims_whose_volumes_share_no_node_place_nowhere_and_say_why():
         pv("pv-2", affinity=on_hosts("inf2-c"), phase="Bound"),
     ]
     result = constraint(uses("one", "two"), claims=claims, volumes=volumes)
-    request = PlacementRequest(owner=f"{NS}/web", cores_per_replica=2, volume_terms=result.node_terms)
+    request = PlacementRequest(inference=f"{NS}/web", cores_per_replica=2, volume_terms=result.node_terms)
     placed = place_one(request, 0, fleet(), Ledger(), f"{NS}/web-0")
     assert isinstance(placed, Unplaceable)
     assert "no node can take it: 3 where its volumes cannot be used" in placed.message, placed.message
@@ -432,7 +432,7 @@ def test_claim_names_lists_the_named_claims_only():
 def test_malformed_volume_terms_are_refused_by_the_request():
     with pytest.raises(ValueError, match="operator must be one of"):
         PlacementRequest(
-            owner="a/b",
+            inference="a/b",
             cores_per_replica=2,
             volume_terms=(({"matchExpressions": [{"key": "k", "operator": "Near", "values": ["x"]}]},),),
         )
@@ -442,7 +442,7 @@ def test_requests_that_differ_only_in_volume_terms_do_not_share_cached_eligibili
     shared = Fleet(fleet())
     for host in NODES:
         terms = (tuple(on_hosts(host)["required"]["nodeSelectorTerms"]),)
-        request = PlacementRequest(owner=f"{NS}/web", cores_per_replica=2, volume_terms=terms)
+        request = PlacementRequest(inference=f"{NS}/web", cores_per_replica=2, volume_terms=terms)
         placed = place_one(request, 0, shared, Ledger(), f"{NS}/web-0")
         assert isinstance(placed, ReplicaPlacement) and placed.node == host
 
