@@ -4,7 +4,7 @@ Also a kubectl plugin: the package installs ``kubectl-neuronplace``, so ``kubect
 works wherever it is on PATH. The map is rebuilt the way the operator rebuilds its ledger: from the
 nodes and the pods themselves, with one difference: with no list of the NeuronInferences at hand,
 any pod whose controller is a NeuronInference counts as managed (the operator also checks that it
-knows that resource, by UID). Nodes whose claims do not add up get a line per pod saying why.
+knows that inference, by UID). Nodes whose claims do not add up get a line per pod saying why.
 
 The PNG is drawn here, not in ``neuronplace.placement.coremap`` beside the text map: placement is
 the pure decision core and never imports matplotlib (an import contract in pyproject.toml).

@@ -9,7 +9,7 @@ the API server. Every decision is made by the pure :mod:`neuronplace.placement`.
   (``neuronplace.placement.ruling``) under that lock. ``slim``: what it keeps of each object.
 - ``storage``: the cached claims, volumes and storage classes.
 - ``sync``: full lists a page at a time: the start-up rebuild and the full resync.
-- ``workqueue``: keys of resources to reconcile, coalesced, retried with backoff (no Kubernetes types).
+- ``workqueue``: keys of inferences to reconcile, coalesced, retried with backoff (no Kubernetes types).
 - ``writes``: API writes (pods, status, events) and the mapping of API errors to temporary or
   permanent outcomes; the API clients are injected.
 - ``reconciler``: one reconcile: the ruling, carried out in its order, then the status.

@@ -76,7 +76,7 @@ class Cache:
         # Where each replica last ran: a deleted or failed pod is recreated on the same cores if free.
         self.last_known: dict[Key, dict[int, tuple[str, CoreRange]]] = {}
         self.inflight: set[str] = set()  # "ns/pod" reserved, create under way
-        self.waiting_for_room: set[Key] = set()  # resources with replicas that did not fit
+        self.waiting_for_room: set[Key] = set()  # inferences with replicas that did not fit
         self.storage = Storage()  # the claims, volumes and storage classes that decide where volumes go
         self.priority_classes: dict[str, int] = {}  # PriorityClass name → value (cluster-scoped)
         # Capacity-request pods (operator.capacity) by NeuronInference, then pod name; slimmed.
@@ -86,7 +86,7 @@ class Cache:
         self.unbound: set[tuple[str, str]] = set()
         # Pods ("ns/pod") and NeuronInferences ((ns, name)) deleted while a full resync reads its
         # lists (None when none runs): the lists may still show them, and they must not come back
-        # as ghosts (a pod holding cores, a resource getting pods).
+        # as ghosts (a pod holding cores, an inference getting pods).
         self.deleted_during_resync: set[str | Key] | None = None
 
     # ---- scope ---------------------------------------------------------------------------------
@@ -263,14 +263,14 @@ class Cache:
         return sorted(keys, key=lambda key: waiting_order(self.inferences.get(key) or {}, self.priority_classes))
 
     def apply_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> list[Key]:
-        """A PriorityClass event; returns the resources whose template names that class."""
+        """A PriorityClass event; returns the inferences whose template names that class."""
         with self._lock:
             name = self.observe_priority_class(body, deleted=kind == DELETED)
             return [key for key, inference in self.inferences.items() if class_name(inference) == name]
 
     def apply_pod(self, kind: str | None, body: Mapping[str, Any]) -> tuple[Key | None, list[Key]]:
         """A pod event; returns the key of its NeuronInference (if any) and, when the pod freed
-        cores (deleted or finished), the resources waiting for room, in the order to serve them."""
+        cores (deleted or finished), the inferences waiting for room, in the order to serve them."""
         deleted = kind == DELETED
         with self._lock:
             key = self.observe_pod(body, deleted=deleted)
@@ -279,7 +279,7 @@ class Cache:
         return key, waiting
 
     def apply_node(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
-        """A node event; returns the resources it affects: those with pods on it when it went away
+        """A node event; returns the inferences it affects: those with pods on it when it went away
         or changed readiness, and those waiting for room when what placement sees changed."""
         name = (body.get("metadata") or {}).get("name")
         with self._lock:
@@ -300,7 +300,7 @@ class Cache:
 
     def apply_storage(self, kind: str, event: str | None, body: Mapping[str, Any]) -> set[Key]:
         """A PersistentVolumeClaim, PersistentVolume or StorageClass event (``kind``: ``storage.KINDS``);
-        returns the resources it may concern when what placement reads changed: those waiting for
+        returns the inferences it may concern when what placement reads changed: those waiting for
         room (all of them; for a claim, those in its namespace) and those naming the claim."""
         meta = body.get("metadata") or {}
         namespace, name = meta.get("namespace"), meta.get("name")

@@ -8,7 +8,7 @@ reconciler, assembled and run on kopf's event loop.
 - ``settings.workers`` queue workers reconcile at once, each in a thread of its own (the
   Kubernetes client is synchronous), so API calls run concurrently; placement itself holds the
   cache's lock.
-- A resync loop queues every resource regularly, events or not (the operator is level-driven),
+- A resync loop queues every inference regularly, events or not (the operator is level-driven),
   and every other round first compares the cache with full lists (:mod:`.sync`).
 
 It holds no Kubernetes client of its own beyond the two API objects it is given, so tests can build
@@ -37,7 +37,7 @@ from neuronplace.operator.writes import Writer
 
 log = logging.getLogger("neuronplace.operator")
 
-# Pod events of one resource within this many seconds are handled by one reconcile.
+# Pod events of one inference within this many seconds are handled by one reconcile.
 POD_EVENT_COALESCE = 0.1
 
 # The first full resync, soon after start-up: by then kopf's watches are running, so anything the
@@ -137,7 +137,7 @@ class Controller:
             return await self._in_thread(self.reconciler.reconcile, key)
 
     async def resync(self) -> None:
-        """Level-driven safety net: every resource is looked at regularly, events or not, and every
+        """Level-driven safety net: every inference is looked at regularly, events or not, and every
         other round the caches are checked against full lists (``full_resync``).
 
         The first round comes soon after start-up and is a full one: a pod deleted between the

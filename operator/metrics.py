@@ -6,14 +6,14 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
 - ``neuronplace_placements_total``: replicas placed (a pod created, bound, with its core range).
 - ``neuronplace_placement_failures_total{reason}``: replicas the operator tried to place and could
   not, by reason: ``Unschedulable`` (no room, or a volume claim to wait for; the explanation is in
-  the resource's ``Placed`` condition), ``VolumeNeedsScheduler`` (a claim only kube-scheduler can
+  the inference's ``Placed`` condition), ``VolumeNeedsScheduler`` (a claim only kube-scheduler can
   bind, under Direct binding), ``PodRejected`` (the API server refused the pod), ``PodForbidden``
   (quota, RBAC, terminating namespace), ``Throttled`` (429), ``Conflict`` (409), ``ApiError``
   (anything else). A replica waiting for room is counted again on every attempt, so the rate shows
-  how often placement fails, not how many replicas wait (that is in the resources' status).
+  how often placement fails, not how many replicas wait (that is in the inferences' status).
 - ``neuronplace_scheduler_silent_pods``: replica pods pinned to their node (Scheduler binding)
   that kube-scheduler has given no verdict at all for longer than the operator waits for one
-  (``SchedulerNotResponding`` in the resource's Ready condition); above zero, kube-scheduler is
+  (``SchedulerNotResponding`` in the inference's Ready condition); above zero, kube-scheduler is
   stopped or wedged and binds nothing.
 - ``neuronplace_reconcile_duration_seconds``: histogram of one reconcile's wall time (read caches,
   decide, place, create/delete pods, write status), failed reconciles included.
@@ -174,7 +174,7 @@ class OperatorMetrics:
             "Pinned replica pods kube-scheduler has given no verdict on for longer than the operator waits",
             registry=self.registry,
         )
-        self._silent: dict[tuple[str, str], int] = {}  # per resource (namespace, name)
+        self._silent: dict[tuple[str, str], int] = {}  # per inference (namespace, name)
         self._ledger_collector: _LedgerCollector | None = None
         self._server = None
         self._guard = threading.Lock()
@@ -189,13 +189,13 @@ class OperatorMetrics:
         if count:
             self.failures.labels(reason=reason).inc(count)
 
-    def scheduler_silent(self, resource: tuple[str, str], count: int) -> None:
-        """``resource`` has ``count`` pinned pods kube-scheduler is silent about (0: none, or gone)."""
+    def scheduler_silent(self, inference: tuple[str, str], count: int) -> None:
+        """``inference`` has ``count`` pinned pods kube-scheduler is silent about (0: none, or gone)."""
         with self._guard:
             if count:
-                self._silent[resource] = count
+                self._silent[inference] = count
             else:
-                self._silent.pop(resource, None)
+                self._silent.pop(inference, None)
             self.silent_pods.set(sum(self._silent.values()))
 
     def time_reconcile(self):

@@ -24,7 +24,7 @@ LOG_FORMATS = ("text", "json")
 class OperatorSettings:
     """How the operator runs.
 
-    namespaces: namespaces whose NeuronInference resources (and pods) are watched; empty means
+    namespaces: namespaces whose inferences (NeuronInferences) and pods are watched; empty means
         cluster-wide. Nodes are cluster-scoped and always watched. In namespace-scoped mode pods
         of other namespaces that hold Neuron resources are not seen, so they are not accounted.
     node_selector: label selector (``k=v,k2,!k3``) of the nodes this operator manages; empty means
@@ -34,7 +34,7 @@ class OperatorSettings:
         on the first one; ``global``: all host devices are visible, ids equal node-global ids.
     log_format: ``text`` or ``json`` (kopf's JSON log lines).
     node_grace_seconds: how long a node may be NotReady before its replicas are placed elsewhere.
-    resync_seconds: every resource is reconciled at least this often, even without events.
+    resync_seconds: every inference is reconciled at least this often, even without events.
     workers: reconciles running at once (API calls are concurrent; placement is serialised).
     watch_server_timeout / watch_client_timeout / watch_connect_timeout: kopf watch timeouts in
         seconds, so that a silently frozen watch is re-established (kopf issues #585, #957).
@@ -44,7 +44,7 @@ class OperatorSettings:
         glusterfs, flexVolume, ephemeral) to admit anyway; comma-separated in the environment.
     allow_privileged: lift the pod-template safety policy (``podsecurity``); the namespace rule stays.
     operator_namespace: the namespace the operator runs in (the chart sets it from the pod's own
-        metadata); resources there get no pods (status reason ``NamespaceNotServed``) unless
+        metadata); inferences there get no pods (status reason ``NamespaceNotServed``) unless
         ``serve_operator_namespace``. Empty (an operator run outside the cluster): no such rule.
     serve_operator_namespace: serve the operator's own namespace anyway.
     metrics_port: serve Prometheus metrics (``neuronplace.operator.metrics``) on this port at

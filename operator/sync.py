@@ -147,8 +147,8 @@ class Sync:
         A node known before the listing began and absent from it was deleted. What the pod list
         lacks is confirmed gone with a GET before it is forgotten, so a pod created after the
         list was taken, or a reservation whose pod is being created, is never dropped. A pod or
-        resource whose deletion the watch reports while the lists are read stays deleted, though
-        the (older) list still shows it. The caller then reconciles every resource.
+        inference whose deletion the watch reports while the lists are read stays deleted, though
+        the (older) list still shows it. The caller then reconciles every inference.
         """
         nodes_before = self.cache.begin_resync()
         try:

@@ -1,10 +1,10 @@
-"""The work queue: which resources to reconcile, when, and how often to retry; nothing about Kubernetes.
+"""The work queue: which inferences to reconcile, when, and how often to retry; nothing about Kubernetes.
 
 A key (any hashable; the operator uses ``(namespace, name)`` of a NeuronInference) is in at most
 one of three places at a time:
 
 - *pending*: queued, waiting for a worker. Queuing it again does nothing: ten events for one
-  resource before a worker gets to it make one reconcile.
+  inference before a worker gets to it make one reconcile.
 - *running*: a worker is on it. Queuing it now marks it *dirty*, and it runs once more as soon
   as this run ends, so an event that arrived mid-run is never lost and a key never runs twice at
   once.

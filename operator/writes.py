@@ -15,7 +15,7 @@ A failed write becomes one of two errors (:func:`classify`):
   same spec gives the same answer; the reconcile reports it in the ``Placed`` condition and does
   not retry until the spec changes.
 
-Deleting a pod or patching the status of a resource that is already gone (404) is not an error:
+Deleting a pod or patching the status of an inference that is already gone (404) is not an error:
 what was wanted has happened. Events are best-effort: a failure is logged at debug level and
 never fails a reconcile.
 """
@@ -134,7 +134,7 @@ class Writer:
         return True
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-        """Merge-patch a NeuronInference's status; False when the resource is gone."""
+        """Merge-patch a NeuronInference's status; False when the inference is gone."""
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=API_TIMEOUT
@@ -146,7 +146,7 @@ class Writer:
         return True
 
     def post_event(self, inference: Mapping[str, Any], reason: str, message: str, type_: str = ev.NORMAL) -> bool:
-        """Post an Event about the resource; False (and a debug line) when that failed."""
+        """Post an Event about the inference; False (and a debug line) when that failed."""
         meta = inference["metadata"]
         try:
             response = self.core.create_namespaced_event(

@@ -28,7 +28,7 @@ affinity and tolerations, so that a node made for it can take the replica.
 - It carries no pinning and no ``matchFields``: Karpenter ignores pods whose node affinity uses
   ``matchFields`` ("node selector term with matchFields is not supported").
 - It is labelled :data:`CAPACITY_REQUEST_LABEL` (never the inference label, so it is no replica of
-  the resource and no pod count includes it), owned by the NeuronInference (garbage collected with
+  the inference and no pod count includes it), owned by the NeuronInference (garbage collected with
   it) and named ``<name>-<replica>-capacity``, which no replica pod name can be.
 
 :func:`plan` says which requests to create and delete for the replicas now waiting.
@@ -203,7 +203,7 @@ class Plan:
 def plan(uid: str | None, waiting: Collection[int], existing: Iterable[Mapping[str, Any]], wanted_hash: str) -> Plan:
     """Exactly one request for each replica in ``waiting``, none more.
 
-    ``existing`` are the capacity requests of the resource's name. A request is usable when it is
+    ``existing`` are the capacity requests of the inference's name. A request is usable when it is
     controlled by this ``uid``, not being deleted, and asks what ``wanted_hash`` says; other requests
     of this ``uid`` are deleted, those of an older namesake (another UID) left to garbage collection.
     Usable requests ask for the same thing, so any of them stands for any waiting replica: its own

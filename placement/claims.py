@@ -5,8 +5,8 @@ Labels and annotations can be written by anyone who may create a pod, so they de
 their own. A pod counts as ours (*managed*) only when all of these hold:
 
 - its controller ownerReference is a NeuronInference whose UID the caller trusts (the operator
-  trusts the resources it has seen; the UID tells a resource from a deleted namesake);
-- it carries the label ``neuronplace.io/inference`` naming that same resource;
+  trusts the inferences it has seen; the UID tells an inference from a deleted namesake);
+- it carries the label ``neuronplace.io/inference`` naming that same inference;
 - its ``neuronplace.io/cores`` range parses and has as many cores as the pod requests of
   ``aws.amazon.com/neuroncore``, and it requests no whole devices: the device plugin hands a pod
   what it requests, so a range that disagrees would let two pods get the same cores.

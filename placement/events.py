@@ -1,7 +1,7 @@
 """Kubernetes Events about a NeuronInference (pure ``build_event``; never imports kopf).
 
 Posted for placements, re-placements (pod failed, node gone or NotReady, rolling update), pods the
-API server refused, and resources that cannot be placed, so ``kubectl describe ninf`` tells the
+API server refused, and inferences that cannot be placed, so ``kubectl describe ninf`` tells the
 story without reading operator logs.
 """
 

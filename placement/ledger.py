@@ -112,7 +112,7 @@ class Ledger:
     def __init__(self, trusted: Iterable[str] = (), *, trust_any_inference: bool = False) -> None:
         """``trusted``: the NeuronInference UIDs whose pods count as ours (more with :meth:`trust`);
         ``trust_any_inference``: any NeuronInference controller counts, for tools with no list of
-        the resources."""
+        the inferences."""
         self._trust = TrustIndex(trusted, trust_any_inference=trust_any_inference)
         self._nodes: dict[str, _NodeState] = {}
         self._node_of_pod: dict[str, str] = {}

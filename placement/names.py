@@ -111,7 +111,7 @@ REASON_SCHEDULER_NOT_RESPONDING = "SchedulerNotResponding"
 # The Event reason (and failure metric reason) of a pod creation the API server forbids (403: quota,
 # a terminating namespace, RBAC); the status keeps REASON_POD_REJECTED for it.
 REASON_POD_FORBIDDEN = "PodForbidden"
-# A resource in the operator's own namespace, which the operator does not serve by default.
+# An inference in the operator's own namespace, which the operator does not serve by default.
 REASON_NAMESPACE_NOT_SERVED = "NamespaceNotServed"
 # A replica with a claim only kube-scheduler can bind (WaitForFirstConsumer) while its pods are
 # bound directly (spec.nodeName), which skips the scheduler: no pod is made, it could never start.

@@ -180,7 +180,7 @@ def build_pod(
     binding: str = BINDING_SCHEDULER,
     now_ns: int,
 ) -> dict:
-    """The pod for one placed replica of ``inference`` (the API's JSON dict of the resource), bound
+    """The pod for one placed replica of ``inference`` (the API's JSON dict of the inference), bound
     (``Direct``) or pinned (``Scheduler``) to the placement's node. ``now_ns`` (Unix nanoseconds,
     from the caller's clock) is its NEURON_ALLOC_TIME."""
     if binding not in BINDINGS:

@@ -5,7 +5,7 @@ Over 300 lines because it is one policy: the Pod Security Standards' checks, eac
 The operator creates pods with its own ServiceAccount, so anyone allowed to create a
 NeuronInference could otherwise borrow the operator's power to make pods that they could not make
 themselves (privileged containers, host namespaces, host paths...). Before building pods, the
-operator calls ``check_template``; a non-empty result means the resource is invalid (no pods, a
+operator calls ``check_template``; a non-empty result means the inference is invalid (no pods, a
 condition listing the violations).
 
 Two levels (:class:`TemplatePolicy`, operator setting ``pod_security``):
@@ -24,7 +24,7 @@ Two levels (:class:`TemplatePolicy`, operator setting ``pod_security``):
 
 Every refusal names the field and the rule. When the chart sets ``allowPrivileged`` (env
 ``NEURONPLACE_ALLOW_PRIVILEGED=true``) every check of either level is lifted. The namespace rule is
-never lifted: a resource in namespace A only ever produces pods in A.
+never lifted: an inference in namespace A only ever produces pods in A.
 
 Pure: takes plain dicts (the API's camelCase JSON), never imports kopf or a Kubernetes client, and
 never raises on malformed input (a wrong type is reported as a violation instead).

@@ -1,4 +1,4 @@
-"""Pod priority: which templates may name which PriorityClass, and the order of waiting resources (pure).
+"""Pod priority: which templates may name which PriorityClass, and the order of waiting inferences (pure).
 
 A PriorityClass of value 1,000,000,000 or more is a system class (``system-cluster-critical``,
 ``system-node-critical``; no user-defined class may go higher). Such a pod preempts other
@@ -51,7 +51,7 @@ def priority_refusal(inference: Mapping[str, Any], classes: Mapping[str, int], a
 
 
 def waiting_order(inference: Mapping[str, Any], classes: Mapping[str, int]) -> tuple[int, str]:
-    """Sort key of a resource waiting for room: higher priority first, then older first.
+    """Sort key of an inference waiting for room: higher priority first, then older first.
 
     A template without a class has priority 0 (no globalDefault class is assumed).
     """

@@ -371,7 +371,7 @@ def _next_rollout(current: Mapping[int, Mapping], desired: int, wanted_hash: str
 def placement_request(
     inference: Mapping[str, Any], numbering: str, volume_terms: tuple[tuple[Mapping, ...], ...] = ()
 ) -> PlacementRequest:
-    """The placement engine's request for a (validated) resource.
+    """The placement engine's request for a (validated) inference.
 
     The template's own nodeSelector, tolerations and required node affinity are honoured together
     with ``spec.placement``'s: the pod carries both, so the node must satisfy both. ``volume_terms``

@@ -138,7 +138,7 @@ def build_status(
 ) -> dict:
     """The full ``status`` for ``inference`` given its live pods and what keeps the rest from existing.
 
-    ``pods`` are the resource's own pods (terminating ones included: they still hold cores).
+    ``pods`` are the inference's own pods (terminating ones included: they still hold cores).
     ``replica_failure`` is why replica pods keep failing: the ``ReplicaFailure`` condition is there
     while it is given and gone once they stop failing (as a Deployment's). ``waiting_for_capacity``
     says which replicas that fit nowhere have asked the autoscaler for a node (capacity requests): the
@@ -157,7 +157,7 @@ def build_status(
     desired = spec.get("replicas", 1) if isinstance(spec.get("replicas", 1), int) else 0
     processes = spec.get("processesPerReplica", 1) if isinstance(spec.get("processesPerReplica", 1), int) else 1
 
-    # Labels prove nothing (anyone who may create a pod can copy them): once the resource has a UID,
+    # Labels prove nothing (anyone who may create a pod can copy them): once the inference has a UID,
     # only the pods it controls are its replicas.
     uid = meta.get("uid")
     live = [

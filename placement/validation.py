@@ -22,7 +22,7 @@ def _int(value: Any, default: int | None = None) -> int | None:
 
 
 def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) -> str | None:
-    """Why the resource cannot be acted on, or None.
+    """Why the inference cannot be acted on, or None.
 
     Mirrors the CRD's rules for objects that got past them (an older CRD, a CRD installed without
     validation, a hand-edited stored object), then applies the pod-template safety policy
@@ -76,7 +76,7 @@ def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) ->
 
 
 def namespace_refusal(namespace: str | None, operator_namespace: str, serve_operator_namespace: bool) -> str | None:
-    """Why a resource in ``namespace`` gets no pods, or None.
+    """Why an inference in ``namespace`` gets no pods, or None.
 
     The operator's own namespace holds its ServiceAccount token, which may create pods in every
     served namespace: a pod made there from a user's template could mount that token (every
