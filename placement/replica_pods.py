@@ -1,8 +1,8 @@
 """The level-driven decision for one NeuronInference: desired spec vs live pods → actions (pure).
 
 ``decide()`` never talks to the API and never places anything: it says which pods must go and
-which replica ordinals need a pod. The handlers then place the missing ordinals (serialised, in
-the placement engine), create the pods, delete the listed ones and write the status.
+which replica ordinals need a pod. The ruling (:mod:`.ruling`) then places the missing ordinals and
+builds their pods; the operator creates them, deletes the listed ones and writes the status.
 
 Rules:
 - replicas ``0..replicas-1`` each have exactly one pod ``<name>-<ordinal>``; missing ones are created;
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuronplace.placement import failures as fl
-from neuronplace.placement.claims import NODE_NAME_FIELD, cores_of, node_of
+from neuronplace.placement.claims import cores_of, node_of
 from neuronplace.placement.conditions import condition
 from neuronplace.placement.names import (
     CONDITION_POD_SCHEDULED,
@@ -38,8 +38,6 @@ from neuronplace.placement.names import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from neuronplace.placement.pods import template_hash
-from neuronplace.placement.request import PlacementRequest
-from neuronplace.placement.resources import replica_requests
 from neuronplace.placement.status import pod_is_ready
 from neuronplace.runtime.coreset import CoreRange
 
@@ -366,61 +364,3 @@ def _next_rollout(current: Mapping[int, Mapping], desired: int, wanted_hash: str
         return None
     pod_name = current[chosen]["metadata"]["name"]
     return Deletion(pod_name, OUTDATED, f"pod {pod_name} runs an older spec; replacing it (one replica at a time)")
-
-
-def placement_request(
-    inference: Mapping[str, Any], numbering: str, volume_terms: tuple[tuple[Mapping, ...], ...] = ()
-) -> PlacementRequest:
-    """The placement engine's request for a (validated) inference.
-
-    The template's own nodeSelector, tolerations and required node affinity are honoured together
-    with ``spec.placement``'s: the pod carries both, so the node must satisfy both. ``volume_terms``
-    are the node terms its volumes add (``volumes.volume_constraint``).
-    """
-    meta = inference["metadata"]
-    spec = inference["spec"]
-    placement = spec.get("placement") or {}
-    pod_spec = (spec.get("template") or {}).get("spec") or {}
-    selector = dict(pod_spec.get("nodeSelector") or {})
-    selector.update(placement.get("nodeSelector") or {})
-    tolerations = tuple(pod_spec.get("tolerations") or ()) + tuple(placement.get("tolerations") or ())
-    return PlacementRequest(
-        inference=f"{meta['namespace']}/{meta['name']}",
-        cores_per_replica=spec["coresPerReplica"],
-        processes_per_replica=spec.get("processesPerReplica", 1),
-        strategy=placement.get("strategy", "BinPack"),
-        shape_policy=placement.get("shapePolicy", "Strict"),
-        aligned=bool(placement.get("alignedStart", False)),
-        node_selector=selector,
-        tolerations=tolerations,
-        affinity=pod_spec.get("affinity"),
-        numbering=numbering,
-        requests=replica_requests(pod_spec, spec["coresPerReplica"], spec.get("processesPerReplica", 1)),
-        volume_terms=volume_terms,
-    )
-
-
-def avoiding(request: PlacementRequest, nodes: frozenset[str]) -> PlacementRequest:
-    """``request`` kept off ``nodes`` (where the replica's last attempts failed).
-
-    Said the way Kubernetes says it, so the allocator needs no rule of its own: every required
-    node-affinity term (they are ORed) also requires ``metadata.name NotIn nodes``. Only placement
-    sees this; the pod carries the template's affinity.
-    """
-    if not nodes:
-        return request
-    excluded = {"key": NODE_NAME_FIELD, "operator": "NotIn", "values": sorted(nodes)}
-    affinity = dict(request.affinity or {})
-    node_affinity = dict(affinity.get("nodeAffinity") or {})
-    required = dict(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
-    terms = [
-        # An empty term matches no node, and must go on matching none.
-        {**term, "matchFields": [*(term.get("matchFields") or ()), excluded]}
-        if term.get("matchExpressions") or term.get("matchFields")
-        else term
-        for term in required.get("nodeSelectorTerms") or ()
-    ]
-    required["nodeSelectorTerms"] = terms or [{"matchFields": [excluded]}]
-    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
-    affinity["nodeAffinity"] = node_affinity
-    return dataclasses.replace(request, affinity=affinity)

@@ -1,19 +1,23 @@
 """What one NeuronInference asks of every replica, and what placing a replica gives back.
 
-A :class:`PlacementRequest` is validated when built (a malformed one raises ``ValueError``); placing
+A :class:`PlacementRequest` is made from an inference by :func:`placement_request` (and kept off
+nodes by :func:`avoiding`), and validated when built (a malformed one raises ``ValueError``); placing
 a replica (:mod:`.search`) gives a :class:`ReplicaPlacement` (a node and a core range) or an
 :class:`Unplaceable` (a sentence saying why not, :mod:`.reasons`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from neuronplace.placement.claims import NODE_NAME_FIELD
 from neuronplace.placement.constraints import required_terms, validate_toleration
 from neuronplace.placement.names import NUMBERINGS, SHAPE_POLICIES, STRATEGIES
-from neuronplace.placement.resources import check_items
+from neuronplace.placement.resources import check_items, replica_requests
 from neuronplace.runtime.coreset import CoreRange
 
 
@@ -94,3 +98,61 @@ class ReplicaPlacement:
 class Unplaceable:
     replica: int
     message: str  # one sentence saying why no node can take the replica now
+
+
+def placement_request(
+    inference: Mapping[str, Any], numbering: str, volume_terms: tuple[tuple[Mapping, ...], ...] = ()
+) -> PlacementRequest:
+    """The placement engine's request for a (validated) inference.
+
+    The template's own nodeSelector, tolerations and required node affinity are honoured together
+    with ``spec.placement``'s: the pod carries both, so the node must satisfy both. ``volume_terms``
+    are the node terms its volumes add (``volumes.volume_constraint``).
+    """
+    meta = inference["metadata"]
+    spec = inference["spec"]
+    placement = spec.get("placement") or {}
+    pod_spec = (spec.get("template") or {}).get("spec") or {}
+    selector = dict(pod_spec.get("nodeSelector") or {})
+    selector.update(placement.get("nodeSelector") or {})
+    tolerations = tuple(pod_spec.get("tolerations") or ()) + tuple(placement.get("tolerations") or ())
+    return PlacementRequest(
+        inference=f"{meta['namespace']}/{meta['name']}",
+        cores_per_replica=spec["coresPerReplica"],
+        processes_per_replica=spec.get("processesPerReplica", 1),
+        strategy=placement.get("strategy", "BinPack"),
+        shape_policy=placement.get("shapePolicy", "Strict"),
+        aligned=bool(placement.get("alignedStart", False)),
+        node_selector=selector,
+        tolerations=tolerations,
+        affinity=pod_spec.get("affinity"),
+        numbering=numbering,
+        requests=replica_requests(pod_spec, spec["coresPerReplica"], spec.get("processesPerReplica", 1)),
+        volume_terms=volume_terms,
+    )
+
+
+def avoiding(request: PlacementRequest, nodes: frozenset[str]) -> PlacementRequest:
+    """``request`` kept off ``nodes`` (where the replica's last attempts failed).
+
+    Said the way Kubernetes says it, so the allocator needs no rule of its own: every required
+    node-affinity term (they are ORed) also requires ``metadata.name NotIn nodes``. Only placement
+    sees this; the pod carries the template's affinity.
+    """
+    if not nodes:
+        return request
+    excluded = {"key": NODE_NAME_FIELD, "operator": "NotIn", "values": sorted(nodes)}
+    affinity = dict(request.affinity or {})
+    node_affinity = dict(affinity.get("nodeAffinity") or {})
+    required = dict(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = [
+        # An empty term matches no node, and must go on matching none.
+        {**term, "matchFields": [*(term.get("matchFields") or ()), excluded]}
+        if term.get("matchExpressions") or term.get("matchFields")
+        else term
+        for term in required.get("nodeSelectorTerms") or ()
+    ]
+    required["nodeSelectorTerms"] = terms or [{"matchFields": [excluded]}]
+    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
+    affinity["nodeAffinity"] = node_affinity
+    return dataclasses.replace(request, affinity=affinity)

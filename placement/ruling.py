@@ -45,8 +45,8 @@ from neuronplace.placement.names import (
 from neuronplace.placement.pods import build_pod, pod_name
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.priority import priority_refusal
-from neuronplace.placement.replica_pods import Deletion, avoiding, decide, placement_request
-from neuronplace.placement.request import ReplicaPlacement
+from neuronplace.placement.replica_pods import Deletion, decide
+from neuronplace.placement.request import ReplicaPlacement, avoiding, placement_request
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, scheduler_silence, summarize_unplaceable
 from neuronplace.placement.usage import Usage

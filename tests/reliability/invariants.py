@@ -73,7 +73,7 @@ from neuronplace.placement.names import (
     TERMINAL_PHASES,
     VERSION,
 )
-from neuronplace.placement.replica_pods import placement_request
+from neuronplace.placement.request import placement_request
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 from reliability.oracle import Fit, allocatable_of, first_fit, requested_by

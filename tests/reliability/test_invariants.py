@@ -13,8 +13,7 @@ from neuronplace.local.fleet import build_node
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.pods import build_pod
-from neuronplace.placement.replica_pods import placement_request
-from neuronplace.placement.request import ReplicaPlacement
+from neuronplace.placement.request import ReplicaPlacement, placement_request
 from neuronplace.placement.resources import node_allocatable
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status

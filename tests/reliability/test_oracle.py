@@ -28,8 +28,7 @@ from neuronplace.placement.names import (
     NEURONCORE_RESOURCE,
 )
 from neuronplace.placement.pods import build_pod
-from neuronplace.placement.replica_pods import placement_request
-from neuronplace.placement.request import PlacementRequest, ReplicaPlacement
+from neuronplace.placement.request import PlacementRequest, ReplicaPlacement, placement_request
 from neuronplace.placement.resources import pod_requests
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status

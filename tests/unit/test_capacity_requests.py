@@ -34,7 +34,8 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import build_pod
 from neuronplace.placement.podsecurity import TemplatePolicy, check_template
-from neuronplace.placement.replica_pods import ordinal_of, placement_request
+from neuronplace.placement.replica_pods import ordinal_of
+from neuronplace.placement.request import placement_request
 from neuronplace.placement.search import place_one
 from neuronplace.placement.usage import Usage
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronplace.placement import replica_pods
+from neuronplace.placement import request as request_model
 from neuronplace.placement.pods import template_hash
 from neuronplace.runtime.coreset import CoreRange
 
@@ -245,9 +246,9 @@ def test_scaled_away_replicas_forget_their_failures():
 
 
 def test_avoiding_keeps_every_required_term_and_adds_the_nodes_to_each():
-    request = replica_pods.placement_request(resource(), "device-local")
-    assert replica_pods.avoiding(request, frozenset()) is request
-    away = replica_pods.avoiding(request, frozenset({"n2", "n1"}))
+    request = request_model.placement_request(resource(), "device-local")
+    assert request_model.avoiding(request, frozenset()) is request
+    away = request_model.avoiding(request, frozenset({"n2", "n1"}))
     terms = away.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1", "n2"]}]}]
     zone = {"key": "zone", "operator": "In", "values": ["a"]}
@@ -257,7 +258,7 @@ def test_avoiding_keeps_every_required_term_and_adds_the_nodes_to_each():
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [zone]}, {}]}
         }
     }
-    away = replica_pods.avoiding(replica_pods.placement_request(both, "device-local"), frozenset({"n1"}))
+    away = request_model.avoiding(request_model.placement_request(both, "device-local"), frozenset({"n1"}))
     terms = away.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     not_n1 = {"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}
     assert terms == [{"matchExpressions": [zone], "matchFields": [not_n1]}, {}], "an empty term still matches nothing"
@@ -372,7 +373,7 @@ def test_placement_request_merges_the_templates_constraints():
     }
     res["spec"]["template"]["spec"]["nodeSelector"] = {"zone": "z1", "pool": "ignored"}
     res["spec"]["template"]["spec"]["tolerations"] = [{"key": "ml", "operator": "Exists"}]
-    request = replica_pods.placement_request(res, "global")
+    request = request_model.placement_request(res, "global")
     assert request.inference == "ml/bert" and request.cores_per_replica == 2 and request.processes_per_replica == 1
     assert (request.strategy, request.shape_policy, request.aligned, request.numbering) == (
         "Spread",
