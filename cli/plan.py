@@ -18,7 +18,7 @@ failed attempts (the operator remembers them in memory, to back off and avoid no
 replica is placed as on a first try. Replicas that already have a pod are shown where they are.
 
 Prints one row per replica (node, node-global cores, devices, ``NEURON_RT_VISIBLE_CORES`` per
-process) and the reason for every replica that cannot be placed. Exit status: 0 when every replica
+process) and, for every replica that cannot be placed, why not. Exit status: 0 when every replica
 has a place, 1 when some cannot be placed, 2 for unusable input.
 """
 
@@ -199,7 +199,7 @@ def _rows(ledger: Ledger, inference: dict, ruling: Ruling) -> list[dict]:
     meta = inference["metadata"]
     label = f"{meta['namespace']}/{meta['name']}"
     if ruling.refusal is not None:
-        return [{"inference": label, "replica": "-", "status": "invalid", "reason": ruling.refusal.message}]
+        return [{"inference": label, "replica": "-", "status": "invalid", "message": ruling.refusal.message}]
     by_replica: dict[int, dict] = {}
     for creation in ruling.creations:
         placed = creation.placement
@@ -214,7 +214,7 @@ def _rows(ledger: Ledger, inference: dict, ruling: Ruling) -> list[dict]:
         waits = "; the operator keeps a capacity request for it, so that an autoscaler adds a node"
         by_replica[replica] = {
             "status": "unplaceable",
-            "reason": message + (waits if replica in ruling.waiting else ""),
+            "message": message + (waits if replica in ruling.waiting else ""),
         }
     replicas = inference["spec"].get("replicas")
     for replica in range(1 if replicas is None else replicas):
@@ -225,7 +225,7 @@ def _rows(ledger: Ledger, inference: dict, ruling: Ruling) -> list[dict]:
             cores = str(holding.cores) if holding.cores else ",".join(map(str, holding.core_ids))
             by_replica[replica] = {"status": "existing", "node": holding.node, "cores": cores}
         else:  # its pod is ending or backing off: the operator creates it later
-            by_replica[replica] = {"status": "pending", "reason": "its pod is being replaced"}
+            by_replica[replica] = {"status": "pending", "message": "its pod is being replaced"}
     return [{"inference": label, "replica": replica, **row} for replica, row in sorted(by_replica.items())]
 
 
@@ -239,7 +239,7 @@ def render(rows: list[dict]) -> str:
     refused = [row for row in rows if row["status"] in ("unplaceable", "invalid")]
     if refused:
         lines += ["", "Cannot be placed:"]
-        lines += [f"  {row['inference']} replica {row['replica']}: {row['reason']}" for row in refused]
+        lines += [f"  {row['inference']} replica {row['replica']}: {row['message']}" for row in refused]
     placed = sum(row["status"] == "placed" for row in rows)
     existing = sum(row["status"] == "existing" for row in rows)
     summary = f"{placed} replica{'' if placed == 1 else 's'} placed"
