@@ -79,7 +79,7 @@ class Cache:
         self.waiting_for_room: set[Key] = set()  # inferences with replicas that did not fit
         self.storage = Storage()  # the claims, volumes and storage classes that decide where volumes go
         self.priority_classes: dict[str, int] = {}  # PriorityClass name → value (cluster-scoped)
-        # Capacity-request pods (operator.capacity) by NeuronInference, then pod name; slimmed.
+        # Capacity-request pods by inference, then pod name; slimmed (what placement.capacity_upkeep reads).
         self.capacity_requests: dict[Key, dict[str, dict]] = {}
         # Managed pods pinned to a node and not bound yet: kube-scheduler does not count them on
         # their node until it binds them, so a capacity request made meanwhile could be bound there.
