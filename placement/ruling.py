@@ -172,8 +172,7 @@ def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetim
     if decision.create and refused is None:
         now_ns = int(now.timestamp()) * 1_000_000_000 + now.microsecond * 1_000
         ruling = _place(inference, view, rules, ruling, decision.create, decision.avoid, decision.prefer, now_ns)
-    waiting = ruling.waiting if binding != BINDING_DIRECT else frozenset()
-    return _keep_requests(inference, view, rules, dataclasses.replace(ruling, waiting=waiting))
+    return _keep_requests(inference, view, rules, ruling)
 
 
 def _refused(inference: Mapping[str, Any], view: View, rules: Rules, binding: str, refusal: Problem) -> Ruling:
@@ -254,9 +253,13 @@ def _place(
 
 
 def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling) -> Ruling:
-    """Add the capacity requests to delete and to create around the ruling's replica pods."""
+    """Add the capacity requests to delete and to create around the ruling's replica pods. The
+    replicas that wait for a new node keep one each, unless the rules make none or the inference is
+    Direct-bound (a capacity request is a pod kube-scheduler places, and nothing but the operator may
+    place pods on Direct-bound nodes)."""
     meta = inference["metadata"]
-    waiting = ruling.waiting if rules.capacity_requests else frozenset()
+    keep = rules.capacity_requests and ruling.binding != BINDING_DIRECT
+    waiting = ruling.waiting if keep else frozenset()
     mine = list(view.requests.values())
     placed = [(c.placement.replica, c.placement.node) for c in ruling.creations]
     room = make_room(mine, placed, view.requests_on, view.ledger.free_count) if placed else []
