@@ -442,6 +442,8 @@ class Cache:
         now: dt.datetime,
         history: Mapping[int, ReplicaHistory],
         refused: tuple[int | None, Problem] | None,
+        excluded: frozenset[str] = frozenset(),
+        requests_made: Mapping[int, tuple[float, ...]] | None = None,
     ) -> tuple[dict, Ruling] | None:
         """The ruling for one inference on this view of the cluster, with its replicas reserved
         and marked as being created (:meth:`settle` ends that); None when the inference is gone."""
@@ -464,6 +466,8 @@ class Cache:
                 last_known=self.last_known.get(key, {}),
                 history=history,
                 refused=refused,
+                excluded=excluded,
+                requests_made=requests_made or {},
             )
             ruling = rule(inference, view, rules, now)
             self.inflight.update(pod_key(key[0], c.pod["metadata"]["name"]) for c in ruling.creations)

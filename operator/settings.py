@@ -153,6 +153,7 @@ class OperatorSettings:
             capacity_requests=self.capacity_requests,
             capacity_request_image=self.capacity_request_image,
             capacity_priority_class=self.capacity_priority_class,
+            node_selector=self.node_selector,
         )
 
     def template_policy(self) -> TemplatePolicy:

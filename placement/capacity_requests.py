@@ -55,6 +55,7 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import merge_tolerations
 from neuronplace.placement.request import PlacementRequest
+from neuronplace.placement.request_limits import with_expressions
 from neuronplace.placement.resources import PODS, check_items, format_amount, replica_requests, shortfall
 from neuronplace.placement.usage import Usage
 
@@ -92,9 +93,16 @@ def _required_node_affinity(pod_spec: Mapping[str, Any]) -> dict | None:
 
 
 def build_capacity_request(
-    inference: Mapping[str, Any], replica: int, *, image: str, priority_class: str = CAPACITY_PRIORITY_CLASS
+    inference: Mapping[str, Any],
+    replica: int,
+    *,
+    image: str,
+    priority_class: str = CAPACITY_PRIORITY_CLASS,
+    where: Sequence[Mapping[str, Any]] = (),
 ) -> dict:
-    """The capacity-request pod for one replica of a (validated) ``inference``."""
+    """The capacity-request pod for one replica of a (validated) ``inference``; ``where``: node
+    affinity ``matchExpressions`` it must meet on top of the replica's own
+    (:func:`.request_limits.node_expressions`)."""
     meta = inference["metadata"]
     spec = inference["spec"]
     placement = spec.get("placement") or {}
@@ -127,7 +135,7 @@ def build_capacity_request(
     }
     if selector:
         request_spec["nodeSelector"] = selector
-    affinity = _required_node_affinity(pod_spec)
+    affinity = with_expressions(_required_node_affinity(pod_spec), where)
     if affinity:
         request_spec["affinity"] = affinity
     tolerations = merge_tolerations(pod_spec.get("tolerations"), placement.get("tolerations"))

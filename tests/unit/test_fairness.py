@@ -87,7 +87,7 @@ def test_within_a_priority_no_namespace_gets_two_turns_ahead_of_another(entries)
         block = [key for key, p in zip(order, priority) if p == level]
         total = Counter(namespace for namespace, _ in block)
         served: Counter = Counter()
-        for namespace, name in block:
+        for namespace, _ in block:
             # A namespace's k-th turn comes only once every namespace with k turns' worth has had k-1.
             assert all(served[other] >= served[namespace] for other in total if total[other] > served[namespace])
             served[namespace] += 1
