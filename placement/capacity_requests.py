@@ -6,7 +6,8 @@ cluster-autoscaler), which adds nodes for Pending pods, would never add one. For
 the operator therefore keeps exactly one *capacity request*: an unbound pod asking kube-scheduler
 for what the replica will ask of its node (its NeuronCores, its cpu, memory and other requests as
 ``resources.replica_requests`` works them out) under the replica's node selector, required node
-affinity and tolerations, so that a node made for it can take the replica.
+affinity and tolerations, so that a node made for it can take the replica, and on top of them
+where :mod:`.request_limits` lets it go (the operator's managed nodes, none it was bound to in vain).
 
 - It runs a pause container, holds no cores in the ledger and counts in no usage: it only stands in
   for the replica. Once a node with room appears the replica is placed there and its request is
