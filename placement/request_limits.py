@@ -9,11 +9,12 @@ the disagreement lasts. Three limits make that impossible by construction:
 
 - **Only managed nodes.** A request carries the operator's node selector as required node affinity
   (:func:`node_expressions`): a node the operator may not place on could never take the replica.
-- **Exclusions.** A node where one of the inference's requests is bound while a replica still
-  waits is a node where placement refused that replica (a waiting replica was refused everywhere):
-  it is excluded (:func:`excluded_nodes`), and the inference's requests then ask for a node whose
-  ``kubernetes.io/hostname`` is none of those. The exclusions are the operator's memory of the
-  inference; they go when no replica waits (the replica was placed: the disagreement is over).
+- **Exclusions.** A node where one of the inference's requests is bound and goes (the ledger's
+  free cores there do not cover it) while a replica still waits is a node where placement refused
+  that replica (a waiting replica was refused everywhere): it is excluded (:func:`excluded_nodes`),
+  and the inference's requests then ask for a node whose ``kubernetes.io/hostname`` is none of
+  those. The exclusions are the operator's memory of the inference; they go when no replica waits
+  (the replica was placed: the disagreement is over).
 - **A rate bound.** At most :data:`MAX_PER_WINDOW` requests are made for one replica in any
   :data:`WINDOW_SECONDS` (:func:`admit`, the clock passed in), whatever else goes wrong (a node
   without a hostname label cannot be excluded); a replica held back says so and when it is next.
@@ -83,7 +84,7 @@ def excluded_nodes(
     before: Collection[str], bound_to: Iterable[str], waiting: Collection[int], fleet: Fleet
 ) -> frozenset[str]:
     """The nodes the inference's requests must avoid from now on: none when no replica waits; else
-    those ``before`` and every managed node one of its live requests is bound to (``bound_to``).
+    those ``before`` and every managed node one of its requests goes from (``bound_to``).
     A node not (or no longer) in the ``fleet`` is not kept: placement never refused a replica there
     (the node event may simply not have come yet)."""
     if not waiting:

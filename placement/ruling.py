@@ -31,7 +31,7 @@ from typing import Any
 
 from neuronplace.placement import capacity_requests as cp
 from neuronplace.placement import failures as fl
-from neuronplace.placement.capacity_upkeep import RequestKey, alive, key_of_request, make_room, upkeep
+from neuronplace.placement.capacity_upkeep import RequestKey, crowded_by, key_of_request, make_room, upkeep
 from neuronplace.placement.claims import pod_key
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
@@ -276,9 +276,10 @@ def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, rulin
     mine = list(view.requests.values())
     placed = [(c.placement.replica, c.placement.node) for c in ruling.creations]
     room = make_room(mine, placed, view.requests_on, view.ledger.free_count) if placed else []
-    bound_to = [
-        r["spec"]["nodeName"] for r in mine if r["spec"]["nodeName"] and alive(r) and key_of_request(r) not in room
-    ]
+    # Its requests that go because kube-scheduler bound them where the ledger has no room.
+    kept = [r for r in mine if key_of_request(r) not in room]
+    displaced = set(crowded_by(kept, view.requests_on, view.ledger.free_count, room))
+    bound_to = [r["spec"]["nodeName"] for r in kept if key_of_request(r) in displaced]
     excluded = excluded_nodes(view.excluded, bound_to, waiting, view.fleet)
     where = node_expressions(rules.node_selector, excluded, view.fleet)
     built = {replica: _request_pod(inference, rules, replica, where) for replica in sorted(waiting)}

@@ -215,3 +215,20 @@ def test_the_operator_s_node_selector_reaches_its_requests(pool):
     assert terms == {
         "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["neuron"]}]}]
     }
+
+
+def test_a_request_bound_where_the_ledger_still_has_room_is_kept_and_its_node_not_excluded(pool):
+    # The request's binding may come before the operator sees its new node Ready: nothing is
+    # wrong there, and the replica is placed on it as soon as it is.
+    api, cache, reconciler = setup(pool, inference(replicas=1, cores=2), nodes=())
+    reconciler.writer.core = reconciler.writer.custom = api = Scheduler()
+    reconciler.reconcile(KEY)
+    not_ready = ready_node("n2")
+    not_ready["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    cache.apply_node("ADDED", not_ready)
+    api.bind(cache, "n2", "n2")
+    reconciler.reconcile(KEY)
+    assert [call for call, _ in api.calls] == ["create"] and KEY not in reconciler.excluded
+    cache.apply_node("MODIFIED", ready_node("n2"))
+    reconciler.reconcile(KEY)
+    assert api.calls[1:] == [("delete", "bert-0-capacity"), ("create", "bert-0")]
