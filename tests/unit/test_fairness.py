@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import kopf
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -167,3 +168,11 @@ def test_events_never_block_the_event_loop_while_a_ruling_holds_the_cache_lock()
     assert lag < 1.0, f"the event loop was blocked for {lag:.1f}s"
     assert event_waited_off_loop
     assert handled_after < 1.0
+
+
+def test_the_bound_is_a_documented_setting_of_at_least_one():
+    assert OperatorSettings().waiting_retries_per_event == 20
+    assert OperatorSettings.from_env({"NEURONPLACE_WAITING_RETRIES_PER_EVENT": "5"}).waiting_retries_per_event == 5
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="waiting_retries_per_event"):
+            OperatorSettings(waiting_retries_per_event=bad)
