@@ -173,7 +173,8 @@ def plan(inferences: list[dict], state: dict[str, list[dict]], rules: Rules, now
     priorities = {c["metadata"]["name"]: c["value"] for c in state["PriorityClass"] if isinstance(c.get("value"), int)}
     rows = []
     # The order the operator serves inferences waiting for room; ties keep the order given.
-    for inference in sorted(inferences, key=lambda inference: waiting_order(inference, priorities)):
+    for index in waiting_order(dict(enumerate(inferences)), priorities):
+        inference = inferences[index]
         meta = inference["metadata"]
         view = View(
             pods=[

@@ -252,15 +252,20 @@ class Cache:
             self.priority_classes[name] = value
         return name
 
-    def in_waiting_order(self, keys) -> list[Key]:
-        """``keys`` in the order inferences waiting for room are served: higher priority first,
-        then the older one (ties keep their order)."""
+    def in_waiting_order(self, keys, limit: int | None = None) -> list[Key]:
+        """``keys`` in the order inferences waiting for room are served
+        (:func:`~neuronplace.placement.priority.waiting_order`); with ``limit``, only the first
+        ``limit`` of those waiting for room are kept (the others are kept all)."""
         with self._lock:
-            return self._in_waiting_order(keys)
+            ordered = self._in_waiting_order(keys)
+            if limit is None:
+                return ordered
+            kept = set([key for key in ordered if key in self.waiting_for_room][:limit])
+            return [key for key in ordered if key in kept or key not in self.waiting_for_room]
 
     def _in_waiting_order(self, keys) -> list[Key]:
-        """:meth:`in_waiting_order` with the lock held."""
-        return sorted(keys, key=lambda key: waiting_order(self.inferences.get(key) or {}, self.priority_classes))
+        """``keys`` in the order inferences waiting for room are served (lock held)."""
+        return waiting_order({key: self.inferences.get(key) or {} for key in keys}, self.priority_classes)
 
     def apply_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> list[Key]:
         """A PriorityClass event; returns the inferences whose template names that class."""
@@ -437,6 +442,8 @@ class Cache:
         now: dt.datetime,
         history: Mapping[int, ReplicaHistory],
         refused: tuple[int | None, Problem] | None,
+        excluded: frozenset[str] = frozenset(),
+        requests_made: Mapping[int, tuple[float, ...]] | None = None,
     ) -> tuple[dict, Ruling] | None:
         """The ruling for one inference on this view of the cluster, with its replicas reserved
         and marked as being created (:meth:`settle` ends that); None when the inference is gone."""
@@ -459,6 +466,8 @@ class Cache:
                 last_known=self.last_known.get(key, {}),
                 history=history,
                 refused=refused,
+                excluded=excluded,
+                requests_made=requests_made or {},
             )
             ruling = rule(inference, view, rules, now)
             self.inflight.update(pod_key(key[0], c.pod["metadata"]["name"]) for c in ruling.creations)

@@ -1,10 +1,15 @@
 """One operator process's controller: the cache, the full-list sync, the work queue and the
 reconciler, assembled and run on kopf's event loop.
 
-- Watch events (``on_*``, called by the kopf handlers on the event loop) update the cache and
-  queue the NeuronInferences they affect. Pod events are coalesced for a moment: a scale-up
-  makes several events per pod as the pods start, and one reconcile and one status write
-  suffice for all of them.
+- Watch events (``on_*``) update the cache and queue the NeuronInferences they affect. The kopf
+  handlers hand them to one thread of their own (:meth:`Controller.off_loop`, in arrival order):
+  folding an event in takes the cache's lock, which a ruling may hold for long, and kopf's event
+  loop, which also answers ``/healthz``, must never wait for it. Pod events are coalesced for a
+  moment: a scale-up makes several events per pod as the pods start, and one reconcile and one
+  status write suffice for all of them.
+- When room frees (a pod ends, a node or a volume changes), at most
+  ``settings.waiting_retries_per_event`` of the inferences waiting for room are looked at again,
+  in the order they are served; the others at the next resync round.
 - ``settings.workers`` queue workers reconcile at once, each in a thread of its own (the
   Kubernetes client is synchronous), so API calls run concurrently; placement itself holds the
   cache's lock.
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -75,6 +80,8 @@ class Controller:
             max_workers=settings.workers + 1, thread_name_prefix="neuronplace-reconcile"
         )
         self.api_pool = ThreadPoolExecutor(max_workers=api_threads(settings), thread_name_prefix="neuronplace-api")
+        # One thread: watch events are folded into the cache in the order they came.
+        self.event_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronplace-events")
         self.reconciler = Reconciler(settings, self.cache, Writer(core, custom), self.api_pool)
         self.queue = WorkQueue(
             self._reconcile,
@@ -99,7 +106,11 @@ class Controller:
         for key in self.sync.full_resync():
             self.reconciler.forget(key)
 
-    # ---- watch events (event loop) -------------------------------------------------------------
+    # ---- watch events (the event thread: :meth:`off_loop`) ---------------------------------------
+
+    async def off_loop(self, handle: Callable[..., None], *args: Any) -> None:
+        """Run ``handle(*args)`` (an ``on_*`` method) in the event thread, off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(self.event_pool, handle, *args)
 
     def on_inference(self, kind: str | None, body: Mapping[str, Any]) -> None:
         key = self.cache.apply_inference(kind, body)
@@ -107,28 +118,35 @@ class Controller:
             return
         if kind == DELETED:
             self.reconciler.forget(key)
-        self.queue.enqueue(key)
+        self._enqueue(key)
 
     def on_pod(self, kind: str | None, body: Mapping[str, Any]) -> None:
         key, waiting = self.cache.apply_pod(kind, body)
         if key is not None:
-            self.queue.enqueue_soon(key)
-        for other in waiting:
-            self.queue.enqueue(other)
+            self._enqueue(key, soon=True)
+        for other in waiting[: self.settings.waiting_retries_per_event]:
+            self._enqueue(other)
 
     def on_node(self, kind: str | None, body: Mapping[str, Any]) -> None:
-        for key in self.cache.in_waiting_order(self.cache.apply_node(kind, body)):
-            self.queue.enqueue(key)
+        affected = self.cache.apply_node(kind, body)
+        for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
+            self._enqueue(key)
 
     def on_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> None:
         # A class's value decides whether templates naming it are refused: look at them again.
         for key in self.cache.apply_priority_class(kind, body):
-            self.queue.enqueue(key)
+            self._enqueue(key)
 
     def on_storage(self, kind: str, event: str | None, body: Mapping[str, Any]) -> None:
         """A claim, volume or storage class changed: where replicas' volumes can go may have too."""
-        for key in self.cache.in_waiting_order(self.cache.apply_storage(kind, event, body)):
-            self.queue.enqueue(key)
+        affected = self.cache.apply_storage(kind, event, body)
+        for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
+            self._enqueue(key)
+
+    def _enqueue(self, key: Key, soon: bool = False) -> None:
+        """Queue ``key`` from any thread (the queue lives on the event loop)."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.queue.enqueue_soon if soon else self.queue.enqueue, key)
 
     # ---- running -------------------------------------------------------------------------------
 
@@ -171,6 +189,7 @@ class Controller:
             await asyncio.gather(self.resync_task, return_exceptions=True)
         await self.queue.stop()
         self.api_pool.shutdown(wait=False, cancel_futures=True)
+        self.event_pool.shutdown(wait=False, cancel_futures=True)
         self.reconcile_pool.shutdown(wait=False, cancel_futures=True)
 
     def probe(self) -> dict:

@@ -7,7 +7,8 @@ watched objects, and no change handlers (``on.create`` / ``on.update``), which i
 :class:`_NoDiffBase` switch off kopf's per-event copy of every object. Each event goes to the
 :class:`~.controller.Controller`, which kopf keeps in its ``memo`` (``memo.controller``, set once
 start-up has rebuilt the ledger): kopf hands ``memo`` to every handler, so no handler needs module
-state.
+state. Each handler hands its event to the controller's event thread (``Controller.off_loop``):
+nothing that takes the cache's lock runs on kopf's event loop, which also answers ``/healthz``.
 
 Start-up lists every node and pod before any reconcile runs, so that a restarted operator hands
 out no core twice; until that has succeeded start-up is retried (``kopf.TemporaryError``) and the
@@ -109,46 +110,46 @@ def ledger_probe(memo: kopf.Memo, **_):
 async def inference_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
-        controller.on_inference(event.get("type"), event["object"])
+        await controller.off_loop(controller.on_inference, event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "pods")
 async def pod_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
-        controller.on_pod(event.get("type"), event["object"])
+        await controller.off_loop(controller.on_pod, event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "nodes")
 async def node_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
-        controller.on_node(event.get("type"), event["object"])
+        await controller.off_loop(controller.on_node, event.get("type"), event["object"])
 
 
 @kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")
 async def priority_class_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
-        controller.on_priority_class(event.get("type"), event["object"])
+        await controller.off_loop(controller.on_priority_class, event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", CLAIMS)
 async def claim_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
-        controller.on_storage(CLAIMS, event.get("type"), event["object"])
+        await controller.off_loop(controller.on_storage, CLAIMS, event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", VOLUMES)
 async def volume_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
-        controller.on_storage(VOLUMES, event.get("type"), event["object"])
+        await controller.off_loop(controller.on_storage, VOLUMES, event.get("type"), event["object"])
 
 
 @kopf.on.event("storage.k8s.io", "v1", CLASSES)
 async def storage_class_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
-        controller.on_storage(CLASSES, event.get("type"), event["object"])
+        await controller.off_loop(controller.on_storage, CLASSES, event.get("type"), event["object"])

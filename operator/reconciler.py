@@ -39,6 +39,7 @@ from neuronplace.placement.capacity_upkeep import RequestKey, to_create_now, wai
 from neuronplace.placement.creation import Answer, Judgement, judge
 from neuronplace.placement.names import REASON_CAPACITY_REQUESTED
 from neuronplace.placement.replica_pods import OUTDATED, SURPLUS, Deletion
+from neuronplace.placement.request_limits import recent
 from neuronplace.placement.ruling import Creation, Ruling, binding_of
 
 log = logging.getLogger("neuronplace.operator")
@@ -56,18 +57,32 @@ class Reconciler:
         self.refused: dict[Key, tuple[int | None, st.Problem]] = {}
         self.reported: dict[Key, str] = {}
         self.history: dict[Key, dict[int, fl.ReplicaHistory]] = {}
+        # Capacity requests (:mod:`neuronplace.placement.request_limits`): the nodes they avoid, and
+        # when each replica's were made (Unix seconds, those of the last window only).
+        self.excluded: dict[Key, frozenset[str]] = {}
+        self.requests_made: dict[Key, dict[int, tuple[float, ...]]] = {}
 
     def forget(self, key: Key) -> None:
         """The inference is gone: what was remembered about it must not apply to a new one of its name."""
         self.refused.pop(key, None)
         self.reported.pop(key, None)
         self.history.pop(key, None)
+        self.excluded.pop(key, None)
+        self.requests_made.pop(key, None)
         mx.METRICS.scheduler_silent(key, 0)
 
     def reconcile(self, key: Key) -> float | None:
         """Bring one inference's pods and status in line with its spec; returns a requeue delay."""
         now = dt.datetime.now(dt.UTC)
-        ruled = self.cache.rule(key, self.rules, now, self.history.get(key) or {}, self.refused.get(key))
+        ruled = self.cache.rule(
+            key,
+            self.rules,
+            now,
+            self.history.get(key) or {},
+            self.refused.get(key),
+            self.excluded.get(key, frozenset()),
+            self.requests_made.get(key),
+        )
         if ruled is None:
             return None
         inference, ruling = ruled
@@ -75,6 +90,10 @@ class Reconciler:
 
     def _carry_out(self, key: Key, inference: dict, ruling: Ruling, now: dt.datetime) -> float | None:
         mx.METRICS.scheduler_silent(key, ruling.unheard)
+        if ruling.excluded:
+            self.excluded[key] = ruling.excluded
+        else:
+            self.excluded.pop(key, None)
         if ruling.refusal is not None:
             mx.METRICS.failed(ruling.refusal.reason)
             self._delete_requests(ruling.request_deletions)
@@ -100,11 +119,15 @@ class Reconciler:
         requests, settle_retry = to_create_now(ruling.request_creations, self.cache.settling())
         if settle_retry is not None:
             retry = settle_retry if retry is None else min(retry, settle_retry)
-        refused = {}
+        refused = dict(ruling.held)  # replicas whose request the rate bound holds back, and why
+        made = []
         for replica, pod in requests.items():
             error = self._create_request(pod)
-            if error is not None:
+            if error is None:
+                made.append(replica)
+            else:
                 refused[replica] = error
+        self._remember_requests(key, made, now)
         waiting_for_capacity = None
         if ruling.waiting:
             states = waiting_states(key[1], ruling.waiting, ruling.assigned, self.cache.requests_of(key), refused)
@@ -198,6 +221,19 @@ class Reconciler:
             return f"capacity request refused: {getattr(error, 'message', None) or error}"
         self.cache.created(created)
         return None
+
+    def _remember_requests(self, key: Key, made: Iterable[int], now: dt.datetime) -> None:
+        """When each replica's capacity requests were made (``made``: those made now), within the
+        rate bound's window."""
+        seconds = now.timestamp()
+        times = {replica: recent(t, seconds) for replica, t in (self.requests_made.get(key) or {}).items()}
+        for replica in made:
+            times[replica] = (*times.get(replica, ()), seconds)
+        kept = {replica: t for replica, t in times.items() if t}
+        if kept:
+            self.requests_made[key] = kept
+        else:
+            self.requests_made.pop(key, None)
 
     def _delete_requests(self, requests: Iterable[RequestKey]) -> None:
         for namespace, name in requests:

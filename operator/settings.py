@@ -36,6 +36,10 @@ class OperatorSettings:
     node_grace_seconds: how long a node may be NotReady before its replicas are placed elsewhere.
     resync_seconds: every inference is reconciled at least this often, even without events.
     workers: reconciles running at once (API calls are concurrent; placement is serialised).
+    waiting_retries_per_event: when room may have freed (a pod ends, a node or a volume changes), at
+        most this many inferences waiting for room are looked at again, in the order they are served
+        (``placement.priority.waiting_order``); the others at the next resync round. Bounds the work
+        one event makes, whatever the backlog.
     watch_server_timeout / watch_client_timeout / watch_connect_timeout: kopf watch timeouts in
         seconds, so that a silently frozen watch is re-established (kopf issues #585, #957).
     error_backoff_seconds: first retry delay after a temporary error; doubles up to max_backoff_seconds.
@@ -78,6 +82,7 @@ class OperatorSettings:
     node_grace_seconds: float = 60.0
     resync_seconds: float = 30.0
     workers: int = 4
+    waiting_retries_per_event: int = 20
     watch_server_timeout: float = 120.0
     watch_client_timeout: float = 150.0
     watch_connect_timeout: float = 10.0
@@ -115,6 +120,8 @@ class OperatorSettings:
             raise ValueError(f"metrics port must be 0 (off) or 1-65535, got {self.metrics_port}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.waiting_retries_per_event < 1:
+            raise ValueError(f"waiting_retries_per_event must be >= 1, got {self.waiting_retries_per_event}")
         for name in (
             "node_grace_seconds",
             "resync_seconds",
@@ -146,6 +153,7 @@ class OperatorSettings:
             capacity_requests=self.capacity_requests,
             capacity_request_image=self.capacity_request_image,
             capacity_priority_class=self.capacity_priority_class,
+            node_selector=self.node_selector,
         )
 
     def template_policy(self) -> TemplatePolicy:

@@ -14,7 +14,8 @@ status. One concept per module:
   requests, status).
 - ``creation``: what the API server's answers to the ruling's pod creates mean.
 - ``validation``: whether an inference may be acted on at all (its spec, its namespace).
-- ``priority``: which PriorityClasses a template may name, and the order waiting inferences are served.
+- ``priority``: which PriorityClasses a template may name, and the order waiting inferences are served
+  (priority, then round-robin across namespaces, then age).
 - ``replica_pods``: spec + live pods → a frozen ``Decision`` (which pods go, which replicas need one).
 - ``failures``: what a replica's failed attempts mean for its next one (backoff, nodes to avoid).
 - ``request``: what an inference asks of every replica; a placement or a reason per replica.
@@ -25,7 +26,8 @@ status. One concept per module:
   bitmasks; cpu, memory and the rest as kube-scheduler counts them.
 - ``volumes``: where a replica's volumes let its pod run.
 - ``capacity_requests``: the placeholder pods that ask an autoscaler for a node;
-  ``capacity_upkeep``: which of them to delete and create around a ruling.
+  ``capacity_upkeep``: which of them to delete and create around a ruling; ``request_limits``:
+  where and how often they may be made (managed nodes, exclusions, a rate bound), so they never churn.
 - ``names``: every label, annotation, env variable, resource name and enum value used in more than
   one place.
 - ``conditions``: reading ``status.conditions`` (the one Ready reader).

@@ -6,7 +6,8 @@ cluster-autoscaler), which adds nodes for Pending pods, would never add one. For
 the operator therefore keeps exactly one *capacity request*: an unbound pod asking kube-scheduler
 for what the replica will ask of its node (its NeuronCores, its cpu, memory and other requests as
 ``resources.replica_requests`` works them out) under the replica's node selector, required node
-affinity and tolerations, so that a node made for it can take the replica.
+affinity and tolerations, so that a node made for it can take the replica, and on top of them
+where :mod:`.request_limits` lets it go (the operator's managed nodes, none it was bound to in vain).
 
 - It runs a pause container, holds no cores in the ledger and counts in no usage: it only stands in
   for the replica. Once a node with room appears the replica is placed there and its request is
@@ -55,6 +56,7 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import merge_tolerations
 from neuronplace.placement.request import PlacementRequest
+from neuronplace.placement.request_limits import with_expressions
 from neuronplace.placement.resources import PODS, check_items, format_amount, replica_requests, shortfall
 from neuronplace.placement.usage import Usage
 
@@ -92,9 +94,16 @@ def _required_node_affinity(pod_spec: Mapping[str, Any]) -> dict | None:
 
 
 def build_capacity_request(
-    inference: Mapping[str, Any], replica: int, *, image: str, priority_class: str = CAPACITY_PRIORITY_CLASS
+    inference: Mapping[str, Any],
+    replica: int,
+    *,
+    image: str,
+    priority_class: str = CAPACITY_PRIORITY_CLASS,
+    where: Sequence[Mapping[str, Any]] = (),
 ) -> dict:
-    """The capacity-request pod for one replica of a (validated) ``inference``."""
+    """The capacity-request pod for one replica of a (validated) ``inference``; ``where``: node
+    affinity ``matchExpressions`` it must meet on top of the replica's own
+    (:func:`.request_limits.node_expressions`)."""
     meta = inference["metadata"]
     spec = inference["spec"]
     placement = spec.get("placement") or {}
@@ -127,7 +136,7 @@ def build_capacity_request(
     }
     if selector:
         request_spec["nodeSelector"] = selector
-    affinity = _required_node_affinity(pod_spec)
+    affinity = with_expressions(_required_node_affinity(pod_spec), where)
     if affinity:
         request_spec["affinity"] = affinity
     tolerations = merge_tolerations(pod_spec.get("tolerations"), placement.get("tolerations"))

@@ -106,18 +106,29 @@ def upkeep(
     older namesake); ``gone`` are requests deleted already in this pass (:func:`make_room`).
     """
     existing = [r for r in mine if key_of_request(r) not in gone]
-    nodes = sorted({r["spec"]["nodeName"] for r in existing if r["spec"]["nodeName"] and alive(r)})
-    crowded = [
-        found
-        for node in nodes
-        for found in displaced_on((r for r in requests_on(node) if key_of_request(r) not in gone), free_cores(node))
-    ]
+    crowded = crowded_by(existing, requests_on, free_cores, gone)
     existing = [r for r in existing if key_of_request(r) not in crowded]
     if not waiting and not existing:
         return Upkeep(delete=tuple(crowded))
     todo = cp.plan(uid, waiting, existing, wanted_hash)
     delete = (*crowded, *((namespace, name) for name in todo.delete))
     return Upkeep(delete=delete, create=todo.create, assigned=todo.assigned)
+
+
+def crowded_by(
+    mine: Iterable[Request],
+    requests_on: Callable[[str], Iterable[Request]],
+    free_cores: Callable[[str], int],
+    gone: Collection[RequestKey] = (),
+) -> list[RequestKey]:
+    """The requests, whoever's, bound where the ledger's free cores no longer cover them, on the
+    nodes the live requests of ``mine`` are bound to (``gone``: deleted already)."""
+    nodes = sorted({r["spec"]["nodeName"] for r in mine if r["spec"]["nodeName"] and alive(r)})
+    return [
+        found
+        for node in nodes
+        for found in displaced_on((r for r in requests_on(node) if key_of_request(r) not in gone), free_cores(node))
+    ]
 
 
 def to_create_now(requests: Mapping[int, T], settling: bool) -> tuple[Mapping[int, T], float | None]:

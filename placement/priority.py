@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+K = TypeVar("K")
 SYSTEM_PRIORITY = 1_000_000_000
 BUILT_IN_CLASSES = {"system-cluster-critical": 2_000_000_000, "system-node-critical": 2_000_001_000}
 
@@ -50,10 +51,26 @@ def priority_refusal(inference: Mapping[str, Any], classes: Mapping[str, int], a
     )
 
 
-def waiting_order(inference: Mapping[str, Any], classes: Mapping[str, int]) -> tuple[int, str]:
-    """Sort key of an inference waiting for room: higher priority first, then older first.
+def waiting_order(inferences: Mapping[K, Mapping[str, Any]], classes: Mapping[str, int]) -> list[K]:
+    """The keys of ``inferences`` (waiting for room) in the order they are served.
 
-    A template without a class has priority 0 (no globalDefault class is assumed).
+    Higher priority first (a template without a class has priority 0: no globalDefault class is
+    assumed). Within one priority, round-robin across namespaces: first the oldest inference of
+    every namespace, then the second oldest of every namespace, and so on; within a round, the
+    older first. So one namespace with a thousand waiting inferences delays another namespace's
+    oldest by at most one place per namespace, never by a thousand. Ties keep the given order.
     """
-    created = (inference.get("metadata") or {}).get("creationTimestamp") or dt.datetime.max.isoformat()
-    return -(class_value(class_name(inference), classes) or 0), str(created)
+    by_priority: dict[int, dict[str, list[tuple[str, K]]]] = {}
+    for key, inference in inferences.items():
+        meta = inference.get("metadata") or {}
+        created = str(meta.get("creationTimestamp") or dt.datetime.max.isoformat())
+        priority = class_value(class_name(inference), classes) or 0
+        namespace = str(meta.get("namespace") or "")
+        by_priority.setdefault(priority, {}).setdefault(namespace, []).append((created, key))
+    order: list[K] = []
+    for priority in sorted(by_priority, reverse=True):
+        queues = [sorted(queue, key=lambda entry: entry[0]) for queue in by_priority[priority].values()]
+        for turn in range(max(len(queue) for queue in queues)):
+            round_ = [queue[turn] for queue in queues if turn < len(queue)]
+            order.extend(key for _, key in sorted(round_, key=lambda entry: entry[0]))
+    return order

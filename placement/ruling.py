@@ -13,8 +13,10 @@ on a saved cluster state, so its answer is the operator's. In order:
    usage at once (so the next ruling, for any inference, sees those cores taken), avoiding the nodes
    where their recent attempts were refused and following their volumes; their pods are built;
 4. every replica that fits nowhere, and would on a new node, keeps one capacity request
-   (:mod:`.capacity_upkeep`); none under Direct binding (a capacity request is a pod kube-scheduler
-   places, and nothing but the operator may place pods on Direct-bound nodes).
+   (:mod:`.capacity_upkeep`) within :mod:`.request_limits` (only on managed nodes, none again where
+   a waiting replica's request was bound, a few per replica a minute); none under Direct binding
+   (a capacity request is a pod kube-scheduler places, and nothing but the operator may place pods
+   on Direct-bound nodes).
 
 What the API server then says to the creates is judged by :func:`.creation.judge`.
 """
@@ -29,7 +31,7 @@ from typing import Any
 
 from neuronplace.placement import capacity_requests as cp
 from neuronplace.placement import failures as fl
-from neuronplace.placement.capacity_upkeep import RequestKey, make_room, upkeep
+from neuronplace.placement.capacity_upkeep import RequestKey, crowded_by, key_of_request, make_room, upkeep
 from neuronplace.placement.claims import pod_key
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
@@ -47,6 +49,7 @@ from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.priority import priority_refusal
 from neuronplace.placement.replica_pods import Deletion, decide
 from neuronplace.placement.request import ReplicaPlacement, avoiding, placement_request
+from neuronplace.placement.request_limits import admit, excluded_nodes, node_expressions
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, scheduler_silence, summarize_unplaceable
 from neuronplace.placement.usage import Usage
@@ -71,6 +74,7 @@ class Rules:
     capacity_requests: bool = True
     capacity_request_image: str = "registry.k8s.io/pause:3.10"
     capacity_priority_class: str = CAPACITY_PRIORITY_CLASS
+    node_selector: str = ""  # the nodes the operator manages: capacity requests ask for one of them
 
 
 @dataclass
@@ -94,6 +98,10 @@ class View:
     # (generation, problem): the API server refused the pod of that spec generation; no pod is
     # created again until the generation changes.
     refused: tuple[int | None, Problem] | None = None
+    # Nodes the inference's capacity requests avoid, and when each replica's were made (Unix
+    # seconds): :mod:`.request_limits`.
+    excluded: frozenset[str] = frozenset()
+    requests_made: Mapping[int, Sequence[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,8 @@ class Ruling:
     request_creations: Mapping[int, dict] = field(default_factory=dict)
     waiting: frozenset[int] = frozenset()  # replicas waiting for a new node (WaitingForCapacity names them)
     assigned: Mapping[int, str] = field(default_factory=dict)  # waiting replica → the request standing for it
+    excluded: frozenset[str] = frozenset()  # the nodes its capacity requests avoid from now on
+    held: Mapping[int, str] = field(default_factory=dict)  # waiting replica → why its request is not made now
     requeue_after: float | None = None  # look again then, even without events
     unheard: int = 0  # pinned pods kube-scheduler has said nothing of (a gauge)
 
@@ -141,12 +151,12 @@ def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetim
     binding = binding_of(inference, rules)
     refusal = namespace_refusal(namespace, rules.operator_namespace, rules.serve_operator_namespace)
     if refusal is not None:
-        return _refused(inference, view, rules, binding, Problem(REASON_NAMESPACE_NOT_SERVED, refusal))
+        return _refused(inference, view, rules, binding, Problem(REASON_NAMESPACE_NOT_SERVED, refusal), now)
     invalid = validate(inference, rules.policy) or priority_refusal(
         inference, view.priority_classes, rules.allow_system_priority
     )
     if invalid is not None:
-        return _refused(inference, view, rules, binding, Problem(REASON_INVALID_SPEC, invalid))
+        return _refused(inference, view, rules, binding, Problem(REASON_INVALID_SPEC, invalid), now)
 
     refused = view.refused[1] if view.refused and view.refused[0] == meta.get("generation") else None
     decision = decide(
@@ -172,12 +182,14 @@ def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetim
     if decision.create and refused is None:
         now_ns = int(now.timestamp()) * 1_000_000_000 + now.microsecond * 1_000
         ruling = _place(inference, view, rules, ruling, decision.create, decision.avoid, decision.prefer, now_ns)
-    return _keep_requests(inference, view, rules, ruling)
+    return _keep_requests(inference, view, rules, ruling, now)
 
 
-def _refused(inference: Mapping[str, Any], view: View, rules: Rules, binding: str, refusal: Problem) -> Ruling:
+def _refused(
+    inference: Mapping[str, Any], view: View, rules: Rules, binding: str, refusal: Problem, now: dt.datetime
+) -> Ruling:
     """A refused inference: no pod is touched, none waits (so its capacity requests go)."""
-    return _keep_requests(inference, view, rules, Ruling(binding=binding, refusal=refusal))
+    return _keep_requests(inference, view, rules, Ruling(binding=binding, refusal=refusal), now)
 
 
 def _place(
@@ -252,18 +264,25 @@ def _place(
     )
 
 
-def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling) -> Ruling:
+def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling, now: dt.datetime) -> Ruling:
     """Add the capacity requests to delete and to create around the ruling's replica pods. The
     replicas that wait for a new node keep one each, unless the rules make none or the inference is
     Direct-bound (a capacity request is a pod kube-scheduler places, and nothing but the operator may
-    place pods on Direct-bound nodes)."""
+    place pods on Direct-bound nodes); within :mod:`.request_limits` (managed nodes, none where a
+    waiting replica's request was bound, a few per replica a minute)."""
     meta = inference["metadata"]
     keep = rules.capacity_requests and ruling.binding != BINDING_DIRECT
     waiting = ruling.waiting if keep else frozenset()
     mine = list(view.requests.values())
     placed = [(c.placement.replica, c.placement.node) for c in ruling.creations]
     room = make_room(mine, placed, view.requests_on, view.ledger.free_count) if placed else []
-    built = {replica: _request_pod(inference, rules, replica) for replica in sorted(waiting)}
+    # Its requests that go because kube-scheduler bound them where the ledger has no room.
+    kept = [r for r in mine if key_of_request(r) not in room]
+    displaced = set(crowded_by(kept, view.requests_on, view.ledger.free_count, room))
+    bound_to = [r["spec"]["nodeName"] for r in kept if key_of_request(r) in displaced]
+    excluded = excluded_nodes(view.excluded, bound_to, waiting, view.fleet)
+    where = node_expressions(rules.node_selector, excluded, view.fleet)
+    built = {replica: _request_pod(inference, rules, replica, where) for replica in sorted(waiting)}
     wanted_hash = next(iter(built.values()))["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] if built else ""
     todo = upkeep(
         meta["namespace"],
@@ -275,17 +294,28 @@ def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, rulin
         wanted_hash,
         gone=room,
     )
+    admission = admit(todo.create, view.requests_made, now)
+    retry = ruling.requeue_after
+    if admission.retry_after is not None:
+        retry = admission.retry_after if retry is None else min(retry, admission.retry_after)
     return dataclasses.replace(
         ruling,
         make_room=tuple(room),
         request_deletions=todo.delete,
-        request_creations={replica: built[replica] for replica in todo.create},
+        request_creations={replica: built[replica] for replica in admission.now},
         waiting=waiting,
         assigned=todo.assigned,
+        excluded=excluded,
+        held=admission.held,
+        requeue_after=retry,
     )
 
 
-def _request_pod(inference: Mapping[str, Any], rules: Rules, replica: int) -> dict:
+def _request_pod(inference: Mapping[str, Any], rules: Rules, replica: int, where: Sequence[dict]) -> dict:
     return cp.build_capacity_request(
-        inference, replica, image=rules.capacity_request_image, priority_class=rules.capacity_priority_class
+        inference,
+        replica,
+        image=rules.capacity_request_image,
+        priority_class=rules.capacity_priority_class,
+        where=where,
     )
