@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from operator_support import TEST_NODE_GRACE_SECONDS
+from support.cluster import TEST_NODE_GRACE_SECONDS
 
 from neuronplace.local.operator_process import OperatorProcess, install_crd
 from neuronplace.placement.names import CRD_NAME

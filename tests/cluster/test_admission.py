@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from operator_support import helm_template, inference, install
+from support.builders import inference
+from support.chart import helm_template, install
 
 from neuronplace.placement.names import CRD_NAME
 

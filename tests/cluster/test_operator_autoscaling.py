@@ -20,15 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from operator_support import (
-    apply,
-    assert_no_shared_cores,
-    condition,
-    get_inference,
-    inference,
-    live,
-    placed_and_ready,
-)
+from support.builders import inference
+from support.cluster import apply, assert_no_shared_cores, condition, get_inference, live, placed_and_ready
 
 from neuronplace.local.autoscaler import build_node_pool
 from neuronplace.local.cluster import LocalCluster

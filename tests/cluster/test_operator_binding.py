@@ -17,17 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from operator_support import (
-    apply,
-    assert_no_shared_cores,
-    assert_pod_consistent,
-    condition,
-    get_inference,
-    inference,
-    live,
-    placed_and_ready,
-    pods_of,
-)
+from support.builders import inference
+from support.cluster import apply, assert_no_shared_cores, assert_pod_consistent, condition, get_inference, live, placed_and_ready, pods_of
 
 from neuronplace.placement.claims import pinned_node
 from neuronplace.placement.names import (

@@ -11,7 +11,8 @@ overfilled node too, so a replica placed there would bounce; none may be created
 from __future__ import annotations
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, live, pods_of
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, live, pods_of
 
 from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.placement.names import CONDITION_PLACED, REASON_UNSCHEDULABLE

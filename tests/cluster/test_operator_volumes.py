@@ -16,15 +16,8 @@ import re
 from pathlib import Path
 
 import pytest
-from operator_support import (
-    apply,
-    assert_no_shared_cores,
-    condition,
-    get_inference,
-    inference,
-    placed_and_ready,
-    pods_of,
-)
+from support.builders import inference
+from support.cluster import apply, assert_no_shared_cores, condition, get_inference, placed_and_ready, pods_of
 
 from neuronplace.placement.names import (
     BINDING_DIRECT,

@@ -30,7 +30,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, live, placed_and_ready, running_ready
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, live, placed_and_ready, running_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 from neuronplace.local.fleet import KWOK_TOLERATION

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from ledger_pods import managed_pod
+from support.builders import managed_pod
 
 from neuronplace.cli import run as run_cli
 from neuronplace.cli.cores import render_png

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_pods import inference_uid, managed_pod
+from support.builders import inference_uid, managed_pod
 
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger

@@ -5,7 +5,7 @@ import urllib.request
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_pods import inference_uid, managed_pod
+from support.builders import inference_uid, managed_pod
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

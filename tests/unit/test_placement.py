@@ -1,7 +1,7 @@
 """The allocator's rules, one family and one rule at a time."""
 
 import pytest
-from ledger_pods import inference_uid, managed_pod
+from support.builders import inference_uid, managed_pod
 
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node

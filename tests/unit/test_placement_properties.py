@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ledger_pods import managed_pod
+from support.builders import managed_pod
 
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger

@@ -1,7 +1,7 @@
 """`neuronplace plan`: dry-run placement from a fleet spec or a saved cluster state."""
 
 import yaml
-from ledger_pods import managed_pod
+from support.builders import managed_pod
 
 from neuronplace.cli.main import main
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from kubernetes.client.rest import ApiException
-from ledger_pods import inference_uid, managed_pod
+from support.builders import inference_uid, managed_pod
 
 from neuronplace.local.fleet import build_node
 from neuronplace.operator.cache import Cache

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from test_capacity_requests import FakeApi
-from test_volumes import on_hosts
+from support.fake_api import FakeApi
+from support.builders import on_hosts
 
 from neuronplace.cli.main import main
 from neuronplace.cli.plan import fleet_nodes
