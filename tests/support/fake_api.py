@@ -42,6 +42,10 @@ class FakeApi:
         self.statuses: list[dict] = []
         self.events: list[tuple[str, str]] = []
 
+    def pod_writes(self) -> list[tuple[str, str]]:
+        """The pod creates and deletes made, in order, as ``(verb, pod)``."""
+        return [(verb, name) for verb, _namespace, name, _detail in self.calls if verb in ("create", "delete")]
+
     def _answer(self, body: dict) -> Response:
         if self.error is not None:
             raise self.error

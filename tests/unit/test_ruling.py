@@ -8,8 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from support.fake_api import FakeApi
-from support.builders import on_hosts
 
 from neuronplace.cli.main import main
 from neuronplace.cli.plan import fleet_nodes
@@ -29,6 +27,8 @@ from neuronplace.placement.names import (
 from neuronplace.placement.podsecurity import TemplatePolicy
 from neuronplace.placement.ruling import Rules, View, rule
 from neuronplace.placement.usage import Usage
+from support.builders import on_hosts
+from support.fake_api import FakeApi
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, 0, tzinfo=dt.UTC)
 NS = "ml"
@@ -237,7 +237,7 @@ def operated(objects, inferences) -> tuple[dict, list[dict], list[tuple[str, str
         for pod in cache.status_view(key, {})[1]:
             name = pod["metadata"]["name"]
             placed[(key[1], name.rsplit("-", 1)[1])] = (node_of(pod), pod["metadata"]["annotations"][CORES_ANNOTATION])
-    return placed, api.statuses, api.calls
+    return placed, api.statuses, api.pod_writes()
 
 
 def test_plan_gives_the_operators_answer(tmp_path, capsys):
