@@ -17,7 +17,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.chart import CHART, RELEASE, container_env, crd_exists, helm_template, install, server_version, token_kubeconfig
+
+from support.chart import (
+    CHART,
+    RELEASE,
+    container_env,
+    crd_exists,
+    helm_template,
+    install,
+    server_version,
+    token_kubeconfig,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_SOURCE = ROOT / "crds" / "neuronplace.io_neuroninferences.yaml"

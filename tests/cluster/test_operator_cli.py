@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support.builders import inference
 from support.cluster import apply, placed_and_ready, pods_of
 

@@ -8,8 +8,19 @@ import threading
 import time
 
 import pytest
+
 from support.builders import inference
-from support.cluster import TEST_NODE_GRACE_SECONDS, apply, assert_no_shared_cores, assert_pod_consistent, get_inference, live, placed_and_ready, pods_of, running_ready
+from support.cluster import (
+    TEST_NODE_GRACE_SECONDS,
+    apply,
+    assert_no_shared_cores,
+    assert_pod_consistent,
+    get_inference,
+    live,
+    placed_and_ready,
+    pods_of,
+    running_ready,
+)
 
 pytestmark = pytest.mark.cluster
 

@@ -13,11 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.builders import inference
-from support.cluster import apply, condition, get_inference, live, placed_and_ready, pods_of
 from prometheus_client.parser import text_string_to_metric_families
 
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, live, placed_and_ready, pods_of
 
 pytestmark = pytest.mark.cluster
 

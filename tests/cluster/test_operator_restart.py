@@ -7,6 +7,7 @@ import json
 import threading
 
 import pytest
+
 from support.builders import inference
 from support.cluster import apply, assert_no_shared_cores, live, placed_and_ready, pods_of
 

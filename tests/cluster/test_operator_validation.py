@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support.builders import inference
 from support.cluster import apply, condition, get_inference, placed_and_ready, pods_of
 

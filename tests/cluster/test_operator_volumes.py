@@ -16,8 +16,6 @@ import re
 from pathlib import Path
 
 import pytest
-from support.builders import inference
-from support.cluster import apply, assert_no_shared_cores, condition, get_inference, placed_and_ready, pods_of
 
 from neuronplace.placement.names import (
     BINDING_DIRECT,
@@ -26,6 +24,8 @@ from neuronplace.placement.names import (
     REASON_UNSCHEDULABLE,
     REASON_VOLUME_NEEDS_SCHEDULER,
 )
+from support.builders import inference
+from support.cluster import apply, assert_no_shared_cores, condition, get_inference, placed_and_ready, pods_of
 
 pytestmark = pytest.mark.cluster
 

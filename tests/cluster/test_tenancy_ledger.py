@@ -30,8 +30,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.builders import inference
-from support.cluster import apply, condition, get_inference, live, placed_and_ready, running_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 from neuronplace.local.fleet import KWOK_TOLERATION
@@ -45,6 +43,8 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.podsecurity import TemplatePolicy, check_template
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, live, placed_and_ready, running_ready
 
 pytestmark = pytest.mark.cluster
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from neuronplace.local.fleet import build_node
+from neuronplace.local.reliability.invariants import Snapshot, Violation, check, operator_health
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.pods import build_pod
@@ -17,7 +18,6 @@ from neuronplace.placement.request import ReplicaPlacement, placement_request
 from neuronplace.placement.resources import node_allocatable
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status
-from reliability.invariants import Snapshot, Violation, check, operator_health
 
 # The caller's clock: placement reads none, it is given the time.
 NOW = "2026-11-28T10:00:00Z"

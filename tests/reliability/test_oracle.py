@@ -16,6 +16,8 @@ import random
 import pytest
 
 from neuronplace.local.fleet import build_node
+from neuronplace.local.reliability import oracle
+from neuronplace.local.reliability.invariants import Snapshot, check_fits_are_placed
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
@@ -33,8 +35,6 @@ from neuronplace.placement.resources import pod_requests
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status
 from neuronplace.placement.usage import Usage
-from reliability import oracle
-from reliability.invariants import Snapshot, check_fits_are_placed
 
 # The caller's clock: placement reads none, it is given the time.
 NOW = "2026-11-28T10:00:00Z"

@@ -46,6 +46,7 @@ def inference(
     image: str = "model:1",
     containers: Sequence[Mapping] | None = None,
     labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
     template_spec: Mapping | None = None,
     spec: Mapping | None = None,
     **placement,
@@ -54,7 +55,7 @@ def inference(
     ``processes`` None leaves that field out. ``spec.placement`` is ``strategy``, ``tolerations``
     (the kwok nodes' taint by default) and ``placement``'s keys, with ``pool`` as a nodeSelector on
     :data:`~neuronplace.local.fleet.POOL_LABEL`. The template's labels are ``labels`` (default
-    ``app: NAME``; ``{}`` for none) and its spec is ``template_spec``, else one container per
+    ``app: NAME``; ``{}`` for none) and ``annotations``, and its spec is ``template_spec``, else one container per
     ``containers`` (default one ``model`` running ``image``). ``spec``'s keys are added last."""
     metadata: dict = {"name": name}
     for key, value in (("namespace", namespace), ("uid", uid), ("generation", generation)):
@@ -72,7 +73,10 @@ def inference(
     if pod_spec is None:
         pod_spec = {"containers": [dict(c) for c in containers or [{"name": "model", "image": image}]]}
     template_labels = {"app": name} if labels is None else dict(labels)
-    template: dict = {"metadata": {"labels": template_labels}} if template_labels else {}
+    template_metadata: dict = {"labels": template_labels} if template_labels else {}
+    if annotations:
+        template_metadata["annotations"] = dict(annotations)
+    template: dict = {"metadata": template_metadata} if template_metadata else {}
     template["spec"] = pod_spec
     body: dict = {}
     if replicas is not None:

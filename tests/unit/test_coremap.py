@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from support.builders import managed_pod
 
 from neuronplace.cli import run as run_cli
 from neuronplace.cli.cores import render_png
@@ -15,6 +14,7 @@ from neuronplace.placement.coremap import node_maps, render
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.selectors import selector_matches
+from support.builders import managed_pod
 
 
 def node(name, instance_type, cores):

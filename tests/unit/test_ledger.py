@@ -3,12 +3,12 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.builders import inference_uid, managed_pod
 
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import inference_uid, managed_pod
 
 TRUSTED = [inference_uid("web")]
 

@@ -5,7 +5,6 @@ import urllib.request
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.builders import inference_uid, managed_pod
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +19,7 @@ from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import inference_uid, managed_pod
 
 TRUSTED = [inference_uid("web")]
 

@@ -1,7 +1,6 @@
 """The allocator's rules, one family and one rule at a time."""
 
 import pytest
-from support.builders import inference_uid, managed_pod
 
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
@@ -10,6 +9,7 @@ from neuronplace.placement.request import PlacementRequest, ReplicaPlacement, Un
 from neuronplace.placement.search import place, place_one
 from neuronplace.placement.topology import topology_for
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import inference_uid, managed_pod
 
 
 def node(name, instance_type="inf2.48xlarge", cores=None, labels=None, taints=None, ready=True, **spec):

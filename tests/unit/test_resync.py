@@ -7,11 +7,11 @@ import json
 
 import pytest
 from kubernetes.client.rest import ApiException
-from support.builders import inference_uid, managed_pod
 
 from neuronplace.local.fleet import build_node
 from neuronplace.operator.cache import Cache
 from neuronplace.operator.sync import Sync
+from support.builders import inference_uid, managed_pod
 
 NAMESPACE = "default"
 

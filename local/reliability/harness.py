@@ -1,4 +1,4 @@
-"""What a reliability scenario runs against, shared by pytest (``conftest.py``) and ``benchmarks/chaos.py``.
+"""What a reliability scenario runs against, shared by pytest (``tests/reliability/conftest.py``) and ``benchmarks/chaos.py``.
 
 A :class:`Harness` is one scenario's world on a running :class:`~neuronplace.local.cluster.LocalCluster`:
 its own namespace, its own node pool (label ``neuronplace.io/pool``), and its own operator process
@@ -7,7 +7,7 @@ quickly. It counts what happens in a :class:`ChaosRecord`: faults injected, inva
 violations, and the seconds from each fault to the first clean check.
 
 From the namespace's creation to the operator's stop, an
-:class:`~reliability.monitor.InvariantMonitor` checks the safety invariants at every pod, node
+:class:`~neuronplace.local.reliability.monitor.InvariantMonitor` checks the safety invariants at every pod, node
 (of the pool) and NeuronInference event. What it sees is recorded as "violations at any moment",
 apart from convergence; :func:`harness` fails the scenario when it saw any.
 
@@ -30,9 +30,9 @@ from typing import Any
 
 from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
+from neuronplace.local.reliability import invariants as inv
+from neuronplace.local.reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
 from neuronplace.placement.names import API_VERSION, KIND
-from reliability import invariants as inv
-from reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
 
 # Operator timings for fault tests: replicas on a NotReady node move after NODE_GRACE_SECONDS,
 # and a missed event is made up for within RESYNC_SECONDS.
@@ -209,7 +209,7 @@ class Harness:
 
         Counts one invariant check. With ``fault`` the seconds from ``since`` (default: now) to the
         first clean snapshot are recorded as that fault's convergence time. On timeout the
-        violations are recorded and :class:`~reliability.invariants.NotConverged` is raised.
+        violations are recorded and :class:`~neuronplace.local.reliability.invariants.NotConverged` is raised.
         """
         start = since if since is not None else time.monotonic()
         self.record.checks += 1
