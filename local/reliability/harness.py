@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
+from neuronplace.local import manifests
+from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
 from neuronplace.local.reliability import invariants as inv
 from neuronplace.local.reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
-from neuronplace.placement.names import API_VERSION, KIND
 
 # Operator timings for fault tests: replicas on a NotReady node move after NODE_GRACE_SECONDS,
 # and a missed event is made up for within RESYNC_SECONDS.
@@ -80,36 +80,8 @@ class ChaosRecord:
         }
 
 
-def inference_manifest(
-    name: str,
-    *,
-    replicas: int = 1,
-    cores: int = 2,
-    processes: int = 1,
-    pool: str | None = None,
-    strategy: str = "BinPack",
-    **placement,
-) -> dict:
-    spec_placement = {"strategy": strategy, "tolerations": [dict(KWOK_TOLERATION)], **placement}
-    if pool:
-        spec_placement["nodeSelector"] = {**spec_placement.get("nodeSelector", {}), POOL_LABEL: pool}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "coresPerReplica": cores,
-            "processesPerReplica": processes,
-            "placement": spec_placement,
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [{"name": "model", "image": "model:1"}, {"name": "metrics", "image": "sidecar:1"}]
-                },
-            },
-        },
-    }
+# Every scenario's replicas run a model and a metrics sidecar (the operator adds per-process containers).
+CONTAINERS = ({"name": "model", "image": "model:1"}, {"name": "metrics", "image": "sidecar:1"})
 
 
 class Harness:
@@ -171,7 +143,7 @@ class Harness:
         return self.cluster.create_nodes(spec, labels={**(labels or {}), POOL_LABEL: self.pool}, prefix=prefix)
 
     def inference(self, name: str, **kwargs) -> dict:
-        return inference_manifest(name, pool=self.pool, **kwargs)
+        return manifests.inference(name, pool=self.pool, containers=CONTAINERS, **kwargs)
 
     def apply(self, *resources: Mapping) -> None:
         body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(resources)})

@@ -1,19 +1,21 @@
 """The objects tests feed the operator and the placement engine, as the API server sends them:
 NeuronInferences, pods (ours and foreign), nodes, and storage (PVs, PVCs, StorageClasses).
 
+The NeuronInference builder is :func:`neuronplace.local.manifests.inference`, which the reliability
+harness and the benchmarks use too; it is re-exported here.
+
 Every builder has defaults a test need not repeat and keyword overrides for what it is about. A key
 a builder adds is one any real object may carry; a test that must not see one passes ``None``.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
-
 import yaml
 
 from neuronplace.local.examples import example_file
-from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL, build_node
+from neuronplace.local.fleet import POOL_LABEL, build_node
+from neuronplace.local.manifests import inference
+from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.names import (
     API_VERSION,
     AWS_NEURON_IDS,
@@ -27,68 +29,23 @@ from neuronplace.placement.topology import topology_for
 from neuronplace.placement.volumes import NO_PROVISIONER
 from neuronplace.runtime.coreset import CoreRange
 
+__all__ = [
+    "example",
+    "foreign_pod",
+    "inference",
+    "inference_uid",
+    "kwok_node",
+    "managed_pod",
+    "node",
+    "node_inventory",
+    "on_hosts",
+    "pv",
+    "pvc",
+    "storage_class",
+    "uses",
+]
+
 # ---- NeuronInference ---------------------------------------------------------------------------
-
-
-def inference(
-    name: str = "bert",
-    *,
-    namespace: str | None = None,
-    uid: str | None = None,
-    generation: int | None = None,
-    created: str | None = None,
-    replicas: int | None = 1,
-    cores: int = 2,
-    processes: int | None = 1,
-    pool: str | None = None,
-    strategy: str | None = "BinPack",
-    tolerations: Sequence[Mapping] = (KWOK_TOLERATION,),
-    image: str = "model:1",
-    containers: Sequence[Mapping] | None = None,
-    labels: Mapping[str, str] | None = None,
-    annotations: Mapping[str, str] | None = None,
-    template_spec: Mapping | None = None,
-    spec: Mapping | None = None,
-    **placement,
-) -> dict:
-    """A NeuronInference manifest. Metadata beyond the name only where given; ``replicas`` or
-    ``processes`` None leaves that field out. ``spec.placement`` is ``strategy``, ``tolerations``
-    (the kwok nodes' taint by default) and ``placement``'s keys, with ``pool`` as a nodeSelector on
-    :data:`~neuronplace.local.fleet.POOL_LABEL`. The template's labels are ``labels`` (default
-    ``app: NAME``; ``{}`` for none) and ``annotations``, and its spec is ``template_spec``, else one container per
-    ``containers`` (default one ``model`` running ``image``). ``spec``'s keys are added last."""
-    metadata: dict = {"name": name}
-    for key, value in (("namespace", namespace), ("uid", uid), ("generation", generation)):
-        if value is not None:
-            metadata[key] = value
-    if created is not None:
-        metadata["creationTimestamp"] = created
-    spec_placement: dict = {"strategy": strategy} if strategy else {}
-    if tolerations:
-        spec_placement["tolerations"] = [dict(t) for t in tolerations]
-    spec_placement.update(copy.deepcopy(placement))
-    if pool:
-        spec_placement["nodeSelector"] = {**spec_placement.get("nodeSelector", {}), POOL_LABEL: pool}
-    pod_spec = copy.deepcopy(dict(template_spec)) if template_spec is not None else None
-    if pod_spec is None:
-        pod_spec = {"containers": [dict(c) for c in containers or [{"name": "model", "image": image}]]}
-    template_labels = {"app": name} if labels is None else dict(labels)
-    template_metadata: dict = {"labels": template_labels} if template_labels else {}
-    if annotations:
-        template_metadata["annotations"] = dict(annotations)
-    template: dict = {"metadata": template_metadata} if template_metadata else {}
-    template["spec"] = pod_spec
-    body: dict = {}
-    if replicas is not None:
-        body["replicas"] = replicas
-    body["coresPerReplica"] = cores
-    if processes is not None:
-        body["processesPerReplica"] = processes
-    if spec_placement:
-        body["placement"] = spec_placement
-    body["template"] = template
-    body.update(copy.deepcopy(dict(spec or {})))
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": body}
 
 
 def example(file_name: str, pool: str) -> dict:
@@ -173,6 +130,11 @@ def node(name, instance_type="inf2.48xlarge", cores=None, labels=None, taints=No
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
         },
     }
+
+
+def node_inventory(name, instance_type="inf2.48xlarge", cores=None, **kwargs):
+    """The :class:`~neuronplace.placement.inventory.NodeInventory` of :func:`node` (same arguments)."""
+    return inventory_from_node(node(name, instance_type, cores, **kwargs))
 
 
 def kwok_node(name, instance_type="inf2.xlarge") -> dict:

@@ -5,7 +5,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neuronplace.placement.fleet import Fleet
-from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     BINDING_DIRECT,
@@ -30,7 +29,7 @@ NODES = ("inf2-a", "inf2-b", "inf2-c")
 
 def node(name, zone="z1"):
     labels = {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}
-    return inventory_from_node(builders.node(name, "inf2.48xlarge", labels=labels))
+    return builders.node_inventory(name, labels=labels)
 
 
 def fleet():
