@@ -11,10 +11,12 @@ calls the engine, as the invariant's used to, notices nothing.
 from __future__ import annotations
 
 import copy
+import functools
 import random
 
 import pytest
 
+from neuronplace.local import manifests
 from neuronplace.local.fleet import build_node
 from neuronplace.local.reliability import oracle
 from neuronplace.local.reliability.invariants import Snapshot, check_fits_are_placed
@@ -205,18 +207,19 @@ def test_a_broken_engine_rule_is_caught_by_the_comparison(monkeypatch):
     assert disagreements(400, seed=11), "the oracle agreed with an engine that refuses valid runs"
 
 
-def _inference(replicas: int, cores: int) -> dict:
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": "odd", "namespace": "ml", "uid": "uid-odd", "generation": 1},
-        "spec": {
-            "replicas": replicas,
-            "coresPerReplica": cores,
-            "placement": {"tolerations": [TOLERATION]},
-            "template": {"spec": {"containers": [{"name": "model", "image": "m:1"}]}},
-        },
-    }
+# ml/odd: no processesPerReplica, tolerating the kwok nodes.
+_inference = functools.partial(
+    manifests.inference,
+    "odd",
+    namespace="ml",
+    uid="uid-odd",
+    generation=1,
+    processes=None,
+    strategy=None,
+    tolerations=(TOLERATION,),
+    image="m:1",
+    labels={},
+)
 
 
 def _engine_oracle_finds_room(snapshot: Snapshot) -> bool:

@@ -9,6 +9,7 @@ from urllib3.exceptions import MaxRetryError, ProtocolError
 
 from neuronplace.operator.workqueue import Retry
 from neuronplace.operator.writes import CONFLICT_RETRY, THROTTLE_RETRY, Permanent, Temporary, Writer, classify
+from support.builders import inference
 from support.fake_api import FakeApi
 
 NAMESPACE = "default"
@@ -27,11 +28,7 @@ def writer(api: FakeApi) -> Writer:
 
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": NAMESPACE}, "spec": {}}
-INFERENCE = {
-    "apiVersion": "neuronplace.io/v1alpha1",
-    "kind": "NeuronInference",
-    "metadata": {"name": "web", "namespace": NAMESPACE, "uid": "uid-web"},
-}
+INFERENCE = inference("web", namespace=NAMESPACE, uid="uid-web")
 
 
 # ---- the mapping --------------------------------------------------------------------------------
