@@ -29,6 +29,7 @@ TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSc
 
 
 # ml/bert: a model and a sidecar, tolerating the kwok nodes.
+SIDECAR = {"name": "sidecar", "image": "s:1"}
 inference = functools.partial(
     manifests.inference,
     "bert",
@@ -38,10 +39,8 @@ inference = functools.partial(
     replicas=2,
     cores=4,
     processes=2,
-    strategy=None,
     tolerations=(TOLERATION,),
-    labels={},
-    containers=({"name": "model", "image": "m:1"}, {"name": "sidecar", "image": "s:1"}),
+    containers=({"name": "model", "image": "m:1"}, SIDECAR),
 )
 
 

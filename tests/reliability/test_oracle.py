@@ -207,19 +207,8 @@ def test_a_broken_engine_rule_is_caught_by_the_comparison(monkeypatch):
     assert disagreements(400, seed=11), "the oracle agreed with an engine that refuses valid runs"
 
 
-# ml/odd: no processesPerReplica, tolerating the kwok nodes.
-_inference = functools.partial(
-    manifests.inference,
-    "odd",
-    namespace="ml",
-    uid="uid-odd",
-    generation=1,
-    processes=None,
-    strategy=None,
-    tolerations=(TOLERATION,),
-    image="m:1",
-    labels={},
-)
+# ml/odd, tolerating the kwok nodes.
+_inference = functools.partial(manifests.inference, "odd", namespace="ml", uid="uid-odd", tolerations=(TOLERATION,))
 
 
 def _engine_oracle_finds_room(snapshot: Snapshot) -> bool:

@@ -52,17 +52,9 @@ IMAGE = "registry.k8s.io/pause:3.10"
 SELECTOR_TERM = {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}
 
 
-# The resource every test here reconciles: ml/bert, 2 replicas of 2 cores, no template labels.
+# The resource every test here reconciles: ml/bert, 2 replicas of 2 cores.
 inference = functools.partial(
-    builders.inference,
-    "bert",
-    namespace=NAMESPACE,
-    uid="uid-1",
-    generation=1,
-    replicas=2,
-    strategy=None,
-    image="bert:1",
-    labels={},
+    builders.inference, "bert", namespace=NAMESPACE, uid="uid-1", generation=1, replicas=2, image="bert:1"
 )
 
 

@@ -30,17 +30,9 @@ KEY = (NAMESPACE, "bert")
 SETTINGS = OperatorSettings(max_backoff_seconds=30.0)
 
 
-# The resource every test here reconciles: ml/bert, 2 replicas of 2 cores, no template labels.
+# The resource every test here reconciles: ml/bert, 2 replicas of 2 cores.
 inference = functools.partial(
-    builders.inference,
-    "bert",
-    namespace=NAMESPACE,
-    uid="uid-1",
-    generation=1,
-    replicas=2,
-    strategy=None,
-    image="bert:1",
-    labels={},
+    builders.inference, "bert", namespace=NAMESPACE, uid="uid-1", generation=1, replicas=2, image="bert:1"
 )
 
 
