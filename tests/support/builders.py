@@ -169,14 +169,18 @@ def pv(name, *, affinity=None, phase="Available", storage_class="local", size="1
 def pvc(
     name, *, namespace="default", storage_class="local", size="5Gi", modes=("ReadWriteOnce",), bound_to=None, **meta
 ):
-    """A claim; ``storage_class`` None leaves the class out (the cluster's default class applies)."""
+    """A claim; ``storage_class`` None leaves the class out (the cluster's default class applies),
+    ``namespace`` None leaves the namespace to ``kubectl -n``."""
     spec = {"accessModes": list(modes), "resources": {"requests": {"storage": size}}}
     if storage_class is not None:
         spec["storageClassName"] = storage_class
     if bound_to:
         spec["volumeName"] = bound_to
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {}), **meta}
     return {
-        "metadata": {"name": name, "namespace": namespace, **meta},
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata,
         "spec": spec,
         "status": {"phase": "Bound" if bound_to else "Pending"},
     }
