@@ -1,8 +1,11 @@
 """What the tests share, one module per concept, imported as ``support.*`` (pytest's ``pythonpath``
-has ``tests``): the builders of the objects tests feed the operator, a fake API client, the readers
-and checks of the cluster tests, the Helm chart helpers, and the Prometheus scraper.
+has ``tests``): :mod:`.builders` (the objects tests feed the operator), :mod:`.fake_api` (a fake API
+client), :mod:`.cluster` (reading and checking a cluster), :mod:`.chart` (the Helm chart) and
+:mod:`.metrics` (the Prometheus scraper).
 
-The reliability suite's harness, scenarios and invariant checker are shared with the benchmarks,
-which import no test code; they live in :mod:`neuronplace.local.reliability`. So does the one
-free-port helper, :func:`neuronplace.local.operator_process.free_port`, which the product uses.
+What the benchmarks share with the tests lives in the package, since the benchmarks import no test
+code: the NeuronInference builder (:mod:`neuronplace.local.manifests`, re-exported by
+:mod:`.builders`), the reliability harness, scenarios and invariant checker
+(:mod:`neuronplace.local.reliability`) and the one free-port helper
+(:func:`neuronplace.local.operator_process.free_port`).
 """
