@@ -1,12 +1,12 @@
 """Chaos run: every reliability scenario against a fresh local control plane, with one seed.
 
 Run: ``python benchmarks/chaos.py --seed 7`` (``--scenario NAME`` repeatable, to run only some).
-The scenarios are the pytest suite's own (``tests/reliability/scenarios.py``): operator SIGKILLs
+The scenarios are the pytest suite's own (``neuronplace.local.reliability.scenarios``): operator SIGKILLs
 during scale-ups, kube-apiserver and etcd restarts, node deletion, NotReady and cordon, 50
 resources at once, delete/recreate loops, pod-delete storms, foreign pods, nodes with odd data and
 the bad-spec corpus. Each fault ends with the shared invariant checker
-(``tests/reliability/invariants.py``), and for the whole of every scenario an invariant monitor
-(``tests/reliability/monitor.py``) checks the safety invariants at every watch event.
+(``neuronplace.local.reliability.invariants``), and for the whole of every scenario an invariant monitor
+(``neuronplace.local.reliability.monitor``) checks the safety invariants at every watch event.
 
 Prints a table: scenarios run, faults injected, convergence checks and the violations they found,
 the monitor's events and the violations it saw at any moment (both must be 0), and the time from
@@ -23,15 +23,11 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the shared scenarios live in tests/reliability
-
-from neuronplace.local.cluster import LocalCluster  # noqa: E402
-from neuronplace.local.operator_process import install_crd  # noqa: E402
-from reliability import harness as hs  # noqa: E402
-from reliability.scenarios import SCENARIOS  # noqa: E402
+from neuronplace.local.cluster import LocalCluster
+from neuronplace.local.operator_process import install_crd
+from neuronplace.local.reliability import harness as hs
+from neuronplace.local.reliability.scenarios import SCENARIOS
 
 # Short scenarios that still inject a fault of each layer: a pod, a node, the operator process.
 QUICK = ("pod_delete_storm", "node_deleted", "faults_while_operator_down")

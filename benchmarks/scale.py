@@ -41,7 +41,7 @@ QPS 500 / burst 1000 (their defaults of 50/100 make the scheduler the bottleneck
 printed in the header).
 
 For the whole run (every phase, every deletion), an invariant monitor
-(``tests/reliability/monitor.py``) follows the pod, node and NeuronInference watches from this
+(``neuronplace.local.reliability.monitor``) follows the pod, node and NeuronInference watches from this
 process and checks at every event that no core is held twice and that every managed pod's
 annotation, env, requests and ``AWS_NEURON_IDS`` agree; its line follows the tables
 (``--no-monitor`` turns it off; it costs this process some CPU on the same 2 cores).
@@ -462,9 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.wait_nodes_ready(args.nodes)
             bench.install()
             if not args.no_monitor:
-                # The monitor lives with the reliability suite, in tests/reliability.
-                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-                from reliability.monitor import monitor_for
+                from neuronplace.local.reliability.monitor import monitor_for
 
                 monitor = monitor_for(cluster.kubeconfig).start()
                 say("invariant monitor: following pods, nodes and NeuronInferences")

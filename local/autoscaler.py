@@ -16,7 +16,6 @@ to kube-scheduler) exactly like a fleet node of that type.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from pathlib import Path
 from neuronplace.local import build, procs
 from neuronplace.local.cluster import LocalCluster
 from neuronplace.local.fleet import HOST_SHAPES, KWOK_TAINT, REGION, REGION_LABEL, ZONE_LABEL, ZONES, host_resources
+from neuronplace.local.operator_process import free_port
 from neuronplace.placement.names import INSTANCE_TYPE_LABEL, NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
 from neuronplace.placement.topology import INSTANCE_TOPOLOGIES, topology_for
 
@@ -203,13 +203,6 @@ def module_dir() -> Path:
     return Path(json.loads(result.stdout)["Dir"])
 
 
-def _free_port() -> int:
-    """A port the kernel has free now, from the ephemeral range (kwokctl counts down from 32767)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Autoscaler:
     """Karpenter for one local cluster. :meth:`start` installs and starts it; :meth:`stop` stops it."""
 
@@ -261,7 +254,7 @@ class Autoscaler:
         self.install_crds()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.instance_types_file.write_text(json.dumps(build_instance_types(), indent=1))
-        health_port = _free_port()
+        health_port = free_port()
         env = {
             **self.cluster.env(),
             "SYSTEM_NAMESPACE": "kube-system",
@@ -270,7 +263,7 @@ class Autoscaler:
             "DISABLE_LEADER_ELECTION": "true",
             "INSTANCE_TYPES_FILE_PATH": str(self.instance_types_file),
             "FEATURE_GATES": ",".join(f"{gate}={str(on).lower()}" for gate, on in FEATURE_GATES.items()),
-            "METRICS_PORT": str(_free_port()),
+            "METRICS_PORT": str(free_port()),
             "HEALTH_PROBE_PORT": str(health_port),
             # Karpenter gathers Pending pods until none came for 1 s, for at most 10 s by default;
             # 2 s at most keeps a test's scale-up quick while a burst of pods still lands in one batch.

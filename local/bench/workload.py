@@ -10,7 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from neuronplace.local.fleet import KWOK_TOLERATION
-from neuronplace.placement.names import API_VERSION, INSTANCE_TYPE_LABEL, KIND, NEURONCORE_RESOURCE
+from neuronplace.local.manifests import inference
+from neuronplace.placement.names import INSTANCE_TYPE_LABEL, NEURONCORE_RESOURCE
 from neuronplace.placement.topology import INSTANCE_TOPOLOGIES
 
 # The label that groups kube-scheduler's twin pods (ours carry neuronplace.io/inference instead).
@@ -90,24 +91,14 @@ def extra_nodes(groups: Iterable[Group], fleet: Mapping[str, int], headroom: flo
 
 def inference_manifest(group: Group) -> dict:
     """The group as a NeuronInference on its instance type (BinPack, default settings)."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": group.name},
-        "spec": {
-            "replicas": group.replicas,
-            "coresPerReplica": group.cores,
-            "placement": {
-                "strategy": "BinPack",
-                "nodeSelector": {INSTANCE_TYPE_LABEL: group.instance_type},
-                "tolerations": [dict(KWOK_TOLERATION)],
-            },
-            "template": {
-                "metadata": {"labels": {"app": group.name}},
-                "spec": {"containers": [{"name": "model", "image": IMAGE}]},
-            },
-        },
-    }
+    return inference(
+        group.name,
+        replicas=group.replicas,
+        cores=group.cores,
+        processes=None,
+        image=IMAGE,
+        nodeSelector={INSTANCE_TYPE_LABEL: group.instance_type},
+    )
 
 
 def plain_pod(group: Group, index: int) -> dict:

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from operator_support import TEST_NODE_GRACE_SECONDS
 
 from neuronplace.local.operator_process import OperatorProcess, install_crd
 from neuronplace.placement.names import CRD_NAME
+from support.cluster import TEST_NODE_GRACE_SECONDS
 
 _OPERATOR_KEY = pytest.StashKey["OperatorProcess"]()
 

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from operator_support import helm_template, inference, install
 
 from neuronplace.placement.names import CRD_NAME
+from support.builders import inference
+from support.chart import helm_template, install
 
 # Not the other chart tests' release: its cluster-scoped objects must never meet theirs.
 RELEASE = "npadm"

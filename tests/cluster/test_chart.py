@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_support import (
+
+from neuronplace.local.operator_process import free_port
+from support.builders import inference
+from support.chart import (
     CHART,
     RELEASE,
     container_env,
@@ -581,7 +584,7 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(
 
         command, env = chart_operator_command(helm_template(local_cluster, namespace, *values))
         # Same flags and environment, on free local ports instead of the pod's 8080 and 9090.
-        port, metrics_port = _free_port(), _free_port()
+        port, metrics_port = free_port(), free_port()
         command = [
             arg.replace(f":{8080}/healthz", f":{port}/healthz").replace("0.0.0.0", "127.0.0.1") for arg in command
         ]
@@ -611,21 +614,14 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(
 
         wait_for(healthy, 60, "the operator's /healthz")
 
-        manifest = {
-            "apiVersion": "neuronplace.io/v1alpha1",
-            "kind": "NeuronInference",
-            "metadata": {"name": "rbac-proof", "namespace": watched},
-            "spec": {
-                "replicas": 1,
-                "coresPerReplica": 2,
-                "placement": {
-                    "tolerations": [
-                        {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
-                    ]
-                },
-                "template": {"spec": {"containers": [{"name": "model", "image": "example.com/model:1"}]}},
-            },
-        }
+        manifest = inference(
+            "rbac-proof",
+            namespace=watched,
+            processes=None,
+            strategy=None,
+            image="example.com/model:1",
+            labels={},
+        )
         local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
         def running_pod():
@@ -713,14 +709,6 @@ def test_operator_as_the_charts_service_account_places_a_neuroninference(
                 process.wait()
         local_cluster.helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False, timeout=180)
         local_cluster.kubectl("delete", "namespace", watched, "--wait=false", check=False)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.cluster

@@ -25,19 +25,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_support import (
-    assert_no_shared_cores,
-    assert_pod_consistent,
-    container_env,
-    example,
-    live,
-    placed_and_ready,
-    pods_of,
-    token_kubeconfig,
-)
 
 from neuronplace.local import image
 from neuronplace.local.operator_process import free_port
+from support.builders import example
+from support.chart import container_env, token_kubeconfig
+from support.cluster import assert_no_shared_cores, assert_pod_consistent, live, placed_and_ready, pods_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "neuronplace"

@@ -5,7 +5,7 @@ go once the replicas do.
 
 Every wait also checks, at each poll, that no replica has more than one capacity request and that
 Karpenter never claims more nodes than the replicas need; the invariant monitor
-(``reliability.monitor``) checks at every pod and node event that no NeuronCore is held twice and
+(``neuronplace.local.reliability.monitor``) checks at every pod and node event that no NeuronCore is held twice and
 no node's requests (capacity requests included, as kube-scheduler counts them) exceed what it has.
 The figures (apply → Running, empty → node removed) are printed (``-rP``) and recorded as
 properties.
@@ -20,19 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from operator_support import (
-    apply,
-    assert_no_shared_cores,
-    condition,
-    get_inference,
-    inference,
-    live,
-    placed_and_ready,
-)
 
 from neuronplace.local.autoscaler import build_node_pool
 from neuronplace.local.cluster import LocalCluster
 from neuronplace.local.operator_process import OperatorProcess, install_crd
+from neuronplace.local.reliability.monitor import monitor_for
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
     CONDITION_PLACED,
@@ -45,7 +37,8 @@ from neuronplace.placement.names import (
     REASON_UNSCHEDULABLE,
     REPLICA_LABEL,
 )
-from reliability.monitor import monitor_for
+from support.builders import inference
+from support.cluster import apply, assert_no_shared_cores, condition, get_inference, live, placed_and_ready
 
 pytestmark = pytest.mark.cluster
 

@@ -17,17 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from operator_support import (
-    apply,
-    assert_no_shared_cores,
-    assert_pod_consistent,
-    condition,
-    get_inference,
-    inference,
-    live,
-    placed_and_ready,
-    pods_of,
-)
 
 from neuronplace.placement.claims import pinned_node
 from neuronplace.placement.names import (
@@ -38,6 +27,17 @@ from neuronplace.placement.names import (
     REASON_INVALID_SPEC,
     REASON_SCHEDULER_NOT_RESPONDING,
     REASON_UNSCHEDULABLE,
+)
+from support.builders import inference
+from support.cluster import (
+    apply,
+    assert_no_shared_cores,
+    assert_pod_consistent,
+    condition,
+    get_inference,
+    live,
+    placed_and_ready,
+    pods_of,
 )
 
 pytestmark = pytest.mark.cluster

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from operator_support import apply, assert_no_shared_cores, get_inference, inference, placed_and_ready
 
 from neuronplace.placement.conditions import condition, is_ready
 from neuronplace.placement.names import CONDITION_PLACED, INFERENCE_LABEL, REASON_UNSCHEDULABLE
+from support.builders import inference
+from support.cluster import apply, assert_no_shared_cores, get_inference, placed_and_ready
 
 pytestmark = pytest.mark.cluster
 

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from operator_support import apply, inference, placed_and_ready, pods_of
+
+from support.builders import inference
+from support.cluster import apply, placed_and_ready, pods_of
 
 pytestmark = pytest.mark.cluster
 

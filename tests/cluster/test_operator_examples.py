@@ -9,20 +9,20 @@ import subprocess
 import sys
 
 import pytest
-from operator_support import (
+
+from neuronplace.local.examples import example_files
+from neuronplace.runtime.coreset import CoreRange, parse_core_set
+from support.builders import example
+from support.cluster import (
     apply,
     assert_no_shared_cores,
     assert_pod_consistent,
     condition,
     env_of,
-    example,
     live,
     placed_and_ready,
     pods_of,
 )
-
-from neuronplace.local.examples import example_files
-from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
 pytestmark = pytest.mark.cluster
 

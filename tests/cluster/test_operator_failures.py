@@ -15,10 +15,11 @@ import threading
 import time
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, live, pods_of
 
 from neuronplace.local import kubelet_faults as faults
 from neuronplace.placement.names import CONDITION_REPLICA_FAILURE, INFERENCE_LABEL, TERMINAL_PHASES
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, live, pods_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -8,13 +8,14 @@ import threading
 import time
 
 import pytest
-from operator_support import (
+
+from support.builders import inference
+from support.cluster import (
     TEST_NODE_GRACE_SECONDS,
     apply,
     assert_no_shared_cores,
     assert_pod_consistent,
     get_inference,
-    inference,
     live,
     placed_and_ready,
     pods_of,

@@ -8,29 +8,23 @@ module and one started with ``--metrics-port`` and ``--log-format json`` runs in
 from __future__ import annotations
 
 import json
-import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, live, placed_and_ready, pods_of
-from prometheus_client.parser import text_string_to_metric_families
 
+from neuronplace.local.operator_process import free_port
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, live, placed_and_ready, pods_of
+from support.metrics import scrape, value
 
 pytestmark = pytest.mark.cluster
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def metrics_operator(local_cluster, operator_process):
     operator_process.stop()
-    port = _free_port()
+    port = free_port()
     log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-metrics.log"
     process = type(operator_process)(
         local_cluster, log_path, extra_args=("--metrics-port", str(port), "--log-format", "json")
@@ -40,21 +34,6 @@ def metrics_operator(local_cluster, operator_process):
         yield process, f"http://127.0.0.1:{port}/metrics"
     finally:
         process.stop()
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operator, namespace, fleet, wait_for):

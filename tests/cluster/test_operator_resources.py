@@ -3,7 +3,7 @@ memory) never share a node beyond its allocatable, watched at every event while 
 replica with no room left says which resource is short, and goes to a node added later.
 
 kwok has no kubelet admission, so an overfilled node would look fine here: the invariant monitor
-(``reliability.monitor``), which sums every live pod's requests per node at each pod and node
+(``neuronplace.local.reliability.monitor``), which sums every live pod's requests per node at each pod and node
 event, is what sees it. Both binding modes run: in Scheduler mode kube-scheduler would refuse an
 overfilled node too, so a replica placed there would bounce; none may be created there at all.
 """
@@ -11,12 +11,13 @@ overfilled node too, so a replica placed there would bounce; none may be created
 from __future__ import annotations
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, live, pods_of
 
 from neuronplace.local.fleet import POOL_LABEL
+from neuronplace.local.reliability.monitor import monitor_for
 from neuronplace.placement.names import CONDITION_PLACED, REASON_UNSCHEDULABLE
 from neuronplace.placement.resources import node_allocatable, pod_requests
-from reliability.monitor import monitor_for
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, live, pods_of
 
 pytestmark = pytest.mark.cluster
 

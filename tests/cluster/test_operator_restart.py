@@ -7,14 +7,9 @@ import json
 import threading
 
 import pytest
-from operator_support import (
-    apply,
-    assert_no_shared_cores,
-    inference,
-    live,
-    placed_and_ready,
-    pods_of,
-)
+
+from support.builders import inference
+from support.cluster import apply, assert_no_shared_cores, live, placed_and_ready, pods_of
 
 pytestmark = pytest.mark.cluster
 

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, placed_and_ready, pods_of
+
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, placed_and_ready, pods_of
 
 pytestmark = pytest.mark.cluster
 

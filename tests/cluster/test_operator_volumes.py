@@ -16,15 +16,6 @@ import re
 from pathlib import Path
 
 import pytest
-from operator_support import (
-    apply,
-    assert_no_shared_cores,
-    condition,
-    get_inference,
-    inference,
-    placed_and_ready,
-    pods_of,
-)
 
 from neuronplace.placement.names import (
     BINDING_DIRECT,
@@ -33,6 +24,8 @@ from neuronplace.placement.names import (
     REASON_UNSCHEDULABLE,
     REASON_VOLUME_NEEDS_SCHEDULER,
 )
+from support.builders import inference, pvc
+from support.cluster import apply, assert_no_shared_cores, condition, get_inference, placed_and_ready, pods_of
 
 pytestmark = pytest.mark.cluster
 
@@ -104,19 +97,6 @@ def local_volume(name: str, node: str, storage_class: str = "", size: str = "10G
     }
 
 
-def claim(name: str, storage_class: str = "", size: str = "5Gi") -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": storage_class,
-            "resources": {"requests": {"storage": size}},
-        },
-    }
-
-
 def using(resource: dict, claim_name: str) -> dict:
     pod_spec = resource["spec"]["template"]["spec"]
     pod_spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name}}]
@@ -149,7 +129,7 @@ def test_a_claim_waiting_for_its_first_consumer_is_bound_with_the_pod_on_the_vol
     # BinPack on two empty nodes picks the first by name: the volume sits on the other one.
     disk_node = sorted(nodes)[1]
     cluster_objects(local_class(namespace), local_volume(f"{namespace}-disk", disk_node, storage_class=namespace))
-    apply(local_cluster, namespace, claim("data", storage_class=namespace))
+    apply(local_cluster, namespace, pvc("data", namespace=None, storage_class=namespace))
     resource = using(inference("wffc", cores=2, pool=nodes.pool, binding=BINDING_SCHEDULER), "data")
     apply(local_cluster, namespace, resource)
 
@@ -173,7 +153,7 @@ def test_replicas_sharing_a_claim_that_waits_for_its_first_consumer_all_go_where
         local_class(namespace),
         *(local_volume(f"{namespace}-disk-{i}", node, storage_class=namespace) for i, node in enumerate(sorted(nodes))),
     )
-    apply(local_cluster, namespace, claim("data", storage_class=namespace))
+    apply(local_cluster, namespace, pvc("data", namespace=None, storage_class=namespace))
     resource = inference("shared", cores=2, replicas=2, pool=nodes.pool, strategy="Spread", binding=BINDING_SCHEDULER)
     apply(local_cluster, namespace, using(resource, "data"))
 
@@ -201,7 +181,7 @@ def test_a_claim_bound_to_a_local_volume_keeps_every_replica_on_that_volumes_nod
 
     # A class-less claim and volume: the volume controller binds them at once, no pod needed.
     cluster_objects(local_volume(f"{namespace}-disk", disk_node))
-    apply(local_cluster, namespace, claim("data"))
+    apply(local_cluster, namespace, pvc("data", namespace=None, storage_class=""))
     wait_for(lambda: claim_state(local_cluster, namespace, "data")[0] == "Bound", 60, "the claim bound")
 
     # The claim's events wake the resource: both replicas go to the volume's node, not the emptier one.
@@ -217,7 +197,7 @@ def test_direct_binding_refuses_a_claim_only_the_scheduler_can_bind_until_the_bi
     nodes = fleet({"inf2.48xlarge": 2})
     disk_node = sorted(nodes)[1]
     cluster_objects(local_class(namespace), local_volume(f"{namespace}-disk", disk_node, storage_class=namespace))
-    apply(local_cluster, namespace, claim("data", storage_class=namespace))
+    apply(local_cluster, namespace, pvc("data", namespace=None, storage_class=namespace))
     resource = using(inference("direct", cores=2, pool=nodes.pool, binding=BINDING_DIRECT), "data")
     apply(local_cluster, namespace, resource)
 

@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, live, placed_and_ready, running_ready
-from prometheus_client.parser import text_string_to_metric_families
 
 from neuronplace.local.fleet import KWOK_TOLERATION
+from neuronplace.local.operator_process import free_port
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
@@ -44,6 +41,9 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.podsecurity import TemplatePolicy, check_template
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, live, placed_and_ready, running_ready
+from support.metrics import scrape, value
 
 pytestmark = pytest.mark.cluster
 
@@ -53,16 +53,10 @@ ENFORCE_RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
 ENFORCE_BASELINE = "pod-security.kubernetes.io/enforce=baseline"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def restricted_operator(local_cluster, operator_process):
     operator_process.stop()
-    port = _free_port()
+    port = free_port()
     log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-tenancy.log"
     process = type(operator_process)(
         local_cluster,
@@ -77,19 +71,8 @@ def restricted_operator(local_cluster, operator_process):
         process.stop()
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def inconsistent(url: str, node: str, reason: str) -> float:
-    key = ("neuronplace_node_inconsistent_claims", frozenset({("node", node), ("reason", reason)}))
-    return scrape(url).get(key, 0.0)
+    return value(scrape(url), "neuronplace_node_inconsistent_claims", node=node, reason=reason)
 
 
 def restricted(resource: dict) -> dict:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from neuronplace.local.operator_process import install_crd
-from reliability import harness as hs
-from reliability import scenarios
+from neuronplace.local.reliability import harness as hs
+from neuronplace.local.reliability import scenarios
 
 _RECORD_KEY = pytest.StashKey[hs.ChaosRecord]()
 

@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from reliability import bad_specs
-from reliability.scenarios import assert_api_rejects
+from neuronplace.local.reliability import bad_specs
+from neuronplace.local.reliability.scenarios import assert_api_rejects
 
 pytestmark = pytest.mark.cluster
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from reliability.scenarios import SCENARIOS
+from neuronplace.local.reliability.scenarios import SCENARIOS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

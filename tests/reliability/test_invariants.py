@@ -8,8 +8,11 @@ checker that never reports anything would make every fault test pass.
 from __future__ import annotations
 
 import copy
+import functools
 
+from neuronplace.local import manifests
 from neuronplace.local.fleet import build_node
+from neuronplace.local.reliability.invariants import Snapshot, Violation, check, operator_health
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.pods import build_pod
@@ -17,7 +20,6 @@ from neuronplace.placement.request import ReplicaPlacement, placement_request
 from neuronplace.placement.resources import node_allocatable
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status
-from reliability.invariants import Snapshot, Violation, check, operator_health
 
 # The caller's clock: placement reads none, it is given the time.
 NOW = "2026-11-28T10:00:00Z"
@@ -26,21 +28,20 @@ NOW_NS = 1_795_860_000_000_000_000
 TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def inference(name="bert", replicas=2, cores=4, processes=2, uid=None):
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": name, "namespace": "ml", "uid": uid or f"uid-{name}", "generation": 1},
-        "spec": {
-            "replicas": replicas,
-            "coresPerReplica": cores,
-            "processesPerReplica": processes,
-            "placement": {"tolerations": [TOLERATION]},
-            "template": {
-                "spec": {"containers": [{"name": "model", "image": "m:1"}, {"name": "sidecar", "image": "s:1"}]}
-            },
-        },
-    }
+# ml/bert: a model and a sidecar, tolerating the kwok nodes.
+SIDECAR = {"name": "sidecar", "image": "s:1"}
+inference = functools.partial(
+    manifests.inference,
+    "bert",
+    namespace="ml",
+    uid="uid-bert",
+    generation=1,
+    replicas=2,
+    cores=4,
+    processes=2,
+    tolerations=(TOLERATION,),
+    containers=({"name": "model", "image": "m:1"}, SIDECAR),
+)
 
 
 def ready(pod):

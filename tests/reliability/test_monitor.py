@@ -16,10 +16,10 @@ import time
 import pytest
 
 from neuronplace.local.fleet import KWOK_TOLERATION, build_node
+from neuronplace.local.reliability import harness as hs
+from neuronplace.local.reliability import invariants as inv
+from neuronplace.local.reliability.monitor import InvariantMonitor
 from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION, NEURONCORE_RESOURCE
-from reliability import harness as hs
-from reliability import invariants as inv
-from reliability.monitor import InvariantMonitor
 
 
 def _foreign(name: str, node: str, ids: str, namespace: str = "other") -> dict:

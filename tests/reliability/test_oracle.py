@@ -11,11 +11,15 @@ calls the engine, as the invariant's used to, notices nothing.
 from __future__ import annotations
 
 import copy
+import functools
 import random
 
 import pytest
 
+from neuronplace.local import manifests
 from neuronplace.local.fleet import build_node
+from neuronplace.local.reliability import oracle
+from neuronplace.local.reliability.invariants import Snapshot, check_fits_are_placed
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
@@ -33,8 +37,6 @@ from neuronplace.placement.resources import pod_requests
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, build_status
 from neuronplace.placement.usage import Usage
-from reliability import oracle
-from reliability.invariants import Snapshot, check_fits_are_placed
 
 # The caller's clock: placement reads none, it is given the time.
 NOW = "2026-11-28T10:00:00Z"
@@ -205,18 +207,8 @@ def test_a_broken_engine_rule_is_caught_by_the_comparison(monkeypatch):
     assert disagreements(400, seed=11), "the oracle agreed with an engine that refuses valid runs"
 
 
-def _inference(replicas: int, cores: int) -> dict:
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": "odd", "namespace": "ml", "uid": "uid-odd", "generation": 1},
-        "spec": {
-            "replicas": replicas,
-            "coresPerReplica": cores,
-            "placement": {"tolerations": [TOLERATION]},
-            "template": {"spec": {"containers": [{"name": "model", "image": "m:1"}]}},
-        },
-    }
+# ml/odd, tolerating the kwok nodes.
+_inference = functools.partial(manifests.inference, "odd", namespace="ml", uid="uid-odd", tolerations=(TOLERATION,))
 
 
 def _engine_oracle_finds_room(snapshot: Snapshot) -> bool:

@@ -3,6 +3,7 @@ delete, that the ledger and the usage never count them, and one reconcile agains
 order of deletes and creates, scale-down, the setting, the WaitingForCapacity condition)."""
 
 import argparse
+import functools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,9 @@ from neuronplace.placement.replica_pods import ordinal_of
 from neuronplace.placement.request import placement_request
 from neuronplace.placement.search import place_one
 from neuronplace.placement.usage import Usage
+from support import builders
+from support.builders import kwok_node
+from support.fake_api import FakeApi
 
 # The caller's clock: placement reads none, it is given the time.
 NOW_NS = 1_795_860_000_000_000_000
@@ -48,20 +52,10 @@ IMAGE = "registry.k8s.io/pause:3.10"
 SELECTOR_TERM = {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}
 
 
-def inference(replicas=2, cores=2, processes=1, uid="uid-1", template_spec=None, placement=None):
-    spec = template_spec or {"containers": [{"name": "model", "image": "bert:1"}]}
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": "bert", "namespace": NAMESPACE, "uid": uid, "generation": 1},
-        "spec": {
-            "replicas": replicas,
-            "coresPerReplica": cores,
-            "processesPerReplica": processes,
-            "placement": placement if placement is not None else {"tolerations": [KWOK_TOLERATION]},
-            "template": {"spec": spec},
-        },
-    }
+# The resource every test here reconciles: ml/bert, 2 replicas of 2 cores.
+inference = functools.partial(
+    builders.inference, "bert", namespace=NAMESPACE, uid="uid-1", generation=1, replicas=2, image="bert:1"
+)
 
 
 def request(replica, uid="uid-1", node=None, wanted_hash="h", deleting=False, name=None):
@@ -95,7 +89,13 @@ def test_the_request_asks_what_the_replica_needs_where_it_may_go():
         "nodeSelector": {"node.kubernetes.io/instance-type": "inf2.48xlarge"},
         "tolerations": [KWOK_TOLERATION],
     }
-    inf = inference(cores=8, processes=2, template_spec=template, placement=placement)
+    inf = inference(
+        cores=8,
+        processes=2,
+        template_spec=template,
+        tolerations=placement["tolerations"],
+        nodeSelector=placement["nodeSelector"],
+    )
     pod = cp.build_capacity_request(inf, 1, image=IMAGE)
     spec = pod["spec"]
     (container,) = spec["containers"]
@@ -223,40 +223,11 @@ def test_the_usage_never_counts_a_request():
 # ---- one reconcile against a fake API ------------------------------------------------------------
 
 
-class FakeApi:
-    """Records creates and deletes in order; every call succeeds. With ``binds`` a pinned pod comes
-    back bound to its node, as if kube-scheduler had bound it at once."""
-
-    def __init__(self, binds: bool = True) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.statuses: list[dict] = []
-        self.binds = binds
-
-    def create_namespaced_pod(self, namespace, body, **_):
-        self.calls.append(("create", body["metadata"]["name"]))
-        spec = dict(body.get("spec") or {})
-        if self.binds and pinned_node(body):
-            spec["nodeName"] = pinned_node(body)
-        created = {**body, "spec": spec, "metadata": {**body["metadata"], "creationTimestamp": "2026-11-30T12:00:00Z"}}
-
-        class Response:
-            data = json.dumps(created)
-
-        return Response()
-
-    def delete_namespaced_pod(self, name, namespace, body=None, **_):
-        self.calls.append(("delete", name))
-        assert body.grace_period_seconds == 0 or not name.endswith("-capacity")
-
-    def patch_namespaced_custom_object_status(self, *args, **_):
-        self.statuses.append(args[-1]["status"])
-
-    def create_namespaced_event(self, namespace, body, **_):
-        class Response:
-            def drain_conn(self):
-                pass
-
-        return Response()
+def pod_writes(api: FakeApi) -> list[tuple[str, str]]:
+    """:meth:`FakeApi.pod_writes`; a capacity request is always deleted at once (grace 0)."""
+    for verb, _namespace, name, grace in api.calls:
+        assert verb != "delete" or grace == 0 or not name.endswith("-capacity"), (name, grace)
+    return api.pod_writes()
 
 
 @pytest.fixture
@@ -265,20 +236,14 @@ def pool():
         yield executor
 
 
-def ready_node(name, instance_type="inf2.xlarge"):
-    node = build_node(name, instance_type)
-    node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
-    return node
-
-
 def setup(pool, resource, nodes=("n1",), settings=None, binds=True):
     """A reconciler in Scheduler binding (capacity requests need it) whose replica pods kube-scheduler
     binds at once (``binds``), so they count on their node at once (see the settle test)."""
     settings = settings or OperatorSettings()
-    api = FakeApi(binds)
+    api = FakeApi(binds=binds)
     cache = Cache()
     for name in nodes:
-        cache.observe_node(ready_node(name))
+        cache.observe_node(kwok_node(name))
     cache.apply_inference("ADDED", resource)
     return api, cache, Reconciler(settings, cache, Writer(core=api, custom=api), pool)
 
@@ -290,7 +255,7 @@ def conditions(api):
 def test_a_replica_that_fits_nowhere_gets_one_request_and_the_status_says_so(pool):
     api, cache, reconciler = setup(pool, inference(replicas=2, cores=2))  # one 2-core node: room for one
     reconciler.reconcile(KEY)
-    assert api.calls == [("create", "bert-0"), ("create", "bert-1-capacity")]
+    assert pod_writes(api) == [("create", "bert-0"), ("create", "bert-1-capacity")]
     assert conditions(api)[CONDITION_PLACED]["reason"] == REASON_UNSCHEDULABLE
     waiting = conditions(api)[CONDITION_WAITING_FOR_CAPACITY]
     assert waiting["status"] == "True" and waiting["reason"] == REASON_CAPACITY_REQUESTED
@@ -299,7 +264,7 @@ def test_a_replica_that_fits_nowhere_gets_one_request_and_the_status_says_so(poo
     assert set(cache.capacity_requests[KEY]) == {"bert-1-capacity"}
     assert cache.ledger.free_count("n1") == 0 and not cache.usage.held_by("ml/bert-1-capacity")
     reconciler.reconcile(KEY)  # nothing new: the request is there
-    assert len(api.calls) == 2
+    assert len(pod_writes(api)) == 2
 
 
 def test_when_a_node_comes_the_request_goes_before_the_replica_is_created(pool):
@@ -307,10 +272,10 @@ def test_when_a_node_comes_the_request_goes_before_the_replica_is_created(pool):
     reconciler.reconcile(KEY)
     # kube-scheduler binds the request to the node the autoscaler made; the node appears.
     cache.apply_pod("MODIFIED", request_as_bound(cache, "n2"))
-    cache.apply_node("ADDED", ready_node("n2"))
+    cache.apply_node("ADDED", kwok_node("n2"))
     api.calls.clear()
     reconciler.reconcile(KEY)
-    assert api.calls == [("delete", "bert-1-capacity"), ("create", "bert-1")]
+    assert pod_writes(api) == [("delete", "bert-1-capacity"), ("create", "bert-1")]
     assert KEY not in cache.capacity_requests
     assert CONDITION_WAITING_FOR_CAPACITY not in conditions(api)
 
@@ -323,13 +288,13 @@ def test_a_replica_placed_on_a_node_deletes_the_requests_there_that_no_longer_fi
     # request must go too, or kube-scheduler would count 4 cores on a 2-core node.
     for name in ("bert-0-capacity", "bert-1-capacity"):
         cache.apply_pod("MODIFIED", request_as_bound(cache, "n2", name))
-    cache.apply_node("ADDED", ready_node("n2"))
+    cache.apply_node("ADDED", kwok_node("n2"))
     api.calls.clear()
     reconciler.reconcile(KEY)
-    deleted = [name for call, name in api.calls if call == "delete"]
+    deleted = [name for call, name in pod_writes(api) if call == "delete"]
     assert sorted(deleted) == ["bert-0-capacity", "bert-1-capacity"]
-    assert api.calls.index(("create", "bert-0")) > max(api.calls.index(("delete", n)) for n in deleted)
-    assert api.calls[-1] == ("create", "bert-1-capacity")  # still waiting: asks again
+    assert pod_writes(api).index(("create", "bert-0")) > max(pod_writes(api).index(("delete", n)) for n in deleted)
+    assert pod_writes(api)[-1] == ("create", "bert-1-capacity")  # still waiting: asks again
 
 
 def test_scaling_to_zero_or_an_invalid_spec_leaves_no_request(pool):
@@ -337,7 +302,7 @@ def test_scaling_to_zero_or_an_invalid_spec_leaves_no_request(pool):
     reconciler.reconcile(KEY)
     cache.apply_inference("MODIFIED", inference(replicas=1, cores=2))
     reconciler.reconcile(KEY)
-    assert ("delete", "bert-1-capacity") in api.calls and KEY not in cache.capacity_requests
+    assert ("delete", "bert-1-capacity") in pod_writes(api) and KEY not in cache.capacity_requests
     cache.apply_inference("MODIFIED", inference(replicas=3, cores=2))
     reconciler.reconcile(KEY)
     assert len(cache.capacity_requests[KEY]) == 2
@@ -353,7 +318,7 @@ def test_with_the_setting_off_no_request_is_made(pool):
         pool, inference(replicas=2, cores=2), settings=OperatorSettings(binding="Direct", capacity_requests=False)
     )
     reconciler.reconcile(KEY)
-    assert api.calls == [("create", "bert-0")]
+    assert pod_writes(api) == [("create", "bert-0")]
     assert CONDITION_WAITING_FOR_CAPACITY not in conditions(api)
 
 
@@ -395,7 +360,7 @@ def test_the_chart_installs_the_same_priority_class():
 
 def test_a_replica_kept_off_a_node_only_by_how_its_free_cores_lie_gets_no_request(pool):
     api, cache, reconciler = setup(pool, inference(replicas=1, cores=2), nodes=())
-    cache.observe_node(ready_node("big", "inf2.48xlarge"))
+    cache.observe_node(kwok_node("big", "inf2.48xlarge"))
     # A foreign pod holds every odd core: 12 cores are free by count, no two of them side by side.
     odd = ",".join(str(core) for core in range(1, 24, 2))
     foreign = {
@@ -408,13 +373,13 @@ def test_a_replica_kept_off_a_node_only_by_how_its_free_cores_lie_gets_no_reques
     }
     cache.apply_pod("ADDED", foreign)
     reconciler.reconcile(KEY)
-    assert api.calls == []  # kube-scheduler would bind a request to "big": no node would be added
+    assert pod_writes(api) == []  # kube-scheduler would bind a request to "big": no node would be added
     placed = conditions(api)[CONDITION_PLACED]
     assert placed["reason"] == REASON_UNSCHEDULABLE and "no capacity request" in placed["message"]
     assert "big" in placed["message"] and CONDITION_WAITING_FOR_CAPACITY not in conditions(api)
     cache.apply_pod("DELETED", foreign)  # now the replica fits there
     reconciler.reconcile(KEY)
-    assert api.calls == [("create", "bert-0")]
+    assert pod_writes(api) == [("create", "bert-0")]
 
 
 def test_no_request_is_made_while_a_pinned_replica_pod_waits_to_be_bound(pool):
@@ -422,14 +387,14 @@ def test_no_request_is_made_while_a_pinned_replica_pod_waits_to_be_bound(pool):
     # meanwhile could be bound into the room that pod is about to take.
     api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), binds=False)
     assert reconciler.reconcile(KEY) == SETTLE_SECONDS
-    assert api.calls == [("create", "bert-0")]
+    assert pod_writes(api) == [("create", "bert-0")]
     assert "asked once the placed replica pods are bound" in conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
     bound = build_pod(
         cache.inferences[KEY],
         place_one(
             placement_request(cache.inferences[KEY], "device-local"),
             0,
-            [inventory_from_node(ready_node("n1"))],
+            [inventory_from_node(kwok_node("n1"))],
             Ledger(),
             "ml/bert-0",
         ),
@@ -439,7 +404,7 @@ def test_no_request_is_made_while_a_pinned_replica_pod_waits_to_be_bound(pool):
     cache.apply_pod("MODIFIED", bound)
     assert not cache.unbound
     reconciler.reconcile(KEY)
-    assert api.calls == [("create", "bert-0"), ("create", "bert-1-capacity")]
+    assert pod_writes(api) == [("create", "bert-0"), ("create", "bert-1-capacity")]
 
 
 def test_a_request_bound_where_the_ledger_has_no_room_goes_at_the_next_reconcile(pool):
@@ -447,10 +412,10 @@ def test_a_request_bound_where_the_ledger_has_no_room_goes_at_the_next_reconcile
     # the request goes (the replica keeps its cores) and a Pending one replaces it.
     api, cache, reconciler = setup(pool, inference(replicas=2, cores=2))  # one 2-core node: room for one
     reconciler.reconcile(KEY)
-    assert api.calls == [("create", "bert-0"), ("create", "bert-1-capacity")]
+    assert pod_writes(api) == [("create", "bert-0"), ("create", "bert-1-capacity")]
     cache.apply_pod("MODIFIED", request_as_bound(cache, "n1"))
     reconciler.reconcile(KEY)
-    assert api.calls[2:] == [("delete", "bert-1-capacity"), ("create", "bert-1-capacity")]
+    assert pod_writes(api)[2:] == [("delete", "bert-1-capacity"), ("create", "bert-1-capacity")]
 
 
 def test_direct_binding_makes_no_capacity_request(pool):
@@ -458,7 +423,7 @@ def test_direct_binding_makes_no_capacity_request(pool):
     # kube-scheduler places, and could be bound into room a bound replica pod is about to take.
     api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), settings=OperatorSettings(binding="Direct"))
     reconciler.reconcile(KEY)
-    assert api.calls == [("create", "bert-0")]
+    assert pod_writes(api) == [("create", "bert-0")]
     assert conditions(api)[CONDITION_PLACED]["reason"] == REASON_UNSCHEDULABLE
     assert CONDITION_WAITING_FOR_CAPACITY not in conditions(api) and not cache.capacity_requests.get(KEY)
 
@@ -471,10 +436,10 @@ def test_a_replica_placed_where_another_replicas_request_was_bound_keeps_the_pen
     api, cache, reconciler = setup(pool, inference(replicas=2, cores=2), nodes=())
     reconciler.reconcile(KEY)
     cache.apply_pod("MODIFIED", request_as_bound(cache, "n2", "bert-1-capacity"))
-    cache.apply_node("ADDED", ready_node("n2"))
+    cache.apply_node("ADDED", kwok_node("n2"))
     api.calls.clear()
     reconciler.reconcile(KEY)
-    assert api.calls == [("delete", "bert-1-capacity"), ("create", "bert-0")]
+    assert pod_writes(api) == [("delete", "bert-1-capacity"), ("create", "bert-0")]
     assert set(cache.capacity_requests[KEY]) == {"bert-0-capacity"}
     waiting = conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
     assert waiting.startswith("replica 1: waiting for a new node (capacity request bert-0-capacity"), waiting

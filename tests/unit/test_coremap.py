@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from ledger_pods import managed_pod
 
 from neuronplace.cli import run as run_cli
 from neuronplace.cli.cores import render_png
@@ -15,27 +14,14 @@ from neuronplace.placement.coremap import node_maps, render
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.selectors import selector_matches
-
-
-def node(name, instance_type, cores):
-    return {
-        "metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
-        "status": {
-            "allocatable": {"aws.amazon.com/neuroncore": str(cores)},
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    }
+from support.builders import foreign_pod, managed_pod, node
 
 
 def pod(name, node_name, cores=None, foreign_count=None):
+    """A replica of the inference its name says holding ``cores``, or a foreign pod of ``foreign_count``."""
     if cores is not None:
         return managed_pod(name, node_name, cores, inference=name.rsplit("-", 1)[0], namespace="ml")
-    container = {"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": str(foreign_count)}}}
-    return {
-        "metadata": {"name": name, "namespace": "ml", "labels": {}, "annotations": {}},
-        "spec": {"nodeName": node_name, "containers": [container]},
-        "status": {"phase": "Running"},
-    }
+    return foreign_pod(name, node_name, foreign_count, namespace="ml")
 
 
 def two_nodes():

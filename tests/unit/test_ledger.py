@@ -3,46 +3,13 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_pods import inference_uid, managed_pod
 
-from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import foreign_pod, inference_uid, managed_pod, node_inventory
 
 TRUSTED = [inference_uid("web")]
-
-
-def make_node(name, instance_type="inf2.48xlarge", cores="24"):
-    return inventory_from_node(
-        {
-            "metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
-            "status": {
-                "allocatable": {"aws.amazon.com/neuroncore": cores},
-                "conditions": [{"type": "Ready", "status": "True"}],
-            },
-        }
-    )
-
-
-def foreign_pod(name, node, cores=0, devices=0, ids=None, init_cores=0, phase="Running"):
-    resources = {}
-    if cores:
-        resources["aws.amazon.com/neuroncore"] = str(cores)
-    if devices:
-        resources["aws.amazon.com/neuron"] = str(devices)
-    pod = {
-        "metadata": {"name": name, "namespace": "other", "annotations": {}},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"limits": resources}}]},
-        "status": {"phase": phase},
-    }
-    if init_cores:
-        pod["spec"]["initContainers"] = [
-            {"name": "i", "resources": {"requests": {"aws.amazon.com/neuroncore": str(init_cores)}}}
-        ]
-    if ids is not None:
-        pod["metadata"]["annotations"]["AWS_NEURON_IDS"] = ids
-    return pod
 
 
 def test_from_pods_reads_managed_ranges():
@@ -118,7 +85,7 @@ def test_reserve_again_is_a_no_op_and_a_new_range_replaces():
 
 def test_reserve_beyond_capacity_is_refused():
     ledger = Ledger()
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     with pytest.raises(ValueError, match="0-23"):
         ledger.reserve("n1", CoreRange(20, 8), "ns/p")
 
@@ -153,7 +120,7 @@ def test_foreign_non_contiguous_ids_are_held_exactly():
 
 def test_foreign_device_ids_become_core_ids_once_the_node_is_known():
     ledger = Ledger.from_pods([foreign_pod("aws", "n1", devices=2, ids="3,4")])
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     assert ledger.used_cores("n1") == {6, 7, 8, 9}
 
 
@@ -164,7 +131,7 @@ def test_foreign_pod_without_ids_takes_the_highest_free_cores():
         foreign_pod("a", "n1", cores=3),
     ]
     ledger = Ledger.from_pods(pods, TRUSTED)
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     # Pod-key order: other/a takes 17-19 first, then other/b 15-16 (managed cores are never assumed).
     assert ledger.used_cores("n1") == set(range(15, 24))
     foreign = {h.pod: h for h in ledger.foreign()}
@@ -174,13 +141,13 @@ def test_foreign_pod_without_ids_takes_the_highest_free_cores():
     assert ledger.free_count("n1") == 15
     # The same pods in another order give the same ledger.
     again = Ledger.from_pods(reversed(pods), TRUSTED)
-    again.learn_nodes([make_node("n1")])
+    again.learn_nodes([node_inventory("n1")])
     assert again.foreign() == ledger.foreign()
 
 
 def test_foreign_device_count_uses_cores_per_chip():
     ledger = Ledger.from_pods([foreign_pod("d", "n1", devices=2)])
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     assert ledger.used_cores("n1") == {20, 21, 22, 23}
 
 
@@ -194,7 +161,7 @@ def test_managed_pod_with_a_bad_annotation_is_accounted_for_and_reported():
     pod["metadata"]["annotations"][CORES_ANNOTATION] = "3,5"
     del pod["metadata"]["annotations"][AWS_NEURON_IDS]
     ledger = Ledger.from_pods([pod], TRUSTED)
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     [holding] = ledger.foreign()
     assert holding.pod == "default/web-0" and holding.count == 2 and not holding.exact
     assert ledger.used_cores("n1") == {22, 23}
@@ -216,14 +183,14 @@ def test_overlapping_pods_stay_held_until_both_are_gone():
 
 def test_free_index_follows_changes():
     ledger = Ledger()
-    ledger.learn_nodes([make_node("n1"), make_node("n2", "trn1.32xlarge", "32")])
+    ledger.learn_nodes([node_inventory("n1"), node_inventory("n2", "trn1.32xlarge", "32")])
     assert ledger.free_count("n1") == 24 and ledger.free_count("n2") == 32
     assert ledger.nodes_with_free(24) == ["n1"] and ledger.max_free == 32
     ledger.reserve("n2", CoreRange(0, 8), "ns/p")
     assert ledger.nodes_with_free(24) == ["n1", "n2"] and ledger.max_free == 24
     ledger.forget("ns/p")
     assert ledger.free_count("n2") == 32
-    ledger.learn_nodes([make_node("n1")])  # n2 left the fleet
+    ledger.learn_nodes([node_inventory("n1")])  # n2 left the fleet
     assert ledger.free_count("n2") == 0 and ledger.max_free == 24
 
 
@@ -239,7 +206,7 @@ def test_a_hand_made_pod_with_our_label_and_no_request_holds_nothing():
     del fake["metadata"]["ownerReferences"]
     fake["spec"]["containers"] = [{"name": "c"}]
     ledger = Ledger.from_pods([fake], TRUSTED)
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     assert ledger.used_cores("n1") == set() and ledger.free_count("n1") == 24
     assert reasons(ledger) == [("n1", "default/fake", "NotOwned")]
     ledger.forget("default/fake")
@@ -249,7 +216,7 @@ def test_a_hand_made_pod_with_our_label_and_no_request_holds_nothing():
 def test_a_pod_is_ours_only_while_its_owner_uid_is_trusted():
     pod = managed_pod("web-0", "n1", "0-3")
     ledger = Ledger()
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     ledger.observe(pod)  # seen before its NeuronInference: foreign, held by its request and ids
     assert [(h.managed, h.core_ids) for h in ledger.holdings("n1")] == [(False, (0, 1, 2, 3))]
     assert reasons(ledger) == [("n1", "default/web-0", "NotOwned")] and ledger.inference_cores("default/web") == {}
@@ -287,7 +254,7 @@ def test_a_pod_whose_claim_disagrees_is_held_by_its_request(change):
     pod = managed_pod("web-0", "n1", "0-3")
     change(pod)
     ledger = Ledger.from_pods([pod], TRUSTED)
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     [holding] = ledger.foreign()
     assert {0, 1, 2, 3} <= set(holding.core_ids)  # its AWS_NEURON_IDS, never fewer than it requests
     assert ledger.inference_cores("default/web") == {}
@@ -298,7 +265,7 @@ def test_a_pod_whose_claim_disagrees_is_held_by_its_request(change):
 def test_fewer_ids_than_requested_hold_the_ids_plus_assumed_cores():
     short = foreign_pod("short", "n1", cores=4, ids="0,1")
     ledger = Ledger.from_pods([short])
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     [holding] = ledger.foreign()
     assert holding.core_ids == (0, 1, 22, 23) and holding.count == 4 and not holding.exact
     assert reasons(ledger) == [("n1", "other/short", "NeuronIdsMismatch")]
@@ -317,7 +284,7 @@ def test_more_ids_than_requested_are_all_held():
 
 def test_device_ids_short_of_the_request_assume_whole_chips():
     ledger = Ledger.from_pods([foreign_pod("d", "n1", devices=2, ids="0")])
-    ledger.learn_nodes([make_node("n1")])
+    ledger.learn_nodes([node_inventory("n1")])
     assert ledger.used_cores("n1") == {0, 1, 22, 23}
 
 
@@ -376,7 +343,7 @@ def test_whatever_the_pods_say_no_core_gets_two_pods_and_nobody_holds_less_than_
     listed ids plus what they fall short of its request, and only trusted pods count as ours."""
     pods = [pod_of(i, shape) for i, shape in enumerate(shapes)]
     ledger = Ledger.from_pods(pods, TRUSTED)
-    ledger.learn_nodes([make_node("n1"), make_node("n2")])
+    ledger.learn_nodes([node_inventory("n1"), node_inventory("n2")])
     for pod, shape in zip(pods, shapes):
         holding = ledger.holding_of(f"default/{pod['metadata']['name']}")
         asked = shape["request"] or shape["devices"] * 2  # inf2: 2 cores per chip

@@ -5,9 +5,7 @@ import urllib.request
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_pods import inference_uid, managed_pod
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from neuronplace.operator.metrics import (
     LedgerSnapshot,
@@ -20,45 +18,14 @@ from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION, INFERENCE_LABEL
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import foreign_pod, inference_uid, managed_pod, node_inventory
+from support.metrics import samples
 
 TRUSTED = [inference_uid("web")]
 
 
-def node(name, instance_type="inf2.48xlarge", cores="24"):
-    return inventory_from_node(
-        {
-            "metadata": {"name": name, "labels": {"node.kubernetes.io/instance-type": instance_type}},
-            "status": {
-                "allocatable": {"aws.amazon.com/neuroncore": cores},
-                "conditions": [{"type": "Ready", "status": "True"}],
-            },
-        }
-    )
-
-
-def foreign_pod(name, node_name, cores):
-    return {
-        "metadata": {"name": name, "namespace": "other"},
-        "spec": {
-            "nodeName": node_name,
-            "containers": [{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": str(cores)}}}],
-        },
-        "status": {"phase": "Running"},
-    }
-
-
-def samples(registry):
-    """{(sample name, frozenset(labels)): value} of one scrape."""
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_free_cores_subtract_managed_and_foreign_holdings():
-    inventories = {"a": node("a"), "b": node("b", "trn1.32xlarge", "32"), "c": node("c")}
+    inventories = {"a": node_inventory("a"), "b": node_inventory("b", "trn1.32xlarge", "32"), "c": node_inventory("c")}
     ledger = Ledger.from_pods(
         [managed_pod("web-0", "a", "0-3"), managed_pod("web-1", "a", "8-11"), foreign_pod("x", "b", 2)], TRUSTED
     )
@@ -68,7 +35,7 @@ def test_free_cores_subtract_managed_and_foreign_holdings():
 
 def test_free_cores_ignore_holdings_beyond_the_usable_cores():
     # The device plugin advertises 20 of the 24 cores: a range on 20-23 takes nothing usable.
-    inventories = {"a": node("a", cores="20")}
+    inventories = {"a": node_inventory("a", cores="20")}
     ledger = Ledger.from_pods([managed_pod("web-0", "a", "20-23"), managed_pod("web-1", "a", "0-1")], TRUSTED)
     assert free_cores_by_node(ledger, inventories) == {"a": 18}
 
@@ -82,7 +49,7 @@ def test_unknown_nodes_report_zero_and_unmanaged_nodes_are_absent():
 
 
 def test_snapshot_counts_managed_and_foreign_pods():
-    inventories = {"a": node("a")}
+    inventories = {"a": node_inventory("a")}
     ledger = Ledger.from_pods(
         [managed_pod("web-0", "a", "0-3"), foreign_pod("x", "a", 2), foreign_pod("y", "a", 1)], TRUSTED
     )
@@ -92,7 +59,7 @@ def test_snapshot_counts_managed_and_foreign_pods():
 
 
 def test_snapshot_counts_inconsistent_claims_on_managed_nodes_by_reason():
-    inventories = {"a": node("a")}
+    inventories = {"a": node_inventory("a")}
     fake = {  # hand-made: our label and a whole node's range, no owner, no request
         "metadata": {
             "name": "fake",
@@ -120,7 +87,8 @@ def test_snapshot_counts_inconsistent_claims_on_managed_nodes_by_reason():
 def test_free_plus_held_is_the_usable_cores(requests):
     """Whatever gets reserved, each node's free cores + the cores its holdings use = its usable cores."""
     inventories = {
-        f"n{i}": node(f"n{i}", *(("trn1.32xlarge", "32") if i % 2 else ("inf2.48xlarge", "24"))) for i in range(4)
+        f"n{i}": node_inventory(f"n{i}", *(("trn1.32xlarge", "32") if i % 2 else ("inf2.48xlarge", "24")))
+        for i in range(4)
     }
     ledger = Ledger()
     ledger.learn_nodes(inventories.values())
@@ -159,10 +127,10 @@ def test_counters_histogram_and_ledger_gauges_in_the_exposition():
     with pytest.raises(RuntimeError), metrics.time_reconcile():
         raise RuntimeError("a failed reconcile is timed too")
 
-    inventories = {"a": node("a")}
+    inventories = {"a": node_inventory("a")}
     ledger = Ledger.from_pods([managed_pod("web-0", "a", "0-3")], TRUSTED)
     metrics.watch_ledger(lambda: snapshot_ledger(ledger, inventories))
-    first = samples(metrics.registry)
+    first = samples(generate_latest(metrics.registry).decode())
     assert first[("neuronplace_placements_total", frozenset())] == 3
     assert first[("neuronplace_placement_failures_total", frozenset({("reason", "Unschedulable")}))] == 2
     assert first[("neuronplace_placement_failures_total", frozenset({("reason", "PodRejected")}))] == 1
@@ -175,15 +143,15 @@ def test_counters_histogram_and_ledger_gauges_in_the_exposition():
 
     # Gauges are read at scrape time: the next scrape sees the ledger as it is then.
     ledger.forget("default/web-0")
-    inventories["b"] = node("b", "trn1.32xlarge", "32")
-    second = samples(metrics.registry)
+    inventories["b"] = node_inventory("b", "trn1.32xlarge", "32")
+    second = samples(generate_latest(metrics.registry).decode())
     assert second[("neuronplace_node_free_cores", frozenset({("node", "a")}))] == 24
     assert second[("neuronplace_node_free_cores", frozenset({("node", "b")}))] == 32
     assert second[("neuronplace_ledger_pods", frozenset({("kind", "managed")}))] == 0
 
     ledger.distrust(inference_uid("web"))
     ledger.observe(managed_pod("web-0", "a", "0-3"))  # its NeuronInference is gone: not ours any more
-    third = samples(metrics.registry)
+    third = samples(generate_latest(metrics.registry).decode())
     assert third[("neuronplace_node_inconsistent_claims", frozenset({("node", "a"), ("reason", "NotOwned")}))] == 1
     assert third[("neuronplace_ledger_pods", frozenset({("kind", "foreign")}))] == 1
 
@@ -192,7 +160,7 @@ def test_watch_ledger_replaces_the_previous_source():
     metrics = OperatorMetrics()
     metrics.watch_ledger(lambda: LedgerSnapshot({"old": 1}, 0, 0))
     metrics.watch_ledger(lambda: LedgerSnapshot({"new": 2}, 0, 0))
-    values = samples(metrics.registry)
+    values = samples(generate_latest(metrics.registry).decode())
     assert values[("neuronplace_node_free_cores", frozenset({("node", "new")}))] == 2
     assert ("neuronplace_node_free_cores", frozenset({("node", "old")})) not in values
 
@@ -209,7 +177,7 @@ def test_the_operator_reads_the_ledger_under_the_cache_lock():
 
     metrics = OperatorMetrics()
     metrics.watch_ledger(lambda: cache.read_ledger(read))
-    samples(metrics.registry)
+    samples(generate_latest(metrics.registry).decode())
     assert seen_locked == [True]
 
 

@@ -1,13 +1,13 @@
 """One reconcile against an injected fake API: what each kind of failed pod create does to the
 ledger, the status written, the Events and the requeue delay."""
 
+import functools
 import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from kubernetes.client.rest import ApiException
 
-from neuronplace.local.fleet import KWOK_TOLERATION, build_node
 from neuronplace.operator.cache import Cache
 from neuronplace.operator.reconciler import Reconciler
 from neuronplace.operator.settings import OperatorSettings
@@ -21,61 +21,19 @@ from neuronplace.placement.names import (
     REASON_POD_REJECTED,
     REASON_UNSCHEDULABLE,
 )
+from support import builders
+from support.builders import kwok_node
+from support.fake_api import FakeApi
 
 NAMESPACE = "ml"
 KEY = (NAMESPACE, "bert")
 SETTINGS = OperatorSettings(max_backoff_seconds=30.0)
 
 
-def inference(replicas=2, cores=2, generation=1, image="bert:1"):
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": "bert", "namespace": NAMESPACE, "uid": "uid-1", "generation": generation},
-        "spec": {
-            "replicas": replicas,
-            "coresPerReplica": cores,
-            "processesPerReplica": 1,
-            "placement": {"tolerations": [KWOK_TOLERATION]},  # the simulated nodes' taint
-            "template": {"spec": {"containers": [{"name": "model", "image": image}]}},
-        },
-    }
-
-
-class FakeApi:
-    """Pod creates fail with ``create_error`` (an ApiException) or succeed; everything else succeeds."""
-
-    def __init__(self, create_error: Exception | None = None) -> None:
-        self.create_error = create_error
-        self.created: list[str] = []
-        self.events: list[tuple[str, str]] = []
-        self.statuses: list[dict] = []
-
-    def create_namespaced_pod(self, namespace, body, **_):
-        if self.create_error is not None:
-            raise self.create_error
-        self.created.append(body["metadata"]["name"])
-
-        class Response:
-            data = json.dumps(body).encode()
-
-        return Response()
-
-    def delete_namespaced_pod(self, name, namespace, **_):
-        return None
-
-    def patch_namespaced_custom_object_status(self, *args, **_):
-        _group, _version, _namespace, _plural, _name, body = args
-        self.statuses.append(body["status"])
-
-    def create_namespaced_event(self, namespace, body, **_):
-        self.events.append((body["reason"], body["type"]))
-
-        class Response:
-            def drain_conn(self):
-                pass
-
-        return Response()
+# The resource every test here reconciles: ml/bert, 2 replicas of 2 cores.
+inference = functools.partial(
+    builders.inference, "bert", namespace=NAMESPACE, uid="uid-1", generation=1, replicas=2, image="bert:1"
+)
 
 
 @pytest.fixture
@@ -84,17 +42,10 @@ def pool():
         yield executor
 
 
-def ready_node(name: str) -> dict:
-    """A simulated inf2.xlarge (one chip, 2 cores) that reports Ready."""
-    node = build_node(name, "inf2.xlarge")
-    node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
-    return node
-
-
 def setup(api: FakeApi, pool, resource: dict, nodes=("n1",)) -> tuple[Cache, Reconciler]:
     cache = Cache()
     for name in nodes:
-        cache.observe_node(ready_node(name))
+        cache.observe_node(kwok_node(name))
     cache.apply_inference("ADDED", resource)
     return cache, Reconciler(SETTINGS, cache, Writer(core=api, custom=api), pool)
 
@@ -118,7 +69,7 @@ def test_created_pods_are_cached_and_reported(pool):
 def test_a_refused_pod_is_permanent_for_this_generation(pool):
     refused = ApiException(status=422, reason="Unprocessable Entity")
     refused.body = json.dumps({"message": "spec.containers[0].image: Invalid value"})
-    api = FakeApi(refused)
+    api = FakeApi(create_error=refused)
     cache, reconciler = setup(api, pool, inference(replicas=1))
     assert reconciler.reconcile(KEY) is None
     assert not cache.ledger.holds("ml/bert-0")  # the reservation is given back
@@ -138,7 +89,7 @@ def test_a_refused_pod_is_permanent_for_this_generation(pool):
 
 
 def test_a_conflict_keeps_the_reservation_and_retries_soon(pool):
-    api = FakeApi(ApiException(status=409, reason="Conflict"))
+    api = FakeApi(create_error=ApiException(status=409, reason="Conflict"))
     cache, reconciler = setup(api, pool, inference(replicas=1))
     assert reconciler.reconcile(KEY) == pytest.approx(0.2)
     assert cache.ledger.holds("ml/bert-0")  # the watch event of the existing pod replaces it
@@ -148,7 +99,7 @@ def test_a_conflict_keeps_the_reservation_and_retries_soon(pool):
 def test_throttling_is_raised_to_the_queue_with_retry_after(pool):
     throttled = ApiException(status=429, reason="Too Many Requests")
     throttled.headers = {"Retry-After": "3"}
-    api = FakeApi(throttled)
+    api = FakeApi(create_error=throttled)
     cache, reconciler = setup(api, pool, inference(replicas=1))
     with pytest.raises(Temporary) as raised:
         reconciler.reconcile(KEY)
@@ -159,7 +110,7 @@ def test_throttling_is_raised_to_the_queue_with_retry_after(pool):
 def test_forbidden_is_reported_once_and_retried_slowly(pool):
     forbidden = ApiException(status=403, reason="Forbidden")
     forbidden.body = json.dumps({"message": "exceeded quota: pods"})
-    api = FakeApi(forbidden)
+    api = FakeApi(create_error=forbidden)
     _, reconciler = setup(api, pool, inference(replicas=1))
     assert reconciler.reconcile(KEY) == SETTINGS.max_backoff_seconds
     assert reconciler.reconcile(KEY) == SETTINGS.max_backoff_seconds
@@ -168,7 +119,7 @@ def test_forbidden_is_reported_once_and_retried_slowly(pool):
 
 
 def test_a_server_error_is_raised_to_the_queue_for_backoff(pool):
-    api = FakeApi(ApiException(status=503, reason="Service Unavailable"))
+    api = FakeApi(create_error=ApiException(status=503, reason="Service Unavailable"))
     cache, reconciler = setup(api, pool, inference(replicas=1))
     with pytest.raises(Temporary) as raised:
         reconciler.reconcile(KEY)
@@ -184,7 +135,7 @@ def test_no_room_is_reported_and_the_resource_waits_for_room(pool):
     assert KEY in cache.waiting_for_room
     assert placed_condition(api)["reason"] == REASON_UNSCHEDULABLE
     # A node appearing wakes it up.
-    assert KEY in cache.apply_node("ADDED", ready_node("n2"))
+    assert KEY in cache.apply_node("ADDED", kwok_node("n2"))
 
 
 def test_an_invalid_spec_gets_a_status_and_no_pods(pool):
@@ -204,7 +155,7 @@ def test_an_invalid_spec_gets_a_status_and_no_pods(pool):
 def test_the_operators_own_namespace_gets_no_pods_unless_served(pool, operator_namespace, serve, served):
     api = FakeApi()
     cache = Cache()
-    cache.observe_node(ready_node("n1"))
+    cache.observe_node(kwok_node("n1"))
     cache.apply_inference("ADDED", inference(replicas=1, cores=1))
     settings = OperatorSettings(operator_namespace=operator_namespace, serve_operator_namespace=serve)
     Reconciler(settings, cache, Writer(core=api, custom=api), pool).reconcile(KEY)
@@ -220,7 +171,7 @@ def test_the_operators_own_namespace_gets_no_pods_unless_served(pool, operator_n
 
 def test_forget_drops_what_was_remembered(pool):
     refused = ApiException(status=400, reason="Bad Request")
-    api = FakeApi(refused)
+    api = FakeApi(create_error=refused)
     cache, reconciler = setup(api, pool, inference(replicas=1))
     reconciler.reconcile(KEY)
     assert KEY in reconciler.refused

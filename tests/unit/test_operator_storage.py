@@ -4,7 +4,6 @@ the resources they may concern, and a full list drops what vanished unseen."""
 import asyncio
 
 import kopf
-from test_volumes import NS, on_hosts, pv, pvc, storage_class, uses
 
 from neuronplace.operator import handlers
 from neuronplace.operator.cache import DELETED, Cache
@@ -13,6 +12,10 @@ from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.storage import CLAIMS, CLASSES, VOLUMES, Storage, slim
 from neuronplace.placement.names import BINDING_DIRECT, BINDING_SCHEDULER
 from neuronplace.placement.volumes import volume_constraint
+from support import builders
+from support.builders import on_hosts, pv, pvc, storage_class, uses
+
+NS = "default"  # support.builders.pvc's namespace
 
 
 def fatten(body: dict) -> dict:
@@ -22,10 +25,7 @@ def fatten(body: dict) -> dict:
 
 
 def inference(name: str, *claims: str, namespace: str = NS) -> dict:
-    return {
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"replicas": 1, "coresPerReplica": 2, "template": {"spec": uses(*claims)}},
-    }
+    return builders.inference(name, namespace=namespace, template_spec=uses(*claims))
 
 
 CASES = [

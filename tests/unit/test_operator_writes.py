@@ -9,6 +9,8 @@ from urllib3.exceptions import MaxRetryError, ProtocolError
 
 from neuronplace.operator.workqueue import Retry
 from neuronplace.operator.writes import CONFLICT_RETRY, THROTTLE_RETRY, Permanent, Temporary, Writer, classify
+from support.builders import inference
+from support.fake_api import FakeApi
 
 NAMESPACE = "default"
 
@@ -21,58 +23,12 @@ def api_error(status: int, message: str | None = None, headers: dict | None = No
     return error
 
 
-class _Response:
-    def __init__(self, body: dict) -> None:
-        self.data = json.dumps(body).encode()
-        self.drained = False
-
-    def drain_conn(self) -> None:
-        self.drained = True
-
-
-class FakeApi:
-    """A core and custom-objects client in one: each call records itself, then raises ``error`` if set."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
-        self.calls: list[tuple] = []
-        self.responses: list[_Response] = []
-
-    def _answer(self, body: dict) -> _Response:
-        if self.error is not None:
-            raise self.error
-        response = _Response(body)
-        self.responses.append(response)
-        return response
-
-    def create_namespaced_pod(self, namespace, body, **kwargs):
-        self.calls.append(("create", namespace, body["metadata"]["name"], kwargs))
-        return self._answer({**body, "metadata": {**body["metadata"], "uid": "u1"}})
-
-    def delete_namespaced_pod(self, name, namespace, body=None, **kwargs):
-        self.calls.append(("delete", namespace, name, body.grace_period_seconds))
-        return self._answer({})
-
-    def patch_namespaced_custom_object_status(self, *args, **kwargs):
-        _group, _version, namespace, _plural, name, body = args
-        self.calls.append(("patch", namespace, name, body))
-        return self._answer({})
-
-    def create_namespaced_event(self, namespace, body, **kwargs):
-        self.calls.append(("event", namespace, body["reason"], body["message"]))
-        return self._answer({})
-
-
 def writer(api: FakeApi) -> Writer:
     return Writer(core=api, custom=api)
 
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": NAMESPACE}, "spec": {}}
-INFERENCE = {
-    "apiVersion": "neuronplace.io/v1alpha1",
-    "kind": "NeuronInference",
-    "metadata": {"name": "web", "namespace": NAMESPACE, "uid": "uid-web"},
-}
+INFERENCE = inference("web", namespace=NAMESPACE, uid="uid-web")
 
 
 # ---- the mapping --------------------------------------------------------------------------------

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ledger_pods import managed_pod
 
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.request import PlacementRequest, ReplicaPlacement, Unplaceable
 from neuronplace.placement.search import place, place_one
+from support.builders import managed_pod
 
 INSTANCE_TYPES = ["inf2.xlarge", "inf2.24xlarge", "inf1.xlarge", "inf1.6xlarge", "trn1.2xlarge", "trn1.32xlarge"]
 TOTAL_CORES = {

@@ -1,24 +1,15 @@
 """`neuronplace plan`: dry-run placement from a fleet spec or a saved cluster state."""
 
+import functools
+
 import yaml
-from ledger_pods import managed_pod
 
 from neuronplace.cli.main import main
+from support import builders
+from support.builders import managed_pod
 
-
-def inference(name, replicas, cores, processes=1, **placement):
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "coresPerReplica": cores,
-            "processesPerReplica": processes,
-            "placement": placement,
-            "template": {"spec": {"containers": [{"name": "model", "image": "example/model:1"}]}},
-        },
-    }
+# Resources as a user writes them: no placement but what a test names.
+inference = functools.partial(builders.inference, strategy=None, tolerations=(), image="example/model:1", labels={})
 
 
 def write(tmp_path, name, *documents):
@@ -40,7 +31,9 @@ def rows(out):
 
 
 def test_fleet_spec_places_every_replica(tmp_path, capsys):
-    files = write(tmp_path, "a.yaml", inference("bert", 3, 8, processes=2), inference("tiny", 2, 1))
+    files = write(
+        tmp_path, "a.yaml", inference("bert", replicas=3, cores=8, processes=2), inference("tiny", replicas=2, cores=1)
+    )
     code, out, err = run(capsys, "--fleet", "inf2.48xlarge=1,trn1.32xlarge=1", files)
     assert code == 0 and err == ""
     assert [r[:6] for r in rows(out)] == [
@@ -55,7 +48,9 @@ def test_fleet_spec_places_every_replica(tmp_path, capsys):
 
 
 def test_unplaceable_replicas_give_reasons_and_exit_1(tmp_path, capsys):
-    files = write(tmp_path, "a.yaml", inference("bert", 3, 8, processes=2), inference("tiny", 2, 1))
+    files = write(
+        tmp_path, "a.yaml", inference("bert", replicas=3, cores=8, processes=2), inference("tiny", replicas=2, cores=1)
+    )
     code, out, _ = run(capsys, "--fleet", "inf2.48xlarge=1", files)
     assert code == 1
     table = rows(out)
@@ -71,7 +66,12 @@ def test_unplaceable_replicas_give_reasons_and_exit_1(tmp_path, capsys):
 
 
 def test_global_numbering_and_the_trn1_shape_rule(tmp_path, capsys):
-    files = write(tmp_path, "a.yaml", inference("a", 1, 4), inference("b", 1, 4, shapePolicy="Permissive"))
+    files = write(
+        tmp_path,
+        "a.yaml",
+        inference("a", replicas=1, cores=4),
+        inference("b", replicas=1, cores=4, shapePolicy="Permissive"),
+    )
     code, out, _ = run(capsys, "--fleet", "trn1.32xlarge=1", "--numbering", "global", files)
     assert code == 1
     table = rows(out)
@@ -107,7 +107,7 @@ def cluster_state(tmp_path):
 
 def test_cluster_state_counts_existing_pods(tmp_path, capsys):
     state = cluster_state(tmp_path)
-    files = write(tmp_path, "bert.yaml", inference("bert", 3, 4))
+    files = write(tmp_path, "bert.yaml", inference("bert", replicas=3, cores=4))
     code, out, _ = run(capsys, "--cluster-state", state, files)
     assert code == 0
     table = rows(out)
@@ -122,7 +122,7 @@ def test_cluster_state_counts_existing_pods(tmp_path, capsys):
 
 def test_cluster_state_and_fleet_together(tmp_path, capsys):
     state = cluster_state(tmp_path)
-    files = write(tmp_path, "big.yaml", inference("big", 2, 16))
+    files = write(tmp_path, "big.yaml", inference("big", replicas=2, cores=16))
     code, out, _ = run(capsys, "--cluster-state", state, "--fleet", "inf2.48xlarge=1", files)
     assert code == 1  # only the new, empty node has 16 contiguous cores free
     table = rows(out)
@@ -131,7 +131,7 @@ def test_cluster_state_and_fleet_together(tmp_path, capsys):
 
 
 def test_invalid_resource_is_reported_not_raised(tmp_path, capsys):
-    files = write(tmp_path, "bad.yaml", inference("odd", 1, 6, processes=4))
+    files = write(tmp_path, "bad.yaml", inference("odd", replicas=1, cores=6, processes=4))
     code, out, _ = run(capsys, "--fleet", "inf2.48xlarge=1", files)
     assert code == 1
     assert (
@@ -140,7 +140,7 @@ def test_invalid_resource_is_reported_not_raised(tmp_path, capsys):
 
 
 def test_unusable_input_exits_2(tmp_path, capsys):
-    good = write(tmp_path, "good.yaml", inference("a", 1, 1))
+    good = write(tmp_path, "good.yaml", inference("a", replicas=1, cores=1))
     not_inference = write(tmp_path, "cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
     broken = tmp_path / "broken.yaml"
     broken.write_text("kind: [unclosed\n")
@@ -161,7 +161,9 @@ def test_unusable_input_exits_2(tmp_path, capsys):
 
 
 def test_same_input_same_plan(tmp_path, capsys):
-    files = write(tmp_path, "a.yaml", inference("a", 4, 2, strategy="Spread"), inference("b", 3, 3))
+    files = write(
+        tmp_path, "a.yaml", inference("a", replicas=4, cores=2, strategy="Spread"), inference("b", replicas=3, cores=3)
+    )
     first = run(capsys, "--fleet", "inf2.48xlarge=2,inf2.24xlarge=1", files)
     second = run(capsys, "--fleet", "inf2.48xlarge=2,inf2.24xlarge=1", files)
     assert first == second

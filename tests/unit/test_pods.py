@@ -12,6 +12,7 @@ from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.request import PlacementRequest, ReplicaPlacement
 from neuronplace.placement.search import place_one
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
+from support import builders
 
 # The caller's clock: placement reads none, it is given the time.
 NOW_NS = 1_795_860_000_000_000_000
@@ -20,35 +21,32 @@ KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": 
 
 
 def inference(cores=8, processes=2, **spec_extra):
-    spec = {
-        "replicas": 2,
-        "coresPerReplica": cores,
-        "processesPerReplica": processes,
-        "placement": {"strategy": "BinPack", "tolerations": [KWOK_TOLERATION]},
-        "dataParallel": {"dim": 0, "dynamicBatching": False, "numWorkers": 4},
-        "template": {
-            "metadata": {"labels": {"app": "bert"}, "annotations": {"team": "search"}},
-            "spec": {
-                "containers": [
-                    {
-                        "name": "model",
-                        "image": "bert:1",
-                        "env": [{"name": "MODEL", "value": "bert"}],
-                        "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}},
-                    },
-                    {"name": "sidecar", "image": "envoy:1"},
-                ],
-                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-            },
+    """ml/bert: 2 replicas of ``cores``, a template with labels, annotations, env, resources, a
+    sidecar and a toleration of its own; ``spec_extra``'s keys go into the spec."""
+    return builders.inference(
+        "bert",
+        namespace="ml",
+        uid="uid-1",
+        generation=1,
+        replicas=2,
+        cores=cores,
+        processes=processes,
+        tolerations=(KWOK_TOLERATION,),
+        annotations={"team": "search"},
+        template_spec={
+            "containers": [
+                {
+                    "name": "model",
+                    "image": "bert:1",
+                    "env": [{"name": "MODEL", "value": "bert"}],
+                    "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}},
+                },
+                {"name": "sidecar", "image": "envoy:1"},
+            ],
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
         },
-    }
-    spec.update(spec_extra)
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": "bert", "namespace": "ml", "uid": "uid-1", "generation": 1},
-        "spec": spec,
-    }
+        spec={"dataParallel": {"dim": 0, "dynamicBatching": False, "numWorkers": 4}, **spec_extra},
+    )
 
 
 def placement_on(cores: CoreRange, processes: int, numbering="device-local", replica=1, exact=True):

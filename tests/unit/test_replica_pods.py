@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 import pytest
 from hypothesis import given, settings
@@ -12,22 +13,16 @@ from neuronplace.placement import replica_pods
 from neuronplace.placement import request as request_model
 from neuronplace.placement.pods import template_hash
 from neuronplace.runtime.coreset import CoreRange
+from support import builders
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.UTC)
 READY_NODE = {"metadata": {"name": "n1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
 
 
-def spec(replicas=3, image="bert:1"):
-    return {
-        "replicas": replicas,
-        "coresPerReplica": 2,
-        "processesPerReplica": 1,
-        "template": {"spec": {"containers": [{"name": "model", "image": image}]}},
-    }
-
-
-def resource(**kwargs):
-    return {"metadata": {"name": "bert", "namespace": "ml", "uid": "uid-1", "generation": 1}, "spec": spec(**kwargs)}
+# ml/bert: 3 replicas of 2 cores.
+resource = functools.partial(
+    builders.inference, "bert", namespace="ml", uid="uid-1", generation=1, replicas=3, image="bert:1"
+)
 
 
 def pod(
@@ -49,7 +44,7 @@ def pod(
         "labels": {"neuronplace.io/inference": "bert", "neuronplace.io/replica": str(ordinal)},
         "annotations": {
             "neuronplace.io/cores": cores or f"{2 * ordinal}-{2 * ordinal + 1}",
-            "neuronplace.io/template-hash": template_hash(spec()) if current else "old",
+            "neuronplace.io/template-hash": template_hash(resource()["spec"]) if current else "old",
         },
         "ownerReferences": [{"uid": uid, "controller": True}],
     }

@@ -25,6 +25,7 @@ from neuronplace.placement.resources import (
 )
 from neuronplace.placement.usage import Usage
 from neuronplace.runtime.coreset import CoreRange
+from support.builders import inference
 
 # The caller's clock: placement reads none, it is given the time.
 NOW_NS = 1_795_860_000_000_000_000
@@ -156,13 +157,6 @@ def test_zero_and_unparsable_requests_count_as_nothing():
     assert pod_requests(spec) == {}
 
 
-def inference(template_spec, cores=4, processes=2):
-    return {
-        "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
-        "spec": {"coresPerReplica": cores, "processesPerReplica": processes, "template": {"spec": template_spec}},
-    }
-
-
 @pytest.mark.parametrize("processes", [1, 2, 4])
 def test_replica_requests_are_those_of_the_pod_that_is_built(processes):
     template_spec = {
@@ -175,7 +169,10 @@ def test_replica_requests_are_those_of_the_pod_that_is_built(processes):
     }
     cores = CoreRange(0, 4)
     placement = ReplicaPlacement(0, "n1", cores, tuple(cores.split(processes)), ("0",) * processes, (0, 1))
-    pod = build_pod(inference(template_spec, 4, processes), placement, now_ns=NOW_NS)
+    resource = inference(
+        "web", namespace="ns", uid="u1", replicas=None, cores=4, processes=processes, template_spec=template_spec
+    )
+    pod = build_pod(resource, placement, now_ns=NOW_NS)
     expected = replica_requests(template_spec, 4, processes)
     assert expected == pod_requests(pod["spec"])
     assert expected[CPU] == 8000 * processes + 200 and expected[NEURONCORE] == 4

@@ -7,26 +7,18 @@ import json
 
 import pytest
 from kubernetes.client.rest import ApiException
-from ledger_pods import inference_uid, managed_pod
 
 from neuronplace.local.fleet import build_node
 from neuronplace.operator.cache import Cache
 from neuronplace.operator.sync import Sync
+from support import builders
+from support.builders import inference_uid, managed_pod
 
 NAMESPACE = "default"
 
 
-def pod(name: str, node: str, cores: str, inference: str = "web") -> dict:
-    return managed_pod(name, node, cores, inference, NAMESPACE)
-
-
 def inference(name: str) -> dict:
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": name, "namespace": NAMESPACE, "uid": inference_uid(name, NAMESPACE), "generation": 1},
-        "spec": {"replicas": 1, "coresPerReplica": 2},
-    }
+    return builders.inference(name, namespace=NAMESPACE, uid=inference_uid(name, NAMESPACE), generation=1)
 
 
 class _Response:
@@ -86,7 +78,7 @@ def sync(cache: Cache, api: ScriptedApi) -> Sync:
 
 def test_a_pod_deleted_while_the_list_is_read_does_not_come_back(cache):
     node = build_node("n1", "inf2.48xlarge")
-    doomed = pod("web-0", "n1", "0-1")
+    doomed = managed_pod("web-0", "n1", "0-1")
     sync(cache, ScriptedApi([node], [doomed], [inference("web")])).initial_sync()
     assert cache.ledger.holds("default/web-0")
 
@@ -116,8 +108,8 @@ def test_what_the_watch_missed_is_taken_from_the_lists(cache):
     node = build_node("n1", "inf2.48xlarge")
     sync(cache, ScriptedApi([node], [], [inference("gone")])).initial_sync()
     # A pod and a resource appeared, and a pod and a resource vanished, while nothing was watching.
-    cache.apply_pod("ADDED", pod("old-0", "n1", "4-5", inference="old"))
-    forgotten = sync(cache, ScriptedApi([node], [pod("web-0", "n1", "0-1")], [inference("web")])).full_resync()
+    cache.apply_pod("ADDED", managed_pod("old-0", "n1", "4-5", inference="old"))
+    forgotten = sync(cache, ScriptedApi([node], [managed_pod("web-0", "n1", "0-1")], [inference("web")])).full_resync()
     assert cache.ledger.holds("default/web-0")
     assert not cache.ledger.holds("default/old-0")  # confirmed gone with a GET (404)
     assert ("default", "web") in cache.inferences
@@ -128,9 +120,9 @@ def test_what_the_watch_missed_is_taken_from_the_lists(cache):
 
 def test_a_node_missing_from_the_list_is_forgotten(cache):
     kept, lost = build_node("n1", "inf2.48xlarge"), build_node("n2", "inf2.48xlarge")
-    sync(cache, ScriptedApi([kept, lost], [pod("web-0", "n2", "0-1")], [inference("web")])).initial_sync()
+    sync(cache, ScriptedApi([kept, lost], [managed_pod("web-0", "n2", "0-1")], [inference("web")])).initial_sync()
     assert set(cache.inventories) == {"n1", "n2"}
-    sync(cache, ScriptedApi([kept], [pod("web-0", "n2", "0-1")], [inference("web")])).full_resync()
+    sync(cache, ScriptedApi([kept], [managed_pod("web-0", "n2", "0-1")], [inference("web")])).full_resync()
     assert set(cache.nodes) == {"n1"} and set(cache.inventories) == {"n1"}
     # The watch's late report of the deletion still names the resource whose pod ran there.
     assert cache.apply_node("DELETED", lost) == {("default", "web")}
@@ -139,7 +131,10 @@ def test_a_node_missing_from_the_list_is_forgotten(cache):
 def test_pods_count_as_ours_once_their_resource_is_known_by_uid(cache):
     node = build_node("n1", "inf2.48xlarge")
     sync(
-        cache, ScriptedApi([node], [pod("web-0", "n1", "0-1"), pod("lost-0", "n1", "2-3", "lost")], [inference("web")])
+        cache,
+        ScriptedApi(
+            [node], [managed_pod("web-0", "n1", "0-1"), managed_pod("lost-0", "n1", "2-3", "lost")], [inference("web")]
+        ),
     ).initial_sync()
     # The pods were listed before the resources; the known resource's pod is ours, the other is foreign.
     assert cache.ledger.holding_of("default/web-0").managed

@@ -8,8 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from test_capacity_requests import FakeApi
-from test_volumes import on_hosts
 
 from neuronplace.cli.main import main
 from neuronplace.cli.plan import fleet_nodes
@@ -29,33 +27,29 @@ from neuronplace.placement.names import (
 from neuronplace.placement.podsecurity import TemplatePolicy
 from neuronplace.placement.ruling import Rules, View, rule
 from neuronplace.placement.usage import Usage
+from support import builders
+from support.builders import on_hosts
+from support.fake_api import FakeApi
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, 0, tzinfo=dt.UTC)
 NS = "ml"
 
 
-def spec(replicas=2, cores=2, **template_spec):
-    return {
-        "replicas": replicas,
-        "coresPerReplica": cores,
-        "processesPerReplica": 1,
-        "template": {"spec": {"containers": [{"name": "model", "image": "bert:1"}], **template_spec}},
-    }
-
-
-def inference(name="bert", *, created="2026-12-01T00:00:00Z", **kwargs):
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {
-            "name": name,
-            "namespace": NS,
-            "uid": f"uid-{name}",
-            "generation": 1,
-            "creationTimestamp": created,
-        },
-        "spec": spec(**kwargs),
-    }
+def inference(name="bert", *, created="2026-12-01T00:00:00Z", replicas=2, cores=2, **template_spec):
+    """ml/NAME created at ``created``; ``template_spec``'s keys go into its pod template's spec."""
+    return builders.inference(
+        name,
+        namespace=NS,
+        uid=f"uid-{name}",
+        generation=1,
+        created=created,
+        replicas=replicas,
+        cores=cores,
+        strategy=None,
+        tolerations=(),
+        labels={},
+        template_spec={"containers": [{"name": "model", "image": "bert:1"}], **template_spec},
+    )
 
 
 def empty_view(**kwargs) -> View:
@@ -68,15 +62,18 @@ def empty_view(**kwargs) -> View:
 def test_invalid_specs_are_refused_and_nothing_else_happens():
     cases = [
         ({"spec": None}, "spec is missing"),
-        ({"spec": {**spec(), "coresPerReplica": 0}}, "coresPerReplica"),
-        ({"spec": {**spec(), "coresPerReplica": "8"}}, "coresPerReplica"),
-        ({"spec": {**spec(), "processesPerReplica": 3}}, "processesPerReplica"),
-        ({"spec": {**spec(), "replicas": -1}}, "replicas"),
-        ({"spec": {**spec(), "placement": {"strategy": "Random"}}}, "strategy"),
-        ({"spec": {**spec(), "placement": {"binding": "Kubelet"}}}, "binding must be one of Scheduler, Direct"),
-        ({"spec": {**spec(), "template": {"spec": {"containers": []}}}}, "containers"),
-        ({"spec": spec(nodeName="x")}, "nodeName"),
-        ({"spec": spec(hostNetwork=True)}, "hostNetwork"),
+        ({"spec": {**inference()["spec"], "coresPerReplica": 0}}, "coresPerReplica"),
+        ({"spec": {**inference()["spec"], "coresPerReplica": "8"}}, "coresPerReplica"),
+        ({"spec": {**inference()["spec"], "processesPerReplica": 3}}, "processesPerReplica"),
+        ({"spec": {**inference()["spec"], "replicas": -1}}, "replicas"),
+        ({"spec": {**inference()["spec"], "placement": {"strategy": "Random"}}}, "strategy"),
+        (
+            {"spec": {**inference()["spec"], "placement": {"binding": "Kubelet"}}},
+            "binding must be one of Scheduler, Direct",
+        ),
+        ({"spec": {**inference()["spec"], "template": {"spec": {"containers": []}}}}, "containers"),
+        ({"spec": inference(nodeName="x")["spec"]}, "nodeName"),
+        ({"spec": inference(hostNetwork=True)["spec"]}, "hostNetwork"),
     ]
     for override, expected in cases:
         ruling = rule({**inference(), **override}, empty_view(), Rules(), NOW)
@@ -237,7 +234,7 @@ def operated(objects, inferences) -> tuple[dict, list[dict], list[tuple[str, str
         for pod in cache.status_view(key, {})[1]:
             name = pod["metadata"]["name"]
             placed[(key[1], name.rsplit("-", 1)[1])] = (node_of(pod), pod["metadata"]["annotations"][CORES_ANNOTATION])
-    return placed, api.statuses, api.calls
+    return placed, api.statuses, api.pod_writes()
 
 
 def test_plan_gives_the_operators_answer(tmp_path, capsys):

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from neuronplace.placement import names, status
+from support.builders import inference
 
 # The caller's clock: placement reads none, it is given the time.
 NOW = "2026-11-28T10:00:00Z"
 
 
 def resource(replicas=2, processes=2, previous=None):
-    return {
-        "metadata": {"name": "bert", "namespace": "ml", "generation": 3},
-        "spec": {"replicas": replicas, "coresPerReplica": 4, "processesPerReplica": processes},
-        "status": previous or {},
-    }
+    body = inference("bert", namespace="ml", generation=3, replicas=replicas, cores=4, processes=processes)
+    return {**body, "status": previous or {}}
 
 
 def pod(ordinal, cores, node="inf2-a", ready=True, deleting=False):

@@ -5,7 +5,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neuronplace.placement.fleet import Fleet
-from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     BINDING_DIRECT,
@@ -16,87 +15,25 @@ from neuronplace.placement.names import (
 from neuronplace.placement.request import PlacementRequest, ReplicaPlacement, Unplaceable
 from neuronplace.placement.search import place_one
 from neuronplace.placement.volumes import (
-    NO_PROVISIONER,
     VolumeConstraint,
     claim_names,
     consumer_node,
     volume_constraint,
 )
+from support import builders
+from support.builders import on_hosts, pv, pvc, storage_class, uses
 
-NS = "team"
+NS = "default"  # support.builders.pvc's namespace
 NODES = ("inf2-a", "inf2-b", "inf2-c")
 
 
 def node(name, zone="z1"):
-    return inventory_from_node(
-        {
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "node.kubernetes.io/instance-type": "inf2.48xlarge",
-                    "kubernetes.io/hostname": name,
-                    "topology.kubernetes.io/zone": zone,
-                },
-            },
-            "spec": {},
-            "status": {
-                "allocatable": {"aws.amazon.com/neuroncore": "24"},
-                "conditions": [{"type": "Ready", "status": "True"}],
-            },
-        }
-    )
+    labels = {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}
+    return builders.node_inventory(name, labels=labels)
 
 
 def fleet():
     return [node("inf2-a", "z1"), node("inf2-b", "z1"), node("inf2-c", "z2")]
-
-
-def on_hosts(*hosts):
-    """A PV node affinity: the volume lives on these hosts (label kubernetes.io/hostname)."""
-    return {
-        "required": {
-            "nodeSelectorTerms": [
-                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": list(hosts)}]}
-            ]
-        }
-    }
-
-
-def pv(name, *, affinity=None, phase="Available", storage_class="local", size="10Gi", modes=("ReadWriteOnce",), **spec):
-    body = {"storageClassName": storage_class, "capacity": {"storage": size}, "accessModes": list(modes), **spec}
-    if affinity is not None:
-        body["nodeAffinity"] = affinity
-    return {"metadata": {"name": name}, "spec": body, "status": {"phase": phase}}
-
-
-def pvc(name, *, storage_class="local", size="5Gi", modes=("ReadWriteOnce",), bound_to=None, **meta):
-    spec = {"accessModes": list(modes), "resources": {"requests": {"storage": size}}}
-    if storage_class is not None:
-        spec["storageClassName"] = storage_class
-    if bound_to:
-        spec["volumeName"] = bound_to
-    return {
-        "metadata": {"name": name, "namespace": NS, **meta},
-        "spec": spec,
-        "status": {"phase": "Bound" if bound_to else "Pending"},
-    }
-
-
-def storage_class(name, *, provisioner=NO_PROVISIONER, mode="WaitForFirstConsumer", default=False, **extra):
-    annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if default else {}
-    return {
-        "metadata": {"name": name, "annotations": annotations},
-        "provisioner": provisioner,
-        "volumeBindingMode": mode,
-        **extra,
-    }
-
-
-def uses(*claims, ephemeral=None):
-    volumes = [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": c}} for i, c in enumerate(claims)]
-    if ephemeral is not None:
-        volumes.append({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": ephemeral}}})
-    return {"containers": [{"name": "model", "image": "m"}], "volumes": volumes}
 
 
 def constraint(pod_spec, claims=(), volumes=(), classes=(), binding=BINDING_SCHEDULER):

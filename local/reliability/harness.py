@@ -1,4 +1,4 @@
-"""What a reliability scenario runs against, shared by pytest (``conftest.py``) and ``benchmarks/chaos.py``.
+"""What a reliability scenario runs against, shared by pytest (``tests/reliability/conftest.py``) and ``benchmarks/chaos.py``.
 
 A :class:`Harness` is one scenario's world on a running :class:`~neuronplace.local.cluster.LocalCluster`:
 its own namespace, its own node pool (label ``neuronplace.io/pool``), and its own operator process
@@ -7,7 +7,7 @@ quickly. It counts what happens in a :class:`ChaosRecord`: faults injected, inva
 violations, and the seconds from each fault to the first clean check.
 
 From the namespace's creation to the operator's stop, an
-:class:`~reliability.monitor.InvariantMonitor` checks the safety invariants at every pod, node
+:class:`~neuronplace.local.reliability.monitor.InvariantMonitor` checks the safety invariants at every pod, node
 (of the pool) and NeuronInference event. What it sees is recorded as "violations at any moment",
 apart from convergence; :func:`harness` fails the scenario when it saw any.
 
@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
+from neuronplace.local import manifests
+from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
-from neuronplace.placement.names import API_VERSION, KIND
-from reliability import invariants as inv
-from reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
+from neuronplace.local.reliability import invariants as inv
+from neuronplace.local.reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
 
 # Operator timings for fault tests: replicas on a NotReady node move after NODE_GRACE_SECONDS,
 # and a missed event is made up for within RESYNC_SECONDS.
@@ -80,36 +80,8 @@ class ChaosRecord:
         }
 
 
-def inference_manifest(
-    name: str,
-    *,
-    replicas: int = 1,
-    cores: int = 2,
-    processes: int = 1,
-    pool: str | None = None,
-    strategy: str = "BinPack",
-    **placement,
-) -> dict:
-    spec_placement = {"strategy": strategy, "tolerations": [dict(KWOK_TOLERATION)], **placement}
-    if pool:
-        spec_placement["nodeSelector"] = {**spec_placement.get("nodeSelector", {}), POOL_LABEL: pool}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "coresPerReplica": cores,
-            "processesPerReplica": processes,
-            "placement": spec_placement,
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [{"name": "model", "image": "model:1"}, {"name": "metrics", "image": "sidecar:1"}]
-                },
-            },
-        },
-    }
+# Every scenario's replicas run a model and a metrics sidecar (the operator adds per-process containers).
+CONTAINERS = ({"name": "model", "image": "model:1"}, {"name": "metrics", "image": "sidecar:1"})
 
 
 class Harness:
@@ -171,7 +143,7 @@ class Harness:
         return self.cluster.create_nodes(spec, labels={**(labels or {}), POOL_LABEL: self.pool}, prefix=prefix)
 
     def inference(self, name: str, **kwargs) -> dict:
-        return inference_manifest(name, pool=self.pool, **kwargs)
+        return manifests.inference(name, pool=self.pool, containers=CONTAINERS, **kwargs)
 
     def apply(self, *resources: Mapping) -> None:
         body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(resources)})
@@ -209,7 +181,7 @@ class Harness:
 
         Counts one invariant check. With ``fault`` the seconds from ``since`` (default: now) to the
         first clean snapshot are recorded as that fault's convergence time. On timeout the
-        violations are recorded and :class:`~reliability.invariants.NotConverged` is raised.
+        violations are recorded and :class:`~neuronplace.local.reliability.invariants.NotConverged` is raised.
         """
         start = since if since is not None else time.monotonic()
         self.record.checks += 1

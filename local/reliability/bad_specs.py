@@ -15,27 +15,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
+from neuronplace.local.manifests import inference
 
 
 def valid(name: str = "model", pool: str | None = None) -> dict:
-    placement: dict[str, Any] = {"tolerations": [dict(KWOK_TOLERATION)]}
-    if pool:
-        placement["nodeSelector"] = {POOL_LABEL: pool}
-    return {
-        "apiVersion": "neuronplace.io/v1alpha1",
-        "kind": "NeuronInference",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "coresPerReplica": 4,
-            "processesPerReplica": 2,
-            "placement": placement,
-            "template": {"spec": {"containers": [{"name": "model", "image": "model:1"}]}},
-        },
-    }
+    return inference(name, cores=4, processes=2, pool=pool, strategy=None, labels={})
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuronplace.local.reliability.oracle import Fit, allocatable_of, first_fit, requested_by
 from neuronplace.placement import conditions
 from neuronplace.placement.conditions import condition
 from neuronplace.placement.inventory import inventory_from_node
@@ -76,7 +77,6 @@ from neuronplace.placement.names import (
 from neuronplace.placement.request import placement_request
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
-from reliability.oracle import Fit, allocatable_of, first_fit, requested_by
 
 NODE_CORES_ENV = ENV_NODE_CORES
 

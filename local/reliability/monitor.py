@@ -1,6 +1,6 @@
 """The safety invariants checked at every watch event, for the whole run, not only once things settle.
 
-:func:`~reliability.invariants.wait_converged` polls until a snapshot is clean and forgets what it
+:func:`~neuronplace.local.reliability.invariants.wait_converged` polls until a snapshot is clean and forgets what it
 saw on the way: two pods holding one core for thirty seconds and then one of them gone reads as
 "no violation". :class:`InvariantMonitor` closes that gap. It follows three real watches against
 the API server (pods of every namespace, nodes, NeuronInferences; one thread each, streaming the
@@ -9,18 +9,18 @@ after every event re-checks what that event can change:
 
 - ``exclusive-cores`` on the event's node (a pod event: its node, before and after; a node event:
   that node): no core held by two live pods, terminating and foreign pods included, and no more
-  cores held than the node has (:func:`~reliability.invariants.check_exclusive_cores` on that node);
+  cores held than the node has (:func:`~neuronplace.local.reliability.invariants.check_exclusive_cores` on that node);
 - ``node-resources`` on the same node: what its live pods request (cpu, memory and the rest, one
-  pod slot each) stays within its allocatable (:func:`~reliability.invariants.check_node_resources`);
+  pod slot each) stays within its allocatable (:func:`~neuronplace.local.reliability.invariants.check_node_resources`);
 - ``pod-consistency`` of a live managed pod in scope: annotation = ``NEURON_RT_VISIBLE_CORES`` =
-  requests = ``AWS_NEURON_IDS`` (:func:`~reliability.invariants.check_pod`);
+  requests = ``AWS_NEURON_IDS`` (:func:`~neuronplace.local.reliability.invariants.check_pod`);
 - ``pod-namespace``: a pod controlled by a NeuronInference lives in that resource's namespace
-  (:func:`~reliability.invariants.check_pod_namespace`).
+  (:func:`~neuronplace.local.reliability.invariants.check_pod_namespace`).
 
 A violation that appears is counted once (its invariant, subject and detail), with the wall-clock
 and monotonic time it was first seen; when a later event clears it, how long it lasted is kept. The
 first ``keep`` are kept whole. Convergence (every invariant, status included, once things settle)
-stays :func:`~reliability.invariants.wait_converged`'s figure; this one is "violations at any moment".
+stays :func:`~neuronplace.local.reliability.invariants.wait_converged`'s figure; this one is "violations at any moment".
 
 What it cannot see: a state that exists between two events of different watches (each watch is
 ordered, the three are not with each other), and anything while the API server is down (it lists
@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuronplace.local.reliability import invariants as inv
 from neuronplace.placement.names import GROUP, PLURAL, VERSION
-from reliability import invariants as inv
 
 WATCH_SECONDS = 30  # the server ends each watch after this long; the loop opens the next one
 

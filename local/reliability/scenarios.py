@@ -1,6 +1,6 @@
-"""Fault and race scenarios, written once for pytest (``test_faults.py``) and ``benchmarks/chaos.py``.
+"""Fault and race scenarios, written once for pytest (``tests/reliability/test_faults.py``) and ``benchmarks/chaos.py``.
 
-Each scenario is a function of a :class:`~reliability.harness.Harness` (its own namespace, node
+Each scenario is a function of a :class:`~neuronplace.local.reliability.harness.Harness` (its own namespace, node
 pool and operator on the real local control plane). It builds a small world, injects its faults
 (each counted with ``h.fault``), and ends every fault with ``h.converge``: the shared invariant
 checker (``invariants.py``) plus the scenario's own expectations must hold within a bound, and the
@@ -23,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from kubernetes import client as k8s
 
 from neuronplace.local.fleet import KWOK_TOLERATION, build_node
+from neuronplace.local.reliability import bad_specs
+from neuronplace.local.reliability import invariants as inv
+from neuronplace.local.reliability.harness import POOL_LABEL, Harness
 from neuronplace.placement.names import CORES_ANNOTATION, GROUP, INFERENCE_LABEL, PLURAL, VERSION
-from reliability import bad_specs
-from reliability import invariants as inv
-from reliability.harness import POOL_LABEL, Harness
 
 Expectation = Callable[[inv.Snapshot], list[inv.Violation]]
 
