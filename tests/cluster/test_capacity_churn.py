@@ -11,7 +11,6 @@ import subprocess
 import time
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, pods_of
 
 from neuronplace.local.fleet import KWOK_TOLERATION
 from neuronplace.placement.names import (
@@ -20,6 +19,8 @@ from neuronplace.placement.names import (
     NEURONCORE_RESOURCE,
 )
 from neuronplace.placement.request_limits import MAX_PER_WINDOW
+from support.builders import inference
+from support.cluster import apply, condition, get_inference, pods_of
 
 pytestmark = pytest.mark.cluster
 

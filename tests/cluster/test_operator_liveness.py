@@ -11,9 +11,10 @@ import time
 import urllib.request
 
 import pytest
-from operator_support import apply, condition, get_inference, inference
 
 from neuronplace.placement.names import CONDITION_PLACED, REASON_UNSCHEDULABLE
+from support.builders import inference
+from support.cluster import apply, condition, get_inference
 
 pytestmark = pytest.mark.cluster
 

@@ -10,16 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_capacity_requests import (
-    IMAGE,
-    KEY,
-    SELECTOR_TERM,
-    FakeApi,
-    conditions,
-    inference,
-    ready_node,
-    setup,
-)
+from test_capacity_requests import IMAGE, KEY, SELECTOR_TERM, conditions, inference, setup
 
 from neuronplace.local.fleet import build_node
 from neuronplace.operator.settings import OperatorSettings
@@ -36,6 +27,8 @@ from neuronplace.placement.request_limits import (
     node_expressions,
     with_expressions,
 )
+from support.builders import kwok_node as ready_node
+from support.fake_api import FakeApi
 
 T0 = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
@@ -133,7 +126,7 @@ class Scheduler(FakeApi):
     their node affinity allows it, as kube-scheduler does when it counts room the ledger does not."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(binds=True)
         self.bodies: dict[str, dict] = {}
 
     def create_namespaced_pod(self, namespace, body, **kwargs):
@@ -183,14 +176,14 @@ def test_a_request_bound_where_the_replica_cannot_go_is_not_made_again_for_that_
     for _ in range(20):
         reconciler.reconcile(KEY)
         api.bind(cache, "n1", "n1")
-    creates = [name for call, name in api.calls if call == "create"]
+    creates = [name for call, name in api.pod_writes() if call == "create"]
     assert creates == ["bert-0-capacity", "bert-0-capacity"], api.calls  # the second avoids n1, and stays Pending
     assert reconciler.excluded[KEY] == {"n1"}
     assert "waiting for a new node" in conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
     # The blocker goes: the replica is placed, its request goes, so do the exclusions.
     cache.apply_pod("DELETED", {"metadata": {"name": "blocker", "namespace": "tenant"}})
     reconciler.reconcile(KEY)
-    assert api.calls[-2:] == [("delete", "bert-0-capacity"), ("create", "bert-0")]
+    assert api.pod_writes()[-2:] == [("delete", "bert-0-capacity"), ("create", "bert-0")]
     assert KEY not in reconciler.excluded
 
 
@@ -199,7 +192,7 @@ def test_a_node_that_cannot_be_excluded_gets_a_few_requests_a_minute_and_the_sta
     for _ in range(20):
         reconciler.reconcile(KEY)
         api.bind(cache, "n1", None)
-    creates = [name for call, name in api.calls if call == "create"]
+    creates = [name for call, name in api.pod_writes() if call == "create"]
     assert len(creates) == MAX_PER_WINDOW, api.calls
     assert "held back" in conditions(api)[CONDITION_WAITING_FOR_CAPACITY]["message"]
 
@@ -228,7 +221,7 @@ def test_a_request_bound_where_the_ledger_still_has_room_is_kept_and_its_node_no
     cache.apply_node("ADDED", not_ready)
     api.bind(cache, "n2", "n2")
     reconciler.reconcile(KEY)
-    assert [call for call, _ in api.calls] == ["create"] and KEY not in reconciler.excluded
+    assert [call for call, _ in api.pod_writes()] == ["create"] and KEY not in reconciler.excluded
     cache.apply_node("MODIFIED", ready_node("n2"))
     reconciler.reconcile(KEY)
-    assert api.calls[1:] == [("delete", "bert-0-capacity"), ("create", "bert-0")]
+    assert api.pod_writes()[1:] == [("delete", "bert-0-capacity"), ("create", "bert-0")]
