@@ -1,7 +1,8 @@
 """Pods as the operator creates them, for tests that feed a ledger.
 
 A managed pod is controlled by its NeuronInference (UID included), carries the inference label and
-its node-global range, requests exactly as many ``aws.amazon.com/neuroncore`` as the range has
+its node-global range (in its spec's ``NEURONPLACE_NODE_CORES``, the only place the ledger trusts,
+and in its annotations), requests exactly as many ``aws.amazon.com/neuroncore`` as the range has
 cores, and carries the device plugin's ids for them: anything less is not counted as ours.
 """
 
@@ -11,6 +12,7 @@ from neuronplace.placement.names import (
     API_VERSION,
     AWS_NEURON_IDS,
     CORES_ANNOTATION,
+    ENV_NODE_CORES,
     INFERENCE_LABEL,
     KIND,
     NEURONCORE_RESOURCE,
@@ -43,6 +45,11 @@ def managed_pod(name, node, cores, inference="web", namespace="default", phase="
                 }
             ],
         },
-        "spec": {"nodeName": node, "containers": [{"name": "main", "resources": {"limits": amount}}]},
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {"name": "main", "env": [{"name": ENV_NODE_CORES, "value": cores}], "resources": {"limits": amount}}
+            ],
+        },
         "status": {"phase": phase},
     }
