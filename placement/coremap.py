@@ -3,7 +3,8 @@
 One line per node, one character per core grouped by chip: a letter for the pod that holds the
 core (explained in a legend under the node), ``.`` for a free core, ``#`` for cores held by a pod
 we did not place (foreign) or whose ids are assumed. A node whose claims do not add up (see
-:meth:`Ledger.inconsistencies`) gets a line per pod that says why. Example::
+:meth:`Ledger.inconsistencies`) gets a line per pod that says why, and so does a pinned foreign pod
+that holds nothing because it could not run there ("not holding:"). Example::
 
     np-inf2-0  inf2.48xlarge  24 cores, 8 free
       AA AA BB BB CC .. .. .. DD DD .. ..
