@@ -33,6 +33,18 @@ RESET_AFTER_SECONDS = 600.0
 # Failure reasons besides the kubelet's own (``pod.status.reason``) and the scheduler's.
 EXITED = "ContainersExited"  # Failed without a reason: the containers exited (restartPolicy Never/OnFailure)
 COMPLETED = "Completed"  # Succeeded: a server is not meant to exit, so it is recreated too
+# Another pod has the replica's name (made before the inference, by hand or by another controller):
+# the replica's pod cannot be created until it is gone, so it is tried again with the backoff.
+NAME_TAKEN = "NameTaken"
+
+
+def name_taken(replica: int, pod: str, inference: str) -> Failure:
+    """The failure of a replica whose pod name ``pod`` another pod has."""
+    message = (
+        f"pod {pod} exists and is not a replica of {inference} (the operator did not create it for this "
+        f"NeuronInference); delete or rename that pod, or rename the NeuronInference"
+    )
+    return Failure(replica, None, None, NAME_TAKEN, message, False, True)
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,10 @@ class Ledger:
         found.sort(key=lambda i: (i.node, i.pod, i.reason))
         return found
 
+    def problem_of(self, pod: str) -> str | None:
+        """Why the pod ``pod``'s claim does not add up (a ``CLAIM_*`` reason), None when it does."""
+        return self._trust.problem_of(pod)
+
     def nodes(self) -> list[str]:
         """Nodes on which anything is held."""
         return sorted(name for name, state in self._nodes.items() if state.claims)
