@@ -129,7 +129,8 @@ class Cache:
                 self.deleted_during_resync.add(gone)
         else:
             self.ledger.observe(dict(pod))
-            self.usage.observe(pod)
+            inventory = self.inventories.get(node_of(pod) or "")
+            self.usage.observe(pod, inventory.allocatable if inventory is not None else None)
         if capacity_request(pod) and self.watches(namespace):
             return self._observe_request(pod, deleted)
         inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)

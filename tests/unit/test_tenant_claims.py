@@ -258,3 +258,14 @@ def test_a_replica_whose_name_a_foreign_pod_holds_is_not_created_and_its_cores_s
     holding = ledger.holding_of("ml/web-0")
     assert holding is not None and not holding.managed and holding.count == 4  # still the squatter's
     assert not set(ledger.holding_of("ml/web-1").core_ids) & set(holding.core_ids)
+
+
+def test_the_usage_does_not_count_pinned_pods_that_cannot_run():
+    allocatable = inf2().allocatable
+    usage = Usage()
+    usage.observe(foreign("gated", cores=2, cpu="1", bound=False, gates=("x",)), allocatable)
+    usage.observe(foreign("greedy", cpu="100000", bound=False), allocatable)
+    assert usage.used("n1") == {}
+    usage.observe(foreign("fits", cpu="1", bound=False), allocatable)
+    usage.observe(foreign("bound", cpu="100000"), allocatable)  # bound: the kubelet has it, it counts
+    assert usage.used("n1")["cpu"] == 100001 * 1000 and usage.used("n1")["pods"] == 2
