@@ -26,6 +26,7 @@ backoff, never a hot loop. Runs in a worker thread: the Kubernetes client is syn
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
@@ -196,6 +197,12 @@ class Reconciler:
             conflict_retry=CONFLICT_RETRY,
             forbidden_retry=self.settings.max_backoff_seconds,
         )
+        if (
+            conflicted
+            and judgement.retry == CONFLICT_RETRY
+            and conflicted == [a.replica for a in answers if a.status == 409]
+        ):
+            judgement = dataclasses.replace(judgement, retry=None)  # those 409s wait the failure backoff instead
         self.cache.release(key, judgement.release)
         for event in judgement.events:
             if event.once:
