@@ -30,13 +30,16 @@ def test_a_409_that_persists_is_a_name_taken_failure_with_the_backoff(pool):  # 
     api, cache, reconciler = setup(pool, inference(replicas=1, cores=2))
     squat(api, "bert-0")
     start = dt.datetime(2026, 12, 6, 12, 0, 0, tzinfo=dt.UTC)
-    times = iter([start, start + dt.timedelta(seconds=1), start + dt.timedelta(seconds=rc.NAME_TAKEN_AFTER + 1)])
+    now = [start]  # the reconciler's clock, moved by hand
     with mock.patch.object(rc.dt, "datetime", wraps=dt.datetime) as clock:
-        clock.now.side_effect = lambda tz=None: next(times)
+        clock.now.side_effect = lambda tz=None: now[0]
         assert reconciler.reconcile(KEY) == rc.CONFLICT_RETRY  # the cache may be behind: look again soon
         assert cache.ledger.holds("ml/bert-0")  # the reservation is kept meanwhile
+        now[0] = start + dt.timedelta(seconds=1)
         reconciler.reconcile(KEY)
+        now[0] = start + dt.timedelta(seconds=rc.NAME_TAKEN_AFTER + 1)
         retry = reconciler.reconcile(KEY)  # still 409 after NAME_TAKEN_AFTER: someone else's pod
+        assert reconciler.reconcile(KEY) is not None  # within the backoff: no create at all
     assert retry is not None and retry >= 9  # the failure backoff (10 s), not a hot loop
     assert not cache.ledger.holds("ml/bert-0")  # nothing stays reserved for a pod that is not ours
     failure = {c["type"]: c for c in api.statuses[-1]["conditions"]}[CONDITION_REPLICA_FAILURE]
