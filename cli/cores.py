@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Pods controlled by any NeuronInference count as placed by neuronplace (the operator also checks "
-        "that it knows the resource's UID); nodes whose claims do not add up get an 'inconsistent:' line per pod."
+        "that it knows the resource's UID, and reads a replica's cores from its spec); nodes whose claims do not add "
+        "up get an 'inconsistent:' line per pod, and pinned pods that could not run there a 'not holding:' line."
     )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument(

@@ -24,13 +24,22 @@ from typing import Any, TypeVar
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import replica_pods
-from neuronplace.placement.claims import capacity_request, cores_of, node_of, pinned_node, pod_key
+from neuronplace.placement.claims import (
+    capacity_request,
+    controller_inference,
+    cores_of,
+    node_of,
+    pinned_node,
+    pod_key,
+    spec_cores,
+)
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Holding, Ledger
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
+    CLAIM_ANNOTATION_MISMATCH,
     INFERENCE_LABEL,
     TERMINAL_PHASES,
 )
@@ -47,6 +56,14 @@ Key = tuple[str, str]  # (namespace, name) of a NeuronInference
 T = TypeVar("T")
 
 DELETED = "DELETED"  # the watch event type of a deletion
+
+
+def _replica_shaped(pod: Mapping[str, Any], inference: str) -> bool:
+    """Whether a pod labelled as a replica of ``inference`` was made as one: controlled by it and
+    given its cores in its spec (immutable), as only the operator's pods are; its UID is checked
+    where it matters (the ledger's trust, the status and the ruling's ownership checks)."""
+    controller = controller_inference(pod)
+    return controller is not None and controller[0] == inference and spec_cores(pod) is not None
 
 
 def _template_spec(inference: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -112,12 +129,15 @@ class Cache:
                 self.deleted_during_resync.add(gone)
         else:
             self.ledger.observe(dict(pod))
-            self.usage.observe(pod)
+            inventory = self.inventories.get(node_of(pod) or "")
+            self.usage.observe(pod, inventory.allocatable if inventory is not None else None)
         if capacity_request(pod) and self.watches(namespace):
             return self._observe_request(pod, deleted)
         inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)
         if not inference or not self.watches(namespace):
             return None
+        if not deleted and not _replica_shaped(pod, inference):
+            return None  # a look-alike: labels prove nothing; it counts nowhere as a replica
         key = (namespace, inference)
         if deleted:
             self.pods.pop((namespace, name), None)
@@ -503,7 +523,21 @@ class Cache:
         """Whether replica pods are being created, or pinned and not bound yet: kube-scheduler does
         not count them on their node until it binds them."""
         with self._lock:
-            return bool(self.inflight or self.unbound)
+            # Only the pods the ledger holds as ours: a look-alike cannot stop the requests.
+            return bool(self.inflight) or any(
+                (holding := self.ledger.holding_of(pod_key(*pod))) is not None and holding.managed
+                for pod in self.unbound
+            )
+
+    def replica_mismatches(self, key: Key) -> list[str]:
+        """The inference's replica pods ("ns/pod", sorted) whose annotations or label no longer say
+        what their spec says (the ledger holds both)."""
+        with self._lock:
+            return sorted(
+                pod
+                for pod in (pod_key(key[0], name) for name in self.pods_of.get(key, ()))
+                if self.ledger.problem_of(pod) == CLAIM_ANNOTATION_MISMATCH
+            )
 
     def requests_of(self, key: Key) -> dict[str, dict]:
         """The inference's capacity requests by name, as they are now."""

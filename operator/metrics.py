@@ -22,10 +22,13 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
   ``foreign`` (someone else's pods, accounted for conservatively).
 - ``neuronplace_node_inconsistent_claims{node,reason}``: pods on a managed node whose NeuronCore
   claims do not add up, by reason: ``NotOwned`` (our inference label, but no known NeuronInference
-  controls the pod), ``CoresMismatch`` (its ``neuronplace.io/cores`` range or label disagrees with
-  its request or owner), ``NeuronIdsMismatch`` (``AWS_NEURON_IDS`` lists more or fewer ids than it
-  requests), ``Overlap`` (its cores are listed by another pod too). Such pods hold what they
-  request, never what they claim; a series exists only while its count is above zero.
+  controls the pod), ``CoresMismatch`` (a replica whose annotations or label disagree with its
+  spec's ``NEURONPLACE_NODE_CORES``: it holds both; or a pod of a known NeuronInference whose spec
+  names no cores), ``NeuronIdsMismatch`` (``AWS_NEURON_IDS`` lists more or fewer ids than it
+  requests), ``Overlap`` (its cores are listed by another pod too), ``SchedulingGated`` and
+  ``ExceedsNode`` (a foreign pod pinned to the node that kube-scheduler will not bind there: it
+  holds nothing). Other pods hold at least what they request; a series exists only while its count
+  is above zero.
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 

@@ -16,12 +16,17 @@ actions out, in the ruling's order, and reports them:
 
 Memory kept here, per inference: each replica's failed attempts (the ruling says how they change;
 memory only, so a restarted operator starts every replica's backoff afresh), the problem of a spec
-generation whose pod the API server refused, and the last Warning posted (posted once, not at every
-reconcile). Runs in a worker thread: the Kubernetes client is synchronous.
+generation whose pod the API server refused, the last Warning posted (posted once, not at every
+reconcile), and when each replica's creates began to meet 409. A 409 usually means the cache is
+behind (the pod's watch event is close); one that persists for ``NAME_TAKEN_AFTER`` seconds means
+another pod has the replica's name, and so does a ruling's ``name_taken``: the replica gets a
+``NameTaken`` failure (``ReplicaFailure`` says which pod, and what to do) and waits the failure
+backoff, never a hot loop. Runs in a worker thread: the Kubernetes client is synchronous.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
@@ -37,12 +42,23 @@ from neuronplace.placement import failures as fl
 from neuronplace.placement import status as st
 from neuronplace.placement.capacity_upkeep import RequestKey, to_create_now, waiting_states
 from neuronplace.placement.creation import Answer, Judgement, judge
-from neuronplace.placement.names import REASON_CAPACITY_REQUESTED
+from neuronplace.placement.names import (
+    AWS_NEURON_IDS,
+    CLAIM_ANNOTATION_MISMATCH,
+    CORES_ANNOTATION,
+    ENV_NODE_CORES,
+    REASON_CAPACITY_REQUESTED,
+)
+from neuronplace.placement.pods import pod_name
 from neuronplace.placement.replica_pods import OUTDATED, SURPLUS, Deletion
 from neuronplace.placement.request_limits import recent
 from neuronplace.placement.ruling import Creation, Ruling, binding_of
 
 log = logging.getLogger("neuronplace.operator")
+
+# Seconds a replica's creates may meet 409 before the pod with its name is taken for someone else's:
+# long enough for the watch event of a pod the operator did create to arrive, even under load.
+NAME_TAKEN_AFTER = 5.0
 
 
 class Reconciler:
@@ -61,6 +77,8 @@ class Reconciler:
         # when each replica's were made (Unix seconds, those of the last window only).
         self.excluded: dict[Key, frozenset[str]] = {}
         self.requests_made: dict[Key, dict[int, tuple[float, ...]]] = {}
+        self.conflicts: dict[Key, dict[int, dt.datetime]] = {}  # replica → when its creates began to meet 409
+        self.mismatched: dict[Key, set[str]] = {}  # replica pods reported with a CoresMismatch Warning
 
     def forget(self, key: Key) -> None:
         """The inference is gone: what was remembered about it must not apply to a new one of its name."""
@@ -69,6 +87,8 @@ class Reconciler:
         self.history.pop(key, None)
         self.excluded.pop(key, None)
         self.requests_made.pop(key, None)
+        self.conflicts.pop(key, None)
+        self.mismatched.pop(key, None)
         mx.METRICS.scheduler_silent(key, 0)
 
     def reconcile(self, key: Key) -> float | None:
@@ -94,6 +114,7 @@ class Reconciler:
             self.excluded[key] = ruling.excluded
         else:
             self.excluded.pop(key, None)
+        self._report_mismatches(key, inference)
         if ruling.refusal is not None:
             mx.METRICS.failed(ruling.refusal.reason)
             self._delete_requests(ruling.request_deletions)
@@ -109,11 +130,16 @@ class Reconciler:
             raise
 
         problem, retry = ruling.problem, ruling.requeue_after
+        taken = list(ruling.name_taken)
         if ruling.creations or ruling.unplaceable:
-            judgement = self._create_all(key, inference, ruling)
+            judgement, conflicted = self._create_all(key, inference, ruling, now)
+            taken += conflicted
             problem = judgement.problem
             if judgement.retry is not None:
                 retry = judgement.retry if retry is None else min(retry, judgement.retry)
+        if taken:
+            wait = self._names_taken(key, inference, taken, now)
+            retry = wait if retry is None else min(retry, wait)
 
         self._delete_requests(ruling.request_deletions)
         requests, settle_retry = to_create_now(ruling.request_creations, self.cache.settling())
@@ -155,8 +181,9 @@ class Reconciler:
 
     # ---- creating ------------------------------------------------------------------------------
 
-    def _create_all(self, key: Key, inference: dict, ruling: Ruling) -> Judgement:
-        """Make room, create the ruling's pods, and act on what the API server answered."""
+    def _create_all(self, key: Key, inference: dict, ruling: Ruling, now: dt.datetime) -> tuple[Judgement, list[int]]:
+        """Make room, create the ruling's pods, and act on what the API server answered; also
+        returns the replicas whose creates have met 409 for ``NAME_TAKEN_AFTER`` seconds."""
         if ruling.problem is not None:
             mx.METRICS.failed(ruling.problem.reason, len(ruling.unplaceable))
         for namespace, name in ruling.make_room:
@@ -171,6 +198,17 @@ class Reconciler:
         finally:
             self.cache.settle(key, [c.placement.replica for c in ruling.creations])
         answers = [_answer(c.placement.replica, error) for c, error in zip(ruling.creations, errors)]
+        conflicts = self.conflicts.setdefault(key, {})
+        conflicted = []
+        for answer in answers:
+            if answer.status != 409:
+                conflicts.pop(answer.replica, None)
+            elif (now - conflicts.setdefault(answer.replica, now)).total_seconds() >= NAME_TAKEN_AFTER:
+                conflicted.append(answer.replica)
+        if not conflicts:
+            del self.conflicts[key]
+        # The reservations a 409 kept go back once the pod with that name is known not to be ours.
+        self.cache.release(key, conflicted)
         mx.METRICS.placed(sum(1 for a in answers if not a.failed))
         for answer in answers:
             if answer.failed:
@@ -182,6 +220,12 @@ class Reconciler:
             conflict_retry=CONFLICT_RETRY,
             forbidden_retry=self.settings.max_backoff_seconds,
         )
+        if (
+            conflicted
+            and judgement.retry == CONFLICT_RETRY
+            and conflicted == [a.replica for a in answers if a.status == 409]
+        ):
+            judgement = dataclasses.replace(judgement, retry=None)  # those 409s wait the failure backoff instead
         self.cache.release(key, judgement.release)
         for event in judgement.events:
             if event.once:
@@ -196,7 +240,19 @@ class Reconciler:
             error = errors[judgement.raise_answer]
             assert error is not None
             raise error
-        return judgement
+        return judgement, conflicted
+
+    def _names_taken(self, key: Key, inference: dict, replicas: list[int], now: dt.datetime) -> float:
+        """Count a NameTaken failure for each replica whose name another pod has (a Warning each);
+        returns when to look again: the shortest backoff."""
+        histories = self.history.setdefault(key, {})
+        inference_name = f"{key[0]}/{key[1]}"
+        for replica in replicas:
+            failure = fl.name_taken(replica, f"{key[0]}/{pod_name(key[1], replica)}", inference_name)
+            histories[replica] = fl.record(histories.get(replica), failure, now)
+            self.writer.post_event(inference, failure.reason, f"replica {replica}: {failure.message}", ev.WARNING)
+            self.conflicts.get(key, {}).pop(replica, None)
+        return min(histories[replica].waiting(now) for replica in replicas)
 
     def _try_create(self, namespace: str, creation: Creation) -> Exception | None:
         try:
@@ -283,6 +339,21 @@ class Reconciler:
         if announce and problem is not None:
             self._event_once(current, problem.reason, problem.message)
         self.writer.patch_status(meta["namespace"], meta["name"], wanted)
+
+    def _report_mismatches(self, key: Key, inference: dict) -> None:
+        """A Warning for each replica pod whose annotations or label newly disagree with its spec."""
+        now = set(self.cache.replica_mismatches(key))
+        for pod in sorted(now - self.mismatched.get(key, set())):
+            message = (
+                f"pod {pod}: its {CORES_ANNOTATION} or {AWS_NEURON_IDS} annotation (or its inference label) no "
+                f"longer says what its spec ({ENV_NODE_CORES}) says; it holds every core either names until it is "
+                "gone. Someone edited it: put them back, or delete the pod to re-place the replica"
+            )
+            self.writer.post_event(inference, CLAIM_ANNOTATION_MISMATCH, message, ev.WARNING)
+        if now:
+            self.mismatched[key] = now
+        else:
+            self.mismatched.pop(key, None)
 
     def _event_once(self, inference: Mapping, reason: str, message: str) -> None:
         """A Warning event, unless the same message was the last one posted for this inference."""

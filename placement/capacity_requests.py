@@ -48,6 +48,7 @@ from neuronplace.placement.names import (
     API_VERSION,
     CAPACITY_PRIORITY_CLASS,
     CAPACITY_REQUEST_LABEL,
+    CAPACITY_REQUEST_SUFFIX,
     CONDITION_POD_SCHEDULED,
     KIND,
     NEURONCORE_RESOURCE,
@@ -65,12 +66,11 @@ from neuronplace.placement.usage import Usage
 CAPACITY_PRIORITY = -1
 T = TypeVar("T")
 PAUSE_CONTAINER = "pause"
-_SUFFIX = "-capacity"
 
 
 def request_name(inference_name: str, replica: int) -> str:
     """A capacity request's pod name; it ends in a letter, a replica pod's name in its ordinal."""
-    return f"{inference_name}-{replica}{_SUFFIX}"
+    return f"{inference_name}-{replica}{CAPACITY_REQUEST_SUFFIX}"
 
 
 def build_priority_class(name: str = CAPACITY_PRIORITY_CLASS) -> dict:

@@ -3,7 +3,8 @@
 One line per node, one character per core grouped by chip: a letter for the pod that holds the
 core (explained in a legend under the node), ``.`` for a free core, ``#`` for cores held by a pod
 we did not place (foreign) or whose ids are assumed. A node whose claims do not add up (see
-:meth:`Ledger.inconsistencies`) gets a line per pod that says why. Example::
+:meth:`Ledger.inconsistencies`) gets a line per pod that says why, and so does a pinned foreign pod
+that holds nothing because it could not run there ("not holding:"). Example::
 
     np-inf2-0  inf2.48xlarge  24 cores, 8 free
       AA AA BB BB CC .. .. .. DD DD .. ..
@@ -19,17 +20,28 @@ from dataclasses import dataclass
 
 from neuronplace.placement.inventory import NodeInventory
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import CLAIM_ANNOTATION_MISMATCH, CLAIM_IDS_MISMATCH, CLAIM_NOT_OWNED, CLAIM_OVERLAP
+from neuronplace.placement.names import (
+    CLAIM_ANNOTATION_MISMATCH,
+    CLAIM_EXCEEDS_NODE,
+    CLAIM_GATED,
+    CLAIM_IDS_MISMATCH,
+    CLAIM_NOT_OWNED,
+    CLAIM_OVERLAP,
+)
 
 FREE = "."
 FOREIGN = "#"
 _SYMBOLS = string.ascii_uppercase + string.ascii_lowercase + string.digits
 _PROBLEMS = {
     CLAIM_NOT_OWNED: "has the inference label, but no known NeuronInference controls it",
-    CLAIM_ANNOTATION_MISMATCH: "its cores annotation or label disagrees with its request or owner",
+    CLAIM_ANNOTATION_MISMATCH: "its annotations or label disagree with its spec or owner; it holds every core they name",
     CLAIM_IDS_MISMATCH: "AWS_NEURON_IDS lists more or fewer ids than it requests",
     CLAIM_OVERLAP: "another pod lists some of the same cores",
+    CLAIM_GATED: "it has scheduling gates: kube-scheduler will not bind it",
+    CLAIM_EXCEEDS_NODE: "it asks for more than the node's allocatable: kube-scheduler will never bind it",
 }
+# Reasons of pods that hold nothing on the node (they could not run there), not of claims that clash.
+_NOT_HOLDING = (CLAIM_GATED, CLAIM_EXCEEDS_NODE)
 
 
 @dataclass(frozen=True)
@@ -118,5 +130,8 @@ def render(maps: Sequence[NodeMap]) -> str:
             legend.append(f"{FOREIGN} {pod} {_ranges(cores)}")
         if legend:
             lines.append("  " + "   ".join(legend))
-        lines.extend(f"  inconsistent: {pod} {reason} ({_PROBLEMS[reason]})" for pod, reason in node.inconsistent)
+        lines.extend(
+            f"  {'not holding' if reason in _NOT_HOLDING else 'inconsistent'}: {pod} {reason} ({_PROBLEMS[reason]})"
+            for pod, reason in node.inconsistent
+        )
     return "\n".join(lines) + "\n"

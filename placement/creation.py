@@ -14,7 +14,11 @@ problem, the Events, and whether to look again or raise:
 - anything else (429 first) is temporary: raised to the work queue, which retries it;
 - otherwise the replicas that fit nowhere are the problem (``Unschedulable``).
 
-Every failed create but a 409 gives its reservation back.
+Every failed create gives its reservation back but a 409 and one with no HTTP answer at all (a
+timeout, a dropped connection): such a create may have succeeded on the server, and its pod would
+then hold those cores before its watch event says so. The next ruling places the replica on the
+same reservation again (a 409 then, if the pod exists); a reservation whose pod never appears is
+dropped by the next full resync.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def judge(
         events.append(Event(REASON_PLACED, "; ".join(describe(name, p) for p in created)))
     retry = conflict_retry if any(a.failed and a.status == 409 for a in answers) else None
     failed = [(i, a) for i, a in enumerate(answers) if a.failed and a.status != 409]
-    release = tuple(a.replica for _, a in failed)
+    release = tuple(a.replica for _, a in failed if a.status is not None)
     rejected = [a for _, a in failed if a.permanent]
     if rejected:
         problem = Problem(

@@ -14,6 +14,9 @@ that never ends, so each replica keeps a :class:`ReplicaHistory`:
   Unschedulable pod already waited ``unschedulable_seconds``, so its replica is placed again at once;
 - ten minutes of Running forgive the past: the history is dropped.
 
+A replica whose pod name another pod already has (:func:`name_taken`) fails the same way, with no
+node: it waits the backoff, and ``ReplicaFailure`` names that pod and what to do.
+
 The operator keeps the histories in memory; a restarted operator starts each from nothing, so the
 backoff restarts at its first step (an ended pod still waits 10 s before it is replaced: there is
 no tight loop across restarts either).
@@ -33,6 +36,9 @@ RESET_AFTER_SECONDS = 600.0
 # Failure reasons besides the kubelet's own (``pod.status.reason``) and the scheduler's.
 EXITED = "ContainersExited"  # Failed without a reason: the containers exited (restartPolicy Never/OnFailure)
 COMPLETED = "Completed"  # Succeeded: a server is not meant to exit, so it is recreated too
+# Another pod has the replica's name (made before the inference, by hand or by another controller):
+# the replica's pod cannot be created until it is gone, so it is tried again with the backoff.
+NAME_TAKEN = "NameTaken"
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,15 @@ class ReplicaHistory:
     def waiting(self, now: dt.datetime) -> float:
         """Seconds before the replica may have a new pod (0: now)."""
         return max((self.retry_at - now).total_seconds(), 0.0) if self.retry_at else 0.0
+
+
+def name_taken(replica: int, pod: str, inference: str) -> Failure:
+    """The failure of a replica whose pod name ``pod`` another pod has."""
+    message = (
+        f"pod {pod} exists and is not a replica of {inference} (the operator did not create it for this "
+        f"NeuronInference); delete or rename that pod, or rename the NeuronInference"
+    )
+    return Failure(replica, None, None, NAME_TAKEN, message, False, True)
 
 
 def backoff_seconds(failures: int) -> float:

@@ -4,14 +4,15 @@ Over 300 lines: every change updates the holdings, the per-node bitmasks and the
 together, so they stay one class.
 
 The truth is the set of live pods. Every pod we manage is controlled by a NeuronInference and
-carries its node-global range in the annotation ``neuronplace.io/cores`` ("4-7"), so a restarted
-operator rebuilds the same ledger with :meth:`Ledger.from_pods`. Pods in a terminal phase
-(Succeeded, Failed) and pods not bound to a node hold nothing. A pod that is being deleted still
-holds its cores until it is gone: its process may still be running.
+carries its node-global range in its spec (each process container's ``NEURONPLACE_NODE_CORES``), so
+a restarted operator rebuilds the same ledger with :meth:`Ledger.from_pods`. Pods in a terminal
+phase (Succeeded, Failed) and pods neither bound nor pinned to a node hold nothing. A pod that is
+being deleted still holds its cores until it is gone: its process may still be running.
 
 A pod counts as managed only when its controller is a NeuronInference whose UID the ledger trusts
-and its range agrees with its own request: which pods count as ours is kept by the trust index
-(:mod:`.trust`), which the ledger asks whenever a pod or a trusted UID changes.
+and its spec's range agrees with its own request (the rules, and why a managed pod whose
+annotations were edited holds the union, are in :mod:`.claims`): which pods count as ours is kept
+by the trust index (:mod:`.trust`), which the ledger asks whenever a pod or a trusted UID changes.
 
 Every other pod that requests neuron resources is foreign, reported by :meth:`Ledger.foreign`, and
 holds what it requests:
@@ -19,14 +20,17 @@ holds what it requests:
 - the ids in the AWS annotation ``AWS_NEURON_IDS`` ("2,3"; core ids when the pod requests
   ``aws.amazon.com/neuroncore``, device ids when it requests whole devices), all of them, even
   beyond the request: they may really be in use;
-- plus, when those are fewer than its request (or absent), the missing count (``neuroncore``, or
+- plus, when those are fewer than its request (or absent), the missing count (``neuroncore`` plus
   devices × cores per chip), which we assume sits on the **highest** cores that nothing else holds.
   That keeps the low end of each node free for contiguous ranges, and it is deterministic
   (foreign pods take their cores in pod-key order). The assumption is visible in
   ``Holding.core_ids`` with ``exact=False``.
 
 So a foreign pod never holds fewer cores than it requests, and an assumed core is never one that
-someone else holds. What does not add up (a labelled pod nobody trusted, a range or id list that
+someone else holds. A foreign pod that is pinned but not bound holds nothing while kube-scheduler
+could never bind it there: with scheduling gates (:mod:`.claims`), or asking for more of any
+resource than the node's allocatable (known once the node is learned, :meth:`learn_nodes`); such a
+pod is reported with the inconsistencies, and holds what it asks as soon as it could run. What does not add up (a labelled pod nobody trusted, a range or id list that
 disagrees with the request, two pods on one core) is reported by :meth:`Ledger.inconsistencies`.
 
 Alongside the holdings the ledger keeps, per node whose core count it has learned
@@ -41,7 +45,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from neuronplace.placement.claims import Claim, PodClaims, key_of, read_pod
-from neuronplace.placement.names import CLAIM_OVERLAP
+from neuronplace.placement.names import CLAIM_EXCEEDS_NODE, CLAIM_OVERLAP
 from neuronplace.placement.trust import Inconsistency, TrustIndex
 from neuronplace.runtime.coreset import CoreRange
 
@@ -71,12 +75,24 @@ class Holding:
 
 
 class _NodeState:
-    __slots__ = ("assumed", "claims", "core_count", "cores_per_chip", "mask", "overlapping", "slow")
+    __slots__ = (
+        "allocatable",
+        "assumed",
+        "claims",
+        "core_count",
+        "cores_per_chip",
+        "idle",
+        "mask",
+        "overlapping",
+        "slow",
+    )
 
     def __init__(self) -> None:
         self.claims: dict[str, Claim] = {}
         self.core_count: int | None = None
         self.cores_per_chip: int | None = None
+        self.allocatable: Mapping[str, int] | None = None  # the node's allocatable, once learned
+        self.idle: dict[str, str] = {}  # pod → why its claim holds nothing (it could not run here)
         self.mask = 0  # held cores (exact and assumed)
         self.assumed: dict[str, tuple[int, ...]] = {}  # pod → assumed ids (foreign pods short of ids)
         self.overlapping: tuple[str, ...] = ()  # pods whose listed cores someone else lists too
@@ -197,14 +213,20 @@ class Ledger:
                 continue
             seen.add(inventory.name)
             state = self._nodes.setdefault(inventory.name, _NodeState())
-            if state.core_count != inventory.cores or state.cores_per_chip != inventory.topology.cores_per_chip:
+            if (
+                state.core_count != inventory.cores
+                or state.cores_per_chip != inventory.topology.cores_per_chip
+                or state.allocatable != inventory.allocatable
+            ):
                 state.core_count = inventory.cores
                 state.cores_per_chip = inventory.topology.cores_per_chip
+                state.allocatable = inventory.allocatable
                 self._resolve(inventory.name)
         for name, state in list(self._nodes.items()):
             if name not in seen and state.core_count is not None:
                 state.core_count = None
                 state.cores_per_chip = None
+                state.allocatable = None
                 self._resolve(name)
         self._learned_token = token
 
@@ -214,7 +236,7 @@ class Ledger:
         state = self._nodes.get(node)
         if state is None:
             return []
-        result = [self._holding(state, claim) for claim in state.claims.values()]
+        result = [self._holding(state, claim) for pod, claim in state.claims.items() if pod not in state.idle]
         result.sort(key=lambda h: (h.core_ids[0] if h.core_ids else -1, h.pod))
         return result
 
@@ -227,7 +249,7 @@ class Ledger:
 
     def holding_of(self, pod: str) -> Holding | None:
         node = self._node_of_pod.get(pod)
-        if node is None:
+        if node is None or pod in self._nodes[node].idle:
             return None
         state = self._nodes[node]
         return self._holding(state, state.claims[pod])
@@ -249,8 +271,13 @@ class Ledger:
         found = self._trust.problems()
         for name, state in self._nodes.items():
             found.extend(Inconsistency(name, pod, CLAIM_OVERLAP) for pod in state.overlapping)
+            found.extend(Inconsistency(name, pod, reason) for pod, reason in state.idle.items())
         found.sort(key=lambda i: (i.node, i.pod, i.reason))
         return found
+
+    def problem_of(self, pod: str) -> str | None:
+        """Why the pod ``pod``'s claim does not add up (a ``CLAIM_*`` reason), None when it does."""
+        return self._trust.problem_of(pod)
 
     def nodes(self) -> list[str]:
         """Nodes on which anything is held."""
@@ -300,7 +327,7 @@ class Ledger:
         claim = state.claims.pop(pod)
         self._count_inference(claim, node, -1)
         bits = _complete_bits(claim)
-        if bits is not None and not state.slow:
+        if bits is not None and not state.slow and pod not in state.idle:
             state.mask &= ~bits
             self._reindex(node)
         else:
@@ -320,7 +347,7 @@ class Ledger:
         self._node_of_pod[claim.pod] = claim.node
         self._count_inference(claim, claim.node, +1)
         bits = _complete_bits(claim)
-        if bits is not None and not state.slow and not state.mask & bits:
+        if bits is not None and not state.slow and not state.mask & bits and (claim.managed or claim.bound):
             state.mask |= bits
             self._reindex(claim.node)
         else:
@@ -349,10 +376,16 @@ class Ledger:
         return tuple(device * per_chip + i for device in claim.ids for i in range(per_chip))
 
     def _claimed_count(self, state: _NodeState, claim: Claim) -> int:
-        """The cores the pod requests (devices count as whole chips)."""
-        if claim.core_count:
-            return claim.core_count
-        return claim.device_count * (state.cores_per_chip or _UNKNOWN_CORES_PER_CHIP)
+        """The cores the pod requests (devices count as whole chips, beside any cores it asks)."""
+        return claim.core_count + claim.device_count * (state.cores_per_chip or _UNKNOWN_CORES_PER_CHIP)
+
+    def _why_idle(self, state: _NodeState, claim: Claim) -> str | None:
+        """Why an unbound foreign claim cannot run on its node (then it holds nothing), else None."""
+        if claim.managed or claim.bound or state.allocatable is None:
+            return None
+        if any(amount > state.allocatable.get(resource, 0) for resource, amount in claim.requests):
+            return CLAIM_EXCEEDS_NODE
+        return None
 
     def _resolve(self, node: str) -> None:
         """Recompute the node's mask: listed ids first, then assume cores for what is missing."""
@@ -360,7 +393,12 @@ class Ledger:
         mask = twice = 0
         listed: dict[str, int] = {}
         short = []
+        state.idle = {}
         for claim in state.claims.values():
+            why = self._why_idle(state, claim)
+            if why is not None:
+                state.idle[claim.pod] = why
+                continue
             ids = self._listed_core_ids(state, claim) or ()
             bits = listed[claim.pod] = _bits(ids)
             twice |= mask & bits
@@ -423,6 +461,6 @@ class Ledger:
 def _complete_bits(claim: Claim) -> int | None:
     """The claim's cores as a bitmask when its listed core ids cover its request (the common,
     incremental case), else None."""
-    if claim.ids is None or claim.ids_unit != "core" or len(claim.ids) < claim.core_count:
+    if claim.ids is None or claim.ids_unit != "core" or len(claim.ids) < claim.core_count or claim.device_count:
         return None
     return _bits(claim.ids)

@@ -65,6 +65,9 @@ LNC_KEY = "neuronplace.io/lnc"  # node label: trn2 logical NeuronCore size, "1" 
 # On a capacity-request pod (a placeholder that asks the cluster's autoscaler for a node for a
 # replica that fits nowhere): the NeuronInference it asks for. It never carries INFERENCE_LABEL.
 CAPACITY_REQUEST_LABEL = "neuronplace.io/capacity-request"
+# The end of a capacity request's pod name, ``<inference>-<replica>-capacity``: a replica pod's name
+# ends in its ordinal, so no replica can be taken for a request (nor the reverse).
+CAPACITY_REQUEST_SUFFIX = "-capacity"
 # The PriorityClass of capacity-request pods (installed by the chart and the local control plane):
 # negative, so that any replica preempts them, and never preempting anything itself.
 CAPACITY_PRIORITY_CLASS = "neuronplace-capacity-request"
@@ -80,7 +83,9 @@ NEURON_ALLOC_TIME = "NEURON_ALLOC_TIME"
 # ---- env given to every process container --------------------------------------------------------
 ENV_VISIBLE_CORES = VISIBLE_CORES_VAR
 ENV_NUM_CORES = NUM_CORES_VAR
-ENV_NODE_CORES = "NEURONPLACE_NODE_CORES"  # this process's node-global range (for logs / debugging)
+# This process's node-global range. Part of the immutable spec, so the ledger reads what a replica
+# holds from it (``claims.spec_cores``), never from the pod's editable annotations alone.
+ENV_NODE_CORES = "NEURONPLACE_NODE_CORES"
 ENV_REPLICA = "NEURONPLACE_REPLICA"
 ENV_PROCESS_INDEX = PROCESS_INDEX_VAR
 ENV_PROCESS_COUNT = PROCESS_COUNT_VAR
@@ -121,11 +126,17 @@ REASON_VOLUME_NEEDS_SCHEDULER = "VolumeNeedsScheduler"
 # ``neuronplace_node_inconsistent_claims``): a pod carries our inference label but its controller is
 # not a NeuronInference the operator knows; a pod of a known NeuronInference has a label or
 # ``neuronplace.io/cores`` range that disagrees with its owner or its own request; a pod's
-# ``AWS_NEURON_IDS`` list more or fewer ids than it requests; two pods' cores overlap.
+# ``AWS_NEURON_IDS`` list more or fewer ids than it requests; two pods' cores overlap. A pod of a
+# known NeuronInference whose annotations disagree with its spec holds both (CoresMismatch).
 CLAIM_NOT_OWNED = "NotOwned"
 CLAIM_ANNOTATION_MISMATCH = "CoresMismatch"
 CLAIM_IDS_MISMATCH = "NeuronIdsMismatch"
 CLAIM_OVERLAP = "Overlap"
+# Why a foreign pod pinned to a node holds nothing there (reported the same ways): kube-scheduler
+# will not bind it while it has scheduling gates, nor ever when it asks for more than the node's
+# allocatable.
+CLAIM_GATED = "SchedulingGated"
+CLAIM_EXCEEDS_NODE = "ExceedsNode"
 
 # A pod in one of these phases has finished: it holds no cores and is not a live replica.
 TERMINAL_PHASES = ("Succeeded", "Failed")

@@ -136,6 +136,9 @@ class Ruling:
     held: Mapping[int, str] = field(default_factory=dict)  # waiting replica → why its request is not made now
     requeue_after: float | None = None  # look again then, even without events
     unheard: int = 0  # pinned pods kube-scheduler has said nothing of (a gauge)
+    # Replicas whose pod name another pod has (it holds cores or other resources on a node): no pod
+    # is made and nothing reserved under that name (which would hide what that pod holds).
+    name_taken: tuple[int, ...] = ()
 
 
 def binding_of(inference: Mapping[str, Any], rules: Rules) -> str:
@@ -223,8 +226,12 @@ def _place(
     creations: list[Creation] = []
     unplaceable: list[tuple[int, str]] = []
     waiting: set[int] = set()  # replicas a new node would take: they get capacity requests
+    name_taken: list[int] = []
     for replica in create:
         pod = pod_key(namespace, pod_name(name, replica))
+        if _held_by_another(view, pod):
+            name_taken.append(replica)
+            continue
         kept_off = avoid.get(replica, frozenset())
         placing = request if follow is None else dataclasses.replace(request, volume_terms=volumes.on_node(follow))
         result = place_one(
@@ -261,7 +268,17 @@ def _place(
         problem=problem,
         waiting_for_room=bool(unplaceable),
         waiting=frozenset(waiting),
+        name_taken=tuple(name_taken),
     )
+
+
+def _held_by_another(view: View, pod: str) -> bool:
+    """Whether a pod that is not ours already has the pod key ``pod`` (a replica's): the ledger
+    holds it as foreign, or only the usage counts it (a reservation is in both)."""
+    holding = view.ledger.holding_of(pod)
+    if holding is not None:
+        return not holding.managed
+    return view.usage.held_by(pod) is not None and not view.ledger.holds(pod)
 
 
 def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling, now: dt.datetime) -> Ruling:

@@ -80,6 +80,10 @@ class TrustIndex:
             self._problems.pop(pod, None)
         return claim
 
+    def problem_of(self, pod: str) -> str | None:
+        found = self._problems.get(pod)
+        return found[1] if found is not None else None
+
     def problems(self) -> list[Inconsistency]:
         """The pods judged inconsistent, unsorted."""
         return [Inconsistency(node, pod, reason) for pod, (node, reason) in self._problems.items()]

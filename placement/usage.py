@@ -4,7 +4,8 @@ The counterpart of the core ledger for everything else a pod asks of its node (c
 ephemeral-storage, hugepages, extended resources, one pod slot), counted as kube-scheduler counts a
 node's ``Requested``: every pod that is bound (``spec.nodeName``) or pinned to the node
 (:func:`claims.node_of`) and has not finished, ours and foreign alike, with
-:func:`resources.pod_requests`. A pod being deleted still counts until it is gone: its containers
+:func:`resources.pod_requests`; but not a pinned pod kube-scheduler will not bind there (scheduling
+gates, or a request beyond the node's allocatable when the caller knows it), as the ledger does not. A pod being deleted still counts until it is gone: its containers
 may still run. A replica placed but not yet seen as a pod counts through :meth:`Usage.reserve`
 until its pod's first event replaces the reservation (same pod) or it is forgotten. Capacity
 requests (:func:`claims.capacity_request`) count nowhere: kube-scheduler counts one where it bound
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from neuronplace.placement.claims import capacity_request, key_of, node_of
+from neuronplace.placement.claims import capacity_request, gated, key_of, node_of
 from neuronplace.placement.names import TERMINAL_PHASES
 from neuronplace.placement.resources import PODS, Amounts, pod_requests
 
@@ -38,15 +39,20 @@ class Usage:
             usage.observe(pod)
         return usage
 
-    def observe(self, pod: Mapping) -> None:
-        """Add or update one pod (idempotent); a finished or unplaced pod, or a capacity request, is
-        forgotten."""
+    def observe(self, pod: Mapping, allocatable: Mapping[str, int] | None = None) -> None:
+        """Add or update one pod (idempotent); a finished or unplaced pod, a capacity request, or a
+        pinned pod that cannot be bound (gated, or beyond ``allocatable``: its node's) is forgotten."""
         node = node_of(pod)
         key = key_of(pod)
         if not node or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES or capacity_request(pod):
             self.forget(key)
             return
         requests = pod_requests(pod.get("spec") or {})
+        bound = bool((pod.get("spec") or {}).get("nodeName"))
+        too_big = allocatable is not None and any(v > allocatable.get(r, 0) for r, v in requests.items())
+        if not bound and (gated(pod) or too_big):
+            self.forget(key)
+            return
         requests[PODS] = 1
         self._put(key, node, requests)
 

@@ -9,7 +9,10 @@ JSON dicts) and returns every :class:`Violation` it finds. The invariants, one f
   never less than it requests), and all the cores held there, foreign pods' bare counts included,
   fit in what the node has (two
   processes driving one NeuronCore, or more cores handed out than exist, is the failure this
-  project exists to prevent).
+  project exists to prevent). Cores are given when a pod's containers start: the device plugin
+  reads the annotations then, so a pod that has started holds what its annotations said at that
+  moment (``Snapshot.given``, which the monitor records), and a later edit changes nothing on the
+  node.
 - ``node-resources``: on every node, what the live pods bound there request together (cpu, memory,
   ephemeral-storage, hugepages, extended resources, one pod slot each; counted as kube-scheduler
   counts them, by the oracle's own reading of each pod) stays within the node's allocatable (a real
@@ -124,6 +127,9 @@ class Snapshot:
     inferences: Sequence[Mapping[str, Any]]
     namespaces: tuple[str, ...] | None = None
     taken_at: float = field(default_factory=time.monotonic)
+    # Pod ("namespace/name") → its annotations when its containers started, as far as known: what
+    # the device plugin read then is what the pod holds, whatever they say now.
+    given: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 # ---- small readers ---------------------------------------------------------------------------------
@@ -171,6 +177,19 @@ def is_running_there(pod: Mapping) -> bool:
     """Bound and not finished: the kubelet counts its requests against the node's allocatable."""
     bound = bool((pod.get("spec") or {}).get("nodeName"))
     return bound and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+
+
+def started(pod: Mapping) -> bool:
+    """Whether the pod's containers have started (the device plugin handed it its cores then)."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Running", *TERMINAL_PHASES):
+        return True
+    for container in [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]:
+        if {"running", "terminated"} & set(container.get("state") or {}) or "terminated" in (
+            container.get("lastState") or {}
+        ):
+            return True
+    return False
 
 
 def is_terminating(obj: Mapping) -> bool:
@@ -269,20 +288,22 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
             node = nodes.get(node_name)
             if node is None:
                 continue  # the node is gone: its pods hold nothing anywhere (pod GC removes them)
-            for violation in _holders_on(node, node_name, pods):
+            for violation in _holders_on(node, node_name, pods, snapshot.given):
                 if violation not in violations:
                     violations.append(violation)
     return violations
 
 
-def _holders_on(node: Mapping, node_name: str, pods: Sequence[Mapping]) -> list[Violation]:
+def _holders_on(
+    node: Mapping, node_name: str, pods: Sequence[Mapping], given: Mapping[str, Mapping[str, str]]
+) -> list[Violation]:
     violations: list[Violation] = []
     capacity, per_chip = node_capacity(node)
     holder_of: dict[int, str] = {}
     counted = 0
     for pod in pods:
         meta = _meta(pod)
-        annotations = meta.get("annotations") or {}
+        annotations = given[_ref(pod)] if _ref(pod) in given else meta.get("annotations") or {}
         ids: list[int] | None = None
         asked = pod_amount(pod, NEURONCORE_RESOURCE) + pod_amount(pod, NEURON_DEVICE_RESOURCE) * (per_chip or 1)
         controller = controller_of(pod) or {}

@@ -9,7 +9,10 @@ after every event re-checks what that event can change:
 
 - ``exclusive-cores`` on the event's node (a pod event: its node, before and after; a node event:
   that node): no core held by two live pods, terminating and foreign pods included, and no more
-  cores held than the node has (:func:`~neuronplace.local.reliability.invariants.check_exclusive_cores` on that node);
+  cores held than the node has (:func:`~neuronplace.local.reliability.invariants.check_exclusive_cores` on that node).
+  Cores are given when a pod's containers start: the monitor keeps each pod's annotations as they
+  were at the first event that shows it started, and checks it by those from then on (an edit
+  after that changes nothing on the node; one before it is what the device plugin reads);
 - ``node-resources`` on the same node: what its live pods request (cpu, memory and the rest, one
   pod slot each) stays within its allocatable (:func:`~neuronplace.local.reliability.invariants.check_node_resources`);
 - ``pod-consistency`` of a live managed pod in scope: annotation = ``NEURON_RT_VISIBLE_CORES`` =
@@ -106,6 +109,7 @@ class InvariantMonitor:
         self._lock = threading.Lock()
         self._pods: dict[tuple[str, str], dict] = {}
         self._pods_on: dict[str, set[tuple[str, str]]] = {}
+        self._given: dict[tuple[str, str], dict] = {}  # pod → its annotations when it started
         self._nodes: dict[str, dict] = {}
         self._inference_ns: dict[str, str] = {}  # uid -> namespace
         self._active: dict[tuple, dict[tuple[str, str, str], Seen]] = {}  # scope -> violations there now
@@ -247,6 +251,8 @@ class InvariantMonitor:
         with self._lock:
             if kind == "pods":
                 self._pods, self._pods_on = {}, {}
+                keep = {_key(pod) for pod in items}
+                self._given = {key: given for key, given in self._given.items() if key in keep}
                 for pod in items:
                     self._put_pod(pod)
             elif kind == "nodes":
@@ -270,6 +276,8 @@ class InvariantMonitor:
         if old_node:
             self._pods_on.get(old_node, set()).discard(key)
         self._pods[key] = pod
+        if key not in self._given and inv.started(pod):
+            self._given[key] = dict((pod.get("metadata") or {}).get("annotations") or {})
         node = inv.pod_node(pod)
         if node:
             self._pods_on.setdefault(node, set()).add(key)
@@ -282,6 +290,7 @@ class InvariantMonitor:
                 key = _key(obj)
                 if kind_of_event == "DELETED":
                     old = self._pods.pop(key, None)
+                    self._given.pop(key, None)
                     node = inv.pod_node(old or {})
                     if node:
                         self._pods_on.get(node, set()).discard(key)
@@ -321,16 +330,20 @@ class InvariantMonitor:
     def _check_node(self, name: str) -> None:
         node = self._nodes.get(name)
         # In a fixed order, so that a violation reads the same at every check (it is counted once).
-        pods = [self._pods[k] for k in sorted(self._pods_on.get(name, ()))]
+        keys = sorted(self._pods_on.get(name, ()))
+        pods = [self._pods[k] for k in keys]
+        given = {inv._ref(self._pods[k]): self._given[k] for k in keys if k in self._given}
         found = []
         if node is not None:
-            snapshot = inv.Snapshot(pods, [node], [])
+            snapshot = inv.Snapshot(pods, [node], [], given=given)
             found = inv.check_exclusive_cores(snapshot) + inv.check_node_resources(snapshot)
         self._settle(("node", name), found)
 
     def _check_pod(self, key: tuple[str, str]) -> None:
         pod = self._pods.get(key)
         found: list[inv.Violation] = []
+        if pod is not None and key in self._given:  # what its process got, not what was edited since
+            pod = {**pod, "metadata": {**(pod.get("metadata") or {}), "annotations": self._given[key]}}
         if pod is not None and (self.namespaces is None or key[0] in self.namespaces):
             if inv.is_managed(pod) and inv.is_live(pod):
                 found += inv.check_pod(pod, self._nodes)

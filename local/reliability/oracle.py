@@ -49,6 +49,7 @@ from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
     CORES_ANNOTATION,
+    ENV_NODE_CORES,
     GROUP,
     INFERENCE_LABEL,
     KIND,
@@ -114,6 +115,20 @@ def _range_ids(text) -> list[int] | None:
     return list(range(first, last + 1)) if last >= first else None
 
 
+def _spec_ids(pod: Mapping) -> list[int]:
+    """The cores the pod's containers name in ``NEURONPLACE_NODE_CORES`` (its spec, which nobody can
+    edit after creation); [] when none does or one of them is not a range."""
+    ids: list[int] = []
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == ENV_NODE_CORES:
+                named = _range_ids(env.get("value"))
+                if named is None:
+                    return []
+                ids += named
+    return ids
+
+
 def _controlling_inference(meta: Mapping) -> str | None:
     """The name of the NeuronInference that is the pod's controller, if one is."""
     for ref in meta.get("ownerReferences") or []:
@@ -139,22 +154,29 @@ def held_cores(node: NodeInventory, pods: Sequence[Mapping]) -> set[int]:
         cores_asked = _asks(pod, (NEURONCORE_RESOURCE,))
         devices_asked = _asks(pod, NEURON_DEVICE_RESOURCES)
         label = (meta.get("labels") or {}).get(INFERENCE_LABEL)
-        if label is not None and label == _controlling_inference(meta):
-            ids = _range_ids(annotations.get(CORES_ANNOTATION))
-            if ids is not None and len(ids) == cores_asked and not devices_asked:
-                held.update(ids)
-                continue
-        # Anything else holds what it requests, whatever its labels and annotations say.
-        if not cores_asked and not devices_asked:
-            continue
         raw = str(annotations.get(AWS_NEURON_IDS) or "")
         parts = [p.strip() for p in raw.split(",") if p.strip()]
-        listed: set[int] = set()
-        if parts and all(p.isdigit() for p in parts):
-            ids = [int(p) for p in parts]
-            listed = set(ids) if cores_asked else {d * per_chip + c for d in ids for c in range(per_chip)}
-            held.update(listed)
-        missing = (cores_asked or devices_asked * per_chip) - len(listed)
+        listed_ids = [int(p) for p in parts] if parts and all(p.isdigit() for p in parts) else []
+        spec_ids = _spec_ids(pod)
+        # Ours: its spec names as many cores as it requests (one run, no devices). It holds those,
+        # and whatever its (editable) annotations claim besides: the union.
+        ours = label is not None and label == _controlling_inference(meta)
+        if ours and len(set(spec_ids)) == len(spec_ids) == cores_asked > 0 and not devices_asked:
+            run = sorted(spec_ids)
+            if run == list(range(run[0], run[0] + len(run))):
+                held.update(spec_ids, _range_ids(annotations.get(CORES_ANNOTATION)) or (), listed_ids)
+                continue
+        # Anything else holds what it requests, whatever its labels and annotations say, and the
+        # cores its spec names if it names any.
+        if not cores_asked and not devices_asked:
+            continue
+        listed = set(spec_ids)
+        if listed_ids:
+            listed |= (
+                set(listed_ids) if cores_asked else {d * per_chip + c for d in listed_ids for c in range(per_chip)}
+            )
+        held.update(listed)
+        missing = cores_asked + devices_asked * per_chip - len(listed)
         if missing > 0:
             counted.append((key, missing))
     # Pods with only a count: that many cores from the top of the node, pod by pod in pod-key order.

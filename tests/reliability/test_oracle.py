@@ -27,6 +27,7 @@ from neuronplace.placement.names import (
     API_VERSION,
     AWS_NEURON_IDS,
     CORES_ANNOTATION,
+    ENV_NODE_CORES,
     INFERENCE_LABEL,
     KIND,
     NEURONCORE_RESOURCE,
@@ -64,12 +65,12 @@ def _pod(
     amount = {NEURONCORE_RESOURCE: str(cores)}
     if cpu:
         amount["cpu"] = str(cpu)
+    container: dict = {"name": "c", "resources": {"requests": amount, "limits": dict(amount)}}
+    if managed_range is not None:
+        container["env"] = [{"name": ENV_NODE_CORES, "value": managed_range}]
     return {
         "metadata": metadata,
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": "c", "resources": {"requests": amount, "limits": dict(amount)}}],
-        },
+        "spec": {"nodeName": node, "containers": [container]},
         "status": {"phase": "Running"},
     }
 

@@ -20,6 +20,7 @@ from neuronplace.placement.names import (
     API_VERSION,
     AWS_NEURON_IDS,
     CORES_ANNOTATION,
+    ENV_NODE_CORES,
     INFERENCE_LABEL,
     INSTANCE_TYPE_LABEL,
     KIND,
@@ -66,7 +67,8 @@ def inference_uid(inference: str, namespace: str = "default") -> str:
 def managed_pod(name, node, cores, inference="web", namespace="default", phase="Running") -> dict:
     """A live pod of the NeuronInference ``namespace/inference`` holding ``cores`` ("4-7") on ``node``,
     as the operator creates it: controlled by its NeuronInference (UID included), carrying the
-    inference label and its node-global range, requesting exactly as many
+    inference label and its node-global range (in its spec's ``NEURONPLACE_NODE_CORES``, the only
+    place the ledger trusts, and in its annotations), requesting exactly as many
     ``aws.amazon.com/neuroncore`` as the range has cores, and carrying the device plugin's ids for
     them. Anything less is not counted as ours."""
     core_range = CoreRange.parse(cores)
@@ -87,7 +89,12 @@ def managed_pod(name, node, cores, inference="web", namespace="default", phase="
                 }
             ],
         },
-        "spec": {"nodeName": node, "containers": [{"name": "main", "resources": {"limits": amount}}]},
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {"name": "main", "env": [{"name": ENV_NODE_CORES, "value": cores}], "resources": {"limits": amount}}
+            ],
+        },
         "status": {"phase": phase},
     }
 

@@ -55,7 +55,8 @@ def test_throttling_and_other_temporary_failures_go_to_the_work_queue():
     throttled = verdict([Answer(0, True, 500, "boom"), Answer(1, True, 429, "slow down")])
     assert throttled.raise_answer == 1 and throttled.release == (0, 1)  # 429 first, whatever the order
     broken = verdict([Answer(0), Answer(1, True, None, "connection reset")])
-    assert broken.raise_answer == 1 and broken.release == (1,)
+    # No HTTP answer: the pod may exist (a create that timed out but succeeded), so its cores stay held.
+    assert broken.raise_answer == 1 and broken.release == ()
     assert [e.reason for e in broken.events] == ["Placed"]  # replica 0 was placed all the same
 
 

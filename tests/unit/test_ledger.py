@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION
+from neuronplace.placement.names import AWS_NEURON_IDS, CORES_ANNOTATION, ENV_NODE_CORES
 from neuronplace.runtime.coreset import CoreRange
 from support.builders import foreign_pod, inference_uid, managed_pod, node_inventory
 
@@ -50,7 +50,7 @@ def test_observe_is_idempotent_and_forget_frees():
     assert len(ledger.holdings("n1")) == 1 and ledger.used_cores("n1") == {2, 3}
     pod["metadata"]["annotations"][CORES_ANNOTATION] = "4-5"
     ledger.observe(pod)
-    assert ledger.used_cores("n1") == {4, 5}
+    assert ledger.used_cores("n1") == {2, 3, 4, 5}  # its spec says 2-3: an edited annotation adds, never moves
     pod["status"]["phase"] = "Succeeded"
     ledger.observe(pod)
     assert ledger.used_cores("n1") == set()
@@ -162,9 +162,9 @@ def test_managed_pod_with_a_bad_annotation_is_accounted_for_and_reported():
     del pod["metadata"]["annotations"][AWS_NEURON_IDS]
     ledger = Ledger.from_pods([pod], TRUSTED)
     ledger.learn_nodes([node_inventory("n1")])
-    [holding] = ledger.foreign()
-    assert holding.pod == "default/web-0" and holding.count == 2 and not holding.exact
-    assert ledger.used_cores("n1") == {22, 23}
+    # Its spec says 0-1 (an annotation that is no range names nothing the device plugin reads).
+    assert ledger.foreign() == []
+    assert ledger.used_cores("n1") == {0, 1}
     assert [(i.node, i.pod, i.reason) for i in ledger.inconsistencies()] == [("n1", "default/web-0", "CoresMismatch")]
 
 
@@ -242,13 +242,11 @@ def test_a_namesake_with_another_uid_is_not_trusted():
 @pytest.mark.parametrize(
     "change",
     [
-        lambda pod: pod["metadata"]["annotations"].update({CORES_ANNOTATION: "0-7"}),  # more than it requests
-        lambda pod: pod["metadata"]["labels"].update({"neuronplace.io/inference": "other"}),  # not its owner
         lambda pod: pod["spec"]["containers"][0]["resources"]["limits"].update({"aws.amazon.com/neuron": "1"}),
         lambda pod: pod["metadata"]["ownerReferences"][0].update({"controller": False}),
         lambda pod: pod["metadata"]["ownerReferences"][0].update({"kind": "Deployment"}),
     ],
-    ids=["range-beyond-request", "label-not-owner", "device-request", "not-controller", "other-kind"],
+    ids=["device-request", "not-controller", "other-kind"],
 )
 def test_a_pod_whose_claim_disagrees_is_held_by_its_request(change):
     pod = managed_pod("web-0", "n1", "0-3")
@@ -297,6 +295,7 @@ pod_shapes = st.fixed_dictionaries(
         "range": st.none() | st.tuples(st.integers(0, 23), st.integers(1, 8)),
         "labelled": st.booleans(),
         "owner": st.sampled_from([None, "trusted", "untrusted"]),
+        "env": st.booleans(),  # the range is also in the spec's NEURONPLACE_NODE_CORES
     }
 )
 
@@ -326,10 +325,10 @@ def pod_of(index, shape):
                 "controller": True,
             }
         ]
-    return {
-        "metadata": meta,
-        "spec": {"nodeName": shape["node"], "containers": [{"name": "c", "resources": {"limits": limits}}]},
-    }
+    container = {"name": "c", "resources": {"limits": limits}}
+    if shape["env"] and shape["range"]:
+        container["env"] = [{"name": ENV_NODE_CORES, "value": meta["annotations"][CORES_ANNOTATION]}]
+    return {"metadata": meta, "spec": {"nodeName": shape["node"], "containers": [container]}}
 
 
 @settings(max_examples=150, deadline=None)
@@ -346,17 +345,24 @@ def test_whatever_the_pods_say_no_core_gets_two_pods_and_nobody_holds_less_than_
     ledger.learn_nodes([node_inventory("n1"), node_inventory("n2")])
     for pod, shape in zip(pods, shapes):
         holding = ledger.holding_of(f"default/{pod['metadata']['name']}")
-        asked = shape["request"] or shape["devices"] * 2  # inf2: 2 cores per chip
+        asked = shape["request"] + shape["devices"] * 2  # inf2: 2 cores per chip
         if holding is None:
             assert asked == 0
-            continue
-        if holding.managed:
-            assert shape["owner"] == "trusted" and shape["labelled"] and holding.count == shape["request"]
             continue
         listed = set()
         if shape["ids"]:
             listed = set(shape["ids"]) if shape["request"] else {d * 2 + c for d in shape["ids"] for c in (0, 1)}
         assert listed <= set(holding.core_ids)
+        given = CoreRange.parse(pod["metadata"]["annotations"][CORES_ANNOTATION]) if shape["range"] else None
+        in_spec = shape["env"] and given is not None and given.count == shape["request"]
+        if in_spec:  # the spec's range is held, ours or not
+            assert set(given.ids) <= set(holding.core_ids)
+        if holding.managed:
+            assert shape["owner"] == "trusted" and in_spec and not shape["devices"]
+            assert holding.count >= shape["request"]
+            continue
+        if in_spec:
+            continue  # the spec's range is held too
         assert holding.count == max(len(listed), asked)
     for index, (node, start, count) in enumerate(wanted):
         cores = CoreRange(start, min(count, 24 - start))
