@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from operator_support import inference, install, placed_and_ready, token_kubeconfig
+from operator_support import helm_template, inference, install, placed_and_ready, token_kubeconfig
 
 from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
@@ -30,6 +30,7 @@ from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
     CORES_ANNOTATION,
     CRD_NAME,
+    ENV_NODE_CORES,
     INFERENCE_LABEL,
     KIND,
     NEURON_ALLOC_TIME,
@@ -280,13 +281,79 @@ def test_the_charts_operator_creates_replicas_under_owner_references_permission_
         try:
             wait_for(lambda: placed_and_ready(cluster, namespace, "guarded", 2), 120, "both replicas Running and Ready")
         except TimeoutError as timeout:
-            raise AssertionError(f"{timeout}\noperator log:\n{process.log_tail(60)}") from None
+            conditions = cluster.get_json("ninf", "guarded", "-n", namespace).get("status", {}).get("conditions")
+            events = cluster.kubectl(
+                "get", "events", "-n", namespace, "-o", "custom-columns=R:.reason,M:.message"
+            ).stdout
+            raise AssertionError(
+                f"{timeout}\nconditions: {conditions}\nevents:\n{events[-3000:]}\noperator log:\n{process.log_tail(60)}"
+            ) from None
         pods = cluster.get_json("pods", "-n", namespace, "-l", f"{INFERENCE_LABEL}=guarded")["items"]
         assert {p["spec"]["nodeName"] for p in pods} <= set(nodes)
         assert all(ref.get("blockOwnerDeletion") for p in pods for ref in p["metadata"]["ownerReferences"])
-        log = process.log_tail(400)
-        assert "blockOwnerDeletion" not in log and "403" not in log, log[-4000:]
+        events = cluster.kubectl("get", "events", "-n", namespace, "-o", "custom-columns=R:.reason,M:.message").stdout
+        assert "PodForbidden" not in events and "blockOwnerDeletion" not in events, events
     finally:
         cluster.kubectl("delete", "ninf", "--all", "-n", namespace, "--timeout=60s", check=False)
         process.stop()
         cluster.kubectl("delete", "nodes", "-l", f"{POOL_LABEL}={pool}", "--wait=false", check=False)
+
+
+@pytest.mark.cluster
+def test_the_api_server_refuses_templates_carrying_reserved_keys_naming_them(strict_cluster, tenant_namespace):
+    cluster, namespace = strict_cluster, tenant_namespace
+    cases = [
+        ("labels", CAPACITY_REQUEST_LABEL, f"spec.template.metadata.labels must not carry {CAPACITY_REQUEST_LABEL}"),
+        ("annotations", AWS_NEURON_IDS, f"spec.template.metadata.annotations must not carry {AWS_NEURON_IDS}"),
+        (
+            "sidecar-env",
+            ENV_NODE_CORES,
+            f"a container must not set NEURON_RT_VISIBLE_CORES or NEURON_RT_NUM_CORES or any NEURONPLACE_* variable (it sets {ENV_NODE_CORES})",
+        ),
+    ]
+    for where, key, message in cases:
+        resource = inference(f"reserved-{where}", pool="no-such-pool")
+        template = resource["spec"]["template"]
+        if where == "sidecar-env":
+            sidecar = {"name": "side", "image": "s:1", "env": [{"name": key, "value": "0-127"}]}
+            template["spec"]["containers"].append(sidecar)
+        else:
+            template["metadata"].setdefault(where, {})[key] = "x"
+        result = cluster.kubectl(
+            "create", "-n", namespace, "--dry-run=server", "-f", "-", input=json.dumps(resource), check=False
+        )
+        assert result.returncode != 0 and message in result.stderr, (where, result.stderr)
+    ordinary = inference("ordinary", pool="no-such-pool")
+    ordinary["spec"]["template"]["metadata"]["annotations"] = {"example.com/neuronplace.io": "x"}
+    accepted = cluster.kubectl("create", "-n", namespace, "--dry-run=server", "-f", "-", input=json.dumps(ordinary))
+    assert accepted.returncode == 0
+
+
+@pytest.mark.cluster
+def test_chart_renders_the_pod_policy_for_the_served_namespaces(strict_cluster):
+    def pod_policy(*values: str) -> list[dict]:
+        docs = helm_template(strict_cluster, OPERATOR_NAMESPACE, *values, release=RELEASE)
+        return [
+            d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy") and d["metadata"]["name"] == POLICY
+        ]
+
+    policy, binding = pod_policy()
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["pods", "pods/status"] and rule["operations"] == ["CREATE", "UPDATE"]
+    assert policy["spec"]["matchConditions"] == [
+        {"name": "not-the-operator", "expression": f"request.userInfo.username != '{OPERATOR}'"}
+    ]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert f"request.userInfo.username == '{DEVICE_PLUGIN}'" in variables["allocator"]
+    assert COLLECTOR in variables["collector"] and "system:kube-controller-manager" in variables["collector"]
+    assert binding["spec"] == {"policyName": POLICY, "validationActions": ["Deny"]}, "cluster-wide: every namespace"
+
+    _, namespaced = pod_policy(
+        "--set", "watch.namespaces={team-a,team-b}", "--set", "admission.devicePluginServiceAccount="
+    )
+    assert namespaced["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+    assert pod_policy("--set", "admission.pods=false") == []
+    assert pod_policy("--set", "admission.enabled=false") == []
