@@ -72,9 +72,9 @@ def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) ->
     if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
         return "spec.placement.tolerations must be a list of tolerations"
     template = spec.get("template")
-    pod_spec = template.get("spec") if isinstance(template, Mapping) else None
-    if not isinstance(pod_spec, Mapping):
+    if not isinstance(template, Mapping) or not isinstance(template.get("spec"), Mapping):
         return "spec.template.spec.containers must list at least one container"
+    pod_spec = template["spec"]
     containers = pod_spec.get("containers")
     if not isinstance(containers, list) or not containers:
         return "spec.template.spec.containers must list at least one container"
