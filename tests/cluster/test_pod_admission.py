@@ -147,6 +147,14 @@ def test_only_the_operator_writes_its_pod_metadata_and_the_garbage_collector_sti
         return refused(create_as(cluster, tenant, namespace, forged, "--dry-run=server"), INFERENCE_LABEL)
 
     wait_for(tenant_refused, ACTIVATION_SECONDS, "the pod policy to refuse the tenant")
+
+    # The API server type-checked every expression against the Pod schema without a warning.
+    def type_checked():
+        status = cluster.get_json("validatingadmissionpolicy", POLICY).get("status") or {}
+        return status if "typeChecking" in status else None
+
+    status = wait_for(type_checked, ACTIVATION_SECONDS, "the policy's type check")
+    assert not status["typeChecking"].get("expressionWarnings"), status
     message = create_as(cluster, tenant, namespace, forged).stderr
     assert f"only the neuronplace operator ({OPERATOR}) may create pods carrying {INFERENCE_LABEL}" in message
     for name, body, needle in (
@@ -349,11 +357,13 @@ def test_chart_renders_the_pod_policy_for_the_served_namespaces(strict_cluster):
     assert COLLECTOR in variables["collector"] and "system:kube-controller-manager" in variables["collector"]
     assert binding["spec"] == {"policyName": POLICY, "validationActions": ["Deny"]}, "cluster-wide: every namespace"
 
-    _, namespaced = pod_policy(
+    policy_without_plugin, namespaced = pod_policy(
         "--set", "watch.namespaces={team-a,team-b}", "--set", "admission.devicePluginServiceAccount="
     )
     assert namespaced["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
     ]
+    allocator = next(v for v in policy_without_plugin["spec"]["variables"] if v["name"] == "allocator")
+    assert "serviceaccount" not in allocator["expression"], "no device plugin: only nodes allocate"
     assert pod_policy("--set", "admission.pods=false") == []
     assert pod_policy("--set", "admission.enabled=false") == []
