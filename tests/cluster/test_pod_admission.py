@@ -178,8 +178,15 @@ def test_only_the_operator_writes_its_pod_metadata_and_the_garbage_collector_sti
     }
     replica = pod("web-0", labels={INFERENCE_LABEL: "web", REPLICA_LABEL: "0"}, annotations=annotations)
     replica["metadata"]["ownerReferences"] = [owner_of(web)]
-    created = create_as(cluster, OPERATOR, namespace, replica)
-    assert created.returncode == 0, created.stderr
+
+    def created():
+        # OwnerReferencesPermissionEnforcement looks the owner's kind up in a REST mapping it
+        # refreshes on its own schedule: just after the CRD is installed it may not know it yet.
+        result = create_as(cluster, OPERATOR, namespace, replica)
+        assert result.returncode == 0 or "cannot find RESTMapping" in result.stderr, result.stderr
+        return result.returncode == 0
+
+    wait_for(created, 60, "the operator's ServiceAccount to create web-0")
     before = cluster.get_json("pod", "web-0", "-n", namespace)["metadata"]
 
     # UPDATE: the tenant may not add, change or remove any of it, nor the ownerReferences.
@@ -210,6 +217,23 @@ def test_only_the_operator_writes_its_pod_metadata_and_the_garbage_collector_sti
     ):
         result = as_user(cluster, tenant, *change, *edit)
         assert refused(result, needle), (change, result.stderr)
+    # Nor through the status subresource, which may carry label and annotation changes.
+    grant(
+        cluster,
+        namespace,
+        "status-writer",
+        tenant,
+        [{"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}],
+    )
+    via_status = ("patch", "pod", "web-0", "--subresource=status", "--type=merge")
+    via_status += ("-p", json.dumps({"metadata": {"labels": {REPLICA_LABEL: "9"}}}))
+
+    def status_refused():
+        result = as_user(cluster, tenant, *via_status, *edit)
+        assert result.returncode != 0, "a reserved label changed through pods/status"
+        return refused(result, REPLICA_LABEL)
+
+    wait_for(status_refused, ACTIVATION_SECONDS, "the status write to reach the policy (RBAC first)")
     # Its own labels stay the tenant's to change.
     labelled = as_user(cluster, tenant, "label", "pod", "web-0", "team=a", *edit)
     assert labelled.returncode == 0, labelled.stderr
