@@ -70,11 +70,20 @@ class ClusterSettings:
     at kwokctl's defaults (lease 200 s, grace 100 s): on two busy cores shorter ones mark healthy
     nodes NotReady; fault tests switch readiness explicitly with :meth:`LocalCluster.set_node_ready`
     instead.
+
+    ``admission_plugins`` are kube-apiserver admission plugins to enable beyond its defaults (as
+    production clusters do, e.g. ``OwnerReferencesPermissionEnforcement``).
+    ``controller_credentials`` runs kube-controller-manager's controllers as their own
+    ServiceAccounts (``--use-service-account-credentials``, as kubeadm and EKS run it) instead of
+    with the admin's credentials, so that RBAC and admission policies see the identities a real
+    cluster's controllers (the garbage collector among them) have.
     """
 
     wait_seconds: int = 180
     api_qps: int = 500
     api_burst: int = 1000
+    admission_plugins: tuple[str, ...] = ()
+    controller_credentials: bool = False
 
 
 @dataclass
@@ -166,6 +175,13 @@ class LocalCluster:
             {"key": "kube-api-burst", "value": str(self.settings.api_burst)},
             {"key": "leader-elect", "value": "false"},
         ]
+        apiserver_args = []
+        if self.settings.admission_plugins:
+            plugins = ",".join(self.settings.admission_plugins)
+            apiserver_args.append({"key": "enable-admission-plugins", "value": plugins})
+        controller_args = [dict(arg) for arg in extra_args]
+        if self.settings.controller_credentials:
+            controller_args.append({"key": "use-service-account-credentials", "value": "true"})
         return {
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             "kind": "KwokctlConfiguration",
@@ -187,7 +203,8 @@ class LocalCluster:
             },
             "componentsPatches": [
                 {"name": "kube-scheduler", "extraArgs": [dict(arg) for arg in extra_args]},
-                {"name": "kube-controller-manager", "extraArgs": [dict(arg) for arg in extra_args]},
+                {"name": "kube-controller-manager", "extraArgs": controller_args},
+                *([{"name": "kube-apiserver", "extraArgs": apiserver_args}] if apiserver_args else []),
             ],
         }
 

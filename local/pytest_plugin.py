@@ -14,6 +14,11 @@
   Neuron instance types); ``autoscaled_cluster`` is its :class:`LocalCluster`. A cluster of its own,
   because Karpenter would add nodes for any Pending pod of the session's other tests. Torn down and
   checked like ``local_cluster``.
+- ``strict_cluster`` (module): a cluster of its own (``np-test-<pid>-strict``) configured as
+  production clusters often are: the ``OwnerReferencesPermissionEnforcement`` admission plugin on,
+  and kube-controller-manager's controllers acting as their own ServiceAccounts (so the garbage
+  collector is ``system:serviceaccount:kube-system:generic-garbage-collector``). Torn down and
+  checked like ``local_cluster``.
 
 When a test that used the cluster fails, the tail of every component's log is attached to its
 report (shown under "control plane logs").
@@ -40,15 +45,19 @@ import pytest
 
 from neuronplace.local import procs
 from neuronplace.local.autoscaler import Autoscaler
-from neuronplace.local.cluster import LocalCluster, list_clusters, port_lock
+from neuronplace.local.cluster import ClusterSettings, LocalCluster, list_clusters, port_lock
 from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.local.operator_process import BINDING_VARIABLE
 from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS
 
 _CLUSTER_KEY = pytest.StashKey["LocalCluster"]()
 _AUTOSCALED_KEY = pytest.StashKey["LocalCluster"]()
+_STRICT_KEY = pytest.StashKey["LocalCluster"]()
+STRICT_SETTINGS = ClusterSettings(
+    admission_plugins=("OwnerReferencesPermissionEnforcement",), controller_credentials=True
+)
 _BINDING_KEY = pytest.StashKey[str]()
-_TEST_CLUSTER = re.compile(r"^np-test-(\d+)(?:-autoscaled)?$")
+_TEST_CLUSTER = re.compile(r"^np-test-(\d+)(?:-autoscaled|-strict)?$")
 
 
 class Fleet(list):
@@ -210,6 +219,23 @@ def autoscaled_cluster(autoscaler: Autoscaler) -> LocalCluster:
     return autoscaler.cluster
 
 
+@pytest.fixture(scope="module")
+def strict_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    _remove_orphaned_test_clusters()
+    cluster = LocalCluster(f"np-test-{os.getpid()}-strict", settings=STRICT_SETTINGS)
+    atexit.register(cluster.down)
+    try:
+        cluster.up(progress=_progress(request))
+        request.config.stash[_STRICT_KEY] = cluster
+        yield cluster
+    finally:
+        left, ours = _down_and_check(cluster)
+        if _STRICT_KEY in request.config.stash:
+            del request.config.stash[_STRICT_KEY]
+    assert not left, f"components still running after teardown: {left}"
+    assert not ours, f"ports still listening after teardown: {ours}"
+
+
 def _our_listeners(cluster: LocalCluster, ports: set[int], settle: float = 15) -> dict[int, list]:
     """Ports of ``cluster`` still listening, with their owners, after giving closing sockets
     ``settle`` seconds. A port held by a process that is not this cluster's (another session's
@@ -254,7 +280,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
     fixtures = getattr(item, "fixturenames", ())
-    for fixture, key in (("local_cluster", _CLUSTER_KEY), ("autoscaler", _AUTOSCALED_KEY)):
+    for fixture, key in (
+        ("local_cluster", _CLUSTER_KEY),
+        ("autoscaler", _AUTOSCALED_KEY),
+        ("strict_cluster", _STRICT_KEY),
+    ):
         cluster = item.config.stash.get(key, None) if report.failed and fixture in fixtures else None
         if cluster is not None:
             report.sections.append((f"control plane logs ({cluster.name})", cluster.log_tail()))

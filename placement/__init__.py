@@ -14,6 +14,7 @@ status. One concept per module:
   requests, status).
 - ``creation``: what the API server's answers to the ruling's pod creates mean.
 - ``validation``: whether an inference may be acted on at all (its spec, its namespace).
+- ``reserved``: the pod labels, annotations and env that are the operator's, which no template may carry.
 - ``priority``: which PriorityClasses a template may name, and the order waiting inferences are served
   (priority, then round-robin across namespaces, then age).
 - ``replica_pods``: spec + live pods → a frozen ``Decision`` (which pods go, which replicas need one).

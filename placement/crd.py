@@ -24,6 +24,9 @@ from neuronplace.placement.names import (
     KIND,
     PLURAL,
     RESERVED_ENV,
+    RESERVED_ENV_PREFIX,
+    RESERVED_KEY_PREFIXES,
+    RESERVED_KEYS,
     SHAPE_POLICIES,
     SHORT_NAMES,
     SINGULAR,
@@ -45,6 +48,32 @@ MAX_CONTAINERS = 32
 MAX_ENV = 512
 MAX_RESOURCES = 64
 MAX_KEY_LENGTH = 253
+# Fields of the template's pod spec and of each container (a PodSpec has about 40, a Container about
+# 25): the schema keeps them as written, so this and the list bounds are what it can bound.
+MAX_FIELDS = 64
+# The byte size of a template cannot be measured by the schema or CEL (its pod spec is kept as written,
+# and CEL cannot serialise), so the operator checks it (validation.template_bytes; InvalidSpec): the
+# template as compact JSON, its first container counted once per process, at most 256 KiB. Every pod
+# the operator makes is about that big, and pods must stay well under etcd's 1.5 MiB request limit;
+# 256 KiB is also the API server's limit on a pod's annotations, and keeps the operator's memory for
+# a thousand templates bounded. The API server itself refuses any request over 3 MiB.
+MAX_TEMPLATE_BYTES = 256 * 1024
+
+
+def _cel_strings(values) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def reserved_key_cel(key: str) -> str:
+    """CEL: whether the string ``key`` is a reserved pod label or annotation key (as
+    ``reserved.is_reserved_key``)."""
+    prefixes = " || ".join(f"{key}.startsWith('{p}')" for p in RESERVED_KEY_PREFIXES)
+    return f"{key} in {_cel_strings(RESERVED_KEYS)} || {prefixes}"
+
+
+def reserved_env_cel(name: str) -> str:
+    """CEL: whether the string ``name`` is a reserved env variable (as ``reserved.is_reserved_env``)."""
+    return f"{name} in {_cel_strings(RESERVED_ENV)} || {name}.startsWith('{RESERVED_ENV_PREFIX}')"
 
 
 def _rule(rule: str, message: str, **extra) -> dict:
@@ -58,6 +87,21 @@ def _string_map(description: str) -> dict:
         "maxProperties": MAX_RESOURCES,
         "additionalProperties": {"type": "string"},
     }
+
+
+def _template_metadata_map(kind: str) -> dict:
+    """Labels or annotations copied onto every pod; the operator's own keys are refused, naming the key."""
+    schema = _string_map(f"{kind.capitalize()} copied onto every pod (not the operator's own keys).")
+    schema["x-kubernetes-validations"] = [
+        _rule(
+            f"self.all(k, !({reserved_key_cel('k')}))",
+            f"template {kind} must not carry the operator's keys",
+            messageExpression=f"'spec.template.metadata.{kind} must not carry ' + "
+            f"self.filter(k, {reserved_key_cel('k')})[0] + ': keys under "
+            f"{', '.join(RESERVED_KEY_PREFIXES)} and {', '.join(RESERVED_KEYS)} are reserved for the operator'",
+        )
+    ]
+    return schema
 
 
 def _toleration_schema() -> dict:
@@ -97,6 +141,7 @@ def _container_schema(kind: str) -> dict:
     return {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": True,
+        "maxProperties": MAX_FIELDS,
         "required": ["name"],
         "properties": {
             "name": {"type": "string", "maxLength": 63},
@@ -128,9 +173,12 @@ def _container_schema(kind: str) -> dict:
                 "aws.amazon.com/neuroncore from coresPerReplica",
             ),
             _rule(
-                "!has(self.env) || self.env.all(e, !(e.name in " + repr(list(RESERVED_ENV)).replace('"', "'") + "))",
-                f"{kind} must not set NEURON_RT_VISIBLE_CORES or NEURON_RT_NUM_CORES: the operator computes "
-                "them from the placement",
+                f"!has(self.env) || self.env.all(e, !({reserved_env_cel('e.name')}))",
+                f"{kind} must not set NEURON_RT_VISIBLE_CORES or NEURON_RT_NUM_CORES or any "
+                f"{RESERVED_ENV_PREFIX}* variable: the operator sets them per process",
+                messageExpression=f"'{kind} must not set NEURON_RT_VISIBLE_CORES or NEURON_RT_NUM_CORES or any "
+                f"{RESERVED_ENV_PREFIX}* variable (it sets ' + self.env.filter(e, {reserved_env_cel('e.name')})[0].name"
+                " + '): the operator sets them per process'",
             ),
         ],
     }
@@ -140,19 +188,24 @@ def _template_schema() -> dict:
     return {
         "type": "object",
         "description": "The pod template (metadata + spec), exactly like a Deployment's. The first container "
-        "runs the model; with several processes it is repeated once per process.",
+        "runs the model; with several processes it is repeated once per process. Bounded: at most "
+        f"{MAX_FIELDS} fields in the pod spec and in each container, {MAX_CONTAINERS} containers, {MAX_ENV} env "
+        f"entries each, {MAX_RESOURCES} labels and annotations; and, checked by the operator since a schema "
+        f"cannot measure it, at most {MAX_TEMPLATE_BYTES // 1024} KiB as JSON with the first container counted "
+        "once per process.",
         "required": ["spec"],
         "properties": {
             "metadata": {
                 "type": "object",
                 "properties": {
-                    "labels": _string_map("Labels copied onto every pod."),
-                    "annotations": _string_map("Annotations copied onto every pod."),
+                    "labels": _template_metadata_map("labels"),
+                    "annotations": _template_metadata_map("annotations"),
                 },
             },
             "spec": {
                 "type": "object",
                 "x-kubernetes-preserve-unknown-fields": True,
+                "maxProperties": MAX_FIELDS,
                 "required": ["containers"],
                 "properties": {
                     "nodeName": {"type": "string"},

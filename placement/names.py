@@ -94,6 +94,19 @@ ENV_DP_DYNAMIC_BATCHING = DP_DYNAMIC_BATCHING_VAR
 ENV_DP_NUM_WORKERS = DP_NUM_WORKERS_VAR
 # Env the operator owns in the Neuron containers; a template may not set them.
 RESERVED_ENV = (ENV_VISIBLE_CORES, ENV_NUM_CORES)
+# Nor any variable of ours (the ledger trusts ENV_NODE_CORES in a pod's spec, so no container of
+# a template, sidecar or init, may carry one).
+RESERVED_ENV_PREFIX = "NEURONPLACE_"
+
+# ---- pod metadata only the operator writes ---------------------------------------------------------
+# Label and annotation keys reserved on pods: anything under our API group, and the AWS Neuron
+# device-plugin protocol (AWS_NEURON_IDS, NEURON_*). A template may not carry them (InvalidSpec, and
+# the CRD's schema), and the chart's admission policy for pods lets only the operator create pods
+# with them and nobody change them afterwards, except ALLOCATION_ANNOTATIONS.
+RESERVED_KEY_PREFIXES = (f"{GROUP}/", "NEURON_")
+RESERVED_KEYS = (AWS_NEURON_IDS,)
+# What the device plugin (and the node) write on a pod once its devices are allocated.
+ALLOCATION_ANNOTATIONS = (NEURON_ALLOCATED, NEURON_ALLOC_TIME)
 
 # ---- status ---------------------------------------------------------------------------------------
 CONDITION_PLACED = "Placed"

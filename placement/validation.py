@@ -7,18 +7,31 @@ creates any pod from it, and says what is wrong instead of failing later.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from neuronplace.placement.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS
+from neuronplace.placement.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS, MAX_TEMPLATE_BYTES
 from neuronplace.placement.names import BINDINGS, SHAPE_POLICIES, STRATEGIES
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy, check_template
+from neuronplace.placement.reserved import reserved_in_template
 
 
 def _int(value: Any, default: int | None = None) -> int | None:
     if value is None:
         return default
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+
+
+def template_bytes(template: Mapping, processes: int) -> int:
+    """The template's size as compact JSON, its first container counted once per process: the part
+    of every pod that comes from the template (each process gets a copy of that container)."""
+    containers = (template.get("spec") or {}).get("containers") or [{}]
+    return _json_bytes(template) + (processes - 1) * _json_bytes(containers[0])
 
 
 def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) -> str | None:
@@ -59,9 +72,9 @@ def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) ->
     if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
         return "spec.placement.tolerations must be a list of tolerations"
     template = spec.get("template")
-    pod_spec = template.get("spec") if isinstance(template, Mapping) else None
-    if not isinstance(pod_spec, Mapping):
+    if not isinstance(template, Mapping) or not isinstance(template.get("spec"), Mapping):
         return "spec.template.spec.containers must list at least one container"
+    pod_spec = template["spec"]
     containers = pod_spec.get("containers")
     if not isinstance(containers, list) or not containers:
         return "spec.template.spec.containers must list at least one container"
@@ -69,6 +82,15 @@ def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) ->
         return "every container in spec.template.spec.containers needs a name"
     if pod_spec.get("nodeName") or pod_spec.get("schedulerName"):
         return "spec.template.spec must not set nodeName or schedulerName: the operator binds pods itself"
+    reserved = reserved_in_template(template)
+    if reserved:
+        return reserved
+    size = template_bytes(template, processes)
+    if size > MAX_TEMPLATE_BYTES:
+        return (
+            f"spec.template is {size} bytes as JSON (its first container counted once per process), over the "
+            f"limit of {MAX_TEMPLATE_BYTES}: move large data into a ConfigMap or volume"
+        )
     violations = check_template(template, policy, namespace=(inference.get("metadata") or {}).get("namespace"))
     if violations:
         return "pod template refused: " + "; ".join(violations)

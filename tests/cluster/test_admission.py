@@ -127,8 +127,9 @@ def test_chart_renders_the_policy_and_the_aggregated_roles_and_values_turn_them_
     by_kind = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
-    (policy,) = by_kind["ValidatingAdmissionPolicy"]
-    (binding,) = by_kind["ValidatingAdmissionPolicyBinding"]
+    # Beside it, the policy for pods (tests/cluster/test_pod_admission.py).
+    (policy,) = [p for p in by_kind["ValidatingAdmissionPolicy"] if p["metadata"]["name"] == POLICY]
+    (binding,) = [b for b in by_kind["ValidatingAdmissionPolicyBinding"] if b["metadata"]["name"] == POLICY]
     assert policy["metadata"]["name"] == binding["metadata"]["name"] == POLICY
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"

@@ -393,6 +393,9 @@ NEEDED_IN_WATCHED = [
     ("list", "neuroninferences.neuronplace.io"),
     ("watch", "neuroninferences.neuronplace.io"),
     ("patch", "neuroninferences.neuronplace.io/status"),
+    # What OwnerReferencesPermissionEnforcement asks of a pod creator naming its owner with
+    # blockOwnerDeletion (tests/cluster/test_pod_admission.py runs the operator under it).
+    ("update", "neuroninferences.neuronplace.io/finalizers"),
     ("get", "pods"),
     ("list", "pods"),
     ("watch", "pods"),
@@ -426,6 +429,7 @@ FORBIDDEN_ANYWHERE = [
     ("update", "neuroninferences.neuronplace.io"),
     ("patch", "neuroninferences.neuronplace.io"),
     ("update", "neuroninferences.neuronplace.io/status"),
+    ("patch", "neuroninferences.neuronplace.io/finalizers"),
     ("update", "pods"),
     ("patch", "pods"),
     ("create", "deployments.apps"),

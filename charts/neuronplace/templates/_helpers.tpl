@@ -67,6 +67,12 @@ are @kopf.on.event: no finalizers, no progress annotations, nothing patched on w
 - apiGroups: ["neuronplace.io"]
   resources: ["neuroninferences/status"]
   verbs: ["patch"]
+# Every replica and capacity request names its NeuronInference as owner with blockOwnerDeletion;
+# the OwnerReferencesPermissionEnforcement admission plugin (enabled on many clusters) then refuses
+# the pod create unless its creator may update the owner's finalizers. Nothing ever calls it.
+- apiGroups: ["neuronplace.io"]
+  resources: ["neuroninferences/finalizers"]
+  verbs: ["update"]
 # Replicas are plain pods: created already bound to the chosen node, deleted on scale-down,
 # re-placement or template change; list+watch rebuild and maintain the core ledger (pods are the
 # truth), and the full resync reads a pod it no longer lists (get) before freeing its cores.
