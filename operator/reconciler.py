@@ -97,7 +97,9 @@ class Reconciler:
                 retry = judgement.retry if retry is None else min(retry, judgement.retry)
 
         self._delete_requests(ruling.request_deletions)
-        requests, settle_retry = to_create_now(ruling.request_creations, self.cache.settling())
+        requests, settle_retry = to_create_now(
+            ruling.request_creations, self.cache.settling(), self.rules.capacity_settle_seconds
+        )
         if settle_retry is not None:
             retry = settle_retry if retry is None else min(retry, settle_retry)
         refused = {}

@@ -29,7 +29,7 @@ from typing import Any
 
 from neuronplace.placement import capacity_requests as cp
 from neuronplace.placement import failures as fl
-from neuronplace.placement.capacity_upkeep import RequestKey, make_room, upkeep
+from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS, RequestKey, make_room, upkeep
 from neuronplace.placement.claims import pod_key
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
@@ -45,7 +45,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.pods import build_pod, pod_name
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.priority import priority_refusal
-from neuronplace.placement.replica_pods import Deletion, decide
+from neuronplace.placement.replica_pods import SCHEDULER_SILENCE_SECONDS, Deletion, decide
 from neuronplace.placement.request import ReplicaPlacement, avoiding, placement_request
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, scheduler_silence, summarize_unplaceable
@@ -64,6 +64,10 @@ class Rules:
     binding: str = BINDING_SCHEDULER  # the mode when the inference's spec.placement.binding says none
     node_grace_seconds: float = 60.0
     unschedulable_seconds: float = 10.0
+    scheduler_silence_seconds: float = SCHEDULER_SILENCE_SECONDS
+    failure_backoff_seconds: float = fl.BACKOFF_FIRST_SECONDS
+    max_failure_backoff_seconds: float = fl.BACKOFF_MAX_SECONDS
+    capacity_settle_seconds: float = SETTLE_SECONDS  # read by the operator (:func:`.capacity_upkeep.to_create_now`)
     operator_namespace: str = ""
     serve_operator_namespace: bool = False
     allow_system_priority: bool = False
@@ -158,6 +162,8 @@ def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetim
         last_known=view.last_known,
         history=view.history,
         unschedulable_seconds=rules.unschedulable_seconds,
+        scheduler_silence_seconds=rules.scheduler_silence_seconds,
+        failure_backoff=fl.Backoff(rules.failure_backoff_seconds, rules.max_failure_backoff_seconds),
     )
     ruling = Ruling(
         binding=binding,
