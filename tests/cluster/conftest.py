@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from operator_support import TEST_NODE_GRACE_SECONDS
 
-from neuronplace.local.operator_process import OperatorProcess, install_crd
+from neuronplace.local.operator_process import OperatorProcess, install_crd, timing_flags
 from neuronplace.placement.names import CRD_NAME
 
 _OPERATOR_KEY = pytest.StashKey["OperatorProcess"]()
@@ -34,7 +33,7 @@ def operator_process(local_cluster, crd, request) -> Iterator[OperatorProcess]:
     process = OperatorProcess(
         local_cluster,
         Path(local_cluster.logs_dir) / "neuronplace-operator.log",
-        extra_args=("--node-grace-seconds", str(TEST_NODE_GRACE_SECONDS), "--resync-seconds", "10"),
+        extra_args=timing_flags(),
     )
     request.config.stash[_OPERATOR_KEY] = process
     process.start()

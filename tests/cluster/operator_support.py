@@ -11,6 +11,7 @@ import yaml
 
 from neuronplace.local.examples import example_file
 from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
+from neuronplace.local.operator_process import TEST_TIMINGS
 from neuronplace.placement import conditions
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.names import (
@@ -35,7 +36,7 @@ condition = conditions.condition
 is_ready = conditions.is_ready
 
 # Short on purpose: the tests make nodes NotReady and wait for the re-placement.
-TEST_NODE_GRACE_SECONDS = 5
+TEST_NODE_GRACE_SECONDS = TEST_TIMINGS["node_grace_seconds"]
 
 
 def inference(

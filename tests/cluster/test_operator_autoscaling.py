@@ -32,7 +32,7 @@ from operator_support import (
 
 from neuronplace.local.autoscaler import build_node_pool
 from neuronplace.local.cluster import LocalCluster
-from neuronplace.local.operator_process import OperatorProcess, install_crd
+from neuronplace.local.operator_process import OperatorProcess, install_crd, timing_flags
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
     CONDITION_PLACED,
@@ -174,7 +174,7 @@ def scaled_operator(autoscaled_cluster: LocalCluster) -> Iterator[OperatorProces
     process = OperatorProcess(
         autoscaled_cluster,
         Path(autoscaled_cluster.logs_dir) / "neuronplace-operator.log",
-        extra_args=("--resync-seconds", "10"),
+        extra_args=timing_flags(),
     )
     process.start()
     try:

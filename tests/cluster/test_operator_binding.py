@@ -29,6 +29,7 @@ from operator_support import (
     pods_of,
 )
 
+from neuronplace.local.operator_process import timing_flags
 from neuronplace.placement.claims import pinned_node
 from neuronplace.placement.names import (
     CONDITION_PLACED,
@@ -181,7 +182,7 @@ def operator_with_env(local_cluster, operator_process):
     def start(log_name: str, **env: str):
         operator_process.stop()
         process = type(operator_process)(
-            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=("--resync-seconds", "10"), env=env
+            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=timing_flags(), env=env
         )
         started.append(process)
         process.start()

@@ -16,6 +16,7 @@ import pytest
 from operator_support import apply, condition, get_inference, inference, live, placed_and_ready, pods_of
 from prometheus_client.parser import text_string_to_metric_families
 
+from neuronplace.local.operator_process import timing_flags
 from neuronplace.runtime.coreset import CoreRange
 
 pytestmark = pytest.mark.cluster
@@ -33,7 +34,7 @@ def metrics_operator(local_cluster, operator_process):
     port = _free_port()
     log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-metrics.log"
     process = type(operator_process)(
-        local_cluster, log_path, extra_args=("--metrics-port", str(port), "--log-format", "json")
+        local_cluster, log_path, extra_args=("--metrics-port", str(port), "--log-format", "json", *timing_flags())
     )
     process.start()
     try:

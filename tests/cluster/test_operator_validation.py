@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from operator_support import apply, condition, get_inference, inference, placed_and_ready, pods_of
 
+from neuronplace.local.operator_process import timing_flags
+
 pytestmark = pytest.mark.cluster
 
 
@@ -112,7 +114,7 @@ def operator_with_env(local_cluster, operator_process):
     def start(log_name: str, **env: str):
         operator_process.stop()
         process = type(operator_process)(
-            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=("--resync-seconds", "10"), env=env
+            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=timing_flags(), env=env
         )
         started.append(process)
         process.start()

@@ -34,6 +34,7 @@ from operator_support import apply, condition, get_inference, inference, live, p
 from prometheus_client.parser import text_string_to_metric_families
 
 from neuronplace.local.fleet import KWOK_TOLERATION
+from neuronplace.local.operator_process import timing_flags
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
@@ -67,7 +68,7 @@ def restricted_operator(local_cluster, operator_process):
     process = type(operator_process)(
         local_cluster,
         log_path,
-        extra_args=("--metrics-port", str(port)),
+        extra_args=("--metrics-port", str(port), *timing_flags()),
         env={"NEURONPLACE_POD_SECURITY": "restricted"},
     )
     process.start()

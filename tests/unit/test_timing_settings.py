@@ -11,6 +11,7 @@ import datetime as dt
 import pytest
 
 from neuronplace.cli import run as run_cli
+from neuronplace.local.operator_process import TEST_TIMINGS, timing_flags
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.placement import failures
 from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS, to_create_now
@@ -108,3 +109,12 @@ def test_the_failure_backoff_of_the_rules_is_what_a_failed_replica_waits():
     ended = failures.Failure(0, "t1", "n1", "OutOfcpu", "no cpu", True, True)
     history = failures.record(None, ended, now, backoff)
     assert history.waiting(now) == 1.5
+
+
+def test_the_test_beds_timings_are_valid_flags_of_neuronplace_run():
+    parser = argparse.ArgumentParser()
+    run_cli.configure(parser)
+    settings = run_cli.settings_from_args(parser.parse_args(list(timing_flags())))
+    assert {name: getattr(settings, name) for name in TEST_TIMINGS} == dict(TEST_TIMINGS)
+    assert set(TIMINGS) <= set(TEST_TIMINGS), "every timing a cluster test waits on is short there"
+    assert all(TEST_TIMINGS[name] < default for name, (default, _, _) in TIMINGS.items())
