@@ -65,7 +65,7 @@ def wait_for() -> Callable:
                     return value
             except Exception as error:  # e.g. a transient kubectl failure; reported if it persists
                 last_error = error
-            time.sleep(interval)
+            time.sleep(interval)  # the poll interval: what is awaited is fn()'s answer
         raise TimeoutError(
             f"timed out after {timeout:.0f}s waiting for {what}"
             + (f" (last error: {last_error})" if last_error else "")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from neuronplace.local.autoscaler import TEST_CONSOLIDATE_AFTER, build_node_pool
 from neuronplace.local.examples import example_file
 from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
 from neuronplace.local.operator_process import TEST_TIMINGS
@@ -37,6 +40,28 @@ is_ready = conditions.is_ready
 
 # Short on purpose: the tests make nodes NotReady and wait for the re-placement.
 TEST_NODE_GRACE_SECONDS = TEST_TIMINGS["node_grace_seconds"]
+
+
+def quick_node_pool(**narrowed) -> dict:
+    """Karpenter's NodePool with the test bed's short ``consolidateAfter``: an emptied node goes in
+    seconds. ``narrowed``: more ``build_node_pool`` arguments (instance types ...)."""
+    return build_node_pool(consolidate_after=TEST_CONSOLIDATE_AFTER, **narrowed)
+
+
+def hold(check: Callable[[], object], seconds: float, interval: float = 0.5) -> None:
+    """Call ``check()`` (it asserts) every ``interval`` for ``seconds``, and once more at the end.
+
+    For what must NOT happen for a while, where no event can say "it never will": the caller
+    derives ``seconds`` from the operator timing that would make it happen (``TEST_TIMINGS``: a
+    resync, a backoff, a grace period) and says why in a comment.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        check()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(interval, left))  # between two looks at the state: only time is awaited here
 
 
 def inference(

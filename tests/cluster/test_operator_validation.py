@@ -5,13 +5,12 @@ operator keeps serving everything else."""
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import pytest
-from operator_support import apply, condition, get_inference, inference, placed_and_ready, pods_of
+from operator_support import apply, condition, get_inference, hold, inference, placed_and_ready, pods_of
 
-from neuronplace.local.operator_process import timing_flags
+from neuronplace.local.operator_process import TEST_TIMINGS, timing_flags
 
 pytestmark = pytest.mark.cluster
 
@@ -196,8 +195,11 @@ def test_the_operators_own_namespace_is_not_served_unless_allowed(
         "refused as NamespaceNotServed",
     )
     assert placed["status"] == "False" and "the operator's own namespace" in placed["message"], placed
-    time.sleep(2)  # a few reconciles later (resync every 10 s, events at once): still no pod
-    assert not pods_of(local_cluster, namespace, "here")
+    # Events were looked at at once; a resync and a margin later (the operator's other look): still no pod.
+    hold(
+        lambda: not pods_of(local_cluster, namespace, "here") or pytest.fail("a pod in the operator's namespace"),
+        TEST_TIMINGS["resync_seconds"] + 1,
+    )
 
     # The setting lets it through: the same resource is placed.
     operator_with_env(

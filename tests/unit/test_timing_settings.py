@@ -11,6 +11,7 @@ import datetime as dt
 import pytest
 
 from neuronplace.cli import run as run_cli
+from neuronplace.local.autoscaler import CONSOLIDATE_AFTER, TEST_CONSOLIDATE_AFTER, build_node_pool
 from neuronplace.local.operator_process import TEST_TIMINGS, timing_flags
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.placement import failures
@@ -118,3 +119,9 @@ def test_the_test_beds_timings_are_valid_flags_of_neuronplace_run():
     assert {name: getattr(settings, name) for name in TEST_TIMINGS} == dict(TEST_TIMINGS)
     assert set(TIMINGS) <= set(TEST_TIMINGS), "every timing a cluster test waits on is short there"
     assert all(TEST_TIMINGS[name] < default for name, (default, _, _) in TIMINGS.items())
+
+
+def test_the_local_node_pools_consolidate_after_is_a_parameter_with_a_default():
+    assert build_node_pool()["spec"]["disruption"]["consolidateAfter"] == CONSOLIDATE_AFTER == "10s"
+    quick = build_node_pool(consolidate_after=TEST_CONSOLIDATE_AFTER)
+    assert quick["spec"]["disruption"]["consolidateAfter"] == TEST_CONSOLIDATE_AFTER == "3s"
