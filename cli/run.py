@@ -98,6 +98,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="delete a pinned pod kube-scheduler still finds Unschedulable after this long and place it elsewhere",
     )
     parser.add_argument(
+        "--scheduler-silence-seconds",
+        type=float,
+        default=defaults.scheduler_silence_seconds,
+        help="report SchedulerNotResponding when kube-scheduler says nothing of a pinned pod for this long",
+    )
+    parser.add_argument(
+        "--failure-backoff-seconds",
+        type=float,
+        default=defaults.failure_backoff_seconds,
+        help="a replica whose pod ended waits this long before its next pod, doubling with each failure in a row",
+    )
+    parser.add_argument(
+        "--max-failure-backoff-seconds",
+        type=float,
+        default=defaults.max_failure_backoff_seconds,
+        help="the longest wait of a failing replica",
+    )
+    parser.add_argument(
+        "--capacity-settle-seconds",
+        type=float,
+        default=defaults.capacity_settle_seconds,
+        help="look again this soon when capacity requests wait for replica pods to be bound",
+    )
+    parser.add_argument(
         "--allow-system-priority",
         action="store_true",
         default=defaults.allow_system_priority,
@@ -144,6 +168,10 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             "metrics_address": args.metrics_address,
             "binding": args.binding,
             "unschedulable_seconds": args.unschedulable_seconds,
+            "scheduler_silence_seconds": args.scheduler_silence_seconds,
+            "failure_backoff_seconds": args.failure_backoff_seconds,
+            "max_failure_backoff_seconds": args.max_failure_backoff_seconds,
+            "capacity_settle_seconds": args.capacity_settle_seconds,
             "allow_system_priority": args.allow_system_priority,
             "capacity_requests": args.capacity_requests,
             "capacity_request_image": args.capacity_request_image,

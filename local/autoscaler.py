@@ -36,6 +36,16 @@ NODE_POOL_LABEL = "karpenter.sh/nodepool"
 NODE_CLASS_NAME = "default"
 DEFAULT_NODE_POOL = "neuron"
 NEURON_INSTANCE_TYPES: tuple[str, ...] = tuple(t for t in INSTANCE_TOPOLOGIES if t in HOST_SHAPES)
+# How long a node must stay empty before Karpenter gives it back (the NodePool's ``consolidateAfter``),
+# by default: long enough that a node whose capacity request just made room for a replica is not
+# taken away before kube-scheduler binds the replica there. Tests pass a shorter one.
+CONSOLIDATE_AFTER = "10s"
+# The test bed's: the autoscaler tests wait for emptied nodes to go, in seconds.
+TEST_CONSOLIDATE_AFTER = "3s"
+# Karpenter gathers Pending pods until none came for 1 s, for at most this long (its
+# ``BATCH_MAX_DURATION``; 10 s by default): short, so a test's scale-up is quick, while a burst of
+# pods still lands in one batch.
+BATCH_MAX_SECONDS = 2
 
 # On-demand USD per hour in us-east-1 (AWS list prices; the trn2 ones are estimates). In the
 # simulation they only decide which type Karpenter launches: the cheapest one that fits.
@@ -142,7 +152,7 @@ def build_node_pool(
     name: str = DEFAULT_NODE_POOL,
     instance_types: Sequence[str] = NEURON_INSTANCE_TYPES,
     labels: Mapping[str, str] | None = None,
-    consolidate_after: str = "10s",
+    consolidate_after: str = CONSOLIDATE_AFTER,
     max_cores: int = 1024,
     requirements: Sequence[Mapping] = (),
 ) -> dict:
@@ -152,7 +162,8 @@ def build_node_pool(
     (NodeSelectorRequirements) are added to the instance-type one, e.g. a zone. ``max_cores`` caps
     the NeuronCores the pool may hold in all, so a fault can never make it create nodes without end.
 
-    Consolidation is ``WhenEmpty``: a node is given back once no pod but daemon pods runs on it. The
+    Consolidation is ``WhenEmpty``: a node is given back once no pod but daemon pods has run on it for
+    ``consolidate_after`` (a Kubernetes duration, :data:`CONSOLIDATE_AFTER` by default). The
     alternative, ``WhenEmptyOrUnderutilized``, also evicts pods to pack them onto fewer or cheaper
     nodes; a replica pinned to its NeuronCore range would then be restarted elsewhere just to save
     money, which a serving workload should choose explicitly, not inherit from a test bed.
@@ -265,9 +276,7 @@ class Autoscaler:
             "FEATURE_GATES": ",".join(f"{gate}={str(on).lower()}" for gate, on in FEATURE_GATES.items()),
             "METRICS_PORT": str(free_port()),
             "HEALTH_PROBE_PORT": str(health_port),
-            # Karpenter gathers Pending pods until none came for 1 s, for at most 10 s by default;
-            # 2 s at most keeps a test's scale-up quick while a burst of pods still lands in one batch.
-            "BATCH_MAX_DURATION": "2s",
+            "BATCH_MAX_DURATION": f"{BATCH_MAX_SECONDS}s",
         }
         say(f"starting Karpenter {build.pins(build.AUTOSCALER)[build.KARPENTER.upstream]} ...")
         pid = self.cluster.start_process(COMPONENT, [str(self.bin_dir / build.KARPENTER.binary)], env)

@@ -25,6 +25,7 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 from neuronplace.placement.names import CRD_NAME
 
@@ -35,6 +36,29 @@ BINDING_VARIABLE = "NEURONPLACE_BINDING"
 STARTED_LINE = "neuronplace operator started"
 # Every operator process runs this module; a recorded pid is only trusted when its command line says so.
 _COMMAND_MARK = "neuronplace.cli"
+
+# Operator timings for a test bed, in seconds: each an ``OperatorSettings`` field (documented there)
+# and a ``neuronplace run`` flag of the same name. Short, so that a test waits out a NotReady node's
+# grace, an Unschedulable pod's timeout, a failed replica's backoff, kube-scheduler's silence or a
+# resync in seconds, not minutes; a test that checks that something does NOT happen for a while
+# derives that while from these. Long enough that a loaded 2-core machine still meets them:
+# kube-scheduler gives its verdict on a pod well within the silence and unschedulable windows.
+TEST_TIMINGS: Mapping[str, float] = MappingProxyType(
+    {
+        "node_grace_seconds": 5,
+        "resync_seconds": 5,
+        "unschedulable_seconds": 5,
+        "scheduler_silence_seconds": 10,
+        "failure_backoff_seconds": 2,
+        "max_failure_backoff_seconds": 16,
+        "capacity_settle_seconds": 0.5,
+    }
+)
+
+
+def timing_flags(timings: Mapping[str, float] = TEST_TIMINGS) -> tuple[str, ...]:
+    """The ``neuronplace run`` flags that set ``timings`` (``--node-grace-seconds 5 ...``)."""
+    return tuple(part for name, value in timings.items() for part in (f"--{name.replace('_', '-')}", str(value)))
 
 
 def install_crd(cluster) -> None:

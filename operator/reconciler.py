@@ -142,7 +142,9 @@ class Reconciler:
             retry = wait if retry is None else min(retry, wait)
 
         self._delete_requests(ruling.request_deletions)
-        requests, settle_retry = to_create_now(ruling.request_creations, self.cache.settling())
+        requests, settle_retry = to_create_now(
+            ruling.request_creations, self.cache.settling(), self.rules.capacity_settle_seconds
+        )
         if settle_retry is not None:
             retry = settle_retry if retry is None else min(retry, settle_retry)
         refused = dict(ruling.held)  # replicas whose request the rate bound holds back, and why
@@ -249,7 +251,7 @@ class Reconciler:
         inference_name = f"{key[0]}/{key[1]}"
         for replica in replicas:
             failure = fl.name_taken(replica, f"{key[0]}/{pod_name(key[1], replica)}", inference_name)
-            histories[replica] = fl.record(histories.get(replica), failure, now)
+            histories[replica] = fl.record(histories.get(replica), failure, now, self.rules.failure_backoff)
             self.writer.post_event(inference, failure.reason, f"replica {replica}: {failure.message}", ev.WARNING)
             self.conflicts.get(key, {}).pop(replica, None)
         return min(histories[replica].waiting(now) for replica in replicas)

@@ -12,8 +12,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS
+from neuronplace.placement.failures import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS
 from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, CAPACITY_PRIORITY_CLASS, NUMBERINGS
 from neuronplace.placement.podsecurity import TemplatePolicy
+from neuronplace.placement.replica_pods import SCHEDULER_SILENCE_SECONDS
 from neuronplace.placement.ruling import Rules
 from neuronplace.placement.selectors import parse_node_selector
 
@@ -61,6 +64,15 @@ class OperatorSettings:
         (``spec.nodeName``: faster, but nothing but placement checks the pod).
     unschedulable_seconds: how long a pinned pod may stay unbound with kube-scheduler saying
         Unschedulable before it is deleted and its replica placed on another node.
+    scheduler_silence_seconds: how long a pinned pod may wait for any verdict of kube-scheduler (a
+        bind, or why not) before Ready says ``SchedulerNotResponding`` (a Warning Event once).
+    failure_backoff_seconds: how long a replica whose pod ended (Failed, Succeeded, rejected by the
+        kubelet) waits before its next pod; doubles with each failure in a row up to
+        max_failure_backoff_seconds (``placement.failures``). A node that refused a pod is avoided by
+        that replica for twice the wait. Not the temporary-error backoff (error_backoff_seconds).
+    max_failure_backoff_seconds: the longest such wait; at least failure_backoff_seconds.
+    capacity_settle_seconds: how soon to look again when capacity requests wait for replica pods
+        being created or pinned and not yet bound (``placement.capacity_upkeep.to_create_now``).
     allow_system_priority: admit templates whose priorityClassName has a value of 1,000,000,000 or
         more (system-cluster-critical, system-node-critical): such pods preempt, and a kubelet evicts
         other tenants' pods to admit them.
@@ -97,6 +109,10 @@ class OperatorSettings:
     metrics_address: str = "0.0.0.0"
     binding: str = BINDING_SCHEDULER
     unschedulable_seconds: float = 10.0
+    scheduler_silence_seconds: float = SCHEDULER_SILENCE_SECONDS
+    failure_backoff_seconds: float = BACKOFF_FIRST_SECONDS
+    max_failure_backoff_seconds: float = BACKOFF_MAX_SECONDS
+    capacity_settle_seconds: float = SETTLE_SECONDS
     allow_system_priority: bool = False
     capacity_requests: bool = True
     capacity_request_image: str = "registry.k8s.io/pause:3.10"
@@ -131,9 +147,18 @@ class OperatorSettings:
             "error_backoff_seconds",
             "max_backoff_seconds",
             "unschedulable_seconds",
+            "scheduler_silence_seconds",
+            "failure_backoff_seconds",
+            "max_failure_backoff_seconds",
+            "capacity_settle_seconds",
         ):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # NaN is refused too
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_failure_backoff_seconds < self.failure_backoff_seconds:
+            raise ValueError(
+                f"max_failure_backoff_seconds ({self.max_failure_backoff_seconds}) must be >= "
+                f"failure_backoff_seconds ({self.failure_backoff_seconds})"
+            )
         if not self.capacity_request_image.strip() or not self.capacity_priority_class.strip():
             raise ValueError("capacity_request_image and capacity_priority_class must not be empty")
         parse_node_selector(self.node_selector)  # fail early on a malformed selector
@@ -146,6 +171,10 @@ class OperatorSettings:
             binding=self.binding,
             node_grace_seconds=self.node_grace_seconds,
             unschedulable_seconds=self.unschedulable_seconds,
+            scheduler_silence_seconds=self.scheduler_silence_seconds,
+            failure_backoff_seconds=self.failure_backoff_seconds,
+            max_failure_backoff_seconds=self.max_failure_backoff_seconds,
+            capacity_settle_seconds=self.capacity_settle_seconds,
             operator_namespace=self.operator_namespace,
             serve_operator_namespace=self.serve_operator_namespace,
             allow_system_priority=self.allow_system_priority,

@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 from neuronplace.placement import capacity_requests as cp
 
-# How soon to look again when capacity requests wait for replica pods to be bound (kube-scheduler
-# binds a pinned pod within a scheduling cycle).
+# How soon to look again when capacity requests wait for replica pods to be bound, by default (the
+# operator's ``capacity_settle_seconds``; kube-scheduler binds a pinned pod within a scheduling cycle).
 SETTLE_SECONDS = 1.0
 
 T = TypeVar("T")
@@ -131,11 +131,14 @@ def crowded_by(
     ]
 
 
-def to_create_now(requests: Mapping[int, T], settling: bool) -> tuple[Mapping[int, T], float | None]:
+def to_create_now(
+    requests: Mapping[int, T], settling: bool, settle_seconds: float = SETTLE_SECONDS
+) -> tuple[Mapping[int, T], float | None]:
     """The capacity requests to create now, and when to look again: none while ``settling``
-    (replica pods, any inference's, being created or pinned and not bound yet), then soon."""
+    (replica pods, any inference's, being created or pinned and not bound yet), then after
+    ``settle_seconds``."""
     if settling and requests:
-        return {}, SETTLE_SECONDS
+        return {}, settle_seconds
     return requests, None
 
 

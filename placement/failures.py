@@ -6,9 +6,10 @@ it, say ``OutOfcpu``, or its containers exited under ``restartPolicy: Never/OnFa
 is pinned to. Recreating such a pod at once, on the same node and cores, is a create/delete loop
 that never ends, so each replica keeps a :class:`ReplicaHistory`:
 
-- the next pod of a replica whose pod ended waits an exponential backoff (10 s, doubling up to
-  5 min, counted from when the end was seen); the ended pod stays until then, so a user can still
-  read why it ended;
+- the next pod of a replica whose pod ended waits an exponential :class:`Backoff` (by default 10 s,
+  doubling up to 5 min, counted from when the end was seen; the operator's settings
+  ``failure_backoff_seconds`` and ``max_failure_backoff_seconds``); the ended pod stays until then,
+  so a user can still read why it ended;
 - a node that refused the pod (a kubelet rejection, or the scheduler's verdict) is avoided by that
   replica for twice the backoff, so the replica goes to another node when one fits; an
   Unschedulable pod already waited ``unschedulable_seconds``, so its replica is placed again at once;
@@ -18,8 +19,8 @@ A replica whose pod name another pod already has (:func:`name_taken`) fails the 
 node: it waits the backoff, and ``ReplicaFailure`` names that pod and what to do.
 
 The operator keeps the histories in memory; a restarted operator starts each from nothing, so the
-backoff restarts at its first step (an ended pod still waits 10 s before it is replaced: there is
-no tight loop across restarts either).
+backoff restarts at its first step (an ended pod still waits the first step before it is replaced:
+there is no tight loop across restarts either).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+# The default backoff: the first wait and the longest (``Backoff``).
 BACKOFF_FIRST_SECONDS = 10.0
 BACKOFF_MAX_SECONDS = 300.0
 # A pod Running this long shows the replica works again: its failures are forgotten.
@@ -82,18 +84,27 @@ def name_taken(replica: int, pod: str, inference: str) -> Failure:
     return Failure(replica, None, None, NAME_TAKEN, message, False, True)
 
 
-def backoff_seconds(failures: int) -> float:
-    """The wait after the ``failures``-th failed attempt in a row: 10 s doubling, at most 5 min."""
-    return min(BACKOFF_FIRST_SECONDS * 2.0 ** min(max(failures - 1, 0), 16), BACKOFF_MAX_SECONDS)
+@dataclass(frozen=True)
+class Backoff:
+    """How long a replica waits after failed attempts: ``first`` seconds after the first, doubling
+    with each further failure in a row, never more than ``cap``."""
+
+    first: float = BACKOFF_FIRST_SECONDS
+    cap: float = BACKOFF_MAX_SECONDS
+
+    def seconds(self, failures: int) -> float:
+        """The wait after the ``failures``-th failed attempt in a row."""
+        return min(self.first * 2.0 ** min(max(failures - 1, 0), 16), self.cap)
 
 
-def record(history: ReplicaHistory | None, failure: Failure, now: dt.datetime) -> ReplicaHistory:
-    """``history`` with ``failure`` counted (unchanged when that attempt was counted already)."""
+def record(history: ReplicaHistory | None, failure: Failure, now: dt.datetime, backoff: Backoff) -> ReplicaHistory:
+    """``history`` with ``failure`` counted (unchanged when that attempt was counted already); the
+    next attempt waits ``backoff`` for this many failures in a row."""
     history = history or ReplicaHistory()
     if history.counted(failure):
         return history
     failures = history.failures + 1
-    delay = dt.timedelta(seconds=backoff_seconds(failures))
+    delay = dt.timedelta(seconds=backoff.seconds(failures))
     avoid = tuple((node, until) for node, until in history.avoid if until > now and node != failure.node)
     if failure.avoid_node and failure.node:
         avoid += ((failure.node, now + 2 * delay),)

@@ -11,8 +11,8 @@ Rules:
   backoff is over (on the same cores when still free, on another node when the kubelet refused it);
 - a pinned pod kube-scheduler still finds Unschedulable ``unschedulable_seconds`` after its
   creation is deleted and its replica placed again, avoiding that node for a while;
-- a pinned pod kube-scheduler has said nothing at all about for :func:`scheduler_silence_seconds`
-  is reported (``Decision.unheard``) and kept: a scheduler that does not look at pods (stopped, or
+- a pinned pod kube-scheduler has said nothing at all about for ``scheduler_silence_seconds``
+  (:data:`SCHEDULER_SILENCE_SECONDS` by default) is reported (``Decision.unheard``) and kept: a scheduler that does not look at pods (stopped, or
   wedged) would not look at a new one either, and it would come back under the same name;
 - a pod whose node is gone, or NotReady for longer than the grace period, is deleted and re-placed;
 - a pod from an older spec (template hash) is replaced one replica at a time, and only while every
@@ -73,15 +73,11 @@ class Decision:
     unheard: tuple[str, ...] = ()
 
 
-def scheduler_silence_seconds(unschedulable_seconds: float) -> float:
-    """How long a pinned pod may wait for any word from kube-scheduler before that is reported.
-
-    kube-scheduler looks at a new pod within a second or so, and says so in its PodScheduled
-    condition (a bind, or why not). Silence three times as long as an Unschedulable pod is given,
-    and never under half a minute (a busy scheduler's queue, its own restart), means it is not
-    looking at pods at all.
-    """
-    return max(3 * unschedulable_seconds, 30.0)
+# How long a pinned pod may wait for any word from kube-scheduler before that is reported, by default.
+# kube-scheduler looks at a new pod within a second or so, and says so in its PodScheduled condition
+# (a bind, or why not). Half a minute of silence (three times the default unschedulable timeout; a
+# busy scheduler's queue, its own restart fit in it) means it is not looking at pods at all.
+SCHEDULER_SILENCE_SECONDS = 30.0
 
 
 _ORDINAL = re.compile(r"^(0|[1-9][0-9]*)$")
@@ -137,13 +133,15 @@ def decide(
     last_known: Mapping[int, tuple[str, CoreRange]] | None = None,
     history: Mapping[int, fl.ReplicaHistory] | None = None,
     unschedulable_seconds: float = 10.0,
+    scheduler_silence_seconds: float = SCHEDULER_SILENCE_SECONDS,
+    failure_backoff: fl.Backoff,
 ) -> Decision:
     """What to do next for a valid ``inference`` (:func:`.validation.validate` said so) given the
     pods labelled with its name and all known nodes.
 
     ``last_known`` maps ordinals to the (node, cores) their previous pod held, so a recreated replica
     asks for the same cores. ``history`` holds each replica's failed attempts (:mod:`.failures`);
-    the Decision says how it changes.
+    the Decision says how it changes, ``failure_backoff`` how long a failed replica waits.
     """
     meta = inference["metadata"]
     spec = inference["spec"]
@@ -163,7 +161,7 @@ def decide(
 
     deletions: list[Deletion] = []
     unheard: list[str] = []
-    silence = scheduler_silence_seconds(unschedulable_seconds)
+    silence = scheduler_silence_seconds
     occupied: set[int] = set()  # ordinals whose pod name is taken (by any pod, ours or not)
     current: dict[int, Mapping] = {}  # live, kept pods of ours by ordinal
     requeue: float | None = None
@@ -176,7 +174,7 @@ def decide(
     def fail(failure: fl.Failure) -> fl.ReplicaHistory:
         """Count ``failure`` (once per attempt) and return the replica's history after it."""
         before = histories.get(failure.replica)
-        after = fl.record(before, failure, now)
+        after = fl.record(before, failure, now, failure_backoff)
         if after is not before:
             failures.append(failure)
             histories[failure.replica] = updates[failure.replica] = after

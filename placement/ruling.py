@@ -31,7 +31,14 @@ from typing import Any
 
 from neuronplace.placement import capacity_requests as cp
 from neuronplace.placement import failures as fl
-from neuronplace.placement.capacity_upkeep import RequestKey, crowded_by, key_of_request, make_room, upkeep
+from neuronplace.placement.capacity_upkeep import (
+    SETTLE_SECONDS,
+    RequestKey,
+    crowded_by,
+    key_of_request,
+    make_room,
+    upkeep,
+)
 from neuronplace.placement.claims import pod_key
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
@@ -47,7 +54,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.pods import build_pod, pod_name
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.priority import priority_refusal
-from neuronplace.placement.replica_pods import Deletion, decide
+from neuronplace.placement.replica_pods import SCHEDULER_SILENCE_SECONDS, Deletion, decide
 from neuronplace.placement.request import ReplicaPlacement, avoiding, placement_request
 from neuronplace.placement.request_limits import admit, excluded_nodes, node_expressions
 from neuronplace.placement.search import place_one
@@ -67,6 +74,10 @@ class Rules:
     binding: str = BINDING_SCHEDULER  # the mode when the inference's spec.placement.binding says none
     node_grace_seconds: float = 60.0
     unschedulable_seconds: float = 10.0
+    scheduler_silence_seconds: float = SCHEDULER_SILENCE_SECONDS
+    failure_backoff_seconds: float = fl.BACKOFF_FIRST_SECONDS
+    max_failure_backoff_seconds: float = fl.BACKOFF_MAX_SECONDS
+    capacity_settle_seconds: float = SETTLE_SECONDS  # read by the operator (:func:`.capacity_upkeep.to_create_now`)
     operator_namespace: str = ""
     serve_operator_namespace: bool = False
     allow_system_priority: bool = False
@@ -75,6 +86,11 @@ class Rules:
     capacity_request_image: str = "registry.k8s.io/pause:3.10"
     capacity_priority_class: str = CAPACITY_PRIORITY_CLASS
     node_selector: str = ""  # the nodes the operator manages: capacity requests ask for one of them
+
+    @property
+    def failure_backoff(self) -> fl.Backoff:
+        """How long a replica waits after failed attempts."""
+        return fl.Backoff(self.failure_backoff_seconds, self.max_failure_backoff_seconds)
 
 
 @dataclass
@@ -171,6 +187,8 @@ def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetim
         last_known=view.last_known,
         history=view.history,
         unschedulable_seconds=rules.unschedulable_seconds,
+        scheduler_silence_seconds=rules.scheduler_silence_seconds,
+        failure_backoff=rules.failure_backoff,
     )
     ruling = Ruling(
         binding=binding,

@@ -2,9 +2,10 @@
 
 A :class:`Harness` is one scenario's world on a running :class:`~neuronplace.local.cluster.LocalCluster`:
 its own namespace, its own node pool (label ``neuronplace.io/pool``), and its own operator process
-watching only that namespace, with short timings (node grace 5 s, resync 5 s) so faults resolve
-quickly. It counts what happens in a :class:`ChaosRecord`: faults injected, invariant checks,
-violations, and the seconds from each fault to the first clean check.
+watching only that namespace, with the test bed's short timings
+(:data:`~neuronplace.local.operator_process.TEST_TIMINGS`: node grace 5 s, resync 5 s, failure
+backoff 2 s ...) so faults resolve quickly. It counts what happens in a :class:`ChaosRecord`: faults
+injected, invariant checks, violations, and the seconds from each fault to the first clean check.
 
 From the namespace's creation to the operator's stop, an
 :class:`~neuronplace.local.reliability.monitor.InvariantMonitor` checks the safety invariants at every pod, node
@@ -30,14 +31,10 @@ from typing import Any
 
 from neuronplace.local import manifests
 from neuronplace.local.fleet import POOL_LABEL
-from neuronplace.local.operator_process import OperatorProcess
+from neuronplace.local.operator_process import OperatorProcess, timing_flags
 from neuronplace.local.reliability import invariants as inv
 from neuronplace.local.reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
 
-# Operator timings for fault tests: replicas on a NotReady node move after NODE_GRACE_SECONDS,
-# and a missed event is made up for within RESYNC_SECONDS.
-NODE_GRACE_SECONDS = 5
-RESYNC_SECONDS = 5
 CONVERGE_TIMEOUT = 60
 
 
@@ -101,14 +98,7 @@ class Harness:
         self.operator = OperatorProcess(
             cluster,
             Path(cluster.logs_dir) / f"operator-{self.namespace}.log",
-            extra_args=(
-                "--namespace",
-                self.namespace,
-                "--node-grace-seconds",
-                str(NODE_GRACE_SECONDS),
-                "--resync-seconds",
-                str(RESYNC_SECONDS),
-            ),
+            extra_args=("--namespace", self.namespace, *timing_flags()),
         )
         self._node_batches = 0
         self.monitor: InvariantMonitor = monitor_for(

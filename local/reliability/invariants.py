@@ -725,4 +725,4 @@ def wait_converged(
                 + (f"; last API error: {last_error}" if last_error else "")
                 + ("".join(f"\n  {line}" for line in lines))
             )
-        time.sleep(interval)
+        time.sleep(interval)  # the poll interval: what is awaited is a clean snapshot

@@ -186,7 +186,7 @@ class InvariantMonitor:
         while self.report.events < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"invariant monitor: {self.report.events} of {count} events after {timeout} s")
-            time.sleep(0.05)
+            time.sleep(0.05)  # the poll interval: what is awaited is the event count
 
     # ---- the watches -------------------------------------------------------------------------
 

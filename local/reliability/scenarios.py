@@ -170,7 +170,7 @@ def operator_sigkill_during_scale_up(h: Harness, kills: int = 10) -> None:
             for name in shapes
         }
         scale_all(h, current)
-        time.sleep(h.rng.uniform(0.0, 1.0))
+        time.sleep(h.rng.uniform(0.0, 1.0))  # the fault strikes at a random moment of the scale-up, on purpose
         since = h.fault("operator SIGKILL during scale-up")
         h.operator.kill(signal.SIGKILL)
         check_now(h)
@@ -190,7 +190,7 @@ def rollout_with_operator_kills(h: Harness, kills: int = 3) -> None:
             {"name": "MODEL_VERSION", "value": str(version)}
         ]
         h.apply(resource)
-        time.sleep(h.rng.uniform(0.2, 1.5))
+        time.sleep(h.rng.uniform(0.2, 1.5))  # the fault strikes at a random moment of the rollout, on purpose
         since = h.fault("operator SIGKILL during rollout")
         h.operator.kill(signal.SIGKILL)
         check_now(h)
@@ -321,7 +321,8 @@ def _control_plane_restart(h: Harness, component: str) -> None:
     h.fleet({"inf2.48xlarge": 2})
     names = [f"svc-{i}" for i in range(6)]
     h.apply(*[h.inference(name, replicas=2, cores=2) for name in names])  # 24 of 48 cores
-    time.sleep(h.rng.uniform(0.0, 0.5))  # the operator is now busy creating pods
+    # The restart strikes at a random moment while the operator is busy creating pods, on purpose.
+    time.sleep(h.rng.uniform(0.0, 0.5))
     pid, starts = h.operator.process.pid, h.operator.starts
     h.cluster.restart_component(component, downtime=0.5)
     since = h.fault(f"{component} restart")
@@ -358,7 +359,7 @@ def operator_starts_while_apiserver_frozen(h: Harness) -> None:
             assert time.monotonic() < deadline and starter.is_alive(), (
                 "the operator never tried to reach the API server\n" + h.operator.log_tail(30)
             )
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll interval: what is awaited is the operator's log line
         starts = h.operator.starts
     finally:
         os.kill(apiserver, signal.SIGCONT)
@@ -476,7 +477,7 @@ def delete_recreate_loop(h: Harness, rounds: int = 6) -> None:
     h.fleet({"inf2.48xlarge": 1})
     for _ in range(rounds):
         h.apply(h.inference("churn", replicas=3, cores=4, processes=2))
-        time.sleep(h.rng.uniform(0.0, 1.0))
+        time.sleep(h.rng.uniform(0.0, 1.0))  # the delete strikes at a random moment of the placement, on purpose
         check_now(h)
         h.kubectl("delete", "ninf", "churn", "--wait=false")
         h.fault("resource deleted and recreated")

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from neuronplace.local.operator_process import OperatorProcess, install_crd
+from neuronplace.local.operator_process import OperatorProcess, install_crd, timing_flags
 from neuronplace.placement.names import CRD_NAME
-from support.cluster import TEST_NODE_GRACE_SECONDS
 
 _OPERATOR_KEY = pytest.StashKey["OperatorProcess"]()
 
@@ -34,7 +33,7 @@ def operator_process(local_cluster, crd, request) -> Iterator[OperatorProcess]:
     process = OperatorProcess(
         local_cluster,
         Path(local_cluster.logs_dir) / "neuronplace-operator.log",
-        extra_args=("--node-grace-seconds", str(TEST_NODE_GRACE_SECONDS), "--resync-seconds", "10"),
+        extra_args=timing_flags(),
     )
     request.config.stash[_OPERATOR_KEY] = process
     process.start()
@@ -66,7 +65,7 @@ def wait_for() -> Callable:
                     return value
             except Exception as error:  # e.g. a transient kubectl failure; reported if it persists
                 last_error = error
-            time.sleep(interval)
+            time.sleep(interval)  # the poll interval: what is awaited is fn()'s answer
         raise TimeoutError(
             f"timed out after {timeout:.0f}s waiting for {what}"
             + (f" (last error: {last_error})" if last_error else "")

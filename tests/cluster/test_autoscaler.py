@@ -19,21 +19,24 @@ import pytest
 
 from neuronplace.local import procs
 from neuronplace.local.autoscaler import (
+    BATCH_MAX_SECONDS,
     COMPONENT,
     DEFAULT_NODE_POOL,
     NODE_POOL_LABEL,
     AutoscalerError,
-    build_node_pool,
 )
 from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS, LocalCluster, port_lock
 from neuronplace.local.fleet import KWOK_TAINT, KWOK_TOLERATION, build_node
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.names import INSTANCE_TYPE_LABEL, NEURONCORE_RESOURCE
 from neuronplace.placement.resources import parse_quantity
+from support.cluster import quick_node_pool
+from support.waits import hold
 
 
 @pytest.fixture(scope="module")
-def namespace(autoscaled_cluster: LocalCluster) -> str:
+def namespace(autoscaler, autoscaled_cluster: LocalCluster) -> str:
+    autoscaler.apply(quick_node_pool())
     name = f"autoscale-{uuid.uuid4().hex[:6]}"
     autoscaled_cluster.kubectl("create", "namespace", name)
     autoscaled_cluster.kubectl("-n", name, "wait", "--for=create", "serviceaccount/default", "--timeout=60s")
@@ -75,7 +78,7 @@ def _wait(what: str, check, timeout: float, invariant=lambda: None):
             return result
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not within {timeout:.0f} s")
-        time.sleep(0.2)
+        time.sleep(0.2)  # the poll interval: nothing here can be waited on but the next look
 
 
 def test_a_pending_neuron_pod_gets_a_node_and_the_empty_node_is_removed(autoscaled_cluster, namespace, record_property):
@@ -129,7 +132,7 @@ def test_a_pending_neuron_pod_gets_a_node_and_the_empty_node_is_removed(autoscal
 
 def test_a_pod_no_node_pool_can_satisfy_creates_no_node(autoscaler, autoscaled_cluster, namespace):
     cluster = autoscaled_cluster
-    autoscaler.apply(build_node_pool(instance_types=["inf2.24xlarge", "inf2.48xlarge"]))
+    autoscaler.apply(quick_node_pool(instance_types=["inf2.24xlarge", "inf2.48xlarge"]))
     try:
         cluster.kubectl(
             "-n",
@@ -151,15 +154,12 @@ def test_a_pod_no_node_pool_can_satisfy_creates_no_node(autoscaler, autoscaled_c
             assert _names(cluster, "nodeclaims") == []
 
         _wait("Karpenter's event on the pod", refused, timeout=60, invariant=no_claim)
-        # A few more batch windows: still nothing.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            no_claim()
-            time.sleep(0.5)
+        # Karpenter looks at Pending pods once per batch window: three more windows, still nothing.
+        hold(no_claim, 3 * BATCH_MAX_SECONDS + 1)
         assert _names(cluster, "nodes") == []
     finally:
         cluster.kubectl("-n", namespace, "delete", "pod", "wants-trn1", "--wait=true", check=False)
-        autoscaler.apply(build_node_pool())
+        autoscaler.apply(quick_node_pool())
 
 
 def test_karpenter_stops_and_starts_again(autoscaler):

@@ -377,7 +377,7 @@ def test_install_then_uninstall_leaves_the_cluster_as_before_except_the_kept_crd
         leftovers = after - before
         if leftovers <= crd_lines or time.monotonic() > deadline:
             break
-        time.sleep(2)
+        time.sleep(2)  # the poll interval (a full inventory of the cluster is many kubectl calls)
     assert leftovers <= crd_lines, f"left behind by helm uninstall: {sorted(leftovers)}"
     # Objects of earlier tests' namespaces (deleted in the background) may vanish meanwhile; ours must not.
     removed = {line for line in before - after if line.split("/")[1] in ("", namespace)}
@@ -549,7 +549,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
         value = predicate()
         if value:
             return value
-        time.sleep(interval)
+        time.sleep(interval)  # the poll interval: what is awaited is the predicate's answer
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

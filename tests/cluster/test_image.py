@@ -191,7 +191,7 @@ def until(predicate, timeout: float, what: str, interval: float = 0.5):
             last_error, value = error, None
         if value:
             return value
-        time.sleep(interval)
+        time.sleep(interval)  # the poll interval: what is awaited is the predicate's answer
     raise TimeoutError(
         f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
     )

@@ -52,7 +52,7 @@ def wait_phase(cluster, namespace: str, name: str, phases: set[str], timeout: fl
             return status
         if time.monotonic() > deadline:
             raise AssertionError(f"pod {name} not {sorted(phases)} after {timeout:.0f} s: {status}")
-        time.sleep(0.25)
+        time.sleep(0.25)  # the poll interval: what is awaited is the pod's phase
 
 
 def test_marked_pod_is_rejected_only_on_the_nodes_it_names(local_cluster, namespace, fleet):
@@ -79,7 +79,9 @@ def test_marked_pod_is_rejected_only_on_the_nodes_it_names(local_cluster, namesp
     assert custom["message"] == "Pod was rejected: Node didn't have enough resource: memory"
     for name in ("on-good", "unmarked"):
         local_cluster.kubectl("-n", namespace, "wait", f"pod/{name}", "--for=condition=Ready", "--timeout=60s")
-    # Failed is final: kwok's other stages leave the rejected pod as it is.
+    # Failed is final: kwok's other stages leave the rejected pod as it is. Nothing announces that a
+    # stage did not fire; kwok's pod stages here fire within a second of their condition (the
+    # Running ones above took that long), so two seconds later the phase must still be Failed.
     time.sleep(2)
     assert status_of(local_cluster, namespace, "on-bad")["phase"] == "Failed"
 
@@ -106,7 +108,9 @@ def test_marked_container_exits_when_its_restart_policy_ends_the_pod(local_clust
     completed = wait_phase(local_cluster, namespace, "completes", {"Failed", "Succeeded"})
     assert completed["phase"] == "Succeeded"
     assert completed["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
-    # A kubelet restarts these containers in place; the pods stay Running past the delay.
+    # A kubelet restarts these containers in place; the pods stay Running past the delay: the exit
+    # comes 2 s after each start (exits_after(2)), so at 4 s each has exited at least once, and
+    # nothing but the clock says so.
     time.sleep(max(0.0, 4 - (time.monotonic() - started)))
     for name in ("restarts", "always"):
         assert status_of(local_cluster, namespace, name)["phase"] == "Running", name

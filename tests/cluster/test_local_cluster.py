@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,7 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
+        time.sleep(0.25)  # the poll interval: what is awaited is the predicate's answer
 
 
 def test_binaries_report_their_pinned_versions(local_cluster):
@@ -175,7 +175,12 @@ def test_node_can_be_made_not_ready_and_ready_again(local_cluster, fleet):
         (ready,) = [c for c in local_cluster.get_json("node", node)["status"]["conditions"] if c["type"] == "Ready"]
         return datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00"))
 
-    time.sleep(1.5)  # the node's creation second must be over, so "since now" and "since creation" differ
+    # The node's creation second must be over, so "since now" and "since creation" differ (the API
+    # server's times are whole seconds).
+    created = datetime.fromisoformat(
+        local_cluster.get_json("node", node)["metadata"]["creationTimestamp"].replace("Z", "+00:00")
+    )
+    wait_for(lambda: datetime.now(UTC) >= created + timedelta(seconds=1), 5, "the node's creation second to pass")
     before = datetime.now(UTC).replace(microsecond=0)
     local_cluster.set_node_ready(node, False)
     assert local_cluster.node_ready(node) is False
@@ -186,7 +191,10 @@ def test_node_can_be_made_not_ready_and_ready_again(local_cluster, fleet):
     wait_for(
         lambda: "node.kubernetes.io/not-ready" in taint_keys(), 60, "kube-controller-manager to taint the NotReady node"
     )
-    time.sleep(3)  # kwok's heartbeat must not flip it back, nor move the transition time
+    # kwok must not flip it back, nor move the transition time: it re-runs its stages at every node
+    # update (the taint just added is one) and heartbeat, and no event says "it did not". Three
+    # seconds cover the update's round; kwok's heartbeat is not ours to set (see LocalCluster).
+    time.sleep(3)
     assert local_cluster.node_ready(node) is False
     assert ready_since() == went_not_ready
     local_cluster.set_node_ready(node, True)

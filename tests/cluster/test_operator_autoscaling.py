@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from neuronplace.local.autoscaler import build_node_pool
+from neuronplace.local.autoscaler import BATCH_MAX_SECONDS
 from neuronplace.local.cluster import LocalCluster
-from neuronplace.local.operator_process import OperatorProcess, install_crd
+from neuronplace.local.operator_process import TEST_TIMINGS, OperatorProcess, install_crd, timing_flags
 from neuronplace.local.reliability.monitor import monitor_for
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
@@ -38,11 +38,23 @@ from neuronplace.placement.names import (
     REPLICA_LABEL,
 )
 from support.builders import inference
-from support.cluster import apply, assert_no_shared_cores, condition, get_inference, live, placed_and_ready
+from support.cluster import (
+    apply,
+    assert_no_shared_cores,
+    condition,
+    get_inference,
+    live,
+    placed_and_ready,
+    quick_node_pool,
+)
+from support.waits import hold
 
 pytestmark = pytest.mark.cluster
 
 INF2_48 = {INSTANCE_TYPE_LABEL: "inf2.48xlarge"}  # 24 cores: the node shape each test reasons about
+# Karpenter makes a node for Pending pods within a batch window; three windows and a margin without
+# one show it makes none.
+PROVISIONING_ROUNDS = 3 * BATCH_MAX_SECONDS + 1
 
 
 def requests_of(cluster: LocalCluster, namespace: str) -> list[dict]:
@@ -76,7 +88,7 @@ def poll(what: str, check: Callable, timeout: float, invariant: Callable[[], Non
             return result
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.25)
+        time.sleep(0.25)  # the poll interval: nothing here can be waited on but the next look
 
 
 def assert_never_overbooked(report) -> None:
@@ -134,11 +146,15 @@ def test_without_an_autoscaler_the_request_waits_and_goes_before_the_replica_is_
         assert said["reason"] == REASON_CAPACITY_REQUESTED and said["message"].startswith("replica 1: waiting")
         assert resource["status"]["replicas"] == 1, "a capacity request is no replica"
 
-        # Resyncs (every 10 s here) keep the same request: nothing is recreated.
-        deadline = time.monotonic() + 12
-        while time.monotonic() < deadline:
-            assert [r["metadata"]["uid"] for r in requests_of(local_cluster, namespace)] == [request["metadata"]["uid"]]
-            time.sleep(1)
+        # Nothing changes now but by a resync: one resync and a margin later, the same request
+        # (none recreated).
+        hold(
+            lambda: (
+                [r["metadata"]["uid"] for r in requests_of(local_cluster, namespace)] == [request["metadata"]["uid"]]
+                or pytest.fail("the capacity request was recreated")
+            ),
+            TEST_TIMINGS["resync_seconds"] + 1,
+        )
 
         # Room appears: kube-scheduler may bind the request there first; it must be gone before the
         # replica's pod is made there (the monitor counts both, as kube-scheduler does).
@@ -167,7 +183,7 @@ def scaled_operator(autoscaled_cluster: LocalCluster) -> Iterator[OperatorProces
     process = OperatorProcess(
         autoscaled_cluster,
         Path(autoscaled_cluster.logs_dir) / "neuronplace-operator.log",
-        extra_args=("--resync-seconds", "10"),
+        extra_args=timing_flags(),
     )
     process.start()
     try:
@@ -177,8 +193,10 @@ def scaled_operator(autoscaled_cluster: LocalCluster) -> Iterator[OperatorProces
 
 
 @pytest.fixture
-def scaled_namespace(autoscaled_cluster: LocalCluster, scaled_operator) -> Iterator[str]:
-    """A fresh namespace; when the test is done, its resources deleted and every node gone again."""
+def scaled_namespace(autoscaler, autoscaled_cluster: LocalCluster, scaled_operator) -> Iterator[str]:
+    """A fresh namespace and the quick NodePool; when the test is done, its resources deleted and
+    every node gone again."""
+    autoscaler.apply(quick_node_pool())
     name = f"scale-{uuid.uuid4().hex[:6]}"
     cluster = autoscaled_cluster
     cluster.kubectl("create", "namespace", name)
@@ -254,12 +272,11 @@ def test_three_resources_get_the_nodes_they_need_and_no_more(autoscaled_cluster,
         for name in ("a", "b", "c"):
             poll(f"{name}'s replicas Running", lambda n=name: placed_and_ready(cluster, namespace, n, 2), 240, bounded)
         to_running = time.monotonic() - started
-        # A while longer: no more nodes, no requests come back.
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            bounded()
-            assert requests_of(cluster, namespace) == []
-            time.sleep(0.5)
+        # No more nodes (Karpenter's provisioning rounds), no requests come back (a resync).
+        hold(
+            lambda: bounded() or requests_of(cluster, namespace) == [] or pytest.fail("a capacity request came back"),
+            max(PROVISIONING_ROUNDS, TEST_TIMINGS["resync_seconds"] + 1),
+        )
         assert len(names(cluster, "nodes")) == 3
         held = assert_no_shared_cores(cluster)
         assert all(len(cores) == 24 for cores in held.values()), held
@@ -281,7 +298,7 @@ def test_three_resources_get_the_nodes_they_need_and_no_more(autoscaled_cluster,
 
 def test_a_replica_no_node_pool_can_satisfy_says_so_and_makes_no_node(autoscaler, autoscaled_cluster, scaled_namespace):
     cluster, namespace = autoscaled_cluster, scaled_namespace
-    autoscaler.apply(build_node_pool(instance_types=["inf2.24xlarge", "inf2.48xlarge"]))
+    autoscaler.apply(quick_node_pool(instance_types=["inf2.24xlarge", "inf2.48xlarge"]))
     try:
         apply(
             cluster,
@@ -313,14 +330,11 @@ def test_a_replica_no_node_pool_can_satisfy_says_so_and_makes_no_node(autoscaler
 
         said = poll("Karpenter's word on the request", karpenter_refused, 60, no_claim)
         print("Karpenter on the capacity request:", said[-1].get("reason"), said[-1].get("message"))
-        deadline = time.monotonic() + 15  # more provisioning rounds: still no node
-        while time.monotonic() < deadline:
-            no_claim()
-            time.sleep(0.5)
+        hold(no_claim, PROVISIONING_ROUNDS)  # more provisioning rounds: still no node
         assert names(cluster, "nodes") == []
         assert len(requests_of(cluster, namespace)) == 1
     finally:
-        autoscaler.apply(build_node_pool())
+        autoscaler.apply(quick_node_pool())
 
 
 def test_an_operator_killed_while_nodes_are_made_leaves_one_request_per_replica_and_places_all(
@@ -346,14 +360,16 @@ def test_an_operator_killed_while_nodes_are_made_leaves_one_request_per_replica_
         scaled_operator.kill()
         # Karpenter goes on making nodes and kube-scheduler binds the requests there meanwhile.
         poll("a node while the operator is down", lambda: names(cluster, "nodes"), 60, bounded)
-        time.sleep(3)
+        poll(
+            "a capacity request bound while the operator is down",
+            lambda: any(r["spec"].get("nodeName") for r in requests_of(cluster, namespace)),
+            60,
+            bounded,
+        )
         scaled_operator.start()
         poll("both replicas Running", lambda: placed_and_ready(cluster, namespace, "kill", 2), 180, bounded)
         poll("no capacity request left", lambda: not requests_of(cluster, namespace), 30, bounded)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            bounded()
-            time.sleep(0.5)
+        hold(bounded, PROVISIONING_ROUNDS)  # no third node
         assert len(names(cluster, "nodes")) == 2
         assert_no_shared_cores(cluster)
     finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from neuronplace.local.operator_process import TEST_TIMINGS, timing_flags
 from neuronplace.placement.claims import pinned_node
 from neuronplace.placement.names import (
     CONDITION_PLACED,
@@ -39,6 +40,7 @@ from support.cluster import (
     placed_and_ready,
     pods_of,
 )
+from support.waits import hold
 
 pytestmark = pytest.mark.cluster
 
@@ -97,7 +99,8 @@ def test_an_unschedulable_pinned_pod_is_taken_back_and_its_replica_placed_elsewh
 ):
     """Two replicas that fit one node's cores refuse to share a node (required pod anti-affinity):
     placement, which does not look at other pods' labels, packs them onto one node; kube-scheduler
-    refuses the second there; after the timeout it goes, and its replica runs on the other node."""
+    refuses the second there; after the timeout (``unschedulable_seconds``) it goes, and its
+    replica runs on the other node."""
     nodes = fleet({"inf2.xlarge": 2})
     resource = inference("apart", cores=1, replicas=2, pool=nodes.pool, binding="Scheduler")
     resource["spec"]["template"]["spec"]["affinity"] = {
@@ -114,9 +117,10 @@ def test_an_unschedulable_pinned_pod_is_taken_back_and_its_replica_placed_elsewh
     took = time.monotonic() - started
     pods = live(pods_of(local_cluster, namespace, "apart"))
     assert {p["spec"]["nodeName"] for p in pods} == set(nodes), "one replica per node, as the anti-affinity says"
-    # The operator counts the 10 s from the pod's creationTimestamp, which the API server truncates to
-    # whole seconds: the wait it sees can be up to 1 s longer than the wall clock here.
-    assert took >= 9, f"placed in {took:.1f}s: the unschedulable pod must have waited its 10 s"
+    # The operator counts the timeout from the pod's creationTimestamp, which the API server truncates
+    # to whole seconds: the wait it sees can be up to 1 s longer than the wall clock here.
+    timeout = TEST_TIMINGS["unschedulable_seconds"]
+    assert took >= timeout - 1, f"placed in {took:.1f}s: the unschedulable pod must have waited its {timeout} s"
     failure = condition(ready, CONDITION_REPLICA_FAILURE)
     assert failure.get("status") == "True" and failure.get("reason") == REASON_UNSCHEDULABLE, failure
     assert "anti-affinity" in failure["message"], failure
@@ -131,9 +135,9 @@ def test_a_pinned_pod_a_silent_kube_scheduler_ignores_is_reported_and_kept(
     local_cluster, operator, namespace, fleet, wait_for
 ):
     """kube-scheduler frozen (SIGSTOP: alive, its watches open, binding nothing and writing no
-    PodScheduled verdict, as the wedged 1.36.3 does): after 30 s (3 x the 10 s unschedulable
-    timeout) Ready says so, once as an Event; the pod is never replaced meanwhile. Woken, it binds
-    that same pod and the resource is Ready."""
+    PodScheduled verdict, as the wedged 1.36.3 does): after ``scheduler_silence_seconds`` Ready
+    says so, once as an Event; the pod is never replaced meanwhile. Woken, it binds that same pod
+    and the resource is Ready."""
     nodes = fleet({"inf2.xlarge": 1})
     scheduler = local_cluster.running_components()["kube-scheduler"]
     os.kill(scheduler, signal.SIGSTOP)
@@ -149,18 +153,19 @@ def test_a_pinned_pod_a_silent_kube_scheduler_ignores_is_reported_and_kept(
             ready = condition(get_inference(local_cluster, namespace, "unheard"), CONDITION_READY)
             return ready if ready.get("reason") == REASON_SCHEDULER_NOT_RESPONDING else None
 
-        ready = wait_for(reported, 75, "SchedulerNotResponding")
+        ready = wait_for(reported, TEST_TIMINGS["scheduler_silence_seconds"] + 45, "SchedulerNotResponding")
         assert ready["status"] == "False", ready
         assert (
             f"pod unheard-0 pinned to node {pinned_node(pod)} has not been looked at by kube-scheduler"
             in (ready["message"])
         ), ready
         assert ready["message"].endswith("is kube-scheduler running?"), ready
-        # Two resyncs (10 s each) later: still the same pod, still one Event.
-        deadline = time.monotonic() + 22
-        while time.monotonic() < deadline:
-            assert reported(), "the report went away while kube-scheduler was still frozen"
-            time.sleep(1)
+        # Nothing but a resync looks at the pod again (kube-scheduler writes nothing): two resyncs
+        # and a margin later, still the same pod, still reported, still one Event.
+        hold(
+            lambda: reported() or pytest.fail("the report went away while kube-scheduler was still frozen"),
+            2 * TEST_TIMINGS["resync_seconds"] + 2,
+        )
         warned = events(local_cluster, namespace, "unheard", REASON_SCHEDULER_NOT_RESPONDING)
         assert len(warned) == 1 and warned[0]["type"] == "Warning", warned
         assert not events(local_cluster, namespace, "unheard", "PodUnschedulable")
@@ -181,7 +186,7 @@ def operator_with_env(local_cluster, operator_process):
     def start(log_name: str, **env: str):
         operator_process.stop()
         process = type(operator_process)(
-            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=("--resync-seconds", "10"), env=env
+            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=timing_flags(), env=env
         )
         started.append(process)
         process.start()

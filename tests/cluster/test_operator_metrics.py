@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from neuronplace.local.operator_process import free_port
+from neuronplace.local.operator_process import free_port, timing_flags
 from neuronplace.runtime.coreset import CoreRange
 from support.builders import inference
 from support.cluster import apply, condition, get_inference, live, placed_and_ready, pods_of
@@ -27,7 +27,7 @@ def metrics_operator(local_cluster, operator_process):
     port = free_port()
     log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-metrics.log"
     process = type(operator_process)(
-        local_cluster, log_path, extra_args=("--metrics-port", str(port), "--log-format", "json")
+        local_cluster, log_path, extra_args=("--metrics-port", str(port), "--log-format", "json", *timing_flags())
     )
     process.start()
     try:

@@ -5,13 +5,14 @@ operator keeps serving everything else."""
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import pytest
 
+from neuronplace.local.operator_process import TEST_TIMINGS, timing_flags
 from support.builders import inference
 from support.cluster import apply, condition, get_inference, placed_and_ready, pods_of
+from support.waits import hold
 
 pytestmark = pytest.mark.cluster
 
@@ -114,7 +115,7 @@ def operator_with_env(local_cluster, operator_process):
     def start(log_name: str, **env: str):
         operator_process.stop()
         process = type(operator_process)(
-            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=("--resync-seconds", "10"), env=env
+            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=timing_flags(), env=env
         )
         started.append(process)
         process.start()
@@ -196,8 +197,11 @@ def test_the_operators_own_namespace_is_not_served_unless_allowed(
         "refused as NamespaceNotServed",
     )
     assert placed["status"] == "False" and "the operator's own namespace" in placed["message"], placed
-    time.sleep(2)  # a few reconciles later (resync every 10 s, events at once): still no pod
-    assert not pods_of(local_cluster, namespace, "here")
+    # Events were looked at at once; a resync and a margin later (the operator's other look): still no pod.
+    hold(
+        lambda: not pods_of(local_cluster, namespace, "here") or pytest.fail("a pod in the operator's namespace"),
+        TEST_TIMINGS["resync_seconds"] + 1,
+    )
 
     # The setting lets it through: the same resource is placed.
     operator_with_env(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from neuronplace.local.operator_process import timing_flags
 from neuronplace.placement.names import (
     BINDING_DIRECT,
     BINDING_SCHEDULER,
@@ -54,7 +55,7 @@ def operator_admitting_ephemeral(local_cluster, operator_process):
     process = type(operator_process)(
         local_cluster,
         Path(local_cluster.logs_dir) / "neuronplace-operator-ephemeral.log",
-        extra_args=("--resync-seconds", "10"),
+        extra_args=timing_flags(),
         env={"NEURONPLACE_ALLOW_VOLUME_TYPES": "ephemeral"},
     )
     process.start()

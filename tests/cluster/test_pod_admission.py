@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from operator_support import helm_template, inference, install, placed_and_ready, token_kubeconfig
 
 from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
@@ -39,6 +38,9 @@ from neuronplace.placement.names import (
     NEURONCORE_RESOURCE,
     REPLICA_LABEL,
 )
+from support.builders import inference
+from support.chart import helm_template, install, token_kubeconfig
+from support.cluster import placed_and_ready
 
 RELEASE = "nppod"
 FULLNAME = f"{RELEASE}-neuronplace"

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from neuronplace.local.fleet import KWOK_TOLERATION
-from neuronplace.local.operator_process import free_port
+from neuronplace.local.operator_process import free_port, timing_flags
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
@@ -61,7 +61,7 @@ def restricted_operator(local_cluster, operator_process):
     process = type(operator_process)(
         local_cluster,
         log_path,
-        extra_args=("--metrics-port", str(port)),
+        extra_args=("--metrics-port", str(port), *timing_flags()),
         env={"NEURONPLACE_POD_SECURITY": "restricted"},
     )
     process.start()

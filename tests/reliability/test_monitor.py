@@ -69,7 +69,7 @@ def test_a_double_booking_is_counted_once_with_how_long_it_lasted():
     monitor._apply("pods", "MODIFIED", intruder)  # still there: the same violation, not a new one
     assert monitor.violations == 2  # core 1 twice, and 3 cores held on a 2-core node
     assert {v.invariant for v in monitor.active()} == {"exclusive-cores"}
-    time.sleep(0.05)
+    time.sleep(0.05)  # the violation must last a measurable while: its duration is what is checked below
     monitor._apply("pods", "DELETED", intruder)
     assert monitor.active() == []
     assert monitor.violations == 2
@@ -132,13 +132,14 @@ def test_the_monitor_catches_a_short_double_booking_that_convergence_misses(loca
         deadline = time.monotonic() + 30
         while not world.monitor.active():
             assert time.monotonic() < deadline, "the monitor never saw the double booking"
-            time.sleep(0.1)
-        time.sleep(3)  # a few seconds of double booking
+            time.sleep(0.1)  # the poll interval: what is awaited is the monitor's verdict
+        # A few seconds of double booking, on purpose: how long it lasted is what is checked below.
+        time.sleep(3)
         world.kubectl("delete", "pod", "intruder", "--grace-period=0", "--force", "--wait=true")
         deadline = time.monotonic() + 30
         while world.monitor.active():
             assert time.monotonic() < deadline, f"the double booking never cleared: {world.monitor.active()}"
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll interval: what is awaited is the monitor's verdict
         # The check scenarios ran before the monitor: clean, as if nothing had happened.
         seconds, _ = inv.wait_converged(world.snapshot, 30)
         assert seconds < 30

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+from neuronplace.local.autoscaler import TEST_CONSOLIDATE_AFTER, build_node_pool
+from neuronplace.local.operator_process import TEST_TIMINGS
 from neuronplace.placement import conditions
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.names import (
@@ -28,7 +30,13 @@ condition = conditions.condition
 is_ready = conditions.is_ready
 
 # Short on purpose: the tests make nodes NotReady and wait for the re-placement.
-TEST_NODE_GRACE_SECONDS = 5
+TEST_NODE_GRACE_SECONDS = TEST_TIMINGS["node_grace_seconds"]
+
+
+def quick_node_pool(**narrowed) -> dict:
+    """Karpenter's NodePool with the test bed's short ``consolidateAfter``: an emptied node goes in
+    seconds. ``narrowed``: more ``build_node_pool`` arguments (instance types ...)."""
+    return build_node_pool(consolidate_after=TEST_CONSOLIDATE_AFTER, **narrowed)
 
 
 def apply(cluster, namespace: str, *resources: dict, check: bool = True):

@@ -51,8 +51,18 @@ def test_binding_settings_from_env_and_flags():
 
 
 def test_backoff_doubles_from_ten_seconds_to_five_minutes():
-    assert [failures.backoff_seconds(n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 300, 300, 300]
-    assert failures.backoff_seconds(10_000) == 300
+    backoff = failures.Backoff()
+    assert [backoff.seconds(n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 300, 300, 300]
+    assert backoff.seconds(10_000) == 300
+
+
+def test_backoff_takes_its_first_step_and_cap_from_the_rules():
+    backoff = failures.Backoff(first=0.5, cap=3)
+    assert [backoff.seconds(n) for n in range(1, 6)] == [0.5, 1, 2, 3, 3]
+    history = failures.record(None, rejected("t1"), NOW, backoff)
+    assert history.retry_at == NOW + dt.timedelta(seconds=0.5)
+    assert history.avoided(NOW + dt.timedelta(seconds=0.9)) == {"inf2-a"}, "avoided for twice the wait"
+    assert history.avoided(NOW + dt.timedelta(seconds=1)) == frozenset()
 
 
 def rejected(attempt: str, node: str = "inf2-a") -> failures.Failure:
@@ -60,11 +70,11 @@ def rejected(attempt: str, node: str = "inf2-a") -> failures.Failure:
 
 
 def test_the_summary_quotes_the_last_failure_of_every_failing_replica():
-    history = failures.record(None, rejected("t1"), NOW)
-    history = failures.record(history, rejected("t2"), NOW)
-    assert failures.record(history, rejected("t2"), NOW) is history, "one attempt is counted once"
+    history = failures.record(None, rejected("t1"), NOW, failures.Backoff())
+    history = failures.record(history, rejected("t2"), NOW, failures.Backoff())
+    assert failures.record(history, rejected("t2"), NOW, failures.Backoff()) is history, "one attempt is counted once"
     unschedulable = failures.Failure(0, "t3", "inf2-b", "Unschedulable", "0/2 nodes are available: ...", True, False)
-    other = failures.record(None, unschedulable, NOW)
+    other = failures.record(None, unschedulable, NOW, failures.Backoff())
     reason, message = failures.summarize({1: history, 0: other, 2: failures.ReplicaHistory()}, NOW)
     assert reason == "OutOfcpu", "the replica tried last is the one whose reason shows"
     assert message == (

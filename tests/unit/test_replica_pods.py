@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuronplace.placement import replica_pods
+from neuronplace.placement import failures, replica_pods
 from neuronplace.placement import request as request_model
 from neuronplace.placement.pods import template_hash
 from neuronplace.runtime.coreset import CoreRange
@@ -60,6 +60,7 @@ def pod(
 
 
 def decide(res, pods, nodes=None, now=NOW, **kwargs):
+    kwargs.setdefault("failure_backoff", failures.Backoff())
     return replica_pods.decide(
         res, pods, {"n1": READY_NODE} if nodes is None else nodes, now=now, node_grace_seconds=60, **kwargs
     )
@@ -205,8 +206,7 @@ def test_an_unschedulable_pinned_pod_goes_after_the_timeout_and_its_replica_avoi
 
 
 def test_a_pinned_pod_kube_scheduler_never_looked_at_is_reported_and_kept():
-    assert replica_pods.scheduler_silence_seconds(10) == 30 and replica_pods.scheduler_silence_seconds(5) == 30
-    assert replica_pods.scheduler_silence_seconds(20) == 60
+    assert replica_pods.SCHEDULER_SILENCE_SECONDS == 30
     pods = [pod(0), pinned(1, created="2026-11-28T11:59:40Z"), pod(2)]  # no PodScheduled at all
     early = decide(resource(), pods, now=at(-15))  # 5 s old
     assert early.unheard == () and early.requeue_after == pytest.approx(5)
@@ -219,8 +219,12 @@ def test_a_pinned_pod_kube_scheduler_never_looked_at_is_reported_and_kept():
     assert silent.deletions == () and silent.create == () and silent.failures == (), "kept: no loop, no Direct"
     assert silent.requeue_after is None, "kube-scheduler's next word is a pod event"
     assert decide(resource(), pods, now=at(300)).unheard == silent.unheard, "the message stays put"
-    longer = decide(resource(), pods, now=at(31), unschedulable_seconds=20)  # 51 s old, threshold 60 s
+    longer = decide(resource(), pods, now=at(31), unschedulable_seconds=20, scheduler_silence_seconds=60)  # 51 s old
     assert longer.unheard == () and longer.requeue_after == pytest.approx(9)
+    shorter = decide(resource(), pods, now=at(-15), scheduler_silence_seconds=4)  # 5 s old, threshold 4 s
+    assert shorter.unheard == (
+        "pod bert-1 pinned to node n1 has not been looked at by kube-scheduler for more than 4s",
+    )
 
 
 def test_any_verdict_is_word_from_kube_scheduler():
