@@ -1,3 +1,3 @@
-"""Shared pytest configuration: the cluster fixtures come from neuronplace.local's plugin."""
+"""Shared pytest configuration: the cluster and operator fixtures come from neuronplace.local's plugins."""
 
-pytest_plugins = ["neuronplace.local.pytest_plugin"]
+pytest_plugins = ["neuronplace.local.pytest_plugin", "neuronplace.local.pytest_operator"]

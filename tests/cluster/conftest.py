@@ -1,55 +1,22 @@
-"""Fixtures for the operator's cluster tests: the CRD (once per session) and the operator itself,
-run as a real subprocess (``python -m neuronplace.cli run``) against the session's local cluster.
-
-``operator`` (function) hands a running :class:`OperatorProcess`; a test may ``kill()`` it (SIGKILL,
-as the reliability suite does), ``stop()`` or ``restart()`` it, and the next test gets a running
-one again. Its log is attached to the report of every failed test that used it. Its binding mode is
-the session's ``--binding`` (``NEURONPLACE_BINDING``, exported by neuronplace.local.pytest_plugin).
+"""Fixtures of the operator's cluster tests, on top of ``neuronplace.local.pytest_operator`` (the
+``operator``, ``operator_factory`` and ``crd`` fixtures): the settings their operators run with,
+and ``wait_for``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from operator_support import TEST_NODE_GRACE_SECONDS
 
-from neuronplace.local.operator_process import OperatorProcess, install_crd
-from neuronplace.placement.names import CRD_NAME
-
-_OPERATOR_KEY = pytest.StashKey["OperatorProcess"]()
-
 
 @pytest.fixture(scope="session")
-def crd(local_cluster) -> str:
-    """The NeuronInference CRD, applied once and Established."""
-    install_crd(local_cluster)
-    return CRD_NAME
-
-
-@pytest.fixture(scope="session")
-def operator_process(local_cluster, crd, request) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        local_cluster,
-        Path(local_cluster.logs_dir) / "neuronplace-operator.log",
-        extra_args=("--node-grace-seconds", str(TEST_NODE_GRACE_SECONDS), "--resync-seconds", "10"),
-    )
-    request.config.stash[_OPERATOR_KEY] = process
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def operator(operator_process: OperatorProcess) -> OperatorProcess:
-    """A running operator (restarted if an earlier test killed or stopped it)."""
-    if not operator_process.alive():
-        operator_process.start()
-    return operator_process
+def operator_settings() -> dict[str, object]:
+    """The operator tests' settings: a short node grace and resync period, so that what they wait
+    for happens in seconds."""
+    return {"node_grace_seconds": TEST_NODE_GRACE_SECONDS, "resync_seconds": 10}
 
 
 @pytest.fixture
@@ -73,13 +40,3 @@ def wait_for() -> Callable:
         )
 
     return wait
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and "operator" in getattr(item, "fixturenames", ()):
-        process = item.config.stash.get(_OPERATOR_KEY, None)
-        if process is not None:
-            report.sections.append(("operator log", process.log_tail()))

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from operator_support import (
@@ -33,6 +32,7 @@ from operator_support import (
 from neuronplace.local.autoscaler import build_node_pool
 from neuronplace.local.cluster import LocalCluster
 from neuronplace.local.operator_process import OperatorProcess, install_crd
+from neuronplace.local.pytest_operator import OperatorFactory
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
     CONDITION_PLACED,
@@ -169,12 +169,10 @@ def test_without_an_autoscaler_the_request_waits_and_goes_before_the_replica_is_
 
 
 @pytest.fixture(scope="module")
-def scaled_operator(autoscaled_cluster: LocalCluster) -> Iterator[OperatorProcess]:
+def scaled_operator(autoscaled_cluster: LocalCluster, binding: str) -> Iterator[OperatorProcess]:
     install_crd(autoscaled_cluster)
-    process = OperatorProcess(
-        autoscaled_cluster,
-        Path(autoscaled_cluster.logs_dir) / "neuronplace-operator.log",
-        extra_args=("--resync-seconds", "10"),
+    process = OperatorFactory(autoscaled_cluster, {"resync_seconds": 10}).make(
+        binding=binding, log_name="neuronplace-operator.log"
     )
     process.start()
     try:

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from operator_support import (
@@ -173,24 +172,10 @@ def test_a_pinned_pod_a_silent_kube_scheduler_ignores_is_reported_and_kept(
 
 
 @pytest.fixture
-def operator_with_env(local_cluster, operator_process):
+def operator_with_env(operator_factory):
     """``operator_with_env(log_name, **env)``: an operator configured through its environment in
     place of the session's operator, for one test."""
-    started = []
-
-    def start(log_name: str, **env: str):
-        operator_process.stop()
-        process = type(operator_process)(
-            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=("--resync-seconds", "10"), env=env
-        )
-        started.append(process)
-        process.start()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-    operator_process.start()
+    return lambda log_name, **env: operator_factory(log_name=log_name, env=env)
 
 
 def refused(cluster, namespace: str, name: str) -> dict | None:

@@ -11,7 +11,7 @@ from operator_support import apply, assert_no_shared_cores, get_inference, infer
 from neuronplace.placement.conditions import condition, is_ready
 from neuronplace.placement.names import CONDITION_PLACED, INFERENCE_LABEL, REASON_UNSCHEDULABLE
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.both_bindings]
 
 COUNT = 20
 CORES = 4  # 2 inf2.48xlarge = 48 cores = 12 replicas of 4 cores

@@ -24,7 +24,7 @@ from operator_support import (
 from neuronplace.local.examples import example_files
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.both_bindings]
 
 FLEET = {"inf2.48xlarge": 3, "inf1.6xlarge": 1, "trn1.32xlarge": 1}
 CORES_PER_CHIP = {"inf2.48xlarge": 2, "inf1.6xlarge": 4, "trn1.32xlarge": 2}

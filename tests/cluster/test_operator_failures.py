@@ -20,7 +20,7 @@ from operator_support import apply, condition, get_inference, inference, live, p
 from neuronplace.local import kubelet_faults as faults
 from neuronplace.placement.names import CONDITION_REPLICA_FAILURE, INFERENCE_LABEL, TERMINAL_PHASES
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.both_bindings]
 
 
 class PodCreations(threading.Thread):

@@ -21,7 +21,7 @@ from operator_support import (
     running_ready,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.both_bindings]
 
 
 def cores_by_pod(cluster, namespace, name) -> dict[str, tuple[str, str, str]]:

@@ -16,7 +16,7 @@ from operator_support import (
     pods_of,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.both_bindings]
 
 NAMES = ("alpha", "beta", "gamma")
 REPLICAS = 20

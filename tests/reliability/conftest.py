@@ -6,15 +6,15 @@
   end of the session.
 - ``chaos_seed``: ``NEURONPLACE_CHAOS_SEED`` (default 1); every random choice derives from it.
 - ``run_scenario``: runs one scenario of ``scenarios.py`` in its own namespace, node pool and
-  operator process. The operator tests' session operator watches every namespace; two operators
-  allocating on the same nodes would be the very bug this suite looks for, so it is stopped first
-  (their ``operator`` fixture starts it again when a later test needs it).
+  operator process, in the test's binding mode (``binding``). The operator tests' shared operator
+  watches every namespace; two operators allocating on the same nodes would be the very bug this
+  suite looks for, so it is stopped first (the ``operator`` fixture starts it again when a later
+  test needs it).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -23,17 +23,6 @@ from reliability import harness as hs
 from reliability import scenarios
 
 _RECORD_KEY = pytest.StashKey[hs.ChaosRecord]()
-
-
-def _stop_operator_tests_operator(config: pytest.Config) -> None:
-    cluster_conftest = Path(__file__).resolve().parents[1] / "cluster" / "conftest.py"
-    for plugin in config.pluginmanager.get_plugins():
-        key = getattr(plugin, "_OPERATOR_KEY", None)
-        if key is None or Path(getattr(plugin, "__file__", "") or "").resolve() != cluster_conftest:
-            continue
-        process = config.stash.get(key, None)
-        if process is not None and process.alive():
-            process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -54,12 +43,13 @@ def chaos_seed() -> int:
 
 
 @pytest.fixture
-def run_scenario(local_cluster, reliability_crd, chaos_record, chaos_seed, request):
-    """``run_scenario(name)``: run one scenario with fresh namespace, pool and operator."""
-    _stop_operator_tests_operator(request.config)
+def run_scenario(local_cluster, reliability_crd, operator_process, binding, chaos_record, chaos_seed, request):
+    """``run_scenario(name)``: run one scenario with fresh namespace, pool and operator (in the test's
+    binding mode)."""
+    operator_process.stop()
 
     def run(name: str) -> None:
-        with hs.harness(local_cluster, name, chaos_seed, chaos_record) as world:
+        with hs.harness(local_cluster, name, chaos_seed, chaos_record, binding) as world:
             request.node.stash[_WORLD_KEY] = world
             scenarios.SCENARIOS[name](world)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL
-from neuronplace.local.operator_process import OperatorProcess
+from neuronplace.local.operator_process import BINDING_VARIABLE, OperatorProcess
 from neuronplace.placement.names import API_VERSION, KIND
 from reliability import invariants as inv
 from reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
@@ -115,7 +115,9 @@ def inference_manifest(
 class Harness:
     """One scenario's namespace, node pool, operator and record on a running cluster."""
 
-    def __init__(self, cluster, scenario: str, rng: random.Random, record: ChaosRecord) -> None:
+    def __init__(
+        self, cluster, scenario: str, rng: random.Random, record: ChaosRecord, binding: str | None = None
+    ) -> None:
         from kubernetes import config as k8s_config
 
         self.cluster = cluster
@@ -137,6 +139,8 @@ class Harness:
                 "--resync-seconds",
                 str(RESYNC_SECONDS),
             ),
+            # None: the mode in this process's environment (NEURONPLACE_BINDING), else the operator's default.
+            env={} if binding is None else {BINDING_VARIABLE: binding},
         )
         self._node_batches = 0
         self.monitor: InvariantMonitor = monitor_for(
@@ -228,11 +232,12 @@ class Harness:
 
 
 @contextlib.contextmanager
-def harness(cluster, scenario: str, seed: int, record: ChaosRecord) -> Iterator[Harness]:
-    """A ready :class:`Harness` for one scenario; torn down afterwards in every case."""
+def harness(cluster, scenario: str, seed: int, record: ChaosRecord, binding: str | None = None) -> Iterator[Harness]:
+    """A ready :class:`Harness` for one scenario, its operator in binding mode ``binding``; torn down
+    afterwards in every case."""
     # Each scenario gets its own deterministic stream, whatever ran before it.
     rng = random.Random(f"{seed}:{scenario}")
-    world = Harness(cluster, scenario, rng, record)
+    world = Harness(cluster, scenario, rng, record, binding)
     record.scenarios.append(scenario)
     try:
         yield world.open()
