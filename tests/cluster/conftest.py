@@ -1,6 +1,6 @@
 """Fixtures of the operator's cluster tests, on top of ``neuronplace.local.pytest_operator`` (the
 ``operator``, ``operator_factory`` and ``crd`` fixtures): the settings their operators run with,
-and ``wait_for``.
+``wait_for``, and the invariant monitor every test that runs an operator is watched by.
 """
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ from collections.abc import Callable
 
 import pytest
 from operator_support import TEST_NODE_GRACE_SECONDS
+
+from neuronplace.local.fleet import POOL_LABEL
+from reliability.monitor import monitor_for
+
+# The fixtures that run an operator: a test using one is watched by the invariant monitor.
+_OPERATOR_FIXTURES = ("operator", "operator_factory")
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +46,29 @@ def wait_for() -> Callable:
         )
 
     return wait
+
+
+@pytest.fixture(autouse=True)
+def invariant_monitor(request: pytest.FixtureRequest):
+    """The safety invariants (no core held twice, node resources not overfilled, pod annotation =
+    env = requests, pods in their resource's namespace) checked at every watch event while a test
+    that runs an operator on the session's cluster runs, on its namespace and node pool; a violation
+    at any moment fails the test, even one gone by the time the test looks. Tests that break these
+    on purpose run no operator, or none of this cluster's."""
+    names = request.fixturenames
+    if not any(name in names for name in _OPERATOR_FIXTURES) or "namespace" not in names or "fleet" not in names:
+        yield None
+        return
+    cluster = request.getfixturevalue("local_cluster")
+    namespace, pool = request.getfixturevalue("namespace"), request.getfixturevalue("fleet").pool
+    monitor = monitor_for(cluster.kubeconfig, namespaces=[namespace], node_selector=f"{POOL_LABEL}={pool}").start()
+    try:
+        yield monitor
+    finally:
+        report = monitor.stop()
+    if report.violations:
+        pytest.fail(
+            f"the invariant monitor saw {report.violations} violation(s) ({report.summary()}):"
+            + "".join(f"\n  {seen}" for seen in report.first),
+            pytrace=False,
+        )

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from pathlib import Path
 
 import pytest
 from operator_support import apply, condition, get_inference, inference, live, placed_and_ready, running_ready
@@ -60,15 +59,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def restricted_operator(local_cluster, operator_process):
+def restricted_operator(operator_process, binding):
+    """One operator for the module (its metrics add up across the tests), in place of the shared one."""
     operator_process.stop()
     port = _free_port()
-    log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-tenancy.log"
-    process = type(operator_process)(
-        local_cluster,
-        log_path,
-        extra_args=("--metrics-port", str(port)),
+    process = operator_process.factory.make(
+        binding=binding,
+        log_name="neuronplace-operator-tenancy.log",
         env={"NEURONPLACE_POD_SECURITY": "restricted"},
+        metrics_port=port,
+        node_grace_seconds=None,
+        resync_seconds=None,
     )
     process.start()
     try:
