@@ -1,3 +1,4 @@
-"""Shared pytest configuration: the cluster and operator fixtures come from neuronplace.local's plugins."""
+"""Shared pytest configuration: the cluster and operator fixtures (neuronplace.local's plugins) and the
+chaos table (reliability.chaos_table)."""
 
-pytest_plugins = ["neuronplace.local.pytest_plugin", "neuronplace.local.pytest_operator"]
+pytest_plugins = ["neuronplace.local.pytest_plugin", "neuronplace.local.pytest_operator", "reliability.chaos_table"]

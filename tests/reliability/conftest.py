@@ -1,9 +1,7 @@
 """Fixtures of the reliability suite (on top of ``local_cluster`` from ``neuronplace.local.pytest_plugin``).
 
 - ``reliability_crd`` (session): the NeuronInference CRD, installed once.
-- ``chaos_record`` (session): counts faults, checks, violations, convergence times and what the
-  invariant monitor saw in every scenario run in the session; the chaos table is printed at the
-  end of the session.
+- ``chaos_record`` (session): ``reliability.chaos_table``, which prints the chaos table.
 - ``chaos_seed``: ``NEURONPLACE_CHAOS_SEED`` (default 1); every random choice derives from it.
 - ``run_scenario``: runs one scenario of ``scenarios.py`` in its own namespace, node pool and
   operator process, in the test's binding mode (``binding``). The operator tests' shared operator
@@ -22,19 +20,10 @@ from neuronplace.local.operator_process import install_crd
 from reliability import harness as hs
 from reliability import scenarios
 
-_RECORD_KEY = pytest.StashKey[hs.ChaosRecord]()
-
 
 @pytest.fixture(scope="session")
 def reliability_crd(local_cluster) -> None:
     install_crd(local_cluster)
-
-
-@pytest.fixture(scope="session")
-def chaos_record(request: pytest.FixtureRequest) -> hs.ChaosRecord:
-    record = hs.ChaosRecord()
-    request.config.stash[_RECORD_KEY] = record
-    return record
 
 
 @pytest.fixture(scope="session")
@@ -66,11 +55,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     world = item.stash.get(_WORLD_KEY, None)
     if report.failed and world is not None:
         report.sections.append(("reliability operator log", world.operator.log_tail(200)))
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    record = config.stash.get(_RECORD_KEY, None)
-    if record is not None and record.scenarios:
-        terminalreporter.section("chaos table")
-        seed = int(os.environ.get("NEURONPLACE_CHAOS_SEED", "1"))
-        terminalreporter.write_line(hs.format_table(record, seed))
