@@ -3,11 +3,12 @@
 #   make demo    # virtualenv + the project with its extras, the local control plane and Karpenter
 #                # (built once, ~8 + ~4 min cold on idle cores), then the operator placing examples/
 #                # on simulated Neuron nodes
-#   make test    # the same setup, the layering/lint/type checks, then the full test suite (binding
-#                # mode Scheduler), then the operator suites again in binding mode Direct
+#   make test    # the same setup, the layering/lint/type checks, then the full test suite in one
+#                # pytest run on PYTEST_WORKERS local clusters at once (pytest-xdist)
 #
 # Everything lands in .venv (VENV=...) and ~/.cache/neuronplace; nothing is installed system-wide.
-# `make lint` runs the static checks alone; `make help` lists the targets.
+# `make lint` runs the static checks alone, `make check` them and the tests without a cluster (the
+# inner loop); `make help` lists the targets.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,17 +28,20 @@ LINT_TREE := build/lint
 
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
-# The operator runs in either binding mode (Scheduler: kube-scheduler binds the pinned pods; Direct:
-# the operator sets nodeName). The full suite runs in the default mode, then the operator's own
-# cluster suites run again in the other one (pytest --binding; see neuronplace.local.pytest_plugin).
-OPERATOR_SUITES := $(wildcard tests/cluster/test_operator_*.py) tests/reliability
+# The cluster tests wait far more than they compute: xdist workers, each with a local cluster of its
+# own, run them side by side; whole files go to one worker (--dist loadfile), so a module's fixtures
+# (the autoscaler's cluster, an operator) are made once and its tests share them. Tests whose
+# behaviour depends on the binding mode run in both modes (pytest.mark.both_bindings), the rest once.
+PYTEST_WORKERS ?= 3
+CHECK_WORKERS ?= 2
 
-.PHONY: help install controlplane demo lint test clean
+.PHONY: help install controlplane demo lint check test clean
 
 help:
 	@echo "make demo     set up, build the local control plane if needed, run the demo"
-	@echo "make test     set up, build the control plane if needed, lint, run the full test suite, then the"
-	@echo "              operator suites again in the other binding mode (--binding Direct)"
+	@echo "make test     set up, build the control plane if needed, lint, run the full test suite (both binding"
+	@echo "              modes where they matter) on PYTEST_WORKERS=$(PYTEST_WORKERS) clusters; prints the 25 slowest tests"
+	@echo "make check    lint, then the unit, property, runtime and reliability-oracle tests: no cluster (< 3 min)"
 	@echo "make lint     import contracts (lint-imports), no clock read in placement, ruff check,"
 	@echo "              ruff format --check, mypy"
 	@echo "make clean    remove $(VENV) and build/ (the control plane cache stays in ~/.cache/neuronplace)"
@@ -69,9 +73,11 @@ lint: install $(LINT_TREE)/neuronplace
 	$(BIN)/ruff format --check .
 	cd $(LINT_TREE) && $(PY) -m mypy --config-file $(CURDIR)/pyproject.toml -p neuronplace.placement -p neuronplace.runtime
 
+check: lint
+	$(PY) -m pytest -n $(CHECK_WORKERS) -m "not cluster" $(PYTEST_ARGS) tests/unit tests/runtime tests/reliability
+
 test: controlplane lint
-	$(PY) -m pytest --binding Scheduler $(PYTEST_ARGS)
-	$(PY) -m pytest --binding Direct $(PYTEST_ARGS) $(OPERATOR_SUITES)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build

@@ -1,6 +1,6 @@
 """pytest fixtures on the local control plane (registered by ``tests/conftest.py``).
 
-- ``local_cluster`` (session): ONE real cluster per test session, named ``np-test-<pid>``; builds
+- ``local_cluster`` (session): ONE real cluster per test session (per xdist worker), named ``np-test-<pid>``; builds
   missing binaries first. Torn down at the end in every case (failure, Ctrl-C, SIGTERM, interpreter
   exit), and the teardown asserts that no component process and no listening port is left.
 - ``namespace`` (function): a fresh namespace, deleted afterwards.
@@ -23,11 +23,14 @@
 When a test that used the cluster fails, the tail of every component's log is attached to its
 report (shown under "control plane logs").
 
-``--binding Scheduler|Direct`` (default: ``NEURONPLACE_BINDING``, else Scheduler) chooses how the
-operators the session starts bind replica pods. It is exported as ``NEURONPLACE_BINDING`` to this
-process's environment, the one every child inherits (``OperatorProcess`` starts from it), so the
-operator tests' operator, the reliability suite's and any ``neuronplace`` command a test runs all use
-the same mode; the ``binding`` fixture (session) says which, and the report header shows it.
+``--binding Scheduler|Direct`` (default: ``NEURONPLACE_BINDING``, else Scheduler) is the session's
+binding mode: the ``binding`` fixture (session) and the report header say which, and it is exported
+as ``NEURONPLACE_BINDING`` to this process's environment, the one every child (a ``neuronplace``
+command a test runs) inherits. Tests marked ``both_bindings`` run in both modes whatever it says
+(``neuronplace.local.pytest_operator``, which starts every operator in the test's mode).
+
+Under pytest-xdist each worker is a session of its own: its own ``np-test-<pid>`` cluster, which
+the orphan clean-up of a sibling leaves alone (the pid in the name is alive).
 """
 
 from __future__ import annotations

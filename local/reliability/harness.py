@@ -31,7 +31,7 @@ from typing import Any
 
 from neuronplace.local import manifests
 from neuronplace.local.fleet import POOL_LABEL
-from neuronplace.local.operator_process import OperatorProcess, timing_flags
+from neuronplace.local.operator_process import BINDING_VARIABLE, OperatorProcess, timing_flags
 from neuronplace.local.reliability import invariants as inv
 from neuronplace.local.reliability.monitor import InvariantMonitor, MonitorReport, monitor_for
 
@@ -84,7 +84,9 @@ CONTAINERS = ({"name": "model", "image": "model:1"}, {"name": "metrics", "image"
 class Harness:
     """One scenario's namespace, node pool, operator and record on a running cluster."""
 
-    def __init__(self, cluster, scenario: str, rng: random.Random, record: ChaosRecord) -> None:
+    def __init__(
+        self, cluster, scenario: str, rng: random.Random, record: ChaosRecord, binding: str | None = None
+    ) -> None:
         from kubernetes import config as k8s_config
 
         self.cluster = cluster
@@ -99,6 +101,8 @@ class Harness:
             cluster,
             Path(cluster.logs_dir) / f"operator-{self.namespace}.log",
             extra_args=("--namespace", self.namespace, *timing_flags()),
+            # None: the mode in this process's environment (NEURONPLACE_BINDING), else the operator's default.
+            env={} if binding is None else {BINDING_VARIABLE: binding},
         )
         self._node_batches = 0
         self.monitor: InvariantMonitor = monitor_for(
@@ -190,11 +194,12 @@ class Harness:
 
 
 @contextlib.contextmanager
-def harness(cluster, scenario: str, seed: int, record: ChaosRecord) -> Iterator[Harness]:
-    """A ready :class:`Harness` for one scenario; torn down afterwards in every case."""
+def harness(cluster, scenario: str, seed: int, record: ChaosRecord, binding: str | None = None) -> Iterator[Harness]:
+    """A ready :class:`Harness` for one scenario, its operator in binding mode ``binding``; torn down
+    afterwards in every case."""
     # Each scenario gets its own deterministic stream, whatever ran before it.
     rng = random.Random(f"{seed}:{scenario}")
-    world = Harness(cluster, scenario, rng, record)
+    world = Harness(cluster, scenario, rng, record, binding)
     record.scenarios.append(scenario)
     try:
         yield world.open()

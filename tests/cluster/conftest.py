@@ -1,54 +1,28 @@
-"""Fixtures for the operator's cluster tests: the CRD (once per session) and the operator itself,
-run as a real subprocess (``python -m neuronplace.cli run``) against the session's local cluster.
-
-``operator`` (function) hands a running :class:`OperatorProcess`; a test may ``kill()`` it (SIGKILL,
-as the reliability suite does), ``stop()`` or ``restart()`` it, and the next test gets a running
-one again. Its log is attached to the report of every failed test that used it. Its binding mode is
-the session's ``--binding`` (``NEURONPLACE_BINDING``, exported by neuronplace.local.pytest_plugin).
+"""Fixtures of the operator's cluster tests, on top of ``neuronplace.local.pytest_operator`` (the
+``operator``, ``operator_factory`` and ``crd`` fixtures): the settings their operators run with,
+``wait_for``, and the invariant monitor every test that runs an operator is watched by.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from neuronplace.local.operator_process import OperatorProcess, install_crd, timing_flags
-from neuronplace.placement.names import CRD_NAME
+from neuronplace.local.fleet import POOL_LABEL
+from neuronplace.local.operator_process import TEST_TIMINGS
+from neuronplace.local.reliability.monitor import monitor_for
 
-_OPERATOR_KEY = pytest.StashKey["OperatorProcess"]()
-
-
-@pytest.fixture(scope="session")
-def crd(local_cluster) -> str:
-    """The NeuronInference CRD, applied once and Established."""
-    install_crd(local_cluster)
-    return CRD_NAME
+# The fixtures that run an operator: a test using one is watched by the invariant monitor.
+_OPERATOR_FIXTURES = ("operator", "operator_factory")
 
 
 @pytest.fixture(scope="session")
-def operator_process(local_cluster, crd, request) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        local_cluster,
-        Path(local_cluster.logs_dir) / "neuronplace-operator.log",
-        extra_args=timing_flags(),
-    )
-    request.config.stash[_OPERATOR_KEY] = process
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def operator(operator_process: OperatorProcess) -> OperatorProcess:
-    """A running operator (restarted if an earlier test killed or stopped it)."""
-    if not operator_process.alive():
-        operator_process.start()
-    return operator_process
+def operator_settings() -> dict[str, object]:
+    """The operator tests' settings: the short timings (``TEST_TIMINGS``: node grace, resync,
+    backoffs ...), so that what they wait for happens in seconds."""
+    return dict(TEST_TIMINGS)
 
 
 @pytest.fixture
@@ -74,11 +48,27 @@ def wait_for() -> Callable:
     return wait
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and "operator" in getattr(item, "fixturenames", ()):
-        process = item.config.stash.get(_OPERATOR_KEY, None)
-        if process is not None:
-            report.sections.append(("operator log", process.log_tail()))
+@pytest.fixture(autouse=True)
+def invariant_monitor(request: pytest.FixtureRequest):
+    """The safety invariants (no core held twice, node resources not overfilled, pod annotation =
+    env = requests, pods in their resource's namespace) checked at every watch event while a test
+    that runs an operator on the session's cluster runs, on its namespace and node pool; a violation
+    at any moment fails the test, even one gone by the time the test looks. Tests that break these
+    on purpose run no operator, or none of this cluster's."""
+    names = request.fixturenames
+    if not any(name in names for name in _OPERATOR_FIXTURES) or "namespace" not in names or "fleet" not in names:
+        yield None
+        return
+    cluster = request.getfixturevalue("local_cluster")
+    namespace, pool = request.getfixturevalue("namespace"), request.getfixturevalue("fleet").pool
+    monitor = monitor_for(cluster.kubeconfig, namespaces=[namespace], node_selector=f"{POOL_LABEL}={pool}").start()
+    try:
+        yield monitor
+    finally:
+        report = monitor.stop()
+    if report.violations:
+        pytest.fail(
+            f"the invariant monitor saw {report.violations} violation(s) ({report.summary()}):"
+            + "".join(f"\n  {seen}" for seen in report.first),
+            pytrace=False,
+        )

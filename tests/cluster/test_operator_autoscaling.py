@@ -17,13 +17,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from neuronplace.local.autoscaler import BATCH_MAX_SECONDS
 from neuronplace.local.cluster import LocalCluster
-from neuronplace.local.operator_process import TEST_TIMINGS, OperatorProcess, install_crd, timing_flags
+from neuronplace.local.operator_process import TEST_TIMINGS, OperatorProcess, install_crd
+from neuronplace.local.pytest_operator import OperatorFactory
 from neuronplace.local.reliability.monitor import monitor_for
 from neuronplace.placement.names import (
     CAPACITY_REQUEST_LABEL,
@@ -178,12 +178,10 @@ def test_without_an_autoscaler_the_request_waits_and_goes_before_the_replica_is_
 
 
 @pytest.fixture(scope="module")
-def scaled_operator(autoscaled_cluster: LocalCluster) -> Iterator[OperatorProcess]:
+def scaled_operator(autoscaled_cluster: LocalCluster, binding: str) -> Iterator[OperatorProcess]:
     install_crd(autoscaled_cluster)
-    process = OperatorProcess(
-        autoscaled_cluster,
-        Path(autoscaled_cluster.logs_dir) / "neuronplace-operator.log",
-        extra_args=timing_flags(),
+    process = OperatorFactory(autoscaled_cluster, dict(TEST_TIMINGS)).make(
+        binding=binding, log_name="neuronplace-operator.log"
     )
     process.start()
     try:

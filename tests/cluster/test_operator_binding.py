@@ -14,11 +14,10 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from neuronplace.local.operator_process import TEST_TIMINGS, timing_flags
+from neuronplace.local.operator_process import TEST_TIMINGS
 from neuronplace.placement.claims import pinned_node
 from neuronplace.placement.names import (
     CONDITION_PLACED,
@@ -178,24 +177,10 @@ def test_a_pinned_pod_a_silent_kube_scheduler_ignores_is_reported_and_kept(
 
 
 @pytest.fixture
-def operator_with_env(local_cluster, operator_process):
+def operator_with_env(operator_factory):
     """``operator_with_env(log_name, **env)``: an operator configured through its environment in
     place of the session's operator, for one test."""
-    started = []
-
-    def start(log_name: str, **env: str):
-        operator_process.stop()
-        process = type(operator_process)(
-            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=timing_flags(), env=env
-        )
-        started.append(process)
-        process.start()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-    operator_process.start()
+    return lambda log_name, **env: operator_factory(log_name=log_name, env=env)
 
 
 def refused(cluster, namespace: str, name: str) -> dict | None:

@@ -12,7 +12,7 @@ from neuronplace.placement.names import CONDITION_PLACED, INFERENCE_LABEL, REASO
 from support.builders import inference
 from support.cluster import apply, assert_no_shared_cores, get_inference, placed_and_ready
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.both_bindings]
 
 COUNT = 20
 CORES = 4  # 2 inf2.48xlarge = 48 cores = 12 replicas of 4 cores

@@ -60,6 +60,7 @@ def placed_examples(local_cluster, operator, namespace, fleet, wait_for):
     return namespace, types
 
 
+@pytest.mark.both_bindings
 def test_examples_run_with_matching_env_and_annotations(local_cluster, placed_examples):
     namespace, types = placed_examples
     for name, replicas, cores, processes, instance_type in EXAMPLES.values():
@@ -81,6 +82,7 @@ def test_examples_run_with_matching_env_and_annotations(local_cluster, placed_ex
     assert_no_shared_cores(local_cluster)
 
 
+@pytest.mark.both_bindings
 def test_status_and_printer_columns(local_cluster, placed_examples):
     namespace, _ = placed_examples
     for name, replicas, cores, processes, _ in EXAMPLES.values():

@@ -23,7 +23,7 @@ from neuronplace.placement.names import CONDITION_REPLICA_FAILURE, INFERENCE_LAB
 from support.builders import inference
 from support.cluster import apply, condition, get_inference, live, pods_of
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.both_bindings]
 
 BACKOFF = TEST_TIMINGS["failure_backoff_seconds"]
 # What a watch event may reach the test later than another (the gaps below are measured here).

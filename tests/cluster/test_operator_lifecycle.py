@@ -22,7 +22,7 @@ from support.cluster import (
 )
 from support.waits import hold
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.both_bindings]
 
 
 def cores_by_pod(cluster, namespace, name) -> dict[str, tuple[str, str, str]]:

@@ -1,18 +1,17 @@
 """The operator's Prometheus endpoint and JSON logs, on a real operator process and real pods.
 
-One operator at a time may allocate cores on a cluster, so the shared operator is stopped for this
-module and one started with ``--metrics-port`` and ``--log-format json`` runs instead; the
-``operator`` fixture starts the shared one again for the tests that follow.
+Each test runs an operator of its own (``operator_factory``, which stops the shared one: one operator
+at a time may allocate cores on a cluster) with ``--metrics-port`` and ``--log-format json`` and
+the operator's default timings.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from neuronplace.local.operator_process import free_port, timing_flags
+from neuronplace.local.operator_process import free_port
 from neuronplace.runtime.coreset import CoreRange
 from support.builders import inference
 from support.cluster import apply, condition, get_inference, live, placed_and_ready, pods_of
@@ -21,19 +20,15 @@ from support.metrics import scrape, value
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def metrics_operator(local_cluster, operator_process):
-    operator_process.stop()
+@pytest.fixture
+def metrics_operator(operator_factory):
     port = free_port()
-    log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-metrics.log"
-    process = type(operator_process)(
-        local_cluster, log_path, extra_args=("--metrics-port", str(port), "--log-format", "json", *timing_flags())
+    process = operator_factory(
+        log_name="neuronplace-operator-metrics.log",
+        metrics_port=port,
+        log_format="json",
     )
-    process.start()
-    try:
-        yield process, f"http://127.0.0.1:{port}/metrics"
-    finally:
-        process.stop()
+    return process, f"http://127.0.0.1:{port}/metrics"
 
 
 def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operator, namespace, fleet, wait_for):

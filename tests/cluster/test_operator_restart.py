@@ -11,7 +11,7 @@ import pytest
 from support.builders import inference
 from support.cluster import apply, assert_no_shared_cores, live, placed_and_ready, pods_of
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.both_bindings]
 
 NAMES = ("alpha", "beta", "gamma")
 REPLICAS = 20

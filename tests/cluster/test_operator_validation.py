@@ -5,11 +5,10 @@ operator keeps serving everything else."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
-from neuronplace.local.operator_process import TEST_TIMINGS, timing_flags
+from neuronplace.local.operator_process import TEST_TIMINGS
 from support.builders import inference
 from support.cluster import apply, condition, get_inference, placed_and_ready, pods_of
 from support.waits import hold
@@ -107,24 +106,10 @@ def test_objects_that_pass_the_schema_but_cannot_work_get_a_reason(local_cluster
 
 
 @pytest.fixture
-def operator_with_env(local_cluster, operator_process):
+def operator_with_env(operator_factory):
     """``operator_with_env(log_name, **env)``: an operator configured through its environment (as the
     chart configures it) in place of the session's operator, for one test."""
-    started = []
-
-    def start(log_name: str, **env: str):
-        operator_process.stop()
-        process = type(operator_process)(
-            local_cluster, Path(local_cluster.logs_dir) / log_name, extra_args=timing_flags(), env=env
-        )
-        started.append(process)
-        process.start()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-    operator_process.start()
+    return lambda log_name, **env: operator_factory(log_name=log_name, env=env)
 
 
 def restricted_ready(name: str, pool: str) -> dict:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-from neuronplace.local.operator_process import timing_flags
 from neuronplace.placement.names import (
     BINDING_DIRECT,
     BINDING_SCHEDULER,
@@ -48,20 +46,12 @@ def cluster_objects(local_cluster):
 
 
 @pytest.fixture
-def operator_admitting_ephemeral(local_cluster, operator_process):
+def operator_admitting_ephemeral(operator_factory):
     """An operator whose pod-template policy admits generic ephemeral volumes (refused by default),
     in place of the session's operator for one test."""
-    operator_process.stop()
-    process = type(operator_process)(
-        local_cluster,
-        Path(local_cluster.logs_dir) / "neuronplace-operator-ephemeral.log",
-        extra_args=timing_flags(),
-        env={"NEURONPLACE_ALLOW_VOLUME_TYPES": "ephemeral"},
+    return operator_factory(
+        log_name="neuronplace-operator-ephemeral.log", env={"NEURONPLACE_ALLOW_VOLUME_TYPES": "ephemeral"}
     )
-    process.start()
-    yield process
-    process.stop()
-    operator_process.start()
 
 
 def local_class(name: str) -> dict:

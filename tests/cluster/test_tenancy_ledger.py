@@ -25,12 +25,11 @@ import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from neuronplace.local.fleet import KWOK_TOLERATION
-from neuronplace.local.operator_process import free_port, timing_flags
+from neuronplace.local.operator_process import free_port
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
@@ -54,15 +53,15 @@ ENFORCE_BASELINE = "pod-security.kubernetes.io/enforce=baseline"
 
 
 @pytest.fixture(scope="module")
-def restricted_operator(local_cluster, operator_process):
+def restricted_operator(operator_process, binding):
+    """One operator for the module (its metrics add up across the tests), in place of the shared one."""
     operator_process.stop()
     port = free_port()
-    log_path = Path(local_cluster.logs_dir) / "neuronplace-operator-tenancy.log"
-    process = type(operator_process)(
-        local_cluster,
-        log_path,
-        extra_args=("--metrics-port", str(port), *timing_flags()),
+    process = operator_process.factory.make(
+        binding=binding,
+        log_name="neuronplace-operator-tenancy.log",
         env={"NEURONPLACE_POD_SECURITY": "restricted"},
+        metrics_port=port,
     )
     process.start()
     try:

@@ -1,39 +1,24 @@
 """Fixtures of the reliability suite (on top of ``local_cluster`` from ``neuronplace.local.pytest_plugin``).
 
 - ``reliability_crd`` (session): the NeuronInference CRD, installed once.
-- ``chaos_record`` (session): counts faults, checks, violations, convergence times and what the
-  invariant monitor saw in every scenario run in the session; the chaos table is printed at the
-  end of the session.
+- ``chaos_record`` (session): ``reliability.chaos_table``, which prints the chaos table.
 - ``chaos_seed``: ``NEURONPLACE_CHAOS_SEED`` (default 1); every random choice derives from it.
 - ``run_scenario``: runs one scenario of ``scenarios.py`` in its own namespace, node pool and
-  operator process. The operator tests' session operator watches every namespace; two operators
-  allocating on the same nodes would be the very bug this suite looks for, so it is stopped first
-  (their ``operator`` fixture starts it again when a later test needs it).
+  operator process, in the test's binding mode (``binding``). The operator tests' shared operator
+  watches every namespace; two operators allocating on the same nodes would be the very bug this
+  suite looks for, so it is stopped first (the ``operator`` fixture starts it again when a later
+  test needs it).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from neuronplace.local.operator_process import install_crd
 from neuronplace.local.reliability import harness as hs
 from neuronplace.local.reliability import scenarios
-
-_RECORD_KEY = pytest.StashKey[hs.ChaosRecord]()
-
-
-def _stop_operator_tests_operator(config: pytest.Config) -> None:
-    cluster_conftest = Path(__file__).resolve().parents[1] / "cluster" / "conftest.py"
-    for plugin in config.pluginmanager.get_plugins():
-        key = getattr(plugin, "_OPERATOR_KEY", None)
-        if key is None or Path(getattr(plugin, "__file__", "") or "").resolve() != cluster_conftest:
-            continue
-        process = config.stash.get(key, None)
-        if process is not None and process.alive():
-            process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -42,24 +27,18 @@ def reliability_crd(local_cluster) -> None:
 
 
 @pytest.fixture(scope="session")
-def chaos_record(request: pytest.FixtureRequest) -> hs.ChaosRecord:
-    record = hs.ChaosRecord()
-    request.config.stash[_RECORD_KEY] = record
-    return record
-
-
-@pytest.fixture(scope="session")
 def chaos_seed() -> int:
     return int(os.environ.get("NEURONPLACE_CHAOS_SEED", "1"))
 
 
 @pytest.fixture
-def run_scenario(local_cluster, reliability_crd, chaos_record, chaos_seed, request):
-    """``run_scenario(name)``: run one scenario with fresh namespace, pool and operator."""
-    _stop_operator_tests_operator(request.config)
+def run_scenario(local_cluster, reliability_crd, operator_process, binding, chaos_record, chaos_seed, request):
+    """``run_scenario(name)``: run one scenario with fresh namespace, pool and operator (in the test's
+    binding mode)."""
+    operator_process.stop()
 
     def run(name: str) -> None:
-        with hs.harness(local_cluster, name, chaos_seed, chaos_record) as world:
+        with hs.harness(local_cluster, name, chaos_seed, chaos_record, binding) as world:
             request.node.stash[_WORLD_KEY] = world
             scenarios.SCENARIOS[name](world)
 
@@ -76,11 +55,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     world = item.stash.get(_WORLD_KEY, None)
     if report.failed and world is not None:
         report.sections.append(("reliability operator log", world.operator.log_tail(200)))
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    record = config.stash.get(_RECORD_KEY, None)
-    if record is not None and record.scenarios:
-        terminalreporter.section("chaos table")
-        seed = int(os.environ.get("NEURONPLACE_CHAOS_SEED", "1"))
-        terminalreporter.write_line(hs.format_table(record, seed))

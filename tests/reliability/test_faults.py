@@ -13,7 +13,7 @@ import pytest
 
 from neuronplace.local.reliability.scenarios import SCENARIOS
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.both_bindings]
 
 # The bad-spec scenarios run case by case in test_bad_specs.py.
 FAULT_SCENARIOS = [name for name in SCENARIOS if "bad_specs" not in name]

@@ -113,10 +113,10 @@ def test_a_pod_outside_its_resource_namespace_is_caught():
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_the_monitor_catches_a_short_double_booking_that_convergence_misses(local_cluster, reliability_crd, request):
-    from reliability.conftest import _stop_operator_tests_operator
-
-    _stop_operator_tests_operator(request.config)
+def test_the_monitor_catches_a_short_double_booking_that_convergence_misses(
+    local_cluster, reliability_crd, operator_process
+):
+    operator_process.stop()  # the shared operator watches every namespace: the harness runs its own
     record = hs.ChaosRecord()
     world = hs.Harness(local_cluster, "monitor_catches_double_booking", random.Random(1), record)
     world.open()
