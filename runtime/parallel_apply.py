@@ -84,6 +84,8 @@ class CoreExecutor:
         # Every call with more than one chunk goes to the workers, whatever it costs: what the
         # runtime benchmark sets to measure the parallel path's own overhead.
         self.force_parallel = False
+        # Every duration the choice rests on is read from this clock (wall time; see above).
+        self.clock = time.perf_counter
 
     # ---- configuration -------------------------------------------------------------------------
     def set_workers_per_core(self, count: int) -> None:
@@ -138,14 +140,14 @@ class CoreExecutor:
         cores = len(replicas)
         call = self._call_chunk
         outputs: list = []
-        started = time.perf_counter()
+        started = self.clock()
         try:
             for args, kwargs, rows in chunks:
                 outputs.append(call(replicas[len(outputs) % cores], args, kwargs, rows))
         except Exception as error:  # KeyboardInterrupt and friends pass through untouched
             index = len(outputs)
             _ChunkFailure(error, traceback.format_exc(), replicas[index % cores], index).reraise()
-        self._add_row_cost((time.perf_counter() - started) / max(total_rows, 1))
+        self._add_row_cost((self.clock() - started) / max(total_rows, 1))
         return outputs
 
     def run(self, chunks: list[tuple], total_rows: int) -> list:
@@ -158,7 +160,7 @@ class CoreExecutor:
             return self.run_inline(chunks, total_rows)
         self.parallel_runs += 1
         queues = self._ensure_workers()
-        started = time.perf_counter()
+        started = self.clock()
         replies: SimpleQueue = SimpleQueue()
         # Grad and inference mode are thread-local: the workers must run in the caller's.
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
@@ -173,7 +175,7 @@ class CoreExecutor:
         for _ in range(used - 1):
             for index, outcome in replies.get():
                 results[index] = outcome
-        self._parallel_calls.append((time.perf_counter() - started, busiest))
+        self._parallel_calls.append((self.clock() - started, busiest))
         self._estimate = None
         for result in results:
             if isinstance(result, _ChunkFailure):
@@ -200,12 +202,12 @@ class CoreExecutor:
     def _run_one(self, index: int, args, kwargs, rows: int):
         """A worker's chunk: its output, or the failure to re-raise in the caller."""
         replica = self.replicas[index % len(self.replicas)]
-        started = time.perf_counter()
+        started = self.clock()
         try:
             output = self._call_chunk(replica, args, kwargs, rows)
         except BaseException as error:  # re-raised in the caller; a worker must never die
             return _ChunkFailure(error, traceback.format_exc(), replica, index)
-        elapsed = time.perf_counter() - started
+        elapsed = self.clock() - started
         if self.handoff_seconds is not None and elapsed < _TRUSTED_HANDOFFS * self.handoff_seconds:
             self._needs_probe = True
         else:
@@ -233,7 +235,7 @@ class CoreExecutor:
         queues: list[SimpleQueue] = [SimpleQueue() for _ in self.replicas]
         self._add_workers(queues, self._workers_per_core)
         self._running[0] = self._workers_per_core
-        self.handoff_seconds = _measure_handoff(queues[0])
+        self.handoff_seconds = _measure_handoff(queues[0], self.clock)
         # Workers hold only their queue, so a dropped DataParallel stops them.
         weakref.finalize(self, _stop_all, queues, self._running)
         return queues
@@ -298,15 +300,15 @@ def _worker_loop(queue: SimpleQueue, threads: int | None) -> None:
         del task, executor, chunks, replies, outcomes
 
 
-def _measure_handoff(queue: SimpleQueue) -> float:
-    """Median seconds for a round trip to a worker and back with no work in it."""
+def _measure_handoff(queue: SimpleQueue, clock) -> float:
+    """Median seconds (by ``clock``) for a round trip to a worker and back with no work in it."""
     samples = []
     for _ in range(_HANDOFF_SAMPLES):
         replies: SimpleQueue = SimpleQueue()
-        started = time.perf_counter()
+        started = clock()
         queue.put((_NoWork, [], replies, (False, False)))
         replies.get()
-        samples.append(time.perf_counter() - started)
+        samples.append(clock() - started)
     return sorted(samples)[len(samples) // 2]
 
 
