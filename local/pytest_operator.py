@@ -2,9 +2,11 @@
 beside ``neuronplace.local.pytest_plugin``).
 
 - ``operator_settings`` (session): the ``neuronplace run`` settings every operator a test starts gets
-  unless the test says otherwise (none here; ``tests/cluster/conftest.py`` overrides it with short
-  timings). A setting is a keyword: ``resync_seconds=10`` is ``--resync-seconds 10``, ``True`` a bare
-  flag, ``None`` leaves the flag out.
+  unless the test says otherwise: the short timings of :data:`~.operator_process.TEST_TIMINGS`, so
+  that what a test waits for happens in seconds. Defined here, once for every test directory: the
+  shared operator is session-scoped, and the first test that starts it decides its settings. A
+  setting is a keyword: ``resync_seconds=10`` is ``--resync-seconds 10``, ``True`` a bare flag,
+  ``None`` leaves the flag out.
 - ``operator_factory`` (function): ``operator_factory(*args, binding=<the test's>, env=None,
   log_name=None, start=True, **settings) -> OperatorProcess`` starts an operator of the test's own,
   with the default settings updated by ``settings``, plus raw ``args`` and environment variables
@@ -32,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from neuronplace.local.cluster import LocalCluster
-from neuronplace.local.operator_process import BINDING_VARIABLE, OperatorProcess, install_crd
+from neuronplace.local.operator_process import BINDING_VARIABLE, TEST_TIMINGS, OperatorProcess, install_crd
 from neuronplace.placement.names import BINDINGS, CRD_NAME
 
 BOTH_BINDINGS = "both_bindings"
@@ -129,7 +131,7 @@ def crd(local_cluster: LocalCluster) -> str:
 
 @pytest.fixture(scope="session")
 def operator_settings() -> dict[str, object]:
-    return {}
+    return dict(TEST_TIMINGS)
 
 
 @pytest.fixture(scope="session")

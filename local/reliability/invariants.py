@@ -3,8 +3,9 @@
 :func:`check` is pure: it reads a :class:`Snapshot` (pods, nodes and NeuronInferences as the API's
 JSON dicts) and returns every :class:`Violation` it finds. The invariants, one function each:
 
-- ``exclusive-cores``: on every node, no two live pods hold the same core (managed pods, those a
-  NeuronInference controls whose range is as long as their request, by their
+- ``exclusive-cores``: on every node, no two live pods hold the same core (replica pods, those a
+  NeuronInference controls that name their cores in their spec (:func:`is_replica`) and whose
+  range is as long as their request, by their
   ``neuronplace.io/cores`` annotation; any other pod by ``AWS_NEURON_IDS`` when it carries it, and
   never less than it requests), and all the cores held there, foreign pods' bare counts included,
   fit in what the node has (two
@@ -17,7 +18,7 @@ JSON dicts) and returns every :class:`Violation` it finds. The invariants, one f
   ephemeral-storage, hugepages, extended resources, one pod slot each; counted as kube-scheduler
   counts them, by the oracle's own reading of each pod) stays within the node's allocatable (a real
   kubelet rejects a pod that does not fit, OutOfcpu, and kwok does not, so only this check sees it).
-- ``pod-consistency``: every live managed pod's annotation, its process containers'
+- ``pod-consistency``: every live replica pod's annotation, its process containers'
   ``NEURON_RT_VISIBLE_CORES`` (in the numbering the pod says), their ``aws.amazon.com/neuroncore``
   requests and the device plugin's ``AWS_NEURON_IDS`` all name the same cores, processes split the
   range without overlap, sidecars get none, and the pod is bound without a scheduler (if any of
@@ -200,6 +201,16 @@ def is_managed(pod: Mapping) -> bool:
     return INFERENCE_LABEL in (_meta(pod).get("labels") or {})
 
 
+def is_replica(pod: Mapping) -> bool:
+    """A replica pod as the operator creates it: controlled by a NeuronInference and naming its
+    cores in its spec (a container's ``NEURONPLACE_NODE_CORES``). Labels can be edited by any
+    tenant and a look-alike can carry them; the spec cannot change after creation."""
+    controller = controller_of(pod) or {}
+    if controller.get("kind") != "NeuronInference" or not str(controller.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        return False
+    return any(ENV_NODE_CORES in _env(c) for c in (pod.get("spec") or {}).get("containers") or [])
+
+
 def is_ready(pod: Mapping) -> bool:
     """Ready and not being deleted (a terminating pod no longer counts as a ready replica)."""
     return not is_terminating(pod) and conditions.is_ready(pod)
@@ -280,7 +291,10 @@ def check_exclusive_cores(snapshot: Snapshot) -> list[Violation]:
     for pod in snapshot.pods:
         if is_running_there(pod):
             bound.setdefault(pod["spec"]["nodeName"], []).append(pod)
-        if is_live(pod) and not is_capacity_request(pod):
+        # Pinned and not bound yet: only our replicas hold from creation. Anyone else's pod pinned
+        # there holds nothing until kube-scheduler binds it (one with scheduling gates, or asking
+        # for more than the node has, never is).
+        if is_live(pod) and not is_capacity_request(pod) and (is_running_there(pod) or is_replica(pod)):
             reserved.setdefault(pod_node(pod), []).append(pod)
     violations: list[Violation] = []
     for view in (bound, reserved):
@@ -306,8 +320,7 @@ def _holders_on(
         annotations = given[_ref(pod)] if _ref(pod) in given else meta.get("annotations") or {}
         ids: list[int] | None = None
         asked = pod_amount(pod, NEURONCORE_RESOURCE) + pod_amount(pod, NEURON_DEVICE_RESOURCE) * (per_chip or 1)
-        controller = controller_of(pod) or {}
-        if is_managed(pod) and controller.get("kind") == "NeuronInference":
+        if is_replica(pod):
             try:
                 ids = list(CoreRange.parse(annotations.get(CORES_ANNOTATION, "")).ids)
             except (ValueError, TypeError):
@@ -382,7 +395,7 @@ def check_node_resources(snapshot: Snapshot) -> list[Violation]:
 
 
 def check_pod(pod: Mapping, nodes: Mapping[str, Mapping]) -> list[Violation]:
-    """``pod-consistency`` for one live managed pod."""
+    """``pod-consistency`` for one live replica pod."""
     out: list[Violation] = []
     ref = _ref(pod)
 
@@ -458,7 +471,7 @@ def check_pod_consistency(snapshot: Snapshot) -> list[Violation]:
     nodes = {_meta(n).get("name"): n for n in snapshot.nodes}
     out: list[Violation] = []
     for pod in snapshot.pods:
-        if is_managed(pod) and is_live(pod) and _in_scope(pod, snapshot.namespaces):
+        if is_replica(pod) and is_live(pod) and _in_scope(pod, snapshot.namespaces):
             out += check_pod(pod, nodes)
     return out
 

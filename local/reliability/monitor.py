@@ -345,7 +345,7 @@ class InvariantMonitor:
         if pod is not None and key in self._given:  # what its process got, not what was edited since
             pod = {**pod, "metadata": {**(pod.get("metadata") or {}), "annotations": self._given[key]}}
         if pod is not None and (self.namespaces is None or key[0] in self.namespaces):
-            if inv.is_managed(pod) and inv.is_live(pod):
+            if inv.is_replica(pod) and inv.is_live(pod):
                 found += inv.check_pod(pod, self._nodes)
             found += inv.check_pod_namespace(pod, self._inference_ns)
         self._settle(("pod", key), found)

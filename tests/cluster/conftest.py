@@ -1,5 +1,5 @@
 """Fixtures of the operator's cluster tests, on top of ``neuronplace.local.pytest_operator`` (the
-``operator``, ``operator_factory`` and ``crd`` fixtures): the settings their operators run with,
+``operator``, ``operator_factory``, ``operator_settings`` and ``crd`` fixtures):
 ``wait_for``, and the invariant monitor every test that runs an operator is watched by.
 """
 
@@ -11,18 +11,10 @@ from collections.abc import Callable
 import pytest
 
 from neuronplace.local.fleet import POOL_LABEL
-from neuronplace.local.operator_process import TEST_TIMINGS
 from neuronplace.local.reliability.monitor import monitor_for
 
 # The fixtures that run an operator: a test using one is watched by the invariant monitor.
 _OPERATOR_FIXTURES = ("operator", "operator_factory")
-
-
-@pytest.fixture(scope="session")
-def operator_settings() -> dict[str, object]:
-    """The operator tests' settings: the short timings (``TEST_TIMINGS``: node grace, resync,
-    backoffs ...), so that what they wait for happens in seconds."""
-    return dict(TEST_TIMINGS)
 
 
 @pytest.fixture
