@@ -148,14 +148,13 @@ class Reconciler:
         if settle_retry is not None:
             retry = settle_retry if retry is None else min(retry, settle_retry)
         refused = dict(ruling.held)  # replicas whose request the rate bound holds back, and why
-        made = []
         for replica, pod in requests.items():
             error = self._create_request(pod)
-            if error is None:
-                made.append(replica)
-            else:
+            if error is not None:
                 refused[replica] = error
-        self._remember_requests(key, made, now)
+        # A refused create counts against the rate bound like one that succeeded: a namespace being
+        # deleted (403) or a quota refuses every try, and the tries must not come back at once.
+        self._remember_requests(key, requests, now)
         waiting_for_capacity = None
         if ruling.waiting:
             states = waiting_states(key[1], ruling.waiting, ruling.assigned, self.cache.requests_of(key), refused)
@@ -281,8 +280,8 @@ class Reconciler:
         return None
 
     def _remember_requests(self, key: Key, made: Iterable[int], now: dt.datetime) -> None:
-        """When each replica's capacity requests were made (``made``: those made now), within the
-        rate bound's window."""
+        """When each replica's capacity requests were tried (``made``: those tried now, created or
+        refused), within the rate bound's window."""
         seconds = now.timestamp()
         times = {replica: recent(t, seconds) for replica, t in (self.requests_made.get(key) or {}).items()}
         for replica in made:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from kubernetes.client.rest import ApiException
 from test_capacity_requests import IMAGE, KEY, SELECTOR_TERM, conditions, inference, setup
 
 from neuronplace.local.fleet import build_node
@@ -225,3 +226,15 @@ def test_a_request_bound_where_the_ledger_still_has_room_is_kept_and_its_node_no
     cache.apply_node("MODIFIED", ready_node("n2"))
     reconciler.reconcile(KEY)
     assert api.pod_writes()[1:] == [("delete", "bert-0-capacity"), ("create", "bert-0")]
+
+
+def test_a_request_the_api_server_refuses_is_tried_no_more_often_than_the_bound(pool):
+    # A namespace being deleted refuses every create (403): the tries count like creations, so
+    # reconciles that come at once (the namespace's pods going) do not try again at once.
+    _, _, reconciler = setup(pool, inference(replicas=1, cores=2), nodes=())
+    refusing = FakeApi(create_error=ApiException(status=403, reason="namespace is being terminated"))
+    reconciler.writer.core = reconciler.writer.custom = refusing
+    for _ in range(20):
+        reconciler.reconcile(KEY)
+    tries = [name for verb, name in refusing.pod_writes() if verb == "create"]
+    assert tries == ["bert-0-capacity"] * MAX_PER_WINDOW, tries
