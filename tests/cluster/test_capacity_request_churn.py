@@ -100,6 +100,8 @@ def test_a_request_bound_where_the_replica_cannot_go_is_not_made_again_there(
             60,
             "the replica waiting for capacity",
         )
+        # Counting creations for a while: nothing announces that a loop will never start. The
+        # window is 40 s, two thirds of the rate bound's 60 s, so more than its 3 means a loop.
         time.sleep(WATCH_SECONDS)
     finally:
         watcher.terminate()

@@ -61,7 +61,7 @@ def test_healthz_answers_within_a_second_while_thousands_of_replicas_are_ruled(
             except OSError as error:
                 failures.append(str(error))
             latencies.append(time.monotonic() - started)
-            time.sleep(0.1)
+            time.sleep(0.1)  # the probe interval: ten a second find any stall of the event loop
 
     prober = threading.Thread(target=probe, daemon=True)
     try:

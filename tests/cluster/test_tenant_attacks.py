@@ -23,6 +23,7 @@ import time
 import pytest
 
 from neuronplace.local.fleet import KWOK_TOLERATION
+from neuronplace.local.operator_process import TEST_TIMINGS
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
     CAPACITY_REQUEST_LABEL,
@@ -179,8 +180,13 @@ def test_a_pod_holding_a_replicas_name_is_reported_and_not_retried_hot(
     web_1 = [p for p in live(pods_of(local_cluster, namespace, "web")) if p["metadata"]["name"] == "web-1"]
     assert len(web_1) == 1  # the other replica is not held up
 
-    time.sleep(15)  # the failure backoff: 10 s, then 20 s; a hot loop would post hundreds
-    assert len(events(local_cluster, namespace, "NameTaken")) <= 3
+    # Nothing announces "no more tries": watch for a while. With the tests' failure backoff (2 s,
+    # doubling), tries come at 0, 2, 6, 14 s...: at most `retries` fit in the window, counting the
+    # one already reported; a hot loop would post hundreds.
+    window, first = 15.0, TEST_TIMINGS["failure_backoff_seconds"]
+    retries = 1 + sum(1 for k in range(16) if first * (2**k - 1) <= window + first)
+    time.sleep(window)
+    assert len(events(local_cluster, namespace, "NameTaken")) <= retries
 
     tenant("delete", "pod", "web-0", "--wait=false")
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "web", 2), 90, "web-0 created once the name is free")
