@@ -70,6 +70,11 @@ class ReplicaHistory:
     def avoided(self, now: dt.datetime) -> frozenset[str]:
         return frozenset(node for node, until in self.avoid if until > now)
 
+    def avoided_for(self, now: dt.datetime) -> float | None:
+        """Seconds until the first of the nodes avoided now may be used again (None: none is)."""
+        ends = [(until - now).total_seconds() for _, until in self.avoid if until > now]
+        return min(ends) if ends else None
+
     def waiting(self, now: dt.datetime) -> float:
         """Seconds before the replica may have a new pod (0: now)."""
         return max((self.retry_at - now).total_seconds(), 0.0) if self.retry_at else 0.0

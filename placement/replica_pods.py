@@ -283,6 +283,9 @@ def decide(
                 continue
             if replica_history.avoided(now):
                 avoid[ordinal] = replica_history.avoided(now)
+                # If the avoided node is the only one that fits, the replica waits for it: look again
+                # when it may be used, not at the next resync.
+                look_again(replica_history.avoided_for(now) or 0.0)
         create.append(ordinal)
 
     rollout = _next_rollout(current, desired, wanted_hash)

@@ -202,6 +202,8 @@ def test_an_unschedulable_pinned_pod_goes_after_the_timeout_and_its_replica_avoi
     history = fold({}, decision)
     again = decide(resource(), [pod(0), pod(2)], history=history, now=at(1))
     assert again.create == (1,) and again.avoid == {1: frozenset({"n1"})}, "placed again at once, elsewhere"
+    # Looked at again when n1 may be used again (its only node may be n1), not at the next resync.
+    assert again.requeue_after == pytest.approx(19)
     assert decide(resource(), [pod(0), pod(2)], history=history, now=at(21)).avoid == {}
 
 
