@@ -102,3 +102,10 @@ def port_owners(ports: set[int]) -> dict[int, list[tuple[int, str]]]:
         for inode in held:
             owners.setdefault(inodes[inode], []).append((int(entry), " ".join(command_line(int(entry)))))
     return owners
+
+
+def ports_held_by(ports: set[int], marker: str) -> dict[int, list[tuple[int, str]]]:
+    """Which of ``ports`` still listen in a process whose command line contains ``marker`` (a
+    cluster's name): a freed port another program took since is not held by what ``marker`` names."""
+    owners = port_owners(ports & listening_ports())
+    return {port: held for port, held in owners.items() if any(marker in command for _, command in held)}

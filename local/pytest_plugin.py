@@ -146,27 +146,37 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-@pytest.fixture(scope="session")
-def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-
+@contextlib.contextmanager
+def _test_cluster(
+    request: pytest.FixtureRequest, key: pytest.StashKey, name: str, settings: ClusterSettings | None = None
+) -> Iterator[LocalCluster]:
+    """A cluster of this test session, up while the block runs (its logs attached to failed tests'
+    reports through ``key``), then torn down; the teardown asserts that no component process and no
+    listening port of it is left."""
     _remove_orphaned_test_clusters()
-    cluster = LocalCluster(f"np-test-{os.getpid()}")
-    # SIGTERM/SIGHUP would end the interpreter without running finalizers; turn them into the
-    # same unwinding as Ctrl-C. atexit covers any path that skips fixture teardown.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) in (signal.SIG_DFL, None):
-            signal.signal(sig, _raise_keyboard_interrupt)
-    atexit.register(cluster.down)
+    cluster = LocalCluster(name) if settings is None else LocalCluster(name, settings=settings)
+    atexit.register(cluster.down)  # any path that skips the fixture's teardown
     try:
         cluster.up(progress=_progress(request))
-        request.config.stash[_CLUSTER_KEY] = cluster
+        request.config.stash[key] = cluster
         yield cluster
     finally:
         left, ours = _down_and_check(cluster)
-        if _CLUSTER_KEY in request.config.stash:
-            del request.config.stash[_CLUSTER_KEY]
+        if key in request.config.stash:
+            del request.config.stash[key]
     assert not left, f"components still running after teardown: {left}"
     assert not ours, f"ports still listening after teardown: {ours}"
+
+
+@pytest.fixture(scope="session")
+def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    # SIGTERM/SIGHUP would end the interpreter without running finalizers; turn them into the
+    # same unwinding as Ctrl-C.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _raise_keyboard_interrupt)
+    with _test_cluster(request, _CLUSTER_KEY, f"np-test-{os.getpid()}") as cluster:
+        yield cluster
 
 
 def _progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
@@ -199,22 +209,10 @@ def _down_and_check(cluster: LocalCluster) -> tuple[dict[str, int], dict[int, li
 
 @pytest.fixture(scope="module")
 def autoscaler(request: pytest.FixtureRequest) -> Iterator[Autoscaler]:
-    _remove_orphaned_test_clusters()
-    cluster = LocalCluster(f"np-test-{os.getpid()}-autoscaled")
-    atexit.register(cluster.down)
-    progress = _progress(request)
-    try:
-        cluster.up(progress=progress)
-        request.config.stash[_AUTOSCALED_KEY] = cluster
+    with _test_cluster(request, _AUTOSCALED_KEY, f"np-test-{os.getpid()}-autoscaled") as cluster:
         autoscaler = Autoscaler(cluster)
-        autoscaler.start(progress=progress)
+        autoscaler.start(progress=_progress(request))
         yield autoscaler
-    finally:
-        left, ours = _down_and_check(cluster)
-        if _AUTOSCALED_KEY in request.config.stash:
-            del request.config.stash[_AUTOSCALED_KEY]
-    assert not left, f"components still running after teardown: {left}"
-    assert not ours, f"ports still listening after teardown: {ours}"
 
 
 @pytest.fixture(scope="module")
@@ -224,19 +222,8 @@ def autoscaled_cluster(autoscaler: Autoscaler) -> LocalCluster:
 
 @pytest.fixture(scope="module")
 def strict_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    _remove_orphaned_test_clusters()
-    cluster = LocalCluster(f"np-test-{os.getpid()}-strict", settings=STRICT_SETTINGS)
-    atexit.register(cluster.down)
-    try:
-        cluster.up(progress=_progress(request))
-        request.config.stash[_STRICT_KEY] = cluster
+    with _test_cluster(request, _STRICT_KEY, f"np-test-{os.getpid()}-strict", STRICT_SETTINGS) as cluster:
         yield cluster
-    finally:
-        left, ours = _down_and_check(cluster)
-        if _STRICT_KEY in request.config.stash:
-            del request.config.stash[_STRICT_KEY]
-    assert not left, f"components still running after teardown: {left}"
-    assert not ours, f"ports still listening after teardown: {ours}"
 
 
 def _our_listeners(cluster: LocalCluster, ports: set[int], settle: float = 15) -> dict[int, list]:
@@ -256,17 +243,25 @@ def _our_listeners(cluster: LocalCluster, ports: set[int], settle: float = 15) -
         time.sleep(0.25)
 
 
-@pytest.fixture
-def namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+@contextlib.contextmanager
+def fresh_namespace(cluster: LocalCluster, base: str) -> Iterator[str]:
+    """A new namespace named after ``base`` (made DNS-safe, a random suffix), ready for pods; deleted
+    (without waiting) afterwards."""
+    base = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:40].strip("-")
     name = f"{base or 'test'}-{uuid.uuid4().hex[:6]}"
-    local_cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("create", "namespace", name)
     # Pods are refused until kube-controller-manager has created the namespace's default ServiceAccount.
-    local_cluster.kubectl("-n", name, "wait", "--for=create", "serviceaccount/default", "--timeout=60s")
+    cluster.kubectl("-n", name, "wait", "--for=create", "serviceaccount/default", "--timeout=60s")
     try:
         yield name
     finally:
-        local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    with fresh_namespace(local_cluster, request.node.name) as name:
+        yield name
 
 
 @pytest.fixture

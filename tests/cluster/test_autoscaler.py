@@ -203,7 +203,9 @@ def test_cli_up_with_the_autoscaler_and_no_fleet_then_down_leaves_nothing():
             down = subprocess.run([*cli, "down", "--name", name], capture_output=True, text=True, timeout=120, env=env)
             assert down.returncode == 0, down.stderr
             assert not any(procs.is_alive(pid) for pid in pids.values()), "Karpenter outlived local down"
-            assert not ports & procs.listening_ports()
+            # A freed port may be taken at once by another worker's cluster: only one still held by
+            # this cluster's processes is a leak.
+            assert not procs.ports_held_by(ports, name), f"ports of {name} still listening"
         assert not cluster.cluster_dir.exists()
     finally:
         cluster.down()

@@ -329,9 +329,7 @@ def test_cli_runs_a_second_cluster_beside_the_first_and_down_leaves_nothing(loca
             assert not any(procs.is_alive(pid) for pid in pids.values())
             # A freed port may be taken at once by a cluster of another test session (pytest-xdist
             # runs one per worker): only a port still held by this cluster's processes is a leak.
-            held = procs.port_owners(ports & procs.listening_ports())
-            leaked = {port: owners for port, owners in held.items() if any(name in cmd for _, cmd in owners)}
-            assert not leaked, f"ports of {name} still listening: {leaked}"
+            assert not procs.ports_held_by(ports, name), f"ports of {name} still listening"
         assert not second.cluster_dir.exists()
         assert local_cluster.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
     finally:

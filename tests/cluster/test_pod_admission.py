@@ -23,6 +23,7 @@ import pytest
 
 from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.local.operator_process import OperatorProcess
+from neuronplace.local.pytest_plugin import fresh_namespace
 from neuronplace.placement.names import (
     API_VERSION,
     AWS_NEURON_IDS,
@@ -69,13 +70,8 @@ def release(strict_cluster) -> Iterator[str]:
 
 @pytest.fixture
 def tenant_namespace(strict_cluster, release) -> Iterator[str]:
-    name = f"tenant-{uuid.uuid4().hex[:6]}"
-    strict_cluster.kubectl("create", "namespace", name)
-    strict_cluster.kubectl("-n", name, "wait", "--for=create", "serviceaccount/default", "--timeout=60s")
-    try:
+    with fresh_namespace(strict_cluster, "tenant") as name:
         yield name
-    finally:
-        strict_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def as_user(cluster, user: str, *args: str, groups: tuple[str, ...] = (), input: str | None = None):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -41,7 +40,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.podsecurity import TemplatePolicy, check_template
 from neuronplace.runtime.coreset import CoreRange
 from support.builders import inference
-from support.cluster import apply, condition, get_inference, live, placed_and_ready, running_ready
+from support.cluster import apply, condition, core_map, get_inference, live, placed_and_ready, running_ready
 from support.metrics import scrape, value
 
 pytestmark = pytest.mark.cluster
@@ -109,18 +108,6 @@ def owned_pods(cluster, namespace: str, name: str) -> list[dict]:
     ]
 
 
-def core_map(cluster, pool: str) -> list[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "neuronplace.cli", "cores", "--selector", f"neuronplace.io/pool={pool}"],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
-
-
 # ---- the ledger trusts ownership, not labels -----------------------------------------------------
 
 
@@ -145,7 +132,7 @@ def test_a_hand_made_pod_claiming_a_whole_node_blocks_nothing(
     assert replica["metadata"]["annotations"][CORES_ANNOTATION] == "0-23"
     assert get_inference(local_cluster, namespace, "whole")["status"]["readyReplicas"] == 1
 
-    lines = core_map(local_cluster, pool)
+    lines = core_map(local_cluster, pool).splitlines()
     assert lines[0].startswith(node) and "24 cores, 0 free" in lines[0]
     assert f"  inconsistent: {namespace}/fake NotOwned" in "\n".join(lines)
 
@@ -262,7 +249,7 @@ def test_foreign_pods_whose_ids_disagree_are_held_conservatively(
     )
     assert cores == [2, 8, 10, 12, 14, 16]
 
-    lines = "\n".join(core_map(local_cluster, pool))
+    lines = core_map(local_cluster, pool)
     assert f"  inconsistent: {namespace}/long NeuronIdsMismatch" in lines
     assert f"  inconsistent: {namespace}/short NeuronIdsMismatch" in lines
     assert "24 cores, 1 free" in lines  # core 7: nothing of 1 core was asked for

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
@@ -36,7 +35,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.pods import pin_to_node
 from neuronplace.runtime.coreset import CoreRange
 from support.builders import inference
-from support.cluster import apply, condition, env_of, get_inference, live, placed_and_ready, pods_of
+from support.cluster import apply, condition, core_map, env_of, get_inference, live, placed_and_ready, pods_of
 
 pytestmark = pytest.mark.cluster
 
@@ -77,18 +76,6 @@ def tenant_pod(name: str, *, node: str | None = None, cores: int = 0, cpu: str |
 def spec_cores(pod: dict) -> set[int]:
     """The node-global cores a replica's spec gives its processes."""
     return {core for c in pod["spec"]["containers"] for core in CoreRange.parse(env_of(c)[ENV_NODE_CORES]).ids}
-
-
-def core_map(cluster, pool: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "neuronplace.cli", "cores", "--selector", f"neuronplace.io/pool={pool}"],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def events(cluster, namespace: str, reason: str) -> list[dict]:

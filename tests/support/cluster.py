@@ -5,9 +5,12 @@ and requests agree)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import defaultdict
 
 from neuronplace.local.autoscaler import TEST_CONSOLIDATE_AFTER, build_node_pool
+from neuronplace.local.fleet import POOL_LABEL
 from neuronplace.local.operator_process import TEST_TIMINGS
 from neuronplace.placement import conditions
 from neuronplace.placement.claims import node_of
@@ -123,3 +126,16 @@ def assert_pod_consistent(pod: dict, cores_per_chip: int, processes: int, number
         assert env[ENV_NODE_CORES] == str(expected[index])
         for kind in ("requests", "limits"):
             assert container["resources"][kind][NEURONCORE_RESOURCE] == str(cores.count // processes)
+
+
+def core_map(cluster, pool: str) -> str:
+    """What ``neuronplace cores`` prints for the nodes of ``pool`` (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "neuronplace.cli", "cores", "--selector", f"{POOL_LABEL}={pool}"],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
