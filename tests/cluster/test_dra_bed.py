@@ -135,6 +135,18 @@ def test_publish_refuses_twice_unpublish_removes_and_a_deleted_node_takes_its_sl
         dra_driver.publish(local_cluster, plugin_node, "inf2.48xlarge")
     assert dra_driver.unpublish(local_cluster, plugin_node) == [name]
     assert dra_driver.published(local_cluster, plugin_node) == {}
+    # A slice owned by another node (as one of an earlier node of the same name is, until the
+    # garbage collector deletes it) is stale: publishing replaces it.
+    uids = {name: local_cluster.get_json("node", name)["metadata"]["uid"] for name in (plugin_node, dra_node)}
+    (stale,) = dra_driver.resource_slices(plugin_node, "inf2.48xlarge")
+    stale["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Node", "name": dra_node, "uid": uids[dra_node]}
+    ]
+    local_cluster.kubectl("create", "-f", "-", input=json.dumps(stale))
+    (name,) = dra_driver.publish(local_cluster, plugin_node, "inf2.48xlarge")
+    assert dra_driver.published(local_cluster, plugin_node) == {plugin_node: [name]}
+    owners = local_cluster.get_json("resourceslice", name)["metadata"]["ownerReferences"]
+    assert [owner["uid"] for owner in owners] == [uids[plugin_node]]
     # Slices are owned by their node: the garbage collector deletes them with it.
     local_cluster.delete_node(dra_node)
     wait_for(lambda: not dra_driver.published(local_cluster, dra_node), 60, "the garbage collector to delete the slice")
