@@ -64,6 +64,8 @@ def test_a_dra_node_gets_slices_and_the_scheduler_allocates_connected_chips(loca
         "the resourceclaim controller to unreserve and deallocate the claim",
     )
     assert allocated("two") == loose  # the other pod's claim keeps its chips
+    create(resource_claim("again", 4, group=4), claiming_pod("third", dra_node, "again"))
+    assert wait_for(lambda: allocated("again"), 60, "kube-scheduler to allocate the freed group") == chips
 
     status = subprocess.run(
         [sys.executable, "-m", "neuronplace.cli", "local", "status"], capture_output=True, text=True, timeout=60
