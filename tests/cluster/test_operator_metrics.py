@@ -66,7 +66,10 @@ def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operato
 
     def states(found, name):
         return {
-            state: value(found, "neuronplace_replicas", namespace=namespace, name=name, state=state)
+            # (the label "name" is value()'s own first parameter's name: look the sample up directly)
+            state: found.get(
+                ("neuronplace_replicas", frozenset(dict(namespace=namespace, name=name, state=state).items())), 0
+            )
             for state in ("ready", "starting", "waiting_for_capacity", "pending")
         }
 

@@ -23,19 +23,28 @@ app.kubernetes.io/name: {{ include "neuronplace.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* Labels of everything in the release; the operator's objects add component=operator. */}}
+{{/* Labels of everything in the release (every template's objects carry them, and the values'
+commonLabels); the operator's objects add component=operator. */}}
 {{- define "neuronplace.commonLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "neuronplace.name" . }}
 app.kubernetes.io/part-of: neuronplace
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "neuronplace.labels" -}}
 {{ include "neuronplace.commonLabels" . }}
-app.kubernetes.io/name: {{ include "neuronplace.name" . }}
 app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The namespace of a monitoring object: its own override, else the release's. Takes (list override .). */}}
+{{- define "neuronplace.monitoringNamespace" -}}
+{{- default (index . 1).Release.Namespace (index . 0) }}
 {{- end }}
 
 {{- define "neuronplace.serviceAccountName" -}}
