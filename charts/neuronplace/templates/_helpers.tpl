@@ -109,3 +109,37 @@ are @kopf.on.event: no finalizers, no progress annotations, nothing patched on w
 {{- $port := index . 1 -}}
 {{- if contains ":" (toString $host) -}}[{{ $host }}]:{{ $port }}{{- else -}}{{ $host }}:{{ $port }}{{- end -}}
 {{- end }}
+
+{{/* The operator pod's PriorityClass: priorityClassName, else the one priorityClass.create makes, else none. */}}
+{{- define "neuronplace.operatorPriorityClass" -}}
+{{- if .Values.priorityClassName }}
+{{- .Values.priorityClassName }}
+{{- else if .Values.priorityClass.create }}
+{{- default (include "neuronplace.fullname" .) .Values.priorityClass.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator pod's affinity: .Values.affinity, with a required nodeAffinity that keeps it off
+Neuron nodes (and Karpenter's, if asked) unless .Values.affinity has a nodeAffinity of its own.
+NotIn and DoesNotExist also match nodes without the label, so ordinary nodes of any kind qualify.
+*/}}
+{{- define "neuronplace.affinity" -}}
+{{- $affinity := deepCopy .Values.affinity }}
+{{- $config := .Values.operatorNodeAffinity }}
+{{- $expressions := list }}
+{{- if $config.avoidNeuronNodes }}
+{{- $expressions = append $expressions (dict "key" "node.kubernetes.io/instance-type" "operator" "NotIn" "values" $config.neuronInstanceTypes) }}
+{{- $expressions = append $expressions (dict "key" "karpenter.k8s.aws/instance-accelerator-manufacturer" "operator" "NotIn" "values" (list "aws")) }}
+{{- end }}
+{{- if $config.avoidKarpenterNodes }}
+{{- $expressions = append $expressions (dict "key" "karpenter.sh/nodepool" "operator" "DoesNotExist") }}
+{{- end }}
+{{- if and $expressions (not (hasKey $affinity "nodeAffinity")) }}
+{{- $terms := list (dict "matchExpressions" $expressions) }}
+{{- $_ := set $affinity "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" $terms)) }}
+{{- end }}
+{{- if $affinity }}
+{{- toYaml $affinity }}
+{{- end }}
+{{- end }}
