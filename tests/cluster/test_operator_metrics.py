@@ -73,8 +73,12 @@ def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operato
             for state in ("ready", "starting", "waiting_for_capacity", "pending")
         }
 
+    def three_ready():
+        found = scrape(url)
+        return found if states(found, "served")["ready"] == 3 else None
+
     after = wait_for(
-        lambda: (lambda found: found if states(found, "served")["ready"] == 3 else None)(scrape(url)),
+        three_ready,
         30,
         "neuronplace_replicas says 3 ready",
     )
