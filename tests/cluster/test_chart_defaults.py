@@ -6,12 +6,15 @@ PriorityClass and the Deployment also pass a server-side dry run.
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 
 import pytest
 import yaml
 
+from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL, build_node
 from neuronplace.operator.settings import OperatorSettings, env_name
+from neuronplace.placement.names import INSTANCE_TYPE_LABEL
 from neuronplace.placement.topology import INSTANCE_TOPOLOGIES
 from support.chart import CHART, container_env, helm_template
 
@@ -156,3 +159,51 @@ def test_production_defaults_can_be_changed(local_cluster, namespace):
     )
     spec = deployment_of(docs)["spec"]["template"]["spec"]
     assert "affinity" not in spec and "priorityClassName" not in spec
+
+
+def test_kube_scheduler_keeps_the_operator_pod_off_neuron_nodes(local_cluster, namespace, fleet, wait_for):
+    """The rendered pod's node affinity, judged by the real kube-scheduler: it binds to a
+    general-purpose node, never to a Neuron one."""
+    neuron = fleet({"inf2.xlarge": 1})
+    general = build_node(f"{neuron.pool}-general", "inf2.xlarge", labels={POOL_LABEL: neuron.pool})
+    general["metadata"]["labels"][INSTANCE_TYPE_LABEL] = "m7i.large"
+    for resources in (general["status"]["capacity"], general["status"]["allocatable"]):
+        for name in [r for r in resources if r.startswith("aws.amazon.com/")]:
+            del resources[name]
+    local_cluster.kubectl("create", "-f", "-", input=json.dumps(general))
+    local_cluster.wait_nodes([general["metadata"]["name"]])
+
+    template = deployment_of(helm_template(local_cluster, namespace))["spec"]["template"]
+
+    def operator_pod(name: str, node_selector: dict) -> dict:
+        (container,) = template["spec"]["containers"]
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "affinity": template["spec"]["affinity"],
+                "nodeSelector": node_selector,
+                "tolerations": [KWOK_TOLERATION],
+                "containers": [{"name": "operator", "image": container["image"]}],
+            },
+        }
+
+    pods = [
+        operator_pod("anywhere", {POOL_LABEL: neuron.pool}),
+        operator_pod("neuron", {"kubernetes.io/hostname": neuron[0]}),
+    ]
+    local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(pods))
+
+    def scheduled(name: str) -> dict:
+        pod = local_cluster.get_json("pod", name, "-n", namespace)
+        return next((c for c in pod["status"].get("conditions") or [] if c["type"] == "PodScheduled"), {}) | {
+            "node": pod["spec"].get("nodeName")
+        }
+
+    bound = wait_for(lambda: scheduled("anywhere")["node"], 60, "the pod bound")
+    assert bound == general["metadata"]["name"]
+    refused = wait_for(
+        lambda: scheduled("neuron").get("reason") == "Unschedulable" and scheduled("neuron"), 60, "refused"
+    )
+    assert refused["node"] is None and "affinity" in refused["message"], refused
