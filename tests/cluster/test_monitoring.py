@@ -94,7 +94,11 @@ def test_monitoring_objects_lint_and_pass_server_side_dry_run(local_cluster, nam
         local_cluster.kubectl("delete", "namespace", "monitoring", "--ignore-not-found", "--wait=false")
 
 
-def test_service_monitor_without_a_metrics_port_is_refused(local_cluster):
+@pytest.mark.parametrize(
+    "values, message",
+    [(["metrics.enabled=false"], "needs metrics.enabled"), (["metrics.address=127.0.0.1"], "not loopback")],
+)
+def test_service_monitor_without_a_scrapable_metrics_port_is_refused(local_cluster, values, message):
     result = local_cluster.helm(
         "template",
         "np",
@@ -102,11 +106,10 @@ def test_service_monitor_without_a_metrics_port_is_refused(local_cluster):
         "--kube-version",
         server_version(local_cluster),
         *ALL_ON,
-        "--set",
-        "metrics.enabled=false",
+        *[arg for value in values for arg in ("--set", value)],
         check=False,
     )
-    assert result.returncode != 0 and "metrics.serviceMonitor.enabled needs" in result.stderr, result.stderr
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def exposed(text: str) -> tuple[dict[str, set[str]], set[str]]:
