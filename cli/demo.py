@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
   export KUBECONFIG={cluster.kubeconfig}
   export PATH={cluster.bin_dir}:$PATH
-  kubectl get ninf                                  # READY, REPLICAS, CORES, STRATEGY
+  kubectl get ninf                                  # replicas, cores, Placed/Ready/WaitingForCapacity reasons
   kubectl get pods -o wide -L neuronplace.io/replica
   kubectl describe ninf bert-inf2                   # status.placements, conditions, events
   kubectl get pod bert-inf2-0 -o jsonpath='{{.metadata.annotations}}'

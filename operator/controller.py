@@ -152,7 +152,13 @@ class Controller:
 
     async def _reconcile(self, key: Key) -> float | None:
         with mx.METRICS.time_reconcile():
-            return await self._in_thread(self.reconciler.reconcile, key)
+            try:
+                delay = await self._in_thread(self.reconciler.reconcile, key)
+            except Exception:
+                mx.METRICS.reconciled(mx.RECONCILE_ERROR)
+                raise
+            mx.METRICS.reconciled(mx.RECONCILE_SUCCESS if delay is None else mx.RECONCILE_REQUEUE)
+            return delay
 
     async def resync(self) -> None:
         """Level-driven safety net: every inference is looked at regularly, events or not, and every

@@ -29,6 +29,21 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
   ``ExceedsNode`` (a foreign pod pinned to the node that kube-scheduler will not bind there: it
   holds nothing). Other pods hold at least what they request; a series exists only while its count
   is above zero.
+- ``neuronplace_node_largest_free_aligned_run_cores{node}``: the most NeuronCores one replica with
+  ``alignedStart`` could get on a managed node now (:func:`~neuronplace.placement.fitting.largest_aligned_fit`:
+  a free run at an aligned start within the chip rules); a replica asking more fits there only after
+  something is freed, however many cores are free in total.
+- ``neuronplace_replicas{namespace,name,state}``: a NeuronInference's wanted replicas by state
+  (``ready``, ``starting``, ``waiting_for_capacity``, ``pending``), from the status the operator
+  last built for it; ``neuronplace_capacity_wait_seconds{namespace,name}``: seconds since its
+  ``WaitingForCapacity`` condition turned True (see :mod:`.inference_metrics`).
+- ``neuronplace_time_to_place_seconds``: histogram of how long a replica was missing: from the
+  first reconcile that found it without a pod to the API server accepting its pod (created; with
+  Scheduler binding kube-scheduler binds it afterwards, which this does not include).
+- ``neuronplace_reconciles_total{result}``: reconciles by result: ``success``, ``requeue`` (it
+  asked to be looked at again after a delay: waiting, backing off) or ``error`` (it raised; the
+  work queue retries it).
+- ``neuronplace_build_info{version,python}``: 1, with the operator's package version and Python's.
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 
@@ -39,8 +54,10 @@ series simply disappears.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -50,6 +67,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from neuronplace.operator.inference_metrics import TIME_TO_PLACE_BUCKETS, InferenceCollector, InferenceView
+from neuronplace.placement.fitting import largest_aligned_fit
 from neuronplace.placement.inventory import NodeInventory
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import REASON_POD_FORBIDDEN, REASON_POD_REJECTED
@@ -68,6 +87,11 @@ _FAILURE_BY_STATUS = {
     429: FAILURE_THROTTLED,
 }
 
+# neuronplace_reconciles_total{result}
+RECONCILE_SUCCESS = "success"
+RECONCILE_REQUEUE = "requeue"
+RECONCILE_ERROR = "error"
+
 # A reconcile is a few API calls: milliseconds normally, seconds when the API server is slow.
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -80,6 +104,7 @@ class LedgerSnapshot:
     managed_pods: int
     foreign_pods: int
     inconsistent: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (managed node, reason) → pods
+    largest_aligned: Mapping[str, int] = field(default_factory=dict)  # managed node → largest aligned fit
 
 
 def failure_reason(status: int | None) -> str:
@@ -103,6 +128,16 @@ def free_cores_by_node(ledger: Ledger, inventories: Mapping[str, NodeInventory])
     return result
 
 
+def largest_aligned_by_node(ledger: Ledger, inventories: Mapping[str, NodeInventory]) -> dict[str, int]:
+    """The largest aligned free run of every managed node of known topology (cores nobody holds)."""
+    result = {}
+    for name, inventory in inventories.items():
+        if inventory.topology is not None:
+            free = ~ledger.used_mask(name) & ((1 << inventory.cores) - 1)
+            result[name] = largest_aligned_fit(free, inventory.cores, inventory.topology)
+    return result
+
+
 def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) -> LedgerSnapshot:
     """The values of the ledger gauges (pure; the caller holds whatever lock guards the ledger)."""
     managed = foreign = 0
@@ -116,7 +151,13 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
     for found in ledger.inconsistencies():
         if found.node in inventories:
             inconsistent[(found.node, found.reason)] = inconsistent.get((found.node, found.reason), 0) + 1
-    return LedgerSnapshot(free_cores_by_node(ledger, inventories), managed, foreign, inconsistent)
+    return LedgerSnapshot(
+        free_cores_by_node(ledger, inventories),
+        managed,
+        foreign,
+        inconsistent,
+        largest_aligned_by_node(ledger, inventories),
+    )
 
 
 class _LedgerCollector(Collector):
@@ -144,7 +185,15 @@ class _LedgerCollector(Collector):
         )
         for node, reason in sorted(snapshot.inconsistent):
             inconsistent.add_metric([node, reason], snapshot.inconsistent[(node, reason)])
+        largest = GaugeMetricFamily(
+            "neuronplace_node_largest_free_aligned_run_cores",
+            "Most NeuronCores one replica with alignedStart could get on a managed node now",
+            labels=["node"],
+        )
+        for node in sorted(snapshot.largest_aligned):
+            largest.add_metric([node], snapshot.largest_aligned[node])
         yield free
+        yield largest
         yield pods
         yield inconsistent
 
@@ -177,6 +226,24 @@ class OperatorMetrics:
             "Pinned replica pods kube-scheduler has given no verdict on for longer than the operator waits",
             registry=self.registry,
         )
+        self.reconciles = Counter(
+            "neuronplace_reconciles", "Reconciles of a NeuronInference by result", ["result"], registry=self.registry
+        )
+        self.time_to_place = Histogram(
+            "neuronplace_time_to_place_seconds",
+            "Seconds from the first reconcile that found a replica without a pod to its pod's creation",
+            buckets=TIME_TO_PLACE_BUCKETS,
+            registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "neuronplace_build_info",
+            "The operator's version and Python's; always 1",
+            ["version", "python"],
+            registry=self.registry,
+        )
+        self.build_info.labels(version=_version(), python=platform.python_version()).set(1)
+        self.inferences = InferenceCollector()
+        self.registry.register(self.inferences)
         self._silent: dict[tuple[str, str], int] = {}  # per inference (namespace, name)
         self._ledger_collector: _LedgerCollector | None = None
         self._server = None
@@ -200,6 +267,22 @@ class OperatorMetrics:
             else:
                 self._silent.pop(inference, None)
             self.silent_pods.set(sum(self._silent.values()))
+
+    def missed(self, seconds: Iterable[float]) -> None:
+        """Replicas got their pods after being missing for ``seconds`` each."""
+        for took in seconds:
+            self.time_to_place.observe(took)
+
+    def reconciled(self, result: str) -> None:
+        """One reconcile ended with ``result`` (``success``, ``requeue`` or ``error``)."""
+        self.reconciles.labels(result=result).inc()
+
+    def inference_observed(self, inference: tuple[str, str], view: InferenceView) -> None:
+        self.inferences.observe(inference, view)
+
+    def inference_gone(self, inference: tuple[str, str]) -> None:
+        self.inferences.forget(inference)
+        self.scheduler_silent(inference, 0)
 
     def time_reconcile(self):
         """Context manager timing one reconcile (also when it raises)."""
@@ -229,6 +312,13 @@ class OperatorMetrics:
                 self._server.shutdown()
                 self._server.server_close()
                 self._server = None
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("neuronplace")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 # The operator process's metrics (its reconciles count into this one).

@@ -29,9 +29,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
 
+from neuronplace.operator import inference_metrics as im
 from neuronplace.operator import metrics as mx
 from neuronplace.operator.cache import Cache, Key
 from neuronplace.operator.settings import OperatorSettings
@@ -79,6 +81,7 @@ class Reconciler:
         self.requests_made: dict[Key, dict[int, tuple[float, ...]]] = {}
         self.conflicts: dict[Key, dict[int, dt.datetime]] = {}  # replica → when its creates began to meet 409
         self.mismatched: dict[Key, set[str]] = {}  # replica pods reported with a CoresMismatch Warning
+        self.missing = im.MissingReplicas()  # since when replicas lack a pod (time-to-place histogram)
 
     def forget(self, key: Key) -> None:
         """The inference is gone: what was remembered about it must not apply to a new one of its name."""
@@ -89,7 +92,8 @@ class Reconciler:
         self.requests_made.pop(key, None)
         self.conflicts.pop(key, None)
         self.mismatched.pop(key, None)
-        mx.METRICS.scheduler_silent(key, 0)
+        self.missing.forget(key)
+        mx.METRICS.inference_gone(key)
 
     def reconcile(self, key: Key) -> float | None:
         """Bring one inference's pods and status in line with its spec; returns a requeue delay."""
@@ -115,6 +119,8 @@ class Reconciler:
         else:
             self.excluded.pop(key, None)
         self._report_mismatches(key, inference)
+        unplaced = [c.placement.replica for c in ruling.creations] + [r for r, _ in ruling.unplaceable]
+        self.missing.missing(key, [*unplaced, *ruling.waiting], time.monotonic())
         if ruling.refusal is not None:
             mx.METRICS.failed(ruling.refusal.reason)
             self._delete_requests(ruling.request_deletions)
@@ -159,7 +165,7 @@ class Reconciler:
         if ruling.waiting:
             states = waiting_states(key[1], ruling.waiting, ruling.assigned, self.cache.requests_of(key), refused)
             waiting_for_capacity = st.Problem(REASON_CAPACITY_REQUESTED, cp.describe(states))
-        self._write_status(inference, problem, now, waiting_for_capacity, ruling.silence)
+        self._write_status(inference, problem, now, waiting_for_capacity, ruling.silence, waiting=len(ruling.waiting))
         return retry
 
     def _before_creates(self, key: Key, inference: dict, ruling: Ruling) -> None:
@@ -210,7 +216,9 @@ class Reconciler:
             del self.conflicts[key]
         # The reservations a 409 kept go back once the pod with that name is known not to be ours.
         self.cache.release(key, conflicted)
-        mx.METRICS.placed(sum(1 for a in answers if not a.failed))
+        created = [a.replica for a in answers if not a.failed]
+        mx.METRICS.placed(len(created))
+        mx.METRICS.missed(self.missing.placed(key, created, time.monotonic()))
         for answer in answers:
             if answer.failed:
                 mx.METRICS.failed(mx.failure_reason(answer.status))
@@ -319,8 +327,10 @@ class Reconciler:
         not_ready: st.Problem | None = None,
         *,
         announce: bool = False,
+        waiting: int = 0,
     ) -> None:
-        """Write the status when it differs; ``announce``: post ``problem`` as a Warning then (once)."""
+        """Write the status when it differs; ``announce``: post ``problem`` as a Warning then (once).
+        ``waiting``: the replicas waiting for a new node (the per-inference gauges)."""
         meta = inference["metadata"]
         key = (meta["namespace"], meta["name"])
         current, pods = self.cache.status_view(key, inference)
@@ -335,6 +345,9 @@ class Reconciler:
             binding=binding_of(current, self.rules),
             now=st.now_rfc3339(now),
         )
+        desired = im.desired_replicas(current)
+        self.missing.missing(key, im.missing_replicas(wanted, desired), time.monotonic(), only=True)
+        mx.METRICS.inference_observed(key, im.inference_view(wanted, desired, waiting))
         if not st.status_differs(current.get("status"), wanted):
             return
         if announce and problem is not None:

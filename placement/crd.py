@@ -397,13 +397,42 @@ def status_schema() -> dict:
     }
 
 
+# `kubectl get ninf` shows what a NeuronInference is doing by default: the reasons of its Placed,
+# Ready and WaitingForCapacity conditions (empty while a condition is absent); -o wide adds how.
 PRINTER_COLUMNS = [
-    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Pods that are Ready"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas", "description": "Desired replicas"},
+    {
+        "name": "ReadyReplicas",
+        "type": "integer",
+        "jsonPath": ".status.readyReplicas",
+        "description": "Pods that are Ready",
+    },
     {"name": "Cores", "type": "integer", "jsonPath": ".spec.coresPerReplica", "description": "NeuronCores per replica"},
-    {"name": "Strategy", "type": "string", "jsonPath": ".spec.placement.strategy", "description": "BinPack or Spread"},
-    {"name": "Placed", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Placed")].status', "priority": 1},
-    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Placed")].reason', "priority": 1},
+    {
+        "name": "Placed",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Placed")].reason',
+        "description": "Reason of the Placed condition (Placed, Pending, Unschedulable, ...)",
+    },
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "description": "Reason of the Ready condition (AllReplicasReady, ReplicasNotReady, SchedulerNotResponding)",
+    },
+    {
+        "name": "WaitingForCapacity",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="WaitingForCapacity")].reason',
+        "description": "Reason of the WaitingForCapacity condition; empty while no replica waits for a new node",
+    },
+    {
+        "name": "Strategy",
+        "type": "string",
+        "jsonPath": ".spec.placement.strategy",
+        "description": "BinPack or Spread",
+        "priority": 1,
+    },
     {
         "name": "Binding",
         "type": "string",

@@ -81,3 +81,13 @@ def longest_run(free: int) -> int:
         best = max(best, above.bit_length() - low.bit_length())
         remaining &= ~(above - low)
     return best
+
+
+def largest_aligned_fit(free: int, cores: int, topology: Topology) -> int:
+    """The most cores one replica with ``alignedStart`` could get on a node whose free cores are
+    ``free`` (0: none): the largest count with a free run at a start :func:`allowed_starts` allows
+    (aligned, chip rules, any device shape). A capacity figure: a replica asking more waits."""
+    for count in range(min(longest_run(free), cores), 0, -1):
+        if run_starts(free, count) & allowed_starts(cores, topology, count, True, False):
+            return count
+    return 0

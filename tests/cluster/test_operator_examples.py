@@ -101,9 +101,14 @@ def test_status_and_printer_columns(local_cluster, placed_examples):
         assert placed["status"] == "True" and placed["reason"] == "Placed" and placed["lastTransitionTime"]
         table = local_cluster.kubectl("get", "ninf", name, "-n", namespace).stdout.split("\n")
         header, row = table[0].split(), table[1].split()
-        assert header == ["NAME", "READY", "REPLICAS", "CORES", "STRATEGY", "AGE"]
+        assert header == ["NAME", "REPLICAS", "READYREPLICAS", "CORES", "PLACED", "READY", "WAITINGFORCAPACITY", "AGE"]
+        # No replica waits for a new node: WaitingForCapacity is absent, its column empty.
+        assert (
+            row[:6] == [name, str(replicas), str(replicas), str(cores), "Placed", "AllReplicasReady"] and len(row) == 7
+        )
+        wide = local_cluster.kubectl("get", "ninf", name, "-n", namespace, "-o", "wide").stdout.split("\n")
         strategy = "Spread" if name == "whisper-spread" else "BinPack"
-        assert row[:5] == [name, str(replicas), str(replicas), str(cores), strategy]
+        assert "STRATEGY" in wide[0].split() and strategy in wide[1].split(), wide
     short = local_cluster.kubectl("get", "ninf", "-n", namespace, "-o", "name").stdout.split()
     assert len(short) == len(EXAMPLES)
 

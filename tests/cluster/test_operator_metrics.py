@@ -61,6 +61,40 @@ def test_metrics_follow_placements_and_the_ledger(local_cluster, metrics_operato
     after = wait_for(scraped_agrees, 30, "free-cores gauge equal to 24 minus the pods' cores per node")
 
     assert sum(held.values()) == 12
+    # Issue 28's series: per-inference replica states, the largest aligned free run per node (the
+    # nodes' free cores hold at least one aligned run of 8), time to place, reconciles, build info.
+
+    def states(found, name):
+        return {
+            # (the label "name" is value()'s own first parameter's name: look the sample up directly)
+            state: found.get(
+                ("neuronplace_replicas", frozenset(dict(namespace=namespace, name=name, state=state).items())), 0
+            )
+            for state in ("ready", "starting", "waiting_for_capacity", "pending")
+        }
+
+    def three_ready():
+        found = scrape(url)
+        return found if states(found, "served")["ready"] == 3 else None
+
+    after = wait_for(
+        three_ready,
+        30,
+        "neuronplace_replicas says 3 ready",
+    )
+    assert states(after, "served") == {"ready": 3, "starting": 0, "waiting_for_capacity": 0, "pending": 0}
+    too_big = states(after, "too-big")
+    assert too_big["ready"] == too_big["starting"] == 0 and too_big["waiting_for_capacity"] + too_big["pending"] == 1
+    for name in nodes:
+        largest = value(after, "neuronplace_node_largest_free_aligned_run_cores", node=name)
+        assert 8 <= largest <= 24 - held[name], (name, largest, held[name])
+    assert value(after, "neuronplace_time_to_place_seconds_count") >= 3
+    assert (
+        value(after, "neuronplace_reconciles_total", result="success")
+        + value(after, "neuronplace_reconciles_total", result="requeue")
+        > 0
+    )
+    assert [labels for name, labels in after if name == "neuronplace_build_info"]
     assert value(after, "neuronplace_placements_total") - value(before, "neuronplace_placements_total") >= 3
     assert value(after, "neuronplace_placement_failures_total", reason="Unschedulable") > value(
         before, "neuronplace_placement_failures_total", reason="Unschedulable"

@@ -103,10 +103,13 @@ def test_subresources_support_kubectl_scale_and_hpa():
 def test_printer_columns():
     columns = _version()["additionalPrinterColumns"]
     default_columns = [c["name"].upper() for c in columns if not c.get("priority")]
-    assert default_columns == ["READY", "REPLICAS", "CORES", "STRATEGY", "AGE"]
+    assert default_columns == ["REPLICAS", "READYREPLICAS", "CORES", "PLACED", "READY", "WAITINGFORCAPACITY", "AGE"]
+    assert [c["name"] for c in columns if c.get("priority") == 1] == ["Strategy", "Binding"]
     by_name = {c["name"].upper(): c for c in columns}
     assert by_name["CORES"]["jsonPath"] == ".spec.coresPerReplica"
     assert by_name["STRATEGY"]["jsonPath"] == ".spec.placement.strategy"
+    for condition in ("Placed", "Ready", "WaitingForCapacity"):
+        assert by_name[condition.upper()]["jsonPath"] == f'.status.conditions[?(@.type=="{condition}")].reason'
     assert by_name["AGE"]["type"] == "date"
 
 

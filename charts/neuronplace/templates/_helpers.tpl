@@ -23,19 +23,28 @@ app.kubernetes.io/name: {{ include "neuronplace.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* Labels of everything in the release; the operator's objects add component=operator. */}}
+{{/* Labels of everything in the release (every template's objects carry them, and the values'
+commonLabels); the operator's objects add component=operator. */}}
 {{- define "neuronplace.commonLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "neuronplace.name" . }}
 app.kubernetes.io/part-of: neuronplace
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "neuronplace.labels" -}}
 {{ include "neuronplace.commonLabels" . }}
-app.kubernetes.io/name: {{ include "neuronplace.name" . }}
 app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The namespace of a monitoring object: its own override, else the release's. Takes (list override .). */}}
+{{- define "neuronplace.monitoringNamespace" -}}
+{{- default (index . 1).Release.Namespace (index . 0) }}
 {{- end }}
 
 {{- define "neuronplace.serviceAccountName" -}}
@@ -99,4 +108,38 @@ are @kopf.on.event: no finalizers, no progress annotations, nothing patched on w
 {{- $host := index . 0 -}}
 {{- $port := index . 1 -}}
 {{- if contains ":" (toString $host) -}}[{{ $host }}]:{{ $port }}{{- else -}}{{ $host }}:{{ $port }}{{- end -}}
+{{- end }}
+
+{{/* The operator pod's PriorityClass: priorityClassName, else the one priorityClass.create makes, else none. */}}
+{{- define "neuronplace.operatorPriorityClass" -}}
+{{- if .Values.priorityClassName }}
+{{- .Values.priorityClassName }}
+{{- else if .Values.priorityClass.create }}
+{{- default (include "neuronplace.fullname" .) .Values.priorityClass.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator pod's affinity: .Values.affinity, with a required nodeAffinity that keeps it off
+Neuron nodes (and Karpenter's, if asked) unless .Values.affinity has a nodeAffinity of its own.
+NotIn and DoesNotExist also match nodes without the label, so ordinary nodes of any kind qualify.
+*/}}
+{{- define "neuronplace.affinity" -}}
+{{- $affinity := deepCopy .Values.affinity }}
+{{- $config := .Values.operatorNodeAffinity }}
+{{- $expressions := list }}
+{{- if $config.avoidNeuronNodes }}
+{{- $expressions = append $expressions (dict "key" "node.kubernetes.io/instance-type" "operator" "NotIn" "values" $config.neuronInstanceTypes) }}
+{{- $expressions = append $expressions (dict "key" "karpenter.k8s.aws/instance-accelerator-manufacturer" "operator" "NotIn" "values" (list "aws")) }}
+{{- end }}
+{{- if $config.avoidKarpenterNodes }}
+{{- $expressions = append $expressions (dict "key" "karpenter.sh/nodepool" "operator" "DoesNotExist") }}
+{{- end }}
+{{- if and $expressions (not (hasKey $affinity "nodeAffinity")) }}
+{{- $terms := list (dict "matchExpressions" $expressions) }}
+{{- $_ := set $affinity "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" $terms)) }}
+{{- end }}
+{{- if $affinity }}
+{{- toYaml $affinity }}
+{{- end }}
 {{- end }}
