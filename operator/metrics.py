@@ -29,6 +29,9 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
   ``ExceedsNode`` (a foreign pod pinned to the node that kube-scheduler will not bind there: it
   holds nothing). Other pods hold at least what they request; a series exists only while its count
   is above zero.
+- ``neuronplace_node_device_management{node,mode}``: 1 per managed node, ``mode`` how its Neuron
+  devices are handed out: ``DevicePlugin`` (Neuron allocatable), ``DRA`` (the Neuron DRA driver's
+  ResourceSlices name it) or ``Both`` (refused for placement: the two would hand out the same chips).
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 
@@ -50,9 +53,10 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from neuronplace.placement.inventory import NodeInventory
+from neuronplace.placement.inventory import BOTH_DEVICE_MANAGERS, NodeInventory
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import REASON_POD_FORBIDDEN, REASON_POD_REJECTED
+from neuronplace.placement.resource_claims import is_resource_claim_key
 
 # Failure reasons besides the status condition reasons (Unschedulable, PodRejected, InvalidSpec).
 FAILURE_FORBIDDEN = REASON_POD_FORBIDDEN
@@ -80,6 +84,7 @@ class LedgerSnapshot:
     managed_pods: int
     foreign_pods: int
     inconsistent: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (managed node, reason) → pods
+    device_management: Mapping[str, str] = field(default_factory=dict)  # managed node → DevicePlugin, DRA or Both
 
 
 def failure_reason(status: int | None) -> str:
@@ -108,6 +113,8 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
     managed = foreign = 0
     for node in ledger.nodes():
         for holding in ledger.holdings(node):
+            if is_resource_claim_key(holding.pod):
+                continue  # a ResourceClaim, not a pod
             if holding.managed:
                 managed += 1
             else:
@@ -116,7 +123,11 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
     for found in ledger.inconsistencies():
         if found.node in inventories:
             inconsistent[(found.node, found.reason)] = inconsistent.get((found.node, found.reason), 0) + 1
-    return LedgerSnapshot(free_cores_by_node(ledger, inventories), managed, foreign, inconsistent)
+    modes = {
+        name: "Both" if node.problem_kind == BOTH_DEVICE_MANAGERS else "DRA" if node.dra is not None else "DevicePlugin"
+        for name, node in inventories.items()
+    }
+    return LedgerSnapshot(free_cores_by_node(ledger, inventories), managed, foreign, inconsistent, modes)
 
 
 class _LedgerCollector(Collector):
@@ -144,9 +155,17 @@ class _LedgerCollector(Collector):
         )
         for node, reason in sorted(snapshot.inconsistent):
             inconsistent.add_metric([node, reason], snapshot.inconsistent[(node, reason)])
+        modes = GaugeMetricFamily(
+            "neuronplace_node_device_management",
+            "How each managed node's Neuron devices are handed out (Both: refused for placement)",
+            labels=["node", "mode"],
+        )
+        for node in sorted(snapshot.device_management):
+            modes.add_metric([node, snapshot.device_management[node]], 1)
         yield free
         yield pods
         yield inconsistent
+        yield modes
 
 
 class OperatorMetrics:

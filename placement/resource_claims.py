@@ -28,7 +28,7 @@ from typing import Any
 
 from neuronplace.placement.claims import NODE_NAME_FIELD, Claim, PodClaims, controller_inference
 from neuronplace.placement.dra import DraNode
-from neuronplace.placement.names import API_VERSION, ENV_VISIBLE_CORES, KIND
+from neuronplace.placement.names import API_VERSION, ENV_NODE_CORES, ENV_VISIBLE_CORES, KIND
 from neuronplace.placement.neuron_dra import CONFIG_KIND, CONFIG_LNC_FIELD, DEVICE_CLASS, DRIVER, chip_of_device
 
 RESOURCE_API_VERSION = "resource.k8s.io/v1"
@@ -100,6 +100,23 @@ def claim_pod(pod: dict, claim: str) -> dict:
         if any(e.get("name") == ENV_VISIBLE_CORES for e in container.get("env") or ()):
             container.setdefault("resources", {})["claims"] = [{"name": REQUEST_NAME}]
     return pod
+
+
+def claims_through_own_claim(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod takes its chips as the operator's DRA replicas do (its spec, immutable, says
+    so): through one ResourceClaim named after the pod itself, with the processes' node-global
+    cores in their env."""
+    spec = pod.get("spec") or {}
+    name = (pod.get("metadata") or {}).get("name")
+    claims = spec.get("resourceClaims") or ()
+    if len(claims) != 1 or not isinstance(claims[0], Mapping) or claims[0].get("resourceClaimName") != name:
+        return False
+    return any(
+        isinstance(e, Mapping) and e.get("name") == ENV_NODE_CORES
+        for c in spec.get("containers") or ()
+        if isinstance(c, Mapping)
+        for e in c.get("env") or ()
+    )
 
 
 def allocated_node(claim: Mapping[str, Any]) -> str | None:

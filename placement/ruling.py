@@ -344,6 +344,9 @@ def _place_replica(
                 replica, f"{result.node}'s free chips form no connected group of {len(result.devices)}"
             )
             continue
+        # The pod, not its claim, requests cpu, memory and the rest: held under the pod's key.
+        view.usage.forget(holder)
+        view.usage.reserve(result.node, pod, shaped.requests)
         placed = dra_placement(result, placing.cores_per_replica, placing.processes_per_replica)
         name = pod.split("/", 1)[1]
         built = dra_pod(build_pod(inference, placed, numbering=rules.numbering, binding=binding, now_ns=now_ns))

@@ -264,3 +264,42 @@ def test_inventory_label_instance_type_is_what_the_lnc_config_follows():
         "kind": "NeuronConfig",
         "logicalNeuronCore": 1,
     }
+
+
+# ---- the operator's side, without an API server --------------------------------------------------
+
+
+def test_the_metric_names_each_managed_nodes_device_management_and_claims_are_not_counted_as_pods():
+    from neuronplace.operator.metrics import snapshot_ledger
+
+    plugin = inventory_from_node(builders.node("inf2-a", "inf2.48xlarge"))
+    both = inventory_from_node(builders.node("trn2-b", "trn2.48xlarge"), dra_nodes([slice_for("trn2-b")])["trn2-b"])
+    inventories = {"inf2-a": plugin, "trn2-a": dra_node(), "trn2-b": both}
+    ledger = Ledger()
+    ledger.learn_nodes(inventories.values())
+    ledger.observe_claim(claim("theirs", "trn2-a", [0], namespace="other"))
+    snapshot = snapshot_ledger(ledger, inventories)
+    assert snapshot.device_management == {"inf2-a": "DevicePlugin", "trn2-a": "DRA", "trn2-b": "Both"}
+    assert snapshot.foreign_pods == 0 and snapshot.free_cores["trn2-a"] == 60
+
+
+def test_the_cache_follows_slices_and_claims_and_sweeps_claims_no_pod_uses():
+    from neuronplace.operator.cache import Cache
+
+    cache = Cache()
+    body = builders.node("trn2-a", "trn2.48xlarge")
+    del body["status"]["allocatable"][NEURONCORE_RESOURCE]
+    cache.apply_node("ADDED", body)
+    assert cache.inventories["trn2-a"].problem_kind == "no NeuronCores"
+    cache.apply_resource_slice("ADDED", slice_for("trn2-a"))
+    assert cache.inventories["trn2-a"].dra is not None and cache.fleet().by_name["trn2-a"].cores == 64
+    cache.apply_inference("ADDED", inference())
+    ours = claim("llm-0", "trn2-a", [0, 1], owner="llm")
+    cache.apply_resource_claim("ADDED", ours)
+    cache.ledger.learn_nodes(cache.fleet().nodes)  # as every ruling does: the chips' cores become known
+    assert cache.ledger.used_cores("trn2-a") == set(range(8))
+    assert cache.unused_resource_claims((NS, "llm")) == ["llm-0"]  # no pod uses it: the sweep deletes it
+    cache.apply_resource_claim("DELETED", ours)
+    assert cache.ledger.used_cores("trn2-a") == set() and cache.unused_resource_claims((NS, "llm")) == []
+    cache.apply_resource_slice("DELETED", slice_for("trn2-a"))
+    assert cache.inventories["trn2-a"].dra is None
