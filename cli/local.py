@@ -2,6 +2,7 @@
 
 neuronplace local build                      # build the pinned binaries, Karpenter included (cached)
 neuronplace local up [--name N] [--fleet inf2.48xlarge=2,trn1.32xlarge=1] [--autoscaler]
+neuronplace local up --fleet inf2.48xlarge=1,trn2.48xlarge=1:dra  # :dra = the simulated Neuron DRA driver
 neuronplace local up --fleet "" --autoscaler # no Neuron node: Karpenter adds them for Pending pods
 neuronplace local status                     # clusters, their components and nodes
 neuronplace local down [--name N]
@@ -31,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--fleet",
         default=DEFAULT_FLEET,
-        help=f'instances to simulate, TYPE=COUNT[,TYPE=COUNT...] (default {DEFAULT_FLEET}); "" for none',
+        help=f"instances to simulate, TYPE=COUNT[:dp|:dra][,...] (default {DEFAULT_FLEET}); ':dra' nodes are "
+        'managed by the simulated Neuron DRA driver (ResourceSlices, no Neuron allocatable); "" for none',
     )
     up.add_argument(
         "--autoscaler",
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         try:
-            fleet = parse_fleet(args.fleet) if args.fleet.strip() else {}
+            fleet = parse_fleet(args.fleet) if args.fleet.strip() else []
             cluster = LocalCluster(args.name)
         except ValueError as error:
             _say(f"neuronplace local up: {error}")
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             for note in getattr(error, "__notes__", ()):
                 _say(note)
             return 1
-        nodes = sum(fleet.values())
+        nodes = sum(item.count for item in fleet)
         print(f"cluster {cluster.name} is up with {nodes} Ready node(s) in {time.monotonic() - started:.1f} s")
         if args.autoscaler:
             print("autoscaler: Karpenter, NodePool 'neuron' (kubectl get nodepools,nodeclaims)")
@@ -165,6 +167,7 @@ def _print_status(cluster) -> None:
         print(f"  nodes: unavailable ({result.stderr.strip()[-200:]})")
         return
     nodes = json.loads(result.stdout)["items"]
+    dra_nodes = _dra_nodes(cluster)
     by_type: dict[str, list[int]] = {}
     rows = []
     for node in nodes:
@@ -174,8 +177,25 @@ def _print_status(cluster) -> None:
         counts = by_type.setdefault(instance_type, [0, 0])
         counts[0] += 1
         counts[1] += ready == "True"
-        rows.append(f"  {node['metadata']['name']:40} {instance_type:16} Ready={ready:7} neuroncores={cores}")
+        # Who manages the node's chips: the device plugin's allocatable, the DRA driver's slices, or both.
+        management = {(False, False): "-", (True, False): "plugin", (False, True): "DRA", (True, True): "BOTH"}[
+            (cores != "-", node["metadata"]["name"] in dra_nodes)
+        ]
+        rows.append(
+            f"  {node['metadata']['name']:40} {instance_type:16} Ready={ready:7} neuroncores={cores:5} devices={management}"
+        )
     summary = ", ".join(f"{t} {ready}/{total} Ready" for t, (total, ready) in sorted(by_type.items()))
-    print(f"  {len(nodes)} node(s){': ' + summary if summary else ''}")
+    managed = f"; {len(dra_nodes)} managed by the Neuron DRA driver" if dra_nodes else ""
+    print(f"  {len(nodes)} node(s){': ' + summary if summary else ''}{managed}")
     if rows and len(rows) <= MAX_NODES_LISTED:
         print("\n".join(rows))
+
+
+def _dra_nodes(cluster) -> set[str]:
+    """Nodes that the Neuron DRA driver's ResourceSlices name (empty when they cannot be read)."""
+    from neuronplace.local import dra_driver
+
+    try:
+        return set(dra_driver.published(cluster))
+    except subprocess.SubprocessError:
+        return set()

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from neuronplace.local import build, procs
-from neuronplace.local.fleet import build_fleet, normalize_fleet
+from neuronplace.local import build, dra_driver, procs
+from neuronplace.local.fleet import FleetSpec, build_node, describe_fleet, fleet_instances, normalize_fleet
 from neuronplace.placement.capacity_requests import build_priority_class
 
 CONTROL_PLANE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
@@ -211,7 +211,7 @@ class LocalCluster:
     def exists(self) -> bool:
         return (self.cluster_dir / "pids").is_dir()
 
-    def up(self, fleet: Mapping[str, int] | str | None = None, progress=None) -> LocalCluster:
+    def up(self, fleet: FleetSpec | None = None, progress=None) -> LocalCluster:
         """Build what is missing, create the cluster, then the fleet (waiting until Ready).
 
         Refuses to start over an existing cluster of the same name (``down`` it first).
@@ -253,7 +253,7 @@ class LocalCluster:
             # As the chart does: the operator's capacity requests name this class.
             self.kubectl("apply", "-f", "-", input=json.dumps(build_priority_class()))
             if fleet:
-                say(f"creating nodes {', '.join(f'{t}={n}' for t, n in fleet.items())} ...")
+                say(f"creating nodes {describe_fleet(fleet)} ...")
                 self.create_nodes(fleet)
         except BaseException as error:
             error.add_note(f"component logs of {self.name!r}:\n{self.log_tail(lines=12)}")
@@ -318,16 +318,32 @@ class LocalCluster:
     # ---- nodes ------------------------------------------------------------------------------
     def create_nodes(
         self,
-        fleet: Mapping[str, int] | str,
+        fleet: FleetSpec,
         labels: Mapping[str, str] | None = None,
         prefix: str = "np-",
         wait: bool = True,
         timeout: float = 120,
     ) -> list[str]:
-        """Create one kwok Node per instance in ``fleet``; by default wait until all are Ready."""
-        manifests = build_fleet(fleet, prefix=prefix, labels=labels)
-        self.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
-        names = [m["metadata"]["name"] for m in manifests]
+        """Create one kwok Node per instance in ``fleet``; by default wait until all are Ready.
+
+        A DRA-managed instance (``:dra``) gets the simulated Neuron DRA driver's ResourceSlices
+        (and the cluster its DeviceClass) once its Node exists.
+        """
+        instances = fleet_instances(fleet, prefix)
+        manifests = [build_node(i.name, i.instance_type, i.zone, labels, dra=i.dra) for i in instances]
+        created = self.kubectl(
+            "create",
+            "-o",
+            'jsonpath={.metadata.name} {.metadata.uid}{"\\n"}',  # one line per node created
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
+        )
+        uids = dict(line.split() for line in created.stdout.splitlines() if line.strip())
+        for instance in instances:
+            if instance.dra:
+                dra_driver.publish(self, instance.name, instance.instance_type, node_uid=uids[instance.name])
+        names = [i.name for i in instances]
         if wait:
             self.wait_nodes(names, ready=True, timeout=timeout)
         return names

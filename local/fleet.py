@@ -1,10 +1,14 @@
 """The simulated Neuron fleet: fleet specs and pure Node manifests that kwok manages.
 
-A fleet spec is ``"inf2.48xlarge=2,trn1.32xlarge=1"`` (instance type = count). :func:`build_node`
+A fleet spec is ``"inf2.48xlarge=2,trn1.32xlarge=1"`` (instance type = count), each item optionally
+ending in how its Neuron devices are managed: ``:dp`` (the Neuron device plugin, the default) or
+``:dra`` (the Neuron DRA driver, simulated by :mod:`neuronplace.local.dra_driver`), e.g.
+``"inf2.48xlarge=1,trn2.48xlarge=2:dra"``. :func:`build_node`
 returns the Node object for one simulated instance: the instance-type and zone labels a real EKS node
 carries, capacity and allocatable for ``aws.amazon.com/neuroncore`` (cores) and
 ``aws.amazon.com/neuron`` (whole devices = chips) from the instance-type table of
-:mod:`neuronplace.placement.topology`, plus cpu, memory, ephemeral-storage and pods, with
+:mod:`neuronplace.placement.topology` (none on a DRA node: there the driver's ResourceSlices
+publish the chips), plus cpu, memory, ephemeral-storage and pods, with
 allocatable below capacity by what an EKS node reserves (:func:`host_resources`). The annotation
 ``kwok.x-k8s.io/node: fake`` hands the node to kwok (it then keeps the node Ready and runs the pods
 bound to it), and kwok's ``NoSchedule`` taint keeps pods that do not tolerate it away.
@@ -13,7 +17,7 @@ bound to it), and kwok's ``NoSchedule`` taint keeps pods that do not tolerate it
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from neuronplace.placement.names import INSTANCE_TYPE_LABEL, LNC_KEY, NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
@@ -100,45 +104,85 @@ def host_resources(instance_type: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_SPEC_ITEM = re.compile(r"^([a-z0-9]+(?:\.[a-z0-9]+)*)=(\d+)$")
+_SPEC_ITEM = re.compile(r"^([a-z0-9]+(?:\.[a-z0-9]+)*)=(\d+)(?::([a-z]+))?$")
+_ITEM_FORM = "TYPE=COUNT[:dp|:dra] (e.g. inf2.48xlarge=2 or trn2.48xlarge=1:dra)"
+
+# How a fleet item's Neuron devices are managed: the device plugin (extended resources on the Node)
+# or the DRA driver (ResourceSlices). Both may run in one cluster, never on one node.
+DEVICE_PLUGIN = "dp"
+DRA = "dra"
+DEVICE_MANAGEMENTS = (DEVICE_PLUGIN, DRA)
 
 
-def parse_fleet(spec: str) -> dict[str, int]:
-    """Parse ``"inf2.48xlarge=2,trn1.32xlarge=1"`` into ``{"inf2.48xlarge": 2, "trn1.32xlarge": 1}``.
+@dataclass(frozen=True)
+class FleetItem:
+    """``count`` simulated instances of ``instance_type`` whose devices ``management`` manages."""
+
+    instance_type: str
+    count: int
+    management: str = DEVICE_PLUGIN
+
+    @property
+    def dra(self) -> bool:
+        return self.management == DRA
+
+    def __str__(self) -> str:
+        return f"{self.instance_type}={self.count}" + (f":{self.management}" if self.dra else "")
+
+
+# What every function taking a fleet accepts: a spec string, ``{type: count}`` (device-plugin nodes)
+# or parsed items.
+FleetSpec = str | Mapping[str, int] | Sequence[FleetItem]
+
+
+def parse_fleet(spec: str) -> list[FleetItem]:
+    """Parse ``"inf2.48xlarge=2,trn2.48xlarge=1:dra"`` into its items, in order.
 
     Every type must be a known instance type (``neuronplace.placement.topology``), every count an
-    integer >= 1, and no type may repeat; otherwise ``ValueError`` names the offending item and the
-    expected form.
+    integer >= 1, the suffix (if any) ``:dp`` or ``:dra``, and no type may repeat with the same
+    management; otherwise ``ValueError`` names the offending item and the expected form.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"fleet spec {spec!r} is empty; expected TYPE=COUNT[,TYPE=COUNT...], e.g. inf2.48xlarge=2")
-    fleet: dict[str, int] = {}
+        raise ValueError(f"fleet spec {spec!r} is empty; expected {_ITEM_FORM}[,...]")
+    items: list[FleetItem] = []
     for raw in spec.split(","):
-        item = raw.strip()
-        match = _SPEC_ITEM.match(item)
+        text = raw.strip()
+        match = _SPEC_ITEM.match(text)
         if not match:
-            raise ValueError(f"fleet spec item {item!r} is not TYPE=COUNT (e.g. inf2.48xlarge=2) in {spec!r}")
-        instance_type, count = match.group(1), int(match.group(2))
+            raise ValueError(f"fleet spec item {text!r} is not {_ITEM_FORM} in {spec!r}")
+        instance_type, count, management = match.group(1), int(match.group(2)), match.group(3) or DEVICE_PLUGIN
         check_instance_type(instance_type)
         if count < 1:
-            raise ValueError(f"fleet spec item {item!r}: count must be >= 1")
-        if instance_type in fleet:
-            raise ValueError(f"fleet spec {spec!r} names {instance_type} twice")
-        fleet[instance_type] = count
-    return fleet
+            raise ValueError(f"fleet spec item {text!r}: count must be >= 1")
+        if management not in DEVICE_MANAGEMENTS:
+            raise ValueError(
+                f"fleet spec item {text!r}: device management must be :dp (device plugin) or :dra (DRA driver)"
+            )
+        if any(item.instance_type == instance_type and item.management == management for item in items):
+            raise ValueError(f"fleet spec {spec!r} names {instance_type}:{management} twice")
+        items.append(FleetItem(instance_type, count, management))
+    return items
 
 
-def normalize_fleet(fleet: Mapping[str, int] | str) -> dict[str, int]:
-    """Accept a spec string or a ``{type: count}`` mapping; validate it the same way."""
+def normalize_fleet(fleet: FleetSpec) -> list[FleetItem]:
+    """Accept a spec string, a ``{type: count}`` mapping (device-plugin nodes) or items; validate
+    them the same way."""
     if isinstance(fleet, str):
         return parse_fleet(fleet)
-    result: dict[str, int] = {}
-    for instance_type, count in fleet.items():
-        check_instance_type(instance_type)
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise ValueError(f"fleet count for {instance_type} must be an integer >= 1, got {count!r}")
-        result[instance_type] = count
-    return result
+    if isinstance(fleet, Mapping):
+        result: list[FleetItem] = []
+        for instance_type, count in fleet.items():
+            check_instance_type(instance_type)
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValueError(f"fleet count for {instance_type} must be an integer >= 1, got {count!r}")
+            result.append(FleetItem(instance_type, count))
+        return result
+    return parse_fleet(",".join(str(item) for item in fleet)) if fleet else []
+
+
+def describe_fleet(fleet: FleetSpec) -> str:
+    """The spec text of a fleet (``inf2.48xlarge=1,trn2.48xlarge=2:dra``), for messages."""
+    return ",".join(str(item) for item in normalize_fleet(fleet))
 
 
 def check_instance_type(instance_type: str) -> None:
@@ -147,9 +191,10 @@ def check_instance_type(instance_type: str) -> None:
         raise ValueError(f"unknown instance type {instance_type!r}; known: {known}")
 
 
-def node_name(prefix: str, instance_type: str, index: int) -> str:
-    """``np-`` + ``inf2.48xlarge`` + 0 → ``np-inf2-48xlarge-0`` (a valid DNS label)."""
-    return f"{prefix}{instance_type.replace('.', '-')}-{index}"
+def node_name(prefix: str, instance_type: str, index: int, dra: bool = False) -> str:
+    """``np-`` + ``inf2.48xlarge`` + 0 → ``np-inf2-48xlarge-0`` (a valid DNS label); a DRA-managed
+    instance is ``np-trn2-48xlarge-dra-0`` (so one fleet may hold a type under both managements)."""
+    return f"{prefix}{instance_type.replace('.', '-')}-{'dra-' if dra else ''}{index}"
 
 
 def build_node(
@@ -158,12 +203,15 @@ def build_node(
     zone: str = ZONES[0],
     labels: Mapping[str, str] | None = None,
     lnc: int | None = None,
+    dra: bool = False,
 ) -> dict:
     """The Node manifest of one simulated instance (pure; the API's JSON form).
 
     ``lnc`` (trn2 only) sets the logical-core grouping and is recorded as the label
     ``neuronplace.io/lnc``; other families ignore it. Extra ``labels`` are added last (they may not
-    override the instance-type label, which would make the node lie about its hardware).
+    override the instance-type label, which would make the node lie about its hardware). A ``dra``
+    node has the same labels but no Neuron capacity or allocatable: the Neuron DRA driver publishes
+    its chips as ResourceSlices instead (:mod:`neuronplace.local.dra_driver`).
     """
     check_instance_type(instance_type)
     if not _NODE_NAME.match(name) or len(name) > 253:
@@ -186,7 +234,7 @@ def build_node(
     if lnc is not None and instance_type.startswith("trn2"):
         node_labels[LNC_KEY] = str(lnc)
     node_labels.update(extra)
-    neuron = {NEURONCORE_RESOURCE: str(topology.cores), NEURON_DEVICE_RESOURCE: str(topology.chips)}
+    neuron = {} if dra else {NEURONCORE_RESOURCE: str(topology.cores), NEURON_DEVICE_RESOURCE: str(topology.chips)}
     capacity, allocatable = host_resources(instance_type)
     return {
         "apiVersion": "v1",
@@ -205,17 +253,38 @@ def build_node(
     }
 
 
+@dataclass(frozen=True)
+class Instance:
+    """One simulated instance of a fleet: its node's name, type, zone and device management."""
+
+    name: str
+    instance_type: str
+    zone: str
+    dra: bool
+
+
+def fleet_instances(fleet: FleetSpec, prefix: str = "np-", zones: tuple[str, ...] = ZONES) -> list[Instance]:
+    """The instances of a fleet, in spec order; instances of each item are spread over ``zones`` in turn."""
+    return [
+        Instance(
+            node_name(prefix, item.instance_type, index, item.dra),
+            item.instance_type,
+            zones[index % len(zones)],
+            item.dra,
+        )
+        for item in normalize_fleet(fleet)
+        for index in range(item.count)
+    ]
+
+
 def build_fleet(
-    fleet: Mapping[str, int] | str,
+    fleet: FleetSpec,
     prefix: str = "np-",
     labels: Mapping[str, str] | None = None,
     zones: tuple[str, ...] = ZONES,
 ) -> list[dict]:
-    """Node manifests for a whole fleet; instances of each type are spread over ``zones`` in turn."""
-    nodes = []
-    for instance_type, count in normalize_fleet(fleet).items():
-        for index in range(count):
-            nodes.append(
-                build_node(node_name(prefix, instance_type, index), instance_type, zones[index % len(zones)], labels)
-            )
-    return nodes
+    """Node manifests for a whole fleet (:func:`fleet_instances`)."""
+    return [
+        build_node(instance.name, instance.instance_type, instance.zone, labels, dra=instance.dra)
+        for instance in fleet_instances(fleet, prefix, zones)
+    ]

@@ -10,6 +10,7 @@ from neuronplace.local.fleet import (
     HOST_SHAPES,
     KWOK_ANNOTATION,
     KWOK_TAINT,
+    FleetItem,
     build_fleet,
     build_node,
     host_resources,
@@ -25,8 +26,14 @@ KNOWN_TYPES = sorted(set(INSTANCE_TOPOLOGIES) & set(HOST_SHAPES))
 
 
 def test_parse_fleet_reads_types_and_counts_in_order():
-    assert parse_fleet("inf2.48xlarge=2,trn1.32xlarge=1") == {"inf2.48xlarge": 2, "trn1.32xlarge": 1}
-    assert list(parse_fleet(" trn1.32xlarge=1 , inf2.xlarge=3 ")) == ["trn1.32xlarge", "inf2.xlarge"]
+    assert parse_fleet("inf2.48xlarge=2,trn1.32xlarge=1") == [
+        FleetItem("inf2.48xlarge", 2),
+        FleetItem("trn1.32xlarge", 1),
+    ]
+    assert [i.instance_type for i in parse_fleet(" trn1.32xlarge=1 , inf2.xlarge=3 ")] == [
+        "trn1.32xlarge",
+        "inf2.xlarge",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -38,7 +45,7 @@ def test_parse_fleet_reads_types_and_counts_in_order():
         ("inf2.48xlarge=-1", "is not TYPE=COUNT"),
         ("inf2.48xlarge=0", "count must be >= 1"),
         ("x9.huge=1", "unknown instance type 'x9.huge'"),
-        ("inf2.48xlarge=1,inf2.48xlarge=2", "names inf2.48xlarge twice"),
+        ("inf2.48xlarge=1,inf2.48xlarge=2", "names inf2.48xlarge:dp twice"),
         ("inf2.48xlarge=1,", "'' is not TYPE=COUNT"),
     ],
 )
@@ -48,7 +55,7 @@ def test_parse_fleet_rejects_bad_specs_naming_the_bad_part(spec, fragment):
 
 
 def test_normalize_fleet_validates_mappings_like_specs():
-    assert normalize_fleet({"inf2.xlarge": 1}) == {"inf2.xlarge": 1}
+    assert normalize_fleet({"inf2.xlarge": 1}) == [FleetItem("inf2.xlarge", 1)]
     with pytest.raises(ValueError, match=r"unknown instance type 'gpu\.big'"):
         normalize_fleet({"gpu.big": 1})
     for bad in (0, -2, 1.5, True, "2"):
@@ -149,7 +156,7 @@ def test_build_fleet_names_and_spreads_over_zones():
 @given(st.dictionaries(st.sampled_from(KNOWN_TYPES), st.integers(1, 5), min_size=1, max_size=5))
 def test_spec_round_trip_and_node_count(fleet):
     spec = ",".join(f"{t}={n}" for t, n in fleet.items())
-    assert parse_fleet(spec) == fleet
+    assert parse_fleet(spec) == [FleetItem(t, n) for t, n in fleet.items()]
     nodes = build_fleet(spec, prefix="p-")
     assert len(nodes) == sum(fleet.values())
     names = [n["metadata"]["name"] for n in nodes]
