@@ -15,6 +15,7 @@ What it keeps of each object is slimmed (:mod:`.slim`): memory is what shapes it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import threading
@@ -46,7 +47,7 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import pod_name
 from neuronplace.placement.priority import class_name, waiting_order
-from neuronplace.placement.resource_claims import claims_through_own_claim, resource_claim_key
+from neuronplace.placement.resource_claims import claims_through_own_claim, reserved_chips, resource_claim_key
 from neuronplace.placement.ruling import Rules, Ruling, View, rule
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.placement.status import Problem
@@ -139,6 +140,7 @@ class Cache:
             self.ledger.observe(dict(pod))
             inventory = self.inventories.get(node_of(pod) or "")
             self.usage.observe(pod, inventory.allocatable if inventory is not None else None)
+        self._hold_pending_claim(pod, deleted)
         if capacity_request(pod) and self.watches(namespace):
             return self._observe_request(pod, deleted)
         inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)
@@ -165,6 +167,34 @@ class Cache:
             if node and cores is not None and ordinal is not None:
                 self.last_known.setdefault(key, {})[ordinal] = (node, cores)
         return key
+
+    def _hold_pending_claim(self, pod: Mapping[str, Any], deleted: bool) -> None:
+        """A DRA replica's chips are held from its pod's creation: the ruling reserved them under its
+        ResourceClaim's key, and kube-scheduler's allocation replaces that. A restarted operator
+        rebuilds the reservation from the pod's spec (immutable: its processes' node cores, rounded
+        to whole chips) while the claim is unallocated; the pod gone, an unallocated claim holds nothing."""
+        meta = pod.get("metadata") or {}
+        key = resource_claim_key(meta.get("namespace") or "default", meta.get("name") or "")
+        holding = self.ledger.holding_of(key)
+        allocated = (
+            holding is not None
+            and (meta.get("namespace"), meta.get("name")) in self.dra.claims
+            and (self.dra.claims[(meta.get("namespace"), meta.get("name"))]["node"] is not None)
+        )
+        live = not deleted and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+        if not live:
+            if holding is not None and not allocated:
+                self.ledger.forget(key)
+            return
+        inventory = self.inventories.get(node_of(pod) or "")
+        if holding is not None or inventory is None or inventory.topology is None or not claims_through_own_claim(pod):
+            return
+        cores = reserved_chips(pod, inventory.topology.cores_per_chip)
+        if cores is not None:
+            controller = controller_inference(pod)
+            inference = f"{meta.get('namespace')}/{controller[0]}" if controller is not None else None
+            with contextlib.suppress(ValueError):  # held by someone else (or beyond the node): nothing to add
+                self.ledger.reserve(inventory.name, cores, key, inference=inference)
 
     def _observe_request(self, pod: Mapping[str, Any], deleted: bool) -> Key:
         meta = pod.get("metadata") or {}

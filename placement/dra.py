@@ -73,17 +73,16 @@ def _newest(slices: Iterable[Mapping]) -> list[Mapping]:
     ours = [s for s in slices if isinstance(s, Mapping) and (s.get("spec") or {}).get("driver") == DRIVER]
     newest: dict[str, int] = {}
     for piece in ours:
-        pool = (piece.get("spec") or {}).get("pool") or {}
-        generation = pool.get("generation") if isinstance(pool.get("generation"), int) else 0
-        name = str(pool.get("name") or "")
+        name, generation = _pool(piece)
         newest[name] = max(newest.get(name, generation), generation)
-    result = []
-    for piece in ours:
-        pool = (piece.get("spec") or {}).get("pool") or {}
-        generation = pool.get("generation") if isinstance(pool.get("generation"), int) else 0
-        if generation == newest[str(pool.get("name") or "")]:
-            result.append(piece)
-    return result
+    return [piece for piece in ours if _pool(piece)[1] == newest[_pool(piece)[0]]]
+
+
+def _pool(piece: Mapping) -> tuple[str, int]:
+    """A slice's (pool name, generation); a generation that is no whole number counts as 0."""
+    pool = (piece.get("spec") or {}).get("pool") or {}
+    generation = pool.get("generation")
+    return str(pool.get("name") or ""), generation if isinstance(generation, int) else 0
 
 
 def dra_nodes(slices: Iterable[Mapping]) -> dict[str, DraNode]:

@@ -30,6 +30,7 @@ from neuronplace.placement.claims import NODE_NAME_FIELD, Claim, PodClaims, cont
 from neuronplace.placement.dra import DraNode
 from neuronplace.placement.names import API_VERSION, ENV_NODE_CORES, ENV_VISIBLE_CORES, KIND
 from neuronplace.placement.neuron_dra import CONFIG_KIND, CONFIG_LNC_FIELD, DEVICE_CLASS, DRIVER, chip_of_device
+from neuronplace.runtime.coreset import CoreRange
 
 RESOURCE_API_VERSION = "resource.k8s.io/v1"
 # The opaque config's apiVersion. The driver's documentation shows the kind (NeuronConfig) and the
@@ -108,7 +109,7 @@ def claims_through_own_claim(pod: Mapping[str, Any]) -> bool:
     cores in their env."""
     spec = pod.get("spec") or {}
     name = (pod.get("metadata") or {}).get("name")
-    claims = spec.get("resourceClaims") or ()
+    claims = list(spec.get("resourceClaims") or ())
     if len(claims) != 1 or not isinstance(claims[0], Mapping) or claims[0].get("resourceClaimName") != name:
         return False
     return any(
@@ -117,6 +118,24 @@ def claims_through_own_claim(pod: Mapping[str, Any]) -> bool:
         if isinstance(c, Mapping)
         for e in c.get("env") or ()
     )
+
+
+def reserved_chips(pod: Mapping[str, Any], cores_per_chip: int) -> CoreRange | None:
+    """The whole chips a DRA replica pod's processes use, as node cores (from its spec's
+    ``NEURONPLACE_NODE_CORES``, immutable), or None when they are not one run."""
+    ranges = []
+    for container in (pod.get("spec") or {}).get("containers") or ():
+        for entry in (container or {}).get("env") or ():
+            if isinstance(entry, Mapping) and entry.get("name") == ENV_NODE_CORES:
+                try:
+                    ranges.append(CoreRange.parse(str(entry.get("value"))))
+                except ValueError:
+                    return None
+    ids = sorted(i for r in ranges for i in r.ids)
+    if not ids or ids != list(range(ids[0], ids[0] + len(ids))):
+        return None
+    first, last = ids[0] // cores_per_chip, ids[-1] // cores_per_chip
+    return CoreRange(first * cores_per_chip, (last - first + 1) * cores_per_chip)
 
 
 def allocated_node(claim: Mapping[str, Any]) -> str | None:

@@ -41,7 +41,7 @@ from neuronplace.placement.capacity_upkeep import (
 )
 from neuronplace.placement.claims import pod_key
 from neuronplace.placement.dra import lnc_of
-from neuronplace.placement.dra_placement import Path, dra_placement, dra_pod, paths
+from neuronplace.placement.dra_placement import Path, device_management, dra_placement, dra_pod, paths
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
@@ -59,7 +59,7 @@ from neuronplace.placement.pods import build_pod, pod_name
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy
 from neuronplace.placement.priority import priority_refusal
 from neuronplace.placement.replica_pods import SCHEDULER_SILENCE_SECONDS, Deletion, decide
-from neuronplace.placement.request import ReplicaPlacement, Unplaceable, avoiding, placement_request
+from neuronplace.placement.request import ReplicaPlacement, avoiding, placement_request
 from neuronplace.placement.request_limits import admit, excluded_nodes, node_expressions
 from neuronplace.placement.resource_claims import build_resource_claim, claim_pod, resource_claim_key
 from neuronplace.placement.search import place_one
@@ -249,6 +249,7 @@ def _place(
     follow = consumer_node(view.pods) if volumes.first_consumer else None
     request = placement_request(inference, rules.numbering, volumes.node_terms)
     routes, dra_closed = paths(inference, request, view.fleet, ruling.binding)
+    dra_only = device_management(inference) == DEVICE_MANAGEMENT_DRA
     if not routes:
         reason = REASON_DRA_NEEDS_SCHEDULER if ruling.binding == BINDING_DIRECT else REASON_UNSCHEDULABLE
         message = dra_closed or "no node offers the device management spec.placement.deviceManagement asks for"
@@ -269,23 +270,23 @@ def _place(
             continue
         kept_off = avoid.get(replica, frozenset())
         placing = request if follow is None else dataclasses.replace(request, volume_terms=volumes.on_node(follow))
-        result, creation = _place_replica(
+        creation, message = _place_replica(
             inference, view, rules, ruling.binding, routes, placing, replica, pod, kept_off, prefer, now_ns
         )
+        if dra_closed is not None:
+            message = f"{message}; {dra_closed}"
         if creation is not None:
             creations.append(creation)
             follow = creation.placement.node if volumes.first_consumer else None
         elif kept_off:  # its own failures keep it off nodes: no new node is asked for it
-            unplaceable.append(
-                (replica, f"{result.message}; avoiding {', '.join(sorted(kept_off))} after failed attempts")
-            )
-        elif not rules.capacity_requests or dra_closed is not None:
-            message = result.message if dra_closed is None else f"{result.message}; {dra_closed}"
+            unplaceable.append((replica, f"{message}; avoiding {', '.join(sorted(kept_off))} after failed attempts"))
+        elif not rules.capacity_requests or dra_only:
+            # A capacity request asks for the device plugin's cores: none stands for a DRA-only replica.
             unplaceable.append((replica, message))
         elif (room := cp.counted_room(placing, view.fleet, view.usage)) is not None:
-            unplaceable.append((replica, f"{result.message}; {cp.no_request_message(room)}"))
+            unplaceable.append((replica, f"{message}; {cp.no_request_message(room)}"))
         else:
-            unplaceable.append((replica, result.message))
+            unplaceable.append((replica, message))
             waiting.add(replica)
     problem = None
     if unplaceable:
@@ -313,10 +314,10 @@ def _place_replica(
     kept_off: frozenset[str],
     prefer: Mapping[int, tuple[str, CoreRange]],
     now_ns: int,
-) -> tuple[Unplaceable | ReplicaPlacement, Creation | None]:
-    """Place one replica by the first path that takes it: (the placement, its creation), or (why
-    the last path could not, None). A DRA replica's chips are reserved under its ResourceClaim's key."""
-    result: Unplaceable | ReplicaPlacement = Unplaceable(replica, "no path")
+) -> tuple[Creation | None, str]:
+    """Place one replica by the first path that takes it: (its creation, ""), or (None, why the last
+    path could not). A DRA replica's chips are reserved under its ResourceClaim's key."""
+    message = "no node offers the device management spec.placement.deviceManagement asks for"
     for route in routes:
         shaped = dataclasses.replace(route.request, volume_terms=placing.volume_terms)
         dra = route.kind == DEVICE_MANAGEMENT_DRA
@@ -331,18 +332,17 @@ def _place_replica(
             usage=view.usage,
         )
         if not isinstance(result, ReplicaPlacement):
+            message = result.message
             continue
         if not dra:
             built = build_pod(inference, result, numbering=rules.numbering, binding=binding, now_ns=now_ns)
-            return result, Creation(result, built)
+            return Creation(result, built), ""
         node = view.fleet.by_name[result.node]
         assert node.dra is not None and node.topology is not None, "a DRA path only reaches DRA nodes"
         if not node.dra.same_group(result.devices):
             view.ledger.forget(holder)
             view.usage.forget(holder)
-            result = Unplaceable(
-                replica, f"{result.node}'s free chips form no connected group of {len(result.devices)}"
-            )
+            message = f"{result.node}'s free chips form no connected group of {len(result.devices)}"
             continue
         # The pod, not its claim, requests cpu, memory and the rest: held under the pod's key.
         view.usage.forget(holder)
@@ -353,8 +353,8 @@ def _place_replica(
         claim = build_resource_claim(
             inference, name, len(result.devices), node.dra, lnc_of(node.instance_type, node.topology.cores_per_chip)
         )
-        return placed, Creation(placed, claim_pod(built, name), claim)
-    return result, None
+        return Creation(placed, claim_pod(built, name), claim), ""
+    return None, message
 
 
 def _held_by_another(view: View, pod: str) -> bool:

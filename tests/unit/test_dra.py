@@ -303,3 +303,27 @@ def test_the_cache_follows_slices_and_claims_and_sweeps_claims_no_pod_uses():
     assert cache.ledger.used_cores("trn2-a") == set() and cache.unused_resource_claims((NS, "llm")) == []
     cache.apply_resource_slice("DELETED", slice_for("trn2-a"))
     assert cache.inventories["trn2-a"].dra is None
+
+
+def test_a_restarted_operator_holds_a_pending_claims_chips_from_its_pods_spec():
+    from neuronplace.operator.cache import Cache
+
+    node = builders.node("trn2-a", "trn2.48xlarge")
+    del node["status"]["allocatable"][NEURONCORE_RESOURCE]
+    node["status"]["allocatable"]["pods"] = "110"
+    result, _ = ruling_on([dra_node()], inference(cores=6, wholeChips=True))  # 2 chips, 6 cores used
+    [creation] = result.creations
+    pod = {**creation.pod, "metadata": {**creation.pod["metadata"], "uid": "pod-uid"}}
+    cache = Cache()  # a fresh operator: slices, node, then the pod; its claim not allocated yet
+    cache.apply_resource_slice("ADDED", slice_for("trn2-a"))
+    cache.apply_node("ADDED", node)
+    cache.apply_resource_claim("ADDED", {**creation.resource_claim, "status": {}})
+    cache.apply_pod("ADDED", pod)
+    key = resource_claim_key(NS, "llm-0")
+    assert cache.ledger.holding_of(key).core_ids == tuple(range(8))  # both whole chips
+    cache.apply_inference("ADDED", inference())
+    cache.apply_resource_claim("MODIFIED", claim("llm-0", "trn2-a", [5, 9], owner="llm"))
+    cache.ledger.learn_nodes(cache.fleet().nodes)
+    assert cache.ledger.used_cores("trn2-a") == set(range(20, 24)) | set(range(36, 40))  # kube-scheduler's
+    cache.apply_pod("DELETED", pod)
+    assert cache.ledger.holding_of(key) is not None  # an allocated claim holds until deallocated
