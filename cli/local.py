@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"try:        {cluster.bin_dir / 'kubectl'} --kubeconfig {cluster.kubeconfig} get nodes -L node.kubernetes.io/instance-type"
         )
+        if any(item.dra for item in fleet):
+            print(
+                f"DRA nodes:  {cluster.bin_dir / 'kubectl'} --kubeconfig {cluster.kubeconfig} get deviceclasses,resourceslices"
+            )
         return 0
 
     if args.action == "down":

@@ -10,7 +10,8 @@ The pure builders give what it needs: :func:`build_instance_types` (the file Kar
 instance types from), :func:`build_node_class` and :func:`build_node_pool`. Instance types come
 from the same tables as the simulated fleet (:mod:`neuronplace.local.fleet`), and the NodePool puts
 the fleet's taint and labels on every node, so a node Karpenter creates looks to the operator (and
-to kube-scheduler) exactly like a fleet node of that type.
+to kube-scheduler) exactly like a fleet node of that type. Its nodes are device-plugin nodes (Neuron
+allocatable, no Neuron DRA driver slices): Karpenter's DRA support is behind a feature gate.
 """
 
 from __future__ import annotations

@@ -168,6 +168,9 @@ class LocalCluster:
     def configuration(self) -> dict:
         """The KwokctlConfiguration this cluster is created with (pure apart from paths)."""
         versions = build.pins()
+        # DRA needs no flag: in 1.36 resource.k8s.io/v1, kube-scheduler's DynamicResources plugin and
+        # kube-controller-manager's resourceclaim controller (which unreserves and deallocates a
+        # claim whose pod is gone) are GA and on by default (see local/dra_driver.py).
         # One scheduler and one controller-manager per cluster: leader election only adds a way to
         # die, since each exits when it cannot renew its lease while kube-apiserver is restarted.
         extra_args = [

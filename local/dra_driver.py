@@ -144,12 +144,16 @@ def _selector(node_name: str) -> str:
     return f"spec.driver={DRIVER},spec.nodeName={node_name}"
 
 
-def published(kube: Kubectl, node_name: str | None = None) -> dict[str, list[str]]:
-    """Node name → names of the driver's ResourceSlices for it (all nodes, or just ``node_name``)."""
+def _slices(kube: Kubectl, node_name: str | None) -> list[dict]:
     selector = _selector(node_name) if node_name else f"spec.driver={DRIVER}"
     result = kube.kubectl("get", "resourceslices", "--field-selector", selector, "-o", "json")
+    return json.loads(result.stdout)["items"]
+
+
+def published(kube: Kubectl, node_name: str | None = None) -> dict[str, list[str]]:
+    """Node name → names of the driver's ResourceSlices for it (all nodes, or just ``node_name``)."""
     slices: dict[str, list[str]] = {}
-    for item in json.loads(result.stdout)["items"]:
+    for item in _slices(kube, node_name):
         slices.setdefault(item["spec"].get("nodeName", ""), []).append(item["metadata"]["name"])
     return slices
 
@@ -167,14 +171,22 @@ def publish(
 
     The node must exist (its slices are owned by it; ``node_uid`` saves looking it up). Refuses a
     node that already has the driver's slices: a second pool of the same name would make
-    kube-scheduler refuse to allocate from either.
+    kube-scheduler refuse to allocate from either. Slices left by an earlier node of the same name
+    (the garbage collector has not deleted them yet) are deleted first.
     """
     slices = resource_slices(node_name, instance_type, lnc=lnc, efa=efa)
     install(kube)
     if node_uid is None:
-        node_uid = kube.kubectl("get", "node", node_name, "-o", "jsonpath={.metadata.uid}").stdout.strip()
-    if published(kube, node_name):
+        found = kube.kubectl("get", "node", node_name, "-o", "jsonpath={.metadata.uid}", check=False)
+        if found.returncode != 0:
+            raise RuntimeError(f"cannot publish slices for node {node_name}: {found.stderr.strip()[-300:]}")
+        node_uid = found.stdout.strip()
+    existing = _slices(kube, node_name)
+    stale = [i["metadata"]["name"] for i in existing if _owner_uids(i) and node_uid not in _owner_uids(i)]
+    if len(stale) < len(existing):
         raise RuntimeError(f"node {node_name} already has {DRIVER} ResourceSlices; unpublish them first")
+    if stale:
+        kube.kubectl("delete", "resourceslices", *stale, "--ignore-not-found")
     owner = {"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": node_uid, "controller": True}
     for item in slices:
         item["metadata"]["ownerReferences"] = [owner]
@@ -187,6 +199,10 @@ def publish(
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": slices}),
     )
     return created.stdout.split()
+
+
+def _owner_uids(item: dict) -> set[str]:
+    return {owner.get("uid", "") for owner in item["metadata"].get("ownerReferences") or ()}
 
 
 def unpublish(kube: Kubectl, node_name: str) -> list[str]:

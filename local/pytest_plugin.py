@@ -4,9 +4,10 @@
   missing binaries first. Torn down at the end in every case (failure, Ctrl-C, SIGTERM, interpreter
   exit), and the teardown asserts that no component process and no listening port is left.
 - ``namespace`` (function): a fresh namespace, deleted afterwards.
-- ``fleet`` (function): a factory, ``fleet({"inf2.48xlarge": 2})`` or ``fleet("trn1.32xlarge=1")``,
-  that creates kwok nodes labelled ``neuronplace.io/pool=<pool unique to the test>``, waits until
-  they are Ready, and returns a :class:`Fleet` (a list of the node names, with ``.nodes`` and
+- ``fleet`` (function): a factory, ``fleet({"inf2.48xlarge": 2})`` or ``fleet("trn1.32xlarge=1")``
+  (``fleet("trn2.48xlarge=1:dra")``: a node managed by the simulated Neuron DRA driver), that
+  creates kwok nodes labelled ``neuronplace.io/pool=<pool unique to the test>``, waits until they
+  are Ready, and returns a :class:`Fleet` (a list of the node names, with ``.nodes`` and
   ``.pool``); ``fleet.pool`` gives the same pool. Every node of the pool is deleted afterwards.
 
 - ``autoscaler`` (module): a cluster of its own (``np-test-<pid>-autoscaled``) with no node at all
@@ -49,7 +50,7 @@ import pytest
 from neuronplace.local import procs
 from neuronplace.local.autoscaler import Autoscaler
 from neuronplace.local.cluster import ClusterSettings, LocalCluster, list_clusters, port_lock
-from neuronplace.local.fleet import POOL_LABEL
+from neuronplace.local.fleet import POOL_LABEL, FleetSpec
 from neuronplace.local.operator_process import BINDING_VARIABLE
 from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS
 
@@ -88,9 +89,7 @@ class FleetFactory:
         self.pool = pool
         self._calls = 0
 
-    def __call__(
-        self, fleet: Mapping[str, int] | str, labels: Mapping[str, str] | None = None, timeout: float = 120
-    ) -> Fleet:
+    def __call__(self, fleet: FleetSpec, labels: Mapping[str, str] | None = None, timeout: float = 120) -> Fleet:
         prefix = f"{self.pool}-{self._calls}-" if self._calls else f"{self.pool}-"
         self._calls += 1
         names = self.cluster.create_nodes(

@@ -10,63 +10,11 @@ import sys
 import pytest
 
 from neuronplace.local import dra_driver
-from neuronplace.local.fleet import KWOK_TOLERATION
 from neuronplace.placement.names import NEURON_DEVICE_RESOURCE, NEURONCORE_RESOURCE
-from neuronplace.placement.neuron_dra import (
-    DEVICE_CLASS,
-    DRIVER,
-    TOPOLOGY_GROUP_ATTRIBUTES,
-    chip_of_device,
-    qualified,
-)
+from neuronplace.placement.neuron_dra import DEVICE_CLASS, DRIVER
+from support.dra import allocated_chips, claiming_pod, resource_claim
 
 pytestmark = pytest.mark.cluster
-
-
-def claim(name: str, count: int, group: int | None = None) -> dict:
-    """A claim for ``count`` chips; with ``group``, all from one topology group of that size."""
-    devices: dict = {
-        "requests": [
-            {
-                "name": "chips",
-                "exactly": {"deviceClassName": DEVICE_CLASS, "allocationMode": "ExactCount", "count": count},
-            }
-        ]
-    }
-    if group:
-        devices["constraints"] = [
-            {"requests": ["chips"], "matchAttribute": qualified(TOPOLOGY_GROUP_ATTRIBUTES[group])}
-        ]
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {"devices": devices},
-    }
-
-
-def pinned_pod(name: str, node: str, claim_name: str) -> dict:
-    """A pod on ``node`` (by node affinity, so kube-scheduler still allocates its claim) using the claim."""
-    hostname = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "affinity": {
-                "nodeAffinity": {
-                    "requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [{"matchExpressions": [hostname]}]
-                    }
-                }
-            },
-            "tolerations": [KWOK_TOLERATION],
-            "resourceClaims": [{"name": "chips", "resourceClaimName": claim_name}],
-            "containers": [
-                {"name": "main", "image": "example.invalid/model:1", "resources": {"claims": [{"name": "chips"}]}}
-            ],
-        },
-    }
 
 
 def test_a_dra_node_gets_slices_and_the_scheduler_allocates_connected_chips(local_cluster, namespace, fleet, wait_for):
@@ -90,14 +38,13 @@ def test_a_dra_node_gets_slices_and_the_scheduler_allocates_connected_chips(loca
             local_cluster.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(obj))
 
     def allocated(name: str) -> list[int]:
-        allocation = local_cluster.get_json("-n", namespace, "resourceclaim", name)["status"].get("allocation")
-        return [chip_of_device(r["device"]) for r in allocation["devices"]["results"]] if allocation else []
+        return allocated_chips(local_cluster.get_json("-n", namespace, "resourceclaim", name))
 
     # Two loose chips first (kube-scheduler takes chips 0 and 1), so that four chips from one group
     # of 4 cannot be the first four free ones (2-5 straddle groups 0 and 1).
-    create(claim("two", 2), pinned_pod("first", dra_node, "two"))
+    create(resource_claim("two", 2), claiming_pod("first", dra_node, "two"))
     loose = wait_for(lambda: allocated("two"), 60, "kube-scheduler to allocate the 2-chip claim")
-    create(claim("four", 4, group=4), pinned_pod("second", dra_node, "four"))
+    create(resource_claim("four", 4, group=4), claiming_pod("second", dra_node, "four"))
     chips = wait_for(lambda: allocated("four"), 60, "kube-scheduler to allocate the 4-chip claim")
     assert len(chips) == 4 and not set(chips) & set(loose)
     assert len({chip // 4 for chip in chips}) == 1, f"chips {chips} are not of one group of 4"
@@ -117,6 +64,8 @@ def test_a_dra_node_gets_slices_and_the_scheduler_allocates_connected_chips(loca
         "the resourceclaim controller to unreserve and deallocate the claim",
     )
     assert allocated("two") == loose  # the other pod's claim keeps its chips
+    create(resource_claim("again", 4, group=4), claiming_pod("third", dra_node, "again"))
+    assert wait_for(lambda: allocated("again"), 60, "kube-scheduler to allocate the freed group") == chips
 
     status = subprocess.run(
         [sys.executable, "-m", "neuronplace.cli", "local", "status"], capture_output=True, text=True, timeout=60
@@ -135,6 +84,18 @@ def test_publish_refuses_twice_unpublish_removes_and_a_deleted_node_takes_its_sl
         dra_driver.publish(local_cluster, plugin_node, "inf2.48xlarge")
     assert dra_driver.unpublish(local_cluster, plugin_node) == [name]
     assert dra_driver.published(local_cluster, plugin_node) == {}
+    # A slice owned by another node (as one of an earlier node of the same name is, until the
+    # garbage collector deletes it) is stale: publishing replaces it.
+    uids = {name: local_cluster.get_json("node", name)["metadata"]["uid"] for name in (plugin_node, dra_node)}
+    (stale,) = dra_driver.resource_slices(plugin_node, "inf2.48xlarge")
+    stale["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Node", "name": dra_node, "uid": uids[dra_node]}
+    ]
+    local_cluster.kubectl("create", "-f", "-", input=json.dumps(stale))
+    (name,) = dra_driver.publish(local_cluster, plugin_node, "inf2.48xlarge")
+    assert dra_driver.published(local_cluster, plugin_node) == {plugin_node: [name]}
+    owners = local_cluster.get_json("resourceslice", name)["metadata"]["ownerReferences"]
+    assert [owner["uid"] for owner in owners] == [uids[plugin_node]]
     # Slices are owned by their node: the garbage collector deletes them with it.
     local_cluster.delete_node(dra_node)
     wait_for(lambda: not dra_driver.published(local_cluster, dra_node), 60, "the garbage collector to delete the slice")

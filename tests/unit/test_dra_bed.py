@@ -196,3 +196,13 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="LNC must be 1 or 2"):
         resource_slices("n", "trn2.48xlarge", lnc=4)
     assert resource_slices("n", "trn2.48xlarge", lnc=1) == resource_slices("n", "trn2.48xlarge")
+
+
+def test_plan_reads_the_same_grammar_and_builds_dra_nodes_without_neuron_resources():
+    from neuronplace.cli.plan import PlanInputError, fleet_nodes
+
+    nodes = {n["metadata"]["name"]: n for n in fleet_nodes("inf2.xlarge=1,trn2.48xlarge=1:dra")}
+    assert NEURONCORE_RESOURCE in nodes["inf2-xlarge-0"]["status"]["allocatable"]
+    assert NEURONCORE_RESOURCE not in nodes["trn2-48xlarge-dra-0"]["status"]["allocatable"]
+    with pytest.raises(PlanInputError, match=r"--fleet: fleet spec item 'trn2\.48xlarge=1:x'"):
+        fleet_nodes("trn2.48xlarge=1:x")
