@@ -14,6 +14,7 @@ from neuronplace.placement.neuron_dra import DRIVER, TOPOLOGY_GROUP_ATTRIBUTES, 
 from neuronplace.placement.resource_claims import allocated_chips, allocated_node
 from support.builders import inference
 from support.cluster import apply, core_map, env_of, get_inference, live, placed_and_ready, pods_of
+from support.dra import claiming_pod, resource_claim
 
 pytestmark = pytest.mark.cluster
 
@@ -82,15 +83,14 @@ def _slices(cluster, node: str) -> list[dict]:
 
 
 class ChipWatch:
-    """Checks at every event of a ResourceClaim watch and a pod watch (both namespaces) that no two
-    allocated claims share a chip of a node and no replica's claim ever holds a foreign claim's chip."""
+    """Checks at every event of a ResourceClaim watch and a pod watch (all namespaces) that no two
+    allocated claims share a chip of a node: a replica's claim never holds a foreign claim's chip."""
 
-    def __init__(self, cluster, foreign_namespace: str) -> None:
+    def __init__(self, cluster) -> None:
         from kubernetes import client, config
 
         api = config.new_client_from_config(config_file=cluster.kubeconfig)
         self.custom, self.core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-        self.foreign_namespace = foreign_namespace
         self.violations: list[str] = []
         self.events = 0
         self.stop = threading.Event()
@@ -137,9 +137,9 @@ def test_a_foreign_claims_chips_are_never_given_to_a_replica(local_cluster, oper
     foreign_ns = f"{namespace}-tenant"
     local_cluster.kubectl("create", "namespace", foreign_ns)
     try:
-        with ChipWatch(local_cluster, foreign_ns) as watcher:
+        with ChipWatch(local_cluster) as watcher:
             # A tenant's pod takes 2 chips through its own claim (not ours: no NeuronInference owns it).
-            apply(local_cluster, foreign_ns, _claim("tenant", 2), _pinned_pod("tenant", dra_node, "tenant"))
+            apply(local_cluster, foreign_ns, resource_claim("tenant", 2), claiming_pod("tenant", dra_node, "tenant"))
             foreign = wait_for(
                 lambda: allocated_chips(claims_in(local_cluster, foreign_ns)["tenant"]), 60, "the tenant's claim"
             )
@@ -170,45 +170,6 @@ def test_a_foreign_claims_chips_are_never_given_to_a_replica(local_cluster, oper
         )
     finally:
         local_cluster.kubectl("delete", "namespace", foreign_ns, "--wait=false")
-
-
-def _claim(name: str, chips: int) -> dict:
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "devices": {
-                "requests": [
-                    {
-                        "name": "chips",
-                        "exactly": {
-                            "deviceClassName": "neuron.aws.com",
-                            "allocationMode": "ExactCount",
-                            "count": chips,
-                        },
-                    }
-                ]
-            }
-        },
-    }
-
-
-def _pinned_pod(name: str, node: str, claim: str) -> dict:
-    from neuronplace.local.fleet import KWOK_TOLERATION
-    from neuronplace.placement.pods import pin_to_node
-
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "affinity": pin_to_node(None, node),
-            "tolerations": [KWOK_TOLERATION],
-            "resourceClaims": [{"name": "chips", "resourceClaimName": claim}],
-            "containers": [{"name": "main", "image": "tenant:1", "resources": {"claims": [{"name": "chips"}]}}],
-        },
-    }
 
 
 def test_a_node_with_both_the_device_plugin_and_dra_slices_is_refused_and_reported(
