@@ -208,9 +208,11 @@ def test_a_claim_left_without_its_pod_by_a_killed_operator_is_adopted_or_deleted
         leftover["metadata"] = {"name": f"kept-{ordinal}", "ownerReferences": made["metadata"]["ownerReferences"]}
         leftover.pop("status", None)
         apply(local_cluster, namespace, leftover)
+    leftover_uid = claims_in(local_cluster, namespace)["kept-1"]["metadata"]["uid"]
     local_cluster.kubectl("scale", "ninf", "kept", "-n", namespace, "--replicas=2", "--timeout=0s")
     process.start()
     wait_for(lambda: placed_and_ready(local_cluster, namespace, "kept", 2), 120, "2 replicas ready after the restart")
     # Replica 1 adopted its leftover claim; replica 5's (beyond replicas) is deleted: none leaks.
     wait_for(lambda: sorted(claims_in(local_cluster, namespace)) == ["kept-0", "kept-1"], 60, "no leaked claim")
+    assert claims_in(local_cluster, namespace)["kept-1"]["metadata"]["uid"] == leftover_uid  # adopted, not remade
     assert resource["metadata"]["uid"] == get_inference(local_cluster, namespace, "kept")["metadata"]["uid"]
