@@ -7,7 +7,8 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
 - ``neuronplace_placement_failures_total{reason}``: replicas the operator tried to place and could
   not, by reason: ``Unschedulable`` (no room, or a volume claim to wait for; the explanation is in
   the inference's ``Placed`` condition), ``VolumeNeedsScheduler`` (a claim only kube-scheduler can
-  bind, under Direct binding), ``PodRejected`` (the API server refused the pod), ``PodForbidden``
+  bind, under Direct binding), ``DRANeedsScheduler`` (a replica for DRA nodes only, under Direct
+  binding: only kube-scheduler allocates ResourceClaims), ``PodRejected`` (the API server refused the pod), ``PodForbidden``
   (quota, RBAC, terminating namespace), ``Throttled`` (429), ``Conflict`` (409), ``ApiError``
   (anything else). A replica waiting for room is counted again on every attempt, so the rate shows
   how often placement fails, not how many replicas wait (that is in the inferences' status).

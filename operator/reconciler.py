@@ -295,10 +295,13 @@ class Reconciler:
         if same_owner and not deleting and node in (None, creation.placement.node):
             log.info("adopting ResourceClaim %s/%s for replica %d", namespace, name, creation.placement.replica)
             return
-        if same_owner and not deleting:
-            self._delete_resource_claim(namespace, name)
-        # Another's claim (or ours on another node, deleted above) has the name: tried again later.
-        raise Temporary(None, f"ResourceClaim {namespace}/{name} exists (allocated on {node})", CONFLICT_RETRY)
+        if same_owner:
+            if not deleting:
+                self._delete_resource_claim(namespace, name)  # allocated elsewhere: the next try makes it anew
+            raise Temporary(None, f"ResourceClaim {namespace}/{name} is being replaced", CONFLICT_RETRY)
+        # Someone else's claim has the replica's name: a 409, which turns into NameTaken (and its
+        # backoff) when it persists, as for a pod of that name.
+        raise Temporary(409, f"ResourceClaim {namespace}/{name} exists and is not this replica's", CONFLICT_RETRY)
 
     def _delete_resource_claim(self, namespace: str, name: str) -> None:
         try:

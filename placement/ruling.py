@@ -9,9 +9,11 @@ on a saved cluster state, so its answer is the operator's. In order:
    do not allow) is refused: its capacity requests go, the status says why, nothing else happens;
 2. which replica pods go and which replicas need one (:func:`.replica_pods.decide`: failures and
    their backoff, unschedulable and outdated pods, lost nodes, kube-scheduler's silence);
-3. the missing replicas are placed one by one, each reservation entered in the view's ledger and
-   usage at once (so the next ruling, for any inference, sees those cores taken), avoiding the nodes
-   where their recent attempts were refused and following their volumes; their pods are built;
+3. the missing replicas are placed one by one, by the paths ``spec.placement.deviceManagement``
+   allows (:mod:`.dra_placement`: on a DRA node a replica also gets a ResourceClaim, created
+   first), each reservation entered in the view's ledger and usage at once (so the next ruling, for
+   any inference, sees those cores taken), avoiding the nodes where their recent attempts were
+   refused and following their volumes; their pods are built;
 4. every replica that fits nowhere, and would on a new node, keeps one capacity request
    (:mod:`.capacity_upkeep`) within :mod:`.request_limits` (only on managed nodes, none again where
    a waiting replica's request was bound, a few per replica a minute); none under Direct binding

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from neuronplace.operator.writes import CONFLICT_RETRY
 from neuronplace.placement.claims import read_pod
 from neuronplace.placement.dra import dra_nodes
 from neuronplace.placement.fleet import Fleet
@@ -327,3 +328,91 @@ def test_a_restarted_operator_holds_a_pending_claims_chips_from_its_pods_spec():
     assert cache.ledger.used_cores("trn2-a") == set(range(20, 24)) | set(range(36, 40))  # kube-scheduler's
     cache.apply_pod("DELETED", pod)
     assert cache.ledger.holding_of(key) is not None  # an allocated claim holds until deallocated
+
+
+# ---- the reconciler's ResourceClaim writes, against a fake API ---------------------------------------
+
+
+class ClaimsApi:
+    """The fake API (support.fake_api) with ResourceClaims: ``existing`` holds what the server has."""
+
+    def __init__(self, pod_error=None):
+        from support.fake_api import FakeApi
+
+        self.api = FakeApi(create_error=pod_error, binds=False)
+        self.existing: dict[str, dict] = {}
+        self.claim_calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.api, name)
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body, **kwargs):
+        from kubernetes.client.rest import ApiException
+
+        name = body["metadata"]["name"]
+        self.claim_calls.append(("create", name))
+        if name in self.existing:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.existing[name] = body
+        return body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **kwargs):
+        from kubernetes.client.rest import ApiException
+
+        self.claim_calls.append(("get", name))
+        if name not in self.existing:
+            raise ApiException(status=404, reason="NotFound")
+        return self.existing[name]
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **kwargs):
+        self.claim_calls.append(("delete", name))
+        self.existing.pop(name, None)
+        return {}
+
+
+def dra_reconciler(api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from neuronplace.local.fleet import build_node
+    from neuronplace.operator.cache import Cache
+    from neuronplace.operator.reconciler import Reconciler
+    from neuronplace.operator.settings import OperatorSettings
+    from neuronplace.operator.writes import Writer
+
+    cache = Cache()
+    cache.apply_resource_slice("ADDED", slice_for("trn2-a"))
+    node = build_node("trn2-a", "trn2.48xlarge", dra=True)
+    node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
+    cache.observe_node(node)
+    body = inference(cores=8, binding="Scheduler", deviceManagement="DRA")
+    body["spec"]["placement"]["tolerations"] = node["spec"].get("taints") or []
+    cache.apply_inference("ADDED", body)
+    pool = ThreadPoolExecutor(max_workers=2)
+    return cache, Reconciler(OperatorSettings(), cache, Writer(core=api, custom=api), pool)
+
+
+def test_the_claim_is_made_before_the_pod_and_deleted_when_the_pod_is_refused():
+    from kubernetes.client.rest import ApiException
+
+    api = ClaimsApi(pod_error=ApiException(status=422, reason="Invalid"))
+    cache, reconciler = dra_reconciler(api)
+    reconciler.reconcile((NS, "llm"))
+    assert api.claim_calls == [("create", "llm-0"), ("delete", "llm-0")]
+    assert api.pod_writes() == [("create", "llm-0")]
+    assert cache.ledger.holding_of(resource_claim_key(NS, "llm-0")) is None  # the reservation went back
+
+
+def test_a_leftover_claim_of_ours_is_adopted_and_anothers_is_left_alone():
+    api = ClaimsApi()
+    _, reconciler = dra_reconciler(api)
+    result, _ = ruling_on([dra_node()], inference(cores=8))
+    api.existing["llm-0"] = result.creations[0].resource_claim  # left by a killed operator, unallocated
+    reconciler.reconcile((NS, "llm"))
+    assert api.claim_calls == [("create", "llm-0"), ("get", "llm-0")] and api.pod_writes() == [("create", "llm-0")]
+
+    api = ClaimsApi()
+    _, reconciler = dra_reconciler(api)
+    api.existing["llm-0"] = {"metadata": {"name": "llm-0", "namespace": NS}, "spec": {}}  # a tenant's
+    assert reconciler.reconcile((NS, "llm")) == CONFLICT_RETRY  # as a 409: NameTaken once it persists
+    assert api.claim_calls == [("create", "llm-0"), ("get", "llm-0")] and api.pod_writes() == []
+    assert "llm-0" in api.existing
