@@ -39,6 +39,7 @@ def collect(kubeconfig: str | None = None, selector: str = ""):
     from kubernetes import client, config
 
     from neuronplace.placement.coremap import node_maps
+    from neuronplace.placement.dra import dra_nodes
     from neuronplace.placement.inventory import inventory_from_node
     from neuronplace.placement.ledger import Ledger
 
@@ -47,10 +48,25 @@ def collect(kubeconfig: str | None = None, selector: str = ""):
     core = client.CoreV1Api(api)
     nodes = api.sanitize_for_serialization(core.list_node(label_selector=selector or None))["items"]
     pods = api.sanitize_for_serialization(core.list_pod_for_all_namespaces())["items"]
-    inventories = [inventory_from_node(node) for node in nodes]
+    # The Neuron DRA driver's nodes and the chips allocated claims hold (none without resource.k8s.io/v1).
+    dra = dra_nodes(_resource_items(client.CustomObjectsApi(api), "resourceslices"))
+    inventories = [inventory_from_node(node, dra.get(node["metadata"]["name"])) for node in nodes]
     ledger = Ledger.from_pods(pods, trust_any_inference=True)
+    for claim in _resource_items(client.CustomObjectsApi(api), "resourceclaims"):
+        ledger.observe_claim(claim)
     ledger.learn_nodes(inventories)
     return node_maps(inventories, ledger), ledger.foreign()
+
+
+def _resource_items(custom, plural: str) -> list[dict]:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return custom.list_cluster_custom_object("resource.k8s.io", "v1", plural)["items"]
+    except ApiException as error:
+        if error.status == 404:
+            return []
+        raise
 
 
 def run(args: argparse.Namespace) -> int:

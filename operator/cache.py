@@ -15,12 +15,14 @@ What it keeps of each object is slimmed (:mod:`.slim`): memory is what shapes it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from neuronplace.operator.dra_state import DraState, slim_claim
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import replica_pods
@@ -45,6 +47,7 @@ from neuronplace.placement.names import (
 )
 from neuronplace.placement.pods import pod_name
 from neuronplace.placement.priority import class_name, waiting_order
+from neuronplace.placement.resource_claims import claims_through_own_claim, reserved_chips, resource_claim_key
 from neuronplace.placement.ruling import Rules, Ruling, View, rule
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.placement.status import Problem
@@ -63,7 +66,9 @@ def _replica_shaped(pod: Mapping[str, Any], inference: str) -> bool:
     given its cores in its spec (immutable), as only the operator's pods are; its UID is checked
     where it matters (the ledger's trust, the status and the ruling's ownership checks)."""
     controller = controller_inference(pod)
-    return controller is not None and controller[0] == inference and spec_cores(pod) is not None
+    if controller is None or controller[0] != inference:
+        return False
+    return spec_cores(pod) is not None or claims_through_own_claim(pod)
 
 
 def _template_spec(inference: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -105,6 +110,10 @@ class Cache:
         # lists (None when none runs): the lists may still show them, and they must not come back
         # as ghosts (a pod holding cores, an inference getting pods).
         self.deleted_during_resync: set[str | Key] | None = None
+        # The Neuron DRA driver's slices and the ResourceClaims; the managed nodes' bodies, to look
+        # at a node again when its slices change.
+        self.dra = DraState()
+        self.node_bodies: dict[str, dict] = {}
 
     # ---- scope ---------------------------------------------------------------------------------
 
@@ -131,6 +140,7 @@ class Cache:
             self.ledger.observe(dict(pod))
             inventory = self.inventories.get(node_of(pod) or "")
             self.usage.observe(pod, inventory.allocatable if inventory is not None else None)
+        self._hold_pending_claim(pod, deleted)
         if capacity_request(pod) and self.watches(namespace):
             return self._observe_request(pod, deleted)
         inference = (meta.get("labels") or {}).get(INFERENCE_LABEL)
@@ -157,6 +167,34 @@ class Cache:
             if node and cores is not None and ordinal is not None:
                 self.last_known.setdefault(key, {})[ordinal] = (node, cores)
         return key
+
+    def _hold_pending_claim(self, pod: Mapping[str, Any], deleted: bool) -> None:
+        """A DRA replica's chips are held from its pod's creation: the ruling reserved them under its
+        ResourceClaim's key, and kube-scheduler's allocation replaces that. A restarted operator
+        rebuilds the reservation from the pod's spec (immutable: its processes' node cores, rounded
+        to whole chips) while the claim is unallocated; the pod gone, an unallocated claim holds nothing."""
+        meta = pod.get("metadata") or {}
+        key = resource_claim_key(meta.get("namespace") or "default", meta.get("name") or "")
+        holding = self.ledger.holding_of(key)
+        allocated = (
+            holding is not None
+            and (meta.get("namespace"), meta.get("name")) in self.dra.claims
+            and (self.dra.claims[(meta.get("namespace"), meta.get("name"))]["node"] is not None)
+        )
+        live = not deleted and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
+        if not live:
+            if holding is not None and not allocated:
+                self.ledger.forget(key)
+            return
+        inventory = self.inventories.get(node_of(pod) or "")
+        if holding is not None or inventory is None or inventory.topology is None or not claims_through_own_claim(pod):
+            return
+        cores = reserved_chips(pod, inventory.topology.cores_per_chip)
+        if cores is not None:
+            controller = controller_inference(pod)
+            inference = f"{meta.get('namespace')}/{controller[0]}" if controller is not None else None
+            with contextlib.suppress(ValueError):  # held by someone else (or beyond the node): nothing to add
+                self.ledger.reserve(inventory.name, cores, key, inference=inference)
 
     def _observe_request(self, pod: Mapping[str, Any], deleted: bool) -> Key:
         meta = pod.get("metadata") or {}
@@ -194,16 +232,88 @@ class Cache:
         if deleted:
             self.nodes.pop(name, None)
             self.inventories.pop(name, None)
+            self.node_bodies.pop(name, None)
         else:
             self.nodes[name] = slim_node(node)
             if self.manages(node):
-                self.inventories[name] = inventory_from_node(dict(node))
+                self.node_bodies[name] = dict(node)
+                self.inventories[name] = inventory_from_node(dict(node), self.dra.nodes.get(name))
             else:
                 self.inventories.pop(name, None)
+                self.node_bodies.pop(name, None)
         changed = self.inventories.get(name) != before
         if changed:
             self._fleet = None
         return changed
+
+    def apply_resource_slice(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
+        """A ResourceSlice event; returns the inferences waiting for room when a node's chips changed."""
+        with self._lock:
+            return self._dra_nodes_changed(self.dra.apply_slice(body, deleted=kind == DELETED))
+
+    def replace_resource_slices(self, bodies: list[Mapping[str, Any]]) -> None:
+        """A full list of ResourceSlices replaces the cached ones."""
+        with self._lock:
+            self._dra_nodes_changed(self.dra.replace_slices(bodies))
+
+    def _dra_nodes_changed(self, names: set[str]) -> set[Key]:
+        changed = False
+        for name in names & set(self.node_bodies):
+            self.inventories[name] = inventory_from_node(self.node_bodies[name], self.dra.nodes.get(name))
+            changed = True
+        if changed:
+            self._fleet = None
+            return set(self.waiting_for_room)
+        return set()
+
+    def apply_resource_claim(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
+        """A ResourceClaim event (any namespace: a foreign claim holds chips too); returns the
+        inference controlling it and, when chips were freed, the inferences waiting for room."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+        with self._lock:
+            affected = self._observe_resource_claim(namespace, name, body, deleted=kind == DELETED)
+            if kind == DELETED:
+                affected |= self.waiting_for_room
+        return affected
+
+    def resource_claim_keys(self) -> set[tuple[str, str]]:
+        with self._lock:
+            return set(self.dra.claims)
+
+    def replace_resource_claims(self, bodies: list[Mapping[str, Any]], known: set[tuple[str, str]]) -> None:
+        """A full list of ResourceClaims: those ``known`` before it was read and not in it are gone."""
+        with self._lock:
+            listed = {
+                ((b.get("metadata") or {}).get("namespace"), (b.get("metadata") or {}).get("name")) for b in bodies
+            }
+            for namespace, name in (known & set(self.dra.claims)) - listed:
+                self._observe_resource_claim(namespace, name, {}, deleted=True)
+            for body in bodies:
+                meta = body.get("metadata") or {}
+                self._observe_resource_claim(meta.get("namespace"), meta.get("name"), body, deleted=False)
+
+    def _observe_resource_claim(self, namespace: str, name: str, body: Mapping[str, Any], deleted: bool) -> set[Key]:
+        if deleted:
+            slim = self.dra.claims.pop((namespace, name), None)
+            self.ledger.forget_claim(namespace, name)
+        else:
+            slim = self.dra.claims[(namespace, name)] = slim_claim(body)
+            self.ledger.observe_claim(dict(body))
+        controller = (slim or {}).get("controller")
+        return (
+            {(namespace, controller[0])}
+            if controller is not None and (namespace, controller[0]) in self.inferences
+            else set()
+        )
+
+    def resource_claims_of(self, key: Key) -> dict[str, dict]:
+        """The ResourceClaims the NeuronInference ``key`` controls, by name (slimmed)."""
+        with self._lock:
+            uid = ((self.inferences.get(key) or {}).get("metadata") or {}).get("uid")
+            if uid is None:
+                return {}
+            return {name: self.dra.claims[(key[0], name)] for name in self.dra.claims_of(key[0], uid)}
 
     def fleet(self) -> Fleet:
         """The managed nodes as placement sees them (rebuilt only after a node changed)."""
@@ -213,6 +323,19 @@ class Cache:
 
     def knows_pod(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self.pods or self.ledger.holds(pod_key(namespace, name))
+
+    def unused_resource_claims(self, key: Key) -> list[str]:
+        """The ResourceClaims of the NeuronInference ``key`` that no pod of it uses or is being
+        created to use, and that are not being deleted already."""
+        with self._lock:
+            uid = ((self.inferences.get(key) or {}).get("metadata") or {}).get("uid")
+            return [
+                name
+                for name in (self.dra.claims_of(key[0], uid) if uid else ())
+                if not self.dra.claims[(key[0], name)]["deleting"]
+                and (key[0], name) not in self.pods
+                and pod_key(key[0], name) not in self.inflight
+            ]
 
     def labels_of(self, namespace: str, name: str) -> dict:
         cached = self.pods.get((namespace, name))
@@ -518,6 +641,10 @@ class Cache:
                 if (key[0], name) not in self.pods:
                     self.ledger.forget(pod_key(key[0], name))
                     self.usage.forget(pod_key(key[0], name))
+                    # A DRA replica's reservation, under its ResourceClaim's key, unless the claim is allocated.
+                    holding = self.ledger.holding_of(resource_claim_key(key[0], name))
+                    if holding is not None and (key[0], name) not in self.dra.claims:
+                        self.ledger.forget(resource_claim_key(key[0], name))
 
     def settling(self) -> bool:
         """Whether replica pods are being created, or pinned and not bound yet: kube-scheduler does

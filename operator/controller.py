@@ -143,6 +143,18 @@ class Controller:
         for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
             self._enqueue(key)
 
+    def on_resource_slice(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        """A Neuron DRA driver's slice changed: which nodes it manages, and their chips, may have too."""
+        affected = self.cache.apply_resource_slice(kind, body)
+        for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
+            self._enqueue(key)
+
+    def on_resource_claim(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        """A ResourceClaim changed: allocated chips are held, freed ones are room."""
+        affected = self.cache.apply_resource_claim(kind, body)
+        for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
+            self._enqueue(key)
+
     def _enqueue(self, key: Key, soon: bool = False) -> None:
         """Queue ``key`` from any thread (the queue lives on the event loop)."""
         if self.loop is not None and not self.loop.is_closed():

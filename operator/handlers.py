@@ -153,3 +153,19 @@ async def storage_class_event(event, memo: kopf.Memo, **_):
     controller = _controller(memo)
     if controller is not None:
         await controller.off_loop(controller.on_storage, CLASSES, event.get("type"), event["object"])
+
+
+# The Neuron DRA driver's slices (which nodes it manages, their chips) and ResourceClaims (what
+# allocated claims hold; ours are made per replica on DRA nodes).
+@kopf.on.event("resource.k8s.io", "v1", "resourceslices")
+async def resource_slice_event(event, memo: kopf.Memo, **_):
+    controller = _controller(memo)
+    if controller is not None:
+        await controller.off_loop(controller.on_resource_slice, event.get("type"), event["object"])
+
+
+@kopf.on.event("resource.k8s.io", "v1", "resourceclaims")
+async def resource_claim_event(event, memo: kopf.Memo, **_):
+    controller = _controller(memo)
+    if controller is not None:
+        await controller.off_loop(controller.on_resource_claim, event.get("type"), event["object"])

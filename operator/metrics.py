@@ -7,7 +7,8 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
 - ``neuronplace_placement_failures_total{reason}``: replicas the operator tried to place and could
   not, by reason: ``Unschedulable`` (no room, or a volume claim to wait for; the explanation is in
   the inference's ``Placed`` condition), ``VolumeNeedsScheduler`` (a claim only kube-scheduler can
-  bind, under Direct binding), ``PodRejected`` (the API server refused the pod), ``PodForbidden``
+  bind, under Direct binding), ``DRANeedsScheduler`` (a replica for DRA nodes only, under Direct
+  binding: only kube-scheduler allocates ResourceClaims), ``PodRejected`` (the API server refused the pod), ``PodForbidden``
   (quota, RBAC, terminating namespace), ``Throttled`` (429), ``Conflict`` (409), ``ApiError``
   (anything else). A replica waiting for room is counted again on every attempt, so the rate shows
   how often placement fails, not how many replicas wait (that is in the inferences' status).
@@ -44,6 +45,9 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
   asked to be looked at again after a delay: waiting, backing off) or ``error`` (it raised; the
   work queue retries it).
 - ``neuronplace_build_info{version,python}``: 1, with the operator's package version and Python's.
+- ``neuronplace_node_device_management{node,mode}``: 1 per managed node, ``mode`` how its Neuron
+  devices are handed out: ``DevicePlugin`` (Neuron allocatable), ``DRA`` (the Neuron DRA driver's
+  ResourceSlices name it) or ``Both`` (refused for placement: the two would hand out the same chips).
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 
@@ -69,9 +73,10 @@ from prometheus_client.registry import Collector
 
 from neuronplace.operator.inference_metrics import TIME_TO_PLACE_BUCKETS, InferenceCollector, InferenceView
 from neuronplace.placement.fitting import largest_aligned_fit
-from neuronplace.placement.inventory import NodeInventory
+from neuronplace.placement.inventory import BOTH_DEVICE_MANAGERS, NodeInventory
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import REASON_POD_FORBIDDEN, REASON_POD_REJECTED
+from neuronplace.placement.resource_claims import is_resource_claim_key
 
 # Failure reasons besides the status condition reasons (Unschedulable, PodRejected, InvalidSpec).
 FAILURE_FORBIDDEN = REASON_POD_FORBIDDEN
@@ -105,6 +110,7 @@ class LedgerSnapshot:
     foreign_pods: int
     inconsistent: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (managed node, reason) → pods
     largest_aligned: Mapping[str, int] = field(default_factory=dict)  # managed node → largest aligned fit
+    device_management: Mapping[str, str] = field(default_factory=dict)  # managed node → DevicePlugin, DRA or Both
 
 
 def failure_reason(status: int | None) -> str:
@@ -143,6 +149,8 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
     managed = foreign = 0
     for node in ledger.nodes():
         for holding in ledger.holdings(node):
+            if is_resource_claim_key(holding.pod):
+                continue  # a ResourceClaim, not a pod
             if holding.managed:
                 managed += 1
             else:
@@ -151,12 +159,17 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
     for found in ledger.inconsistencies():
         if found.node in inventories:
             inconsistent[(found.node, found.reason)] = inconsistent.get((found.node, found.reason), 0) + 1
+    modes = {
+        name: "Both" if node.problem_kind == BOTH_DEVICE_MANAGERS else "DRA" if node.dra is not None else "DevicePlugin"
+        for name, node in inventories.items()
+    }
     return LedgerSnapshot(
         free_cores_by_node(ledger, inventories),
         managed,
         foreign,
         inconsistent,
         largest_aligned_by_node(ledger, inventories),
+        modes,
     )
 
 
@@ -192,10 +205,18 @@ class _LedgerCollector(Collector):
         )
         for node in sorted(snapshot.largest_aligned):
             largest.add_metric([node], snapshot.largest_aligned[node])
+        modes = GaugeMetricFamily(
+            "neuronplace_node_device_management",
+            "How each managed node's Neuron devices are handed out (Both: refused for placement)",
+            labels=["node", "mode"],
+        )
+        for node in sorted(snapshot.device_management):
+            modes.add_metric([node, snapshot.device_management[node]], 1)
         yield free
         yield largest
         yield pods
         yield inconsistent
+        yield modes
 
 
 class OperatorMetrics:

@@ -43,6 +43,7 @@ from neuronplace.placement import events as ev
 from neuronplace.placement import failures as fl
 from neuronplace.placement import status as st
 from neuronplace.placement.capacity_upkeep import RequestKey, to_create_now, waiting_states
+from neuronplace.placement.claims import controller_inference
 from neuronplace.placement.creation import Answer, Judgement, judge
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
@@ -54,6 +55,7 @@ from neuronplace.placement.names import (
 from neuronplace.placement.pods import pod_name
 from neuronplace.placement.replica_pods import OUTDATED, SURPLUS, Deletion
 from neuronplace.placement.request_limits import recent
+from neuronplace.placement.resource_claims import allocated_node
 from neuronplace.placement.ruling import Creation, Ruling, binding_of
 
 log = logging.getLogger("neuronplace.operator")
@@ -147,6 +149,7 @@ class Reconciler:
             wait = self._names_taken(key, inference, taken, now)
             retry = wait if retry is None else min(retry, wait)
 
+        self._sweep_resource_claims(key)
         self._delete_requests(ruling.request_deletions)
         requests, settle_retry = to_create_now(
             ruling.request_creations, self.cache.settling(), self.rules.capacity_settle_seconds
@@ -264,12 +267,63 @@ class Reconciler:
         return min(histories[replica].waiting(now) for replica in replicas)
 
     def _try_create(self, namespace: str, creation: Creation) -> Exception | None:
+        claimed = False  # the replica's ResourceClaim is ours now (made or adopted)
         try:
+            if creation.resource_claim is not None:
+                self._make_resource_claim(namespace, creation)
+                claimed = True
             created = self.writer.create_pod(namespace, creation.pod)
         except Exception as error:  # Temporary, Permanent, or a bug: judged by the caller
+            if claimed and getattr(error, "status", None) != 409:
+                # No pod will use the claim: it goes (a 409 means the pod exists, and uses it).
+                self._delete_resource_claim(namespace, creation.resource_claim["metadata"]["name"])
             return error
         self.cache.created(created)
         return None
+
+    def _make_resource_claim(self, namespace: str, creation: Creation) -> None:
+        """Create a DRA replica's ResourceClaim before its pod. One of ours left by an operator that
+        stopped before making the pod is adopted when kube-scheduler may still allocate it on the
+        chosen node (unallocated, or allocated there), else deleted and the create tried again."""
+        claim = creation.resource_claim
+        assert claim is not None
+        try:
+            self.writer.create_resource_claim(namespace, claim)
+            return
+        except Temporary as error:
+            if error.status != 409:
+                raise
+        name = claim["metadata"]["name"]
+        existing = self.writer.read_resource_claim(namespace, name)
+        if existing is None:
+            raise Temporary(None, f"ResourceClaim {namespace}/{name} was being replaced", CONFLICT_RETRY)
+        same_owner = controller_inference(existing) == controller_inference(claim)
+        node = allocated_node(existing)
+        deleting = bool((existing.get("metadata") or {}).get("deletionTimestamp"))
+        if same_owner and not deleting and node in (None, creation.placement.node):
+            log.info("adopting ResourceClaim %s/%s for replica %d", namespace, name, creation.placement.replica)
+            return
+        if same_owner:
+            if not deleting:
+                self._delete_resource_claim(namespace, name)  # allocated elsewhere: the next try makes it anew
+            raise Temporary(None, f"ResourceClaim {namespace}/{name} is being replaced", CONFLICT_RETRY)
+        # Someone else's claim has the replica's name: a 409, which turns into NameTaken (and its
+        # backoff) when it persists, as for a pod of that name.
+        raise Temporary(409, f"ResourceClaim {namespace}/{name} exists and is not this replica's", CONFLICT_RETRY)
+
+    def _delete_resource_claim(self, namespace: str, name: str) -> None:
+        try:
+            self.writer.delete_resource_claim(namespace, name)
+        except (Temporary, Permanent) as error:  # tried again by the next reconcile's orphan sweep
+            log.warning("ResourceClaim %s/%s not deleted: %s", namespace, name, error)
+
+    def _sweep_resource_claims(self, key: Key) -> None:
+        """Delete the inference's ResourceClaims no replica pod uses (their pod is gone, or an
+        operator stopped between creating a claim and its pod): the replica's next pod gets a fresh
+        one (or adopts it, if created before this sweep)."""
+        for name in self.cache.unused_resource_claims(key):
+            log.info("deleting ResourceClaim %s/%s: no replica pod uses it", key[0], name)
+            self._delete_resource_claim(key[0], name)
 
     # ---- capacity requests ---------------------------------------------------------------------
 
@@ -313,7 +367,11 @@ class Reconciler:
     # ---- deleting, status, events --------------------------------------------------------------
 
     def _delete_pod(self, inference: dict, deletion: Deletion) -> None:
-        if not self.writer.delete_pod(inference["metadata"]["namespace"], deletion.pod, force=deletion.force):
+        namespace = inference["metadata"]["namespace"]
+        gone = not self.writer.delete_pod(namespace, deletion.pod, force=deletion.force)
+        if deletion.pod in self.cache.resource_claims_of((namespace, inference["metadata"]["name"])):
+            self._delete_resource_claim(namespace, deletion.pod)  # the replica's chips go with it
+        if gone:
             return  # already gone
         kind = ev.NORMAL if deletion.reason in (SURPLUS, OUTDATED) else ev.WARNING
         self.writer.post_event(inference, deletion.reason, deletion.message, kind)

@@ -74,7 +74,10 @@ def slim_pod(pod: Mapping[str, Any]) -> dict:
             "creationTimestamp": meta.get("creationTimestamp"),
             "deletionTimestamp": meta.get("deletionTimestamp"),
         },
-        "spec": _pod_spec(_intern(bound), None if bound else _intern(pinned_node(pod))),
+        "spec": _with_claims(
+            _pod_spec(_intern(bound), None if bound else _intern(pinned_node(pod))),
+            (pod.get("spec") or {}).get("resourceClaims"),
+        ),
         "status": slim_status,
     }
 
@@ -86,6 +89,13 @@ def _scheduled(scheduled: Mapping[str, Any]) -> dict:
         "reason": _intern(scheduled.get("reason")),
         "message": scheduled.get("message"),
     }
+
+
+def _with_claims(spec: dict, claims: Any) -> dict:
+    """A DRA replica's spec keeps the ResourceClaim it takes its chips through (the status names it)."""
+    if not claims:
+        return spec
+    return {**spec, "resourceClaims": [{"resourceClaimName": c.get("resourceClaimName")} for c in claims]}
 
 
 @functools.lru_cache(maxsize=1024)

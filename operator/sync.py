@@ -102,6 +102,33 @@ class Sync:
             slimmed = [slim(kind, body) for page in self.storage_pages(kind) for body in page]
             self.cache.replace_storage(kind, slimmed)
 
+    def read_dra(self) -> None:
+        """Replace the cached ResourceSlices and ResourceClaims with full lists (none where the
+        cluster serves no ``resource.k8s.io/v1``: then no node is DRA-managed)."""
+        self.cache.replace_resource_slices(self._list_resource("resourceslices", ()))
+        known = self.cache.resource_claim_keys()  # only these may be found gone: later ones came by watch
+        listed = self._list_resource("resourceclaims", self.cache.namespaces)
+        self.cache.replace_resource_claims(listed, known)
+
+    def _list_resource(self, plural: str, namespaces: tuple[str, ...]) -> list[dict]:
+        """Every ``resource.k8s.io/v1`` object of a kind (in ``namespaces``, all when empty)."""
+        try:
+            if not namespaces:
+                return self.custom.list_cluster_custom_object(
+                    "resource.k8s.io", "v1", plural, _request_timeout=API_TIMEOUT
+                )["items"]
+            return [
+                item
+                for namespace in namespaces
+                for item in self.custom.list_namespaced_custom_object(
+                    "resource.k8s.io", "v1", namespace, plural, _request_timeout=API_TIMEOUT
+                )["items"]
+            ]
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return []
+
     def list_inferences(self) -> list[dict]:
         if not self.cache.namespaces:
             return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=API_TIMEOUT)["items"]
@@ -118,6 +145,7 @@ class Sync:
         """Rebuild the ledger and caches from full lists, before any reconcile."""
         cache = self.cache
         nodes = pods = 0
+        self.read_dra()  # which nodes the Neuron DRA driver manages, and what claims hold
         for page in self.node_pages():
             cache.observe_nodes(page)
             nodes += len(page)
@@ -180,6 +208,7 @@ class Sync:
                 cache.forget_vanished_inference(key)
                 forgotten.append(key)
         self.read_storage()
+        self.read_dra()
         self.report_foreign()
         return forgotten
 

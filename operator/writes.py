@@ -102,6 +102,9 @@ def api_message(error: Exception) -> str:
         return str(getattr(error, "reason", None) or error)
 
 
+_RESOURCE_CLAIMS = ("resource.k8s.io", "v1", "resourceclaims")  # group, version, plural
+
+
 class Writer:
     """The operator's writes, through the given core (``CoreV1Api``) and custom-objects
     (``CustomObjectsApi``) clients."""
@@ -127,6 +130,39 @@ class Writer:
         options = k8s.V1DeleteOptions(grace_period_seconds=0 if force else None)
         try:
             self.core.delete_namespaced_pod(name, namespace, body=options, _request_timeout=API_TIMEOUT)
+        except _CALL_ERRORS as error:
+            if isinstance(error, ApiException) and error.status == 404:
+                return False
+            raise classify(error) from error
+        return True
+
+    # ResourceClaims through the custom-objects client, which reads and writes any API group.
+    def create_resource_claim(self, namespace: str, claim: Mapping[str, Any]) -> dict:
+        """Create a ResourceClaim; returns it as stored. Raises Temporary or Permanent."""
+        try:
+            return self.custom.create_namespaced_custom_object(
+                *_RESOURCE_CLAIMS[:2], namespace, _RESOURCE_CLAIMS[2], claim, _request_timeout=API_TIMEOUT
+            )
+        except _CALL_ERRORS as error:
+            raise classify(error) from error
+
+    def read_resource_claim(self, namespace: str, name: str) -> dict | None:
+        """The ResourceClaim as it is now, None when there is none."""
+        try:
+            return self.custom.get_namespaced_custom_object(
+                *_RESOURCE_CLAIMS[:2], namespace, _RESOURCE_CLAIMS[2], name, _request_timeout=API_TIMEOUT
+            )
+        except _CALL_ERRORS as error:
+            if isinstance(error, ApiException) and error.status == 404:
+                return None
+            raise classify(error) from error
+
+    def delete_resource_claim(self, namespace: str, name: str) -> bool:
+        """Delete a ResourceClaim; False when it was already gone."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                *_RESOURCE_CLAIMS[:2], namespace, _RESOURCE_CLAIMS[2], name, _request_timeout=API_TIMEOUT
+            )
         except _CALL_ERRORS as error:
             if isinstance(error, ApiException) and error.status == 404:
                 return False

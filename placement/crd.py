@@ -20,6 +20,7 @@ import yaml
 from neuronplace.placement.names import (
     BINDINGS,
     CRD_NAME,
+    DEVICE_MANAGEMENTS,
     GROUP,
     KIND,
     PLURAL,
@@ -305,6 +306,21 @@ def spec_schema() -> dict:
                         "volumes) and binds it. Direct: created with spec.nodeName. Absent: the operator's setting "
                         "(--binding, default Scheduler); status.binding shows the mode in effect.",
                     },
+                    "deviceManagement": {
+                        "type": "string",
+                        "enum": list(DEVICE_MANAGEMENTS),
+                        "default": "Auto",
+                        "description": "Which nodes' Neuron devices replicas take. DevicePlugin: nodes with the "
+                        "device plugin's aws.amazon.com/neuroncore allocatable. DRA: nodes the Neuron DRA driver "
+                        "manages (each replica gets a ResourceClaim for whole chips; needs binding Scheduler). "
+                        "Auto: whatever the node offers, device-plugin nodes first.",
+                    },
+                    "wholeChips": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "On DRA nodes (one device per chip), round a replica whose cores fill no "
+                        "whole chips up to whole chips, leaving the rest idle; false: such a replica goes to no DRA node.",
+                    },
                 },
             },
             "dataParallel": {
@@ -383,6 +399,14 @@ def status_schema() -> dict:
                             "type": "array",
                             "items": {"type": "string"},
                             "description": "Node-global range of each process.",
+                        },
+                        "deviceManagement": {
+                            "type": "string",
+                            "description": "The path the replica took: DevicePlugin or DRA.",
+                        },
+                        "resourceClaim": {
+                            "type": "string",
+                            "description": "On DRA: the replica's ResourceClaim (its allocation names the chips).",
                         },
                     },
                 },

@@ -8,7 +8,11 @@ selectors and node affinity depend on the request, so placement checks them per 
 Usable cores are ``min(topology cores, allocatable aws.amazon.com/neuroncore)``: when the device
 plugin advertises fewer cores than the hardware has, the highest ids are the ones we leave alone.
 Without a ``neuroncore`` figure the ``aws.amazon.com/neuron`` device count times the cores per chip
-is used. ``allocatable`` keeps every resource the scheduler checks (:mod:`.resources`), so that
+is used. A node the Neuron DRA driver manages (:mod:`.dra`: its ResourceSlices name it) has no Neuron
+allocatable: its usable cores are its published chips times the cores per chip, and ``dra`` says
+which chips and groups it has. A node with both the device plugin's allocatable and the driver's
+slices is refused (``BOTH_DEVICE_MANAGERS``): the two would hand out the same chips ("silent
+oversubscription", the driver's documentation). ``allocatable`` keeps every resource the scheduler checks (:mod:`.resources`), so that
 placement can tell whether a replica's cpu, memory and the rest fit beside the pods already there.
 """
 
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from neuronplace.placement.conditions import is_ready
+from neuronplace.placement.dra import DraNode, usable_chips
 from neuronplace.placement.names import (
     INSTANCE_TYPE_LABEL,
     LEGACY_INSTANCE_TYPE_LABEL,
@@ -36,6 +41,7 @@ NOT_READY = "NotReady"
 BEING_DELETED = "being deleted"
 UNKNOWN_TOPOLOGY = "unknown topology"
 NO_CORES = "no NeuronCores"
+BOTH_DEVICE_MANAGERS = "device plugin and DRA"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class NodeInventory:
     annotations: Mapping[str, str] = field(default_factory=dict)
     allocatable: Mapping[str, int] = field(default_factory=dict)
     """``status.allocatable`` as :func:`resources.node_allocatable` reads it (absent means 0)."""
+    dra: DraNode | None = None
+    """The Neuron DRA driver's chips and groups on a DRA-managed node (None: device plugin)."""
 
 
 def _int_quantity(value) -> int | None:
@@ -89,8 +97,9 @@ def _topology(labels: Mapping[str, str], annotations: Mapping[str, str], instanc
     return topology, None
 
 
-def inventory_from_node(node: dict) -> NodeInventory:
-    """Build the inventory of one Node (the API's JSON dict, camelCase keys). Never raises on node data."""
+def inventory_from_node(node: dict, dra: DraNode | None = None) -> NodeInventory:
+    """Build the inventory of one Node (the API's JSON dict, camelCase keys), with ``dra`` what the
+    Neuron DRA driver's ResourceSlices say of it (:func:`.dra.dra_nodes`). Never raises on node data."""
     metadata = node.get("metadata") or {}
     spec = node.get("spec") or {}
     status = node.get("status") or {}
@@ -103,6 +112,10 @@ def inventory_from_node(node: dict) -> NodeInventory:
     topology, topology_problem = _topology(labels, annotations, instance_type)
     cores = 0
     cores_problem = None
+    both = None
+    if topology is not None and dra is not None:
+        cores = usable_chips(dra, topology.chips) * topology.cores_per_chip
+        cores_problem = None if cores else f"the Neuron DRA driver publishes no chip 0 ({len(dra.chips)} devices)"
     if topology is not None:
         allocatable = status.get("allocatable") or {}
         advertised = _int_quantity(allocatable.get(NEURONCORE_RESOURCE))
@@ -112,7 +125,14 @@ def inventory_from_node(node: dict) -> NodeInventory:
                 None,
             )
             advertised = None if devices is None else devices * topology.cores_per_chip
-        if advertised is None:
+        if dra is not None:
+            if advertised:
+                both = (
+                    f"both the Neuron device plugin ({advertised} cores allocatable) and the Neuron DRA driver "
+                    f"({len(dra.chips)} devices in ResourceSlices) manage it: they would hand out the same chips; "
+                    "run one of them on this node"
+                )
+        elif advertised is None:
             cores_problem = f"no {NEURONCORE_RESOURCE} allocatable (is the Neuron device plugin running?)"
         else:
             cores = max(0, min(topology.cores, advertised))
@@ -125,6 +145,7 @@ def inventory_from_node(node: dict) -> NodeInventory:
         (bool(spec.get("unschedulable")), CORDONED, "cordoned"),
         (not is_ready(node), NOT_READY, "NotReady"),
         (topology_problem is not None, UNKNOWN_TOPOLOGY, topology_problem),
+        (both is not None, BOTH_DEVICE_MANAGERS, both),
         (cores_problem is not None, NO_CORES, cores_problem),
     )
     problem_kind, problem = next(((kind, text) for failed, kind, text in checks if failed), (None, None))
@@ -139,4 +160,5 @@ def inventory_from_node(node: dict) -> NodeInventory:
         problem_kind=problem_kind,
         annotations=MappingProxyType(annotations),
         allocatable=MappingProxyType(node_allocatable(node)),
+        dra=dra,
     )

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 from neuronplace.placement.claims import Claim, PodClaims, key_of, read_pod
 from neuronplace.placement.names import CLAIM_EXCEEDS_NODE, CLAIM_OVERLAP
+from neuronplace.placement.resource_claims import is_resource_claim_key, readings, resource_claim_key
 from neuronplace.placement.trust import Inconsistency, TrustIndex
 from neuronplace.runtime.coreset import CoreRange
 
@@ -161,6 +162,24 @@ class Ledger:
         self._trust.index(pod, None)
         self._judge(pod, None)
 
+    def observe_claim(self, claim: dict) -> None:
+        """Add or update what a Kubernetes ResourceClaim holds (its allocated Neuron chips, keyed
+        ``resourceclaim:<ns>/<name>``). An unallocated one leaves a reservation made under its key in
+        place (the operator's placement, until the allocation replaces it); a claim whose allocation
+        went holds nothing."""
+        meta = claim.get("metadata") or {}
+        key = resource_claim_key(meta.get("namespace") or "default", meta.get("name") or "")
+        read = readings(claim)
+        node = self._node_of_pod.get(key)
+        if read is None and node is not None and self._nodes[node].claims[key].ids_unit == "core":
+            return  # our reservation for it stands until kube-scheduler allocates it
+        self._trust.index(key, read)
+        self._judge(key, read)
+
+    def forget_claim(self, namespace: str, name: str) -> None:
+        """The ResourceClaim ``namespace/name`` is gone: its chips (or its reservation) are free."""
+        self.forget(resource_claim_key(namespace, name))
+
     def trust(self, uid: str) -> None:
         """Pods controlled by the NeuronInference ``uid`` count as ours from now on."""
         if self._trust.trust(uid):
@@ -241,8 +260,8 @@ class Ledger:
         return result
 
     def pods(self) -> set[str]:
-        """Every pod ("namespace/name") holding or reserving cores."""
-        return set(self._node_of_pod)
+        """Every pod ("namespace/name") holding or reserving cores (not the ResourceClaims)."""
+        return {key for key in self._node_of_pod if not is_resource_claim_key(key)}
 
     def holds(self, pod: str) -> bool:
         return pod in self._node_of_pod

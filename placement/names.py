@@ -36,6 +36,10 @@ POD_SECURITY_LEVELS = ("baseline", "restricted")
 # Enum values of the spec (the CRD's schema refuses anything else).
 STRATEGIES = ("BinPack", "Spread")
 SHAPE_POLICIES = ("Strict", "Permissive")
+# spec.placement.deviceManagement: which nodes' Neuron devices a replica may take (Auto: whatever the
+# node offers; the device plugin's extended resources, or the Neuron DRA driver's ResourceClaims).
+DEVICE_MANAGEMENTS = ("Auto", "DevicePlugin", "DRA")
+DEVICE_MANAGEMENT_AUTO, DEVICE_MANAGEMENT_DEVICE_PLUGIN, DEVICE_MANAGEMENT_DRA = DEVICE_MANAGEMENTS
 # How NEURON_RT_VISIBLE_CORES is numbered: from 0 at the first device the device plugin mounted
 # (device-local), or node-wide (global).
 NUMBERINGS = ("device-local", "global")
@@ -134,6 +138,9 @@ REASON_NAMESPACE_NOT_SERVED = "NamespaceNotServed"
 # A replica with a claim only kube-scheduler can bind (WaitForFirstConsumer) while its pods are
 # bound directly (spec.nodeName), which skips the scheduler: no pod is made, it could never start.
 REASON_VOLUME_NEEDS_SCHEDULER = "VolumeNeedsScheduler"
+# A replica that may only go to DRA-managed nodes while its pods are bound directly: only
+# kube-scheduler allocates ResourceClaims, so no pod is made.
+REASON_DRA_NEEDS_SCHEDULER = "DRANeedsScheduler"
 
 # Why a node's NeuronCore claims are inconsistent (shown by ``neuronplace cores`` and the metric
 # ``neuronplace_node_inconsistent_claims``): a pod carries our inference label but its controller is

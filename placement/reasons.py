@@ -25,6 +25,7 @@ from neuronplace.placement.fleet import (
 )
 from neuronplace.placement.inventory import (
     BEING_DELETED,
+    BOTH_DEVICE_MANAGERS,
     CORDONED,
     NO_CORES,
     NOT_READY,
@@ -46,6 +47,7 @@ _EXCLUSION_PHRASES = (
     (BEING_DELETED, "{n} being deleted"),
     (UNKNOWN_TOPOLOGY, "{n} of unknown topology"),
     (NO_CORES, "{n} without NeuronCores"),
+    (BOTH_DEVICE_MANAGERS, "{n} managed by both the Neuron device plugin and the DRA driver"),
     (TOO_SMALL, "{n} with fewer than {count} cores"),
     (SHAPE, "{n} trn1 torus node{s} where {count} cores is not a 1, 4, 8 or 16-device shape (shapePolicy Strict)"),
 )
@@ -53,7 +55,7 @@ _EXCLUSION_PHRASES = (
 
 # Node problems a person must fix on the node itself: the message names the first such node and its
 # problem ("unknown instance type 'x1.foo' (set label neuronplace.io/topology)"), not just a count.
-_NODE_FIXES = (UNKNOWN_TOPOLOGY, NO_CORES)
+_NODE_FIXES = (UNKNOWN_TOPOLOGY, NO_CORES, BOTH_DEVICE_MANAGERS)
 
 
 def _exclusions(excluded: Counter, count: int, fleet: Fleet) -> str:

@@ -9,9 +9,11 @@ on a saved cluster state, so its answer is the operator's. In order:
    do not allow) is refused: its capacity requests go, the status says why, nothing else happens;
 2. which replica pods go and which replicas need one (:func:`.replica_pods.decide`: failures and
    their backoff, unschedulable and outdated pods, lost nodes, kube-scheduler's silence);
-3. the missing replicas are placed one by one, each reservation entered in the view's ledger and
-   usage at once (so the next ruling, for any inference, sees those cores taken), avoiding the nodes
-   where their recent attempts were refused and following their volumes; their pods are built;
+3. the missing replicas are placed one by one, by the paths ``spec.placement.deviceManagement``
+   allows (:mod:`.dra_placement`: on a DRA node a replica also gets a ResourceClaim, created
+   first), each reservation entered in the view's ledger and usage at once (so the next ruling, for
+   any inference, sees those cores taken), avoiding the nodes where their recent attempts were
+   refused and following their volumes; their pods are built;
 4. every replica that fits nowhere, and would on a new node, keeps one capacity request
    (:mod:`.capacity_upkeep`) within :mod:`.request_limits` (only on managed nodes, none again where
    a waiting replica's request was bound, a few per replica a minute); none under Direct binding
@@ -40,12 +42,16 @@ from neuronplace.placement.capacity_upkeep import (
     upkeep,
 )
 from neuronplace.placement.claims import pod_key
+from neuronplace.placement.dra import lnc_of
+from neuronplace.placement.dra_placement import Path, device_management, dra_placement, dra_pod, paths
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     BINDING_DIRECT,
     BINDING_SCHEDULER,
     CAPACITY_PRIORITY_CLASS,
+    DEVICE_MANAGEMENT_DRA,
+    REASON_DRA_NEEDS_SCHEDULER,
     REASON_INVALID_SPEC,
     REASON_NAMESPACE_NOT_SERVED,
     REASON_UNSCHEDULABLE,
@@ -57,6 +63,7 @@ from neuronplace.placement.priority import priority_refusal
 from neuronplace.placement.replica_pods import SCHEDULER_SILENCE_SECONDS, Deletion, decide
 from neuronplace.placement.request import ReplicaPlacement, avoiding, placement_request
 from neuronplace.placement.request_limits import admit, excluded_nodes, node_expressions
+from neuronplace.placement.resource_claims import build_resource_claim, claim_pod, resource_claim_key
 from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, scheduler_silence, summarize_unplaceable
 from neuronplace.placement.usage import Usage
@@ -122,10 +129,12 @@ class View:
 
 @dataclass(frozen=True)
 class Creation:
-    """A replica placed (its cores reserved) and the pod to create for it."""
+    """A replica placed (its cores reserved) and the pod to create for it; on a DRA node, the
+    ResourceClaim to create first (its chips reserved under the claim's key)."""
 
     placement: ReplicaPlacement
     pod: dict
+    resource_claim: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,17 @@ def _place(
     # Where the replicas' shared claim, still unbound, is going to be bound (if anywhere yet).
     follow = consumer_node(view.pods) if volumes.first_consumer else None
     request = placement_request(inference, rules.numbering, volumes.node_terms)
+    routes, dra_closed = paths(inference, request, view.fleet, ruling.binding)
+    dra_only = device_management(inference) == DEVICE_MANAGEMENT_DRA
+    if not routes:
+        reason = REASON_DRA_NEEDS_SCHEDULER if ruling.binding == BINDING_DIRECT else REASON_UNSCHEDULABLE
+        message = dra_closed or "no node offers the device management spec.placement.deviceManagement asks for"
+        return dataclasses.replace(
+            ruling,
+            problem=Problem(reason, message),
+            unplaceable=tuple((replica, message) for replica in create),
+            waiting_for_room=True,
+        )
     creations: list[Creation] = []
     unplaceable: list[tuple[int, str]] = []
     waiting: set[int] = set()  # replicas a new node would take: they get capacity requests
@@ -252,29 +272,23 @@ def _place(
             continue
         kept_off = avoid.get(replica, frozenset())
         placing = request if follow is None else dataclasses.replace(request, volume_terms=volumes.on_node(follow))
-        result = place_one(
-            avoiding(placing, kept_off),
-            replica,
-            view.fleet,
-            view.ledger,
-            pod,
-            prefer=prefer.get(replica),
-            usage=view.usage,
+        creation, message = _place_replica(
+            inference, view, rules, ruling.binding, routes, placing, replica, pod, kept_off, prefer, now_ns
         )
-        if isinstance(result, ReplicaPlacement):
-            built = build_pod(inference, result, numbering=rules.numbering, binding=ruling.binding, now_ns=now_ns)
-            creations.append(Creation(result, built))
-            follow = result.node if volumes.first_consumer else None
+        if dra_closed is not None:
+            message = f"{message}; {dra_closed}"
+        if creation is not None:
+            creations.append(creation)
+            follow = creation.placement.node if volumes.first_consumer else None
         elif kept_off:  # its own failures keep it off nodes: no new node is asked for it
-            unplaceable.append(
-                (replica, f"{result.message}; avoiding {', '.join(sorted(kept_off))} after failed attempts")
-            )
-        elif not rules.capacity_requests:
-            unplaceable.append((replica, result.message))
+            unplaceable.append((replica, f"{message}; avoiding {', '.join(sorted(kept_off))} after failed attempts"))
+        elif not rules.capacity_requests or dra_only:
+            # A capacity request asks for the device plugin's cores: none stands for a DRA-only replica.
+            unplaceable.append((replica, message))
         elif (room := cp.counted_room(placing, view.fleet, view.usage)) is not None:
-            unplaceable.append((replica, f"{result.message}; {cp.no_request_message(room)}"))
+            unplaceable.append((replica, f"{message}; {cp.no_request_message(room)}"))
         else:
-            unplaceable.append((replica, result.message))
+            unplaceable.append((replica, message))
             waiting.add(replica)
     problem = None
     if unplaceable:
@@ -290,12 +304,70 @@ def _place(
     )
 
 
+def _place_replica(
+    inference: Mapping[str, Any],
+    view: View,
+    rules: Rules,
+    binding: str,
+    routes: Sequence[Path],
+    placing,
+    replica: int,
+    pod: str,
+    kept_off: frozenset[str],
+    prefer: Mapping[int, tuple[str, CoreRange]],
+    now_ns: int,
+) -> tuple[Creation | None, str]:
+    """Place one replica by the first path that takes it: (its creation, ""), or (None, why the last
+    path could not). A DRA replica's chips are reserved under its ResourceClaim's key."""
+    message = "no node offers the device management spec.placement.deviceManagement asks for"
+    for route in routes:
+        shaped = dataclasses.replace(route.request, volume_terms=placing.volume_terms)
+        dra = route.kind == DEVICE_MANAGEMENT_DRA
+        holder = resource_claim_key(*pod.split("/", 1)) if dra else pod
+        result = place_one(
+            avoiding(shaped, kept_off),
+            replica,
+            view.fleet,
+            view.ledger,
+            holder,
+            prefer=None if dra else prefer.get(replica),
+            usage=view.usage,
+        )
+        if not isinstance(result, ReplicaPlacement):
+            message = result.message
+            continue
+        if not dra:
+            built = build_pod(inference, result, numbering=rules.numbering, binding=binding, now_ns=now_ns)
+            return Creation(result, built), ""
+        node = view.fleet.by_name[result.node]
+        assert node.dra is not None and node.topology is not None, "a DRA path only reaches DRA nodes"
+        if not node.dra.same_group(result.devices):
+            view.ledger.forget(holder)
+            view.usage.forget(holder)
+            message = f"{result.node}'s free chips form no connected group of {len(result.devices)}"
+            continue
+        # The pod, not its claim, requests cpu, memory and the rest: held under the pod's key.
+        view.usage.forget(holder)
+        view.usage.reserve(result.node, pod, shaped.requests)
+        placed = dra_placement(result, placing.cores_per_replica, placing.processes_per_replica)
+        name = pod.split("/", 1)[1]
+        built = dra_pod(build_pod(inference, placed, numbering=rules.numbering, binding=binding, now_ns=now_ns))
+        claim = build_resource_claim(
+            inference, name, len(result.devices), node.dra, lnc_of(node.instance_type, node.topology.cores_per_chip)
+        )
+        return Creation(placed, claim_pod(built, name), claim), ""
+    return None, message
+
+
 def _held_by_another(view: View, pod: str) -> bool:
     """Whether a pod that is not ours already has the pod key ``pod`` (a replica's): the ledger
     holds it as foreign, or only the usage counts it (a reservation is in both)."""
     holding = view.ledger.holding_of(pod)
     if holding is not None:
         return not holding.managed
+    claim = view.ledger.holding_of(resource_claim_key(*pod.split("/", 1)))
+    if claim is not None and not claim.managed:
+        return True  # a foreign ResourceClaim has the name the replica's claim would take
     return view.usage.held_by(pod) is not None and not view.ledger.holds(pod)
 
 

@@ -19,6 +19,8 @@ from neuronplace.placement.names import (
     CONDITION_READY,
     CONDITION_REPLICA_FAILURE,
     CONDITION_WAITING_FOR_CAPACITY,
+    DEVICE_MANAGEMENT_DEVICE_PLUGIN,
+    DEVICE_MANAGEMENT_DRA,
     REASON_NOT_READY,
     REASON_PENDING,
     REASON_PLACED,
@@ -97,7 +99,17 @@ def placement_entry(pod: Mapping[str, Any], processes: int) -> dict | None:
         "node": node_of(pod) or "",  # bound, or pinned there and waiting for kube-scheduler
         "cores": str(cores),
         "processCores": process_cores,
+        **_device_path(pod),
     }
+
+
+def _device_path(pod: Mapping[str, Any]) -> dict:
+    """How the replica takes its cores: the device plugin, or the DRA driver through its claim."""
+    claims = (pod.get("spec") or {}).get("resourceClaims") or ()
+    named = [c.get("resourceClaimName") for c in claims if isinstance(c, Mapping) and c.get("resourceClaimName")]
+    if named:
+        return {"deviceManagement": DEVICE_MANAGEMENT_DRA, "resourceClaim": named[0]}
+    return {"deviceManagement": DEVICE_MANAGEMENT_DEVICE_PLUGIN}
 
 
 def summarize_unplaceable(unplaceable: Iterable[tuple[int, str]]) -> str:

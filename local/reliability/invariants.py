@@ -79,6 +79,7 @@ from neuronplace.placement.names import (
     VERSION,
 )
 from neuronplace.placement.request import placement_request
+from neuronplace.placement.resource_claims import claims_through_own_claim
 from neuronplace.placement.selectors import selector_matches
 from neuronplace.runtime.coreset import CoreRange, parse_core_set
 
@@ -405,6 +406,9 @@ def check_pod(pod: Mapping, nodes: Mapping[str, Mapping]) -> list[Violation]:
     meta = _meta(pod)
     annotations = meta.get("annotations") or {}
     spec = pod.get("spec") or {}
+    if claims_through_own_claim(pod):
+        _check_dra_pod(pod, bad)
+        return out
     try:
         cores = CoreRange.parse(annotations.get(CORES_ANNOTATION, ""))
     except (ValueError, TypeError) as error:
@@ -465,6 +469,27 @@ def check_pod(pod: Mapping, nodes: Mapping[str, Mapping]) -> list[Violation]:
     if len({r.count for r in ordered}) != 1:
         bad(f"process ranges {', '.join(map(str, process_ranges))} are not the same size")
     return out
+
+
+def _check_dra_pod(pod: Mapping, bad: Callable[[str], None]) -> None:
+    """``pod-consistency`` for a replica taking whole chips through its ResourceClaim: no Neuron
+    extended resources (the node has none), and the processes' ``NEURON_RT_VISIBLE_CORES`` split
+    one run from 0 within the claimed chips (the container sees only those), equally, each process
+    its own. Which chips the claim holds is kube-scheduler's allocation (checked on the claims)."""
+    visible: list[list[int]] = []
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if any(a for r in (NEURONCORE_RESOURCE, NEURON_DEVICE_RESOURCE) for a in container_amount(container, r)):
+            bad(f"container {container.get('name')} requests Neuron extended resources beside its ResourceClaim")
+        if ENV_VISIBLE_CORES in _env(container):
+            try:
+                visible.append(parse_core_set(_env(container)[ENV_VISIBLE_CORES]))
+            except ValueError as error:
+                bad(f"container {container.get('name')}: {error}")
+    tiled = sorted(i for ids in visible for i in ids)
+    if not visible:
+        bad("no container has NEURON_RT_VISIBLE_CORES")
+    elif tiled != list(range(len(tiled))) or len({len(ids) for ids in visible}) != 1:
+        bad(f"process cores {visible} do not split one run from 0 equally")
 
 
 def check_pod_consistency(snapshot: Snapshot) -> list[Violation]:

@@ -404,6 +404,7 @@ NEEDED_IN_WATCHED = [
     ("create", "events"),
     ("list", "persistentvolumeclaims"),
     ("watch", "persistentvolumeclaims"),
+    *((verb, "resourceclaims.resource.k8s.io") for verb in ("get", "list", "watch", "create", "delete")),
 ]
 NEEDED_CLUSTER = [
     ("list", "nodes"),
@@ -414,6 +415,9 @@ NEEDED_CLUSTER = [
     ("watch", "persistentvolumes"),
     ("list", "storageclasses.storage.k8s.io"),
     ("watch", "storageclasses.storage.k8s.io"),
+    ("list", "resourceslices.resource.k8s.io"),
+    ("watch", "resourceslices.resource.k8s.io"),
+    ("get", "deviceclasses.resource.k8s.io"),
 ]
 FORBIDDEN_ANYWHERE = [
     ("get", "secrets"),
@@ -440,6 +444,10 @@ FORBIDDEN_ANYWHERE = [
     ("update", "events"),
     ("update", "persistentvolumeclaims"),
     ("delete", "persistentvolumeclaims"),
+    # kube-scheduler allocates claims; the operator never writes an allocation or changes a claim.
+    ("update", "resourceclaims.resource.k8s.io/status"),
+    ("patch", "resourceclaims.resource.k8s.io/status"),
+    ("update", "resourceclaims.resource.k8s.io"),
 ]
 FORBIDDEN_CLUSTER = [
     ("update", "nodes"),
@@ -459,6 +467,8 @@ FORBIDDEN_CLUSTER = [
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("impersonate", "serviceaccounts"),
     ("create", "certificatesigningrequests.certificates.k8s.io"),
+    ("create", "resourceslices.resource.k8s.io"),
+    ("delete", "resourceslices.resource.k8s.io"),
 ]
 
 

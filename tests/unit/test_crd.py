@@ -85,7 +85,7 @@ def test_status_fields():
     status = _version()["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert set(status) >= {"observedGeneration", "replicas", "readyReplicas", "selector", "placements", "conditions"}
     entry = status["placements"]["items"]["properties"]
-    assert set(entry) == {"replica", "pod", "node", "cores", "processCores"}
+    assert set(entry) == {"replica", "pod", "node", "cores", "processCores", "deviceManagement", "resourceClaim"}
     condition = status["conditions"]["items"]["properties"]
     assert set(condition) >= {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
 

@@ -55,7 +55,13 @@ def test_snapshot_counts_managed_and_foreign_pods():
     )
     ledger.learn_nodes(inventories.values())
     snapshot = snapshot_ledger(ledger, inventories)
-    assert snapshot == LedgerSnapshot({"a": 24 - 4 - 3}, managed_pods=1, foreign_pods=2, largest_aligned={"a": 10})
+    assert snapshot == LedgerSnapshot(
+        {"a": 24 - 4 - 3},
+        managed_pods=1,
+        foreign_pods=2,
+        largest_aligned={"a": 10},
+        device_management={"a": "DevicePlugin"},
+    )
 
 
 def test_snapshot_counts_inconsistent_claims_on_managed_nodes_by_reason():

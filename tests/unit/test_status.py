@@ -40,8 +40,22 @@ def test_all_placed_and_ready():
     assert built["replicas"] == 2 and built["readyReplicas"] == 2
     assert built["selector"] == "neuronplace.io/inference=bert"
     assert built["placements"] == [
-        {"replica": 0, "pod": "bert-0", "node": "inf2-a", "cores": "0-3", "processCores": ["0-1", "2-3"]},
-        {"replica": 1, "pod": "bert-1", "node": "inf2-a", "cores": "4-7", "processCores": ["4-5", "6-7"]},
+        {
+            "replica": 0,
+            "pod": "bert-0",
+            "node": "inf2-a",
+            "cores": "0-3",
+            "processCores": ["0-1", "2-3"],
+            "deviceManagement": "DevicePlugin",
+        },
+        {
+            "replica": 1,
+            "pod": "bert-1",
+            "node": "inf2-a",
+            "cores": "4-7",
+            "processCores": ["4-5", "6-7"],
+            "deviceManagement": "DevicePlugin",
+        },
     ]
     placed, ready = condition(built, "Placed"), condition(built, "Ready")
     assert (placed["status"], placed["reason"], placed["observedGeneration"]) == ("True", "Placed", 3)

@@ -96,6 +96,14 @@ are @kopf.on.event: no finalizers, no progress annotations, nothing patched on w
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "watch"]
+# ResourceClaims: one per replica on a DRA-managed node, created before its pod and deleted with it
+# (or when no pod uses it, after a restart); allocated ones of others hold their chips, so all are
+# listed and watched; a leftover one is read (get) before it is adopted. Never changed (no patch or
+# update) nor allocated here:
+# kube-scheduler writes status.allocation.
+- apiGroups: ["resource.k8s.io"]
+  resources: ["resourceclaims"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # Events on NeuronInferences (placed, unschedulable, re-placed, pod rejected); kopf posts its own
 # warnings the same way. Created only, never updated.
 - apiGroups: [""]
