@@ -121,11 +121,9 @@ def _exposed() -> set[str]:
 def _documented_metrics() -> set[str]:
     names = set()
     for page in DOCS.rglob("*.md"):
-        for name in re.findall(r"\bneuronplace_[a-z_]+[a-z]", page.read_text()):
-            for suffix in _SUFFIXES:
-                if name.endswith(suffix) and not name.endswith("_seconds_count"):
-                    name = name.removesuffix(suffix)
-            names.add(name)
+        for sample in re.findall(r"\bneuronplace_[a-z_]+[a-z]", page.read_text()):
+            # A histogram's samples (_bucket, _sum, _count) and counters' _created name their family.
+            names.add(next((sample.removesuffix(s) for s in _SUFFIXES if sample.endswith(s)), sample))
     return names
 
 
