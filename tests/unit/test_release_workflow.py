@@ -88,3 +88,25 @@ def test_the_workflow_builds_both_architectures_from_the_dockerfile_on_a_version
     assert build_step["with"]["file"] == "Dockerfile" and build_step["with"]["push"] is True
     chart_run = workflow["jobs"]["chart"]["steps"][-1]["run"]
     assert "helm package charts/neuronplace" in chart_run and "helm push" in chart_run
+
+
+@pytest.mark.parametrize("tag_matches", [True, False])
+def test_the_version_check_runs_here(tmp_path, tag_matches):
+    """The workflow's first job, run as the runner runs it (bash, the checkout as working directory)."""
+    workflow = yaml.safe_load(RELEASE.read_text())
+    (step,) = [s for s in workflow["jobs"]["versions"]["steps"] if s.get("id") == "versions"]
+    version = yaml.safe_load((ROOT / "charts" / "neuronplace" / "Chart.yaml").read_text())["appVersion"]
+    output = tmp_path / "github_output"
+    env = {
+        **os.environ,
+        "TAG": f"v{version}" if tag_matches else "v999.0.0",
+        "GITHUB_OUTPUT": str(output),
+    }
+    result = subprocess.run(
+        ["bash", "-e", "-c", step["run"]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    if tag_matches:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert output.read_text() == f"version={version}\n"
+    else:
+        assert result.returncode == 1 and "must agree" in result.stdout, result.stdout + result.stderr
