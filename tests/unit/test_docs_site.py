@@ -151,3 +151,21 @@ def test_generator_module_imports_nothing_outside_placement():
         alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
     assert imported <= {"__future__", "sys", "neuronplace.placement.crd"}, imported
+
+
+# A repository path in the text (not a link, so mkdocs does not check it): `tests/unit/test_crd.py`.
+_REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:tests|benchmarks|examples|charts|operator|placement|local|cli|runtime|controlplane|crds"
+    r"|\.github|docs)/[\w./-]*\.(?:py|yaml|yml|tpl|json|md|txt|gotmpl))"
+)
+
+
+def test_every_file_the_pages_name_exists():
+    pages = [*DOCS.rglob("*.md"), ROOT / "README.md", ROOT / "CHANGELOG.md"]
+    missing = sorted(
+        (page.name, path)
+        for page in pages
+        for path in _REPO_PATH.findall(page.read_text())
+        if not (ROOT / path).exists()
+    )
+    assert not missing, missing
