@@ -169,3 +169,15 @@ def test_every_file_the_pages_name_exists():
         if not (ROOT / path).exists()
     )
     assert not missing, missing
+
+
+def test_every_operator_setting_is_documented():
+    """Each setting's NEURONPLACE_* variable is named in docs/ (the settings page, or the page of the
+    feature that added it)."""
+    from dataclasses import fields
+
+    from neuronplace.operator.settings import OperatorSettings, env_name
+
+    text = "".join(page.read_text() for page in DOCS.rglob("*.md"))
+    missing = [env_name(f.name) for f in fields(OperatorSettings) if env_name(f.name) not in text]
+    assert not missing, f"document these settings in docs/reference/settings.md: {missing}"
