@@ -47,7 +47,7 @@ help:
 	@echo "              modes where they matter) on PYTEST_WORKERS=$(PYTEST_WORKERS) clusters; prints the 25 slowest tests"
 	@echo "make check    lint, then the unit, property, runtime and reliability-oracle tests: no cluster (< 3 min)"
 	@echo "make lint     import contracts (lint-imports), no clock read in placement, ruff check,"
-	@echo "              ruff format --check, mypy"
+	@echo "              ruff format --check, mypy, the docs site (make docs)"
 	@echo "make docs     build the documentation site (mkdocs --strict: every link and anchor checked) into build/site"
 	@echo "make clean    remove $(VENV) and build/ (the control plane cache stays in ~/.cache/neuronplace)"
 
