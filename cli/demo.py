@@ -1,4 +1,4 @@
-"""``neuronplace demo``: the README's first command.
+"""``neuronplace demo``: the README's first command (`make demo` runs it).
 
 Starts the local control plane with a small mixed fleet (building the binaries the first time,
 with progress), installs the CRD, runs the operator, applies the examples (the repository's
