@@ -26,6 +26,10 @@ PACKAGES := cli operator placement runtime local
 # `operator` module from it.
 LINT_TREE := build/lint
 
+# The documentation site (mkdocs.yml, docs/) with warnings as errors, so a broken link or anchor
+# fails `make lint` (about 2 s); the site lands in build/site.
+DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 # The cluster tests wait far more than they compute: xdist workers, each with a local cluster of its
@@ -35,7 +39,7 @@ DEMO_ARGS ?=
 PYTEST_WORKERS ?= 3
 CHECK_WORKERS ?= 2
 
-.PHONY: help install controlplane demo lint check test clean
+.PHONY: help install controlplane demo lint docs check test clean
 
 help:
 	@echo "make demo     set up, build the local control plane if needed, run the demo"
@@ -43,7 +47,8 @@ help:
 	@echo "              modes where they matter) on PYTEST_WORKERS=$(PYTEST_WORKERS) clusters; prints the 25 slowest tests"
 	@echo "make check    lint, then the unit, property, runtime and reliability-oracle tests: no cluster (< 3 min)"
 	@echo "make lint     import contracts (lint-imports), no clock read in placement, ruff check,"
-	@echo "              ruff format --check, mypy"
+	@echo "              ruff format --check, mypy, the docs site (make docs)"
+	@echo "make docs     build the documentation site (mkdocs --strict: every link and anchor checked) into build/site"
 	@echo "make clean    remove $(VENV) and build/ (the control plane cache stays in ~/.cache/neuronplace)"
 
 install: $(VENV)/.installed
@@ -52,7 +57,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[operator,runtime,test]'
+	$(PY) -m pip install --quiet -e '.[operator,runtime,test,docs]'
 	touch $@
 
 controlplane: install
@@ -72,6 +77,10 @@ lint: install $(LINT_TREE)/neuronplace
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd $(LINT_TREE) && $(PY) -m mypy --config-file $(CURDIR)/pyproject.toml -p neuronplace.placement -p neuronplace.runtime
+	$(DOCS_BUILD)
+
+docs: install
+	$(DOCS_BUILD)
 
 check: lint
 	$(PY) -m pytest -n $(CHECK_WORKERS) -m "not cluster" $(PYTEST_ARGS) tests/unit tests/runtime tests/reliability

@@ -1,4 +1,4 @@
-"""``neuronplace demo``: the README's first command.
+"""``neuronplace demo``: the README's first command (`make demo` runs it).
 
 Starts the local control plane with a small mixed fleet (building the binaries the first time,
 with progress), installs the CRD, runs the operator, applies the examples (the repository's
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 DEFAULT_NAME = "neuronplace-demo"
-DEFAULT_FLEET = "inf2.48xlarge=3,inf1.6xlarge=1,trn1.32xlarge=1"
+DEFAULT_FLEET = "inf2.48xlarge=3,inf1.6xlarge=1,trn1.32xlarge=1,trn2.48xlarge=1"
 LIVENESS_PORT = 18480
 
 
@@ -49,6 +49,17 @@ def example_files(folder: str | None = None) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no YAML or JSON files in {folder}")
     return found
+
+
+def _simulated(files: list[Path]) -> str:
+    """The files' objects as one YAML stream, every NeuronInference also tolerating the simulated
+    nodes' taint: the examples are written for EKS and tolerate only the Neuron taint."""
+    import yaml
+
+    from neuronplace.local.examples import on_simulated_nodes
+
+    documents = [d for path in files for d in yaml.safe_load_all(path.read_text()) if d]
+    return yaml.safe_dump_all([on_simulated_nodes(d) for d in documents], sort_keys=False)
 
 
 def _operator(cluster):
@@ -127,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
         _say("starting the operator")
         _start_operator(cluster)
         files = example_files(args.examples)
-        _say(f"applying {args.examples or ', '.join(path.name for path in files)}")
-        cluster.kubectl("apply", "-n", "default", *(arg for path in files for arg in ("-f", str(path))))
+        _say(f"applying {args.examples or ', '.join(path.name for path in files)} (tolerating kwok's taint)")
+        cluster.kubectl("apply", "-n", "default", "-f", "-", input=_simulated(files))
         _say("waiting until every example is placed and ready")
         _wait_placed(cluster, args.timeout)
         print(cluster.kubectl("get", "ninf", "-A").stdout)
@@ -151,9 +162,9 @@ def run(args: argparse.Namespace) -> int:
   export PATH={cluster.bin_dir}:$PATH
   kubectl get ninf                                  # replicas, cores, Placed/Ready/WaitingForCapacity reasons
   kubectl get pods -o wide -L neuronplace.io/replica
-  kubectl describe ninf bert-inf2                   # status.placements, conditions, events
-  kubectl get pod bert-inf2-0 -o jsonpath='{{.metadata.annotations}}'
-  kubectl scale ninf bert-inf2 --replicas=4 && neuronplace cores
+  kubectl describe ninf qwen-inf2                   # status.placements, conditions, events
+  kubectl get pod qwen-inf2-0 -o jsonpath='{{.metadata.annotations}}'
+  kubectl scale ninf qwen-inf2 --replicas=4 && neuronplace cores
   neuronplace demo --stop                           # stop the operator and remove the cluster
 """)
     return 0

@@ -25,7 +25,8 @@ MAX_NODES_LISTED = 20  # beyond this, status shows counts per instance type only
 def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser(
-        "build", help="build the pinned control-plane binaries and Karpenter into the cache (seconds when cached)"
+        "build",
+        help="build the pinned control-plane binaries, Karpenter and actionlint into the cache (seconds when cached)",
     )
     up = actions.add_parser("up", help="start a cluster and its simulated fleet; print the kubeconfig")
     up.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from neuronplace.local.fleet import parse_fleet
 
     if args.action == "build":
-        for components in (build.COMPONENTS, build.AUTOSCALER):
+        for components in (build.COMPONENTS, build.AUTOSCALER, build.LINTERS):
             started = time.monotonic()
             report = build.ensure_binaries(_say, components)
             print(

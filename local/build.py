@@ -9,8 +9,8 @@ source of truth.
 Binaries land in ``<cache root>/<pins>/bin`` (default root ``~/.cache/neuronplace``, override with
 ``NEURONPLACE_CACHE``); the folder name carries the versions and a hash of the module files and
 build recipe, so changing a pin builds into a new folder and an unchanged one is reused. The
-autoscaler (Karpenter with its kwok cloud provider, :data:`AUTOSCALER`) is a separate set with a
-folder of its own keyed by its own pin: adding or bumping it never rebuilds the control plane, which
+autoscaler (Karpenter with its kwok cloud provider, :data:`AUTOSCALER`) and the workflow linter
+(actionlint, :data:`LINTERS`) are separate sets, each with a folder of its own keyed by its own pin: adding or bumping it never rebuilds the control plane, which
 takes minutes cold. A module whose ``go.mod`` names a ``toolchain`` newer than the machine's Go is
 built with that toolchain (``GOTOOLCHAIN``; the go command fetches it from the module proxy). Each
 binary is written under a temporary name and renamed into place, so an interrupted build never
@@ -66,6 +66,7 @@ _CACHE_LABELS = {
     "sigs.k8s.io/kwok": "kwok",
     "helm.sh/helm/v3": "helm",
     "sigs.k8s.io/karpenter": "karpenter",
+    "github.com/rhysd/actionlint": "actionlint",
 }
 
 
@@ -153,6 +154,20 @@ KARPENTER = Component(
 )
 AUTOSCALER: tuple[Component, ...] = (KARPENTER,)
 
+# actionlint checks the release workflow (.github/workflows/, tests/unit/test_release_workflow.py),
+# which cannot run here. A set of its own, like the autoscaler: its pin never rebuilds the rest.
+ACTIONLINT = Component(
+    "actionlint",
+    "actionlint",
+    "github.com/rhysd/actionlint/cmd/actionlint",
+    "github.com/rhysd/actionlint",
+    # Built as a dependency of the pin module, it cannot read its own version from the build info.
+    stamps=(("github.com/rhysd/actionlint.version", "{version}"),),
+    version_args=("-version",),
+    version_expect="{version}",
+)
+LINTERS: tuple[Component, ...] = (ACTIONLINT,)
+
 
 class BuildError(RuntimeError):
     """A binary could not be built; the message carries the command and the tail of its output."""
@@ -180,7 +195,8 @@ def pinned_version(module: str, upstream: str) -> str:
 def pins(components: tuple[Component, ...] | None = None) -> dict[str, str]:
     """Upstream module → pinned version, for every component (e.g. ``{"k8s.io/kubernetes": "v1.36.3", ...}``).
 
-    ``components`` is one set that shares a cache folder: the control plane (default) or :data:`AUTOSCALER`.
+    ``components`` is one set that shares a cache folder: the control plane (default), :data:`AUTOSCALER`
+    or :data:`LINTERS`.
     """
     return {c.upstream: pinned_version(c.module, c.upstream) for c in components or COMPONENTS}
 
@@ -317,8 +333,8 @@ def ensure_binaries(
     """Build whatever binary the cache lacks for the current pins; return where they are.
 
     With everything cached this only hashes a few small files and checks the folder. ``progress``
-    receives one line per component (default: stderr). ``components``: the control plane (default)
-    or :data:`AUTOSCALER`.
+    receives one line per component (default: stderr). ``components``: the control plane (default),
+    :data:`AUTOSCALER` or :data:`LINTERS`.
     """
     components = components or COMPONENTS
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))

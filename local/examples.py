@@ -4,6 +4,11 @@ The repository's ``examples/`` folder is packaged as ``neuronplace.examples`` (d
 files, no Python), so a wheel install carries them too. :func:`example_files` is the one way to
 find them: ``neuronplace demo`` applies them and the tests read them from here, never from a path
 relative to a source file.
+
+The files are written for EKS: their NeuronInferences tolerate the Neuron nodes' taint
+(``aws.amazon.com/neuron``), not kwok's. What runs them on simulated nodes adds kwok's toleration
+itself (:func:`on_simulated_nodes`), so no file carries a toleration that means nothing on a real
+cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import yaml
+
+from neuronplace.local.fleet import KWOK_TAINT
+from neuronplace.placement.names import KIND
 
 PACKAGE = "neuronplace.examples"
 _copied: Path | None = None
@@ -30,8 +38,13 @@ def _resources() -> list[Traversable]:
 
         folders = [Path(entry) for entry in importlib.import_module(PACKAGE).__path__ if Path(entry).is_dir()]
         entries = [entry for folder in folders for entry in folder.iterdir()]
-    found = [entry for entry in entries if entry.name.endswith(".yaml") and entry.is_file()]
-    return sorted(found, key=lambda entry: entry.name)
+    # A namespace package may span several folders (a checkout on PYTHONPATH before an installed
+    # copy): one file per name, the first on the path, as an import would pick.
+    found: dict[str, Traversable] = {}
+    for entry in entries:
+        if entry.name.endswith(".yaml") and entry.is_file():
+            found.setdefault(entry.name, entry)
+    return [found[name] for name in sorted(found)]
 
 
 def example_files() -> list[Path]:
@@ -62,3 +75,20 @@ def example_file(name: str) -> Path:
 def example_resources() -> list[dict]:
     """Every object of every example file, in file order."""
     return [document for path in example_files() for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def kwok_toleration() -> dict:
+    """The toleration of the taint every simulated node carries."""
+    return {"key": KWOK_TAINT["key"], "operator": "Equal", "value": KWOK_TAINT["value"], "effect": KWOK_TAINT["effect"]}
+
+
+def on_simulated_nodes(document: dict) -> dict:
+    """``document`` as the demo and the tests apply it: a NeuronInference also tolerates kwok's taint
+    (a copy; the file's own tolerations stay); any other object is returned unchanged."""
+    if document.get("kind") != KIND:
+        return document
+    copy = yaml.safe_load(yaml.safe_dump(document))
+    tolerations = copy["spec"].setdefault("placement", {}).setdefault("tolerations", [])
+    if kwok_toleration() not in tolerations:
+        tolerations.append(kwok_toleration())
+    return copy

@@ -39,7 +39,9 @@ from neuronplace.local.build import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-IMAGE_NAME = "neuronplace"
+# Where the release workflow pushes the image (.github/workflows/release.yml) and the chart's default
+# image.repository: a local build carries the name a cluster pulls (tests/unit/test_release_workflow.py).
+IMAGE_NAME = "ghcr.io/neuronplace/neuronplace"
 # The Dockerfile's `ARG BASE_IMAGE` default, fully qualified: podman's short-name resolution
 # depends on the host's registries.conf, docker's does not need it (tests/unit/test_image_build.py
 # keeps the two equal).
@@ -149,7 +151,7 @@ def project_version(root: Path = REPO_ROOT) -> str:
 
 
 def default_tag(root: Path = REPO_ROOT) -> str:
-    """``neuronplace:<version>``: what the chart deploys with its default image values."""
+    """``ghcr.io/neuronplace/neuronplace:<version>``: what the chart deploys with its default image values."""
     return f"{IMAGE_NAME}:{project_version(root)}"
 
 

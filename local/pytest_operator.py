@@ -21,7 +21,7 @@ beside ``neuronplace.local.pytest_plugin``).
 Binding modes: the ``binding`` fixture is the session's ``--binding``; a test (or module) marked
 ``@pytest.mark.both_bindings`` is parametrized over every mode instead (module scope, so a module's
 tests run mode by mode and the shared operator switches mode once). Only tests whose behaviour
-depends on the operator's default mode carry the mark (README, "Tests").
+depends on the operator's default mode carry the mark (docs/development.md, "Tests").
 
 The log of every operator a failed test used is attached to its report.
 """

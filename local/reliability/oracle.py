@@ -11,7 +11,7 @@ slow and obvious way, from the pods and nodes alone:
   pod (controlled by a NeuronInference its label names, with a range as long as its request) its
   ``neuronplace.io/cores`` range; any other pod what it requests: the ids of its
   ``AWS_NEURON_IDS`` annotation (cores, or whole devices for device requests), and as many cores
-  as those fall short of the request taken from the top of the node (the rule the README states
+  as those fall short of the request taken from the top of the node (the rule docs/operations/security.md states
   for foreign pods). Any NeuronInference controller counts, as in the offline tools: the checker
   does not judge the UIDs;
 - **valid runs**: every start ``s`` of ``count`` consecutive free cores is tried and kept when
@@ -139,7 +139,7 @@ def _controlling_inference(meta: Mapping) -> str | None:
 
 
 def held_cores(node: NodeInventory, pods: Sequence[Mapping]) -> set[int]:
-    """Every core the live pods bound to ``node`` hold, as the README's ledger rules say."""
+    """Every core the live pods bound to ``node`` hold, as the ledger rules of docs/operations/security.md say."""
     per_chip = node.topology.cores_per_chip if node.topology else 1
     held: set[int] = set()
     counted: list[tuple[str, int]] = []

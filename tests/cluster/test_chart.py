@@ -417,7 +417,6 @@ NEEDED_CLUSTER = [
     ("watch", "storageclasses.storage.k8s.io"),
     ("list", "resourceslices.resource.k8s.io"),
     ("watch", "resourceslices.resource.k8s.io"),
-    ("get", "deviceclasses.resource.k8s.io"),
 ]
 FORBIDDEN_ANYWHERE = [
     ("get", "secrets"),

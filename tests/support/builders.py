@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import yaml
 
-from neuronplace.local.examples import example_file
+from neuronplace.local.examples import example_file, on_simulated_nodes
 from neuronplace.local.fleet import POOL_LABEL, build_node
 from neuronplace.local.manifests import inference
 from neuronplace.placement.inventory import inventory_from_node
@@ -49,10 +49,20 @@ __all__ = [
 # ---- NeuronInference ---------------------------------------------------------------------------
 
 
+def example_objects(file_name: str, pool: str) -> list[dict]:
+    """Every object of an example shipped with the package (the repository's examples/), as the demo
+    applies it (its NeuronInference also tolerating kwok's taint), the NeuronInference confined to
+    the test's node pool."""
+    objects = [on_simulated_nodes(d) for d in yaml.safe_load_all(example_file(file_name).read_text()) if d]
+    for resource in objects:
+        if resource["kind"] == "NeuronInference":
+            resource["spec"]["placement"].setdefault("nodeSelector", {})[POOL_LABEL] = pool
+    return objects
+
+
 def example(file_name: str, pool: str) -> dict:
-    """An example shipped with the package (the repository's examples/), confined to the test's node pool."""
-    resource = yaml.safe_load(example_file(file_name).read_text())
-    resource["spec"]["placement"].setdefault("nodeSelector", {})[POOL_LABEL] = pool
+    """The NeuronInference of an example file, as :func:`example_objects` gives it."""
+    (resource,) = [r for r in example_objects(file_name, pool) if r["kind"] == "NeuronInference"]
     return resource
 
 

@@ -180,4 +180,4 @@ def test_the_shipped_examples_all_fit_the_demo_fleet(capsys):
     code, out, err = run(capsys, "--fleet", DEFAULT_FLEET, *map(str, files))
     assert code == 0, out + err
     names = {row[0].split("/")[1] for row in rows(out)}
-    assert names == {"bert-inf2", "resnet-inf1", "llama-trn1", "whisper-spread"}
+    assert names == {"qwen-inf2", "resnet-inf1", "llama-trn1", "qwen-spread", "llama-inf2", "llama70b-trn2"}

@@ -132,7 +132,7 @@ def test_the_wheel_finds_its_examples_and_plans_them(venv, tmp_path):
         cwd=tmp_path,
         env=clean_env(),
     )
-    # Exit 1: the inf1 and trn1 examples have no node in an inf2-only fleet; 2 would be unusable input.
+    # Exit 1: the inf1, trn1 and trn2 examples have no node in an inf2-only fleet; 2 would be unusable input.
     assert planned.returncode == 1, planned.stdout + planned.stderr
-    assert "default/bert-inf2" in planned.stdout and "placed" in planned.stdout
+    assert "default/qwen-inf2" in planned.stdout and "placed" in planned.stdout
     assert "cannot be placed" in planned.stdout

@@ -55,8 +55,13 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* <repository>@<digest> when a digest is given (the tag is then ignored), else <repository>:<tag or appVersion>. */}}
 {{- define "neuronplace.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
