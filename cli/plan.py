@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import yaml
 
 from neuronplace.placement.claims import pod_key
+from neuronplace.placement.dra import dra_nodes
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.inventory import inventory_from_node
 from neuronplace.placement.ledger import Ledger
@@ -58,7 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster-state",
         metavar="FILE",
-        help="saved `kubectl get nodes,pods,priorityclasses,pvc,pv,storageclasses -A -o yaml`; any pod "
+        help="saved `kubectl get nodes,pods,priorityclasses,pvc,pv,storageclasses,resourceslices,resourceclaims -A -o yaml`; any pod "
         "controlled by a NeuronInference counts as managed",
     )
     parser.add_argument(
@@ -98,23 +99,39 @@ def _documents(path: str) -> list[dict]:
     return objects
 
 
-def fleet_nodes(spec: str) -> list[dict]:
-    """Empty, Ready Node objects for a fleet spec (the simulated fleet's nodes, without kwok's taint)."""
-    from neuronplace.local.fleet import build_fleet
+def fleet_objects(spec: str) -> tuple[list[dict], list[dict]]:
+    """Empty, Ready Node objects for a fleet spec (the simulated fleet's nodes, without kwok's taint),
+    and the ResourceSlices the Neuron DRA driver would publish for its ``:dra`` nodes."""
+    from neuronplace.local.dra_driver import resource_slices
+    from neuronplace.local.fleet import build_node, fleet_instances
 
     try:
-        nodes = build_fleet(spec, prefix="")
+        instances = fleet_instances(spec, prefix="")
     except ValueError as error:
         raise PlanInputError(f"--fleet: {error}") from None
-    for node in nodes:
+    nodes, slices = [], []
+    for instance in instances:
+        node = build_node(instance.name, instance.instance_type, instance.zone, dra=instance.dra)
         node["metadata"].get("annotations", {}).pop("kwok.x-k8s.io/node", None)
         node["spec"]["taints"] = []
         node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
-    return nodes
+        nodes.append(node)
+        if instance.dra:
+            slices.extend(resource_slices(instance.name, instance.instance_type))
+    return nodes, slices
 
 
 # The kinds a saved cluster state may hold that the ruling reads (NeuronInferences come from FILEs).
-STATE_KINDS = ("Node", "Pod", "PriorityClass", "PersistentVolumeClaim", "PersistentVolume", "StorageClass")
+STATE_KINDS = (
+    "Node",
+    "Pod",
+    "PriorityClass",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+    "StorageClass",
+    "ResourceSlice",
+    "ResourceClaim",
+)
 
 
 def load_state(fleet: str | None, cluster_state: str | None) -> dict[str, list[dict]]:
@@ -130,12 +147,14 @@ def load_state(fleet: str | None, cluster_state: str | None) -> dict[str, list[d
             raise PlanInputError(f"{cluster_state} has no Node objects (save it with `kubectl get nodes,pods -o yaml`)")
     if fleet:
         taken = {(n.get("metadata") or {}).get("name") for n in state["Node"]}
-        for node in fleet_nodes(fleet):
+        nodes, slices = fleet_objects(fleet)
+        for node in nodes:
             if node["metadata"]["name"] in taken:
                 raise PlanInputError(
                     f"--fleet node {node['metadata']['name']} has the name of a node in the cluster state"
                 )
             state["Node"].append(node)
+        state["ResourceSlice"].extend(slices)
     return state
 
 
@@ -162,8 +181,11 @@ def plan(inferences: list[dict], state: dict[str, list[dict]], rules: Rules, now
     for pod in state["Pod"]:
         pod.setdefault("metadata", {}).setdefault("namespace", "default")
     nodes = {node["metadata"]["name"]: node for node in state["Node"]}
-    fleet = Fleet([inventory_from_node(node) for _, node in sorted(nodes.items())])
+    dra = dra_nodes(state["ResourceSlice"])
+    fleet = Fleet([inventory_from_node(node, dra.get(name)) for name, node in sorted(nodes.items())])
     ledger = Ledger.from_pods(state["Pod"], trust_any_inference=True)
+    for claim in state["ResourceClaim"]:
+        ledger.observe_claim(claim)
     usage = Usage.from_pods(state["Pod"])  # their cpu, memory and the rest count as the operator counts them
     claims = {
         (c["metadata"].get("namespace", "default"), c["metadata"]["name"]): c for c in state["PersistentVolumeClaim"]

@@ -199,10 +199,28 @@ def test_bad_input_is_refused():
 
 
 def test_plan_reads_the_same_grammar_and_builds_dra_nodes_without_neuron_resources():
-    from neuronplace.cli.plan import PlanInputError, fleet_nodes
+    from neuronplace.cli.plan import PlanInputError, fleet_objects
 
-    nodes = {n["metadata"]["name"]: n for n in fleet_nodes("inf2.xlarge=1,trn2.48xlarge=1:dra")}
+    nodes, slices = fleet_objects("inf2.xlarge=1,trn2.48xlarge=1:dra")
+    nodes = {n["metadata"]["name"]: n for n in nodes}
     assert NEURONCORE_RESOURCE in nodes["inf2-xlarge-0"]["status"]["allocatable"]
     assert NEURONCORE_RESOURCE not in nodes["trn2-48xlarge-dra-0"]["status"]["allocatable"]
+    # The DRA node's chips come from the slices the driver would publish for it, and only for it.
+    assert [s["spec"]["nodeName"] for s in slices] == ["trn2-48xlarge-dra-0"]
+    assert len(slices[0]["spec"]["devices"]) == 16
     with pytest.raises(PlanInputError, match=r"--fleet: fleet spec item 'trn2\.48xlarge=1:x'"):
-        fleet_nodes("trn2.48xlarge=1:x")
+        fleet_objects("trn2.48xlarge=1:x")
+
+
+def test_plan_places_on_a_dra_node_through_its_slices():
+    import datetime as dt
+
+    from neuronplace.cli.plan import load_state, plan
+    from neuronplace.local.manifests import inference
+    from neuronplace.placement.ruling import Rules
+
+    state = load_state("trn2.48xlarge=1:dra", None)
+    spec = inference("tp", replicas=2, cores=32, namespace="default", placement={"deviceManagement": "DRA"})
+    spec["metadata"]["uid"] = "u"
+    rows = plan([spec], state, Rules(), dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    assert [row.get("node") for row in rows] == ["trn2-48xlarge-dra-0"] * 2, rows

@@ -8,7 +8,7 @@ from __future__ import annotations
 import yaml
 
 from neuronplace.cli.main import main
-from neuronplace.cli.plan import fleet_nodes
+from neuronplace.cli.plan import fleet_objects
 from neuronplace.local.examples import example_files, example_resources, kwok_toleration, on_simulated_nodes
 from neuronplace.placement.names import KIND
 
@@ -79,7 +79,7 @@ def test_the_llm_examples_come_with_a_service_a_budget_probes_and_a_compile_cach
 
 
 def _tainted_state(tmp_path) -> str:
-    nodes = fleet_nodes(EKS_FLEET)
+    nodes, _ = fleet_objects(EKS_FLEET)
     for node in nodes:
         node["spec"]["taints"] = [dict(NEURON_TAINT)]
     path = tmp_path / "state.yaml"

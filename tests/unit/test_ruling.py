@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from neuronplace.cli.main import main
-from neuronplace.cli.plan import fleet_nodes
+from neuronplace.cli.plan import fleet_objects
 from neuronplace.operator.cache import Cache
 from neuronplace.operator.reconciler import Reconciler
 from neuronplace.operator.settings import OperatorSettings
@@ -129,7 +129,7 @@ def world() -> tuple[list[dict], list[dict]]:
     - ``huge`` (1 × 16 cores) then fits nowhere and waits for a new node (a capacity request);
     - ``critical`` names a system priority class: refused.
     """
-    nodes = fleet_nodes("inf2.48xlarge=2")
+    nodes, _ = fleet_objects("inf2.48xlarge=2")
     first, second = (n["metadata"]["name"] for n in nodes)
     foreign = {
         "apiVersion": "v1",
