@@ -18,9 +18,11 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from neuronplace.operator.node_health import NodeHealth
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import replica_pods
@@ -35,6 +37,7 @@ from neuronplace.placement.claims import (
 )
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
+from neuronplace.placement.health import DETECTED, HEALTH_SETTLE_SECONDS
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Holding, Ledger
 from neuronplace.placement.names import (
@@ -78,9 +81,17 @@ class Cache:
     public methods under "watch events", "full lists" and "a ruling" take it (a full list folds a
     whole page in under one acquisition); the others that touch state expect the caller to hold it."""
 
-    def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
+    def __init__(
+        self,
+        namespaces: tuple[str, ...] = (),
+        node_selector: str = "",
+        unhealthy_conditions: tuple[tuple[str, str], ...] = DETECTED,
+        health_settle_seconds: float = HEALTH_SETTLE_SECONDS,
+    ) -> None:
         self.namespaces = namespaces  # watched namespaces; empty: all
         self.node_selector = node_selector  # the nodes this operator manages
+        self.unhealthy_conditions = unhealthy_conditions  # (condition type, problem status) pairs
+        self.health = NodeHealth(health_settle_seconds)  # when managed nodes turned healthy again
         self._lock = threading.Lock()
         self.ledger = Ledger()
         self.usage = Usage()  # what the pods on each node request (cpu, memory, ...), beside the cores
@@ -194,19 +205,27 @@ class Cache:
         if deleted:
             self.nodes.pop(name, None)
             self.inventories.pop(name, None)
+            self.health.forget(name)
         else:
             self.nodes[name] = slim_node(node)
             if self.manages(node):
-                self.inventories[name] = inventory_from_node(dict(node))
+                read = inventory_from_node(dict(node), self.unhealthy_conditions)
+                self.inventories[name] = self.health.observe(read, time.time())
             else:
                 self.inventories.pop(name, None)
+                self.health.forget(name)
         changed = self.inventories.get(name) != before
         if changed:
             self._fleet = None
         return changed
 
     def fleet(self) -> Fleet:
-        """The managed nodes as placement sees them (rebuilt only after a node changed)."""
+        """The managed nodes as placement sees them (rebuilt only after a node changed, or a node
+        healthy again ended its settle window)."""
+        now = time.time()
+        for name in self.health.settled_by(now):
+            self.inventories[name] = self.health.seen(name, now)
+            self._fleet = None
         if self._fleet is None:
             self._fleet = Fleet(sorted(self.inventories.values(), key=lambda n: n.name))
         return self._fleet

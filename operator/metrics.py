@@ -29,6 +29,12 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
   ``ExceedsNode`` (a foreign pod pinned to the node that kube-scheduler will not bind there: it
   holds nothing). Other pods hold at least what they request; a series exists only while its count
   is above zero.
+- ``neuronplace_node_unhealthy{node,reason}``: 1 for each managed node whose Neuron hardware a
+  detector reports unhealthy (``placement.health``), by its first detector's reason
+  (``NeuronHasError_HBM_UNCORRECTABLE_ERROR``, ``NeuronHBMUncorrectableError``, ...), or
+  ``Settling`` while a node healthy again is not used yet; no series for healthy nodes.
+- ``neuronplace_replica_moves_total{reason}``: replica pods deleted to move them off an unhealthy
+  node (``placement.moves``), by the same reason.
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 
@@ -50,6 +56,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from neuronplace.placement.health import reason_label
 from neuronplace.placement.inventory import NodeInventory
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import REASON_POD_FORBIDDEN, REASON_POD_REJECTED
@@ -80,6 +87,7 @@ class LedgerSnapshot:
     managed_pods: int
     foreign_pods: int
     inconsistent: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (managed node, reason) → pods
+    unhealthy: tuple[tuple[str, str], ...] = ()  # (managed node, reason) of each unhealthy node
 
 
 def failure_reason(status: int | None) -> str:
@@ -116,7 +124,10 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
     for found in ledger.inconsistencies():
         if found.node in inventories:
             inconsistent[(found.node, found.reason)] = inconsistent.get((found.node, found.reason), 0) + 1
-    return LedgerSnapshot(free_cores_by_node(ledger, inventories), managed, foreign, inconsistent)
+    unhealthy = tuple(
+        sorted((name, reason_label(node)) for name, node in inventories.items() if node.unhealthy is not None)
+    )
+    return LedgerSnapshot(free_cores_by_node(ledger, inventories), managed, foreign, inconsistent, unhealthy)
 
 
 class _LedgerCollector(Collector):
@@ -144,9 +155,17 @@ class _LedgerCollector(Collector):
         )
         for node, reason in sorted(snapshot.inconsistent):
             inconsistent.add_metric([node, reason], snapshot.inconsistent[(node, reason)])
+        unhealthy = GaugeMetricFamily(
+            "neuronplace_node_unhealthy",
+            "Managed nodes whose Neuron hardware a detector reports unhealthy, by reason",
+            labels=["node", "reason"],
+        )
+        for node, reason in snapshot.unhealthy:
+            unhealthy.add_metric([node, reason], 1)
         yield free
         yield pods
         yield inconsistent
+        yield unhealthy
 
 
 class OperatorMetrics:
@@ -163,6 +182,12 @@ class OperatorMetrics:
         self.failures = Counter(
             "neuronplace_placement_failures",
             "Attempts to place a replica that failed, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.moves = Counter(
+            "neuronplace_replica_moves",
+            "Replica pods deleted to move them off nodes with unhealthy Neuron hardware, by reason",
             ["reason"],
             registry=self.registry,
         )
@@ -191,6 +216,9 @@ class OperatorMetrics:
     def failed(self, reason: str, count: int = 1) -> None:
         if count:
             self.failures.labels(reason=reason).inc(count)
+
+    def moved(self, reason: str) -> None:
+        self.moves.labels(reason=reason).inc()
 
     def scheduler_silent(self, inference: tuple[str, str], count: int) -> None:
         """``inference`` has ``count`` pinned pods kube-scheduler is silent about (0: none, or gone)."""

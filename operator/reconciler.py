@@ -42,6 +42,7 @@ from neuronplace.placement import failures as fl
 from neuronplace.placement import status as st
 from neuronplace.placement.capacity_upkeep import RequestKey, to_create_now, waiting_states
 from neuronplace.placement.creation import Answer, Judgement, judge
+from neuronplace.placement.moves import MOVED
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
     CLAIM_ANNOTATION_MISMATCH,
@@ -159,7 +160,7 @@ class Reconciler:
         if ruling.waiting:
             states = waiting_states(key[1], ruling.waiting, ruling.assigned, self.cache.requests_of(key), refused)
             waiting_for_capacity = st.Problem(REASON_CAPACITY_REQUESTED, cp.describe(states))
-        self._write_status(inference, problem, now, waiting_for_capacity, ruling.silence)
+        self._write_status(inference, problem, now, waiting_for_capacity, ruling.silence, unhealthy=ruling.health)
         return retry
 
     def _before_creates(self, key: Key, inference: dict, ruling: Ruling) -> None:
@@ -307,6 +308,8 @@ class Reconciler:
     def _delete_pod(self, inference: dict, deletion: Deletion) -> None:
         if not self.writer.delete_pod(inference["metadata"]["namespace"], deletion.pod, force=deletion.force):
             return  # already gone
+        if deletion.reason == MOVED:
+            mx.METRICS.moved(deletion.cause)
         kind = ev.NORMAL if deletion.reason in (SURPLUS, OUTDATED) else ev.WARNING
         self.writer.post_event(inference, deletion.reason, deletion.message, kind)
 
@@ -319,6 +322,7 @@ class Reconciler:
         not_ready: st.Problem | None = None,
         *,
         announce: bool = False,
+        unhealthy: st.Problem | None = None,
     ) -> None:
         """Write the status when it differs; ``announce``: post ``problem`` as a Warning then (once)."""
         meta = inference["metadata"]
@@ -333,6 +337,7 @@ class Reconciler:
             waiting_for_capacity=waiting_for_capacity,
             not_ready=not_ready,
             binding=binding_of(current, self.rules),
+            unhealthy=unhealthy,
             now=st.now_rfc3339(now),
         )
         if not st.status_differs(current.get("status"), wanted):

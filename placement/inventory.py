@@ -8,7 +8,8 @@ selectors and node affinity depend on the request, so placement checks them per 
 Usable cores are ``min(topology cores, allocatable aws.amazon.com/neuroncore)``: when the device
 plugin advertises fewer cores than the hardware has, the highest ids are the ones we leave alone.
 Without a ``neuroncore`` figure the ``aws.amazon.com/neuron`` device count times the cores per chip
-is used. ``allocatable`` keeps every resource the scheduler checks (:mod:`.resources`), so that
+is used. ``unhealthy`` and ``degraded`` are the node's Neuron hardware health (:mod:`.health`); an
+unhealthy node takes no new replica (its problem kind is ``health.UNHEALTHY``). ``allocatable`` keeps every resource the scheduler checks (:mod:`.resources`), so that
 placement can tell whether a replica's cpu, memory and the rest fit beside the pods already there.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from neuronplace.placement.conditions import is_ready
+from neuronplace.placement.health import DETECTED, UNHEALTHY, degraded_words, unhealthy_words
 from neuronplace.placement.names import (
     INSTANCE_TYPE_LABEL,
     LEGACY_INSTANCE_TYPE_LABEL,
@@ -54,6 +56,12 @@ class NodeInventory:
     annotations: Mapping[str, str] = field(default_factory=dict)
     allocatable: Mapping[str, int] = field(default_factory=dict)
     """``status.allocatable`` as :func:`resources.node_allocatable` reads it (absent means 0)."""
+    unhealthy: str | None = None
+    """The detectors' words when a health condition says the Neuron hardware has a problem."""
+    degraded: str | None = None
+    """Why a device-plugin node advertises less than its instance type has, if it does."""
+    settles_at: float | None = None
+    """When a node healthy again is used again (Unix seconds; :func:`.health.settled`)."""
 
 
 def _int_quantity(value) -> int | None:
@@ -89,8 +97,9 @@ def _topology(labels: Mapping[str, str], annotations: Mapping[str, str], instanc
     return topology, None
 
 
-def inventory_from_node(node: dict) -> NodeInventory:
-    """Build the inventory of one Node (the API's JSON dict, camelCase keys). Never raises on node data."""
+def inventory_from_node(node: dict, unhealthy_conditions: tuple[tuple[str, str], ...] = DETECTED) -> NodeInventory:
+    """Build the inventory of one Node (the API's JSON dict, camelCase keys). Never raises on node data.
+    ``unhealthy_conditions``: the (condition type, problem status) pairs that make it unhealthy."""
     metadata = node.get("metadata") or {}
     spec = node.get("spec") or {}
     status = node.get("status") or {}
@@ -119,11 +128,13 @@ def inventory_from_node(node: dict) -> NodeInventory:
             if cores == 0:
                 cores_problem = f"{NEURONCORE_RESOURCE} allocatable is 0"
 
+    unhealthy = unhealthy_words(node, unhealthy_conditions)
     # The first problem in this order is the one reported: it is the most fundamental.
     checks = (
         (metadata.get("deletionTimestamp") is not None, BEING_DELETED, "being deleted"),
         (bool(spec.get("unschedulable")), CORDONED, "cordoned"),
         (not is_ready(node), NOT_READY, "NotReady"),
+        (unhealthy is not None, UNHEALTHY, unhealthy),
         (topology_problem is not None, UNKNOWN_TOPOLOGY, topology_problem),
         (cores_problem is not None, NO_CORES, cores_problem),
     )
@@ -139,4 +150,6 @@ def inventory_from_node(node: dict) -> NodeInventory:
         problem_kind=problem_kind,
         annotations=MappingProxyType(annotations),
         allocatable=MappingProxyType(node_allocatable(node)),
+        unhealthy=unhealthy,
+        degraded=degraded_words(status.get("allocatable") or {}, topology),
     )

@@ -134,6 +134,16 @@ REASON_NAMESPACE_NOT_SERVED = "NamespaceNotServed"
 # A replica with a claim only kube-scheduler can bind (WaitForFirstConsumer) while its pods are
 # bound directly (spec.nodeName), which skips the scheduler: no pod is made, it could never start.
 REASON_VOLUME_NEEDS_SCHEDULER = "VolumeNeedsScheduler"
+# Whether replicas run on nodes with unhealthy Neuron hardware (``placement.health``): False while
+# any does, with why (being moved, kept, no room to move); True once none does again.
+CONDITION_HEALTHY = "Healthy"
+REASON_NO_UNHEALTHY_NODES = "NoUnhealthyNodes"
+REASON_MOVING_REPLICAS = "MovingReplicas"
+REASON_NO_ROOM_TO_MOVE = "NoRoomToMove"
+REASON_KEPT_ON_UNHEALTHY_NODES = "KeptOnUnhealthyNodes"
+# What happens to replicas on unhealthy nodes (``spec.placement.unhealthyNodes.action``).
+UNHEALTHY_ACTIONS = ("Move", "Keep")
+ACTION_MOVE, ACTION_KEEP = UNHEALTHY_ACTIONS
 
 # Why a node's NeuronCore claims are inconsistent (shown by ``neuronplace cores`` and the metric
 # ``neuronplace_node_inconsistent_claims``): a pod carries our inference label but its controller is

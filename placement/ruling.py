@@ -12,7 +12,10 @@ on a saved cluster state, so its answer is the operator's. In order:
 3. the missing replicas are placed one by one, each reservation entered in the view's ledger and
    usage at once (so the next ruling, for any inference, sees those cores taken), avoiding the nodes
    where their recent attempts were refused and following their volumes; their pods are built;
-4. every replica that fits nowhere, and would on a new node, keeps one capacity request
+4. replicas on nodes with unhealthy Neuron hardware are moved off them, a few at a time
+   (:mod:`.moves`; ``Healthy`` condition), and a ruling with replicas waiting looks again when a
+   node healthy again is used again (:mod:`.health`);
+5. every replica that fits nowhere, and would on a new node, keeps one capacity request
    (:mod:`.capacity_upkeep`) within :mod:`.request_limits` (only on managed nodes, none again where
    a waiting replica's request was bound, a few per replica a minute); none under Direct binding
    (a capacity request is a pod kube-scheduler places, and nothing but the operator may place pods
@@ -42,6 +45,7 @@ from neuronplace.placement.capacity_upkeep import (
 from neuronplace.placement.claims import pod_key
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.moves import move_policy, plan_moves
 from neuronplace.placement.names import (
     BINDING_DIRECT,
     BINDING_SCHEDULER,
@@ -155,6 +159,7 @@ class Ruling:
     # Replicas whose pod name another pod has (it holds cores or other resources on a node): no pod
     # is made and nothing reserved under that name (which would hide what that pod holds).
     name_taken: tuple[int, ...] = ()
+    health: Problem | None = None  # replicas on unhealthy nodes: the Healthy condition's reason (:mod:`.moves`)
 
 
 def binding_of(inference: Mapping[str, Any], rules: Rules) -> str:
@@ -203,6 +208,7 @@ def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetim
     if decision.create and refused is None:
         now_ns = int(now.timestamp()) * 1_000_000_000 + now.microsecond * 1_000
         ruling = _place(inference, view, rules, ruling, decision.create, decision.avoid, decision.prefer, now_ns)
+    ruling = _move(inference, view, rules, ruling, now)
     return _keep_requests(inference, view, rules, ruling, now)
 
 
@@ -287,6 +293,47 @@ def _place(
         waiting_for_room=bool(unplaceable),
         waiting=frozenset(waiting),
         name_taken=tuple(name_taken),
+    )
+
+
+def _move(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling, now: dt.datetime) -> Ruling:
+    """Move replicas off unhealthy nodes (after the missing ones are placed: the room they took is
+    not there for a move); a ruling with replicas waiting looks again when a settling node is usable."""
+    meta, spec = inference["metadata"], inference["spec"]
+    namespace, name = meta["namespace"], meta["name"]
+    desired = 1 if spec.get("replicas") is None else spec["replicas"]
+    volumes = volume_constraint(
+        (spec.get("template") or {}).get("spec") or {},
+        namespace,
+        view.claims,
+        view.volumes,
+        view.classes,
+        binding=ruling.binding,
+    )
+    moves = plan_moves(
+        name,
+        meta.get("uid"),
+        desired,
+        view.pods,
+        ruling.deletions,
+        move_policy(spec),
+        view.fleet,
+        view.ledger,
+        view.usage,
+        placement_request(inference, rules.numbering, volumes.node_terms),
+        lambda replica: pod_key(namespace, pod_name(name, replica)),
+    )
+    retry = ruling.requeue_after
+    settles = [node.settles_at for node in view.fleet.nodes if node.settles_at is not None]
+    if settles and (ruling.unplaceable or moves.waiting_for_room):
+        wait = max(min(settles) - now.timestamp(), 0.5)
+        retry = wait if retry is None else min(retry, wait)
+    return dataclasses.replace(
+        ruling,
+        deletions=ruling.deletions + moves.deletions,
+        health=moves.health,
+        waiting_for_room=True if moves.waiting_for_room else ruling.waiting_for_room,
+        requeue_after=retry,
     )
 
 
