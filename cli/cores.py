@@ -32,22 +32,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--selector", "-l", default="", help="only nodes with these labels, e.g. 'neuronplace.io/pool=a'"
     )
     parser.add_argument("--png", metavar="FILE", help="also write the map as a PNG image")
+    parser.add_argument(
+        "--unhealthy-conditions",
+        default=os.environ.get("NEURONPLACE_UNHEALTHY_CONDITIONS", ""),
+        metavar="TYPE=STATUS,...",
+        help="more node conditions that mark Neuron hardware unhealthy, as the operator's setting "
+        "(NeuronHealth=True and AcceleratedHardwareReady=False always count)",
+    )
 
 
-def collect(kubeconfig: str | None = None, selector: str = ""):
+def collect(kubeconfig: str | None = None, selector: str = "", unhealthy_conditions: str = ""):
     """(node maps, foreign holdings) read live from the cluster."""
     from kubernetes import client, config
+
+    from neuronplace.placement.health import parse_unhealthy_conditions, watched
 
     from neuronplace.placement.coremap import node_maps
     from neuronplace.placement.inventory import inventory_from_node
     from neuronplace.placement.ledger import Ledger
 
+    conditions = watched(parse_unhealthy_conditions(unhealthy_conditions))  # before any API call
     config.load_kube_config(config_file=kubeconfig)
     api = client.ApiClient()
     core = client.CoreV1Api(api)
     nodes = api.sanitize_for_serialization(core.list_node(label_selector=selector or None))["items"]
     pods = api.sanitize_for_serialization(core.list_pod_for_all_namespaces())["items"]
-    inventories = [inventory_from_node(node) for node in nodes]
+    inventories = [inventory_from_node(node, conditions) for node in nodes]
     ledger = Ledger.from_pods(pods, trust_any_inference=True)
     ledger.learn_nodes(inventories)
     return node_maps(inventories, ledger), ledger.foreign()
@@ -56,7 +66,7 @@ def collect(kubeconfig: str | None = None, selector: str = ""):
 def run(args: argparse.Namespace) -> int:
     from neuronplace.placement.coremap import render
 
-    maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector)
+    maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector, args.unhealthy_conditions)
     print(render(maps), end="")
     if args.png:
         render_png(maps, args.png)

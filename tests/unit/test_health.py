@@ -303,3 +303,34 @@ def test_the_healthy_condition_is_false_while_given_and_true_once_it_is_gone():
     healthy = next(c for c in again["conditions"] if c["type"] == CONDITION_HEALTHY)
     assert healthy["status"] == "True" and healthy["reason"] == REASON_NO_UNHEALTHY_NODES
     assert healthy["lastTransitionTime"] == "t2"
+
+
+def test_the_core_map_marks_unhealthy_and_degraded_nodes():
+    from neuronplace.placement.coremap import node_maps, render
+
+    inventories = [inventory_from_node(sick(roomy("a"))), inventory_from_node(builders.node("b", cores=22))]
+    text = render(node_maps(inventories, Ledger()))
+    assert f"a  inf2.48xlarge  24 cores, 24 free  (unhealthy: NeuronHealth: {HBM})\n" in text, text
+    assert "b  inf2.48xlarge  22 cores, 22 free  (degraded: aws.amazon.com/neuroncore allocatable 22 of 24)\n" in text
+
+
+def test_metrics_name_unhealthy_nodes_and_count_moves_by_reason():
+    from prometheus_client import generate_latest
+
+    from neuronplace.operator.metrics import OperatorMetrics, snapshot_ledger
+
+    memory = NodeHealth(settle_seconds=10)
+    memory.observe(inventory_from_node(sick(roomy("b"))), 0)
+    inventories = {
+        "a": inventory_from_node(sick(roomy("a"), "AcceleratedHardwareReady", "False", "NeuronDMAError")),
+        "b": memory.observe(inventory_from_node(roomy("b")), 1),
+        "c": inventory_from_node(roomy("c")),
+    }
+    metrics = OperatorMetrics()
+    metrics.watch_ledger(lambda: snapshot_ledger(Ledger(), inventories))
+    metrics.moved(HBM)
+    text = generate_latest(metrics.registry).decode()
+    assert 'neuronplace_node_unhealthy{node="a",reason="NeuronDMAError"} 1.0' in text
+    assert 'neuronplace_node_unhealthy{node="b",reason="Settling"} 1.0' in text
+    assert 'node="c"' not in "".join(line for line in text.splitlines() if "unhealthy" in line)
+    assert f'neuronplace_replica_moves_total{{reason="{HBM}"}} 1.0' in text
