@@ -45,9 +45,8 @@ def collect(kubeconfig: str | None = None, selector: str = "", unhealthy_conditi
     """(node maps, foreign holdings) read live from the cluster."""
     from kubernetes import client, config
 
-    from neuronplace.placement.health import parse_unhealthy_conditions, watched
-
     from neuronplace.placement.coremap import node_maps
+    from neuronplace.placement.health import parse_unhealthy_conditions, watched
     from neuronplace.placement.inventory import inventory_from_node
     from neuronplace.placement.ledger import Ledger
 
