@@ -37,7 +37,7 @@ from neuronplace.placement.claims import (
 )
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
-from neuronplace.placement.health import DETECTED, HEALTH_SETTLE_SECONDS
+from neuronplace.placement.health import DETECTED, HEALTH_SETTLE_SECONDS, UNHEALTHY
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Holding, Ledger
 from neuronplace.placement.names import (
@@ -324,14 +324,16 @@ class Cache:
 
     def apply_node(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
         """A node event; returns the inferences it affects: those with pods on it when it went away
-        or changed readiness, and those waiting for room when what placement sees changed."""
+        or changed readiness or Neuron hardware health, and those waiting for room when what
+        placement sees changed."""
         name = (body.get("metadata") or {}).get("name")
         with self._lock:
             was_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+            was_unhealthy = self._unhealthy(name)
             changed = self.observe_node(body, deleted=kind == DELETED)
             is_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
             affected: set[Key] = set()
-            if kind == DELETED or was_ready != is_ready:
+            if kind == DELETED or was_ready != is_ready or was_unhealthy != self._unhealthy(name):
                 affected = {
                     key
                     for key, names in self.pods_of.items()
@@ -341,6 +343,11 @@ class Cache:
             if changed:
                 affected |= self.waiting_for_room
         return affected
+
+    def _unhealthy(self, name: str) -> bool:
+        """Whether placement sees the node as unhealthy (or settling) now (lock held)."""
+        inventory = self.inventories.get(name)
+        return inventory is not None and inventory.problem_kind == UNHEALTHY
 
     def apply_storage(self, kind: str, event: str | None, body: Mapping[str, Any]) -> set[Key]:
         """A PersistentVolumeClaim, PersistentVolume or StorageClass event (``kind``: ``storage.KINDS``);

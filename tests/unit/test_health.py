@@ -334,3 +334,10 @@ def test_metrics_name_unhealthy_nodes_and_count_moves_by_reason():
     assert 'neuronplace_node_unhealthy{node="b",reason="Settling"} 1.0' in text
     assert 'node="c"' not in "".join(line for line in text.splitlines() if "unhealthy" in line)
     assert f'neuronplace_replica_moves_total{{reason="{HBM}"}} 1.0' in text
+
+
+def test_a_node_turning_unhealthy_or_healthy_looks_at_the_inferences_with_pods_there_at_once():
+    world = World()
+    assert world.cache.apply_node("MODIFIED", sick(world.nodes["a"])) == {world.key}
+    assert world.cache.apply_node("MODIFIED", sick(world.nodes["a"])) == set(), "no change, nothing to look at"
+    assert world.cache.apply_node("MODIFIED", world.nodes["c"]) == set()
