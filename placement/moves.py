@@ -21,7 +21,7 @@ from typing import Any
 
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.fleet import Fleet
-from neuronplace.placement.health import UNHEALTHY, reason_label
+from neuronplace.placement.health import reason_label
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     ACTION_KEEP,
@@ -76,11 +76,6 @@ class Moves:
     on_unhealthy: Mapping[int, str] = field(default_factory=dict)  # replica → its unhealthy node
 
 
-def unhealthy_nodes(fleet: Fleet) -> dict[str, str]:
-    """Unhealthy (or settling) managed nodes → the detectors' words."""
-    return {node.name: node.problem or "" for node in fleet.nodes if node.problem_kind == UNHEALTHY}
-
-
 def plan_moves(
     name: str,
     uid: str | None,
@@ -96,7 +91,9 @@ def plan_moves(
 ) -> Moves:
     """Which of the inference's live replica pods (``pods``; ``going``: deleted in this ruling
     already) to move off unhealthy nodes now, and what the ``Healthy`` condition says."""
-    bad = unhealthy_nodes(fleet)
+    bad = fleet.unhealthy
+    if not bad:
+        return Moves()
     gone = {deletion.pod for deletion in going}
     live: dict[int, Mapping[str, Any]] = {}
     for pod in pods:

@@ -45,7 +45,7 @@ from neuronplace.placement.capacity_upkeep import (
 from neuronplace.placement.claims import pod_key
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
-from neuronplace.placement.moves import move_policy, plan_moves
+from neuronplace.placement.moves import Moves, move_policy, plan_moves
 from neuronplace.placement.names import (
     BINDING_DIRECT,
     BINDING_SCHEDULER,
@@ -299,9 +299,24 @@ def _place(
 def _move(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling, now: dt.datetime) -> Ruling:
     """Move replicas off unhealthy nodes (after the missing ones are placed: the room they took is
     not there for a move); a ruling with replicas waiting looks again when a settling node is usable."""
+    moves = _plan_moves(inference, view, rules, ruling) if view.fleet.unhealthy else Moves()
+    retry = ruling.requeue_after
+    settles = view.fleet.settles_at
+    if settles is not None and (ruling.unplaceable or moves.waiting_for_room):
+        wait = max(settles - now.timestamp(), 0.5)
+        retry = wait if retry is None else min(retry, wait)
+    return dataclasses.replace(
+        ruling,
+        deletions=ruling.deletions + moves.deletions,
+        health=moves.health,
+        waiting_for_room=True if moves.waiting_for_room else ruling.waiting_for_room,
+        requeue_after=retry,
+    )
+
+
+def _plan_moves(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling) -> Moves:
     meta, spec = inference["metadata"], inference["spec"]
     namespace, name = meta["namespace"], meta["name"]
-    desired = 1 if spec.get("replicas") is None else spec["replicas"]
     volumes = volume_constraint(
         (spec.get("template") or {}).get("spec") or {},
         namespace,
@@ -310,10 +325,10 @@ def _move(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling
         view.classes,
         binding=ruling.binding,
     )
-    moves = plan_moves(
+    return plan_moves(
         name,
         meta.get("uid"),
-        desired,
+        1 if spec.get("replicas") is None else spec["replicas"],
         view.pods,
         ruling.deletions,
         move_policy(spec),
@@ -322,18 +337,6 @@ def _move(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling
         view.usage,
         placement_request(inference, rules.numbering, volumes.node_terms),
         lambda replica: pod_key(namespace, pod_name(name, replica)),
-    )
-    retry = ruling.requeue_after
-    settles = [node.settles_at for node in view.fleet.nodes if node.settles_at is not None]
-    if settles and (ruling.unplaceable or moves.waiting_for_room):
-        wait = max(min(settles) - now.timestamp(), 0.5)
-        retry = wait if retry is None else min(retry, wait)
-    return dataclasses.replace(
-        ruling,
-        deletions=ruling.deletions + moves.deletions,
-        health=moves.health,
-        waiting_for_room=True if moves.waiting_for_room else ruling.waiting_for_room,
-        requeue_after=retry,
     )
 
 
