@@ -341,3 +341,11 @@ def test_a_node_turning_unhealthy_or_healthy_looks_at_the_inferences_with_pods_t
     assert world.cache.apply_node("MODIFIED", sick(world.nodes["a"])) == {world.key}
     assert world.cache.apply_node("MODIFIED", sick(world.nodes["a"])) == set(), "no change, nothing to look at"
     assert world.cache.apply_node("MODIFIED", world.nodes["c"]) == set()
+
+
+def test_the_brute_force_oracle_agrees_that_an_unhealthy_node_takes_nothing():
+    from neuronplace.local.reliability.oracle import first_fit
+
+    request = placement_request(web(replicas=1, cores=2), "global")
+    assert first_fit(request, [sick(roomy("a"))], []) is None
+    assert first_fit(request, [sick(roomy("a")), roomy("b")], []).node == "b"
