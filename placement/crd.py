@@ -241,9 +241,10 @@ def _template_schema() -> dict:
 def _unhealthy_nodes_schema() -> dict:
     """``spec.placement.unhealthyNodes`` (``placement.moves``): what happens to replicas on nodes whose
     Neuron hardware a detector reports unhealthy."""
+    # No default for the object itself: stored resources without it stay as they are (its fields'
+    # defaults apply once it is given; absent, ``placement.moves`` uses the same ones).
     return {
         "type": "object",
-        "default": {},
         "description": "Replicas on nodes with unhealthy Neuron hardware (NeuronHealth True, "
         "AcceleratedHardwareReady False, or the operator's --unhealthy-conditions).",
         "properties": {

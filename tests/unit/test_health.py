@@ -349,3 +349,12 @@ def test_the_brute_force_oracle_agrees_that_an_unhealthy_node_takes_nothing():
     request = placement_request(web(replicas=1, cores=2), "global")
     assert first_fit(request, [sick(roomy("a"))], []) is None
     assert first_fit(request, [sick(roomy("a")), roomy("b")], []).node == "b"
+
+
+def test_changing_unhealthy_nodes_rolls_nothing_out():
+    from neuronplace.placement.pods import template_hash
+
+    spec = web()["spec"]
+    moved = {**spec, "placement": {**spec["placement"], "unhealthyNodes": {"action": "Keep", "maxUnavailable": 3}}}
+    assert template_hash(moved) == template_hash(spec)
+    assert template_hash({**spec, "placement": {**spec["placement"], "strategy": "Spread"}}) != template_hash(spec)
