@@ -16,7 +16,7 @@ reservation given back at once); otherwise it stays, and the ``Healthy`` conditi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from neuronplace.placement.claims import node_of
@@ -73,7 +73,6 @@ class Moves:
     deletions: tuple[Deletion, ...] = ()
     health: Problem | None = None  # the Healthy condition's reason while replicas are on unhealthy nodes
     waiting_for_room: bool = False  # a replica stays for lack of room: look again when room frees
-    on_unhealthy: Mapping[int, str] = field(default_factory=dict)  # replica → its unhealthy node
 
 
 def plan_moves(
@@ -110,9 +109,10 @@ def plan_moves(
     if policy.action == ACTION_KEEP:
         lines = [f"replica {i} on {node} ({bad[node]})" for i, node in sorted(on_bad.items())]
         message = "; ".join(lines) + f"; kept there (unhealthyNodes.action {ACTION_KEEP})"
-        return Moves(health=Problem(REASON_KEPT_ON_UNHEALTHY_NODES, message), on_unhealthy=on_bad)
+        return Moves(health=Problem(REASON_KEPT_ON_UNHEALTHY_NODES, message))
     down = sum(1 for i in range(desired) if i not in live or not pod_is_ready(live[i]))
-    allowed = budget(policy.max_unavailable, desired) - down
+    most = budget(policy.max_unavailable, desired)
+    allowed = most - down
     deletions: list[Deletion] = []
     waiting: list[int] = []
     no_room: list[str] = []
@@ -142,8 +142,8 @@ def plan_moves(
     if waiting:
         lines.append(
             f"replica{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))} on unhealthy nodes wait "
-            f"(maxUnavailable {policy.max_unavailable}: {down + len(deletions)} of {desired} down)"
+            f"(maxUnavailable {policy.max_unavailable}: {most - allowed} of {desired} down)"
         )
     reason = REASON_NO_ROOM_TO_MOVE if no_room else REASON_MOVING_REPLICAS
     health = Problem(reason, "; ".join(no_room + lines))
-    return Moves(tuple(deletions), health, bool(no_room), on_bad)
+    return Moves(tuple(deletions), health, bool(no_room))
