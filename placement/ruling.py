@@ -366,7 +366,9 @@ def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, rulin
     displaced = set(crowded_by(kept, view.requests_on, view.ledger.free_count, room))
     bound_to = [r["spec"]["nodeName"] for r in kept if key_of_request(r) in displaced]
     excluded = excluded_nodes(view.excluded, bound_to, waiting, view.fleet)
-    where = node_expressions(rules.node_selector, excluded, view.fleet)
+    # Nor on a node with unhealthy Neuron hardware: kube-scheduler would bind a request there (it
+    # reads no health condition), and a request bound where no replica may go asks no autoscaler.
+    where = node_expressions(rules.node_selector, excluded | view.fleet.unhealthy.keys(), view.fleet)
     built = {replica: _request_pod(inference, rules, replica, where) for replica in sorted(waiting)}
     wanted_hash = next(iter(built.values()))["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] if built else ""
     todo = upkeep(

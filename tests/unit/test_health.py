@@ -358,3 +358,18 @@ def test_changing_unhealthy_nodes_rolls_nothing_out():
     moved = {**spec, "placement": {**spec["placement"], "unhealthyNodes": {"action": "Keep", "maxUnavailable": 3}}}
     assert template_hash(moved) == template_hash(spec)
     assert template_hash({**spec, "placement": {**spec["placement"], "strategy": "Spread"}}) != template_hash(spec)
+
+
+def test_capacity_requests_avoid_unhealthy_nodes():
+    world = World(nodes=("a", "b"))
+    for name in ("a", "b", "c"):
+        node = roomy(name)
+        node["metadata"]["labels"]["kubernetes.io/hostname"] = name
+        world.set_node(name, sick(node) if name == "c" else node)
+    world.cache.apply_inference("MODIFIED", {**world.inference, "spec": {**world.inference["spec"], "replicas": 5}})
+    ruling = world.rule()
+    assert [r for r, _ in ruling.unplaceable] == [4] and 4 in ruling.request_creations
+    affinity = ruling.request_creations[4]["spec"]["affinity"]["nodeAffinity"]
+    (term,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["c"]} in term["matchExpressions"]
+    assert "c" not in ruling.excluded, "only while it is unhealthy"
