@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -41,22 +42,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def collect(kubeconfig: str | None = None, selector: str = "", unhealthy_conditions: str = ""):
-    """(node maps, foreign holdings) read live from the cluster."""
+def collect(kubeconfig: str | None = None, selector: str = "", conditions: tuple[tuple[str, str], ...] | None = None):
+    """(node maps, foreign holdings) read live from the cluster; ``conditions``: the (type, problem
+    status) pairs that make a node unhealthy (default: the built-in ones)."""
     from kubernetes import client, config
 
     from neuronplace.placement.coremap import node_maps
-    from neuronplace.placement.health import parse_unhealthy_conditions, watched
+    from neuronplace.placement.health import DETECTED
     from neuronplace.placement.inventory import inventory_from_node
     from neuronplace.placement.ledger import Ledger
 
-    conditions = watched(parse_unhealthy_conditions(unhealthy_conditions))  # before any API call
     config.load_kube_config(config_file=kubeconfig)
     api = client.ApiClient()
     core = client.CoreV1Api(api)
     nodes = api.sanitize_for_serialization(core.list_node(label_selector=selector or None))["items"]
     pods = api.sanitize_for_serialization(core.list_pod_for_all_namespaces())["items"]
-    inventories = [inventory_from_node(node, conditions) for node in nodes]
+    inventories = [inventory_from_node(node, conditions or DETECTED) for node in nodes]
     ledger = Ledger.from_pods(pods, trust_any_inference=True)
     ledger.learn_nodes(inventories)
     return node_maps(inventories, ledger), ledger.foreign()
@@ -64,8 +65,14 @@ def collect(kubeconfig: str | None = None, selector: str = "", unhealthy_conditi
 
 def run(args: argparse.Namespace) -> int:
     from neuronplace.placement.coremap import render
+    from neuronplace.placement.health import parse_unhealthy_conditions, watched
 
-    maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector, args.unhealthy_conditions)
+    try:
+        conditions = watched(parse_unhealthy_conditions(args.unhealthy_conditions))
+    except ValueError as error:
+        print(f"neuronplace cores: {error}", file=sys.stderr)
+        return 2
+    maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector, conditions)
     print(render(maps), end="")
     if args.png:
         render_png(maps, args.png)

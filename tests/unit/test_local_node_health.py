@@ -47,3 +47,8 @@ def test_the_cli_refuses_bad_input_before_it_looks_for_a_cluster(capsys):
     assert main(args) == 2 and "nothing to do" in capsys.readouterr().err
     assert main([*args, "--condition", "NeuronHealth=True"]) == 1
     assert "no local cluster named 'np-does-not-exist'" in capsys.readouterr().err
+
+
+def test_cores_refuses_a_bad_unhealthy_condition_before_it_reads_the_cluster(capsys):
+    assert main(["cores", "--kubeconfig", "/nonexistent", "--unhealthy-conditions", "X=maybe"]) == 2
+    assert "unhealthy condition 'X=maybe'" in capsys.readouterr().err
