@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -32,14 +33,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--selector", "-l", default="", help="only nodes with these labels, e.g. 'neuronplace.io/pool=a'"
     )
     parser.add_argument("--png", metavar="FILE", help="also write the map as a PNG image")
+    parser.add_argument(
+        "--unhealthy-conditions",
+        default=os.environ.get("NEURONPLACE_UNHEALTHY_CONDITIONS", ""),
+        metavar="TYPE=STATUS,...",
+        help="more node conditions that mark Neuron hardware unhealthy, as the operator's setting "
+        "(NeuronHealth=True and AcceleratedHardwareReady=False always count)",
+    )
 
 
-def collect(kubeconfig: str | None = None, selector: str = ""):
-    """(node maps, foreign holdings) read live from the cluster."""
+def collect(kubeconfig: str | None = None, selector: str = "", conditions: tuple[tuple[str, str], ...] | None = None):
+    """(node maps, foreign holdings) read live from the cluster; ``conditions``: the (type, problem
+    status) pairs that make a node unhealthy (default: the built-in ones)."""
     from kubernetes import client, config
 
     from neuronplace.placement.coremap import node_maps
     from neuronplace.placement.dra import dra_nodes
+    from neuronplace.placement.health import DETECTED
     from neuronplace.placement.inventory import inventory_from_node
     from neuronplace.placement.ledger import Ledger
 
@@ -50,7 +60,9 @@ def collect(kubeconfig: str | None = None, selector: str = ""):
     pods = api.sanitize_for_serialization(core.list_pod_for_all_namespaces())["items"]
     # The Neuron DRA driver's nodes and the chips allocated claims hold (none without resource.k8s.io/v1).
     dra = dra_nodes(_resource_items(client.CustomObjectsApi(api), "resourceslices"))
-    inventories = [inventory_from_node(node, dra.get(node["metadata"]["name"])) for node in nodes]
+    inventories = [
+        inventory_from_node(node, dra.get(node["metadata"]["name"]), conditions or DETECTED) for node in nodes
+    ]
     ledger = Ledger.from_pods(pods, trust_any_inference=True)
     for claim in _resource_items(client.CustomObjectsApi(api), "resourceclaims"):
         ledger.observe_claim(claim)
@@ -71,8 +83,14 @@ def _resource_items(custom, plural: str) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from neuronplace.placement.coremap import render
+    from neuronplace.placement.health import parse_unhealthy_conditions, watched
 
-    maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector)
+    try:
+        conditions = watched(parse_unhealthy_conditions(args.unhealthy_conditions))
+    except ValueError as error:
+        print(f"neuronplace cores: {error}", file=sys.stderr)
+        return 2
+    maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector, conditions)
     print(render(maps), end="")
     if args.png:
         render_png(maps, args.png)

@@ -7,6 +7,8 @@ neuronplace local up --fleet "" --autoscaler # no Neuron node: Karpenter adds th
 neuronplace local status                     # clusters, their components and nodes
 neuronplace local down [--name N]
 neuronplace local image [--tag T] [--base IMAGE]  # build the operator image; prints its reference
+neuronplace local node NODE --condition NeuronHealth=True:NeuronHasError_HBM_UNCORRECTABLE_ERROR
+neuronplace local node NODE --clear-condition NeuronHealth --allocatable aws.amazon.com/neuron=11
 """
 
 from __future__ import annotations
@@ -45,6 +47,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     down = actions.add_parser("down", help="stop a cluster and remove its state")
     down.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
     actions.add_parser("status", help="list local clusters and their nodes")
+    node = actions.add_parser(
+        "node",
+        help="mark a simulated node's Neuron hardware unhealthy or healthy again (a node condition, as the "
+        "Neuron problem detector or the EKS node monitoring agent writes it), or lower its allocatable (as the "
+        "device plugin does)",
+    )
+    node.add_argument("node", metavar="NODE", help="the node's name")
+    node.add_argument("--name", default=DEFAULT_NAME, help=f"cluster name (default {DEFAULT_NAME})")
+    node.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        metavar="TYPE=STATUS[:REASON]",
+        help="set a node condition, e.g. NeuronHealth=True:NeuronHasError_HBM_UNCORRECTABLE_ERROR, "
+        "AcceleratedHardwareReady=False:NeuronHBMUncorrectableError, or NeuronHealth=False to clear it",
+    )
+    node.add_argument("--clear-condition", action="append", default=[], metavar="TYPE", help="remove a node condition")
+    node.add_argument(
+        "--allocatable",
+        action="append",
+        default=[],
+        metavar="RESOURCE=COUNT",
+        help="set an allocatable count, e.g. aws.amazon.com/neuron=11 (one device less on an inf2.48xlarge)",
+    )
     image = actions.add_parser(
         "image", help="build the operator image with podman (or docker); print its reference last"
     )
@@ -80,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{time.monotonic() - started:.1f} s)"
             )
         return 0
+
+    if args.action == "node":
+        return _node(args)
 
     if args.action == "image":
         from neuronplace.local import image
@@ -147,6 +176,39 @@ def run(args: argparse.Namespace) -> int:
             _print_status(cluster)
         return 0
     raise AssertionError(f"unhandled action {args.action!r}")
+
+
+def _node(args: argparse.Namespace) -> int:
+    from neuronplace.local import node_health
+    from neuronplace.local.cluster import LocalCluster
+
+    try:  # every argument is checked before anything is written
+        conditions = [node_health.parse_condition(text) for text in args.condition]
+        allocatable = [node_health.parse_allocatable(text) for text in args.allocatable]
+    except ValueError as error:
+        _say(f"neuronplace local node: {error}")
+        return 2
+    if not (conditions or allocatable or args.clear_condition):
+        _say("neuronplace local node: nothing to do: give --condition, --clear-condition or --allocatable")
+        return 2
+    cluster = LocalCluster(args.name)
+    if not cluster.exists():
+        _say(f"no local cluster named {args.name!r}")
+        return 1
+    try:
+        for change in conditions:
+            node_health.set_condition(cluster, args.node, change)
+            print(f"node {args.node}: {change.type_}={change.status} {change.reason}".rstrip())
+        for type_ in args.clear_condition:
+            removed = node_health.clear_condition(cluster, args.node, type_)
+            print(f"node {args.node}: {type_} {'removed' if removed else 'was not set'}")
+        for resource, count in allocatable:
+            node_health.set_allocatable(cluster, args.node, resource, count)
+            print(f"node {args.node}: allocatable {resource}={count}")
+    except subprocess.CalledProcessError as error:
+        _say(f"neuronplace local node: {(error.stderr or '').strip() or error}")
+        return 1
+    return 0
 
 
 def _print_status(cluster) -> None:

@@ -122,6 +122,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="look again this soon when capacity requests wait for replica pods to be bound",
     )
     parser.add_argument(
+        "--unhealthy-conditions",
+        default=defaults.unhealthy_conditions,
+        metavar="TYPE=STATUS,...",
+        help="more node conditions that mark Neuron hardware unhealthy, each with the status that means a "
+        "problem (NeuronHealth=True and AcceleratedHardwareReady=False always count)",
+    )
+    parser.add_argument(
+        "--health-settle-seconds",
+        type=float,
+        default=defaults.health_settle_seconds,
+        help="a node whose Neuron hardware is healthy again takes replicas only this long after",
+    )
+    parser.add_argument(
         "--allow-system-priority",
         action="store_true",
         default=defaults.allow_system_priority,
@@ -175,6 +188,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             "allow_system_priority": args.allow_system_priority,
             "capacity_requests": args.capacity_requests,
             "capacity_request_image": args.capacity_request_image,
+            "unhealthy_conditions": args.unhealthy_conditions,
+            "health_settle_seconds": args.health_settle_seconds,
         },
     )
 

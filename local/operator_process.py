@@ -52,6 +52,7 @@ TEST_TIMINGS: Mapping[str, float] = MappingProxyType(
         "failure_backoff_seconds": 2,
         "max_failure_backoff_seconds": 16,
         "capacity_settle_seconds": 0.5,
+        "health_settle_seconds": 5,
     }
 )
 

@@ -19,10 +19,12 @@ import contextlib
 import copy
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from neuronplace.operator.dra_state import DraState, slim_claim
+from neuronplace.operator.node_health import NodeHealth
 from neuronplace.operator.slim import slim_node, slim_pod, slim_request
 from neuronplace.operator.storage import CLAIMS, Storage
 from neuronplace.placement import replica_pods
@@ -37,6 +39,7 @@ from neuronplace.placement.claims import (
 )
 from neuronplace.placement.failures import ReplicaHistory
 from neuronplace.placement.fleet import Fleet
+from neuronplace.placement.health import DETECTED, HEALTH_SETTLE_SECONDS, UNHEALTHY
 from neuronplace.placement.inventory import NodeInventory, inventory_from_node
 from neuronplace.placement.ledger import Holding, Ledger
 from neuronplace.placement.names import (
@@ -83,9 +86,17 @@ class Cache:
     public methods under "watch events", "full lists" and "a ruling" take it (a full list folds a
     whole page in under one acquisition); the others that touch state expect the caller to hold it."""
 
-    def __init__(self, namespaces: tuple[str, ...] = (), node_selector: str = "") -> None:
+    def __init__(
+        self,
+        namespaces: tuple[str, ...] = (),
+        node_selector: str = "",
+        unhealthy_conditions: tuple[tuple[str, str], ...] = DETECTED,
+        health_settle_seconds: float = HEALTH_SETTLE_SECONDS,
+    ) -> None:
         self.namespaces = namespaces  # watched namespaces; empty: all
         self.node_selector = node_selector  # the nodes this operator manages
+        self.unhealthy_conditions = unhealthy_conditions  # (condition type, problem status) pairs
+        self.health = NodeHealth(health_settle_seconds)  # when managed nodes turned healthy again
         self._lock = threading.Lock()
         self.ledger = Ledger()
         self.usage = Usage()  # what the pods on each node request (cpu, memory, ...), beside the cores
@@ -233,14 +244,17 @@ class Cache:
             self.nodes.pop(name, None)
             self.inventories.pop(name, None)
             self.node_bodies.pop(name, None)
+            self.health.forget(name)
         else:
             self.nodes[name] = slim_node(node)
             if self.manages(node):
                 self.node_bodies[name] = dict(node)
-                self.inventories[name] = inventory_from_node(dict(node), self.dra.nodes.get(name))
+                read = inventory_from_node(dict(node), self.dra.nodes.get(name), self.unhealthy_conditions)
+                self.inventories[name] = self.health.observe(read, time.time())
             else:
                 self.inventories.pop(name, None)
                 self.node_bodies.pop(name, None)
+                self.health.forget(name)
         changed = self.inventories.get(name) != before
         if changed:
             self._fleet = None
@@ -259,7 +273,8 @@ class Cache:
     def _dra_nodes_changed(self, names: set[str]) -> set[Key]:
         changed = False
         for name in names & set(self.node_bodies):
-            self.inventories[name] = inventory_from_node(self.node_bodies[name], self.dra.nodes.get(name))
+            read = inventory_from_node(self.node_bodies[name], self.dra.nodes.get(name), self.unhealthy_conditions)
+            self.inventories[name] = self.health.observe(read, time.time())
             changed = True
         if changed:
             self._fleet = None
@@ -316,7 +331,12 @@ class Cache:
             return {name: self.dra.claims[(key[0], name)] for name in self.dra.claims_of(key[0], uid)}
 
     def fleet(self) -> Fleet:
-        """The managed nodes as placement sees them (rebuilt only after a node changed)."""
+        """The managed nodes as placement sees them (rebuilt only after a node changed, or a node
+        healthy again ended its settle window)."""
+        now = time.time()
+        for name in self.health.settled_by(now):
+            self.inventories[name] = self.health.seen(name, now)
+            self._fleet = None
         if self._fleet is None:
             self._fleet = Fleet(sorted(self.inventories.values(), key=lambda n: n.name))
         return self._fleet
@@ -428,14 +448,16 @@ class Cache:
 
     def apply_node(self, kind: str | None, body: Mapping[str, Any]) -> set[Key]:
         """A node event; returns the inferences it affects: those with pods on it when it went away
-        or changed readiness, and those waiting for room when what placement sees changed."""
+        or changed readiness or Neuron hardware health, and those waiting for room when what
+        placement sees changed."""
         name = (body.get("metadata") or {}).get("name")
         with self._lock:
             was_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
+            was_unhealthy = self._unhealthy(name)
             changed = self.observe_node(body, deleted=kind == DELETED)
             is_ready = replica_pods.node_not_ready_since(self.nodes[name]) is None if name in self.nodes else None
             affected: set[Key] = set()
-            if kind == DELETED or was_ready != is_ready:
+            if kind == DELETED or was_ready != is_ready or was_unhealthy != self._unhealthy(name):
                 affected = {
                     key
                     for key, names in self.pods_of.items()
@@ -445,6 +467,11 @@ class Cache:
             if changed:
                 affected |= self.waiting_for_room
         return affected
+
+    def _unhealthy(self, name: str) -> bool:
+        """Whether placement sees the node as unhealthy (or settling) now (lock held)."""
+        inventory = self.inventories.get(name)
+        return inventory is not None and inventory.problem_kind == UNHEALTHY
 
     def apply_storage(self, kind: str, event: str | None, body: Mapping[str, Any]) -> set[Key]:
         """A PersistentVolumeClaim, PersistentVolume or StorageClass event (``kind``: ``storage.KINDS``);

@@ -72,7 +72,9 @@ class Controller:
 
     def __init__(self, settings: OperatorSettings, core: Any, custom: Any) -> None:
         self.settings = settings
-        self.cache = Cache(settings.namespaces, settings.node_selector)
+        self.cache = Cache(
+            settings.namespaces, settings.node_selector, settings.health_conditions(), settings.health_settle_seconds
+        )
         self.sync = Sync(self.cache, core, custom)
         # Reconciles (and the resync) run in threads of their own: asyncio's default executor has
         # only CPUs + 4 threads. Pod creates fan out to the API threads.

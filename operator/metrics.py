@@ -48,6 +48,12 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
 - ``neuronplace_node_device_management{node,mode}``: 1 per managed node, ``mode`` how its Neuron
   devices are handed out: ``DevicePlugin`` (Neuron allocatable), ``DRA`` (the Neuron DRA driver's
   ResourceSlices name it) or ``Both`` (refused for placement: the two would hand out the same chips).
+- ``neuronplace_node_unhealthy{node,reason}``: 1 for each managed node whose Neuron hardware a
+  detector reports unhealthy (``placement.health``), by its first detector's reason
+  (``NeuronHasError_HBM_UNCORRECTABLE_ERROR``, ``NeuronHBMUncorrectableError``, ...), or
+  ``Settling`` while a node healthy again is not used yet; no series for healthy nodes.
+- ``neuronplace_replica_moves_total{reason}``: replica pods deleted to move them off an unhealthy
+  node (``placement.moves``), by the same reason.
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 
@@ -73,6 +79,7 @@ from prometheus_client.registry import Collector
 
 from neuronplace.operator.inference_metrics import TIME_TO_PLACE_BUCKETS, InferenceCollector, InferenceView
 from neuronplace.placement.fitting import largest_aligned_fit
+from neuronplace.placement.health import reason_label
 from neuronplace.placement.inventory import BOTH_DEVICE_MANAGERS, NodeInventory
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import REASON_POD_FORBIDDEN, REASON_POD_REJECTED
@@ -111,6 +118,7 @@ class LedgerSnapshot:
     inconsistent: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (managed node, reason) → pods
     largest_aligned: Mapping[str, int] = field(default_factory=dict)  # managed node → largest aligned fit
     device_management: Mapping[str, str] = field(default_factory=dict)  # managed node → DevicePlugin, DRA or Both
+    unhealthy: tuple[tuple[str, str], ...] = ()  # (managed node, reason) of each unhealthy node
 
 
 def failure_reason(status: int | None) -> str:
@@ -159,6 +167,9 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
     for found in ledger.inconsistencies():
         if found.node in inventories:
             inconsistent[(found.node, found.reason)] = inconsistent.get((found.node, found.reason), 0) + 1
+    unhealthy = tuple(
+        sorted((name, reason_label(node)) for name, node in inventories.items() if node.unhealthy is not None)
+    )
     modes = {
         name: "Both" if node.problem_kind == BOTH_DEVICE_MANAGERS else "DRA" if node.dra is not None else "DevicePlugin"
         for name, node in inventories.items()
@@ -170,6 +181,7 @@ def snapshot_ledger(ledger: Ledger, inventories: Mapping[str, NodeInventory]) ->
         inconsistent,
         largest_aligned_by_node(ledger, inventories),
         modes,
+        unhealthy,
     )
 
 
@@ -212,11 +224,19 @@ class _LedgerCollector(Collector):
         )
         for node in sorted(snapshot.device_management):
             modes.add_metric([node, snapshot.device_management[node]], 1)
+        unhealthy = GaugeMetricFamily(
+            "neuronplace_node_unhealthy",
+            "Managed nodes whose Neuron hardware a detector reports unhealthy, by reason",
+            labels=["node", "reason"],
+        )
+        for node, reason in snapshot.unhealthy:
+            unhealthy.add_metric([node, reason], 1)
         yield free
         yield largest
         yield pods
         yield inconsistent
         yield modes
+        yield unhealthy
 
 
 class OperatorMetrics:
@@ -233,6 +253,12 @@ class OperatorMetrics:
         self.failures = Counter(
             "neuronplace_placement_failures",
             "Attempts to place a replica that failed, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.moves = Counter(
+            "neuronplace_replica_moves",
+            "Replica pods deleted to move them off nodes with unhealthy Neuron hardware, by reason",
             ["reason"],
             registry=self.registry,
         )
@@ -279,6 +305,9 @@ class OperatorMetrics:
     def failed(self, reason: str, count: int = 1) -> None:
         if count:
             self.failures.labels(reason=reason).inc(count)
+
+    def moved(self, reason: str) -> None:
+        self.moves.labels(reason=reason).inc()
 
     def scheduler_silent(self, inference: tuple[str, str], count: int) -> None:
         """``inference`` has ``count`` pinned pods kube-scheduler is silent about (0: none, or gone)."""

@@ -45,6 +45,7 @@ from neuronplace.placement import status as st
 from neuronplace.placement.capacity_upkeep import RequestKey, to_create_now, waiting_states
 from neuronplace.placement.claims import controller_inference
 from neuronplace.placement.creation import Answer, Judgement, judge
+from neuronplace.placement.moves import MOVED
 from neuronplace.placement.names import (
     AWS_NEURON_IDS,
     CLAIM_ANNOTATION_MISMATCH,
@@ -168,7 +169,15 @@ class Reconciler:
         if ruling.waiting:
             states = waiting_states(key[1], ruling.waiting, ruling.assigned, self.cache.requests_of(key), refused)
             waiting_for_capacity = st.Problem(REASON_CAPACITY_REQUESTED, cp.describe(states))
-        self._write_status(inference, problem, now, waiting_for_capacity, ruling.silence, waiting=len(ruling.waiting))
+        self._write_status(
+            inference,
+            problem,
+            now,
+            waiting_for_capacity,
+            ruling.silence,
+            waiting=len(ruling.waiting),
+            unhealthy=ruling.health,
+        )
         return retry
 
     def _before_creates(self, key: Key, inference: dict, ruling: Ruling) -> None:
@@ -373,6 +382,8 @@ class Reconciler:
             self._delete_resource_claim(namespace, deletion.pod)  # the replica's chips go with it
         if gone:
             return  # already gone
+        if deletion.reason == MOVED:
+            mx.METRICS.moved(deletion.cause)
         kind = ev.NORMAL if deletion.reason in (SURPLUS, OUTDATED) else ev.WARNING
         self.writer.post_event(inference, deletion.reason, deletion.message, kind)
 
@@ -386,6 +397,7 @@ class Reconciler:
         *,
         announce: bool = False,
         waiting: int = 0,
+        unhealthy: st.Problem | None = None,
     ) -> None:
         """Write the status when it differs; ``announce``: post ``problem`` as a Warning then (once).
         ``waiting``: the replicas waiting for a new node (the per-inference gauges)."""
@@ -401,6 +413,7 @@ class Reconciler:
             waiting_for_capacity=waiting_for_capacity,
             not_ready=not_ready,
             binding=binding_of(current, self.rules),
+            unhealthy=unhealthy,
             now=st.now_rfc3339(now),
         )
         desired = im.desired_replicas(current)

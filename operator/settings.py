@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 
 from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS
 from neuronplace.placement.failures import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS
+from neuronplace.placement.health import HEALTH_SETTLE_SECONDS, parse_unhealthy_conditions, watched
 from neuronplace.placement.names import BINDING_SCHEDULER, BINDINGS, CAPACITY_PRIORITY_CLASS, NUMBERINGS
 from neuronplace.placement.podsecurity import TemplatePolicy
 from neuronplace.placement.replica_pods import SCHEDULER_SILENCE_SECONDS
@@ -85,6 +86,13 @@ class OperatorSettings:
     capacity_priority_class: the PriorityClass of capacity requests (the chart and ``neuronplace
         local up`` install it: negative value, ``preemptionPolicy: Never``). Its value must be
         negative: a pod of priority 0 or more is no capacity request to the ledger.
+    unhealthy_conditions: node conditions of other detectors that mark a node's Neuron hardware
+        unhealthy, beside ``NeuronHealth=True`` and ``AcceleratedHardwareReady=False`` (always
+        watched): comma-separated ``Type=Status``, each with the status that means a problem
+        (``placement.health``). An unhealthy node takes no new replica; replicas there are moved
+        as their ``spec.placement.unhealthyNodes`` says.
+    health_settle_seconds: a node whose Neuron hardware turned healthy again takes replicas only this
+        long after it last did (a flapping detector moves each replica at most once per window).
     """
 
     namespaces: tuple[str, ...] = ()
@@ -117,6 +125,8 @@ class OperatorSettings:
     capacity_requests: bool = True
     capacity_request_image: str = "registry.k8s.io/pause:3.10"
     capacity_priority_class: str = CAPACITY_PRIORITY_CLASS
+    unhealthy_conditions: str = ""
+    health_settle_seconds: float = HEALTH_SETTLE_SECONDS
 
     def __post_init__(self) -> None:
         if self.numbering not in NUMBERINGS:
@@ -151,6 +161,7 @@ class OperatorSettings:
             "failure_backoff_seconds",
             "max_failure_backoff_seconds",
             "capacity_settle_seconds",
+            "health_settle_seconds",
         ):
             if not getattr(self, name) > 0:  # NaN is refused too
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -162,6 +173,7 @@ class OperatorSettings:
         if not self.capacity_request_image.strip() or not self.capacity_priority_class.strip():
             raise ValueError("capacity_request_image and capacity_priority_class must not be empty")
         parse_node_selector(self.node_selector)  # fail early on a malformed selector
+        self.health_conditions()  # fail early on a malformed unhealthy condition
         self.template_policy()  # fail early on an unknown level or volume type
 
     def rules(self) -> Rules:
@@ -184,6 +196,10 @@ class OperatorSettings:
             capacity_priority_class=self.capacity_priority_class,
             node_selector=self.node_selector,
         )
+
+    def health_conditions(self) -> tuple[tuple[str, str], ...]:
+        """The (node condition type, problem status) pairs that make a node unhealthy."""
+        return watched(parse_unhealthy_conditions(self.unhealthy_conditions))
 
     def template_policy(self) -> TemplatePolicy:
         """The pod-template policy these settings ask for."""

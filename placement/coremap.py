@@ -4,7 +4,9 @@ One line per node, one character per core grouped by chip: a letter for the pod 
 core (explained in a legend under the node), ``.`` for a free core, ``#`` for cores held by a pod
 we did not place (foreign) or whose ids are assumed. A node whose claims do not add up (see
 :meth:`Ledger.inconsistencies`) gets a line per pod that says why, and so does a pinned foreign pod
-that holds nothing because it could not run there ("not holding:"). Example::
+that holds nothing because it could not run there ("not holding:"). A node with unhealthy Neuron
+hardware (:mod:`.health`) says so in the detectors' words ("unhealthy: ..."), a node advertising less
+than its instance type has says what ("degraded: ..."). Example::
 
     np-inf2-0  inf2.48xlarge  24 cores, 8 free
       AA AA BB BB CC .. .. .. DD DD .. ..
@@ -18,6 +20,7 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from neuronplace.placement.health import UNHEALTHY
 from neuronplace.placement.inventory import NodeInventory
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
@@ -55,6 +58,8 @@ class NodeMap:
     exact: tuple[bool, ...]
     problem: str | None
     inconsistent: tuple[tuple[str, str], ...] = ()  # (pod, reason) of claims that do not add up
+    unhealthy: str | None = None  # the detectors' words (:mod:`.health`)
+    degraded: str | None = None  # what it advertises less of
 
     @property
     def free(self) -> int:
@@ -81,7 +86,20 @@ def node_maps(inventories: Iterable[NodeInventory], ledger: Ledger) -> list[Node
                     exact[core] = holding.exact and holding.managed
         per_chip = node.topology.cores_per_chip if node.topology else total
         problems = tuple(inconsistent.get(node.name, ()))
-        maps.append(NodeMap(node.name, node.instance_type, per_chip, tuple(pods), tuple(exact), node.problem, problems))
+        problem = None if node.problem_kind == UNHEALTHY else node.problem  # said on its own
+        maps.append(
+            NodeMap(
+                node.name,
+                node.instance_type,
+                per_chip,
+                tuple(pods),
+                tuple(exact),
+                problem,
+                problems,
+                node.unhealthy,
+                node.degraded,
+            )
+        )
     return maps
 
 
@@ -115,7 +133,12 @@ def render(maps: Sequence[NodeMap]) -> str:
                     symbols[pod] = _SYMBOLS[len(symbols) % len(_SYMBOLS)]
                 cells.append(symbols[pod])
         chips = ["".join(cells[i : i + node.cores_per_chip]) for i in range(0, len(cells), node.cores_per_chip)]
-        note = f"  ({node.problem})" if node.problem else ""
+        notes = (
+            node.problem,
+            node.unhealthy and f"unhealthy: {node.unhealthy}",
+            node.degraded and f"degraded: {node.degraded}",
+        )
+        note = "".join(f"  ({text})" for text in notes if text)
         lines.append(
             f"{node.name:<{width}}  {node.instance_type or '?'}  {len(node.pods)} cores, {node.free} free{note}"
         )

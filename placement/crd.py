@@ -32,6 +32,7 @@ from neuronplace.placement.names import (
     SHORT_NAMES,
     SINGULAR,
     STRATEGIES,
+    UNHEALTHY_ACTIONS,
     VERSION,
 )
 
@@ -238,6 +239,40 @@ def _template_schema() -> dict:
     }
 
 
+def _unhealthy_nodes_schema() -> dict:
+    """``spec.placement.unhealthyNodes`` (``placement.moves``): what happens to replicas on nodes whose
+    Neuron hardware a detector reports unhealthy."""
+    # No default for the object itself: stored resources without it stay as they are (its fields'
+    # defaults apply once it is given; absent, ``placement.moves`` uses the same ones).
+    return {
+        "type": "object",
+        "description": "Replicas on nodes with unhealthy Neuron hardware (NeuronHealth True, "
+        "AcceleratedHardwareReady False, or the operator's --unhealthy-conditions).",
+        "properties": {
+            "action": {
+                "type": "string",
+                "enum": list(UNHEALTHY_ACTIONS),
+                "default": UNHEALTHY_ACTIONS[0],
+                "description": "Move: delete such a replica's pod and place it again on a healthy node "
+                "(only when it has room elsewhere); Keep: leave it there.",
+            },
+            "maxUnavailable": {
+                "x-kubernetes-int-or-string": True,
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "default": 1,
+                "description": "At most this many replicas down at once while moving (a count >= 1, or a "
+                "percent of replicas rounded down, at least 1).",
+                "x-kubernetes-validations": [
+                    _rule(
+                        "type(self) == int ? int(self) >= 1 : string(self).matches('^([1-9][0-9]?|100)%$')",
+                        "maxUnavailable must be an integer >= 1 or a percent from 1% to 100%",
+                    ),
+                ],
+            },
+        },
+    }
+
+
 def spec_schema() -> dict:
     return {
         "type": "object",
@@ -321,6 +356,7 @@ def spec_schema() -> dict:
                         "description": "On DRA nodes (one device per chip), round a replica whose cores fill no "
                         "whole chips up to whole chips, leaving the rest idle; false: such a replica goes to no DRA node.",
                     },
+                    "unhealthyNodes": _unhealthy_nodes_schema(),
                 },
             },
             "dataParallel": {

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from neuronplace.placement.constraints import affinity_matches, required_terms, taints_tolerated
 from neuronplace.placement.fitting import allowed_starts
+from neuronplace.placement.health import UNHEALTHY
 from neuronplace.placement.inventory import UNKNOWN_TOPOLOGY, NodeInventory
 from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.request import PlacementRequest
@@ -56,6 +57,12 @@ class Fleet:
     def __init__(self, nodes: Sequence[NodeInventory]) -> None:
         self.nodes: tuple[NodeInventory, ...] = tuple(nodes)
         self.by_name: dict[str, NodeInventory] = {node.name: node for node in self.nodes}
+        # Nodes with unhealthy Neuron hardware (or settling) → the detectors' words, and when the
+        # first settling node is used again (:mod:`.moves`): once per fleet, not per ruling.
+        self.unhealthy: dict[str, str] = {n.name: n.problem or "" for n in self.nodes if n.problem_kind == UNHEALTHY}
+        self.settles_at: float | None = min(
+            (n.settles_at for n in self.nodes if n.settles_at is not None), default=None
+        )
         self._eligibility: dict[str, tuple[tuple[str, ...], Counter]] = {}
         self._candidates: dict[tuple, Candidates] = {}
         # (node, resource checks) → (usage, its version of the node) when that node lacked room:

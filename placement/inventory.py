@@ -12,7 +12,8 @@ is used. A node the Neuron DRA driver manages (:mod:`.dra`: its ResourceSlices n
 allocatable: its usable cores are its published chips times the cores per chip, and ``dra`` says
 which chips and groups it has. A node with both the device plugin's allocatable and the driver's
 slices is refused (``BOTH_DEVICE_MANAGERS``): the two would hand out the same chips ("silent
-oversubscription", the driver's documentation). ``allocatable`` keeps every resource the scheduler checks (:mod:`.resources`), so that
+oversubscription", the driver's documentation). ``allocatable`` keeps every resource the scheduler checks (:mod:`.resources`), so that is used. ``unhealthy`` and ``degraded`` are the node's Neuron hardware health (:mod:`.health`); an
+unhealthy node takes no new replica (its problem kind is ``health.UNHEALTHY``). ``allocatable`` keeps every resource the scheduler checks (:mod:`.resources`), so that
 placement can tell whether a replica's cpu, memory and the rest fit beside the pods already there.
 """
 
@@ -24,6 +25,7 @@ from types import MappingProxyType
 
 from neuronplace.placement.conditions import is_ready
 from neuronplace.placement.dra import DraNode, usable_chips
+from neuronplace.placement.health import DETECTED, UNHEALTHY, degraded_words, unhealthy_words
 from neuronplace.placement.names import (
     INSTANCE_TYPE_LABEL,
     LEGACY_INSTANCE_TYPE_LABEL,
@@ -62,6 +64,12 @@ class NodeInventory:
     """``status.allocatable`` as :func:`resources.node_allocatable` reads it (absent means 0)."""
     dra: DraNode | None = None
     """The Neuron DRA driver's chips and groups on a DRA-managed node (None: device plugin)."""
+    unhealthy: str | None = None
+    """The detectors' words when a health condition says the Neuron hardware has a problem."""
+    degraded: str | None = None
+    """Why a device-plugin node advertises less than its instance type has, if it does."""
+    settles_at: float | None = None
+    """When a node healthy again is used again (Unix seconds; :func:`.health.settled`)."""
 
 
 def _int_quantity(value) -> int | None:
@@ -97,9 +105,12 @@ def _topology(labels: Mapping[str, str], annotations: Mapping[str, str], instanc
     return topology, None
 
 
-def inventory_from_node(node: dict, dra: DraNode | None = None) -> NodeInventory:
+def inventory_from_node(
+    node: dict, dra: DraNode | None = None, unhealthy_conditions: tuple[tuple[str, str], ...] = DETECTED
+) -> NodeInventory:
     """Build the inventory of one Node (the API's JSON dict, camelCase keys), with ``dra`` what the
-    Neuron DRA driver's ResourceSlices say of it (:func:`.dra.dra_nodes`). Never raises on node data."""
+    Neuron DRA driver's ResourceSlices say of it (:func:`.dra.dra_nodes`). Never raises on node data.
+    ``unhealthy_conditions``: the (condition type, problem status) pairs that make it unhealthy."""
     metadata = node.get("metadata") or {}
     spec = node.get("spec") or {}
     status = node.get("status") or {}
@@ -139,11 +150,13 @@ def inventory_from_node(node: dict, dra: DraNode | None = None) -> NodeInventory
             if cores == 0:
                 cores_problem = f"{NEURONCORE_RESOURCE} allocatable is 0"
 
+    unhealthy = unhealthy_words(node, unhealthy_conditions)
     # The first problem in this order is the one reported: it is the most fundamental.
     checks = (
         (metadata.get("deletionTimestamp") is not None, BEING_DELETED, "being deleted"),
         (bool(spec.get("unschedulable")), CORDONED, "cordoned"),
         (not is_ready(node), NOT_READY, "NotReady"),
+        (unhealthy is not None, UNHEALTHY, unhealthy),
         (topology_problem is not None, UNKNOWN_TOPOLOGY, topology_problem),
         (both is not None, BOTH_DEVICE_MANAGERS, both),
         (cores_problem is not None, NO_CORES, cores_problem),
@@ -161,4 +174,6 @@ def inventory_from_node(node: dict, dra: DraNode | None = None) -> NodeInventory
         annotations=MappingProxyType(annotations),
         allocatable=MappingProxyType(node_allocatable(node)),
         dra=dra,
+        unhealthy=unhealthy,
+        degraded=degraded_words(status.get("allocatable") or {}, topology),
     )

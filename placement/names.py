@@ -141,6 +141,16 @@ REASON_VOLUME_NEEDS_SCHEDULER = "VolumeNeedsScheduler"
 # A replica that may only go to DRA-managed nodes while its pods are bound directly: only
 # kube-scheduler allocates ResourceClaims, so no pod is made.
 REASON_DRA_NEEDS_SCHEDULER = "DRANeedsScheduler"
+# Whether replicas run on nodes with unhealthy Neuron hardware (``placement.health``): False while
+# any does, with why (being moved, kept, no room to move); True once none does again.
+CONDITION_HEALTHY = "Healthy"
+REASON_NO_UNHEALTHY_NODES = "NoUnhealthyNodes"
+REASON_MOVING_REPLICAS = "MovingReplicas"
+REASON_NO_ROOM_TO_MOVE = "NoRoomToMove"
+REASON_KEPT_ON_UNHEALTHY_NODES = "KeptOnUnhealthyNodes"
+# What happens to replicas on unhealthy nodes (``spec.placement.unhealthyNodes.action``).
+UNHEALTHY_ACTIONS = ("Move", "Keep")
+ACTION_MOVE, ACTION_KEEP = UNHEALTHY_ACTIONS
 
 # Why a node's NeuronCore claims are inconsistent (shown by ``neuronplace cores`` and the metric
 # ``neuronplace_node_inconsistent_claims``): a pod carries our inference label but its controller is

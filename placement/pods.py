@@ -65,11 +65,15 @@ def selector_for(inference_name: str) -> str:
 
 
 def template_hash(spec: Mapping[str, Any]) -> str:
-    """Hash of everything in the spec that shapes a pod, except the replica count.
+    """Hash of everything in the spec that shapes a pod, except the replica count and
+    ``placement.unhealthyNodes`` (how replicas leave unhealthy nodes: a change rolls nothing out).
 
     A pod whose hash differs from the spec's is outdated and is rolled out (one at a time).
     """
     relevant = {key: value for key, value in spec.items() if key != "replicas"}
+    placement = relevant.get("placement")
+    if isinstance(placement, Mapping) and "unhealthyNodes" in placement:
+        relevant["placement"] = {key: value for key, value in placement.items() if key != "unhealthyNodes"}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return digest[:16]
 

@@ -23,6 +23,7 @@ from neuronplace.placement.fleet import (
     _free_mask,
     _shortfall,
 )
+from neuronplace.placement.health import UNHEALTHY
 from neuronplace.placement.inventory import (
     BEING_DELETED,
     BOTH_DEVICE_MANAGERS,
@@ -44,6 +45,7 @@ _EXCLUSION_PHRASES = (
     (VOLUMES, "{n} where its volumes cannot be used (volume node affinity or storage class topology)"),
     (CORDONED, "{n} cordoned"),
     (NOT_READY, "{n} NotReady"),
+    (UNHEALTHY, "{n} node{s} with unhealthy Neuron hardware"),
     (BEING_DELETED, "{n} being deleted"),
     (UNKNOWN_TOPOLOGY, "{n} of unknown topology"),
     (NO_CORES, "{n} without NeuronCores"),
@@ -71,6 +73,9 @@ def _exclusions(excluded: Counter, count: int, fleet: Fleet) -> str:
                     if (node.problem_kind or UNKNOWN_TOPOLOGY) == kind and node.problem is not None
                 )
                 part += f" ({example}: {fleet.by_name[example].problem})"
+            elif kind == UNHEALTHY:  # the detectors' words, each once
+                words = sorted({node.problem or "" for node in fleet.nodes if node.problem_kind == UNHEALTHY})
+                part += f" ({'; '.join(words[:3])}{'; ...' if len(words) > 3 else ''})"
             parts.append(part)
     return ", ".join(parts)
 

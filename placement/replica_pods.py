@@ -57,6 +57,7 @@ class Deletion:
     reason: str
     message: str
     force: bool = False  # grace period 0: the node cannot run the pod's shutdown anyway
+    cause: str = ""  # a move's (:mod:`.moves`): its node's first detector's words, the metric's label
 
 
 @dataclass(frozen=True)

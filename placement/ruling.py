@@ -14,7 +14,10 @@ on a saved cluster state, so its answer is the operator's. In order:
    first), each reservation entered in the view's ledger and usage at once (so the next ruling, for
    any inference, sees those cores taken), avoiding the nodes where their recent attempts were
    refused and following their volumes; their pods are built;
-4. every replica that fits nowhere, and would on a new node, keeps one capacity request
+4. replicas on nodes with unhealthy Neuron hardware are moved off them, a few at a time
+   (:mod:`.moves`; ``Healthy`` condition), and a ruling with replicas waiting looks again when a
+   node healthy again is used again (:mod:`.health`);
+5. every replica that fits nowhere, and would on a new node, keeps one capacity request
    (:mod:`.capacity_upkeep`) within :mod:`.request_limits` (only on managed nodes, none again where
    a waiting replica's request was bound, a few per replica a minute); none under Direct binding
    (a capacity request is a pod kube-scheduler places, and nothing but the operator may place pods
@@ -46,6 +49,7 @@ from neuronplace.placement.dra import lnc_of
 from neuronplace.placement.dra_placement import Path, device_management, dra_placement, dra_pod, paths
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.ledger import Ledger
+from neuronplace.placement.moves import Moves, move_policy, plan_moves
 from neuronplace.placement.names import (
     BINDING_DIRECT,
     BINDING_SCHEDULER,
@@ -164,6 +168,7 @@ class Ruling:
     # Replicas whose pod name another pod has (it holds cores or other resources on a node): no pod
     # is made and nothing reserved under that name (which would hide what that pod holds).
     name_taken: tuple[int, ...] = ()
+    health: Problem | None = None  # replicas on unhealthy nodes: the Healthy condition's reason (:mod:`.moves`)
 
 
 def binding_of(inference: Mapping[str, Any], rules: Rules) -> str:
@@ -212,6 +217,7 @@ def rule(inference: Mapping[str, Any], view: View, rules: Rules, now: dt.datetim
     if decision.create and refused is None:
         now_ns = int(now.timestamp()) * 1_000_000_000 + now.microsecond * 1_000
         ruling = _place(inference, view, rules, ruling, decision.create, decision.avoid, decision.prefer, now_ns)
+    ruling = _move(inference, view, rules, ruling, now)
     return _keep_requests(inference, view, rules, ruling, now)
 
 
@@ -359,6 +365,50 @@ def _place_replica(
     return None, message
 
 
+def _move(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling, now: dt.datetime) -> Ruling:
+    """Move replicas off unhealthy nodes (after the missing ones are placed: the room they took is
+    not there for a move); a ruling with replicas waiting looks again when a settling node is usable."""
+    moves = _plan_moves(inference, view, rules, ruling) if view.fleet.unhealthy else Moves()
+    retry = ruling.requeue_after
+    settles = view.fleet.settles_at
+    if settles is not None and (ruling.unplaceable or moves.waiting_for_room):
+        wait = max(settles - now.timestamp(), 0.5)
+        retry = wait if retry is None else min(retry, wait)
+    return dataclasses.replace(
+        ruling,
+        deletions=ruling.deletions + moves.deletions,
+        health=moves.health,
+        waiting_for_room=True if moves.waiting_for_room else ruling.waiting_for_room,
+        requeue_after=retry,
+    )
+
+
+def _plan_moves(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling) -> Moves:
+    meta, spec = inference["metadata"], inference["spec"]
+    namespace, name = meta["namespace"], meta["name"]
+    volumes = volume_constraint(
+        (spec.get("template") or {}).get("spec") or {},
+        namespace,
+        view.claims,
+        view.volumes,
+        view.classes,
+        binding=ruling.binding,
+    )
+    return plan_moves(
+        name,
+        meta.get("uid"),
+        1 if spec.get("replicas") is None else spec["replicas"],
+        view.pods,
+        ruling.deletions,
+        move_policy(spec),
+        view.fleet,
+        view.ledger,
+        view.usage,
+        placement_request(inference, rules.numbering, volumes.node_terms),
+        lambda replica: pod_key(namespace, pod_name(name, replica)),
+    )
+
+
 def _held_by_another(view: View, pod: str) -> bool:
     """Whether a pod that is not ours already has the pod key ``pod`` (a replica's): the ledger
     holds it as foreign, or only the usage counts it (a reservation is in both)."""
@@ -388,7 +438,9 @@ def _keep_requests(inference: Mapping[str, Any], view: View, rules: Rules, rulin
     displaced = set(crowded_by(kept, view.requests_on, view.ledger.free_count, room))
     bound_to = [r["spec"]["nodeName"] for r in kept if key_of_request(r) in displaced]
     excluded = excluded_nodes(view.excluded, bound_to, waiting, view.fleet)
-    where = node_expressions(rules.node_selector, excluded, view.fleet)
+    # Nor on a node with unhealthy Neuron hardware: kube-scheduler would bind a request there (it
+    # reads no health condition), and a request bound where no replica may go asks no autoscaler.
+    where = node_expressions(rules.node_selector, excluded | view.fleet.unhealthy.keys(), view.fleet)
     built = {replica: _request_pod(inference, rules, replica, where) for replica in sorted(waiting)}
     wanted_hash = next(iter(built.values()))["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] if built else ""
     todo = upkeep(

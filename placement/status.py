@@ -15,12 +15,14 @@ from typing import Any
 from neuronplace.placement.claims import cores_of, node_of
 from neuronplace.placement.conditions import is_ready
 from neuronplace.placement.names import (
+    CONDITION_HEALTHY,
     CONDITION_PLACED,
     CONDITION_READY,
     CONDITION_REPLICA_FAILURE,
     CONDITION_WAITING_FOR_CAPACITY,
     DEVICE_MANAGEMENT_DEVICE_PLUGIN,
     DEVICE_MANAGEMENT_DRA,
+    REASON_NO_UNHEALTHY_NODES,
     REASON_NOT_READY,
     REASON_PENDING,
     REASON_PLACED,
@@ -146,6 +148,7 @@ def build_status(
     waiting_for_capacity: Problem | None = None,
     not_ready: Problem | None = None,
     binding: str | None = None,
+    unhealthy: Problem | None = None,
     now: str,
 ) -> dict:
     """The full ``status`` for ``inference`` given its live pods and what keeps the rest from existing.
@@ -158,6 +161,8 @@ def build_status(
     being made is told apart from one nothing is done for (``Placed`` keeps the engine's reason).
     ``not_ready`` is why replicas are not ready when the operator knows better than the pods do
     (:func:`scheduler_silence`): while Ready is False it gives Ready's reason and ends its message.
+    ``unhealthy`` is why replicas are on nodes with unhealthy Neuron hardware (:mod:`.moves`):
+    ``Healthy`` is False with it while given, True once it is gone (absent until first needed).
     ``binding`` is the mode in effect. ``now`` (:func:`now_rfc3339` of the caller's clock) stamps
     the conditions whose status changes.
     """
@@ -236,6 +241,15 @@ def build_status(
             waiting_for_capacity.message,
             generation,
             now,
+        )
+    if unhealthy is not None:
+        conditions = set_condition(
+            conditions, CONDITION_HEALTHY, "False", unhealthy.reason, unhealthy.message, generation, now
+        )
+    elif any(c.get("type") == CONDITION_HEALTHY for c in conditions):
+        message = "no replica is on a node with unhealthy Neuron hardware"
+        conditions = set_condition(
+            conditions, CONDITION_HEALTHY, "True", REASON_NO_UNHEALTHY_NODES, message, generation, now
         )
     status = {
         "observedGeneration": generation,

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from neuronplace.placement.crd import MAX_CORES_PER_REPLICA, MAX_REPLICAS, MAX_TEMPLATE_BYTES
-from neuronplace.placement.names import BINDINGS, SHAPE_POLICIES, STRATEGIES
+from neuronplace.placement.moves import max_unavailable_error
+from neuronplace.placement.names import BINDINGS, SHAPE_POLICIES, STRATEGIES, UNHEALTHY_ACTIONS
 from neuronplace.placement.podsecurity import BASELINE, TemplatePolicy, check_template
 from neuronplace.placement.reserved import reserved_in_template
 
@@ -71,6 +72,16 @@ def validate(inference: Mapping[str, Any], policy: TemplatePolicy = BASELINE) ->
     tolerations = placement.get("tolerations", []) or []
     if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
         return "spec.placement.tolerations must be a list of tolerations"
+    unhealthy = placement.get("unhealthyNodes", {}) or {}
+    if not isinstance(unhealthy, Mapping):
+        return "spec.placement.unhealthyNodes must be an object"
+    if unhealthy.get("action", UNHEALTHY_ACTIONS[0]) not in UNHEALTHY_ACTIONS:
+        return (
+            f"spec.placement.unhealthyNodes.action must be one of {', '.join(UNHEALTHY_ACTIONS)}, "
+            f"got {unhealthy.get('action')!r}"
+        )
+    if "maxUnavailable" in unhealthy and (error := max_unavailable_error(unhealthy["maxUnavailable"])):
+        return error
     template = spec.get("template")
     if not isinstance(template, Mapping) or not isinstance(template.get("spec"), Mapping):
         return "spec.template.spec.containers must list at least one container"

@@ -220,7 +220,7 @@ def test_plan_places_on_a_dra_node_through_its_slices():
     from neuronplace.placement.ruling import Rules
 
     state = load_state("trn2.48xlarge=1:dra", None)
-    spec = inference("tp", replicas=2, cores=32, namespace="default", placement={"deviceManagement": "DRA"})
+    spec = inference("tp", replicas=2, cores=32, namespace="default", deviceManagement="DRA")
     spec["metadata"]["uid"] = "u"
-    rows = plan([spec], state, Rules(), dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    rows = plan([spec], state, Rules(), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert [row.get("node") for row in rows] == ["trn2-48xlarge-dra-0"] * 2, rows

@@ -16,6 +16,7 @@ from neuronplace.local.operator_process import TEST_TIMINGS, timing_flags
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.placement import failures
 from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS, to_create_now
+from neuronplace.placement.health import HEALTH_SETTLE_SECONDS
 from neuronplace.placement.replica_pods import SCHEDULER_SILENCE_SECONDS
 from neuronplace.placement.ruling import Rules
 
@@ -27,6 +28,7 @@ TIMINGS = {
     "max_failure_backoff_seconds": (failures.BACKOFF_MAX_SECONDS, "--max-failure-backoff-seconds", 12.0),
     "capacity_settle_seconds": (SETTLE_SECONDS, "--capacity-settle-seconds", 0.5),
     "resync_seconds": (30.0, "--resync-seconds", 5.0),
+    "health_settle_seconds": (HEALTH_SETTLE_SECONDS, "--health-settle-seconds", 5.0),
 }
 
 
@@ -93,7 +95,9 @@ def test_rules_carry_the_timings_the_ruling_depends_on():
     rules = settings.rules()
     carried = {f.name for f in dataclasses.fields(Rules)}
     defaults = OperatorSettings().rules()
-    for name in TIMINGS.keys() - {"resync_seconds"}:  # the resync is the operator's, not a ruling's
+    # The resync is the operator's, not a ruling's; the health settle window is the operator's memory
+    # of nodes (operator.node_health), which the ruling sees in the fleet.
+    for name in TIMINGS.keys() - {"resync_seconds", "health_settle_seconds"}:
         assert name in carried and getattr(rules, name) == getattr(settings, name), name
         assert getattr(Rules(), name) == getattr(defaults, name), f"{name}: Rules and settings differ by default"
 
