@@ -138,6 +138,9 @@ class OperatorProcess:
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = self.kubeconfig
         env["PYTHONUNBUFFERED"] = "1"
+        # Its identity in the leader-election Lease, the same across restarts (as a pod's name is
+        # when its container restarts): a restarted operator takes its Lease back at once.
+        env["NEURONPLACE_POD_NAME"] = f"{socket.gethostname()}-{self.log_path.stem}"
         env.update(self.env)
         return env
 

@@ -29,6 +29,9 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
   ``ExceedsNode`` (a foreign pod pinned to the node that kube-scheduler will not bind there: it
   holds nothing). Other pods hold at least what they request; a series exists only while its count
   is above zero.
+- ``neuronplace_api_writes_total{verb,resource}``: write requests sent to the API server (pods,
+  NeuronInference status, Events, the leader-election Lease), whatever the answer; a follower's stay 0.
+- ``neuronplace_leader{identity}``: 1 while this process holds the leader-election Lease, else 0.
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 
@@ -177,6 +180,18 @@ class OperatorMetrics:
             "Pinned replica pods kube-scheduler has given no verdict on for longer than the operator waits",
             registry=self.registry,
         )
+        self.api_writes = Counter(
+            "neuronplace_api_writes",
+            "Write requests this process sent to the API server (a follower sends none), by verb and resource",
+            ["verb", "resource"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "neuronplace_leader",
+            "1 while this process holds the leader-election Lease (its identity as label), else 0",
+            ["identity"],
+            registry=self.registry,
+        )
         self._silent: dict[tuple[str, str], int] = {}  # per inference (namespace, name)
         self._ledger_collector: _LedgerCollector | None = None
         self._server = None
@@ -200,6 +215,13 @@ class OperatorMetrics:
             else:
                 self._silent.pop(inference, None)
             self.silent_pods.set(sum(self._silent.values()))
+
+    def wrote(self, verb: str, resource: str) -> None:
+        """One write request is being sent (counted whatever its answer)."""
+        self.api_writes.labels(verb=verb, resource=resource).inc()
+
+    def leading(self, identity: str, leads: bool) -> None:
+        self.leader.labels(identity=identity).set(1 if leads else 0)
 
     def time_reconcile(self):
         """Context manager timing one reconcile (also when it raises)."""
