@@ -35,7 +35,7 @@ from kubernetes import client as k8s
 from neuronplace.operator import heap
 from neuronplace.operator import metrics as mx
 from neuronplace.operator.controller import Controller, api_client
-from neuronplace.operator.leader import Elector
+from neuronplace.operator.leader import Elector, manager
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.storage import CLAIMS, CLASSES, VOLUMES
 from neuronplace.placement.names import GROUP, PLURAL, VERSION
@@ -92,6 +92,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     heap.limit_arenas()  # before the Controller starts its thread pools
     loop = asyncio.get_running_loop()
     api = api_client(ours)
+    # managedFields name the writer by its user agent: which replica wrote what stays visible.
+    api.user_agent = manager(ours)
     elector = _elector(ours, memo, loop)
     if elector is not None:
         await asyncio.to_thread(elector.attempted.wait)
@@ -125,7 +127,9 @@ def _elector(ours: OperatorSettings, memo: kopf.Memo, loop: asyncio.AbstractEven
             loop.call_soon_threadsafe(lambda: elected.done() or elected.set_result(None))
 
         # Its own client: renewals never wait for a connection the controller's calls hold.
-        api = k8s.CoordinationV1Api(k8s.ApiClient(k8s.Configuration.get_default_copy()))
+        client = k8s.ApiClient(k8s.Configuration.get_default_copy())
+        client.user_agent = manager(ours)
+        api = k8s.CoordinationV1Api(client)
         memo.elector = Elector(ours, api, on_elected)
         memo.elector.start()
     return memo.elector

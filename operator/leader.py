@@ -53,6 +53,12 @@ def identity(settings: OperatorSettings) -> str:
     return settings.pod_name or f"{socket.gethostname()}_{os.getpid()}"
 
 
+def manager(settings: OperatorSettings) -> str:
+    """The user agent of this process's API clients: the API server names the writer of every
+    object it changes by it (``managedFields[].manager``), so each replica's writes are told apart."""
+    return f"neuronplace@{identity(settings)}"
+
+
 class NotLeading(Temporary):
     """A write refused because this process is handing the Lease over (it exits next)."""
 
