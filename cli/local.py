@@ -142,6 +142,19 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled action {args.action!r}")
 
 
+def _leader(cluster) -> str:
+    """Who holds the operator's Lease (where the operator's settings from the environment say it is)."""
+    from neuronplace.operator.leader import describe
+    from neuronplace.operator.settings import OperatorSettings
+
+    settings = OperatorSettings.from_env()
+    namespace, name = settings.lease_namespace(), settings.leader_election_id
+    result = cluster.kubectl("get", "lease", name, "-n", namespace, "-o", "json", check=False, timeout=20)
+    if result.returncode != 0 and "NotFound" not in result.stderr:
+        return f"leader: unknown ({result.stderr.strip()[-200:]})"
+    return describe(json.loads(result.stdout) if result.returncode == 0 else None, namespace, name)
+
+
 def _print_status(cluster) -> None:
     from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS
     from neuronplace.placement.conditions import condition
@@ -165,6 +178,7 @@ def _print_status(cluster) -> None:
         print(f"  nodes: unavailable ({result.stderr.strip()[-200:]})")
         return
     nodes = json.loads(result.stdout)["items"]
+    print(f"  {_leader(cluster)}")
     by_type: dict[str, list[int]] = {}
     rows = []
     for node in nodes:

@@ -250,3 +250,15 @@ class Elector:
     def probe(self) -> dict:
         """What kopf's health endpoint reports under the probe id ``leader``."""
         return {"identity": self.me, "leading": self.leading, "holder": self.holder}
+
+
+def describe(lease: dict | None, namespace: str, name: str) -> str:
+    """One line for the CLI: who holds the Lease ``namespace/name`` (``lease`` as read; None: absent)."""
+    where = f"Lease {namespace}/{name}"
+    if lease is None:
+        return f"leader: none ({where} does not exist: no operator with leader election has run)"
+    spec = lease.get("spec") or {}
+    holder = spec.get("holderIdentity")
+    if not holder:
+        return f"leader: none ({where} released at {spec.get('renewTime', '?')})"
+    return f"leader: {holder} ({where}, renewed {spec.get('renewTime', '?')}, every {spec.get('leaseDurationSeconds', '?')} s at most)"

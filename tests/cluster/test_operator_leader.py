@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -99,6 +101,35 @@ def test_one_leader_writes_and_the_follower_writes_nothing(local_cluster, pair, 
     assert written_since(local_cluster, namespace, f"neuronplace@{follower.identity}", 0) == []
     assert written_since(local_cluster, namespace, f"neuronplace@{leader.identity}", 0)
     assert follower.health()["leader"] == {"identity": "second", "leading": False, "holder": "first"}
+    cores = neuronplace(
+        local_cluster, "cores", "--selector", f"neuronplace.io/pool={nodes.pool}", "--lease", f"default/{lease_id}"
+    )
+    assert f"leader: first (Lease default/{lease_id}, renewed" in cores
+    status = neuronplace(local_cluster, "local", "status", NEURONPLACE_LEADER_ELECTION_ID=lease_id)
+    ours = status.split(f"{local_cluster.name}:", 1)[1].splitlines()[1:]
+    block = ours[: next((i for i, line in enumerate(ours) if not line.startswith(" ")), len(ours))]
+    assert any(line.startswith(f"  leader: first (Lease default/{lease_id}, renewed") for line in block), status
+    bad = subprocess.run(
+        [sys.executable, "-m", "neuronplace.cli", "cores", "--lease", "nope"],
+        env=local_cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--lease must be NAMESPACE/NAME" in bad.stdout
+
+
+def neuronplace(cluster, *args: str, **env: str) -> str:
+    """What a ``neuronplace`` command printed (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "neuronplace.cli", *args],
+        env={**cluster.env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def kill_after_creations(cluster, namespace: str, process, count: int, sig: int) -> float:
