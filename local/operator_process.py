@@ -52,6 +52,11 @@ TEST_TIMINGS: Mapping[str, float] = MappingProxyType(
         "failure_backoff_seconds": 2,
         "max_failure_backoff_seconds": 16,
         "capacity_settle_seconds": 0.5,
+        # Leader election: a renew deadline longer than any API server outage the tests cause (a
+        # restart on a loaded machine can take over 10 s), which a leader would otherwise exit for,
+        # as it must in production. The tests of failover itself set their own, short timings.
+        "lease_duration_seconds": 60,
+        "renew_deadline_seconds": 45,
     }
 )
 

@@ -37,7 +37,7 @@ from kubernetes.client.rest import ApiException
 from neuronplace.operator import election as el
 from neuronplace.operator import metrics as mx
 from neuronplace.operator.settings import OperatorSettings
-from neuronplace.operator.writes import API_TIMEOUT, Temporary
+from neuronplace.operator.writes import Temporary
 
 log = logging.getLogger("neuronplace.operator")
 
@@ -93,6 +93,9 @@ class Elector:
         self.timings = settings.lease_timings()
         self.on_elected = on_elected  # called once, from the elector's thread
         self.clock = clock
+        # Each Lease call is bounded by the retry period, so that a hung call costs one attempt,
+        # not the renew deadline (the attempts before the deadline are what rides out a slow answer).
+        self.timeout = (self.timings.retry_period, self.timings.retry_period)
         self.attempted = threading.Event()  # the first look at the Lease is done
         self.holder = ""  # who held the Lease when last read
         self.leading = False
@@ -178,7 +181,7 @@ class Elector:
     def _read(self) -> dict | None:
         try:
             response = self.api.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=API_TIMEOUT, _preload_content=False
+                self.name, self.namespace, _request_timeout=self.timeout, _preload_content=False
             )
         except ApiException as error:
             if error.status == 404:
@@ -210,10 +213,10 @@ class Elector:
         try:
             if lease is None:
                 mx.METRICS.wrote("create", RESOURCE)
-                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=API_TIMEOUT)
+                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=self.timeout)
             else:
                 mx.METRICS.wrote("update", RESOURCE)
-                self.api.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=API_TIMEOUT)
+                self.api.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=self.timeout)
         except ApiException as error:
             if error.status == 409:
                 return False
