@@ -142,7 +142,7 @@ async def _lead_when_elected(controller: Controller, elected: asyncio.Future, re
         try:
             await asyncio.to_thread(controller.full_resync)
             break
-        except Exception as exc:  # the API may be down: the fence ends the process if it stays down
+        except Exception as exc:  # the API may be down; if renewals fail too, the renew deadline ends the process
             logging.getLogger("neuronplace.operator").warning("cannot resync before leading yet: %s", exc)
             await asyncio.sleep(retry)
     controller.start(asyncio.get_running_loop())
