@@ -4,6 +4,7 @@ acquiring, renewing, a restart under the same identity, release, the write fence
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 
@@ -165,3 +166,25 @@ def test_release_clears_the_holder_so_a_follower_takes_it_at_once():
             pass
     b.attempt()
     assert b.leading
+
+
+def test_settings_flags_and_variables():
+    from neuronplace.cli import run as run_cli
+
+    assert OperatorSettings().lease_namespace() == "default"
+    assert OperatorSettings(operator_namespace="ops").lease_namespace() == "ops"
+    assert OperatorSettings(operator_namespace="ops", leader_election_namespace="le").lease_namespace() == "le"
+    environ = {"NEURONPLACE_LEADER_ELECTION": "false", "NEURONPLACE_POD_NAME": "op-0"}
+    assert not OperatorSettings.from_env(environ).leader_election
+    assert ld.identity(OperatorSettings.from_env(environ)) == "op-0"
+    assert ld.identity(OperatorSettings()).endswith(f"_{ld.os.getpid()}")
+    parser = argparse.ArgumentParser()
+    run_cli.configure(parser)
+    flags = "--no-leader-election --leader-election-id x --lease-duration-seconds 30 --renew-deadline-seconds 20"
+    settings = run_cli.settings_from_args(parser.parse_args(flags.split()))
+    assert (settings.leader_election, settings.leader_election_id, settings.lease_duration_seconds) == (False, "x", 30)
+    assert settings.renew_deadline_seconds == 20 and settings.retry_period_seconds == 2
+    with pytest.raises(ValueError, match="lease duration > renew deadline"):
+        OperatorSettings(renew_deadline_seconds=15)
+    with pytest.raises(ValueError, match="leader_election_id"):
+        OperatorSettings(leader_election_id=" ")
