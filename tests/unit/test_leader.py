@@ -188,3 +188,29 @@ def test_settings_flags_and_variables():
         OperatorSettings(renew_deadline_seconds=15)
     with pytest.raises(ValueError, match="leader_election_id"):
         OperatorSettings(leader_election_id=" ")
+
+
+def test_every_write_passes_the_fence_and_is_counted():
+    from neuronplace.operator import metrics as mx
+    from neuronplace.operator.writes import Writer
+    from support.fake_api import FakeApi
+
+    leases, clock = Leases(), Clock()
+    elector(leases, clock, "a").attempt()
+    follower = elector(leases, clock, "b")
+    follower.attempt()
+    api = FakeApi()
+    pod = {"metadata": {"name": "web-0", "namespace": "ns"}, "spec": {}}
+
+    def counted() -> float:
+        labels = {"verb": "create", "resource": "pods"}
+        return mx.METRICS.registry.get_sample_value("neuronplace_api_writes_total", labels) or 0.0
+
+    before = counted()
+    with pytest.raises(ld.NotLeading):
+        Writer(api, api, follower.writing).create_pod("ns", pod)
+    assert api.calls == [] and counted() == before
+    clock.now += 15
+    follower.attempt()  # the Lease expired: b leads
+    Writer(api, api, follower.writing).create_pod("ns", pod)
+    assert api.pod_writes() == [("create", "web-0")] and counted() == before + 1
