@@ -1,9 +1,9 @@
 """Everything the operator writes to the API server, and what each failure means for the caller.
 
 It creates and deletes pods, patches a NeuronInference's status and posts Events; nothing else
-(the chart's RBAC grants exactly these), each through one method that first passes leader
-election's fence and counts it (``neuronplace_api_writes_total``). The API clients are constructor arguments, so tests hand
-in a small fake that raises :class:`ApiException` with the status they want to see handled.
+(the chart's RBAC grants exactly these). Each write first passes leader election's fence and is
+counted (``neuronplace_api_writes_total``). The API clients are constructor arguments, so tests
+hand in a small fake that raises :class:`ApiException` with the status they want to see handled.
 
 A failed write becomes one of two errors (:func:`classify`):
 
