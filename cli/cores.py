@@ -40,6 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="more node conditions that mark Neuron hardware unhealthy, as the operator's setting "
         "(NeuronHealth=True and AcceleratedHardwareReady=False always count)",
     )
+    parser.add_argument(
+        "--lease",
+        metavar="NAMESPACE/NAME",
+        help="the operator's leader-election Lease, whose holder is shown (default: from "
+        "NEURONPLACE_LEADER_ELECTION_NAMESPACE / NEURONPLACE_LEADER_ELECTION_ID, else default/neuronplace)",
+    )
 
 
 def collect(kubeconfig: str | None = None, selector: str = "", conditions: tuple[tuple[str, str], ...] | None = None):
@@ -81,10 +87,37 @@ def _resource_items(custom, plural: str) -> list[dict]:
         raise
 
 
+def leader_line(lease: str | None) -> str:
+    """Who leads: the holder of the Lease ``NAMESPACE/NAME`` (None: the operator settings' default)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from neuronplace.operator.leader import describe
+    from neuronplace.operator.settings import OperatorSettings
+
+    if lease:
+        namespace, _, name = lease.partition("/")
+    else:
+        settings = OperatorSettings.from_env()
+        namespace, name = settings.lease_namespace(), settings.leader_election_id
+    try:
+        found = client.ApiClient().sanitize_for_serialization(
+            client.CoordinationV1Api().read_namespaced_lease(name, namespace)
+        )
+    except ApiException as error:
+        if error.status != 404:
+            return f"leader: unknown (reading Lease {namespace}/{name}: HTTP {error.status})"
+        found = None
+    return describe(found, namespace, name)
+
+
 def run(args: argparse.Namespace) -> int:
     from neuronplace.placement.coremap import render
     from neuronplace.placement.health import parse_unhealthy_conditions, watched
 
+    if args.lease is not None and (args.lease.count("/") != 1 or "" in args.lease.split("/")):
+        print(f"neuronplace cores: --lease must be NAMESPACE/NAME, got {args.lease!r}")
+        return 2
     try:
         conditions = watched(parse_unhealthy_conditions(args.unhealthy_conditions))
     except ValueError as error:
@@ -92,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     maps, _ = collect(args.kubeconfig or os.environ.get("KUBECONFIG"), args.selector, conditions)
     print(render(maps), end="")
+    print(leader_line(args.lease))
     if args.png:
         render_png(maps, args.png)
         print(f"wrote {args.png}")

@@ -211,6 +211,19 @@ def _node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leader(cluster) -> str:
+    """Who holds the operator's Lease (where the operator's settings from the environment say it is)."""
+    from neuronplace.operator.leader import describe
+    from neuronplace.operator.settings import OperatorSettings
+
+    settings = OperatorSettings.from_env()
+    namespace, name = settings.lease_namespace(), settings.leader_election_id
+    result = cluster.kubectl("get", "lease", name, "-n", namespace, "-o", "json", check=False, timeout=20)
+    if result.returncode != 0 and "NotFound" not in result.stderr:
+        return f"leader: unknown ({result.stderr.strip()[-200:]})"
+    return describe(json.loads(result.stdout) if result.returncode == 0 else None, namespace, name)
+
+
 def _print_status(cluster) -> None:
     from neuronplace.local.cluster import CONTROL_PLANE_COMPONENTS
     from neuronplace.placement.conditions import condition
@@ -235,6 +248,7 @@ def _print_status(cluster) -> None:
         return
     nodes = json.loads(result.stdout)["items"]
     dra_nodes = _dra_nodes(cluster)
+    print(f"  {_leader(cluster)}")
     by_type: dict[str, list[int]] = {}
     rows = []
     for node in nodes:

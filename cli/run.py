@@ -154,6 +154,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the pause image capacity-request pods run",
     )
     parser.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.leader_election,
+        help="run for leadership on a Lease and write only while leading (default: on; "
+        "--no-leader-election: act at once, for exactly one operator)",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=defaults.leader_election_namespace,
+        metavar="NS",
+        help="namespace of the Lease (default: the operator's own namespace, else default)",
+    )
+    parser.add_argument(
+        "--leader-election-id", default=defaults.leader_election_id, metavar="NAME", help="name of the Lease"
+    )
+    parser.add_argument(
+        "--pod-name",
+        default=defaults.pod_name,
+        metavar="NAME",
+        help="this operator's identity in the Lease (default: <hostname>_<pid>)",
+    )
+    parser.add_argument(
+        "--lease-duration-seconds",
+        type=float,
+        default=defaults.lease_duration_seconds,
+        help="a Lease nobody renews for this long may be taken by another operator",
+    )
+    parser.add_argument(
+        "--renew-deadline-seconds",
+        type=float,
+        default=defaults.renew_deadline_seconds,
+        help="a leader that could not renew for this long stops writing and exits",
+    )
+    parser.add_argument(
+        "--retry-period-seconds",
+        type=float,
+        default=defaults.retry_period_seconds,
+        help="how often the leader renews its Lease and the others look at it",
+    )
+    parser.add_argument(
         "--liveness",
         metavar="URL",
         default=os.environ.get("NEURONPLACE_LIVENESS"),
@@ -190,6 +230,13 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             "capacity_request_image": args.capacity_request_image,
             "unhealthy_conditions": args.unhealthy_conditions,
             "health_settle_seconds": args.health_settle_seconds,
+            "leader_election": args.leader_election,
+            "leader_election_namespace": args.leader_election_namespace,
+            "leader_election_id": args.leader_election_id,
+            "pod_name": args.pod_name,
+            "lease_duration_seconds": args.lease_duration_seconds,
+            "renew_deadline_seconds": args.renew_deadline_seconds,
+            "retry_period_seconds": args.retry_period_seconds,
         },
     )
 

@@ -53,6 +53,11 @@ TEST_TIMINGS: Mapping[str, float] = MappingProxyType(
         "max_failure_backoff_seconds": 16,
         "capacity_settle_seconds": 0.5,
         "health_settle_seconds": 5,
+        # Leader election: a renew deadline longer than any API server outage the tests cause (a
+        # restart on a loaded machine can take over 10 s), which a leader would otherwise exit for,
+        # as it must in production. The tests of failover itself set their own, short timings.
+        "lease_duration_seconds": 60,
+        "renew_deadline_seconds": 45,
     }
 )
 
@@ -139,6 +144,9 @@ class OperatorProcess:
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = self.kubeconfig
         env["PYTHONUNBUFFERED"] = "1"
+        # Its identity in the leader-election Lease, the same across restarts (as a pod's name is
+        # when its container restarts): a restarted operator takes its Lease back at once.
+        env["NEURONPLACE_POD_NAME"] = f"{socket.gethostname()}-{self.log_path.stem}"
         env.update(self.env)
         return env
 

@@ -13,6 +13,8 @@ the API server. Every decision is made by the pure :mod:`neuronplace.placement`.
 - ``writes``: API writes (pods, status, events) and the mapping of API errors to temporary or
   permanent outcomes; the API clients are injected.
 - ``reconciler``: one reconcile: the ruling, carried out in its order, then the status.
+- ``leader``: leader election on a Lease and the fence every write passes; ``election``: its pure
+  rules (who may take, renew or must wait; whether a leader may still write).
 - ``settings``: the operator's settings dataclass and its environment variables.
 - ``metrics``: the Prometheus metrics; ``heap``: the process's C heap (arenas, free pages).
 """

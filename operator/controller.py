@@ -23,6 +23,7 @@ one on fakes. The kopf wiring (:mod:`.handlers`) keeps it in kopf's ``memo``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +71,9 @@ def api_client(settings: OperatorSettings) -> k8s.ApiClient:
 class Controller:
     """Cache, sync, queue and reconciler of one operator process."""
 
-    def __init__(self, settings: OperatorSettings, core: Any, custom: Any) -> None:
+    def __init__(
+        self, settings: OperatorSettings, core: Any, custom: Any, fence: Callable[[], Any] = contextlib.nullcontext
+    ) -> None:
         self.settings = settings
         self.cache = Cache(
             settings.namespaces, settings.node_selector, settings.health_conditions(), settings.health_settle_seconds
@@ -84,7 +87,7 @@ class Controller:
         self.api_pool = ThreadPoolExecutor(max_workers=api_threads(settings), thread_name_prefix="neuronplace-api")
         # One thread: watch events are folded into the cache in the order they came.
         self.event_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuronplace-events")
-        self.reconciler = Reconciler(settings, self.cache, Writer(core, custom), self.api_pool)
+        self.reconciler = Reconciler(settings, self.cache, Writer(core, custom, fence), self.api_pool)
         self.queue = WorkQueue(
             self._reconcile,
             workers=settings.workers,
@@ -96,8 +99,11 @@ class Controller:
         self.resync_task: asyncio.Task | None = None
 
     @classmethod
-    def connect(cls, settings: OperatorSettings, api: k8s.ApiClient) -> Controller:
-        return cls(settings, k8s.CoreV1Api(api), k8s.CustomObjectsApi(api))
+    def connect(
+        cls, settings: OperatorSettings, api: k8s.ApiClient, fence: Callable[[], Any] = contextlib.nullcontext
+    ) -> Controller:
+        """``fence``: what every write passes first (leader election's; none without it)."""
+        return cls(settings, k8s.CoreV1Api(api), k8s.CustomObjectsApi(api), fence)
 
     # ---- lists (worker threads) ----------------------------------------------------------------
 

@@ -54,6 +54,9 @@ on one registry served over HTTP (``/metrics``) when ``OperatorSettings.metrics_
   ``Settling`` while a node healthy again is not used yet; no series for healthy nodes.
 - ``neuronplace_replica_moves_total{reason}``: replica pods deleted to move them off an unhealthy
   node (``placement.moves``), by the same reason.
+- ``neuronplace_api_writes_total{verb,resource}``: write requests sent to the API server (pods,
+  NeuronInference status, Events, the leader-election Lease), whatever the answer; a follower's stay 0.
+- ``neuronplace_leader{identity}``: 1 while this process holds the leader-election Lease, else 0.
 - the client library's process metrics (``process_resident_memory_bytes``,
   ``process_cpu_seconds_total``, ...) and Python GC metrics.
 
@@ -291,6 +294,18 @@ class OperatorMetrics:
         self.build_info.labels(version=_version(), python=platform.python_version()).set(1)
         self.inferences = InferenceCollector()
         self.registry.register(self.inferences)
+        self.api_writes = Counter(
+            "neuronplace_api_writes",
+            "Write requests this process sent to the API server (a follower sends none), by verb and resource",
+            ["verb", "resource"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "neuronplace_leader",
+            "1 while this process holds the leader-election Lease (its identity as label), else 0",
+            ["identity"],
+            registry=self.registry,
+        )
         self._silent: dict[tuple[str, str], int] = {}  # per inference (namespace, name)
         self._ledger_collector: _LedgerCollector | None = None
         self._server = None
@@ -333,6 +348,13 @@ class OperatorMetrics:
     def inference_gone(self, inference: tuple[str, str]) -> None:
         self.inferences.forget(inference)
         self.scheduler_silent(inference, 0)
+
+    def wrote(self, verb: str, resource: str) -> None:
+        """One write request is being sent (counted whatever its answer)."""
+        self.api_writes.labels(verb=verb, resource=resource).inc()
+
+    def leading(self, identity: str, leads: bool) -> None:
+        self.leader.labels(identity=identity).set(1 if leads else 0)
 
     def time_reconcile(self):
         """Context manager timing one reconcile (also when it raises)."""

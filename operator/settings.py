@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from neuronplace.operator.election import Timings
 from neuronplace.placement.capacity_upkeep import SETTLE_SECONDS
 from neuronplace.placement.failures import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS
 from neuronplace.placement.health import HEALTH_SETTLE_SECONDS, parse_unhealthy_conditions, watched
@@ -93,6 +94,17 @@ class OperatorSettings:
         as their ``spec.placement.unhealthyNodes`` says.
     health_settle_seconds: a node whose Neuron hardware turned healthy again takes replicas only this
         long after it last did (a flapping detector moves each replica at most once per window).
+    leader_election: run for leadership on a ``coordination.k8s.io/v1`` Lease (``operator.leader``);
+        only the leader writes to the cluster, the others keep their caches warm and wait. Off: this
+        process acts at once, and nothing stops a second operator from acting too.
+    leader_election_namespace: the Lease's namespace; empty means ``operator_namespace``, else ``default``.
+    leader_election_id: the Lease's name.
+    pod_name: this candidate's identity in the Lease (the chart sets it from the pod's name); empty
+        means ``<hostname>_<pid>``. A process restarted under the same identity takes its Lease back at once.
+    lease_duration_seconds: how long a Lease nobody renews stays held before another candidate takes it.
+    renew_deadline_seconds: a leader that has not renewed for this long stops writing and exits; must
+        be shorter than the lease duration, so that it stops before anyone else may start.
+    retry_period_seconds: how often the leader renews and the others look at the Lease.
     """
 
     namespaces: tuple[str, ...] = ()
@@ -127,6 +139,13 @@ class OperatorSettings:
     capacity_priority_class: str = CAPACITY_PRIORITY_CLASS
     unhealthy_conditions: str = ""
     health_settle_seconds: float = HEALTH_SETTLE_SECONDS
+    leader_election: bool = True
+    leader_election_namespace: str = ""
+    leader_election_id: str = "neuronplace"
+    pod_name: str = ""
+    lease_duration_seconds: float = Timings.lease_duration
+    renew_deadline_seconds: float = Timings.renew_deadline
+    retry_period_seconds: float = Timings.retry_period
 
     def __post_init__(self) -> None:
         if self.numbering not in NUMBERINGS:
@@ -174,6 +193,9 @@ class OperatorSettings:
             raise ValueError("capacity_request_image and capacity_priority_class must not be empty")
         parse_node_selector(self.node_selector)  # fail early on a malformed selector
         self.health_conditions()  # fail early on a malformed unhealthy condition
+        self.lease_timings()  # fail early on timings that could let two leaders act
+        if not self.leader_election_id.strip():
+            raise ValueError("leader_election_id must not be empty")
         self.template_policy()  # fail early on an unknown level or volume type
 
     def rules(self) -> Rules:
@@ -200,6 +222,14 @@ class OperatorSettings:
     def health_conditions(self) -> tuple[tuple[str, str], ...]:
         """The (node condition type, problem status) pairs that make a node unhealthy."""
         return watched(parse_unhealthy_conditions(self.unhealthy_conditions))
+
+    def lease_timings(self) -> Timings:
+        """Leader election's timings (``operator.election``)."""
+        return Timings(self.lease_duration_seconds, self.renew_deadline_seconds, self.retry_period_seconds)
+
+    def lease_namespace(self) -> str:
+        """Where the Lease lives: the setting, else the operator's own namespace, else ``default``."""
+        return self.leader_election_namespace or self.operator_namespace or "default"
 
     def template_policy(self) -> TemplatePolicy:
         """The pod-template policy these settings ask for."""

@@ -1,8 +1,9 @@
 """Everything the operator writes to the API server, and what each failure means for the caller.
 
 It creates and deletes pods, patches a NeuronInference's status and posts Events; nothing else
-(the chart's RBAC grants exactly these). The API clients are constructor arguments, so tests hand
-in a small fake that raises :class:`ApiException` with the status they want to see handled.
+(the chart's RBAC grants exactly these). Each write first passes leader election's fence and is
+counted (``neuronplace_api_writes_total``). The API clients are constructor arguments, so tests
+hand in a small fake that raises :class:`ApiException` with the status they want to see handled.
 
 A failed write becomes one of two errors (:func:`classify`):
 
@@ -22,16 +23,18 @@ never fails a reconcile.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
+from neuronplace.operator import metrics as mx
 from neuronplace.operator.workqueue import Retry
 from neuronplace.placement import events as ev
 from neuronplace.placement.names import GROUP, PLURAL, VERSION
@@ -107,20 +110,32 @@ _RESOURCE_CLAIMS = ("resource.k8s.io", "v1", "resourceclaims")  # group, version
 
 class Writer:
     """The operator's writes, through the given core (``CoreV1Api``) and custom-objects
-    (``CustomObjectsApi``) clients."""
+    (``CustomObjectsApi``) clients. Each passes ``fence`` first (leader election's
+    :meth:`~.leader.Elector.writing`: it refuses, or ends the process, when this one no longer
+    leads) and is counted in ``neuronplace_api_writes_total``."""
 
-    def __init__(self, core: Any, custom: Any) -> None:
+    def __init__(
+        self, core: Any, custom: Any, fence: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    ) -> None:
         self.core = core
         self.custom = custom
+        self.fence = fence
+
+    @contextlib.contextmanager
+    def _writing(self, verb: str, resource: str) -> Iterator[None]:
+        with self.fence():
+            mx.METRICS.wrote(verb, resource)
+            yield
 
     def create_pod(self, namespace: str, pod: Mapping[str, Any]) -> dict:
         """Create the pod; returns it as the API server stored it. Raises Temporary or Permanent."""
         try:
             # Plain JSON back, not a client model object converted back into a dict: ~0.6 ms of CPU
             # less per pod, and the operator's CPU is what placement speed is made of here.
-            response = self.core.create_namespaced_pod(
-                namespace, pod, _request_timeout=API_TIMEOUT, _preload_content=False
-            )
+            with self._writing("create", "pods"):
+                response = self.core.create_namespaced_pod(
+                    namespace, pod, _request_timeout=API_TIMEOUT, _preload_content=False
+                )
         except _CALL_ERRORS as error:
             raise classify(error) from error
         return json.loads(response.data)
@@ -129,7 +144,8 @@ class Writer:
         """Delete the pod (``force``: with no grace period); False when it was already gone."""
         options = k8s.V1DeleteOptions(grace_period_seconds=0 if force else None)
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=options, _request_timeout=API_TIMEOUT)
+            with self._writing("delete", "pods"):
+                self.core.delete_namespaced_pod(name, namespace, body=options, _request_timeout=API_TIMEOUT)
         except _CALL_ERRORS as error:
             if isinstance(error, ApiException) and error.status == 404:
                 return False
@@ -172,9 +188,10 @@ class Writer:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Merge-patch a NeuronInference's status; False when the inference is gone."""
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=API_TIMEOUT
-            )
+            with self._writing("patch", f"{PLURAL}/status"):
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=API_TIMEOUT
+                )
         except _CALL_ERRORS as error:
             if isinstance(error, ApiException) and error.status == 404:
                 return False
@@ -185,12 +202,13 @@ class Writer:
         """Post an Event about the inference; False (and a debug line) when that failed."""
         meta = inference["metadata"]
         try:
-            response = self.core.create_namespaced_event(
-                meta["namespace"],
-                ev.build_event(inference, reason, message, type_, now=now_rfc3339(dt.datetime.now(dt.UTC))),
-                _request_timeout=API_TIMEOUT,
-                _preload_content=False,
-            )
+            with self._writing("create", "events"):
+                response = self.core.create_namespaced_event(
+                    meta["namespace"],
+                    ev.build_event(inference, reason, message, type_, now=now_rfc3339(dt.datetime.now(dt.UTC))),
+                    _request_timeout=API_TIMEOUT,
+                    _preload_content=False,
+                )
             response.drain_conn()  # the answer is not needed; its connection goes back to the pool
         except Exception as error:  # events are best-effort: never fail a reconcile for one
             log.debug("could not post event %s for %s: %s", reason, meta.get("name"), error)

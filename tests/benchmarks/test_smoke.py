@@ -7,8 +7,8 @@ the neighbours than about the code. What is asserted is what must hold at any sp
 benchmark's own "no rule broken" exit code, and the chaos and scale benchmarks' invariant monitor
 (they exit 1 when it saw a violation).
 
-The chaos and scale benchmarks start their own local control plane (``cluster``); together the
-four take about three minutes on two cores.
+The chaos, scale and failover benchmarks start their own local control plane (``cluster``); together the
+five take about four minutes on two cores.
 """
 
 from __future__ import annotations
@@ -90,3 +90,9 @@ def test_scale_benchmark(tmp_path):
         "violations at any moment: 0",
     )
     assert (tmp_path / "scale.png").stat().st_size > 0
+
+
+@pytest.mark.cluster
+def test_failover_benchmark():
+    output = run_benchmark("failover.py", "--quick", "--name", f"np-failover-smoke-{os.getpid()}", timeout=600)
+    assert_table(output, "SIGKILL", "SIGTERM", "first write median", "violations at any moment: 0")

@@ -303,7 +303,9 @@ def test_the_charts_operator_creates_replicas_under_owner_references_permission_
     pool = f"p-{uuid.uuid4().hex[:8]}"
     nodes = cluster.create_nodes({"inf2.xlarge": 2}, labels={POOL_LABEL: pool}, prefix=f"{pool}-")
     kubeconfig = token_kubeconfig(cluster, OPERATOR_NAMESPACE, FULLNAME, tmp_path / "sa.kubeconfig")
-    process = OperatorProcess(cluster, tmp_path / "operator.log", kubeconfig=kubeconfig)
+    # The chart's Lease, which is all its RBAC lets this ServiceAccount hold.
+    lease = {"NEURONPLACE_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE, "NEURONPLACE_LEADER_ELECTION_ID": FULLNAME}
+    process = OperatorProcess(cluster, tmp_path / "operator.log", kubeconfig=kubeconfig, env=lease)
     process.start()
     try:
         cluster.kubectl(

@@ -55,16 +55,21 @@ def install(cluster, namespace: str, *values: str, release: str = RELEASE) -> st
 
 def container_env(deployment: dict, container: int = 0) -> dict[str, str]:
     """The environment a container of a rendered Deployment gets, as the kubelet would fill it in:
-    plain values, and ``fieldRef: metadata.namespace`` as the Deployment's namespace (the only
-    reference the chart uses; any other fails here rather than being dropped)."""
+    plain values, ``fieldRef: metadata.namespace`` as the Deployment's namespace and
+    ``metadata.name`` as a pod name of it (the only references the chart uses; any other fails here
+    rather than being dropped)."""
+    fields = {
+        "metadata.namespace": deployment["metadata"]["namespace"],
+        "metadata.name": f"{deployment['metadata']['name']}-pod",
+    }
     env = {}
     for entry in deployment["spec"]["template"]["spec"]["containers"][container].get("env") or []:
         if "value" in entry:
             env[entry["name"]] = entry["value"]
         else:
             field = ((entry.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
-            assert field == "metadata.namespace", f"unexpected env source {entry}"
-            env[entry["name"]] = deployment["metadata"]["namespace"]
+            assert field in fields, f"unexpected env source {entry}"
+            env[entry["name"]] = fields[field]
     return env
 
 
