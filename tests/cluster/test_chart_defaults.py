@@ -66,14 +66,22 @@ def test_every_object_carries_the_common_labels(local_cluster, namespace, mode):
 def test_every_operator_setting_has_a_chart_value(local_cluster, namespace):
     """Each OperatorSettings field reaches the operator as its NEURONPLACE_* variable, and the chart's
     defaults are the operator's own (metrics are served on 9090 by default; the operator namespace
-    is the pod's). A setting added without a chart value fails here."""
+    is the pod's; the leader-election Lease is the release's, in its namespace, where the chart's Role
+    grants it; each pod's identity is its name). A setting added without a chart value fails here."""
     env = container_env(deployment_of(helm_template(local_cluster, namespace)))
     missing = [env_name(f.name) for f in fields(OperatorSettings) if env_name(f.name) not in env]
     assert not missing, f"settings without a chart value (values.yaml + templates/deployment.yaml): {missing}"
     chart, defaults = OperatorSettings.from_env(env), OperatorSettings()
     differ = {f.name for f in fields(OperatorSettings) if getattr(chart, f.name) != getattr(defaults, f.name)}
-    assert differ == {"metrics_port", "operator_namespace"}, differ
+    assert differ == {
+        "metrics_port",
+        "operator_namespace",
+        "leader_election_namespace",
+        "leader_election_id",
+        "pod_name",
+    }, differ
     assert chart.metrics_port == 9090 and chart.operator_namespace == namespace
+    assert chart.leader_election_namespace == namespace and chart.leader_election_id.endswith("neuronplace")
 
 
 def test_the_charts_neuron_instance_types_are_the_known_ones():
@@ -139,16 +147,17 @@ def test_production_defaults_can_be_changed(local_cluster, namespace):
     (term,) = node_terms(deployment_of(docs))
     assert {"key": "karpenter.sh/nodepool", "operator": "DoesNotExist"} in term["matchExpressions"]
 
-    # An affinity of the user's own replaces the default node affinity; nothing at all without either.
+    # An affinity of the user's own replaces the default node affinity (the replicas' spreading stays);
+    # nothing at all without either, with one replica.
     docs = helm_template(
         local_cluster,
         namespace,
         "--set-json",
         'affinity={"nodeAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[]}}',
     )
-    assert deployment_of(docs)["spec"]["template"]["spec"]["affinity"] == {
-        "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
-    }
+    affinity = deployment_of(docs)["spec"]["template"]["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == {"preferredDuringSchedulingIgnoredDuringExecution": []}
+    assert set(affinity) == {"nodeAffinity", "podAntiAffinity"}
     docs = helm_template(
         local_cluster,
         namespace,
@@ -156,6 +165,8 @@ def test_production_defaults_can_be_changed(local_cluster, namespace):
         "operatorNodeAffinity.avoidNeuronNodes=false",
         "--set",
         "priorityClass.create=false",
+        "--set",
+        "replicaCount=1",
     )
     spec = deployment_of(docs)["spec"]["template"]["spec"]
     assert "affinity" not in spec and "priorityClassName" not in spec

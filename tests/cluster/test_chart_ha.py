@@ -42,10 +42,13 @@ def test_two_replicas_spread_with_a_disruption_budget_and_their_own_identities(l
     )
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["NEURONPLACE_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    # One replica: no budget (it would block every drain); a user's affinity keeps the spread.
+    # One replica: no budget (it would block every drain) and nothing to spread; with more, a user's
+    # node affinity keeps the spread.
     single = rendered(local_cluster, namespace, "--set", "replicaCount=1", "--set", "affinity.nodeAffinity.x=1")
     assert "PodDisruptionBudget" not in single
-    assert set(single["Deployment"]["spec"]["template"]["spec"]["affinity"]) == {"nodeAffinity", "podAntiAffinity"}
+    assert set(single["Deployment"]["spec"]["template"]["spec"]["affinity"]) == {"nodeAffinity"}
+    three = rendered(local_cluster, namespace, "--set", "replicaCount=3", "--set", "affinity.nodeAffinity.x=1")
+    assert set(three["Deployment"]["spec"]["template"]["spec"]["affinity"]) == {"nodeAffinity", "podAntiAffinity"}
     # The server accepts what it renders.
     result = local_cluster.kubectl(
         "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(budget), check=False

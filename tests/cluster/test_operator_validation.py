@@ -170,7 +170,7 @@ def test_the_operators_own_namespace_is_not_served_unless_allowed(
     local_cluster, operator_with_env, namespace, fleet, wait_for
 ):
     # The test's namespace stands in for the operator's own (the chart sets it from the pod's namespace).
-    operator_with_env("neuronplace-operator-own-namespace.log", NEURONPLACE_OPERATOR_NAMESPACE=namespace)
+    refusing = operator_with_env("neuronplace-operator-own-namespace.log", NEURONPLACE_OPERATOR_NAMESPACE=namespace)
     nodes = fleet({"inf2.48xlarge": 1})
     apply(local_cluster, namespace, inference("here", cores=2, pool=nodes.pool))
     placed = wait_for(
@@ -188,7 +188,9 @@ def test_the_operators_own_namespace_is_not_served_unless_allowed(
         TEST_TIMINGS["resync_seconds"] + 1,
     )
 
-    # The setting lets it through: the same resource is placed.
+    # The setting lets it through: the same resource is placed. The first operator stops (SIGTERM
+    # releases its Lease at once): it would otherwise hold the Lease, and only the Lease's holder acts.
+    refusing.stop()
     operator_with_env(
         "neuronplace-operator-own-namespace-served.log",
         NEURONPLACE_OPERATOR_NAMESPACE=namespace,

@@ -153,7 +153,7 @@ NotIn and DoesNotExist also match nodes without the label, so ordinary nodes of 
 {{- $_ := set $affinity "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" $terms)) }}
 {{- end }}
 {{- /* The replicas on different nodes where possible: a node's loss takes at most one. */}}
-{{- if not (hasKey $affinity "podAntiAffinity") }}
+{{- if and (gt (int .Values.replicaCount) 1) (not (hasKey $affinity "podAntiAffinity")) }}
 {{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "neuronplace.selectorLabels" . | fromYaml)) }}
 {{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) }}
 {{- end }}
