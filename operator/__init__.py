@@ -7,6 +7,10 @@ the API server. Every decision is made by the pure :mod:`neuronplace.placement`.
 - ``controller``: puts the parts below together and runs the periodic resync.
 - ``cache``: the watch-fed caches and the core ledger, behind one lock; it calls the ruling
   (``neuronplace.placement.ruling``) under that lock. ``slim``: what it keeps of each object.
+  Its parts: ``pod_cache`` (pods, capacity requests), ``dra_cache`` (ResourceSlices and
+  ResourceClaims; ``dra_state`` what it keeps of them), ``waiting_room`` (PriorityClasses, the
+  waiting order), ``full_lists`` (start-up and resync lists), ``node_cache`` (the nodes;
+  ``node_health`` their health window); ``keys``: the names they and their callers share.
 - ``storage``: the cached claims, volumes and storage classes.
 - ``sync``: full lists a page at a time: the start-up rebuild and the full resync.
 - ``workqueue``: keys of inferences to reconcile, coalesced, retried with backoff (no Kubernetes types).

@@ -34,7 +34,8 @@ from kubernetes import config as k8s_config
 
 from neuronplace.operator import heap
 from neuronplace.operator import metrics as mx
-from neuronplace.operator.cache import DELETED, Cache, Key
+from neuronplace.operator.cache import Cache
+from neuronplace.operator.keys import DELETED, Key
 from neuronplace.operator.reconciler import Reconciler
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.sync import Sync

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from neuronplace.operator.cache import Key
+from neuronplace.operator.keys import Key
 from neuronplace.placement.names import CONDITION_WAITING_FOR_CAPACITY
 
 # The states of a wanted replica (``neuronplace_replicas{state}``); they add up to spec.replicas.

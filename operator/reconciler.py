@@ -35,7 +35,8 @@ from concurrent.futures import Executor
 
 from neuronplace.operator import inference_metrics as im
 from neuronplace.operator import metrics as mx
-from neuronplace.operator.cache import Cache, Key
+from neuronplace.operator.cache import Cache
+from neuronplace.operator.keys import Key
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.writes import CONFLICT_RETRY, Permanent, Temporary, Writer
 from neuronplace.placement import capacity_requests as cp

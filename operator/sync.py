@@ -27,7 +27,8 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from neuronplace.operator import heap
-from neuronplace.operator.cache import Cache, Key
+from neuronplace.operator.cache import Cache
+from neuronplace.operator.keys import Key
 from neuronplace.operator.storage import CLAIMS, CLASSES, KINDS, VOLUMES, slim
 from neuronplace.operator.writes import API_TIMEOUT
 from neuronplace.placement.claims import pod_key

@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neuronplace.operator import handlers
-from neuronplace.operator.cache import DELETED, Cache
+from neuronplace.operator.cache import Cache
 from neuronplace.operator.controller import Controller
+from neuronplace.operator.keys import DELETED
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.placement.priority import waiting_order
 

@@ -6,8 +6,9 @@ import asyncio
 import kopf
 
 from neuronplace.operator import handlers
-from neuronplace.operator.cache import DELETED, Cache
+from neuronplace.operator.cache import Cache
 from neuronplace.operator.controller import Controller
+from neuronplace.operator.keys import DELETED
 from neuronplace.operator.settings import OperatorSettings
 from neuronplace.operator.storage import CLAIMS, CLASSES, VOLUMES, Storage, slim
 from neuronplace.placement.names import BINDING_DIRECT, BINDING_SCHEDULER

@@ -242,7 +242,8 @@ def test_a_reservation_is_replaced_by_its_pod_and_can_be_given_back():
 
 
 def test_the_operator_cache_feeds_every_pod_event_to_the_usage():
-    from neuronplace.operator.cache import DELETED, Cache
+    from neuronplace.operator.cache import Cache
+    from neuronplace.operator.keys import DELETED
 
     cache = Cache()
     cache.apply_pod("ADDED", pod("a", cpu="2"))
