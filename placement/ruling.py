@@ -15,8 +15,8 @@ on a saved cluster state, so its answer is the operator's. In order:
    any inference, sees those cores taken), avoiding the nodes where their recent attempts were
    refused and following their volumes; their pods are built;
 4. replicas on nodes with unhealthy Neuron hardware are moved off them, a few at a time, when a
-   trial placement by the same paths finds them room (:mod:`.moves`; ``Healthy`` condition), and a ruling with replicas waiting looks again when a
-   node healthy again is used again (:mod:`.health`);
+   trial placement by the same paths finds them room (:mod:`.moves`; ``Healthy`` condition), and a
+   ruling with replicas waiting looks again when a node healthy again is used again (:mod:`.health`);
 5. every replica that fits nowhere, and would on a new node, keeps one capacity request
    (:mod:`.capacity_upkeep`) within :mod:`.request_limits` (only on managed nodes, none again where
    a waiting replica's request was bound, a few per replica a minute); none under Direct binding
