@@ -9,8 +9,10 @@ least 1; default 1) bounds the replicas down at once: a ready pod is moved only 
 replicas than that are down (missing, not ready, or going in this ruling for any reason), as a
 rollout's one-at-a-time rule. A pod that is not ready serves nothing and is moved at once.
 
-A pod is moved only when its replica has room elsewhere now (checked by placing it, the
-reservation given back at once); otherwise it stays, and the ``Healthy`` condition says why.
+A pod is moved only when its replica has room elsewhere now (checked by placing it as a missing
+replica is placed: the same paths, so a DRA replica only on DRA nodes, on chips in one connected
+group; the reservation given back at once); otherwise it stays, and the ``Healthy`` condition says
+why.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from typing import Any
 from neuronplace.placement.claims import node_of
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.health import reason_label
-from neuronplace.placement.ledger import Ledger
 from neuronplace.placement.names import (
     ACTION_KEEP,
     ACTION_MOVE,
@@ -31,10 +32,7 @@ from neuronplace.placement.names import (
     REASON_NO_ROOM_TO_MOVE,
 )
 from neuronplace.placement.replica_pods import Deletion, _owned_by, ordinal_of
-from neuronplace.placement.request import PlacementRequest, ReplicaPlacement
-from neuronplace.placement.search import place_one
 from neuronplace.placement.status import Problem, pod_is_ready
-from neuronplace.placement.usage import Usage
 
 MOVED = "UnhealthyNode"  # the Deletion (and Event) reason of a move
 DEFAULT_MAX_UNAVAILABLE = 1
@@ -83,13 +81,14 @@ def plan_moves(
     going: Sequence[Deletion],
     policy: MovePolicy,
     fleet: Fleet,
-    ledger: Ledger,
-    usage: Usage,
-    request: PlacementRequest,
-    pod_key_of: Callable[[int], str],
+    trial: Callable[[int], str | None],
 ) -> Moves:
     """Which of the inference's live replica pods (``pods``; ``going``: deleted in this ruling
-    already) to move off unhealthy nodes now, and what the ``Healthy`` condition says."""
+    already) to move off unhealthy nodes now, and what the ``Healthy`` condition says.
+
+    ``trial(replica)`` places the replica as a missing one would be placed, by the same paths and
+    checks, and keeps that room reserved until the caller gives it back after this returns (so two
+    moves never count the same room): None, or why it has no room."""
     bad = fleet.unhealthy
     if not bad:
         return Moves()
@@ -116,28 +115,22 @@ def plan_moves(
     deletions: list[Deletion] = []
     waiting: list[int] = []
     no_room: list[str] = []
-    trial: list[str] = []
     # Not-ready pods first: they are down already and cost nothing of the budget.
     for i in sorted(on_bad, key=lambda i: (pod_is_ready(live[i]), i)):
         ready = pod_is_ready(live[i])
         if ready and allowed <= 0:
             waiting.append(i)
             continue
-        # A trial placement under a key of its own, given back below: is there room elsewhere now?
-        key = f"{pod_key_of(i)}#move"
-        result = place_one(request, i, fleet, ledger, key, usage=usage)
-        if not isinstance(result, ReplicaPlacement):
-            no_room.append(f"replica {i} on {on_bad[i]} ({bad[on_bad[i]]}) stays: {result.message}")
+        # Is there room elsewhere now?
+        why = trial(i)
+        if why is not None:
+            no_room.append(f"replica {i} on {on_bad[i]} ({bad[on_bad[i]]}) stays: {why}")
             continue
-        trial.append(key)
         allowed -= ready
         pod = live[i]["metadata"]["name"]
         words = bad[on_bad[i]]
         message = f"replica {i} (pod {pod}) on node {on_bad[i]}: {words}; moving it to a healthy node"
         deletions.append(Deletion(pod, MOVED, message, cause=reason_label(fleet.by_name[on_bad[i]])))
-    for key in trial:
-        ledger.forget(key)
-        usage.forget(key)
     lines = [d.message for d in deletions]
     if waiting:
         lines.append(

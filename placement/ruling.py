@@ -14,9 +14,9 @@ on a saved cluster state, so its answer is the operator's. In order:
    first), each reservation entered in the view's ledger and usage at once (so the next ruling, for
    any inference, sees those cores taken), avoiding the nodes where their recent attempts were
    refused and following their volumes; their pods are built;
-4. replicas on nodes with unhealthy Neuron hardware are moved off them, a few at a time
-   (:mod:`.moves`; ``Healthy`` condition), and a ruling with replicas waiting looks again when a
-   node healthy again is used again (:mod:`.health`);
+4. replicas on nodes with unhealthy Neuron hardware are moved off them, a few at a time, when a
+   trial placement by the same paths finds them room (:mod:`.moves`; ``Healthy`` condition), and a
+   ruling with replicas waiting looks again when a node healthy again is used again (:mod:`.health`);
 5. every replica that fits nowhere, and would on a new node, keeps one capacity request
    (:mod:`.capacity_upkeep`) within :mod:`.request_limits` (only on managed nodes, none again where
    a waiting replica's request was bound, a few per replica a minute); none under Direct binding
@@ -323,8 +323,39 @@ def _place_replica(
     prefer: Mapping[int, tuple[str, CoreRange]],
     now_ns: int,
 ) -> tuple[Creation | None, str]:
-    """Place one replica by the first path that takes it: (its creation, ""), or (None, why the last
-    path could not). A DRA replica's chips are reserved under its ResourceClaim's key."""
+    """Place one replica by the first path that takes it (:func:`_reserve`) and build its pod (and,
+    on a DRA node, its ResourceClaim): (its creation, ""), or (None, why the last path could not)."""
+    reserved = _reserve(view, routes, placing, replica, pod, kept_off, prefer)
+    if isinstance(reserved, str):
+        return None, reserved
+    kind, result = reserved
+    if kind != DEVICE_MANAGEMENT_DRA:
+        built = build_pod(inference, result, numbering=rules.numbering, binding=binding, now_ns=now_ns)
+        return Creation(result, built), ""
+    node = view.fleet.by_name[result.node]
+    assert node.dra is not None and node.topology is not None, "a DRA path only reaches DRA nodes"
+    placed = dra_placement(result, placing.cores_per_replica, placing.processes_per_replica)
+    name = pod.split("/", 1)[1]
+    built = dra_pod(build_pod(inference, placed, numbering=rules.numbering, binding=binding, now_ns=now_ns))
+    claim = build_resource_claim(
+        inference, name, len(result.devices), node.dra, lnc_of(node.instance_type, node.topology.cores_per_chip)
+    )
+    return Creation(placed, claim_pod(built, name), claim), ""
+
+
+def _reserve(
+    view: View,
+    routes: Sequence[Path],
+    placing,
+    replica: int,
+    pod: str,
+    kept_off: frozenset[str],
+    prefer: Mapping[int, tuple[str, CoreRange]],
+) -> tuple[str, ReplicaPlacement] | str:
+    """Reserve room for one replica as the pod key ``pod`` by the first path that takes it: (the
+    path's kind, its placement), or why the last path could not. A DRA replica's chips must form one
+    connected group; they are reserved under its ResourceClaim's key, its other requests under the
+    pod's (:func:`_give_back` frees both)."""
     message = "no node offers the device management spec.placement.deviceManagement asks for"
     for route in routes:
         shaped = dataclasses.replace(route.request, volume_terms=placing.volume_terms)
@@ -342,27 +373,26 @@ def _place_replica(
         if not isinstance(result, ReplicaPlacement):
             message = result.message
             continue
-        if not dra:
-            built = build_pod(inference, result, numbering=rules.numbering, binding=binding, now_ns=now_ns)
-            return Creation(result, built), ""
-        node = view.fleet.by_name[result.node]
-        assert node.dra is not None and node.topology is not None, "a DRA path only reaches DRA nodes"
-        if not node.dra.same_group(result.devices):
-            view.ledger.forget(holder)
+        if dra:
+            node = view.fleet.by_name[result.node]
+            assert node.dra is not None, "a DRA path only reaches DRA nodes"
+            if not node.dra.same_group(result.devices):
+                view.ledger.forget(holder)
+                view.usage.forget(holder)
+                message = f"{result.node}'s free chips form no connected group of {len(result.devices)}"
+                continue
+            # The pod, not its claim, requests cpu, memory and the rest: held under the pod's key.
             view.usage.forget(holder)
-            message = f"{result.node}'s free chips form no connected group of {len(result.devices)}"
-            continue
-        # The pod, not its claim, requests cpu, memory and the rest: held under the pod's key.
+            view.usage.reserve(result.node, pod, shaped.requests)
+        return route.kind, result
+    return message
+
+
+def _give_back(view: View, pod: str) -> None:
+    """Free what :func:`_reserve` holds for the pod key ``pod`` (under its claim's key too)."""
+    for holder in (pod, resource_claim_key(*pod.split("/", 1))):
+        view.ledger.forget(holder)
         view.usage.forget(holder)
-        view.usage.reserve(result.node, pod, shaped.requests)
-        placed = dra_placement(result, placing.cores_per_replica, placing.processes_per_replica)
-        name = pod.split("/", 1)[1]
-        built = dra_pod(build_pod(inference, placed, numbering=rules.numbering, binding=binding, now_ns=now_ns))
-        claim = build_resource_claim(
-            inference, name, len(result.devices), node.dra, lnc_of(node.instance_type, node.topology.cores_per_chip)
-        )
-        return Creation(placed, claim_pod(built, name), claim), ""
-    return None, message
 
 
 def _move(inference: Mapping[str, Any], view: View, rules: Rules, ruling: Ruling, now: dt.datetime) -> Ruling:
@@ -394,7 +424,22 @@ def _plan_moves(inference: Mapping[str, Any], view: View, rules: Rules, ruling: 
         view.classes,
         binding=ruling.binding,
     )
-    return plan_moves(
+    request = placement_request(inference, rules.numbering, volumes.node_terms)
+    # The paths a missing replica would take: room a replica can never use (the other kind of node,
+    # DRA chips in no connected group) is no room to move to.
+    routes, dra_closed = paths(inference, request, view.fleet, ruling.binding)
+    trials: list[str] = []
+
+    def trial(replica: int) -> str | None:
+        # Under a key of its own, given back below (so two moves never count the same room).
+        key = f"{pod_key(namespace, pod_name(name, replica))}#move"
+        reserved = _reserve(view, routes, request, replica, key, frozenset(), {})
+        if isinstance(reserved, str):
+            return reserved if dra_closed is None else f"{reserved}; {dra_closed}"
+        trials.append(key)
+        return None
+
+    moves = plan_moves(
         name,
         meta.get("uid"),
         1 if spec.get("replicas") is None else spec["replicas"],
@@ -402,11 +447,11 @@ def _plan_moves(inference: Mapping[str, Any], view: View, rules: Rules, ruling: 
         ruling.deletions,
         move_policy(spec),
         view.fleet,
-        view.ledger,
-        view.usage,
-        placement_request(inference, rules.numbering, volumes.node_terms),
-        lambda replica: pod_key(namespace, pod_name(name, replica)),
+        trial,
     )
+    for key in trials:
+        _give_back(view, key)
+    return moves
 
 
 def _held_by_another(view: View, pod: str) -> bool:
