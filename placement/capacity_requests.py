@@ -45,17 +45,15 @@ from typing import Any, TypeVar
 
 from neuronplace.placement.fleet import Fleet
 from neuronplace.placement.names import (
-    API_VERSION,
     CAPACITY_PRIORITY_CLASS,
     CAPACITY_REQUEST_LABEL,
     CAPACITY_REQUEST_SUFFIX,
     CONDITION_POD_SCHEDULED,
-    KIND,
     NEURONCORE_RESOURCE,
     REPLICA_LABEL,
     TEMPLATE_HASH_ANNOTATION,
 )
-from neuronplace.placement.pods import merge_tolerations
+from neuronplace.placement.pods import controller_reference, merge_tolerations
 from neuronplace.placement.request import PlacementRequest
 from neuronplace.placement.request_limits import with_expressions
 from neuronplace.placement.resources import PODS, check_items, format_amount, replica_requests, shortfall
@@ -150,16 +148,7 @@ def build_capacity_request(
             "namespace": meta["namespace"],
             "labels": {CAPACITY_REQUEST_LABEL: meta["name"], REPLICA_LABEL: str(replica)},
             "annotations": {TEMPLATE_HASH_ANNOTATION: spec_hash(request_spec)},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": KIND,
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [controller_reference(meta)],
         },
         "spec": request_spec,
     }

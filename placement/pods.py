@@ -253,16 +253,21 @@ def build_pod(
             "namespace": meta["namespace"],
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": KIND,
-                    "name": name,
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [controller_reference(meta)],
         },
         "spec": pod_spec,
+    }
+
+
+def controller_reference(meta: Mapping[str, Any]) -> dict:
+    """The ownerReference that makes the NeuronInference of ``meta`` the controller of what it owns
+    (replica pods, capacity requests, ResourceClaims): the garbage collector removes them with it,
+    and the ledger knows ours by it (the spec's ownerReferences cannot be changed)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
     }

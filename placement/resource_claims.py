@@ -28,8 +28,9 @@ from typing import Any
 
 from neuronplace.placement.claims import NODE_NAME_FIELD, Claim, PodClaims, controller_inference
 from neuronplace.placement.dra import DraNode
-from neuronplace.placement.names import API_VERSION, ENV_NODE_CORES, ENV_VISIBLE_CORES, KIND
+from neuronplace.placement.names import ENV_NODE_CORES, ENV_VISIBLE_CORES
 from neuronplace.placement.neuron_dra import CONFIG_KIND, CONFIG_LNC_FIELD, DEVICE_CLASS, DRIVER, chip_of_device
+from neuronplace.placement.pods import controller_reference
 from neuronplace.runtime.coreset import CoreRange
 
 RESOURCE_API_VERSION = "resource.k8s.io/v1"
@@ -77,16 +78,7 @@ def build_resource_claim(inference: Mapping[str, Any], pod: str, chips: int, dra
         "metadata": {
             "name": pod,
             "namespace": meta["namespace"],
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": KIND,
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [controller_reference(meta)],
         },
         "spec": {"devices": devices},
     }
