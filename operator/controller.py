@@ -136,10 +136,14 @@ class Controller:
         for other in waiting[: self.settings.waiting_retries_per_event]:
             self._enqueue(other)
 
-    def on_node(self, kind: str | None, body: Mapping[str, Any]) -> None:
-        affected = self.cache.apply_node(kind, body)
+    def _retry_waiting(self, affected) -> None:
+        """Look again at the inferences a change may have made room for, in waiting order, a bounded
+        number per event."""
         for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
             self._enqueue(key)
+
+    def on_node(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        self._retry_waiting(self.cache.apply_node(kind, body))
 
     def on_priority_class(self, kind: str | None, body: Mapping[str, Any]) -> None:
         # A class's value decides whether templates naming it are refused: look at them again.
@@ -148,21 +152,15 @@ class Controller:
 
     def on_storage(self, kind: str, event: str | None, body: Mapping[str, Any]) -> None:
         """A claim, volume or storage class changed: where replicas' volumes can go may have too."""
-        affected = self.cache.apply_storage(kind, event, body)
-        for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
-            self._enqueue(key)
+        self._retry_waiting(self.cache.apply_storage(kind, event, body))
 
     def on_resource_slice(self, kind: str | None, body: Mapping[str, Any]) -> None:
         """A Neuron DRA driver's slice changed: which nodes it manages, and their chips, may have too."""
-        affected = self.cache.apply_resource_slice(kind, body)
-        for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
-            self._enqueue(key)
+        self._retry_waiting(self.cache.apply_resource_slice(kind, body))
 
     def on_resource_claim(self, kind: str | None, body: Mapping[str, Any]) -> None:
         """A ResourceClaim changed: allocated chips are held, freed ones are room."""
-        affected = self.cache.apply_resource_claim(kind, body)
-        for key in self.cache.in_waiting_order(affected, self.settings.waiting_retries_per_event):
-            self._enqueue(key)
+        self._retry_waiting(self.cache.apply_resource_claim(kind, body))
 
     def _enqueue(self, key: Key, soon: bool = False) -> None:
         """Queue ``key`` from any thread (the queue lives on the event loop)."""

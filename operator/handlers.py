@@ -176,66 +176,56 @@ def leader_probe(memo: kopf.Memo, **_):
     return {"leader_election": False} if elector is None else elector.probe()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def inference_event(event, memo: kopf.Memo, **_):
+async def _deliver(memo: kopf.Memo, method: str, *args) -> None:
+    """Hand a watch event to the controller's ``method`` (an ``on_*``), off kopf's loop; dropped
+    before start-up has made the controller (a follower's folds events into its caches, acting on none)."""
     controller = _controller(memo)
     if controller is not None:
-        await controller.off_loop(controller.on_inference, event.get("type"), event["object"])
+        await controller.off_loop(getattr(controller, method), *args)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def inference_event(event, memo: kopf.Memo, **_):
+    await _deliver(memo, "on_inference", event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "pods")
 async def pod_event(event, memo: kopf.Memo, **_):
-    controller = _controller(memo)
-    if controller is not None:
-        await controller.off_loop(controller.on_pod, event.get("type"), event["object"])
+    await _deliver(memo, "on_pod", event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "nodes")
 async def node_event(event, memo: kopf.Memo, **_):
-    controller = _controller(memo)
-    if controller is not None:
-        await controller.off_loop(controller.on_node, event.get("type"), event["object"])
+    await _deliver(memo, "on_node", event.get("type"), event["object"])
 
 
 @kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")
 async def priority_class_event(event, memo: kopf.Memo, **_):
-    controller = _controller(memo)
-    if controller is not None:
-        await controller.off_loop(controller.on_priority_class, event.get("type"), event["object"])
+    await _deliver(memo, "on_priority_class", event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", CLAIMS)
 async def claim_event(event, memo: kopf.Memo, **_):
-    controller = _controller(memo)
-    if controller is not None:
-        await controller.off_loop(controller.on_storage, CLAIMS, event.get("type"), event["object"])
+    await _deliver(memo, "on_storage", CLAIMS, event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", VOLUMES)
 async def volume_event(event, memo: kopf.Memo, **_):
-    controller = _controller(memo)
-    if controller is not None:
-        await controller.off_loop(controller.on_storage, VOLUMES, event.get("type"), event["object"])
+    await _deliver(memo, "on_storage", VOLUMES, event.get("type"), event["object"])
 
 
 @kopf.on.event("storage.k8s.io", "v1", CLASSES)
 async def storage_class_event(event, memo: kopf.Memo, **_):
-    controller = _controller(memo)
-    if controller is not None:
-        await controller.off_loop(controller.on_storage, CLASSES, event.get("type"), event["object"])
+    await _deliver(memo, "on_storage", CLASSES, event.get("type"), event["object"])
 
 
 # The Neuron DRA driver's slices (which nodes it manages, their chips) and ResourceClaims (what
 # allocated claims hold; ours are made per replica on DRA nodes).
 @kopf.on.event("resource.k8s.io", "v1", "resourceslices")
 async def resource_slice_event(event, memo: kopf.Memo, **_):
-    controller = _controller(memo)
-    if controller is not None:
-        await controller.off_loop(controller.on_resource_slice, event.get("type"), event["object"])
+    await _deliver(memo, "on_resource_slice", event.get("type"), event["object"])
 
 
 @kopf.on.event("resource.k8s.io", "v1", "resourceclaims")
 async def resource_claim_event(event, memo: kopf.Memo, **_):
-    controller = _controller(memo)
-    if controller is not None:
-        await controller.off_loop(controller.on_resource_claim, event.get("type"), event["object"])
+    await _deliver(memo, "on_resource_claim", event.get("type"), event["object"])
