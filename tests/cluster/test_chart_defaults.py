@@ -16,7 +16,7 @@ from neuronplace.local.fleet import KWOK_TOLERATION, POOL_LABEL, build_node
 from neuronplace.operator.settings import OperatorSettings, env_name
 from neuronplace.placement.names import INSTANCE_TYPE_LABEL
 from neuronplace.placement.topology import INSTANCE_TOPOLOGIES
-from support.chart import CHART, container_env, helm_template
+from support.chart import CHART, MONITORING_ON, container_env, helm_template
 
 pytestmark = pytest.mark.cluster
 
@@ -29,12 +29,7 @@ COMMON_LABELS = (
     "app.kubernetes.io/part-of",
 )
 EVERYTHING_ON = [
-    "--set",
-    "metrics.serviceMonitor.enabled=true",
-    "--set",
-    "metrics.prometheusRule.enabled=true",
-    "--set",
-    "metrics.dashboard.enabled=true",
+    *MONITORING_ON,
     "--set",
     "networkPolicy.enabled=true",
     "--set",

@@ -17,21 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from neuronplace.local.operator_process import free_port
 from neuronplace.placement.names import CORES_ANNOTATION, INFERENCE_LABEL
 from support.builders import inference
-from support.chart import CHART, helm_template, server_version
+from support.chart import CHART, MONITORING_ON, helm_template, server_version
 from support.cluster import apply, condition, get_inference, placed_and_ready
 from support.promql import parse
 
 pytestmark = pytest.mark.cluster
 
 MONITORING_CRDS = Path(__file__).resolve().parents[1] / "support" / "manifests" / "monitoring-crds.yaml"
-ALL_ON = [
-    "--set",
-    "metrics.serviceMonitor.enabled=true",
-    "--set",
-    "metrics.prometheusRule.enabled=true",
-    "--set",
-    "metrics.dashboard.enabled=true",
-]
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
 # Labels Prometheus adds to every series of a target scraped through a ServiceMonitor.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
@@ -44,7 +36,7 @@ def test_monitoring_objects_are_off_by_default(local_cluster, namespace):
 
 def test_monitoring_objects_lint_and_pass_server_side_dry_run(local_cluster, namespace):
     values = [
-        *ALL_ON,
+        *MONITORING_ON,
         "--set",
         "metrics.serviceMonitor.namespace=monitoring",
         "--set-json",
@@ -105,7 +97,7 @@ def test_service_monitor_without_a_scrapable_metrics_port_is_refused(local_clust
         str(CHART),
         "--kube-version",
         server_version(local_cluster),
-        *ALL_ON,
+        *MONITORING_ON,
         *[arg for value in values for arg in ("--set", value)],
         check=False,
     )
@@ -127,7 +119,7 @@ def exposed(text: str) -> tuple[dict[str, set[str]], set[str]]:
 
 def chart_expressions(cluster, namespace: str) -> dict[str, str]:
     """Every PromQL expression of the rendered alerts and of the dashboard, by where it is."""
-    docs = helm_template(cluster, namespace, *ALL_ON)
+    docs = helm_template(cluster, namespace, *MONITORING_ON)
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     expressions = {f"alert {r['alert']}": r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())

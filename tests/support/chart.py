@@ -13,6 +13,15 @@ from neuronplace.placement.names import CRD_NAME
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "neuronplace"
 RELEASE = "np"
+# Values that turn on every monitoring object the chart can render (all off by default).
+MONITORING_ON = (
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.prometheusRule.enabled=true",
+    "--set",
+    "metrics.dashboard.enabled=true",
+)
 
 
 def server_version(cluster) -> str:
