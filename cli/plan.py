@@ -103,21 +103,22 @@ def fleet_objects(spec: str) -> tuple[list[dict], list[dict]]:
     """Empty, Ready Node objects for a fleet spec (the simulated fleet's nodes, without kwok's taint),
     and the ResourceSlices the Neuron DRA driver would publish for its ``:dra`` nodes."""
     from neuronplace.local.dra_driver import resource_slices
-    from neuronplace.local.fleet import build_node, fleet_instances
+    from neuronplace.local.fleet import build_fleet, fleet_instances
 
     try:
-        instances = fleet_instances(spec, prefix="")
+        nodes = build_fleet(spec, prefix="")
     except ValueError as error:
         raise PlanInputError(f"--fleet: {error}") from None
-    nodes, slices = [], []
-    for instance in instances:
-        node = build_node(instance.name, instance.instance_type, instance.zone, dra=instance.dra)
+    for node in nodes:
         node["metadata"].get("annotations", {}).pop("kwok.x-k8s.io/node", None)
         node["spec"]["taints"] = []
         node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
-        nodes.append(node)
-        if instance.dra:
-            slices.extend(resource_slices(instance.name, instance.instance_type))
+    slices = [
+        piece
+        for instance in fleet_instances(spec, prefix="")
+        if instance.dra
+        for piece in resource_slices(instance.name, instance.instance_type)
+    ]
     return nodes, slices
 
 
