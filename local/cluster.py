@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from neuronplace.local import build, dra_driver, procs
-from neuronplace.local.fleet import FleetSpec, build_node, describe_fleet, fleet_instances, normalize_fleet
+from neuronplace.local.fleet import FleetSpec, build_fleet, describe_fleet, fleet_instances, normalize_fleet
 from neuronplace.placement.capacity_requests import build_priority_class
 
 CONTROL_PLANE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
@@ -333,7 +333,7 @@ class LocalCluster:
         (and the cluster its DeviceClass) once its Node exists.
         """
         instances = fleet_instances(fleet, prefix)
-        manifests = [build_node(i.name, i.instance_type, i.zone, labels, dra=i.dra) for i in instances]
+        manifests = build_fleet(fleet, prefix, labels)
         created = self.kubectl(
             "create",
             "-o",
